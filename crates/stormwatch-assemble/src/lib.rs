@@ -1,0 +1,306 @@
+//! Trace assembly on event time.
+//!
+//! Spans arrive in any order, from many services, in many batches. This crate buffers them by
+//! trace id and decides when a trace is complete, following span timestamps (a watermark), not
+//! the wall clock, so a replay at any speed completes the same traces as live traffic.
+//!
+//! A trace completes when its root span has arrived and no span of it arrived for
+//! `trace_idle` of event time, or at `trace_max_wait` whatever else. The buffer is bounded:
+//! past `max_in_flight_spans` the oldest traces are completed early, marked evicted, and
+//! counted. Spans for a trace that already completed are late: counted, not reassembled.
+//! Nothing is dropped without a counter saying so, and no input can make this code panic.
+//! It must never do I/O or read the clock; callers advance time explicitly.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+
+use stormwatch_model::{Span, TraceId};
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// Assembly limits. All durations are event time in nanoseconds.
+#[derive(Clone, Debug)]
+pub struct AssemblerConfig {
+    /// Quiet time after the last span of a trace (once its root arrived) before it completes.
+    pub trace_idle_nanos: u64,
+    /// Longest a trace is buffered, root or not.
+    pub trace_max_wait_nanos: u64,
+    /// Most spans buffered at once; past it the oldest traces are evicted as incomplete.
+    pub max_in_flight_spans: usize,
+    /// Spans ending further than this ahead of the watermark do not move it (clock skew).
+    pub max_future_skew_nanos: u64,
+    /// How many completed trace ids are remembered to recognise late spans.
+    pub remembered_traces: usize,
+}
+
+impl Default for AssemblerConfig {
+    fn default() -> Self {
+        AssemblerConfig {
+            trace_idle_nanos: 5 * NANOS_PER_SEC,
+            trace_max_wait_nanos: 60 * NANOS_PER_SEC,
+            max_in_flight_spans: 2_000_000,
+            max_future_skew_nanos: 15 * 60 * NANOS_PER_SEC,
+            remembered_traces: 200_000,
+        }
+    }
+}
+
+/// Why a trace left the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// Root arrived and the trace went quiet for `trace_idle`.
+    Idle,
+    /// `trace_max_wait` passed.
+    MaxWait,
+    /// The buffer was full and this was the oldest trace.
+    Evicted,
+    /// Shutdown or end of a replay flushed it.
+    Flushed,
+}
+
+/// A trace handed to detection.
+#[derive(Debug)]
+pub struct CompletedTrace {
+    pub trace_id: TraceId,
+    pub spans: Vec<Span>,
+    pub completion: Completion,
+    /// Whether a span without a parent arrived.
+    pub has_root: bool,
+}
+
+impl CompletedTrace {
+    /// Whether the trace is trusted to be whole: a root arrived and it was not cut short by
+    /// eviction. Incomplete traces are still checked, but never train baselines.
+    pub fn is_complete(&self) -> bool {
+        self.has_root && self.completion != Completion::Evicted
+    }
+}
+
+/// Counters, cumulative since start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AssemblerStats {
+    pub spans_accepted: u64,
+    /// Spans for a trace that had already completed.
+    pub late_spans: u64,
+    /// Spans with a zero timestamp or an end before their start.
+    pub bad_timestamp_spans: u64,
+    /// Spans ending implausibly far ahead of the watermark (kept, but not moving time).
+    pub clock_skew_spans: u64,
+    pub traces_completed: u64,
+    /// Traces completed at `trace_max_wait` (typically no root arrived).
+    pub traces_max_wait: u64,
+    /// Traces completed early because the buffer was full.
+    pub traces_evicted: u64,
+    /// Traces completed without a root span.
+    pub traces_without_root: u64,
+}
+
+struct Pending {
+    spans: Vec<Span>,
+    /// Watermark when the first span arrived.
+    first_seen: u64,
+    /// Watermark when the latest span arrived.
+    last_seen: u64,
+    has_root: bool,
+    /// Creation number, to recognise stale entries in the eviction queue.
+    generation: u64,
+}
+
+impl Pending {
+    fn due(&self, config: &AssemblerConfig) -> u64 {
+        let max_wait = self.first_seen.saturating_add(config.trace_max_wait_nanos);
+        if self.has_root {
+            max_wait.min(self.last_seen.saturating_add(config.trace_idle_nanos))
+        } else {
+            max_wait
+        }
+    }
+}
+
+/// The trace buffer.
+pub struct Assembler {
+    config: AssemblerConfig,
+    pending: HashMap<TraceId, Pending>,
+    /// (earliest time the trace might be due, trace). Entries are checked when popped and
+    /// pushed again if the trace became due later; stale ones are skipped.
+    timers: BinaryHeap<Reverse<(u64, TraceId)>>,
+    /// Traces in creation order, for eviction of the oldest.
+    creation: VecDeque<(TraceId, u64)>,
+    next_generation: u64,
+    in_flight_spans: usize,
+    watermark: u64,
+    recent: HashSet<TraceId>,
+    recent_order: VecDeque<TraceId>,
+    stats: AssemblerStats,
+}
+
+impl Assembler {
+    pub fn new(config: AssemblerConfig) -> Assembler {
+        Assembler {
+            config,
+            pending: HashMap::new(),
+            timers: BinaryHeap::new(),
+            creation: VecDeque::new(),
+            next_generation: 0,
+            in_flight_spans: 0,
+            watermark: 0,
+            recent: HashSet::new(),
+            recent_order: VecDeque::new(),
+            stats: AssemblerStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &AssemblerStats {
+        &self.stats
+    }
+
+    /// Event time reached so far (Unix nanoseconds; 0 before the first span).
+    pub fn watermark(&self) -> u64 {
+        self.watermark
+    }
+
+    pub fn in_flight_spans(&self) -> usize {
+        self.in_flight_spans
+    }
+
+    pub fn in_flight_traces(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Adds one span; traces that became complete are appended to `out`.
+    pub fn push(&mut self, mut span: Span, out: &mut Vec<CompletedTrace>) {
+        if span.start_unix_nano == 0 || span.end_unix_nano < span.start_unix_nano {
+            self.stats.bad_timestamp_spans += 1;
+            span.end_unix_nano = span.end_unix_nano.max(span.start_unix_nano);
+        }
+        if self.recent.contains(&span.trace_id) {
+            self.stats.late_spans += 1;
+            return;
+        }
+        self.stats.spans_accepted += 1;
+        let event_time = span.end_unix_nano;
+        let mut advanced = false;
+        if event_time > self.watermark {
+            if self.watermark != 0 && event_time - self.watermark > self.config.max_future_skew_nanos {
+                self.stats.clock_skew_spans += 1;
+            } else {
+                self.watermark = event_time;
+                advanced = true;
+            }
+        }
+        let now = self.watermark;
+        let trace_id = span.trace_id;
+        let is_root = span.parent_span_id.is_none();
+        match self.pending.get_mut(&trace_id) {
+            Some(pending) => {
+                pending.last_seen = now;
+                pending.has_root |= is_root;
+                pending.spans.push(span);
+            }
+            None => {
+                let generation = self.next_generation;
+                self.next_generation += 1;
+                let pending =
+                    Pending { spans: vec![span], first_seen: now, last_seen: now, has_root: is_root, generation };
+                self.timers.push(Reverse((now.saturating_add(self.config.trace_idle_nanos), trace_id)));
+                self.creation.push_back((trace_id, generation));
+                self.pending.insert(trace_id, pending);
+            }
+        }
+        self.in_flight_spans += 1;
+        while self.in_flight_spans > self.config.max_in_flight_spans {
+            if !self.evict_oldest(out) {
+                break;
+            }
+        }
+        if advanced {
+            self.complete_due(out);
+        }
+    }
+
+    /// Moves event time forward without a span (the live wall-clock idle fallback) and
+    /// completes what became due. Never moves time backwards.
+    pub fn advance_to(&mut self, watermark: u64, out: &mut Vec<CompletedTrace>) {
+        if watermark > self.watermark {
+            self.watermark = watermark;
+            self.complete_due(out);
+        }
+    }
+
+    /// Completes every buffered trace (shutdown, end of replay), oldest first.
+    pub fn flush(&mut self, out: &mut Vec<CompletedTrace>) {
+        while let Some((trace_id, generation)) = self.creation.pop_front() {
+            if self.pending.get(&trace_id).is_some_and(|p| p.generation == generation) {
+                self.finish(trace_id, Completion::Flushed, out);
+            }
+        }
+        self.timers.clear();
+    }
+
+    fn complete_due(&mut self, out: &mut Vec<CompletedTrace>) {
+        let now = self.watermark;
+        while let Some(Reverse((due, trace_id))) = self.timers.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(pending) = self.pending.get(&trace_id) else {
+                continue; // completed earlier (evicted or flushed)
+            };
+            let actual_due = pending.due(&self.config);
+            if actual_due > now {
+                self.timers.push(Reverse((actual_due, trace_id)));
+                continue;
+            }
+            let reached_max_wait = pending.first_seen.saturating_add(self.config.trace_max_wait_nanos) <= now;
+            let idle_due = pending.has_root && pending.last_seen.saturating_add(self.config.trace_idle_nanos) <= now;
+            let completion = if reached_max_wait && !idle_due { Completion::MaxWait } else { Completion::Idle };
+            self.finish(trace_id, completion, out);
+        }
+    }
+
+    fn evict_oldest(&mut self, out: &mut Vec<CompletedTrace>) -> bool {
+        while let Some((trace_id, generation)) = self.creation.pop_front() {
+            if self.pending.get(&trace_id).is_some_and(|p| p.generation == generation) {
+                self.finish(trace_id, Completion::Evicted, out);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn finish(&mut self, trace_id: TraceId, completion: Completion, out: &mut Vec<CompletedTrace>) {
+        let Some(pending) = self.pending.remove(&trace_id) else {
+            return;
+        };
+        self.in_flight_spans -= pending.spans.len();
+        self.stats.traces_completed += 1;
+        match completion {
+            Completion::MaxWait => self.stats.traces_max_wait += 1,
+            Completion::Evicted => self.stats.traces_evicted += 1,
+            Completion::Idle | Completion::Flushed => {}
+        }
+        if !pending.has_root {
+            self.stats.traces_without_root += 1;
+        }
+        self.remember(trace_id);
+        out.push(CompletedTrace { trace_id, spans: pending.spans, completion, has_root: pending.has_root });
+    }
+
+    fn remember(&mut self, trace_id: TraceId) {
+        if self.config.remembered_traces == 0 {
+            return;
+        }
+        if self.recent_order.len() >= self.config.remembered_traces {
+            if let Some(oldest) = self.recent_order.pop_front() {
+                self.recent.remove(&oldest);
+            }
+        }
+        if self.recent.insert(trace_id) {
+            self.recent_order.push_back(trace_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,123 @@
+use stormwatch_model::builder::TraceBuilder;
+use stormwatch_model::Span;
+
+use super::*;
+
+const SEC: u64 = NANOS_PER_SEC;
+const T0: u64 = 1_700_000_000 * SEC;
+
+fn small_trace(seed: u64, start: u64) -> Vec<Span> {
+    let mut t = TraceBuilder::new(seed, start);
+    let root = t.server("gateway", "GET /", None);
+    let call = t.client("gateway", "GET", root);
+    t.server("catalog", "GET /items", Some(call));
+    t.build()
+}
+
+fn push_all(assembler: &mut Assembler, spans: Vec<Span>) -> Vec<CompletedTrace> {
+    let mut out = Vec::new();
+    for span in spans {
+        assembler.push(span, &mut out);
+    }
+    out
+}
+
+#[test]
+fn completes_after_idle_event_time_not_before() {
+    let mut a = Assembler::new(AssemblerConfig::default());
+    assert!(push_all(&mut a, small_trace(1, T0)).is_empty());
+    // 4 s of event time later: still waiting.
+    assert!(push_all(&mut a, small_trace(2, T0 + 4 * SEC)).is_empty());
+    // 6 s later: the first trace is quiet for 5 s and completes; the second is not yet.
+    let done = push_all(&mut a, small_trace(3, T0 + 6 * SEC));
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].trace_id, TraceBuilder::new(1, 0).trace_id());
+    assert_eq!(done[0].spans.len(), 3);
+    assert!(done[0].is_complete());
+    assert_eq!(done[0].completion, Completion::Idle);
+}
+
+#[test]
+fn order_of_spans_does_not_matter() {
+    let mut a = Assembler::new(AssemblerConfig::default());
+    let mut spans = small_trace(1, T0);
+    spans.reverse();
+    assert!(push_all(&mut a, spans).is_empty());
+    let mut out = Vec::new();
+    a.advance_to(T0 + 10 * SEC, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].spans.len(), 3);
+}
+
+#[test]
+fn trace_without_root_waits_for_max_wait() {
+    let mut a = Assembler::new(AssemblerConfig::default());
+    let spans: Vec<Span> = small_trace(1, T0).into_iter().filter(|s| s.parent_span_id.is_some()).collect();
+    push_all(&mut a, spans);
+    let mut out = Vec::new();
+    a.advance_to(T0 + 30 * SEC, &mut out);
+    assert!(out.is_empty());
+    a.advance_to(T0 + 61 * SEC, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].completion, Completion::MaxWait);
+    assert!(!out[0].is_complete());
+    assert_eq!(a.stats().traces_without_root, 1);
+}
+
+#[test]
+fn late_spans_are_counted_not_reassembled() {
+    let mut a = Assembler::new(AssemblerConfig::default());
+    let mut spans = small_trace(1, T0);
+    let late = spans.pop().unwrap();
+    push_all(&mut a, spans);
+    let mut out = Vec::new();
+    a.advance_to(T0 + 10 * SEC, &mut out);
+    assert_eq!(out.len(), 1);
+    a.push(late, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(a.stats().late_spans, 1);
+    assert_eq!(a.in_flight_spans(), 0);
+}
+
+#[test]
+fn full_buffer_evicts_oldest_as_incomplete() {
+    let config = AssemblerConfig { max_in_flight_spans: 5, ..AssemblerConfig::default() };
+    let mut a = Assembler::new(config);
+    push_all(&mut a, small_trace(1, T0));
+    let out = push_all(&mut a, small_trace(2, T0));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].trace_id, TraceBuilder::new(1, 0).trace_id());
+    assert_eq!(out[0].completion, Completion::Evicted);
+    assert!(!out[0].is_complete());
+    assert_eq!(a.stats().traces_evicted, 1);
+    assert!(a.in_flight_spans() <= 5);
+}
+
+#[test]
+fn absurd_timestamps_are_counted_and_do_not_move_time() {
+    let mut a = Assembler::new(AssemblerConfig::default());
+    push_all(&mut a, small_trace(1, T0));
+    let watermark = a.watermark();
+    let mut future = small_trace(2, T0 + 365 * 24 * 3600 * SEC);
+    let mut zero = small_trace(3, 0);
+    zero[0].end_unix_nano = 0;
+    future.append(&mut zero);
+    let out = push_all(&mut a, future);
+    assert!(out.is_empty(), "a far-future span must not complete everything");
+    assert_eq!(a.watermark(), watermark);
+    assert_eq!(a.stats().clock_skew_spans, 3);
+    assert!(a.stats().bad_timestamp_spans >= 1);
+}
+
+#[test]
+fn flush_completes_everything_in_creation_order() {
+    let mut a = Assembler::new(AssemblerConfig::default());
+    push_all(&mut a, small_trace(1, T0));
+    push_all(&mut a, small_trace(2, T0));
+    let mut out = Vec::new();
+    a.flush(&mut out);
+    let ids: Vec<_> = out.iter().map(|t| t.trace_id).collect();
+    assert_eq!(ids, vec![TraceBuilder::new(1, 0).trace_id(), TraceBuilder::new(2, 0).trace_id()]);
+    assert!(out.iter().all(|t| t.completion == Completion::Flushed));
+    assert_eq!(a.in_flight_traces(), 0);
+}

@@ -1,0 +1,14 @@
+//! Learned baselines: what each edge and each root class normally does.
+//!
+//! This crate owns the streaming statistics ([`Distribution`]), the bounded store of them
+//! keyed by edge and root class ([`BaselineStore`]), and the versioned snapshot under
+//! `models/`. It never decides what is anomalous (stormwatch-detect does) and never touches
+//! the network; its only I/O is the snapshot file.
+
+mod distribution;
+mod snapshot;
+mod store;
+
+pub use distribution::Distribution;
+pub use snapshot::{load_snapshot, write_snapshot, SnapshotError, SNAPSHOT_FILE, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
+pub use store::{BaselineStore, RequestMetric, StoreStats};

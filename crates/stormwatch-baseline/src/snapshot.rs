@@ -1,0 +1,278 @@
+//! The baseline snapshot: `models/baselines.json`, a versioned JSON document written
+//! atomically (temporary file, fsync, rename) and restored on start.
+//!
+//! A missing file means "nothing learned yet". A file that cannot be read, is not a snapshot,
+//! or has another version is an error that names the file and what to do: the engine must
+//! never silently start from zero after it had learned.
+
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use stormwatch_model::{Edge, Node, NodeKind, RootClass, Sym};
+
+use crate::{BaselineStore, Distribution, RequestMetric};
+
+pub const SNAPSHOT_FILE: &str = "baselines.json";
+pub const SNAPSHOT_FORMAT: &str = "stormwatch.baselines";
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("cannot read baseline snapshot {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "baseline snapshot {path} is corrupt ({reason}); restore it from a backup, or move it \
+         away to start learning from zero"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "baseline snapshot {path} has format version {found}, this engine reads version \
+         {SNAPSHOT_VERSION}; run the stormwatch release that wrote it, or move the file away to \
+         start learning from zero"
+    )]
+    Version { path: PathBuf, found: u32 },
+    #[error("cannot write baseline snapshot {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+#[derive(Serialize, Deserialize)]
+struct NodeDoc {
+    service: String,
+    operation: String,
+    kind: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EdgeDoc {
+    from: NodeDoc,
+    to: NodeDoc,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ClassDoc {
+    service: String,
+    operation: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    query_shape: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FanoutDoc {
+    edge: EdgeDoc,
+    calls_per_parent: Distribution,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RequestEdgeDoc {
+    entry: ClassDoc,
+    edge: EdgeDoc,
+    calls_per_request: Distribution,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RequestTotalDoc {
+    entry: ClassDoc,
+    metric: String,
+    per_request: Distribution,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotDoc {
+    format: String,
+    version: u32,
+    watermark_unix_nano: u64,
+    fanout: Vec<FanoutDoc>,
+    request_edges: Vec<RequestEdgeDoc>,
+    request_totals: Vec<RequestTotalDoc>,
+}
+
+/// Only the header, read first so a version mismatch is reported as such.
+#[derive(Deserialize)]
+struct Header {
+    format: String,
+    version: u32,
+}
+
+fn node_doc(node: &Node) -> NodeDoc {
+    NodeDoc {
+        service: node.service.to_string(),
+        operation: node.operation.to_string(),
+        kind: node.kind.as_str().into(),
+    }
+}
+
+fn edge_doc(edge: &Edge) -> EdgeDoc {
+    EdgeDoc { from: node_doc(&edge.from), to: node_doc(&edge.to) }
+}
+
+fn class_doc(class: &RootClass) -> ClassDoc {
+    ClassDoc {
+        service: class.service.to_string(),
+        operation: class.operation.to_string(),
+        query_shape: class.query_shape.map(|shape| shape.to_string()),
+    }
+}
+
+fn node_of(doc: &NodeDoc) -> Result<Node, String> {
+    let kind = NodeKind::parse(&doc.kind).ok_or_else(|| format!("unknown node kind {:?}", doc.kind))?;
+    Ok(Node { service: Sym::new(&doc.service), operation: Sym::new(&doc.operation), kind })
+}
+
+fn edge_of(doc: &EdgeDoc) -> Result<Edge, String> {
+    Ok(Edge { from: node_of(&doc.from)?, to: node_of(&doc.to)? })
+}
+
+fn class_of(doc: &ClassDoc) -> RootClass {
+    RootClass {
+        service: Sym::new(&doc.service),
+        operation: Sym::new(&doc.operation),
+        query_shape: doc.query_shape.as_deref().map(Sym::new),
+    }
+}
+
+/// Writes `store` to `dir/baselines.json` atomically. Entries are sorted so that two
+/// snapshots of the same state are byte-identical.
+pub fn write_snapshot(dir: &Path, store: &BaselineStore) -> Result<PathBuf, SnapshotError> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let write_error = |source| SnapshotError::Write { path: path.clone(), source };
+    let mut fanout: Vec<_> = store.fanout.iter().collect();
+    fanout.sort_by(|a, b| a.0.cmp(b.0));
+    let mut request_edges: Vec<_> = store.request_edges.iter().collect();
+    request_edges.sort_by(|a, b| a.0.cmp(b.0));
+    let mut request_totals: Vec<_> = store.request_totals.iter().collect();
+    request_totals.sort_by(|a, b| a.0.cmp(b.0));
+    let doc = SnapshotDoc {
+        format: SNAPSHOT_FORMAT.into(),
+        version: SNAPSHOT_VERSION,
+        watermark_unix_nano: store.watermark_unix_nano,
+        fanout: fanout
+            .into_iter()
+            .map(|(edge, d)| FanoutDoc { edge: edge_doc(edge), calls_per_parent: d.clone() })
+            .collect(),
+        request_edges: request_edges
+            .into_iter()
+            .map(|((class, edge), d)| RequestEdgeDoc {
+                entry: class_doc(class),
+                edge: edge_doc(edge),
+                calls_per_request: d.clone(),
+            })
+            .collect(),
+        request_totals: request_totals
+            .into_iter()
+            .map(|((class, metric), d)| RequestTotalDoc {
+                entry: class_doc(class),
+                metric: metric.as_str().into(),
+                per_request: d.clone(),
+            })
+            .collect(),
+    };
+    fs::create_dir_all(dir).map_err(write_error)?;
+    let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let file = File::create(&temporary).map_err(write_error)?;
+    let mut writer = BufWriter::new(file);
+    serde_json::to_writer(&mut writer, &doc).map_err(|e| write_error(e.into()))?;
+    writer.write_all(b"\n").map_err(write_error)?;
+    let file = writer.into_inner().map_err(|e| write_error(e.into_error()))?;
+    file.sync_all().map_err(write_error)?;
+    fs::rename(&temporary, &path).map_err(write_error)?;
+    // Make the rename itself durable.
+    if let Ok(directory) = File::open(dir) {
+        let _ = directory.sync_all();
+    }
+    Ok(path)
+}
+
+/// Reads `dir/baselines.json` into a store with `max_keys` per table. `Ok(None)` when there
+/// is no snapshot yet.
+pub fn load_snapshot(dir: &Path, max_keys: usize) -> Result<Option<BaselineStore>, SnapshotError> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(SnapshotError::Read { path, source }),
+    };
+    let corrupt = |reason: String| SnapshotError::Corrupt { path: path.clone(), reason };
+    let header: Header = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if header.format != SNAPSHOT_FORMAT {
+        return Err(corrupt(format!("format is {:?}, expected {SNAPSHOT_FORMAT:?}", header.format)));
+    }
+    if header.version != SNAPSHOT_VERSION {
+        return Err(SnapshotError::Version { path, found: header.version });
+    }
+    let doc: SnapshotDoc =
+        serde_json::from_reader(BufReader::new(bytes.as_slice())).map_err(|e| corrupt(e.to_string()))?;
+    let mut store = BaselineStore::new(max_keys);
+    store.watermark_unix_nano = doc.watermark_unix_nano;
+    for entry in doc.fanout {
+        store.fanout.insert(edge_of(&entry.edge).map_err(corrupt)?, entry.calls_per_parent);
+    }
+    for entry in doc.request_edges {
+        let key = (class_of(&entry.entry), edge_of(&entry.edge).map_err(corrupt)?);
+        store.request_edges.insert(key, entry.calls_per_request);
+    }
+    for entry in doc.request_totals {
+        let metric =
+            RequestMetric::parse(&entry.metric).ok_or_else(|| corrupt(format!("unknown metric {:?}", entry.metric)))?;
+        store.request_totals.insert((class_of(&entry.entry), metric), entry.per_request);
+    }
+    Ok(Some(store))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_store() -> BaselineStore {
+        let node = |s: &str, o: &str, kind| Node { service: Sym::new(s), operation: Sym::new(o), kind };
+        let edge = Edge {
+            from: node("reviews", "GET /reviews", NodeKind::Service),
+            to: node("sqlite", "SELECT name FROM users WHERE id = ?", NodeKind::Database),
+        };
+        let class = RootClass {
+            service: Sym::new("gateway"),
+            operation: Sym::new("GET /products"),
+            query_shape: Some(Sym::new("page")),
+        };
+        let mut store = BaselineStore::new(100);
+        for i in 0..300 {
+            store.observe_fanout(edge, 1 + i % 5, 1_000 + i);
+            store.observe_request_edge(class, edge, 3, 1_000 + i);
+            store.observe_request_total(class, RequestMetric::Spans, 12, 1_000 + i);
+        }
+        store.watermark_unix_nano = 99;
+        store
+    }
+
+    #[test]
+    fn round_trip_is_exact_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sample_store();
+        let path = write_snapshot(dir.path(), &store).unwrap();
+        let first = fs::read(&path).unwrap();
+        let restored = load_snapshot(dir.path(), 100).unwrap().unwrap();
+        assert_eq!(restored.fanout, store.fanout);
+        assert_eq!(restored.request_edges, store.request_edges);
+        assert_eq!(restored.request_totals, store.request_totals);
+        assert_eq!(restored.watermark_unix_nano, 99);
+        write_snapshot(dir.path(), &restored).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), first, "same state, same bytes");
+        assert!(!dir.path().join("baselines.json.tmp").exists());
+    }
+
+    #[test]
+    fn missing_is_empty_but_corrupt_or_old_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_snapshot(dir.path(), 10).unwrap().is_none());
+        let path = dir.path().join(SNAPSHOT_FILE);
+        fs::write(&path, b"{\"format\": \"stormwatch.baselines\", \"vers").unwrap();
+        let error = load_snapshot(dir.path(), 10).unwrap_err().to_string();
+        assert!(error.contains("corrupt") && error.contains("baselines.json"), "{error}");
+        fs::write(&path, br#"{"format":"stormwatch.baselines","version":0}"#).unwrap();
+        let error = load_snapshot(dir.path(), 10).unwrap_err().to_string();
+        assert!(error.contains("version 0") && error.contains("move the file away"), "{error}");
+        fs::write(&path, br#"{"format":"something-else","version":1}"#).unwrap();
+        assert!(matches!(load_snapshot(dir.path(), 10), Err(SnapshotError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,125 @@
+//! The baselines of one engine, keyed by edge and root class, with a bound on how many keys
+//! it holds so that an attacker who invents operations cannot exhaust memory.
+
+use std::collections::HashMap;
+
+use stormwatch_model::{Edge, RootClass};
+
+use crate::Distribution;
+
+/// Per-request totals learned for each root class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RequestMetric {
+    Spans,
+    DbCalls,
+    Services,
+}
+
+impl RequestMetric {
+    pub const ALL: [RequestMetric; 3] = [RequestMetric::Spans, RequestMetric::DbCalls, RequestMetric::Services];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestMetric::Spans => "spans",
+            RequestMetric::DbCalls => "db_calls",
+            RequestMetric::Services => "services",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RequestMetric> {
+        RequestMetric::ALL.into_iter().find(|metric| metric.as_str() == text)
+    }
+}
+
+/// Counters of the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Observations not learned because the store was at its key limit.
+    pub capped_observations: u64,
+}
+
+/// All baselines. Keys beyond `max_keys` (per table) are not created; the observations are
+/// counted in [`StoreStats::capped_observations`] instead.
+#[derive(Clone, Debug)]
+pub struct BaselineStore {
+    /// Calls per parent span, per edge.
+    pub fanout: HashMap<Edge, Distribution>,
+    /// Calls per root request, per (root class, edge).
+    pub request_edges: HashMap<(RootClass, Edge), Distribution>,
+    /// Spans, DB calls and services per root request, per root class.
+    pub request_totals: HashMap<(RootClass, RequestMetric), Distribution>,
+    /// Event time the store has learned up to.
+    pub watermark_unix_nano: u64,
+    max_keys: usize,
+    stats: StoreStats,
+}
+
+impl BaselineStore {
+    pub fn new(max_keys: usize) -> BaselineStore {
+        BaselineStore {
+            fanout: HashMap::new(),
+            request_edges: HashMap::new(),
+            request_totals: HashMap::new(),
+            watermark_unix_nano: 0,
+            max_keys,
+            stats: StoreStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+
+    pub fn set_max_keys(&mut self, max_keys: usize) {
+        self.max_keys = max_keys;
+    }
+
+    /// Distinct edges with a fan-out baseline.
+    pub fn edges_tracked(&self) -> usize {
+        self.fanout.len()
+    }
+
+    pub fn observe_fanout(&mut self, edge: Edge, calls: u64, at: u64) {
+        observe(&mut self.fanout, edge, calls, at, self.max_keys, &mut self.stats);
+    }
+
+    pub fn observe_request_edge(&mut self, class: RootClass, edge: Edge, calls: u64, at: u64) {
+        observe(&mut self.request_edges, (class, edge), calls, at, self.max_keys, &mut self.stats);
+    }
+
+    pub fn observe_request_total(&mut self, class: RootClass, metric: RequestMetric, value: u64, at: u64) {
+        observe(&mut self.request_totals, (class, metric), value, at, self.max_keys, &mut self.stats);
+    }
+
+    /// Approximate heap bytes held by all distributions.
+    pub fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<Distribution>() + std::mem::size_of::<(RootClass, Edge)>();
+        self.fanout
+            .values()
+            .chain(self.request_edges.values())
+            .chain(self.request_totals.values())
+            .map(|d| d.heap_bytes() + entry)
+            .sum()
+    }
+}
+
+fn observe<K: std::hash::Hash + Eq>(
+    table: &mut HashMap<K, Distribution>,
+    key: K,
+    value: u64,
+    at: u64,
+    max_keys: usize,
+    stats: &mut StoreStats,
+) {
+    if let Some(distribution) = table.get_mut(&key) {
+        distribution.observe(value, at);
+    } else if table.len() < max_keys {
+        table.entry(key).or_default().observe(value, at);
+    } else {
+        stats.capped_observations += 1;
+    }
+}

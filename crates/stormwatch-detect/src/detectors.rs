@@ -1,0 +1,302 @@
+//! The per-trace detectors and the learning rule.
+//!
+//! * `fanout_amplification`: calls per parent span on a service edge far beyond its baseline.
+//! * `n_plus_one`: the same normalised statement repeated under one parent far beyond its
+//!   baseline (the fan-out of an edge into a database or cache).
+//! * `request_amplification`: work per root request (calls on an edge, or spans, DB calls,
+//!   services in total) far beyond its root class's baseline.
+//!
+//! A value is anomalous when it exceeds `max(q * ratio, q + min_excess)`, `q` being the
+//! baseline's `quantile` (p99 by default): a loop that is normally 1-5 stays quiet, the same
+//! loop at 400 fires. A baseline judges only after `learning_min_samples` observations.
+//! Anomalous observations never train the baseline, so an attacker cannot teach it the attack;
+//! incomplete traces never train it either.
+//!
+//! One incident, one alert: per-parent findings are reported first; request-level ones only
+//! when no per-parent finding explains the trace, and totals only when no edge does. Within a
+//! tier, an edge whose caller is the callee of another anomalous edge is a consequence and is
+//! left out.
+
+use std::collections::HashSet;
+
+use stormwatch_baseline::{BaselineStore, Distribution, RequestMetric};
+use stormwatch_model::{AlertKind, Edge, Node, RootClass, Severity, TraceId};
+
+use crate::features::TraceFeatures;
+
+/// Detection thresholds.
+#[derive(Clone, Debug)]
+pub struct DetectConfig {
+    /// Observations a baseline needs before it judges.
+    pub learning_min_samples: u64,
+    /// The baseline quantile thresholds are built on.
+    pub quantile: f64,
+    /// Alert above `quantile * ratio` ...
+    pub ratio: f64,
+    /// ... and above `quantile + min_excess` (both must be exceeded).
+    pub min_excess: f64,
+    /// Critical at this multiple of the threshold; warning below.
+    pub critical_factor: f64,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig { learning_min_samples: 200, quantile: 0.99, ratio: 3.0, min_excess: 10.0, critical_factor: 4.0 }
+    }
+}
+
+/// One anomaly found in one trace, before throttling turns it into an alert.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finding {
+    pub kind: AlertKind,
+    pub edge: Option<Edge>,
+    pub entry: Option<RootClass>,
+    /// For request totals: which total.
+    pub metric: Option<RequestMetric>,
+    pub observed: f64,
+    pub expected: f64,
+    pub threshold: f64,
+    pub unit: &'static str,
+    pub score: f64,
+    pub severity: Severity,
+    pub trace_id: TraceId,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub baseline_samples: u64,
+    pub baseline_since_unix_nano: u64,
+    pub explanation: String,
+}
+
+struct Judgement {
+    expected: f64,
+    threshold: f64,
+    samples: u64,
+    since: u64,
+}
+
+fn judge(distribution: Option<&Distribution>, observed: u64, config: &DetectConfig) -> Option<Judgement> {
+    let distribution = distribution?;
+    if distribution.samples() < config.learning_min_samples {
+        return None;
+    }
+    let high = distribution.quantile(config.quantile) as f64;
+    let threshold = (high * config.ratio).max(high + config.min_excess);
+    (observed as f64 > threshold).then(|| Judgement {
+        expected: distribution.quantile(0.5) as f64,
+        threshold,
+        samples: distribution.samples(),
+        since: distribution.since_unix_nano(),
+    })
+}
+
+/// Where the request came in, unless the caller itself is the entry point.
+fn entry_suffix(entry: Option<RootClass>, caller: &Node) -> String {
+    match entry {
+        Some(class) if class.service == caller.service && class.operation == caller.operation => String::new(),
+        Some(class) => format!(", in a request entering at {class}"),
+        None => ", in a request with no known entry point".into(),
+    }
+}
+
+fn number(value: f64) -> String {
+    if value.fract() == 0.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    }
+}
+
+struct Pending {
+    kind: AlertKind,
+    edge: Option<Edge>,
+    metric: Option<RequestMetric>,
+    observed: u64,
+    unit: &'static str,
+    judgement: Judgement,
+}
+
+impl Pending {
+    fn finish(self, features: &TraceFeatures, config: &DetectConfig) -> Finding {
+        let Judgement { expected, threshold, samples, since } = self.judgement;
+        let observed = self.observed as f64;
+        let entry = features.root_class;
+        let limits = format!("normally {}, alert above {}", number(expected), number(threshold));
+        let explanation = match (self.kind, self.edge, self.metric) {
+            (AlertKind::NPlusOne, Some(edge), _) => format!(
+                "{} ran `{}` on {} {} times under one `{}` span ({limits}){}.",
+                edge.from.service,
+                edge.to.operation,
+                edge.to.service,
+                self.observed,
+                edge.from.operation,
+                entry_suffix(entry, &edge.from)
+            ),
+            (AlertKind::FanoutAmplification, Some(edge), _) => format!(
+                "{} called {} {} times under one parent span ({limits}){}.",
+                edge.from,
+                edge.to,
+                self.observed,
+                entry_suffix(entry, &edge.from)
+            ),
+            (_, Some(edge), _) => format!(
+                "One request entering at {} made {} calls from {} to {} ({limits}).",
+                entry.map_or_else(|| "an unknown entry point".into(), |c| c.to_string()),
+                self.observed,
+                edge.from,
+                edge.to
+            ),
+            (_, None, metric) => format!(
+                "One request entering at {} caused {} {} ({limits}).",
+                entry.map_or_else(|| "an unknown entry point".into(), |c| c.to_string()),
+                self.observed,
+                match metric {
+                    Some(RequestMetric::DbCalls) => "database calls",
+                    Some(RequestMetric::Services) => "distinct services",
+                    _ => "spans",
+                }
+            ),
+        };
+        let severity =
+            if observed >= threshold * config.critical_factor { Severity::Critical } else { Severity::Warning };
+        Finding {
+            kind: self.kind,
+            edge: self.edge,
+            entry,
+            metric: self.metric,
+            observed,
+            expected,
+            threshold,
+            unit: self.unit,
+            score: (observed / threshold * 100.0).round() / 100.0,
+            severity,
+            trace_id: features.trace_id,
+            start_unix_nano: features.start_unix_nano,
+            end_unix_nano: features.end_unix_nano,
+            baseline_samples: samples,
+            baseline_since_unix_nano: since,
+            explanation,
+        }
+    }
+}
+
+/// Drops findings on edges whose caller is the callee of another finding's edge: the
+/// downstream consequence of an amplification already reported.
+fn root_causes(pending: Vec<Pending>) -> Vec<Pending> {
+    let callees: HashSet<Node> = pending.iter().filter_map(|p| p.edge.map(|e| e.to)).collect();
+    pending.into_iter().filter(|p| p.edge.is_none_or(|e| !callees.contains(&e.from))).collect()
+}
+
+/// Judges a trace against the baselines. Returns findings in a stable order, and which
+/// observations were anomalous (so that learning skips them).
+pub fn detect(features: &TraceFeatures, store: &BaselineStore, config: &DetectConfig) -> (Vec<Finding>, Anomalies) {
+    let mut anomalies = Anomalies::default();
+    let mut per_parent = Vec::new();
+    for edge in &features.edges {
+        if let Some(judgement) = judge(store.fanout.get(&edge.edge), edge.max_calls_per_parent, config) {
+            anomalies.fanout.insert(edge.edge);
+            let kind =
+                if edge.edge.to.kind.is_datastore() { AlertKind::NPlusOne } else { AlertKind::FanoutAmplification };
+            per_parent.push(Pending {
+                kind,
+                edge: Some(edge.edge),
+                metric: None,
+                observed: edge.max_calls_per_parent,
+                unit: "calls_per_parent",
+                judgement,
+            });
+        }
+    }
+    let mut per_request = Vec::new();
+    let mut totals = Vec::new();
+    if let Some(class) = features.root_class {
+        for edge in &features.edges {
+            if let Some(judgement) = judge(store.request_edges.get(&(class, edge.edge)), edge.calls, config) {
+                anomalies.request_edges.insert(edge.edge);
+                per_request.push(Pending {
+                    kind: AlertKind::RequestAmplification,
+                    edge: Some(edge.edge),
+                    metric: None,
+                    observed: edge.calls,
+                    unit: "calls_per_request",
+                    judgement,
+                });
+            }
+        }
+        for metric in RequestMetric::ALL {
+            let observed = total(features, metric);
+            if let Some(judgement) = judge(store.request_totals.get(&(class, metric)), observed, config) {
+                anomalies.totals.insert(metric);
+                totals.push(Pending {
+                    kind: AlertKind::RequestAmplification,
+                    edge: None,
+                    metric: Some(metric),
+                    observed,
+                    unit: match metric {
+                        RequestMetric::Spans => "spans_per_request",
+                        RequestMetric::DbCalls => "db_calls_per_request",
+                        RequestMetric::Services => "services_per_request",
+                    },
+                    judgement,
+                });
+            }
+        }
+    }
+    let chosen = if !per_parent.is_empty() {
+        root_causes(per_parent)
+    } else if !per_request.is_empty() {
+        root_causes(per_request)
+    } else {
+        // The largest relative excess speaks for the request; the other totals follow from it.
+        totals.sort_by(|a, b| {
+            let ratio = |p: &Pending| p.observed as f64 / p.judgement.threshold;
+            ratio(b).total_cmp(&ratio(a))
+        });
+        totals.truncate(1);
+        totals
+    };
+    (chosen.into_iter().map(|p| p.finish(features, config)).collect(), anomalies)
+}
+
+fn total(features: &TraceFeatures, metric: RequestMetric) -> u64 {
+    match metric {
+        RequestMetric::Spans => features.spans,
+        RequestMetric::DbCalls => features.db_calls,
+        RequestMetric::Services => features.services,
+    }
+}
+
+/// Which observations of a trace were judged anomalous.
+#[derive(Debug, Default)]
+pub struct Anomalies {
+    fanout: HashSet<Edge>,
+    request_edges: HashSet<Edge>,
+    totals: HashSet<RequestMetric>,
+}
+
+/// Learns a complete trace's observations, except the anomalous ones.
+pub fn learn(features: &TraceFeatures, store: &mut BaselineStore, anomalies: &Anomalies) {
+    if !features.complete {
+        return;
+    }
+    let at = features.end_unix_nano;
+    for edge in &features.edges {
+        if !anomalies.fanout.contains(&edge.edge) {
+            for calls in &edge.calls_per_parent {
+                store.observe_fanout(edge.edge, *calls, at);
+            }
+        }
+    }
+    if let Some(class) = features.root_class {
+        for edge in &features.edges {
+            if !anomalies.request_edges.contains(&edge.edge) {
+                store.observe_request_edge(class, edge.edge, edge.calls, at);
+            }
+        }
+        for metric in RequestMetric::ALL {
+            if !anomalies.totals.contains(&metric) {
+                store.observe_request_total(class, metric, total(features, metric), at);
+            }
+        }
+    }
+    store.watermark_unix_nano = store.watermark_unix_nano.max(at);
+}

@@ -1,0 +1,158 @@
+use stormwatch_model::builder::TraceBuilder;
+use stormwatch_model::{Alert, AlertKind, Severity, Span};
+
+use super::*;
+use crate::features::tests::product_trace;
+
+const SEC: u64 = 1_000_000_000;
+const T0: u64 = 1_800_000_000 * SEC;
+
+fn engine() -> Engine {
+    Engine::new(EngineConfig::default(), BaselineStore::new(10_000), || 42)
+}
+
+/// `count` ordinary product requests, one every 100 ms, with author N+1 loops of 1-5.
+fn learn_normal(engine: &mut Engine, first_seed: u64, count: u64) -> Vec<Alert> {
+    let mut out = Vec::new();
+    for i in 0..count {
+        let seed = first_seed + i;
+        engine.push(product_trace(seed, T0 + seed * SEC / 10, 1 + (seed % 5) as usize), &mut out);
+    }
+    out
+}
+
+fn settle(engine: &mut Engine, seed: u64, out: &mut Vec<Alert>) {
+    engine.advance_to(T0 + seed * SEC / 10 + 10 * SEC, out);
+}
+
+#[test]
+fn a_normal_loop_stays_quiet_and_the_same_loop_at_400_fires_once() {
+    let mut engine = engine();
+    let alerts = learn_normal(&mut engine, 0, 400);
+    assert!(alerts.is_empty(), "normal traffic alerted: {alerts:#?}");
+
+    let mut out = Vec::new();
+    let attack = product_trace(1_000, T0 + 401 * SEC / 10, 400);
+    let attack_id = attack[0].trace_id;
+    engine.push(attack, &mut out);
+    settle(&mut engine, 1_000, &mut out);
+    assert_eq!(out.len(), 1, "one incident, one alert: {out:#?}");
+    let alert = &out[0];
+    assert_eq!(alert.kind, AlertKind::NPlusOne);
+    let edge = alert.edge.as_ref().unwrap();
+    assert_eq!((edge.from.service.as_str(), edge.from.operation.as_str()), ("reviews", "GET /reviews"));
+    assert_eq!(edge.to.operation, "SELECT name FROM users WHERE id = ?");
+    assert_eq!(edge.to.kind, "database");
+    let entry = alert.entry.as_ref().unwrap();
+    assert_eq!((entry.service.as_str(), entry.operation.as_str()), ("gateway", "GET /product/<int:pid>"));
+    assert_eq!(alert.exemplar_trace_ids, vec![attack_id.to_string()]);
+    assert_eq!((alert.observed, alert.expected), (400.0, 3.0));
+    assert_eq!(alert.threshold, 15.0);
+    assert_eq!(alert.unit, "calls_per_parent");
+    assert_eq!(alert.severity, Severity::Critical);
+    assert_eq!(alert.count, 1);
+    assert!(alert.baseline.samples >= 200);
+    assert!(alert.explanation.contains("400 times"), "{}", alert.explanation);
+    assert_eq!(alert.detected_at, "1970-01-01T00:00:00.000Z");
+}
+
+#[test]
+fn a_storm_is_throttled_into_a_counted_summary_and_does_not_train() {
+    let mut engine = engine();
+    learn_normal(&mut engine, 0, 300);
+    let mut out = Vec::new();
+    for seed in 300..400u64 {
+        engine.push(product_trace(seed, T0 + seed * SEC / 10, 400), &mut out);
+    }
+    settle(&mut engine, 400, &mut out);
+    assert_eq!(out.len(), 1, "first alert only, the rest folded");
+    let fingerprint = out[0].fingerprint.clone();
+    // Past the throttle window the summary arrives, carrying the count.
+    engine.advance_to(T0 + 400 * SEC, &mut out);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert_eq!(out[1].fingerprint, fingerprint);
+    assert!(out[1].count >= 98 && out[1].count <= 99, "count {}", out[1].count);
+    assert_eq!(out[1].exemplar_trace_ids.len(), 5);
+    // The attack did not become normal: it still fires.
+    let mut later = Vec::new();
+    engine.push(product_trace(5_000, T0 + 500 * SEC, 400), &mut later);
+    engine.advance_to(T0 + 520 * SEC, &mut later);
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].kind, AlertKind::NPlusOne);
+    assert_eq!(engine.stats().alerts[kind_index(AlertKind::NPlusOne)], 3);
+}
+
+#[test]
+fn fanout_to_a_service_is_reported_at_its_source() {
+    let mut engine = engine();
+    learn_normal(&mut engine, 0, 300);
+    // The gateway calls reviews 60 times under one span: each reviews call is normal, but
+    // the reviews -> sqlite work it causes is a consequence, not a second incident.
+    let mut t = TraceBuilder::new(7_777, T0 + 31 * SEC);
+    let root = t.server("gateway", "GET /product/<int:pid>", None);
+    let call = t.client("gateway", "GET", root);
+    let items = t.server("catalog", "GET /items/<int:pid>", Some(call));
+    t.db("catalog", "sqlite", "SELECT * FROM items WHERE id = ?", items);
+    for _ in 0..60 {
+        let call = t.client("gateway", "GET", root);
+        let reviews = t.server("reviews", "GET /reviews", Some(call));
+        t.db("reviews", "sqlite", "SELECT * FROM reviews WHERE product_id = ?", reviews);
+        t.db("reviews", "sqlite", "SELECT name FROM users WHERE id = ?", reviews);
+    }
+    let mut out = Vec::new();
+    engine.push(t.build(), &mut out);
+    engine.advance_to(T0 + 60 * SEC, &mut out);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].kind, AlertKind::FanoutAmplification);
+    let edge = out[0].edge.as_ref().unwrap();
+    assert_eq!((edge.from.service.as_str(), edge.to.service.as_str()), ("gateway", "reviews"));
+    assert_eq!(out[0].observed, 60.0);
+}
+
+#[test]
+fn work_spread_over_many_parents_is_request_amplification() {
+    let mut engine = engine();
+    learn_normal(&mut engine, 0, 300);
+    // 50 internal spans each making one normal items lookup: no parent is unusual, the
+    // request as a whole is.
+    let mut t = TraceBuilder::new(8_888, T0 + 31 * SEC);
+    let root = t.server("gateway", "GET /product/<int:pid>", None);
+    let call = t.client("gateway", "GET", root);
+    let items = t.server("catalog", "GET /items/<int:pid>", Some(call));
+    for _ in 0..50 {
+        let chunk = t.internal("catalog", "load", items);
+        t.db("catalog", "sqlite", "SELECT * FROM items WHERE id = ?", chunk);
+    }
+    let mut out = Vec::new();
+    engine.push(t.build(), &mut out);
+    engine.advance_to(T0 + 60 * SEC, &mut out);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].kind, AlertKind::RequestAmplification);
+    assert_eq!(out[0].unit, "calls_per_request");
+    assert_eq!(out[0].edge.as_ref().unwrap().to.operation, "SELECT * FROM items WHERE id = ?");
+}
+
+#[test]
+fn nothing_fires_before_the_learning_minimum() {
+    let mut engine = engine();
+    learn_normal(&mut engine, 0, 50);
+    let mut out = Vec::new();
+    engine.push(product_trace(999, T0 + 6 * SEC, 400), &mut out);
+    engine.flush(&mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn same_input_same_alerts() {
+    let run = || {
+        let mut engine = engine();
+        let mut out = learn_normal(&mut engine, 0, 300);
+        let spans: Vec<Span> = (300..320).flat_map(|s| product_trace(s, T0 + s * SEC / 10, 200)).collect();
+        engine.push(spans, &mut out);
+        engine.flush(&mut out);
+        out
+    };
+    let (a, b) = (run(), run());
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+}

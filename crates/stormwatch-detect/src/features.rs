@@ -1,0 +1,295 @@
+//! Per-trace features: which edges a trace used, how often under each parent span, and how
+//! much work the root request caused in total.
+//!
+//! Pairing: a client (or producer) span is the caller side of an edge. Its callee is the
+//! server span that answers it when that service is instrumented, else the virtual node
+//! described by its attributes (database, cache, queue, peer). The caller node is the entry
+//! span of the caller's own service that the client span runs under. A server span whose
+//! parent lives in another service and is not a client span is paired with that parent too.
+//! Cycles in parent links, duplicate span ids, missing roots and orphans are tolerated.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use stormwatch_assemble::CompletedTrace;
+use stormwatch_model::{Edge, Node, NodeKind, RootClass, Span, SpanId, Sym, TraceId};
+
+/// What one edge did in one trace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EdgeFeatures {
+    pub edge: Edge,
+    /// Calls on this edge in the whole trace (work per root request).
+    pub calls: u64,
+    /// Calls under each parent span, one entry per parent.
+    pub calls_per_parent: Vec<u64>,
+    /// The largest value in `calls_per_parent`.
+    pub max_calls_per_parent: u64,
+}
+
+/// Everything detection needs from one trace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceFeatures {
+    pub trace_id: TraceId,
+    /// A root arrived and the trace was not evicted; only complete traces train baselines.
+    pub complete: bool,
+    /// The entry point; for a trace without a root, the earliest orphan's.
+    pub root_class: Option<RootClass>,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub spans: u64,
+    pub db_calls: u64,
+    pub services: u64,
+    /// Sorted by edge, so processing order is the same in every run.
+    pub edges: Vec<EdgeFeatures>,
+    /// Spans whose parent is not in the trace (besides the root).
+    pub orphan_spans: u64,
+    /// Parent links that loop back on themselves.
+    pub has_cycle: bool,
+}
+
+/// The caller-side node of a span: its service's entry span it runs under.
+struct EntryResolver<'t> {
+    spans: &'t [Span],
+    parent_index: Vec<Option<usize>>,
+    memo: Vec<Option<usize>>,
+    has_cycle: bool,
+}
+
+impl EntryResolver<'_> {
+    fn entry_of(&mut self, start: usize) -> usize {
+        let mut path = Vec::new();
+        let mut current = start;
+        let result = loop {
+            if let Some(known) = self.memo[current] {
+                break known;
+            }
+            let span = &self.spans[current];
+            if span.kind.is_entry() {
+                break current;
+            }
+            match self.parent_index[current] {
+                Some(parent) if self.spans[parent].service == span.service => {
+                    if path.len() > self.spans.len() {
+                        self.has_cycle = true;
+                        break current;
+                    }
+                    path.push(current);
+                    current = parent;
+                }
+                _ => break current,
+            }
+        };
+        for index in path {
+            self.memo[index] = Some(result);
+        }
+        self.memo[start] = Some(result);
+        result
+    }
+}
+
+fn service_node(span: &Span) -> Node {
+    Node::service(span.service, span.operation)
+}
+
+/// Extracts the features of one completed trace.
+pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
+    let spans = &trace.spans;
+    let mut index: HashMap<SpanId, usize> = HashMap::with_capacity(spans.len());
+    for (i, span) in spans.iter().enumerate() {
+        index.entry(span.span_id).or_insert(i);
+    }
+    let parent_index: Vec<Option<usize>> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, span)| span.parent_span_id.and_then(|p| index.get(&p).copied()).filter(|p| *p != i))
+        .collect();
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
+    for (i, parent) in parent_index.iter().enumerate() {
+        if let Some(parent) = parent {
+            children[*parent].push(i);
+        }
+    }
+
+    // The root: a span without a parent (earliest if several); failing that the earliest
+    // span whose parent is missing.
+    let root = spans
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.parent_span_id.is_none())
+        .min_by_key(|(i, s)| (s.start_unix_nano, *i))
+        .or_else(|| {
+            spans
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| parent_index[*i].is_none())
+                .min_by_key(|(i, s)| (s.start_unix_nano, *i))
+        })
+        .map(|(i, _)| i);
+    let orphan_spans = parent_index
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| p.is_none() && spans[*i].parent_span_id.is_some() && Some(*i) != root)
+        .count() as u64;
+    let root_class = root.map(|i| RootClass {
+        service: spans[i].service,
+        operation: spans[i].operation,
+        query_shape: spans[i].query_shape,
+    });
+
+    let mut resolver =
+        EntryResolver { spans, parent_index: parent_index.clone(), memo: vec![None; spans.len()], has_cycle: false };
+    // (edge, parent span) -> calls
+    let mut per_parent: BTreeMap<Edge, BTreeMap<SpanId, u64>> = BTreeMap::new();
+    let mut record = |edge: Edge, parent: SpanId| {
+        *per_parent.entry(edge).or_default().entry(parent).or_default() += 1;
+    };
+    for (i, span) in spans.iter().enumerate() {
+        if span.kind.is_outgoing() {
+            let caller = service_node(&spans[resolver.entry_of(i)]);
+            let answered_by = children[i]
+                .iter()
+                .map(|c| &spans[*c])
+                .filter(|child| child.kind.is_entry() || child.service != span.service)
+                .min_by_key(|child| child.start_unix_nano);
+            let callee = match (answered_by, span.remote) {
+                (Some(server), _) => service_node(server),
+                (None, Some(remote)) => Node { service: remote.name, operation: remote.operation, kind: remote.kind },
+                (None, None) => Node { service: Sym::new("unknown"), operation: span.operation, kind: NodeKind::Peer },
+            };
+            record(Edge { from: caller, to: callee }, span.parent_span_id.unwrap_or(span.span_id));
+        } else if span.kind.is_entry() {
+            // Entry span called directly from another service's non-client span.
+            if let Some(parent) = parent_index[i] {
+                let parent_span = &spans[parent];
+                if parent_span.service != span.service && !parent_span.kind.is_outgoing() {
+                    let caller = service_node(&spans[resolver.entry_of(parent)]);
+                    record(Edge { from: caller, to: service_node(span) }, parent_span.span_id);
+                }
+            }
+        }
+    }
+
+    let edges: Vec<EdgeFeatures> = per_parent
+        .into_iter()
+        .map(|(edge, parents)| {
+            let calls_per_parent: Vec<u64> = parents.into_values().collect();
+            EdgeFeatures {
+                edge,
+                calls: calls_per_parent.iter().sum(),
+                max_calls_per_parent: calls_per_parent.iter().copied().max().unwrap_or(0),
+                calls_per_parent,
+            }
+        })
+        .collect();
+    let db_calls = edges.iter().filter(|e| e.edge.to.kind.is_datastore()).map(|e| e.calls).sum();
+    let services = spans.iter().map(|s| s.service).collect::<HashSet<_>>().len() as u64;
+    TraceFeatures {
+        trace_id: trace.trace_id,
+        complete: trace.is_complete(),
+        root_class,
+        start_unix_nano: spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0),
+        end_unix_nano: spans.iter().map(|s| s.end_unix_nano).max().unwrap_or(0),
+        spans: spans.len() as u64,
+        db_calls,
+        services,
+        edges,
+        orphan_spans,
+        has_cycle: resolver.has_cycle,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use stormwatch_assemble::Completion;
+    use stormwatch_model::builder::TraceBuilder;
+
+    use super::*;
+
+    fn completed(spans: Vec<Span>) -> CompletedTrace {
+        let has_root = spans.iter().any(|s| s.parent_span_id.is_none());
+        CompletedTrace { trace_id: spans[0].trace_id, spans, completion: Completion::Idle, has_root }
+    }
+
+    /// gateway `GET /product` -> catalog `GET /items/{id}` (1 SELECT) and
+    /// -> reviews `GET /reviews` (1 SELECT + an N+1 of `authors` author lookups).
+    pub(crate) fn product_trace(seed: u64, start: u64, authors: usize) -> Vec<Span> {
+        let mut t = TraceBuilder::new(seed, start);
+        let root = t.server("gateway", "GET /product/<int:pid>", None);
+        let call = t.client("gateway", "GET", root);
+        let items = t.server("catalog", "GET /items/<int:pid>", Some(call));
+        t.db("catalog", "sqlite", "SELECT * FROM items WHERE id = ?", items);
+        let call = t.client("gateway", "GET", root);
+        let reviews = t.server("reviews", "GET /reviews", Some(call));
+        t.db("reviews", "sqlite", "SELECT * FROM reviews WHERE product_id = ?", reviews);
+        for _ in 0..authors {
+            t.db("reviews", "sqlite", "SELECT name FROM users WHERE id = ?", reviews);
+        }
+        t.build()
+    }
+
+    fn edge_named<'f>(features: &'f TraceFeatures, to_operation: &str) -> &'f EdgeFeatures {
+        features.edges.iter().find(|e| e.edge.to.operation.as_str() == to_operation).expect("edge")
+    }
+
+    #[test]
+    fn pairs_client_and_server_spans_and_virtual_databases() {
+        let features = extract(&completed(product_trace(1, 1_000, 3)));
+        assert!(features.complete);
+        let class = features.root_class.unwrap();
+        assert_eq!((class.service.as_str(), class.operation.as_str()), ("gateway", "GET /product/<int:pid>"));
+        assert_eq!(features.edges.len(), 5);
+        let to_catalog = edge_named(&features, "GET /items/<int:pid>");
+        assert_eq!(to_catalog.edge.from.operation.as_str(), "GET /product/<int:pid>");
+        assert_eq!(to_catalog.edge.to.service.as_str(), "catalog");
+        let authors = edge_named(&features, "SELECT name FROM users WHERE id = ?");
+        assert_eq!(authors.edge.from.service.as_str(), "reviews");
+        assert_eq!(authors.edge.to.kind, NodeKind::Database);
+        assert_eq!((authors.calls, authors.max_calls_per_parent), (3, 3));
+        assert_eq!(features.db_calls, 5);
+        assert_eq!(features.services, 3);
+        assert_eq!(features.spans, 10);
+    }
+
+    #[test]
+    fn internal_spans_keep_the_service_entry_as_caller() {
+        let mut t = TraceBuilder::new(2, 1_000);
+        let root = t.server("api", "POST /orders", None);
+        let work = t.internal("api", "validate", root);
+        t.db("api", "postgresql", "SELECT 1", work);
+        t.db("api", "postgresql", "SELECT 1", work);
+        t.db("api", "postgresql", "SELECT 1", root);
+        let features = extract(&completed(t.build()));
+        let edge = &features.edges[0];
+        assert_eq!(edge.edge.from.operation.as_str(), "POST /orders");
+        let mut per_parent = edge.calls_per_parent.clone();
+        per_parent.sort_unstable();
+        assert_eq!(per_parent, vec![1, 2]);
+    }
+
+    #[test]
+    fn cycles_and_orphans_do_not_hang_or_panic() {
+        let mut spans = product_trace(3, 1_000, 2);
+        // Make catalog's server span and its client parent point at each other.
+        let (a, b) = (spans[1].span_id, spans[2].span_id);
+        spans[1].parent_span_id = Some(b);
+        spans[2].parent_span_id = Some(a);
+        // And drop the root.
+        spans.remove(0);
+        let features = extract(&completed(spans));
+        assert!(!features.complete);
+        // The earliest span whose parent is missing stands in for the root.
+        assert_eq!(features.root_class.unwrap().service.as_str(), "gateway");
+        assert!(!features.edges.is_empty());
+
+        // Two internal spans of one service that are each other's parent.
+        let mut t = TraceBuilder::new(4, 1_000);
+        let root = t.server("api", "GET /", None);
+        let a = t.internal("api", "a", root);
+        let b = t.internal("api", "b", a);
+        t.db("api", "postgresql", "SELECT 1", b);
+        let mut spans = t.build();
+        spans[1].parent_span_id = Some(b);
+        let features = extract(&completed(spans));
+        assert!(features.has_cycle);
+        assert_eq!(features.edges.len(), 1);
+    }
+}

@@ -1,0 +1,20 @@
+//! Detection: from an assembled trace to explained alerts.
+//!
+//! * [`features`] turns a trace into edges, calls per parent span and work per root request.
+//! * [`detectors`] compares those with the learned baselines and learns what is normal.
+//! * [`throttle`] folds repeats of one incident into a handful of alerts.
+//! * [`Engine`] ties assembly, detection, learning and throttling into one synchronous,
+//!   deterministic state machine that `serve` and `replay` both drive.
+//!
+//! Everything here is pure: values in, values out, no sockets, no threads. The wall clock is
+//! read only through the clock function the engine is given.
+
+pub mod detectors;
+mod engine;
+pub mod features;
+pub mod throttle;
+
+pub use detectors::{DetectConfig, Finding};
+pub use engine::{Engine, EngineConfig, EngineStats};
+pub use features::{extract, EdgeFeatures, TraceFeatures};
+pub use throttle::Throttle;

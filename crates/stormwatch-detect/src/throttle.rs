@@ -1,0 +1,196 @@
+//! Throttling per fingerprint: the first finding of an incident becomes an alert at once;
+//! repeats within the throttle window (event time) are folded into one summary alert that
+//! carries their count and exemplars, sent when the window closes. A storm of ten thousand
+//! amplified requests becomes a handful of alerts.
+
+use std::collections::BTreeMap;
+
+use stormwatch_model::{
+    rfc3339, stable_hash, Alert, AlertBaseline, AlertEdge, AlertNode, AlertTargetNode, AlertWindow, Node, RootClass,
+    TraceId, ALERT_SCHEMA,
+};
+
+use crate::Finding;
+
+const MAX_EXEMPLARS: usize = 5;
+
+/// The stable identity of what is anomalous: kind + edge (+ root class for request-level
+/// kinds, + the total for request totals). 16 hex chars.
+pub fn fingerprint(finding: &Finding) -> String {
+    let mut parts: Vec<&[u8]> = vec![finding.kind.as_str().as_bytes()];
+    if let Some(edge) = &finding.edge {
+        for node in [&edge.from, &edge.to] {
+            parts.extend([
+                node.service.as_str().as_bytes(),
+                node.operation.as_str().as_bytes(),
+                node.kind.as_str().as_bytes(),
+            ]);
+        }
+    }
+    let per_request = finding.kind == stormwatch_model::AlertKind::RequestAmplification;
+    if per_request {
+        if let Some(class) = &finding.entry {
+            parts.push(class.service.as_str().as_bytes());
+            parts.push(class.operation.as_str().as_bytes());
+            parts.push(class.query_shape.map_or(&b""[..], |q| q.as_str().as_bytes()));
+        }
+    }
+    if let Some(metric) = finding.metric {
+        parts.push(metric.as_str().as_bytes());
+    }
+    format!("{:016x}", stable_hash(&parts))
+}
+
+struct Incident {
+    opened_at: u64,
+    /// Repeats since the alert that opened the incident.
+    repeats: u64,
+    /// The strongest repeat, reported in the summary.
+    worst: Option<Finding>,
+    exemplars: Vec<TraceId>,
+    first_repeat_start: u64,
+    last_repeat_end: u64,
+}
+
+/// Open incidents by fingerprint.
+pub struct Throttle {
+    window_nanos: u64,
+    open: BTreeMap<String, Incident>,
+}
+
+impl Throttle {
+    pub fn new(window_nanos: u64) -> Throttle {
+        Throttle { window_nanos, open: BTreeMap::new() }
+    }
+
+    /// Incidents currently being throttled.
+    pub fn open_incidents(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Offers a finding; an alert is appended when it opens a new incident.
+    pub fn offer(&mut self, finding: Finding, now_wall_nano: u64, out: &mut Vec<Alert>) {
+        let fingerprint = fingerprint(&finding);
+        if self.window_nanos == 0 {
+            out.push(to_alert(&finding, fingerprint, 1, vec![finding.trace_id], now_wall_nano));
+            return;
+        }
+        match self.open.get_mut(&fingerprint) {
+            Some(incident) => {
+                if incident.repeats == 0 {
+                    incident.first_repeat_start = finding.start_unix_nano;
+                }
+                incident.repeats += 1;
+                incident.first_repeat_start = incident.first_repeat_start.min(finding.start_unix_nano);
+                incident.last_repeat_end = incident.last_repeat_end.max(finding.end_unix_nano);
+                if incident.exemplars.len() < MAX_EXEMPLARS {
+                    incident.exemplars.push(finding.trace_id);
+                }
+                if incident.worst.as_ref().is_none_or(|worst| finding.score > worst.score) {
+                    incident.worst = Some(finding);
+                }
+            }
+            None => {
+                out.push(to_alert(&finding, fingerprint.clone(), 1, vec![finding.trace_id], now_wall_nano));
+                self.open.insert(
+                    fingerprint,
+                    Incident {
+                        opened_at: finding.end_unix_nano,
+                        repeats: 0,
+                        worst: None,
+                        exemplars: Vec::new(),
+                        first_repeat_start: 0,
+                        last_repeat_end: 0,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Closes incidents whose window ended by event time `watermark`, appending summaries.
+    pub fn expire(&mut self, watermark: u64, now_wall_nano: u64, out: &mut Vec<Alert>) {
+        let window = self.window_nanos;
+        let expired: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, incident)| incident.opened_at.saturating_add(window) <= watermark)
+            .map(|(fingerprint, _)| fingerprint.clone())
+            .collect();
+        for fingerprint in expired {
+            if let Some(incident) = self.open.remove(&fingerprint) {
+                summarize(fingerprint, incident, now_wall_nano, out);
+            }
+        }
+    }
+
+    /// Closes every incident (shutdown, end of replay).
+    pub fn flush(&mut self, now_wall_nano: u64, out: &mut Vec<Alert>) {
+        for (fingerprint, incident) in std::mem::take(&mut self.open) {
+            summarize(fingerprint, incident, now_wall_nano, out);
+        }
+    }
+}
+
+fn summarize(fingerprint: String, incident: Incident, now_wall_nano: u64, out: &mut Vec<Alert>) {
+    if let Some(mut worst) = incident.worst {
+        worst.start_unix_nano = incident.first_repeat_start;
+        worst.end_unix_nano = incident.last_repeat_end;
+        worst.explanation = format!(
+            "Repeated {} more {} since the first alert; worst: {}",
+            incident.repeats,
+            if incident.repeats == 1 { "time" } else { "times" },
+            worst.explanation
+        );
+        out.push(to_alert(&worst, fingerprint, incident.repeats, incident.exemplars, now_wall_nano));
+    }
+}
+
+fn node_doc(node: &Node) -> AlertNode {
+    AlertNode { service: node.service.to_string(), operation: node.operation.to_string(), query_keys: Vec::new() }
+}
+
+fn entry_doc(class: &RootClass) -> AlertNode {
+    AlertNode {
+        service: class.service.to_string(),
+        operation: class.operation.to_string(),
+        query_keys: class.query_shape.map(|q| q.as_str().split('&').map(String::from).collect()).unwrap_or_default(),
+    }
+}
+
+fn to_alert(finding: &Finding, fingerprint: String, count: u64, exemplars: Vec<TraceId>, now_wall_nano: u64) -> Alert {
+    // Deterministic id: the same evidence gives the same id, so consumers can de-duplicate
+    // redeliveries and a replay reproduces its ids.
+    let start = finding.start_unix_nano.to_be_bytes();
+    let end = finding.end_unix_nano.to_be_bytes();
+    let count_bytes = count.to_be_bytes();
+    let id_parts: [&[u8]; 4] = [fingerprint.as_bytes(), &start, &end, &count_bytes];
+    let id = format!("{:016x}{:016x}", stable_hash(&id_parts), stable_hash(&[&finding.trace_id.0, &count_bytes]));
+    Alert {
+        schema: ALERT_SCHEMA.into(),
+        id,
+        fingerprint,
+        kind: finding.kind,
+        severity: finding.severity,
+        detected_at: rfc3339(now_wall_nano),
+        window: AlertWindow { start: rfc3339(finding.start_unix_nano), end: rfc3339(finding.end_unix_nano) },
+        entry: finding.entry.as_ref().map(entry_doc),
+        edge: finding.edge.map(|edge| AlertEdge {
+            from: node_doc(&edge.from),
+            to: AlertTargetNode {
+                service: edge.to.service.to_string(),
+                operation: edge.to.operation.to_string(),
+                kind: edge.to.kind.as_str().into(),
+            },
+        }),
+        observed: finding.observed,
+        expected: finding.expected,
+        threshold: finding.threshold,
+        unit: finding.unit.into(),
+        score: finding.score,
+        count,
+        exemplar_trace_ids: exemplars.iter().map(|t| t.to_string()).collect(),
+        contributors: Vec::new(),
+        explanation: finding.explanation.clone(),
+        baseline: AlertBaseline { samples: finding.baseline_samples, since: rfc3339(finding.baseline_since_unix_nano) },
+    }
+}

@@ -1,0 +1,90 @@
+//! The Kafka alert sink: one JSON alert per message on `stormwatch.alerts`, keyed by
+//! fingerprint (so one incident stays in one partition, in order), produced with `acks=all`
+//! and idempotence. An alert counts as emitted only once the broker confirmed it.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use stormwatch_model::Alert;
+
+/// Default alert topic.
+pub const DEFAULT_ALERT_TOPIC: &str = "stormwatch.alerts";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("cannot create a Kafka producer for {brokers}: {source}")]
+    Client { brokers: String, source: rdkafka::error::KafkaError },
+    #[error(
+        "cannot reach Kafka at {brokers} to check topic {topic:?}: {source} (check --kafka-brokers / \
+         STORMWATCH_KAFKA_BROKERS, or leave it unset to write alerts to stdout and a file)"
+    )]
+    Unreachable { brokers: String, topic: String, source: rdkafka::error::KafkaError },
+    #[error(
+        "alert topic {topic:?} does not exist on {brokers}: create it (e.g. kafka-topics.sh --create \
+         --topic {topic}) or choose another with --alert-topic"
+    )]
+    MissingTopic { brokers: String, topic: String },
+    #[error("Kafka did not confirm alert {id} on {topic:?}: {source}")]
+    Delivery { id: String, topic: String, source: rdkafka::error::KafkaError },
+}
+
+/// Producer of alerts.
+pub struct KafkaAlertSink {
+    producer: FutureProducer,
+    topic: String,
+    delivery_timeout: Duration,
+}
+
+impl KafkaAlertSink {
+    /// Connects and checks that `topic` exists, so a typo fails at start, not at the first alert.
+    pub async fn connect(brokers: &str, topic: &str) -> Result<KafkaAlertSink, KafkaError> {
+        let delivery_timeout = Duration::from_secs(30);
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
+            .set("client.id", "stormwatch")
+            .create()
+            .map_err(|source| KafkaError::Client { brokers: brokers.into(), source })?;
+        let check = producer.clone();
+        let topic_owned = topic.to_string();
+        let metadata = tokio::task::spawn_blocking(move || {
+            check.client().fetch_metadata(Some(&topic_owned), Duration::from_secs(10))
+        })
+        .await
+        .expect("metadata task panicked")
+        .map_err(|source| KafkaError::Unreachable { brokers: brokers.into(), topic: topic.into(), source })?;
+        let exists =
+            metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        if !exists {
+            return Err(KafkaError::MissingTopic { brokers: brokers.into(), topic: topic.into() });
+        }
+        Ok(KafkaAlertSink { producer, topic: topic.into(), delivery_timeout })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Sends alerts and waits until the broker acknowledged every one of them.
+    pub async fn send(&self, alerts: &[Alert]) -> Result<(), KafkaError> {
+        let payloads: Vec<(String, &Alert)> = alerts.iter().map(|a| (a.to_json(), a)).collect();
+        let deliveries = payloads.iter().map(|(payload, alert)| {
+            let record = FutureRecord::to(&self.topic).key(&alert.fingerprint).payload(payload);
+            self.producer.send(record, self.delivery_timeout)
+        });
+        for (result, (_, alert)) in futures::future::join_all(deliveries).await.into_iter().zip(&payloads) {
+            if let Err((source, _)) = result {
+                return Err(KafkaError::Delivery { id: alert.id.clone(), topic: self.topic.clone(), source });
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for in-flight messages (shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}

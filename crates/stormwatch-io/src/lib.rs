@@ -1,0 +1,42 @@
+//! Everything of stormwatch that touches a socket or a file: the OTLP gRPC and HTTP
+//! receivers, the bounded queue into the engine, alert sinks (Kafka, JSON lines), OTLP files
+//! for replay, and the admin HTTP API (`/healthz`, `/metrics`).
+//!
+//! Receivers never run detection and never block the async runtime: decoding runs on blocking
+//! worker threads, and spans go to the engine through a bounded queue whose "full" answer
+//! becomes a retryable OTLP error (`UNAVAILABLE` / HTTP 503).
+
+pub mod admin;
+pub mod files;
+pub mod kafka;
+mod metrics;
+pub mod otlp;
+mod queue;
+pub mod sink;
+
+pub use metrics::Metrics;
+pub use queue::{span_queue, Disconnected, QueueFull, SpanQueue, SpanReceiver};
+
+/// I/O errors that the binary reports to the user.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error("cannot listen on {addr} for {what}: {source} (choose another address with {flag})")]
+    Bind { addr: std::net::SocketAddr, what: &'static str, flag: &'static str, source: std::io::Error },
+    #[error("{0}")]
+    Kafka(#[from] kafka::KafkaError),
+    #[error("cannot write alerts to {path}: {source}")]
+    AlertFile { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot write alerts to stdout: {0}")]
+    Stdout(std::io::Error),
+}
+
+pub type Result<T, E = IoError> = std::result::Result<T, E>;
+
+/// Binds a TCP listener, with an error that names the address, its purpose and the flag.
+pub async fn bind(
+    addr: std::net::SocketAddr,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| IoError::Bind { addr, what, flag, source })
+}

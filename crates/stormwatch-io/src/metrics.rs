@@ -1,0 +1,110 @@
+//! Process metrics in the Prometheus text format. Counters are atomics updated where things
+//! happen; engine gauges are published by the engine thread after each batch.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use stormwatch_model::AlertKind;
+
+macro_rules! metrics {
+    ($($(#[doc = $help:literal])* $name:ident : $type:literal,)*) => {
+        /// Every metric the engine exports. All fields are monotonic counters or gauges.
+        #[derive(Default)]
+        pub struct Metrics {
+            $($(#[doc = $help])* pub $name: AtomicU64,)*
+            /// Alerts confirmed written by the sink, by kind (index of `AlertKind::ALL`).
+            pub alerts_emitted: [AtomicU64; 3],
+        }
+
+        impl Metrics {
+            /// The Prometheus text exposition of every metric.
+            pub fn render(&self) -> String {
+                let mut out = String::new();
+                $(
+                    let help = concat!($($help),*).trim();
+                    let name = concat!("stormwatch_", stringify!($name));
+                    let _ = writeln!(out, "# HELP {name} {help}");
+                    let _ = writeln!(out, "# TYPE {name} {}", $type);
+                    let _ = writeln!(out, "{name} {}", self.$name.load(Ordering::Relaxed));
+                )*
+                let _ = writeln!(out, "# HELP stormwatch_alerts_emitted_total Alerts confirmed written by the alert sink, by kind.");
+                let _ = writeln!(out, "# TYPE stormwatch_alerts_emitted_total counter");
+                for (kind, count) in AlertKind::ALL.iter().zip(&self.alerts_emitted) {
+                    let _ = writeln!(out, "stormwatch_alerts_emitted_total{{kind=\"{}\"}} {}", kind.as_str(), count.load(Ordering::Relaxed));
+                }
+                out
+            }
+        }
+    };
+}
+
+metrics! {
+    /// Spans accepted by the OTLP receivers.
+    spans_received_total: "counter",
+    /// Spans rejected individually (bad ids), reported through OTLP partial_success.
+    spans_rejected_total: "counter",
+    /// Export requests refused because the engine queue was full (retryable).
+    requests_refused_total: "counter",
+    /// Export requests rejected as undecodable or too large.
+    requests_invalid_total: "counter",
+    /// Spans that arrived after their trace had completed.
+    late_spans_total: "counter",
+    /// Spans with a zero timestamp or an end before their start.
+    bad_timestamp_spans_total: "counter",
+    /// Spans too far in the future to move event time.
+    clock_skew_spans_total: "counter",
+    /// Traces completed and checked.
+    traces_completed_total: "counter",
+    /// Traces completed early, as incomplete, because the in-flight bound was reached.
+    traces_evicted_total: "counter",
+    /// Traces completed at trace_max_wait.
+    traces_max_wait_total: "counter",
+    /// Traces completed without a root span.
+    traces_without_root_total: "counter",
+    /// Alerts that the sink failed to deliver.
+    alert_delivery_failures_total: "counter",
+    /// Baseline snapshots written.
+    snapshots_written_total: "counter",
+    /// Observations not learned because the baseline store was at its key limit.
+    baseline_capped_observations_total: "counter",
+    /// Span batches waiting for the engine.
+    queue_depth: "gauge",
+    /// Spans buffered in traces not yet complete.
+    in_flight_spans: "gauge",
+    /// Traces not yet complete.
+    in_flight_traces: "gauge",
+    /// Edges with a learned fan-out baseline.
+    edges_tracked: "gauge",
+    /// Event-time watermark, Unix seconds.
+    watermark_seconds: "gauge",
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, value: u64) {
+        counter.fetch_add(value, Ordering::Relaxed);
+    }
+
+    pub fn set(gauge: &AtomicU64, value: u64) {
+        gauge.store(value, Ordering::Relaxed);
+    }
+
+    pub fn get(metric: &AtomicU64) -> u64 {
+        metric.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let metrics = Metrics::default();
+        Metrics::add(&metrics.spans_received_total, 7);
+        Metrics::add(&metrics.alerts_emitted[2], 1);
+        let text = metrics.render();
+        assert!(text.contains("# TYPE stormwatch_spans_received_total counter\nstormwatch_spans_received_total 7\n"));
+        assert!(text.contains("# HELP stormwatch_queue_depth Span batches waiting for the engine."));
+        assert!(text.contains("stormwatch_alerts_emitted_total{kind=\"n_plus_one\"} 1"));
+    }
+}

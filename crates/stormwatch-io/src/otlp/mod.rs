@@ -1,0 +1,52 @@
+//! OTLP receivers: gRPC `TraceService/Export` and HTTP `POST /v1/traces`.
+//!
+//! Both decode off the async runtime, hand spans to the engine queue, and answer as the OTLP
+//! specification says: `partial_success` for individually rejected spans, `INVALID_ARGUMENT`
+//! / 400 for undecodable payloads, `UNAVAILABLE` / 503 (retryable) when the queue is full, and
+//! a clear error for payloads over the configured size.
+
+mod grpc;
+mod http;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use stormwatch_otlp::Decoded;
+
+pub use grpc::serve_grpc;
+pub use http::{http_router, serve_http};
+
+use crate::{Metrics, QueueFull, SpanQueue};
+
+/// Default largest accepted export request, after decompression.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// What both receivers share: the queue into the engine and the metrics.
+#[derive(Clone)]
+pub struct Ingest {
+    pub queue: SpanQueue,
+    pub metrics: Arc<Metrics>,
+    pub max_message_bytes: usize,
+}
+
+/// The engine's queue is full: the client should retry with backoff.
+pub(crate) const QUEUE_FULL_MESSAGE: &str =
+    "stormwatch is behind: its span queue is full; retry with backoff (no data of this request was kept)";
+
+impl Ingest {
+    /// Hands decoded spans to the engine. On success returns what `partial_success` reports:
+    /// (rejected spans, message).
+    pub(crate) fn submit(&self, decoded: Decoded) -> Result<(i64, String), QueueFull> {
+        let accepted = decoded.spans.len() as u64;
+        let message = decoded.rejection_message();
+        let rejected = decoded.rejected_spans;
+        if let Err(full) = self.queue.try_send(decoded.spans) {
+            Metrics::add(&self.metrics.requests_refused_total, 1);
+            return Err(full);
+        }
+        Metrics::add(&self.metrics.spans_received_total, accepted);
+        Metrics::add(&self.metrics.spans_rejected_total, rejected);
+        Ok((rejected as i64, message))
+    }
+}

@@ -1,0 +1,170 @@
+//! The receivers over real loopback sockets: a raw HTTP/1.1 client for OTLP/HTTP and the
+//! generated tonic client for OTLP/gRPC.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use prost::Message;
+use stormwatch_otlp::collector::trace_service_client::TraceServiceClient;
+use stormwatch_otlp::collector::ExportTraceServiceRequest;
+use stormwatch_otlp::trace::{ResourceSpans, ScopeSpans, Span};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::{span_queue, SpanReceiver};
+
+fn request(trace_ids: &[Vec<u8>]) -> ExportTraceServiceRequest {
+    let spans = trace_ids
+        .iter()
+        .enumerate()
+        .map(|(i, trace_id)| Span {
+            trace_id: trace_id.clone(),
+            span_id: vec![i as u8 + 1; 8],
+            name: format!("span{i}"),
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+async fn start(
+    capacity: usize,
+    max_message_bytes: usize,
+) -> (std::net::SocketAddr, std::net::SocketAddr, SpanReceiver, Arc<Metrics>, CancellationToken) {
+    let (queue, receiver) = span_queue(capacity);
+    let metrics = Arc::new(Metrics::default());
+    let ingest = Ingest { queue, metrics: metrics.clone(), max_message_bytes };
+    let shutdown = CancellationToken::new();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+    tokio::spawn(serve_http(http, ingest.clone(), shutdown.clone()));
+    tokio::spawn(serve_grpc(grpc, ingest, shutdown.clone()));
+    (http_addr, grpc_addr, receiver, metrics, shutdown)
+}
+
+/// One HTTP/1.1 request; returns (status, headers, body).
+async fn post(addr: std::net::SocketAddr, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head =
+        format!("POST /v1/traces HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (413) before reading a large body; ignore a reset while writing.
+    let _ = stream.write_all(body).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("no HTTP head");
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head, response[split + 4..].to_vec())
+}
+
+const JSON: &str = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"web"}}]},"scopeSpans":[{"spans":[
+  {"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708","name":"GET /","kind":2,"startTimeUnixNano":"1","endTimeUnixNano":"2"},
+  {"traceId":"0102","spanId":"0102030405060709","name":"bad","startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}"#;
+
+#[tokio::test]
+async fn http_json_with_partial_success() {
+    let (http, _, receiver, metrics, shutdown) = start(8, 1 << 20).await;
+    let (status, _, body) = post(http, &[("Content-Type", "application/json")], JSON.as_bytes()).await;
+    assert_eq!(status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["partialSuccess"]["rejectedSpans"], "1");
+    assert!(body["partialSuccess"]["errorMessage"].as_str().unwrap().contains("traceId"));
+    let spans = receiver.try_recv().unwrap();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].service.as_str(), "web");
+    assert_eq!(Metrics::get(&metrics.spans_received_total), 1);
+    assert_eq!(Metrics::get(&metrics.spans_rejected_total), 1);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn http_protobuf_gzip() {
+    let (http, _, receiver, _, shutdown) = start(8, 1 << 20).await;
+    let body = request(&[vec![7; 16], vec![8; 16]]).encode_to_vec();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&body).unwrap();
+    let gz = gz.finish().unwrap();
+    let headers = [("Content-Type", "application/x-protobuf"), ("Content-Encoding", "gzip")];
+    let (status, head, body) = post(http, &headers, &gz).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/x-protobuf"));
+    let response = stormwatch_otlp::collector::ExportTraceServiceResponse::decode(body.as_slice()).unwrap();
+    assert!(response.partial_success.is_none());
+    assert_eq!(receiver.try_recv().unwrap().len(), 2);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn http_bad_input_gets_clear_errors() {
+    let (http, _, receiver, metrics, shutdown) = start(8, 4096).await;
+    let (status, _, body) = post(http, &[("Content-Type", "application/json")], b"{\"resourceSpans\": [").await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("not a valid OTLP/JSON"));
+    let (status, _, body) = post(http, &[("Content-Type", "text/plain")], b"hello").await;
+    assert_eq!(status, 415);
+    assert!(String::from_utf8_lossy(&body).contains("application/x-protobuf or application/json"));
+    let big = vec![b' '; 10_000];
+    let (status, _, body) = post(http, &[("Content-Type", "application/json")], &big).await;
+    assert_eq!(status, 413);
+    assert!(String::from_utf8_lossy(&body).contains("4096-byte limit"), "{}", String::from_utf8_lossy(&body));
+    // A small gzip body that inflates past the limit.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b' '; 100_000]).unwrap();
+    let gz = gz.finish().unwrap();
+    let (status, _, _) = post(http, &[("Content-Type", "application/json"), ("Content-Encoding", "gzip")], &gz).await;
+    assert_eq!(status, 413);
+    assert!(receiver.try_recv().is_none());
+    assert_eq!(Metrics::get(&metrics.requests_invalid_total), 3);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn full_queue_is_retryable_on_both_transports() {
+    let (http, grpc, receiver, metrics, shutdown) = start(1, 1 << 20).await;
+    let body = request(&[vec![7; 16]]).encode_to_vec();
+    let (status, _, _) = post(http, &[("Content-Type", "application/x-protobuf")], &body).await;
+    assert_eq!(status, 200);
+    let (status, head, _) = post(http, &[("Content-Type", "application/x-protobuf")], &body).await;
+    assert_eq!(status, 503);
+    assert!(head.to_ascii_lowercase().contains("retry-after: 1"));
+    let mut client = TraceServiceClient::connect(format!("http://{grpc}")).await.unwrap();
+    let error = client.export(request(&[vec![9; 16]])).await.unwrap_err();
+    assert_eq!(error.code(), tonic::Code::Unavailable);
+    assert!(error.message().contains("retry"));
+    assert_eq!(Metrics::get(&metrics.requests_refused_total), 2);
+    // Once the engine catches up, the retry is accepted.
+    assert!(receiver.try_recv().is_some());
+    let response = client.export(request(&[vec![9; 16]])).await.unwrap().into_inner();
+    assert!(response.partial_success.is_none());
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn grpc_partial_success_and_size_limit() {
+    let (_, grpc, receiver, _, shutdown) = start(8, 2048).await;
+    let mut client = TraceServiceClient::connect(format!("http://{grpc}")).await.unwrap();
+    let response = client.export(request(&[vec![1; 16], vec![1; 4]])).await.unwrap().into_inner();
+    let partial = response.partial_success.unwrap();
+    assert_eq!(partial.rejected_spans, 1);
+    assert!(partial.error_message.contains("trace_id: expected 16 bytes, found 4"));
+    assert_eq!(receiver.try_recv().unwrap().len(), 1);
+    let huge: Vec<Vec<u8>> = (0..200).map(|i| vec![i as u8 + 1; 16]).collect();
+    let error = client.export(request(&huge)).await.unwrap_err();
+    assert!(matches!(error.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted), "{error:?}");
+    assert!(error.message().contains("too large") || error.message().contains("limit"), "{error:?}");
+    shutdown.cancel();
+}

@@ -1,0 +1,96 @@
+//! The bounded queue from the receivers to the engine thread. When it is full, receivers
+//! refuse the request with a retryable error instead of buffering without limit: the
+//! exporter keeps the data and retries, so nothing already accepted is lost.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use stormwatch_model::Span;
+
+/// The queue is full; retry later.
+#[derive(Debug)]
+pub struct QueueFull;
+
+/// Every sender is gone and the queue is drained: the input has ended.
+#[derive(Debug)]
+pub struct Disconnected;
+
+/// The sending side, cloned into every receiver.
+#[derive(Clone)]
+pub struct SpanQueue {
+    sender: SyncSender<Vec<Span>>,
+    depth: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+/// The engine's side.
+pub struct SpanReceiver {
+    receiver: mpsc::Receiver<Vec<Span>>,
+    depth: Arc<AtomicUsize>,
+}
+
+/// A queue of at most `capacity` span batches.
+pub fn span_queue(capacity: usize) -> (SpanQueue, SpanReceiver) {
+    let (sender, receiver) = mpsc::sync_channel(capacity);
+    let depth = Arc::new(AtomicUsize::new(0));
+    (SpanQueue { sender, depth: depth.clone(), capacity }, SpanReceiver { receiver, depth })
+}
+
+impl SpanQueue {
+    /// Enqueues a batch without waiting; `Err(QueueFull)` when the engine is behind (or gone).
+    pub fn try_send(&self, spans: Vec<Span>) -> Result<(), QueueFull> {
+        if spans.is_empty() {
+            return Ok(());
+        }
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        match self.sender.try_send(spans) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                Err(QueueFull)
+            }
+        }
+    }
+
+    /// Enqueues a batch, waiting for room (replay and Kafka input: back-pressure, not refusal).
+    pub fn send_blocking(&self, spans: Vec<Span>) -> Result<(), QueueFull> {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        self.sender.send(spans).map_err(|_| {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            QueueFull
+        })
+    }
+
+    /// Batches waiting.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+impl SpanReceiver {
+    /// The next batch, or `Ok(None)` after `timeout` without one; `Err` once every sender is
+    /// gone and the queue is drained.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Vec<Span>>, Disconnected> {
+        match self.receiver.recv_timeout(timeout) {
+            Ok(spans) => {
+                self.depth.fetch_sub(1, Ordering::Relaxed);
+                Ok(Some(spans))
+            }
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(Disconnected),
+        }
+    }
+
+    /// A batch if one is waiting right now.
+    pub fn try_recv(&self) -> Option<Vec<Span>> {
+        let spans = self.receiver.try_recv().ok()?;
+        self.depth.fetch_sub(1, Ordering::Relaxed);
+        Some(spans)
+    }
+}

@@ -1,0 +1,121 @@
+//! The alert contract (`stormwatch.alert/v1`). Field names and meanings are fixed by
+//! DESIGN.md and `schemas/alert.v1.schema.json`; change them only together with the schema,
+//! the README and the tests.
+
+use serde::{Deserialize, Serialize};
+
+/// Value of the `schema` field.
+pub const ALERT_SCHEMA: &str = "stormwatch.alert/v1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// Calls per parent span on an edge far beyond the edge's baseline.
+    FanoutAmplification,
+    /// Work per root request far beyond the root class's baseline.
+    RequestAmplification,
+    /// One normalised statement repeated under one parent far beyond its baseline.
+    NPlusOne,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::FanoutAmplification => "fanout_amplification",
+            AlertKind::RequestAmplification => "request_amplification",
+            AlertKind::NPlusOne => "n_plus_one",
+        }
+    }
+
+    pub const ALL: [AlertKind; 3] =
+        [AlertKind::FanoutAmplification, AlertKind::RequestAmplification, AlertKind::NPlusOne];
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertWindow {
+    /// RFC 3339, event time.
+    pub start: String,
+    /// RFC 3339, event time.
+    pub end: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertNode {
+    pub service: String,
+    pub operation: String,
+    /// Query-parameter keys that define the root class, when any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_keys: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertTargetNode {
+    pub service: String,
+    pub operation: String,
+    /// `service`, `database`, `cache`, `queue` or `peer`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertEdge {
+    pub from: AlertNode,
+    pub to: AlertTargetNode,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Contributor {
+    /// An entry class or client address.
+    pub name: String,
+    /// Share of the excess, 0..=1.
+    pub share: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlertBaseline {
+    /// Observations the baseline has learned from.
+    pub samples: u64,
+    /// RFC 3339 event time of the first observation.
+    pub since: String,
+}
+
+/// One alert message. Serialized as one JSON object per Kafka message / JSON line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub schema: String,
+    pub id: String,
+    pub fingerprint: String,
+    pub kind: AlertKind,
+    pub severity: Severity,
+    pub detected_at: String,
+    pub window: AlertWindow,
+    pub entry: Option<AlertNode>,
+    pub edge: Option<AlertEdge>,
+    pub observed: f64,
+    pub expected: f64,
+    pub threshold: f64,
+    pub unit: String,
+    pub score: f64,
+    /// Occurrences this message stands for: 1 for the first, more for a throttled summary.
+    pub count: u64,
+    pub exemplar_trace_ids: Vec<String>,
+    pub contributors: Vec<Contributor>,
+    pub explanation: String,
+    pub baseline: AlertBaseline,
+}
+
+impl Alert {
+    /// One JSON line, without the trailing newline.
+    pub fn to_json(&self) -> String {
+        // Serializing plain structs of strings and finite numbers cannot fail.
+        serde_json::to_string(self)
+            .unwrap_or_else(|error| format!("{{\"schema\":\"{ALERT_SCHEMA}\",\"error\":\"{error}\"}}"))
+    }
+}

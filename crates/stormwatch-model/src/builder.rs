@@ -1,0 +1,91 @@
+//! Builds small traces in a few lines, for tests and examples across the workspace.
+
+use crate::{NodeKind, Remote, Span, SpanId, SpanKind, Sym, TraceId};
+
+/// Builds one trace span by span. Timestamps advance by a microsecond a span; the root ends
+/// after everything else, as real roots do.
+pub struct TraceBuilder {
+    trace_id: TraceId,
+    start_unix_nano: u64,
+    spans: Vec<Span>,
+}
+
+impl TraceBuilder {
+    /// A trace whose id is derived from `seed` and which starts at `start_unix_nano`.
+    pub fn new(seed: u64, start_unix_nano: u64) -> TraceBuilder {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&seed.wrapping_add(1).to_be_bytes());
+        id[8..].copy_from_slice(&0x5eed_u64.to_be_bytes());
+        TraceBuilder { trace_id: TraceId(id), start_unix_nano, spans: Vec::new() }
+    }
+
+    pub fn trace_id(&self) -> TraceId {
+        self.trace_id
+    }
+
+    fn add(&mut self, service: &str, operation: &str, kind: SpanKind, parent: Option<SpanId>) -> SpanId {
+        let index = self.spans.len() as u64 + 1;
+        let span_id = SpanId(index.to_be_bytes());
+        let start = self.start_unix_nano + index * 1_000;
+        self.spans.push(Span {
+            trace_id: self.trace_id,
+            span_id,
+            parent_span_id: parent,
+            service: Sym::new(service),
+            operation: Sym::new(operation),
+            kind,
+            start_unix_nano: start,
+            end_unix_nano: start + 500,
+            is_error: false,
+            query_shape: None,
+            remote: None,
+            client_address: None,
+        });
+        span_id
+    }
+
+    /// An entry (server) span; `parent` is the caller's client span, `None` for the root.
+    pub fn server(&mut self, service: &str, operation: &str, parent: Option<SpanId>) -> SpanId {
+        self.add(service, operation, SpanKind::Server, parent)
+    }
+
+    /// A root server span with a query shape (sorted query keys, `&`-joined).
+    pub fn root_with_query(&mut self, service: &str, operation: &str, query_shape: &str) -> SpanId {
+        let id = self.server(service, operation, None);
+        if let Some(span) = self.spans.last_mut() {
+            span.query_shape = Some(Sym::new(query_shape));
+        }
+        id
+    }
+
+    /// An outgoing HTTP/RPC client span, to be answered by a `server` span of the callee.
+    pub fn client(&mut self, service: &str, operation: &str, parent: SpanId) -> SpanId {
+        self.add(service, operation, SpanKind::Client, Some(parent))
+    }
+
+    /// A database call: a client span with a virtual database callee.
+    pub fn db(&mut self, service: &str, database: &str, statement: &str, parent: SpanId) -> SpanId {
+        let id = self.add(service, statement, SpanKind::Client, Some(parent));
+        if let Some(span) = self.spans.last_mut() {
+            span.remote =
+                Some(Remote { kind: NodeKind::Database, name: Sym::new(database), operation: Sym::new(statement) });
+        }
+        id
+    }
+
+    /// An internal span (a function inside a service).
+    pub fn internal(&mut self, service: &str, operation: &str, parent: SpanId) -> SpanId {
+        self.add(service, operation, SpanKind::Internal, Some(parent))
+    }
+
+    /// The spans, the root's end moved after every other span's.
+    pub fn build(mut self) -> Vec<Span> {
+        let last_end = self.spans.iter().map(|s| s.end_unix_nano).max().unwrap_or(self.start_unix_nano);
+        for span in &mut self.spans {
+            if span.parent_span_id.is_none() {
+                span.end_unix_nano = last_end + 1_000;
+            }
+        }
+        self.spans
+    }
+}

@@ -1,0 +1,38 @@
+//! The vocabulary of stormwatch: ids, spans, nodes, edges, root classes and alerts.
+//!
+//! This crate owns plain values and their formatting. It must never do I/O, spawn threads or
+//! depend on a runtime: every other crate builds on it and tests it without sockets.
+
+mod alert;
+pub mod builder;
+mod graph;
+mod ids;
+mod span;
+mod symbol;
+mod time;
+
+pub use alert::{
+    Alert, AlertBaseline, AlertEdge, AlertKind, AlertNode, AlertTargetNode, AlertWindow, Contributor, Severity,
+    ALERT_SCHEMA,
+};
+pub use graph::{Edge, Node, NodeKind, RootClass};
+pub use ids::{IdError, SpanId, TraceId};
+pub use span::{Remote, Span, SpanKind};
+pub use symbol::Sym;
+pub use time::rfc3339;
+
+/// A stable 64-bit FNV-1a hash, used where a hash must not change between runs or releases
+/// (fingerprints, alert ids). `std`'s hasher is randomly seeded and may change.
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.iter() {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        // Separator so ("ab","c") and ("a","bc") differ.
+        hash ^= 0xff;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}

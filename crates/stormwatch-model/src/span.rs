@@ -1,0 +1,82 @@
+//! The engine's span: only what assembly and detection need, with strings interned.
+//! Decoders (stormwatch-otlp) fill it from OTLP, mapping old and new semantic conventions.
+
+use crate::{SpanId, Sym, TraceId};
+
+/// OTLP span kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum SpanKind {
+    #[default]
+    Unspecified,
+    Internal,
+    Server,
+    Client,
+    Producer,
+    Consumer,
+}
+
+impl SpanKind {
+    /// From the OTLP enum number; unknown numbers are treated as unspecified.
+    pub fn from_otlp(number: i32) -> SpanKind {
+        match number {
+            1 => SpanKind::Internal,
+            2 => SpanKind::Server,
+            3 => SpanKind::Client,
+            4 => SpanKind::Producer,
+            5 => SpanKind::Consumer,
+            _ => SpanKind::Unspecified,
+        }
+    }
+
+    /// Spans that receive work from another process (the callee side of an edge).
+    pub fn is_entry(self) -> bool {
+        matches!(self, SpanKind::Server | SpanKind::Consumer)
+    }
+
+    /// Spans that send work to another process (the caller side of an edge).
+    pub fn is_outgoing(self) -> bool {
+        matches!(self, SpanKind::Client | SpanKind::Producer)
+    }
+}
+
+/// One decoded span. Attributes that the detectors do not use are not kept.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    /// `service.name` of the resource.
+    pub service: Sym,
+    /// The operation: the span name, or `METHOD route` when the name lacks the route.
+    pub operation: Sym,
+    pub kind: SpanKind,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    /// Status code ERROR.
+    pub is_error: bool,
+    /// Sorted, `&`-joined query-parameter keys of the request (`expand&page`), never values.
+    pub query_shape: Option<Sym>,
+    /// Where a client span goes when no server span answers it: a database, cache, queue or
+    /// uninstrumented peer.
+    pub remote: Option<Remote>,
+    /// Client address of an entry span (`client.address`, `net.peer.ip`, ...).
+    pub client_address: Option<Sym>,
+}
+
+/// The virtual callee described by a client span's attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Remote {
+    pub kind: crate::NodeKind,
+    /// `db.system`+`db.namespace`, `messaging.system`+destination, `peer.service` or
+    /// `server.address`.
+    pub name: Sym,
+    /// Normalised statement, `db.operation.name`, or the span name.
+    pub operation: Sym,
+}
+
+impl Span {
+    /// Duration in nanoseconds; zero when the end precedes the start.
+    pub fn duration_nanos(&self) -> u64 {
+        self.end_unix_nano.saturating_sub(self.start_unix_nano)
+    }
+}

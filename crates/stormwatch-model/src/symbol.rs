@@ -1,0 +1,75 @@
+//! Interned strings. Service names, operations and statements repeat millions of times; each
+//! is stored once and spans carry a 4-byte [`Sym`].
+//!
+//! The interner is process-wide and append-only. Unbounded cardinality is the callers' concern:
+//! decoders normalise statements and cap what they intern before it reaches here.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use lasso::{Spur, ThreadedRodeo};
+
+fn interner() -> &'static ThreadedRodeo {
+    static INTERNER: OnceLock<ThreadedRodeo> = OnceLock::new();
+    INTERNER.get_or_init(ThreadedRodeo::new)
+}
+
+/// An interned string. Cheap to copy, compare and hash; resolves to a `&'static str`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sym(Spur);
+
+impl Sym {
+    /// Interns `text`, allocating only the first time a string is seen.
+    pub fn new(text: &str) -> Sym {
+        Sym(interner().get_or_intern(text))
+    }
+
+    /// The interned text.
+    pub fn as_str(self) -> &'static str {
+        interner().resolve(&self.0)
+    }
+}
+
+impl PartialOrd for Sym {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Ordered by text, not by interning order, so sorted output is the same in every run.
+impl Ord for Sym {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl fmt::Display for Sym {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Sym {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl From<&str> for Sym {
+    fn from(text: &str) -> Self {
+        Sym::new(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_text_same_symbol() {
+        assert_eq!(Sym::new("gateway"), Sym::new("gateway"));
+        assert_ne!(Sym::new("gateway"), Sym::new("catalog"));
+        assert_eq!(Sym::new("catalog").as_str(), "catalog");
+        assert!(Sym::new("b") > Sym::new("a"));
+    }
+}

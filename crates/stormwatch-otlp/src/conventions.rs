@@ -1,0 +1,284 @@
+//! Semantic conventions, old and current, mapped onto the model.
+//!
+//! Both generations of attribute names are accepted (`db.system` / `db.system.name`,
+//! `http.method` / `http.request.method`, ...). When both are present the current name wins.
+
+use stormwatch_model::{NodeKind, Remote, Span, SpanId, SpanKind, Sym, TraceId};
+
+use crate::normalize::normalize_statement;
+
+/// Most query keys kept in a root class; more are an attacker's cardinality, not a shape.
+const MAX_QUERY_KEYS: usize = 16;
+/// Longest query key kept.
+const MAX_QUERY_KEY_LEN: usize = 64;
+
+/// The attributes the engine reads, borrowed from the decoded payload.
+#[derive(Default)]
+pub(crate) struct AttrView<'s> {
+    http_method: Option<&'s str>,
+    http_method_old: Option<&'s str>,
+    http_route: Option<&'s str>,
+    http_target: Option<&'s str>,
+    url_query: Option<&'s str>,
+    url_full: Option<&'s str>,
+    url_full_old: Option<&'s str>,
+    db_system: Option<&'s str>,
+    db_system_old: Option<&'s str>,
+    db_namespace: Option<&'s str>,
+    db_namespace_old: Option<&'s str>,
+    db_statement: Option<&'s str>,
+    db_statement_old: Option<&'s str>,
+    db_operation: Option<&'s str>,
+    db_operation_old: Option<&'s str>,
+    db_collection: Option<&'s str>,
+    db_collection_old: Option<&'s str>,
+    peer_service: Option<&'s str>,
+    server_address: Option<&'s str>,
+    server_address_old: Option<&'s str>,
+    messaging_system: Option<&'s str>,
+    messaging_destination: Option<&'s str>,
+    messaging_destination_old: Option<&'s str>,
+    client_address: Option<&'s str>,
+    client_address_old: Option<&'s str>,
+}
+
+impl<'s> AttrView<'s> {
+    /// Records one string attribute if the engine uses it.
+    pub(crate) fn set(&mut self, key: &str, value: &'s str) {
+        let slot = match key {
+            "http.request.method" => &mut self.http_method,
+            "http.method" => &mut self.http_method_old,
+            "http.route" => &mut self.http_route,
+            "http.target" => &mut self.http_target,
+            "url.query" => &mut self.url_query,
+            "url.full" => &mut self.url_full,
+            "http.url" => &mut self.url_full_old,
+            "db.system.name" => &mut self.db_system,
+            "db.system" => &mut self.db_system_old,
+            "db.namespace" => &mut self.db_namespace,
+            "db.name" => &mut self.db_namespace_old,
+            "db.query.text" => &mut self.db_statement,
+            "db.statement" => &mut self.db_statement_old,
+            "db.operation.name" => &mut self.db_operation,
+            "db.operation" => &mut self.db_operation_old,
+            "db.collection.name" => &mut self.db_collection,
+            "db.sql.table" | "db.mongodb.collection" => &mut self.db_collection_old,
+            "peer.service" => &mut self.peer_service,
+            "server.address" => &mut self.server_address,
+            "net.peer.name" => &mut self.server_address_old,
+            "messaging.system" => &mut self.messaging_system,
+            "messaging.destination.name" => &mut self.messaging_destination,
+            "messaging.destination" => &mut self.messaging_destination_old,
+            "client.address" => &mut self.client_address,
+            "net.peer.ip" | "net.sock.peer.addr" | "network.peer.address" => &mut self.client_address_old,
+            _ => return,
+        };
+        *slot = Some(value);
+    }
+
+    fn method(&self) -> Option<&'s str> {
+        self.http_method.or(self.http_method_old)
+    }
+
+    fn url_full(&self) -> Option<&'s str> {
+        self.url_full.or(self.url_full_old)
+    }
+
+    /// The raw query string of the request, from whichever attribute carries it.
+    fn query(&self) -> Option<&'s str> {
+        if let Some(query) = self.url_query {
+            return Some(query);
+        }
+        let target = self.http_target.or_else(|| self.url_full())?;
+        let query = target.split_once('?')?.1;
+        Some(query.split('#').next().unwrap_or(query))
+    }
+
+    fn remote(&self, span_name: &str) -> Option<Remote> {
+        if let Some(system) = self.db_system.or(self.db_system_old) {
+            let kind = if is_cache_system(system) { NodeKind::Cache } else { NodeKind::Database };
+            let name = match self.db_namespace.or(self.db_namespace_old) {
+                Some(namespace) if !namespace.is_empty() => Sym::new(&format!("{system}:{namespace}")),
+                _ => Sym::new(system),
+            };
+            let operation = if let Some(statement) = self.db_statement.or(self.db_statement_old) {
+                Sym::new(&normalize_statement(statement))
+            } else if let Some(operation) = self.db_operation.or(self.db_operation_old) {
+                match self.db_collection.or(self.db_collection_old) {
+                    Some(collection) => Sym::new(&format!("{operation} {collection}")),
+                    None => Sym::new(operation),
+                }
+            } else {
+                Sym::new(span_name)
+            };
+            return Some(Remote { kind, name, operation });
+        }
+        if let Some(system) = self.messaging_system {
+            let name = match self.messaging_destination.or(self.messaging_destination_old) {
+                Some(destination) => Sym::new(&format!("{system}:{destination}")),
+                None => Sym::new(system),
+            };
+            return Some(Remote { kind: NodeKind::Queue, name, operation: Sym::new(span_name) });
+        }
+        let peer = self
+            .peer_service
+            .or(self.server_address)
+            .or(self.server_address_old)
+            .or_else(|| self.url_full().and_then(url_host))?;
+        Some(Remote { kind: NodeKind::Peer, name: Sym::new(peer), operation: Sym::new(span_name) })
+    }
+}
+
+fn is_cache_system(system: &str) -> bool {
+    matches!(system, "redis" | "memcached" | "hazelcast" | "ignite" | "geode" | "coherence" | "valkey")
+}
+
+/// `host[:port]` of an absolute URL.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    (!host.is_empty()).then_some(host)
+}
+
+/// The shape of a query string: its distinct keys, sorted, joined by `&`. Values are never
+/// kept. `None` when there are no keys.
+pub fn query_shape(query: &str) -> Option<String> {
+    let mut keys: Vec<&str> = query
+        .split('&')
+        .filter_map(|pair| {
+            let key = pair.split('=').next().unwrap_or("");
+            (!key.is_empty()).then(|| truncate(key, MAX_QUERY_KEY_LEN))
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.is_empty() {
+        return None;
+    }
+    let overflow = keys.len() > MAX_QUERY_KEYS;
+    keys.truncate(MAX_QUERY_KEYS);
+    let mut shape = keys.join("&");
+    if overflow {
+        shape.push_str("&...");
+    }
+    Some(shape)
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Everything a decoder has read about one span, before interning.
+pub(crate) struct RawSpan<'s> {
+    pub(crate) trace_id: TraceId,
+    pub(crate) span_id: SpanId,
+    pub(crate) parent_span_id: Option<SpanId>,
+    pub(crate) service: Sym,
+    pub(crate) name: &'s str,
+    pub(crate) kind: SpanKind,
+    pub(crate) start_unix_nano: u64,
+    pub(crate) end_unix_nano: u64,
+    pub(crate) is_error: bool,
+}
+
+/// Builds the model span: operation naming, query shape and virtual callee.
+pub(crate) fn build_span(raw: RawSpan<'_>, attrs: &AttrView<'_>) -> Span {
+    let operation = match (attrs.http_route, raw.kind.is_entry() || raw.parent_span_id.is_none()) {
+        (Some(route), true) if !raw.name.contains(route) => match attrs.method() {
+            Some(method) => Sym::new(&format!("{method} {route}")),
+            None => Sym::new(route),
+        },
+        _ => Sym::new(raw.name),
+    };
+    let entry_like = raw.kind.is_entry() || raw.parent_span_id.is_none();
+    let query_shape = if entry_like { attrs.query().and_then(query_shape).map(|shape| Sym::new(&shape)) } else { None };
+    let remote = if raw.kind.is_outgoing() { attrs.remote(raw.name) } else { None };
+    let client_address =
+        if entry_like { attrs.client_address.or(attrs.client_address_old).map(Sym::new) } else { None };
+    Span {
+        trace_id: raw.trace_id,
+        span_id: raw.span_id,
+        parent_span_id: raw.parent_span_id,
+        service: raw.service,
+        operation,
+        kind: raw.kind,
+        start_unix_nano: raw.start_unix_nano,
+        end_unix_nano: raw.end_unix_nano,
+        is_error: raw.is_error,
+        query_shape,
+        remote,
+        client_address,
+    }
+}
+
+/// `service.name` when a resource has none, as the OpenTelemetry SDKs default it.
+pub(crate) const UNKNOWN_SERVICE: &str = "unknown_service";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_shapes_keep_keys_not_values() {
+        assert_eq!(query_shape("page=2&expand=reviews").as_deref(), Some("expand&page"));
+        assert_eq!(query_shape("expand=1&expand=2").as_deref(), Some("expand"));
+        assert_eq!(query_shape("").as_deref(), None);
+        assert_eq!(query_shape("=x").as_deref(), None);
+        let many: Vec<String> = (0..40).map(|i| format!("k{i:02}=v")).collect();
+        assert!(query_shape(&many.join("&")).unwrap().ends_with("&..."));
+    }
+
+    #[test]
+    fn url_hosts() {
+        assert_eq!(url_host("http://catalog:8081/items?x=1"), Some("catalog:8081"));
+        assert_eq!(url_host("https://user@api.example.com"), Some("api.example.com"));
+        assert_eq!(url_host("/relative"), None);
+    }
+
+    #[test]
+    fn old_and_new_database_conventions_agree() {
+        let mut old = AttrView::default();
+        old.set("db.system", "postgresql");
+        old.set("db.name", "shop");
+        old.set("db.statement", "SELECT * FROM users WHERE id = 5");
+        let mut new = AttrView::default();
+        new.set("db.system.name", "postgresql");
+        new.set("db.namespace", "shop");
+        new.set("db.query.text", "SELECT * FROM users WHERE id = 7");
+        let (old, new) = (old.remote("SELECT").unwrap(), new.remote("SELECT").unwrap());
+        assert_eq!(old, new);
+        assert_eq!(old.kind, NodeKind::Database);
+        assert_eq!(old.name.as_str(), "postgresql:shop");
+        assert_eq!(old.operation.as_str(), "SELECT * FROM users WHERE id = ?");
+    }
+
+    #[test]
+    fn caches_queues_and_peers() {
+        let mut redis = AttrView::default();
+        redis.set("db.system", "redis");
+        redis.set("db.operation", "GET");
+        assert_eq!(redis.remote("GET").unwrap().kind, NodeKind::Cache);
+        let mut kafka = AttrView::default();
+        kafka.set("messaging.system", "kafka");
+        kafka.set("messaging.destination.name", "orders");
+        let queue = kafka.remote("orders publish").unwrap();
+        assert_eq!((queue.kind, queue.name.as_str()), (NodeKind::Queue, "kafka:orders"));
+        let mut http = AttrView::default();
+        http.set("http.url", "http://payments:9000/charge");
+        let peer = http.remote("POST").unwrap();
+        assert_eq!((peer.kind, peer.name.as_str()), (NodeKind::Peer, "payments:9000"));
+        let mut named = AttrView::default();
+        named.set("server.address", "payments");
+        named.set("peer.service", "payments-api");
+        assert_eq!(named.remote("POST").unwrap().name.as_str(), "payments-api");
+    }
+}

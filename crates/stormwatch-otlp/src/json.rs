@@ -1,0 +1,301 @@
+//! The OTLP/JSON mapping: lowerCamelCase keys (snake_case accepted too), hex trace and span
+//! ids, 64-bit integers as strings or numbers, enums as integers or names. Unknown fields are
+//! ignored, as the OTLP specification requires of receivers.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use stormwatch_model::{SpanId, SpanKind, Sym, TraceId};
+
+use crate::conventions::{build_span, AttrView, RawSpan, UNKNOWN_SERVICE};
+use crate::{Decoded, Result};
+
+#[derive(Deserialize)]
+struct Request<'a> {
+    #[serde(borrow, default, rename = "resourceSpans", alias = "resource_spans")]
+    resource_spans: Vec<ResourceSpans<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ResourceSpans<'a> {
+    #[serde(borrow, default)]
+    resource: Option<Resource<'a>>,
+    #[serde(borrow, default, rename = "scopeSpans", alias = "scope_spans")]
+    scope_spans: Vec<ScopeSpans<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Resource<'a> {
+    #[serde(borrow, default)]
+    attributes: Vec<KeyValue<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ScopeSpans<'a> {
+    #[serde(borrow, default)]
+    spans: Vec<JsonSpan<'a>>,
+}
+
+#[derive(Deserialize)]
+struct JsonSpan<'a> {
+    #[serde(borrow, default, rename = "traceId", alias = "trace_id")]
+    trace_id: Cow<'a, str>,
+    #[serde(borrow, default, rename = "spanId", alias = "span_id")]
+    span_id: Cow<'a, str>,
+    #[serde(borrow, default, rename = "parentSpanId", alias = "parent_span_id")]
+    parent_span_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    name: Cow<'a, str>,
+    #[serde(default)]
+    kind: SpanKindValue,
+    #[serde(default, rename = "startTimeUnixNano", alias = "start_time_unix_nano")]
+    start_time_unix_nano: U64Value,
+    #[serde(default, rename = "endTimeUnixNano", alias = "end_time_unix_nano")]
+    end_time_unix_nano: U64Value,
+    #[serde(borrow, default)]
+    attributes: Vec<KeyValue<'a>>,
+    #[serde(default)]
+    status: Option<Status>,
+}
+
+#[derive(Deserialize)]
+struct KeyValue<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(borrow, default)]
+    value: Option<AnyValue<'a>>,
+}
+
+#[derive(Deserialize)]
+struct AnyValue<'a> {
+    #[serde(borrow, default, rename = "stringValue", alias = "string_value")]
+    string_value: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+struct Status {
+    #[serde(default)]
+    code: StatusCodeValue,
+}
+
+/// An unsigned 64-bit integer written as a JSON string (the mapping's rule) or number.
+#[derive(Default)]
+struct U64Value(u64);
+
+impl<'de> Deserialize<'de> for U64Value {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = U64Value;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an unsigned integer as a number or a decimal string")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<U64Value, E> {
+                Ok(U64Value(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<U64Value, E> {
+                u64::try_from(v).map(U64Value).map_err(|_| E::custom(format!("negative timestamp {v}")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<U64Value, E> {
+                if v >= 0.0 && v < u64::MAX as f64 {
+                    Ok(U64Value(v as u64))
+                } else {
+                    Err(E::custom(format!("timestamp {v} out of range")))
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<U64Value, E> {
+                v.parse().map(U64Value).map_err(|_| E::custom(format!("{v:?} is not an unsigned integer")))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+/// An enum written as its number or its name.
+fn enum_number<'de, D: Deserializer<'de>>(deserializer: D, names: &'static [&'static str]) -> Result<i32, D::Error> {
+    struct V(&'static [&'static str]);
+    impl Visitor<'_> for V {
+        type Value = i32;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "an enum number or one of {:?}", self.0)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<i32, E> {
+            i32::try_from(v).map_err(|_| E::custom("enum number out of range"))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<i32, E> {
+            i32::try_from(v).map_err(|_| E::custom("enum number out of range"))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<i32, E> {
+            match self.0.iter().position(|name| *name == v) {
+                Some(index) => Ok(index as i32),
+                None => Err(E::unknown_variant(v, self.0)),
+            }
+        }
+    }
+    deserializer.deserialize_any(V(names))
+}
+
+#[derive(Default)]
+struct SpanKindValue(i32);
+
+impl<'de> Deserialize<'de> for SpanKindValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &[
+            "SPAN_KIND_UNSPECIFIED",
+            "SPAN_KIND_INTERNAL",
+            "SPAN_KIND_SERVER",
+            "SPAN_KIND_CLIENT",
+            "SPAN_KIND_PRODUCER",
+            "SPAN_KIND_CONSUMER",
+        ];
+        enum_number(deserializer, NAMES).map(SpanKindValue)
+    }
+}
+
+#[derive(Default)]
+struct StatusCodeValue(i32);
+
+impl<'de> Deserialize<'de> for StatusCodeValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"];
+        enum_number(deserializer, NAMES).map(StatusCodeValue)
+    }
+}
+
+fn string_value<'s>(kv: &'s KeyValue<'_>) -> Option<&'s str> {
+    kv.value.as_ref()?.string_value.as_deref()
+}
+
+/// Decodes one OTLP/JSON `ExportTraceServiceRequest`.
+pub fn decode_json(bytes: &[u8]) -> Result<Decoded> {
+    let request: Request<'_> = serde_json::from_slice(bytes)?;
+    let mut decoded = Decoded::default();
+    for resource_spans in &request.resource_spans {
+        let service = resource_spans
+            .resource
+            .as_ref()
+            .and_then(|resource| resource.attributes.iter().find(|kv| kv.key == "service.name").and_then(string_value))
+            .unwrap_or(UNKNOWN_SERVICE);
+        let service = Sym::new(service);
+        for scope_spans in &resource_spans.scope_spans {
+            decoded.spans.reserve(scope_spans.spans.len());
+            for span in &scope_spans.spans {
+                let trace_id = match TraceId::from_hex(&span.trace_id) {
+                    Ok(id) => id,
+                    Err(error) => {
+                        decoded.reject(|| format!("span {:?}: traceId {:?}: {error}", span.name, span.trace_id));
+                        continue;
+                    }
+                };
+                let span_id = match SpanId::from_hex(&span.span_id) {
+                    Ok(id) => id,
+                    Err(error) => {
+                        decoded.reject(|| format!("span {:?}: spanId {:?}: {error}", span.name, span.span_id));
+                        continue;
+                    }
+                };
+                let parent_span_id = if span.parent_span_id.is_empty() {
+                    None
+                } else {
+                    match SpanId::from_hex(&span.parent_span_id) {
+                        Ok(id) => Some(id),
+                        Err(error) => {
+                            decoded.reject(|| {
+                                format!("span {:?}: parentSpanId {:?}: {error}", span.name, span.parent_span_id)
+                            });
+                            continue;
+                        }
+                    }
+                };
+                let mut attrs = AttrView::default();
+                for kv in &span.attributes {
+                    if let Some(value) = string_value(kv) {
+                        attrs.set(&kv.key, value);
+                    }
+                }
+                let raw = RawSpan {
+                    trace_id,
+                    span_id,
+                    parent_span_id,
+                    service,
+                    name: &span.name,
+                    kind: SpanKind::from_otlp(span.kind.0),
+                    start_unix_nano: span.start_time_unix_nano.0,
+                    end_unix_nano: span.end_time_unix_nano.0,
+                    is_error: span.status.as_ref().is_some_and(|status| status.code.0 == 2),
+                };
+                decoded.spans.push(build_span(raw, &attrs));
+            }
+        }
+    }
+    Ok(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader};
+
+    use stormwatch_model::NodeKind;
+
+    use super::*;
+
+    #[test]
+    fn names_numbers_and_strings() {
+        let json = br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"catalog"}}]},
+            "scopeSpans":[{"scope":{"name":"x"},"spans":[
+              {"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708","parentSpanId":"1112131415161718",
+               "name":"SELECT","kind":"SPAN_KIND_CLIENT","startTimeUnixNano":"1000","endTimeUnixNano":2000,
+               "attributes":[{"key":"db.system","value":{"stringValue":"sqlite"}},
+                             {"key":"db.statement","value":{"stringValue":"SELECT * FROM items WHERE id = 42"}},
+                             {"key":"retries","value":{"intValue":"3"}}],
+               "status":{"code":"STATUS_CODE_ERROR"},"unknownField":{"nested":[1,2]}}]}]}]}"#;
+        let decoded = decode_json(json).unwrap();
+        assert_eq!(decoded.rejected_spans, 0);
+        let span = &decoded.spans[0];
+        assert_eq!(span.kind, SpanKind::Client);
+        assert_eq!((span.start_unix_nano, span.end_unix_nano), (1000, 2000));
+        assert!(span.is_error);
+        let remote = span.remote.unwrap();
+        assert_eq!(remote.kind, NodeKind::Database);
+        assert_eq!(remote.operation.as_str(), "SELECT * FROM items WHERE id = ?");
+        assert_eq!(span.parent_span_id.unwrap().to_string(), "1112131415161718");
+    }
+
+    #[test]
+    fn bad_ids_rejected_bad_json_refused() {
+        let json = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[
+            {"traceId":"abcd","spanId":"0102030405060708","name":"a"},
+            {"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708","name":"b"}]}]}]}"#;
+        let decoded = decode_json(json).unwrap();
+        assert_eq!((decoded.spans.len(), decoded.rejected_spans), (1, 1));
+        assert_eq!(decoded.spans[0].service.as_str(), "unknown_service");
+        assert!(decode_json(b"{\"resourceSpans\": [").is_err());
+        assert!(decode_json(br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"kind":"SPAN_KIND_NOPE"}]}]}]}"#).is_err());
+    }
+
+    /// The recorded Python SDK traffic decodes completely, with old conventions mapped.
+    #[test]
+    fn python_sdk_fixture() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/python-sdk-flask-sqlite.otlp.jsonl.gz");
+        let file = std::fs::File::open(path).expect("fixture missing");
+        let reader = BufReader::new(flate2::read::GzDecoder::new(file));
+        let (mut spans, mut rejected) = (Vec::new(), 0);
+        for line in reader.lines() {
+            let decoded = decode_json(line.unwrap().as_bytes()).unwrap();
+            rejected += decoded.rejected_spans;
+            spans.extend(decoded.spans);
+        }
+        assert_eq!(rejected, 0);
+        assert_eq!(spans.len(), 7209);
+        let db = spans.iter().filter(|s| s.remote.is_some_and(|r| r.kind == NodeKind::Database)).count();
+        assert_eq!(db, 3731);
+        let product = spans.iter().find(|s| s.operation.as_str() == "GET /product/<int:pid>").expect("gateway route");
+        assert_eq!(product.kind, SpanKind::Server);
+        assert!(product.client_address.is_some());
+        let shaped =
+            spans.iter().filter(|s| s.query_shape.is_some_and(|q| q.as_str() == "expand&page&page_size")).count();
+        assert!(shaped > 0, "some /products requests carry expand=reviews");
+    }
+}

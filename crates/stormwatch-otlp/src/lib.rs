@@ -1,0 +1,60 @@
+//! OTLP traces (protobuf and the OTLP/JSON mapping) to stormwatch [`Span`]s.
+//!
+//! This crate owns decoding, the mapping of old and current semantic conventions onto the
+//! model, and statement normalisation. It is pure: bytes in, spans out. It must never do I/O
+//! or block; callers run it on worker threads, off the async runtime.
+
+mod conventions;
+mod json;
+mod normalize;
+mod proto;
+
+use stormwatch_model::Span;
+
+pub use conventions::query_shape;
+pub use json::decode_json;
+pub use normalize::normalize_statement;
+pub use proto::{decode_protobuf, from_request};
+
+/// The OTLP protobuf types, re-exported so receivers use the same version.
+pub use opentelemetry_proto::tonic::collector::trace::v1 as collector;
+pub use opentelemetry_proto::tonic::trace::v1 as trace;
+
+/// Why a whole payload could not be decoded (answered with `INVALID_ARGUMENT` / HTTP 400).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a valid OTLP protobuf ExportTraceServiceRequest: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("not a valid OTLP/JSON ExportTraceServiceRequest: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub type Result<T, E = DecodeError> = std::result::Result<T, E>;
+
+/// Spans decoded from one export request, and the spans that could not be used.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub spans: Vec<Span>,
+    /// Spans rejected individually (reported through OTLP `partial_success`).
+    pub rejected_spans: u64,
+    /// The first rejection reason, for the `partial_success` error message.
+    pub first_rejection: Option<String>,
+}
+
+impl Decoded {
+    fn reject(&mut self, reason: impl FnOnce() -> String) {
+        self.rejected_spans += 1;
+        if self.first_rejection.is_none() {
+            self.first_rejection = Some(reason());
+        }
+    }
+
+    /// The `partial_success.error_message`: empty when nothing was rejected.
+    pub fn rejection_message(&self) -> String {
+        match &self.first_rejection {
+            None => String::new(),
+            Some(first) if self.rejected_spans == 1 => format!("1 span rejected: {first}"),
+            Some(first) => format!("{} spans rejected; first: {first}", self.rejected_spans),
+        }
+    }
+}

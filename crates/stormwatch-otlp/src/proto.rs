@@ -1,0 +1,159 @@
+//! OTLP protobuf (`ExportTraceServiceRequest`) to spans.
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use prost::Message;
+use stormwatch_model::{SpanId, SpanKind, Sym, TraceId};
+
+use crate::conventions::{build_span, AttrView, RawSpan, UNKNOWN_SERVICE};
+use crate::{Decoded, Result};
+
+/// Decodes a protobuf-encoded `ExportTraceServiceRequest`.
+pub fn decode_protobuf(bytes: &[u8]) -> Result<Decoded> {
+    let request = ExportTraceServiceRequest::decode(bytes)?;
+    Ok(from_request(&request))
+}
+
+fn string_value(kv: &KeyValue) -> Option<&str> {
+    match kv.value.as_ref()?.value.as_ref()? {
+        any_value::Value::StringValue(text) => Some(text),
+        _ => None,
+    }
+}
+
+/// Converts an already decoded request (as the gRPC receiver gets it).
+pub fn from_request(request: &ExportTraceServiceRequest) -> Decoded {
+    let mut decoded = Decoded::default();
+    for resource_spans in &request.resource_spans {
+        let service = resource_spans
+            .resource
+            .as_ref()
+            .and_then(|resource| resource.attributes.iter().find(|kv| kv.key == "service.name").and_then(string_value))
+            .unwrap_or(UNKNOWN_SERVICE);
+        let service = Sym::new(service);
+        for scope_spans in &resource_spans.scope_spans {
+            decoded.spans.reserve(scope_spans.spans.len());
+            for span in &scope_spans.spans {
+                let trace_id = match TraceId::from_bytes(&span.trace_id) {
+                    Ok(id) => id,
+                    Err(error) => {
+                        decoded.reject(|| format!("span {:?}: trace_id: {error}", span.name));
+                        continue;
+                    }
+                };
+                let span_id = match SpanId::from_bytes(&span.span_id) {
+                    Ok(id) => id,
+                    Err(error) => {
+                        decoded.reject(|| format!("span {:?}: span_id: {error}", span.name));
+                        continue;
+                    }
+                };
+                let parent_span_id = if span.parent_span_id.is_empty() {
+                    None
+                } else {
+                    match SpanId::from_bytes(&span.parent_span_id) {
+                        Ok(id) => Some(id),
+                        Err(error) => {
+                            decoded.reject(|| format!("span {:?}: parent_span_id: {error}", span.name));
+                            continue;
+                        }
+                    }
+                };
+                let mut attrs = AttrView::default();
+                for kv in &span.attributes {
+                    if let Some(value) = string_value(kv) {
+                        attrs.set(&kv.key, value);
+                    }
+                }
+                let is_error = span.status.as_ref().is_some_and(|status| status.code == StatusCode::Error as i32);
+                let raw = RawSpan {
+                    trace_id,
+                    span_id,
+                    parent_span_id,
+                    service,
+                    name: &span.name,
+                    kind: SpanKind::from_otlp(span.kind),
+                    start_unix_nano: span.start_time_unix_nano,
+                    end_unix_nano: span.end_time_unix_nano,
+                    is_error,
+                };
+                decoded.spans.push(build_span(raw, &attrs));
+            }
+        }
+    }
+    decoded
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::common::v1::AnyValue;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as ProtoSpan};
+
+    use super::*;
+
+    fn kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }),
+            ..Default::default()
+        }
+    }
+
+    fn request(spans: Vec<ProtoSpan>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource { attributes: vec![kv("service.name", "gateway")], ..Default::default() }),
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn decodes_and_maps_conventions() {
+        let span = ProtoSpan {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: "GET".into(),
+            kind: 2,
+            start_time_unix_nano: 10,
+            end_time_unix_nano: 20,
+            attributes: vec![
+                kv("http.request.method", "GET"),
+                kv("http.route", "/products"),
+                kv("url.query", "page=3&expand=reviews"),
+            ],
+            ..Default::default()
+        };
+        let bytes = request(vec![span]).encode_to_vec();
+        let decoded = decode_protobuf(&bytes).unwrap();
+        assert_eq!(decoded.rejected_spans, 0);
+        let span = &decoded.spans[0];
+        assert_eq!(span.service.as_str(), "gateway");
+        assert_eq!(span.operation.as_str(), "GET /products");
+        assert_eq!(span.query_shape.unwrap().as_str(), "expand&page");
+        assert_eq!(span.kind, SpanKind::Server);
+        assert_eq!(span.parent_span_id, None);
+    }
+
+    #[test]
+    fn bad_ids_are_rejected_one_by_one() {
+        let good = ProtoSpan { trace_id: vec![1; 16], span_id: vec![2; 8], name: "ok".into(), ..Default::default() };
+        let short = ProtoSpan { trace_id: vec![1; 8], span_id: vec![2; 8], name: "short".into(), ..Default::default() };
+        let zero = ProtoSpan { trace_id: vec![1; 16], span_id: vec![0; 8], name: "zero".into(), ..Default::default() };
+        let decoded = from_request(&request(vec![good, short, zero]));
+        assert_eq!(decoded.spans.len(), 1);
+        assert_eq!(decoded.rejected_spans, 2);
+        assert_eq!(
+            decoded.rejection_message(),
+            "2 spans rejected; first: span \"short\": trace_id: expected 16 bytes, found 8"
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(decode_protobuf(b"\xff\xff\xff\xff not protobuf").is_err());
+    }
+}

@@ -1,0 +1,269 @@
+//! Configuration: embedded defaults < TOML file (`--config`) < environment < flags.
+//! Every field is documented here, every default lives here, and [`Config::validate`] runs
+//! once at start with errors that name the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use stormwatch_assemble::AssemblerConfig;
+use stormwatch_detect::{DetectConfig, EngineConfig};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Config {
+    pub(crate) server: ServerConfig,
+    pub(crate) kafka: KafkaConfig,
+    pub(crate) output: OutputConfig,
+    pub(crate) assemble: AssembleConfig,
+    pub(crate) baseline: BaselineConfig,
+    pub(crate) detect: DetectSection,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ServerConfig {
+    /// OTLP/gRPC listen address.
+    pub(crate) otlp_grpc: String,
+    /// OTLP/HTTP listen address (`POST /v1/traces`).
+    pub(crate) otlp_http: String,
+    /// Admin HTTP listen address (`/healthz`, `/metrics`).
+    pub(crate) admin: String,
+    /// Largest accepted export request in bytes, after decompression.
+    pub(crate) max_message_bytes: usize,
+    /// Span batches waiting for the engine before receivers answer "retry later".
+    pub(crate) queue_capacity: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            otlp_grpc: "127.0.0.1:4317".into(),
+            otlp_http: "127.0.0.1:4318".into(),
+            admin: "127.0.0.1:9464".into(),
+            max_message_bytes: stormwatch_io::otlp::DEFAULT_MAX_MESSAGE_BYTES,
+            queue_capacity: 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct KafkaConfig {
+    /// Bootstrap brokers, `host:port,...`. Empty: alerts go to stdout and `output.alerts_file`.
+    pub(crate) brokers: String,
+    /// Topic alerts are produced to (key = fingerprint).
+    pub(crate) alert_topic: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig { brokers: String::new(), alert_topic: stormwatch_io::kafka::DEFAULT_ALERT_TOPIC.into() }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct OutputConfig {
+    /// Without Kafka: write alerts as JSON lines to stdout.
+    pub(crate) stdout: bool,
+    /// Without Kafka: append alerts as JSON lines to this file. Empty disables it.
+    pub(crate) alerts_file: String,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig { stdout: true, alerts_file: "stormwatch-alerts.jsonl".into() }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AssembleConfig {
+    /// Event time a trace must be quiet (after its root arrived) to complete.
+    #[serde(with = "humantime_serde")]
+    pub(crate) trace_idle: Duration,
+    /// Longest a trace is buffered, root or not.
+    #[serde(with = "humantime_serde")]
+    pub(crate) trace_max_wait: Duration,
+    /// Most spans buffered at once; past it the oldest traces complete as incomplete.
+    pub(crate) max_in_flight_spans: usize,
+}
+
+impl Default for AssembleConfig {
+    fn default() -> Self {
+        AssembleConfig {
+            trace_idle: Duration::from_secs(5),
+            trace_max_wait: Duration::from_secs(60),
+            max_in_flight_spans: 2_000_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct BaselineConfig {
+    /// Where the baseline snapshot (`baselines.json`) is written and restored from.
+    pub(crate) models_dir: PathBuf,
+    /// Observations a baseline needs before it may alert.
+    pub(crate) learning_min_samples: u64,
+    /// How often the snapshot is written while serving (also written on shutdown).
+    #[serde(with = "humantime_serde")]
+    pub(crate) snapshot_interval: Duration,
+    /// Most baseline keys per table (edges, root class x edge, root class x total).
+    pub(crate) max_keys: usize,
+}
+
+impl Default for BaselineConfig {
+    fn default() -> Self {
+        BaselineConfig {
+            models_dir: PathBuf::from("models"),
+            learning_min_samples: 200,
+            snapshot_interval: Duration::from_secs(60),
+            max_keys: 200_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct DetectSection {
+    /// Baseline quantile thresholds are built on.
+    pub(crate) quantile: f64,
+    /// Alert above `quantile x ratio` ...
+    pub(crate) ratio: f64,
+    /// ... and above `quantile + min_excess`.
+    pub(crate) min_excess: f64,
+    /// Critical at this multiple of the threshold.
+    pub(crate) critical_factor: f64,
+    /// Repeats of one incident within this event time are folded into one summary alert.
+    #[serde(with = "humantime_serde")]
+    pub(crate) throttle: Duration,
+}
+
+impl Default for DetectSection {
+    fn default() -> Self {
+        let defaults = DetectConfig::default();
+        DetectSection {
+            quantile: defaults.quantile,
+            ratio: defaults.ratio,
+            min_excess: defaults.min_excess,
+            critical_factor: defaults.critical_factor,
+            throttle: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A validated listen address.
+fn address(field: &str, value: &str) -> anyhow::Result<SocketAddr> {
+    value.parse().with_context(|| format!("{field}: {value:?} is not a listen address like 127.0.0.1:4317"))
+}
+
+impl Config {
+    /// Reads a TOML file; unknown fields and bad values are errors that name the field.
+    pub(crate) fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|error| anyhow::anyhow!("config file {}: {error}", path.display()))
+    }
+
+    /// Checks every field once; the error names the field and the accepted range.
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        address("server.otlp_grpc", &self.server.otlp_grpc)?;
+        address("server.otlp_http", &self.server.otlp_http)?;
+        address("server.admin", &self.server.admin)?;
+        let positive = |field: &str, value: f64| -> anyhow::Result<()> {
+            if !(value.is_finite() && value > 0.0) {
+                bail!("{field}: must be a positive number, got {value}");
+            }
+            Ok(())
+        };
+        if self.server.max_message_bytes < 1024 {
+            bail!("server.max_message_bytes: must be at least 1024, got {}", self.server.max_message_bytes);
+        }
+        if self.server.queue_capacity == 0 {
+            bail!("server.queue_capacity: must be at least 1");
+        }
+        if self.assemble.trace_idle.is_zero() {
+            bail!("assemble.trace_idle: must be longer than zero");
+        }
+        if self.assemble.trace_max_wait < self.assemble.trace_idle {
+            bail!(
+                "assemble.trace_max_wait ({}) must not be shorter than assemble.trace_idle ({})",
+                humantime::format_duration(self.assemble.trace_max_wait),
+                humantime::format_duration(self.assemble.trace_idle)
+            );
+        }
+        if self.assemble.max_in_flight_spans == 0 {
+            bail!("assemble.max_in_flight_spans: must be at least 1");
+        }
+        if self.baseline.snapshot_interval.is_zero() {
+            bail!("baseline.snapshot_interval: must be longer than zero");
+        }
+        if self.baseline.max_keys == 0 {
+            bail!("baseline.max_keys: must be at least 1");
+        }
+        if !(self.detect.quantile > 0.0 && self.detect.quantile <= 1.0) {
+            bail!("detect.quantile: must be in (0, 1], got {}", self.detect.quantile);
+        }
+        if self.detect.ratio.is_nan() || self.detect.ratio < 1.0 {
+            bail!("detect.ratio: must be at least 1.0, got {}", self.detect.ratio);
+        }
+        positive("detect.critical_factor", self.detect.critical_factor)?;
+        if self.detect.min_excess.is_nan() || self.detect.min_excess < 0.0 {
+            bail!("detect.min_excess: must be zero or more, got {}", self.detect.min_excess);
+        }
+        if !self.kafka.brokers.is_empty() && self.kafka.alert_topic.is_empty() {
+            bail!("kafka.alert_topic: must not be empty when kafka.brokers is set");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            assemble: AssemblerConfig {
+                trace_idle_nanos: self.assemble.trace_idle.as_nanos() as u64,
+                trace_max_wait_nanos: self.assemble.trace_max_wait.as_nanos() as u64,
+                max_in_flight_spans: self.assemble.max_in_flight_spans,
+                ..AssemblerConfig::default()
+            },
+            detect: DetectConfig {
+                learning_min_samples: self.baseline.learning_min_samples,
+                quantile: self.detect.quantile,
+                ratio: self.detect.ratio,
+                min_excess: self.detect.min_excess,
+                critical_factor: self.detect.critical_factor,
+            },
+            throttle_nanos: self.detect.throttle.as_nanos() as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let config = Config::default();
+        config.validate().unwrap();
+        let text = toml::to_string(&config).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.server.otlp_grpc, "127.0.0.1:4317");
+        assert_eq!(back.assemble.trace_idle, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let error = toml::from_str::<Config>("[server]\notlp_grpcc = \"x\"").unwrap_err().to_string();
+        assert!(error.contains("otlp_grpcc"), "{error}");
+        let config: Config = toml::from_str("[server]\nadmin = \"nope\"").unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("server.admin"));
+        let config: Config = toml::from_str("[assemble]\ntrace_idle = \"10s\"\ntrace_max_wait = \"5s\"").unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("assemble.trace_max_wait"));
+        let error = toml::from_str::<Config>("[assemble]\ntrace_idle = \"soon\"").unwrap_err().to_string();
+        assert!(error.contains("trace_idle"), "{error}");
+    }
+}

@@ -1,0 +1,159 @@
+//! `stormwatch`: catches illegitimate use of legitimate channels in OpenTelemetry traces.
+//!
+//! The binary owns the command line and wires the stages together; all decisions live in
+//! the library crates.
+
+mod config;
+mod replay;
+mod runtime;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "stormwatch",
+    version,
+    about = "Catch requests that make your system do far more work behind the front door.",
+    long_about = "stormwatch watches the OpenTelemetry traces of a whole system, learns how much work each \
+edge of the call graph normally does (calls per parent span, calls per request), and alerts when one \
+request fans out far beyond it: N+1 loops, fan-out amplification, request amplification.\n\n\
+Quick start:\n  stormwatch serve                      # OTLP on :4317/:4318, alerts to stdout + stormwatch-alerts.jsonl\n  \
+stormwatch replay traces.otlp.jsonl   # recorded OTLP/JSON lines through the same pipeline",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "STORMWATCH_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine: receive OTLP, learn baselines, emit alerts. Runs on embedded defaults.
+    #[command(long_about = "Run the engine.\n\nReceives OTLP traces over gRPC (default 127.0.0.1:4317) and HTTP \
+(127.0.0.1:4318, POST /v1/traces, protobuf or JSON, gzip), assembles traces on event time, learns per-edge \
+baselines and emits alerts: to the Kafka topic stormwatch.alerts when --kafka-brokers is set, otherwise as \
+JSON lines to stdout and stormwatch-alerts.jsonl. Baselines are restored from and snapshotted to --models \
+(default models/). Admin API on 127.0.0.1:9464: /healthz, /metrics. Ctrl-C flushes traces, alerts and the \
+snapshot.\n\nSettings come from embedded defaults < --config FILE < environment < flags; \
+`stormwatch serve --print-config` shows the result.")]
+    Serve(ServeArgs),
+    /// Feed recorded OTLP files through the same pipeline, as fast as possible.
+    #[command(long_about = "Replay recorded traces through the same pipeline as serve, on event time, as fast \
+as the machine allows. Reads OTLP/JSON lines (the OpenTelemetry Collector file exporter's format, one \
+ExportTraceServiceRequest per line) and OTLP protobuf files, gzip-compressed or not. Alerts go to stdout as \
+JSON lines (or to Kafka with --kafka-brokers); progress and a summary go to stderr.\n\nA replay starts with \
+empty baselines and learns from the files, so replaying a file twice gives the same alerts. With --models DIR \
+it starts from that snapshot and writes the learned baselines back at the end.")]
+    Replay(ReplayArgs),
+}
+
+/// Settings shared by serve and replay.
+#[derive(Args, Clone, Default)]
+pub struct CommonArgs {
+    /// TOML configuration file (see `serve --print-config` for every field).
+    #[arg(long, value_name = "FILE", env = "STORMWATCH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap brokers; alerts go to Kafka instead of stdout and the alerts file.
+    #[arg(long, value_name = "HOST:PORT,...", env = "STORMWATCH_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Kafka topic for alerts [default: stormwatch.alerts].
+    #[arg(long, value_name = "TOPIC", env = "STORMWATCH_ALERT_TOPIC")]
+    pub alert_topic: Option<String>,
+    /// Observations a baseline needs before it may alert [default: 200].
+    #[arg(long, value_name = "N", env = "STORMWATCH_LEARNING_MIN_SAMPLES")]
+    pub learning_min_samples: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// OTLP/gRPC listen address [default: 127.0.0.1:4317].
+    #[arg(long, value_name = "ADDR", env = "STORMWATCH_OTLP_GRPC")]
+    pub otlp_grpc: Option<String>,
+    /// OTLP/HTTP listen address [default: 127.0.0.1:4318].
+    #[arg(long, value_name = "ADDR", env = "STORMWATCH_OTLP_HTTP")]
+    pub otlp_http: Option<String>,
+    /// Admin HTTP listen address for /healthz and /metrics [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR", env = "STORMWATCH_ADMIN")]
+    pub admin: Option<String>,
+    /// Directory of the baseline snapshot [default: models].
+    #[arg(long, value_name = "DIR", env = "STORMWATCH_MODELS")]
+    pub models: Option<PathBuf>,
+    /// Without Kafka: file alerts are appended to as JSON lines ("" disables)
+    /// [default: stormwatch-alerts.jsonl].
+    #[arg(long, value_name = "FILE", env = "STORMWATCH_ALERTS_FILE")]
+    pub alerts_file: Option<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// OTLP/JSON lines (.jsonl) or protobuf (.pb/.binpb) files, optionally gzip-compressed.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Start from the baseline snapshot in DIR and write the learned baselines back to it.
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// Also append alerts to this file as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    pub alerts_file: Option<PathBuf>,
+    /// Do not write alerts to stdout (with --alerts-file or Kafka).
+    #[arg(long)]
+    pub no_stdout: bool,
+    /// No progress output on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,h2=warn,tower=warn,hyper=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("stormwatch-io").build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("stormwatch: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Replay(args) => replay::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("stormwatch: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

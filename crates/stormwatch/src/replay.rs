@@ -1,0 +1,155 @@
+//! `stormwatch replay FILE...`: recorded OTLP through the same engine as `serve`, on event
+//! time, as fast as the machine allows. A decode thread reads the files in order and feeds
+//! the engine thread through the bounded queue (blocking, not refusing, when it is full).
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use stormwatch_baseline::BaselineStore;
+use stormwatch_io::files::{self, FileError};
+use stormwatch_io::{span_queue, Metrics};
+use stormwatch_model::AlertKind;
+use tokio::sync::mpsc;
+
+use crate::runtime::{run_sink, spawn_engine, EngineOptions};
+use crate::serve::{load_config, open_sink, restore};
+use crate::ReplayArgs;
+
+struct Progress {
+    bytes: AtomicU64,
+    spans: AtomicU64,
+    rejected: AtomicU64,
+    done: AtomicBool,
+}
+
+pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.common)?;
+    config.validate()?;
+    // Open every file first: a typo in the last name fails before minutes of work.
+    let readers = args.files.iter().map(|path| files::open(path)).collect::<Result<Vec<_>, _>>()?;
+    let total_bytes: u64 = readers.iter().map(|r| r.size()).sum();
+    let store = match &args.models {
+        Some(dir) => restore(dir, &config)?,
+        None => BaselineStore::new(config.baseline.max_keys),
+    };
+    let sink = open_sink(&config, !args.no_stdout, args.alerts_file.as_deref()).await?;
+
+    let started = Instant::now();
+    let metrics = Arc::new(Metrics::default());
+    let (queue, receiver) = span_queue(64);
+    let (alerts_tx, alerts_rx) = mpsc::channel(64);
+    let engine = spawn_engine(
+        config.engine(),
+        store,
+        receiver,
+        alerts_tx,
+        metrics.clone(),
+        EngineOptions { idle_fallback: None, snapshot: args.models.clone().map(|dir| (dir, None)) },
+    );
+    let sink_task = tokio::spawn(run_sink(sink, alerts_rx, metrics.clone()));
+
+    let progress = Arc::new(Progress {
+        bytes: AtomicU64::new(0),
+        spans: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
+        done: AtomicBool::new(false),
+    });
+    let file_count = readers.len();
+    let reader = std::thread::Builder::new().name("stormwatch-decode".into()).spawn({
+        let progress = progress.clone();
+        move || -> Result<(), FileError> {
+            let result = (|| {
+                let mut finished_bytes = 0;
+                for mut file in readers {
+                    while let Some(decoded) = file.next() {
+                        let decoded = decoded?;
+                        progress.spans.fetch_add(decoded.spans.len() as u64, Ordering::Relaxed);
+                        progress.rejected.fetch_add(decoded.rejected_spans, Ordering::Relaxed);
+                        progress.bytes.store(finished_bytes + file.position(), Ordering::Relaxed);
+                        if queue.send_blocking(decoded.spans).is_err() {
+                            return Ok(()); // the engine stopped; its report says why
+                        }
+                    }
+                    finished_bytes += file.size();
+                }
+                Ok(())
+            })();
+            progress.done.store(true, Ordering::Relaxed);
+            result
+        }
+    })?;
+
+    report_progress(&progress, total_bytes, args.quiet).await;
+    let read_result = tokio::task::spawn_blocking(move || reader.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the decode thread panicked"))?;
+    let report = tokio::task::spawn_blocking(move || engine.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
+    sink_task.await?;
+
+    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+    let spans = progress.spans.load(Ordering::Relaxed);
+    let by_kind: Vec<String> = AlertKind::ALL
+        .iter()
+        .zip(report.stats.alerts)
+        .filter(|(_, count)| *count > 0)
+        .map(|(kind, count)| format!("{} {count}", kind.as_str()))
+        .collect();
+    let alerts: u64 = report.stats.alerts.iter().sum();
+    if !args.quiet {
+        eprintln!(
+            "replayed {spans} spans in {} traces from {file_count} file(s) in {elapsed:.2} s ({:.0} spans/s); \
+             alerts: {alerts}{}; rejected spans {}, late spans {}, evicted traces {}",
+            report.stats.traces_checked,
+            spans as f64 / elapsed,
+            if by_kind.is_empty() { String::new() } else { format!(" ({})", by_kind.join(", ")) },
+            progress.rejected.load(Ordering::Relaxed),
+            report.late_spans,
+            report.traces_evicted,
+        );
+    }
+    if let Some(error) = report.snapshot_error {
+        anyhow::bail!("the baseline snapshot was not written: {error}");
+    }
+    read_result.context("replay stopped early; alerts above cover the data read before the error")?;
+    if Metrics::get(&metrics.alert_delivery_failures_total) > 0 {
+        anyhow::bail!("{} alerts could not be delivered", Metrics::get(&metrics.alert_delivery_failures_total));
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal; a line every five seconds otherwise.
+async fn report_progress(progress: &Progress, total_bytes: u64, quiet: bool) {
+    let started = Instant::now();
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(total_bytes);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut last_line = Instant::now();
+    while !progress.done.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let spans = progress.spans.load(Ordering::Relaxed);
+        let rate = spans as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        if let Some(bar) = &bar {
+            bar.set_position(progress.bytes.load(Ordering::Relaxed));
+            bar.set_message(format!("{spans} spans ({rate:.0}/s)"));
+        } else if !quiet && last_line.elapsed() >= Duration::from_secs(5) {
+            let percent = 100.0 * progress.bytes.load(Ordering::Relaxed) as f64 / total_bytes.max(1) as f64;
+            eprintln!("replay: {percent:.0}% read, {spans} spans ({rate:.0}/s)");
+            last_line = Instant::now();
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+}

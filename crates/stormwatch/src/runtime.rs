@@ -1,0 +1,185 @@
+//! The runtime shared by `serve` and `replay`: one engine thread that owns assembly,
+//! detection and the baselines (so learning needs no locks and is deterministic), fed by the
+//! bounded span queue, sending alerts to one sink task.
+//!
+//! Shutdown follows the pipeline: when every queue sender is gone the engine thread drains
+//! the queue, flushes buffered traces and open incidents, writes the snapshot and closes the
+//! alert channel; the sink task then writes what is left and ends.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use stormwatch_baseline::{write_snapshot, BaselineStore};
+use stormwatch_detect::{Engine, EngineConfig, EngineStats};
+use stormwatch_io::sink::AlertSink;
+use stormwatch_io::{Metrics, SpanReceiver};
+use stormwatch_model::Alert;
+use tokio::sync::mpsc;
+
+/// Wall clock for `detected_at`.
+pub(crate) fn wall_clock_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// How the engine thread runs.
+pub(crate) struct EngineOptions {
+    /// Live mode: when no span arrived for this long (wall clock), event time is advanced by
+    /// the wall time that passed, so a quiet stream still completes its traces.
+    pub(crate) idle_fallback: Option<Duration>,
+    /// Where and how often to snapshot the baselines; also written at the end.
+    pub(crate) snapshot: Option<(PathBuf, Option<Duration>)>,
+}
+
+/// What the engine did, for the replay summary and the shutdown log.
+pub(crate) struct EngineReport {
+    pub(crate) stats: EngineStats,
+    pub(crate) spans_accepted: u64,
+    pub(crate) late_spans: u64,
+    pub(crate) traces_evicted: u64,
+    pub(crate) edges_tracked: usize,
+    pub(crate) snapshot_error: Option<String>,
+}
+
+fn publish(engine: &Engine, metrics: &Metrics) {
+    let a = engine.assembler_stats();
+    Metrics::set(&metrics.late_spans_total, a.late_spans);
+    Metrics::set(&metrics.bad_timestamp_spans_total, a.bad_timestamp_spans);
+    Metrics::set(&metrics.clock_skew_spans_total, a.clock_skew_spans);
+    Metrics::set(&metrics.traces_completed_total, a.traces_completed);
+    Metrics::set(&metrics.traces_evicted_total, a.traces_evicted);
+    Metrics::set(&metrics.traces_max_wait_total, a.traces_max_wait);
+    Metrics::set(&metrics.traces_without_root_total, a.traces_without_root);
+    Metrics::set(&metrics.in_flight_spans, engine.assembler().in_flight_spans() as u64);
+    Metrics::set(&metrics.in_flight_traces, engine.assembler().in_flight_traces() as u64);
+    Metrics::set(&metrics.edges_tracked, engine.store().edges_tracked() as u64);
+    Metrics::set(&metrics.baseline_capped_observations_total, engine.store().stats().capped_observations);
+    Metrics::set(&metrics.watermark_seconds, engine.assembler().watermark() / 1_000_000_000);
+}
+
+fn snapshot(engine: &Engine, dir: &std::path::Path, metrics: &Metrics) -> Result<(), String> {
+    match write_snapshot(dir, engine.store()) {
+        Ok(path) => {
+            Metrics::add(&metrics.snapshots_written_total, 1);
+            tracing::debug!(path = %path.display(), edges = engine.store().edges_tracked(), "baseline snapshot written");
+            Ok(())
+        }
+        Err(error) => {
+            tracing::error!(%error, "baseline snapshot failed");
+            Err(error.to_string())
+        }
+    }
+}
+
+/// Starts the engine thread.
+pub(crate) fn spawn_engine(
+    config: EngineConfig,
+    store: BaselineStore,
+    receiver: SpanReceiver,
+    alerts: mpsc::Sender<Vec<Alert>>,
+    metrics: Arc<Metrics>,
+    options: EngineOptions,
+) -> std::thread::JoinHandle<EngineReport> {
+    std::thread::Builder::new()
+        .name("stormwatch-engine".into())
+        .spawn(move || run_engine(config, store, receiver, alerts, metrics, options))
+        .expect("cannot start the engine thread")
+}
+
+fn run_engine(
+    config: EngineConfig,
+    store: BaselineStore,
+    receiver: SpanReceiver,
+    alerts_tx: mpsc::Sender<Vec<Alert>>,
+    metrics: Arc<Metrics>,
+    options: EngineOptions,
+) -> EngineReport {
+    let mut engine = Engine::new(config, store, wall_clock_nanos);
+    let mut alerts = Vec::new();
+    let mut last_activity = Instant::now();
+    let mut watermark_at_activity = 0;
+    let mut last_snapshot = Instant::now();
+    let mut last_publish = Instant::now();
+    let mut snapshot_error = None;
+    let send = |alerts: &mut Vec<Alert>| {
+        if !alerts.is_empty() {
+            // Blocks when the sink is behind: back-pressure reaches the span queue, then the
+            // receivers, which answer "retry later".
+            let _ = alerts_tx.blocking_send(std::mem::take(alerts));
+        }
+    };
+    loop {
+        match receiver.recv_timeout(Duration::from_millis(100)) {
+            Ok(Some(spans)) => {
+                engine.push(spans, &mut alerts);
+                // Drain what is already waiting before doing periodic work.
+                let mut drained = 0;
+                while drained < 64 {
+                    let Some(spans) = receiver.try_recv() else { break };
+                    engine.push(spans, &mut alerts);
+                    drained += 1;
+                }
+                last_activity = Instant::now();
+                watermark_at_activity = engine.assembler().watermark();
+            }
+            Ok(None) => {}
+            Err(_disconnected) => break,
+        }
+        if let Some(idle) = options.idle_fallback {
+            let quiet = last_activity.elapsed();
+            if quiet >= idle && engine.assembler().in_flight_traces() > 0 {
+                engine.advance_to(watermark_at_activity + quiet.as_nanos() as u64, &mut alerts);
+            }
+        }
+        send(&mut alerts);
+        if last_publish.elapsed() >= Duration::from_millis(200) {
+            publish(&engine, &metrics);
+            last_publish = Instant::now();
+        }
+        if let Some((dir, Some(interval))) = &options.snapshot {
+            if last_snapshot.elapsed() >= *interval {
+                snapshot_error = snapshot(&engine, dir, &metrics).err();
+                last_snapshot = Instant::now();
+            }
+        }
+    }
+    engine.flush(&mut alerts);
+    send(&mut alerts);
+    if let Some((dir, _)) = &options.snapshot {
+        snapshot_error = snapshot(&engine, dir, &metrics).err();
+    }
+    publish(&engine, &metrics);
+    let assembler = engine.assembler_stats();
+    EngineReport {
+        stats: engine.stats().clone(),
+        spans_accepted: assembler.spans_accepted,
+        late_spans: assembler.late_spans,
+        traces_evicted: assembler.traces_evicted,
+        edges_tracked: engine.store().edges_tracked(),
+        snapshot_error,
+    }
+}
+
+/// Writes alert batches to the sink until the engine closes the channel. A failed delivery
+/// is retried with backoff; after the last retry it is logged and counted, and the engine
+/// goes on.
+pub(crate) async fn run_sink(mut sink: AlertSink, mut alerts: mpsc::Receiver<Vec<Alert>>, metrics: Arc<Metrics>) {
+    while let Some(batch) = alerts.recv().await {
+        let mut delay = Duration::from_millis(200);
+        for attempt in 1..=5 {
+            match sink.emit(&batch, &metrics).await {
+                Ok(()) => break,
+                Err(error) if attempt < 5 => {
+                    tracing::warn!(%error, attempt, "alert delivery failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(error) => {
+                    Metrics::add(&metrics.alert_delivery_failures_total, batch.len() as u64);
+                    tracing::error!(%error, alerts = batch.len(), "alert delivery failed; giving up on this batch");
+                }
+            }
+        }
+    }
+    sink.close().await;
+}

@@ -1,0 +1,189 @@
+//! `stormwatch serve`: receivers -> queue -> engine thread -> sink, plus the admin API.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use stormwatch_baseline::{load_snapshot, BaselineStore};
+use stormwatch_io::admin::serve_admin;
+use stormwatch_io::kafka::KafkaAlertSink;
+use stormwatch_io::otlp::{serve_grpc, serve_http, Ingest};
+use stormwatch_io::sink::AlertSink;
+use stormwatch_io::{bind, span_queue, Metrics};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::runtime::{run_sink, spawn_engine, EngineOptions};
+use crate::{CommonArgs, ServeArgs};
+
+/// File < environment < flags (clap already merged environment and flags).
+pub(crate) fn load_config(common: &CommonArgs) -> anyhow::Result<Config> {
+    let mut config = match &common.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(brokers) = &common.kafka_brokers {
+        config.kafka.brokers = brokers.clone();
+    }
+    if let Some(topic) = &common.alert_topic {
+        config.kafka.alert_topic = topic.clone();
+    }
+    if let Some(samples) = common.learning_min_samples {
+        config.baseline.learning_min_samples = samples;
+    }
+    Ok(config)
+}
+
+/// Kafka when brokers are configured, else JSON lines.
+pub(crate) async fn open_sink(config: &Config, stdout: bool, file: Option<&Path>) -> anyhow::Result<AlertSink> {
+    if config.kafka.brokers.is_empty() {
+        return Ok(AlertSink::lines(stdout, file).await?);
+    }
+    let kafka = KafkaAlertSink::connect(&config.kafka.brokers, &config.kafka.alert_topic).await?;
+    Ok(AlertSink::Kafka(kafka))
+}
+
+/// The restored baselines, or empty ones; a corrupt or old snapshot is an error.
+pub(crate) fn restore(dir: &Path, config: &Config) -> anyhow::Result<BaselineStore> {
+    match load_snapshot(dir, config.baseline.max_keys)? {
+        Some(store) => {
+            tracing::info!(
+                path = %dir.join(stormwatch_baseline::SNAPSHOT_FILE).display(),
+                edges = store.edges_tracked(),
+                "baselines restored"
+            );
+            Ok(store)
+        }
+        None => {
+            tracing::info!(dir = %dir.display(), "no baseline snapshot yet; learning from scratch");
+            Ok(BaselineStore::new(config.baseline.max_keys))
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = load_config(&args.common)?;
+    if let Some(addr) = &args.otlp_grpc {
+        config.server.otlp_grpc = addr.clone();
+    }
+    if let Some(addr) = &args.otlp_http {
+        config.server.otlp_http = addr.clone();
+    }
+    if let Some(addr) = &args.admin {
+        config.server.admin = addr.clone();
+    }
+    if let Some(dir) = &args.models {
+        config.baseline.models_dir = dir.clone();
+    }
+    if let Some(file) = &args.alerts_file {
+        config.output.alerts_file = file.clone();
+    }
+    config.validate()?;
+    if args.print_config {
+        print!("{}", toml::to_string(&config).context("cannot print the configuration")?);
+        return Ok(());
+    }
+
+    // Everything that can fail on bad settings fails here, before any data is accepted.
+    let grpc_addr: SocketAddr = config.server.otlp_grpc.parse()?;
+    let http_addr: SocketAddr = config.server.otlp_http.parse()?;
+    let admin_addr: SocketAddr = config.server.admin.parse()?;
+    let store = restore(&config.baseline.models_dir, &config)?;
+    let alerts_file = (!config.output.alerts_file.is_empty()).then(|| Path::new(&config.output.alerts_file));
+    let sink = open_sink(&config, config.output.stdout, alerts_file).await?;
+    let grpc_listener = bind(grpc_addr, "OTLP/gRPC", "--otlp-grpc").await?;
+    let http_listener = bind(http_addr, "OTLP/HTTP", "--otlp-http").await?;
+    let admin_listener = bind(admin_addr, "the admin API", "--admin").await?;
+    tracing::info!(
+        otlp_grpc = %grpc_listener.local_addr()?,
+        otlp_http = %http_listener.local_addr()?,
+        admin = %admin_listener.local_addr()?,
+        alerts = %sink.describe(),
+        learning_min_samples = config.baseline.learning_min_samples,
+        "stormwatch serving"
+    );
+
+    let metrics = Arc::new(Metrics::default());
+    let (queue, receiver) = span_queue(config.server.queue_capacity);
+    let (alerts_tx, alerts_rx) = mpsc::channel(256);
+    let engine = spawn_engine(
+        config.engine(),
+        store,
+        receiver,
+        alerts_tx,
+        metrics.clone(),
+        EngineOptions {
+            idle_fallback: Some(config.assemble.trace_idle),
+            snapshot: Some((config.baseline.models_dir.clone(), Some(config.baseline.snapshot_interval))),
+        },
+    );
+    let sink_task = tokio::spawn(run_sink(sink, alerts_rx, metrics.clone()));
+
+    let receivers_stop = CancellationToken::new();
+    let admin_stop = CancellationToken::new();
+    let ingest = Ingest { queue, metrics: metrics.clone(), max_message_bytes: config.server.max_message_bytes };
+    let mut receivers = tokio::task::JoinSet::new();
+    receivers.spawn({
+        let (ingest, stop) = (ingest.clone(), receivers_stop.clone());
+        async move { serve_grpc(grpc_listener, ingest, stop).await.context("OTLP/gRPC receiver failed") }
+    });
+    receivers.spawn({
+        let stop = receivers_stop.clone();
+        async move { serve_http(http_listener, ingest, stop).await.context("OTLP/HTTP receiver failed") }
+    });
+    let admin = tokio::spawn(serve_admin(admin_listener, metrics.clone(), admin_stop.clone()));
+
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down: flushing traces, alerts and the baseline snapshot"),
+        Some(result) = receivers.join_next() => {
+            failure = Some(match result {
+                Ok(Ok(())) => anyhow::anyhow!("a receiver stopped unexpectedly"),
+                Ok(Err(error)) => error,
+                Err(join) => anyhow::anyhow!("a receiver panicked: {join}"),
+            });
+        }
+    }
+    // Stop accepting; once the receivers are gone the queue closes and the engine drains it.
+    receivers_stop.cancel();
+    while receivers.join_next().await.is_some() {}
+    let report = tokio::task::spawn_blocking(move || engine.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
+    sink_task.await?;
+    admin_stop.cancel();
+    let _ = admin.await;
+    tracing::info!(
+        spans = report.spans_accepted,
+        traces = report.stats.traces_checked,
+        alerts = report.stats.alerts.iter().sum::<u64>(),
+        edges = report.edges_tracked,
+        "stopped"
+    );
+    if let Some(error) = report.snapshot_error {
+        anyhow::bail!("the final baseline snapshot was not written: {error}");
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}

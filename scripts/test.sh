@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace against a real Kafka-protocol broker.
+#
+# With KAFKA_BOOTSTRAP set (a real Apache Kafka, Redpanda, ...) the tests use that broker.
+# Otherwise this script installs tansu (once; about 10 minutes on 2 cores), starts it on a
+# free loopback port with SQLite storage in a temporary directory, runs the tests, and stops
+# it. Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p stormwatch-detect`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TANSU_VERSION=0.6.0
+
+if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
+  if ! command -v tansu >/dev/null 2>&1; then
+    echo "test.sh: installing the tansu broker ${TANSU_VERSION} (once)..." >&2
+    cargo install "tansu@${TANSU_VERSION}" --locked --no-default-features --features libsql
+  fi
+  broker_dir=$(mktemp -d)
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  (
+    cd "$broker_dir"
+    exec tansu broker --listener-url "tcp://127.0.0.1:${port}" \
+      --advertised-listener-url "tcp://127.0.0.1:${port}" --storage-engine sqlite://tansu.db
+  ) >"$broker_dir/tansu.log" 2>&1 &
+  broker_pid=$!
+  cleanup() {
+    kill "$broker_pid" 2>/dev/null || true
+    wait "$broker_pid" 2>/dev/null || true
+    rm -rf "$broker_dir"
+  }
+  trap cleanup EXIT
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then
+      break
+    fi
+    if ! kill -0 "$broker_pid" 2>/dev/null; then
+      echo "test.sh: tansu exited before listening:" >&2
+      cat "$broker_dir/tansu.log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then
+    echo "test.sh: tansu is not listening on 127.0.0.1:${port} after 10 s:" >&2
+    cat "$broker_dir/tansu.log" >&2
+    exit 1
+  fi
+  export KAFKA_BOOTSTRAP="127.0.0.1:${port}"
+  echo "test.sh: tansu broker on ${KAFKA_BOOTSTRAP}" >&2
+fi
+
+cargo test --workspace --locked "$@"

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `stormwatch` binary, real OTLP exporters from the
+//! OpenTelemetry SDK, a real Kafka-protocol broker (`KAFKA_BOOTSTRAP`, started by
+//! `scripts/test.sh`), real files and sockets.
+
+mod replay;
+mod serve;
+mod support;

@@ -1,0 +1,155 @@
+//! `stormwatch serve` against real OTLP exporters and the real broker.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{
+    assert_valid_alert, consume_alerts_until, create_topic, kafka_bootstrap, Serve, Services, Transport,
+};
+
+/// 60 normal product requests (1-3 author lookups), a pause so they complete and train, then
+/// one amplified request. Returns the amplified request's trace id.
+fn learn_then_attack(services: &Services, authors: usize, catalog_calls: usize) -> String {
+    for i in 0..60 {
+        services.product_request(1 + i % 3, 1);
+    }
+    services.flush();
+    // Event time must pass trace_idle (1 s) for the normal traces to complete and train.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let trace_id = services.product_request(authors, catalog_calls);
+    services.flush();
+    trace_id
+}
+
+async fn attack_over(transport: Transport, authors: usize, catalog_calls: usize) -> (Value, String, String) {
+    let bootstrap = kafka_bootstrap();
+    let topic = create_topic(&bootstrap, "stormwatch-alerts-e2e").await;
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--kafka-brokers", &bootstrap, "--alert-topic", &topic]);
+    let services = Services::new(&serve, transport, &["frontend", "catalog"]);
+    let trace_id = tokio::task::block_in_place(|| learn_then_attack(&services, authors, catalog_calls));
+    let alerts = consume_alerts_until(&bootstrap, &topic, Duration::from_secs(30), |alert| {
+        alert["exemplar_trace_ids"].as_array().is_some_and(|ids| ids.iter().any(|id| id == trace_id.as_str()))
+    })
+    .await;
+    let metrics = serve.metrics();
+    tokio::task::block_in_place(|| services.shutdown());
+    let log = serve.log();
+    serve.stop();
+    let (key, alert) = alerts
+        .into_iter()
+        .find(|(_, a)| {
+            a["exemplar_trace_ids"].as_array().is_some_and(|ids| ids.iter().any(|id| id == trace_id.as_str()))
+        })
+        .unwrap_or_else(|| panic!("no alert for {trace_id} on {topic}\nmetrics:\n{metrics}\nlog:\n{log}"));
+    assert_valid_alert(&alert);
+    assert_eq!(key, alert["fingerprint"].as_str().unwrap(), "Kafka key is the fingerprint");
+    (alert, trace_id, metrics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn n_plus_one_over_grpc_reaches_kafka() {
+    let (alert, trace_id, metrics) = attack_over(Transport::Grpc, 400, 1).await;
+    assert_eq!(alert["kind"], "n_plus_one", "{alert:#}");
+    assert_eq!(alert["edge"]["from"]["service"], "catalog");
+    assert_eq!(alert["edge"]["from"]["operation"], "GET /items/{id}");
+    assert_eq!(alert["edge"]["to"]["service"], "postgresql:shop");
+    assert_eq!(alert["edge"]["to"]["operation"], "SELECT name FROM users WHERE id = ?");
+    assert_eq!(alert["entry"]["service"], "frontend");
+    assert_eq!(alert["entry"]["operation"], "GET /product/{id}");
+    assert_eq!(alert["exemplar_trace_ids"][0], trace_id.as_str());
+    assert_eq!(alert["observed"], 400.0);
+    assert!(metrics.contains("stormwatch_spans_received_total"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_over_http_reaches_kafka() {
+    let (alert, trace_id, _) = attack_over(Transport::Http, 1, 80).await;
+    assert_eq!(alert["kind"], "fanout_amplification", "{alert:#}");
+    assert_eq!(alert["edge"]["from"]["service"], "frontend");
+    assert_eq!(alert["edge"]["to"]["service"], "catalog");
+    assert_eq!(alert["edge"]["to"]["operation"], "GET /items/{id}");
+    assert_eq!(alert["entry"]["operation"], "GET /product/{id}");
+    assert_eq!(alert["exemplar_trace_ids"][0], trace_id.as_str());
+    assert_eq!(alert["observed"], 80.0);
+}
+
+/// Learn, stop, start again: the restored baseline detects without a new learning period.
+/// Alerts go to stdout and the JSONL file here (no broker), the engine's default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learning_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let models_arg = models.to_str().unwrap().to_string();
+
+    let serve = Serve::start(dir.path(), &["--models", &models_arg]);
+    let services = Services::new(&serve, Transport::Grpc, &["frontend", "catalog"]);
+    tokio::task::block_in_place(|| {
+        for i in 0..60 {
+            services.product_request(1 + i % 3, 1);
+        }
+        services.flush();
+        std::thread::sleep(Duration::from_millis(2_500));
+    });
+    tokio::task::block_in_place(|| services.shutdown());
+    let stdout = serve.stop();
+    assert!(stdout.trim().is_empty(), "normal traffic alerted: {stdout}");
+    let snapshot = std::fs::read_to_string(models.join("baselines.json")).expect("snapshot written on shutdown");
+    assert!(snapshot.contains("\"format\":\"stormwatch.baselines\""));
+
+    // A fresh process: only the restored baselines know what normal is.
+    let serve = Serve::start(dir.path(), &["--models", &models_arg]);
+    assert!(serve.log().contains("baselines restored"), "{}", serve.log());
+    let services = Services::new(&serve, Transport::Grpc, &["frontend", "catalog"]);
+    let trace_id = tokio::task::block_in_place(|| {
+        let id = services.product_request(300, 1);
+        services.flush();
+        std::thread::sleep(Duration::from_millis(2_500));
+        id
+    });
+    tokio::task::block_in_place(|| services.shutdown());
+    let stdout = serve.stop();
+    let alerts: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(alerts.len(), 1, "{stdout}");
+    assert_valid_alert(&alerts[0]);
+    assert_eq!(alerts[0]["kind"], "n_plus_one");
+    assert_eq!(alerts[0]["exemplar_trace_ids"][0], trace_id.as_str());
+    // The same alert was appended to the JSONL file.
+    let file = std::fs::read_to_string(dir.path().join("stormwatch-alerts.jsonl")).unwrap();
+    assert_eq!(file.lines().count(), 1);
+}
+
+/// A corrupt snapshot stops the engine with an error naming the file, never a silent restart
+/// from zero.
+#[test]
+fn corrupt_snapshot_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    std::fs::write(dir.path().join("models/baselines.json"), "{\"format\":\"stormwatch.baselines\",").unwrap();
+    let output = std::process::Command::new(crate::support::binary())
+        .current_dir(dir.path())
+        .args(["serve", "--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("baselines.json") && stderr.contains("corrupt"), "{stderr}");
+}
+
+/// Bad configuration is refused at start, naming the field.
+#[test]
+fn bad_config_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[detect]\nratio = 0.5\n").unwrap();
+    let output =
+        std::process::Command::new(crate::support::binary()).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("detect.ratio"));
+    let output =
+        std::process::Command::new(crate::support::binary()).args(["serve", "--print-config"]).output().unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("otlp_grpc = \"127.0.0.1:4317\"") && text.contains("trace_idle = \"5s\""), "{text}");
+}

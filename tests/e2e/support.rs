@@ -1,0 +1,317 @@
+//! Helpers for end-to-end tests: the real binary, real sockets, the real broker.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use serde_json::Value;
+
+pub(crate) fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_stormwatch")
+}
+
+pub(crate) fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(relative)
+}
+
+/// A port nobody listens on right now.
+pub(crate) fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// The test broker: `KAFKA_BOOTSTRAP`, which `scripts/test.sh` sets after starting tansu.
+pub(crate) fn kafka_bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| {
+        panic!(
+            "KAFKA_BOOTSTRAP is not set: run the tests with scripts/test.sh, which starts a tansu broker, \
+             or point KAFKA_BOOTSTRAP at a Kafka-compatible broker"
+        )
+    })
+}
+
+/// Creates a topic (tansu does not auto-create), unique per test.
+pub(crate) async fn create_topic(bootstrap: &str, prefix: &str) -> String {
+    let topic = format!("{prefix}-{}-{}", std::process::id(), unique_suffix());
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
+    let results = admin
+        .create_topics(&[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .await
+        .expect("create_topics request");
+    for result in results {
+        result.unwrap_or_else(|(name, code)| panic!("cannot create topic {name}: {code:?}"));
+    }
+    topic
+}
+
+fn unique_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// Reads alerts from `topic` until `wanted` returns true for one, or `timeout` passes.
+/// Returns every alert read (payload) with its key.
+pub(crate) async fn consume_alerts_until(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    wanted: impl Fn(&Value) -> bool,
+) -> Vec<(String, Value)> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("e2e-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+            Ok(Ok(message)) => {
+                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).to_string();
+                let value: Value =
+                    serde_json::from_slice(message.payload().unwrap_or_default()).expect("alert is JSON");
+                let done = wanted(&value);
+                seen.push((key, value));
+                if done {
+                    break;
+                }
+            }
+            Ok(Err(error)) => panic!("consumer error: {error}"),
+            Err(_) => {}
+        }
+    }
+    consumer.unsubscribe();
+    seen
+}
+
+/// Validates an alert against `schemas/alert.v1.schema.json`.
+pub(crate) fn assert_valid_alert(alert: &Value) {
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_path("schemas/alert.v1.schema.json")).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator.iter_errors(alert).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "alert violates the schema: {errors:#?}\n{alert:#}");
+}
+
+/// A running `stormwatch serve`.
+pub(crate) struct Serve {
+    child: Child,
+    pub(crate) grpc: SocketAddr,
+    pub(crate) http: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    pub(crate) stderr_path: PathBuf,
+}
+
+impl Serve {
+    /// Starts serve with test-speed settings and `extra` flags, and waits for /healthz.
+    pub(crate) fn start(work_dir: &Path, extra: &[&str]) -> Serve {
+        let (grpc, http, admin) = (free_addr(), free_addr(), free_addr());
+        let config = work_dir.join("stormwatch.toml");
+        std::fs::write(
+            &config,
+            "[assemble]\ntrace_idle = \"1s\"\ntrace_max_wait = \"20s\"\n\n\
+             [baseline]\nlearning_min_samples = 30\nsnapshot_interval = \"2s\"\n",
+        )
+        .unwrap();
+        let stderr_path = work_dir.join(format!("serve-{}.log", grpc.port()));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let child = Command::new(binary())
+            .current_dir(work_dir)
+            .env_remove("STORMWATCH_KAFKA_BROKERS")
+            .env("RUST_LOG", "info")
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args(["--otlp-grpc", &grpc.to_string(), "--otlp-http", &http.to_string(), "--admin", &admin.to_string()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start stormwatch serve");
+        let mut serve = Serve { child, grpc, http, admin, stderr_path };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(admin, "/healthz").is_none() {
+            if let Ok(Some(status)) = serve.child.try_wait() {
+                panic!("serve exited with {status}:\n{}", serve.log());
+            }
+            assert!(Instant::now() < deadline, "serve did not become healthy:\n{}", serve.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        serve
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub(crate) fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").unwrap_or_default()
+    }
+
+    /// Ctrl-C, then waits for a clean exit; returns what it wrote to stdout.
+    pub(crate) fn stop(mut self) -> String {
+        let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "serve exited with {status}:\n{}", self.log());
+                break;
+            }
+            assert!(Instant::now() < deadline, "serve did not stop on SIGINT:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut out = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            stdout.read_to_string(&mut out).unwrap();
+        }
+        out
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET; the body on 200.
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    if !response.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// Which OTLP transport the SDK exports with.
+#[derive(Clone, Copy)]
+pub(crate) enum Transport {
+    Grpc,
+    Http,
+}
+
+/// One tracer provider per service, exporting with the official OTLP exporter.
+pub(crate) struct Services {
+    providers: Vec<(&'static str, SdkTracerProvider)>,
+}
+
+impl Services {
+    pub(crate) fn new(serve: &Serve, transport: Transport, names: &[&'static str]) -> Services {
+        use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+        let providers = names
+            .iter()
+            .map(|name| {
+                let exporter = match transport {
+                    Transport::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(format!("http://{}", serve.grpc))
+                        .with_compression(opentelemetry_otlp::Compression::Gzip)
+                        .build(),
+                    Transport::Http => opentelemetry_otlp::SpanExporter::builder()
+                        .with_http()
+                        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                        .with_endpoint(format!("http://{}/v1/traces", serve.http))
+                        .with_headers(Default::default())
+                        .build(),
+                }
+                .expect("OTLP exporter");
+                let provider = SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(Resource::builder().with_service_name(*name).build())
+                    .build();
+                (*name, provider)
+            })
+            .collect();
+        Services { providers }
+    }
+
+    fn tracer(&self, name: &str) -> opentelemetry_sdk::trace::SdkTracer {
+        self.providers.iter().find(|(n, _)| *n == name).expect("service").1.tracer("stormwatch-e2e")
+    }
+
+    /// `frontend GET /product/{id}` -> `catalog GET /items/{id}` -> `authors` lookups on
+    /// postgresql, one per author, and optionally `fanout` extra calls to catalog. Returns
+    /// the trace id.
+    pub(crate) fn product_request(&self, authors: usize, catalog_calls: usize) -> String {
+        let frontend = self.tracer("frontend");
+        let catalog = self.tracer("catalog");
+        let root = frontend
+            .span_builder("GET /product/{id}")
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("http.request.method", "GET"),
+                KeyValue::new("http.route", "/product/{id}"),
+                KeyValue::new("url.path", "/product/7"),
+                KeyValue::new("client.address", "10.1.2.3"),
+            ])
+            .start(&frontend);
+        let root_cx = Context::current_with_span(root);
+        for _ in 0..catalog_calls.max(1) {
+            let client = frontend
+                .span_builder("GET")
+                .with_kind(SpanKind::Client)
+                .with_attributes([
+                    KeyValue::new("http.request.method", "GET"),
+                    KeyValue::new("server.address", "catalog"),
+                ])
+                .start_with_context(&frontend, &root_cx);
+            let client_cx = root_cx.with_span(client);
+            let server = catalog
+                .span_builder("GET /items/{id}")
+                .with_kind(SpanKind::Server)
+                .with_attributes([
+                    KeyValue::new("http.request.method", "GET"),
+                    KeyValue::new("http.route", "/items/{id}"),
+                ])
+                .start_with_context(&catalog, &client_cx);
+            let server_cx = client_cx.with_span(server);
+            for author in 0..authors {
+                let span = catalog
+                    .span_builder("SELECT shop.users")
+                    .with_kind(SpanKind::Client)
+                    .with_attributes([
+                        KeyValue::new("db.system.name", "postgresql"),
+                        KeyValue::new("db.namespace", "shop"),
+                        KeyValue::new("db.query.text", format!("SELECT name FROM users WHERE id = {}", author + 1)),
+                    ])
+                    .start_with_context(&catalog, &server_cx);
+                drop(span); // ends it
+            }
+            server_cx.span().end();
+            client_cx.span().end();
+        }
+        let trace_id = root_cx.span().span_context().trace_id().to_string();
+        root_cx.span().end();
+        trace_id
+    }
+
+    pub(crate) fn flush(&self) {
+        for (name, provider) in &self.providers {
+            provider.force_flush().unwrap_or_else(|e| panic!("flushing {name}: {e}"));
+        }
+    }
+
+    pub(crate) fn shutdown(self) {
+        for (_, provider) in self.providers {
+            let _ = provider.shutdown();
+        }
+    }
+}
