@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    assert_valid_alert, consume_alerts_until, create_topic, kafka_bootstrap, Serve, Services, Transport,
+    assert_valid_alert, consume_alerts_until, create_topic, http_post, kafka_bootstrap, Serve, Services, Transport,
 };
 
 /// 60 normal product requests (1-3 author lookups), a pause so they complete and train, then
@@ -152,4 +152,26 @@ fn bad_config_names_the_field() {
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("otlp_grpc = \"127.0.0.1:4317\"") && text.contains("trace_idle = \"5s\""), "{text}");
+}
+
+/// The README's first command: `stormwatch serve` with no arguments listens on the default
+/// ports, accepts OTLP/JSON, reports it in /metrics and snapshots to ./models on Ctrl-C.
+#[test]
+fn serve_runs_on_embedded_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start_with_defaults(dir.path());
+    let body = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"web"}}]},
+        "scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+        "name":"GET /","kind":"SPAN_KIND_SERVER","startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000001000000"}]}]}]}"#;
+    let (status, response) = http_post(serve.http, "/v1/traces", "application/json", body.as_bytes());
+    assert!(status.contains("200"), "{status} {response}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !serve.metrics().contains("stormwatch_spans_received_total 1\n") {
+        assert!(std::time::Instant::now() < deadline, "{}", serve.metrics());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(serve.log().contains("stormwatch serving"), "{}", serve.log());
+    serve.stop();
+    assert!(dir.path().join("models/baselines.json").exists(), "snapshot in ./models");
+    assert!(dir.path().join("stormwatch-alerts.jsonl").exists(), "alerts file in ./");
 }

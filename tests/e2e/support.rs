@@ -126,16 +126,33 @@ impl Serve {
              [baseline]\nlearning_min_samples = 30\nsnapshot_interval = \"2s\"\n",
         )
         .unwrap();
+        let mut args = vec!["serve".to_string(), "--config".into(), config.to_str().unwrap().into()];
+        for (flag, addr) in [("--otlp-grpc", grpc), ("--otlp-http", http), ("--admin", admin)] {
+            args.extend([flag.to_string(), addr.to_string()]);
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Serve::spawn(work_dir, &args, grpc, http, admin)
+    }
+
+    /// `stormwatch serve` with no arguments at all: the embedded defaults and default ports.
+    pub(crate) fn start_with_defaults(work_dir: &Path) -> Serve {
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Serve::spawn(work_dir, &["serve".to_string()], addr(4317), addr(4318), addr(9464))
+    }
+
+    fn spawn(work_dir: &Path, args: &[String], grpc: SocketAddr, http: SocketAddr, admin: SocketAddr) -> Serve {
         let stderr_path = work_dir.join(format!("serve-{}.log", grpc.port()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        for (name, _) in std::env::vars() {
+            if name.starts_with("STORMWATCH_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
             .current_dir(work_dir)
-            .env_remove("STORMWATCH_KAFKA_BROKERS")
             .env("RUST_LOG", "info")
-            .args(["serve", "--config"])
-            .arg(&config)
-            .args(["--otlp-grpc", &grpc.to_string(), "--otlp-http", &http.to_string(), "--admin", &admin.to_string()])
-            .args(extra)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -186,6 +203,23 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A plain HTTP/1.1 POST; (status line, body).
+pub(crate) fn http_post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> (String, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (head.lines().next().unwrap_or("").to_string(), body.to_string())
 }
 
 /// A plain HTTP/1.1 GET; the body on 200.

@@ -3,9 +3,59 @@
 //! Both generations of attribute names are accepted (`db.system` / `db.system.name`,
 //! `http.method` / `http.request.method`, ...). When both are present the current name wins.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use stormwatch_model::{NodeKind, Remote, Span, SpanId, SpanKind, Sym, TraceId};
 
 use crate::normalize::normalize_statement;
+
+/// Entries per decoding thread in each cache below; a full cache is cleared, so an attacker
+/// who varies every statement costs allocations, never memory.
+const CACHE_ENTRIES: usize = 8192;
+/// Raw statements longer than this are normalised every time rather than cached.
+const MAX_CACHED_STATEMENT: usize = 2048;
+
+thread_local! {
+    static STATEMENTS: RefCell<HashMap<Box<str>, Sym>> = RefCell::new(HashMap::new());
+    static JOINED: RefCell<HashMap<(Sym, char, Sym), Sym>> = RefCell::new(HashMap::new());
+}
+
+/// The interned normalised form of a statement. Repeated statements (the common case with
+/// placeholders) cost one hash lookup and no allocation.
+fn normalized_statement(raw: &str) -> Sym {
+    STATEMENTS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(sym) = cache.get(raw) {
+            return *sym;
+        }
+        let sym = Sym::new(&normalize_statement(raw));
+        if raw.len() <= MAX_CACHED_STATEMENT {
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(raw.into(), sym);
+        }
+        sym
+    })
+}
+
+/// `a{separator}b`, interned, without allocating when seen before.
+fn joined(a: &str, separator: char, b: &str) -> Sym {
+    let key = (Sym::new(a), separator, Sym::new(b));
+    JOINED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(sym) = cache.get(&key) {
+            return *sym;
+        }
+        let sym = Sym::new(&format!("{a}{separator}{b}"));
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, sym);
+        sym
+    })
+}
 
 /// Most query keys kept in a root class; more are an attacker's cardinality, not a shape.
 const MAX_QUERY_KEYS: usize = 16;
@@ -98,14 +148,14 @@ impl<'s> AttrView<'s> {
         if let Some(system) = self.db_system.or(self.db_system_old) {
             let kind = if is_cache_system(system) { NodeKind::Cache } else { NodeKind::Database };
             let name = match self.db_namespace.or(self.db_namespace_old) {
-                Some(namespace) if !namespace.is_empty() => Sym::new(&format!("{system}:{namespace}")),
+                Some(namespace) if !namespace.is_empty() => joined(system, ':', namespace),
                 _ => Sym::new(system),
             };
             let operation = if let Some(statement) = self.db_statement.or(self.db_statement_old) {
-                Sym::new(&normalize_statement(statement))
+                normalized_statement(statement)
             } else if let Some(operation) = self.db_operation.or(self.db_operation_old) {
                 match self.db_collection.or(self.db_collection_old) {
-                    Some(collection) => Sym::new(&format!("{operation} {collection}")),
+                    Some(collection) => joined(operation, ' ', collection),
                     None => Sym::new(operation),
                 }
             } else {
@@ -115,7 +165,7 @@ impl<'s> AttrView<'s> {
         }
         if let Some(system) = self.messaging_system {
             let name = match self.messaging_destination.or(self.messaging_destination_old) {
-                Some(destination) => Sym::new(&format!("{system}:{destination}")),
+                Some(destination) => joined(system, ':', destination),
                 None => Sym::new(system),
             };
             return Some(Remote { kind: NodeKind::Queue, name, operation: Sym::new(span_name) });
@@ -194,7 +244,7 @@ pub(crate) struct RawSpan<'s> {
 pub(crate) fn build_span(raw: RawSpan<'_>, attrs: &AttrView<'_>) -> Span {
     let operation = match (attrs.http_route, raw.kind.is_entry() || raw.parent_span_id.is_none()) {
         (Some(route), true) if !raw.name.contains(route) => match attrs.method() {
-            Some(method) => Sym::new(&format!("{method} {route}")),
+            Some(method) => joined(method, ' ', route),
             None => Sym::new(route),
         },
         _ => Sym::new(raw.name),

@@ -1,60 +1,152 @@
 //! OTLP/gRPC receiver (`opentelemetry.proto.collector.trace.v1.TraceService/Export`).
+//!
+//! The generated tonic server decodes protobuf inside the request task, on the async runtime.
+//! This receiver instead takes the (decompressed, size-checked) message as raw bytes and
+//! decodes it on a blocking worker thread, so a burst of large exports cannot stall the I/O
+//! threads. Framing, compression and the size limit are still tonic's.
 
-use stormwatch_otlp::collector::trace_service_server::{TraceService, TraceServiceServer};
-use stormwatch_otlp::collector::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse};
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use prost::Message;
+use stormwatch_otlp::collector::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::CompressionEncoding;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder};
+use tonic::codegen::{http, Body, BoxFuture, Service, StdError};
+use tonic::server::{NamedService, UnaryService};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use super::{Ingest, QUEUE_FULL_MESSAGE};
 use crate::Metrics;
 
-struct Receiver {
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Requests as raw bytes, responses as prost messages.
+#[derive(Clone, Copy, Default)]
+struct RawRequestCodec;
+
+struct RawDecoder;
+struct ResponseEncoder;
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+impl Encoder for ResponseEncoder {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+    fn encode(&mut self, item: ExportTraceServiceResponse, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(item.encoded_len());
+        item.encode(dst).map_err(|e| Status::internal(format!("cannot encode the response: {e}")))
+    }
+}
+
+impl Codec for RawRequestCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Bytes;
+    type Encoder = ResponseEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> ResponseEncoder {
+        ResponseEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+#[derive(Clone)]
+struct Export {
     ingest: Ingest,
 }
 
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let message = request.into_inner();
-        // Mapping to the model (interning, statement normalisation) is CPU work: keep it off
-        // the async runtime.
-        let decoded = tokio::task::spawn_blocking(move || stormwatch_otlp::from_request(&message))
-            .await
-            .map_err(|error| Status::internal(format!("decoding failed: {error}")))?;
-        match self.ingest.submit(decoded) {
-            Ok((rejected_spans, error_message)) => {
-                let partial_success = (rejected_spans > 0 || !error_message.is_empty())
-                    .then_some(ExportTracePartialSuccess { rejected_spans, error_message });
-                Ok(Response::new(ExportTraceServiceResponse { partial_success }))
+impl UnaryService<Bytes> for Export {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<Response<ExportTraceServiceResponse>, Status>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let ingest = self.ingest.clone();
+        Box::pin(async move {
+            let body = request.into_inner();
+            let decoded = tokio::task::spawn_blocking(move || stormwatch_otlp::decode_protobuf(&body))
+                .await
+                .map_err(|error| Status::internal(format!("decoding failed: {error}")))?
+                .map_err(|error| {
+                    Metrics::add(&ingest.metrics.requests_invalid_total, 1);
+                    Status::invalid_argument(error.to_string())
+                })?;
+            match ingest.submit(decoded) {
+                Ok((rejected_spans, error_message)) => {
+                    let partial_success = (rejected_spans > 0 || !error_message.is_empty())
+                        .then_some(ExportTracePartialSuccess { rejected_spans, error_message });
+                    Ok(Response::new(ExportTraceServiceResponse { partial_success }))
+                }
+                Err(_queue_full) => Err(Status::unavailable(QUEUE_FULL_MESSAGE)),
             }
-            Err(_queue_full) => Err(Status::unavailable(QUEUE_FULL_MESSAGE)),
+        })
+    }
+}
+
+/// The `TraceService` as a tower service.
+#[derive(Clone)]
+struct TraceServer {
+    export: Export,
+    max_message_bytes: usize,
+}
+
+impl NamedService for TraceServer {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl<B> Service<http::Request<B>> for TraceServer
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != EXPORT_PATH {
+            return Box::pin(
+                async move { Ok(Status::unimplemented("only TraceService/Export is served").into_http()) },
+            );
         }
+        let export = self.export.clone();
+        let max = self.max_message_bytes;
+        Box::pin(async move {
+            let mut gzip = EnabledCompressionEncodings::default();
+            gzip.enable(CompressionEncoding::Gzip);
+            let mut grpc = tonic::server::Grpc::new(RawRequestCodec)
+                .apply_compression_config(gzip, gzip)
+                .apply_max_message_size_config(Some(max), None);
+            Ok(grpc.unary(export, request).await)
+        })
     }
 }
 
 /// Serves OTLP/gRPC on `listener` until `shutdown` is cancelled. Requests may be gzip
-/// compressed; larger than `max_message_bytes` they are refused with `RESOURCE_EXHAUSTED`.
+/// compressed; larger than `max_message_bytes` they are refused with `OUT_OF_RANGE` naming
+/// the limit.
 pub async fn serve_grpc(
     listener: TcpListener,
     ingest: Ingest,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let max = ingest.max_message_bytes;
-    let metrics = ingest.metrics.clone();
-    let service = TraceServiceServer::new(Receiver { ingest })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max);
-    let result = tonic::transport::Server::builder()
-        .add_service(service)
+    let server = TraceServer { max_message_bytes: ingest.max_message_bytes, export: Export { ingest } };
+    tonic::transport::Server::builder()
+        .add_service(server)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
-        .await;
-    tracing::debug!(refused = Metrics::get(&metrics.requests_refused_total), "OTLP/gRPC receiver stopped");
-    result
+        .await
 }
