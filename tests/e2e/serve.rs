@@ -33,7 +33,23 @@ async fn attack_over(transport: Transport, authors: usize, catalog_calls: usize)
         alert["exemplar_trace_ids"].as_array().is_some_and(|ids| ids.iter().any(|id| id == trace_id.as_str()))
     })
     .await;
-    let metrics = serve.metrics();
+    // Counted as emitted only once the broker acknowledged it.
+    let emitted = alerts
+        .iter()
+        .find(|(_, a)| {
+            a["exemplar_trace_ids"].as_array().is_some_and(|ids| ids.iter().any(|id| id == trace_id.as_str()))
+        })
+        .map(|(_, a)| format!("stormwatch_alerts_emitted_total{{kind=\"{}\"}} 1\n", a["kind"].as_str().unwrap()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut metrics = serve.metrics();
+    while emitted.as_ref().is_some_and(|line| !metrics.contains(line.as_str())) && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = serve.metrics();
+    }
+    if let Some(line) = &emitted {
+        assert!(metrics.contains(line.as_str()), "expected {line:?} in\n{metrics}");
+    }
     tokio::task::block_in_place(|| services.shutdown());
     let log = serve.log();
     serve.stop();

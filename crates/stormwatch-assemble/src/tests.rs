@@ -121,3 +121,40 @@ fn flush_completes_everything_in_creation_order() {
     assert!(out.iter().all(|t| t.completion == Completion::Flushed));
     assert_eq!(a.in_flight_traces(), 0);
 }
+
+proptest::proptest! {
+    /// Any mix of spans, timestamps and time jumps: no panic, the bound holds, and every
+    /// accepted span is either still buffered or handed out exactly once.
+    #[test]
+    fn spans_are_conserved_and_bounded(
+        events in proptest::collection::vec((0u64..20, 0u64..4, 0u64..120, proptest::bool::ANY), 1..300),
+        max_in_flight in 1usize..40,
+    ) {
+        let config = AssemblerConfig { max_in_flight_spans: max_in_flight, remembered_traces: 8, ..AssemblerConfig::default() };
+        let mut a = Assembler::new(config);
+        let mut out = Vec::new();
+        for (i, (trace, parent, second, jump)) in events.into_iter().enumerate() {
+            if jump {
+                a.advance_to(T0 + second * SEC, &mut out);
+                continue;
+            }
+            let mut t = TraceBuilder::new(trace, T0 + second * SEC);
+            let root = t.server("svc", "op", None);
+            let mut spans = t.build();
+            let mut span = spans.remove(0);
+            span.span_id = stormwatch_model::SpanId((i as u64 + 1).to_be_bytes());
+            if parent > 0 {
+                span.parent_span_id = Some(root);
+            }
+            a.push(span, &mut out);
+            proptest::prop_assert!(a.in_flight_spans() <= max_in_flight);
+        }
+        let handed_out: usize = out.iter().map(|t| t.spans.len()).sum();
+        let stats = a.stats().clone();
+        proptest::prop_assert_eq!(stats.spans_accepted as usize, handed_out + a.in_flight_spans());
+        a.flush(&mut out);
+        let handed_out: usize = out.iter().map(|t| t.spans.len()).sum();
+        proptest::prop_assert_eq!(stats.spans_accepted as usize, handed_out);
+        proptest::prop_assert_eq!(a.in_flight_traces(), 0);
+    }
+}

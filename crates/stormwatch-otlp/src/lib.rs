@@ -58,3 +58,26 @@ impl Decoded {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever arrives on the wire, decoding answers with spans or an error, never a panic.
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = crate::decode_protobuf(&bytes);
+            let _ = crate::decode_json(&bytes);
+        }
+
+        /// Near-valid JSON: a real request with one byte changed.
+        #[test]
+        fn mutated_json_never_panics(position in 0usize..400, byte in any::<u8>()) {
+            let mut json = br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"a"}}]},"scopeSpans":[{"spans":[{"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708","parentSpanId":"","name":"x","kind":2,"startTimeUnixNano":"1","endTimeUnixNano":"2","attributes":[{"key":"db.system","value":{"stringValue":"redis"}}],"status":{"code":2}}]}]}]}"#.to_vec();
+            let position = position % json.len();
+            json[position] = byte;
+            let _ = crate::decode_json(&json);
+        }
+    }
+}

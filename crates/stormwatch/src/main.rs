@@ -23,7 +23,8 @@ edge of the call graph normally does (calls per parent span, calls per request),
 request fans out far beyond it: N+1 loops, fan-out amplification, request amplification.\n\n\
 Quick start:\n  stormwatch serve                      # OTLP on :4317/:4318, alerts to stdout + stormwatch-alerts.jsonl\n  \
 stormwatch replay traces.otlp.jsonl   # recorded OTLP/JSON lines through the same pipeline",
-    propagate_version = true
+    propagate_version = true,
+    arg_required_else_help = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -126,7 +127,11 @@ pub struct ReplayArgs {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn,h2=warn,tower=warn,hyper=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
