@@ -8,13 +8,15 @@ mod conventions;
 mod json;
 mod normalize;
 mod proto;
+mod wire;
 
 use stormwatch_model::Span;
 
 pub use conventions::query_shape;
 pub use json::decode_json;
 pub use normalize::normalize_statement;
-pub use proto::{decode_protobuf, from_request};
+pub use proto::from_request;
+pub use wire::decode_protobuf;
 
 /// The OTLP protobuf types, re-exported so receivers use the same version.
 pub use opentelemetry_proto::tonic::collector::trace::v1 as collector;
@@ -25,6 +27,8 @@ pub use opentelemetry_proto::tonic::trace::v1 as trace;
 pub enum DecodeError {
     #[error("not a valid OTLP protobuf ExportTraceServiceRequest: {0}")]
     Protobuf(#[from] prost::DecodeError),
+    #[error("not a valid OTLP protobuf ExportTraceServiceRequest: {0}")]
+    Wire(String),
     #[error("not a valid OTLP/JSON ExportTraceServiceRequest: {0}")]
     Json(#[from] serde_json::Error),
 }

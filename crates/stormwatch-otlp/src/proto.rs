@@ -3,17 +3,10 @@
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use prost::Message;
 use stormwatch_model::{SpanId, SpanKind, Sym, TraceId};
 
 use crate::conventions::{build_span, AttrView, RawSpan, UNKNOWN_SERVICE};
-use crate::{Decoded, Result};
-
-/// Decodes a protobuf-encoded `ExportTraceServiceRequest`.
-pub fn decode_protobuf(bytes: &[u8]) -> Result<Decoded> {
-    let request = ExportTraceServiceRequest::decode(bytes)?;
-    Ok(from_request(&request))
-}
+use crate::Decoded;
 
 fn string_value(kv: &KeyValue) -> Option<&str> {
     match kv.value.as_ref()?.value.as_ref()? {
@@ -91,7 +84,10 @@ mod tests {
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as ProtoSpan};
 
+    use prost::Message;
+
     use super::*;
+    use crate::decode_protobuf;
 
     fn kv(key: &str, value: &str) -> KeyValue {
         KeyValue {

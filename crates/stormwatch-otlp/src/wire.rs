@@ -1,0 +1,366 @@
+//! A borrowing protobuf decoder for `ExportTraceServiceRequest`: it reads only the fields the
+//! engine uses and takes strings as `&str` slices of the request, so decoding a span
+//! allocates no `String` (prost would allocate one for every name, key and value).
+//! Unknown fields are skipped, as protobuf requires. The result must equal prost's decoding
+//! followed by [`crate::from_request`]; a property test holds the two together.
+
+use stormwatch_model::{SpanId, SpanKind, Sym, TraceId};
+
+use crate::conventions::{build_span, AttrView, RawSpan, UNKNOWN_SERVICE};
+use crate::{DecodeError, Decoded, Result};
+
+/// One protobuf field value.
+enum Value<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Bytes(&'a [u8]),
+    Fixed32,
+}
+
+struct Fields<'a> {
+    buf: &'a [u8],
+    /// Where this message started, for error messages.
+    what: &'static str,
+}
+
+fn error(what: &str, reason: &str) -> DecodeError {
+    DecodeError::Wire(format!("{what}: {reason}"))
+}
+
+impl<'a> Fields<'a> {
+    fn new(buf: &'a [u8], what: &'static str) -> Fields<'a> {
+        Fields { buf, what }
+    }
+
+    fn varint(&mut self) -> Result<u64> {
+        let mut value: u64 = 0;
+        for i in 0..10 {
+            let Some((&byte, rest)) = self.buf.split_first() else {
+                return Err(error(self.what, "truncated varint"));
+            };
+            self.buf = rest;
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err(error(self.what, "varint longer than 10 bytes"))
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8]> {
+        if len > self.buf.len() {
+            return Err(error(self.what, "field length past the end of the message"));
+        }
+        let (head, rest) = self.buf.split_at(len);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    /// The next (field number, value), or `None` at the end.
+    fn next(&mut self) -> Result<Option<(u64, Value<'a>)>> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let number = key >> 3;
+        if number == 0 {
+            return Err(error(self.what, "field number 0"));
+        }
+        let value = match key & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => Value::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"))),
+            2 => {
+                let len = usize::try_from(self.varint()?).map_err(|_| error(self.what, "length overflow"))?;
+                Value::Bytes(self.take(len)?)
+            }
+            5 => {
+                self.take(4)?;
+                Value::Fixed32
+            }
+            other => return Err(error(self.what, &format!("unsupported wire type {other}"))),
+        };
+        Ok(Some((number, value)))
+    }
+}
+
+fn utf8<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str> {
+    std::str::from_utf8(bytes).map_err(|_| error(what, "string is not valid UTF-8"))
+}
+
+/// (key, string value) of a `KeyValue`; the value is `None` unless it is a string.
+fn key_value(bytes: &[u8]) -> Result<(&str, Option<&str>)> {
+    let mut key = "";
+    let mut value = None;
+    let mut fields = Fields::new(bytes, "KeyValue");
+    while let Some((number, field)) = fields.next()? {
+        match (number, field) {
+            (1, Value::Bytes(b)) => key = utf8(b, "KeyValue.key")?,
+            (2, Value::Bytes(b)) => {
+                value = None;
+                let mut any = Fields::new(b, "AnyValue");
+                while let Some((number, field)) = any.next()? {
+                    match (number, field) {
+                        (1, Value::Bytes(s)) => value = Some(utf8(s, "AnyValue.string_value")?),
+                        // Another member of the oneof: the value is not a string.
+                        (2..=8, _) => value = None,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((key, value))
+}
+
+fn service_name(resource: &[u8]) -> Result<Option<&str>> {
+    let mut name = None;
+    let mut fields = Fields::new(resource, "Resource");
+    while let Some((number, field)) = fields.next()? {
+        if let (1, Value::Bytes(b)) = (number, field) {
+            if let ("service.name", Some(value)) = key_value(b)? {
+                name = Some(value);
+            }
+        }
+    }
+    Ok(name)
+}
+
+fn decode_span(bytes: &[u8], service: Sym, decoded: &mut Decoded) -> Result<()> {
+    let (mut trace_id, mut span_id, mut parent): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
+    let mut name = "";
+    let (mut kind, mut start, mut end, mut is_error) = (0i32, 0u64, 0u64, false);
+    let mut attrs = AttrView::default();
+    let mut fields = Fields::new(bytes, "Span");
+    while let Some((number, field)) = fields.next()? {
+        match (number, field) {
+            (1, Value::Bytes(b)) => trace_id = b,
+            (2, Value::Bytes(b)) => span_id = b,
+            (4, Value::Bytes(b)) => parent = b,
+            (5, Value::Bytes(b)) => name = utf8(b, "Span.name")?,
+            (6, Value::Varint(v)) => kind = v as i32,
+            (7, Value::Fixed64(v)) => start = v,
+            (8, Value::Fixed64(v)) => end = v,
+            (9, Value::Bytes(b)) => {
+                if let (key, Some(value)) = key_value(b)? {
+                    attrs.set(key, value);
+                }
+            }
+            (15, Value::Bytes(b)) => {
+                let mut status = Fields::new(b, "Status");
+                is_error = false;
+                while let Some((number, field)) = status.next()? {
+                    if let (3, Value::Varint(code)) = (number, field) {
+                        is_error = code as i32 == 2;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let trace_id = match TraceId::from_bytes(trace_id) {
+        Ok(id) => id,
+        Err(e) => {
+            decoded.reject(|| format!("span {name:?}: trace_id: {e}"));
+            return Ok(());
+        }
+    };
+    let span_id = match SpanId::from_bytes(span_id) {
+        Ok(id) => id,
+        Err(e) => {
+            decoded.reject(|| format!("span {name:?}: span_id: {e}"));
+            return Ok(());
+        }
+    };
+    let parent_span_id = if parent.is_empty() {
+        None
+    } else {
+        match SpanId::from_bytes(parent) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                decoded.reject(|| format!("span {name:?}: parent_span_id: {e}"));
+                return Ok(());
+            }
+        }
+    };
+    let raw = RawSpan {
+        trace_id,
+        span_id,
+        parent_span_id,
+        service,
+        name,
+        kind: SpanKind::from_otlp(kind),
+        start_unix_nano: start,
+        end_unix_nano: end,
+        is_error,
+    };
+    decoded.spans.push(build_span(raw, &attrs));
+    Ok(())
+}
+
+/// Decodes a protobuf-encoded `ExportTraceServiceRequest`.
+pub fn decode_protobuf(bytes: &[u8]) -> Result<Decoded> {
+    let mut decoded = Decoded::default();
+    let mut request = Fields::new(bytes, "ExportTraceServiceRequest");
+    while let Some((number, field)) = request.next()? {
+        let (1, Value::Bytes(resource_spans)) = (number, field) else { continue };
+        // The resource may follow the spans on the wire: find it first.
+        let mut resource = None;
+        let mut fields = Fields::new(resource_spans, "ResourceSpans");
+        while let Some((number, field)) = fields.next()? {
+            if let (1, Value::Bytes(b)) = (number, field) {
+                resource = Some(b);
+            }
+        }
+        let service = match resource {
+            Some(resource) => service_name(resource)?,
+            None => None,
+        };
+        let service = Sym::new(service.unwrap_or(UNKNOWN_SERVICE));
+        let mut fields = Fields::new(resource_spans, "ResourceSpans");
+        while let Some((number, field)) = fields.next()? {
+            let (2, Value::Bytes(scope_spans)) = (number, field) else { continue };
+            let mut scope = Fields::new(scope_spans, "ScopeSpans");
+            while let Some((number, field)) = scope.next()? {
+                if let (2, Value::Bytes(span)) = (number, field) {
+                    decode_span(span, service, &mut decoded)?;
+                }
+            }
+        }
+    }
+    Ok(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::decode_protobuf;
+
+    const KEYS: &[&str] = &[
+        "service.name",
+        "http.method",
+        "http.request.method",
+        "http.route",
+        "http.target",
+        "url.query",
+        "db.system",
+        "db.system.name",
+        "db.statement",
+        "db.query.text",
+        "db.name",
+        "peer.service",
+        "server.address",
+        "messaging.system",
+        "net.peer.ip",
+        "other",
+    ];
+
+    fn attribute() -> impl Strategy<Value = KeyValue> {
+        (prop::sample::select(KEYS), "[ -~]{0,24}", 0u8..4).prop_map(|(key, text, variant)| KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: match variant {
+                    0 => None,
+                    1 => Some(any_value::Value::IntValue(7)),
+                    _ => Some(any_value::Value::StringValue(text)),
+                },
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn id(lengths: &'static [usize]) -> impl Strategy<Value = Vec<u8>> {
+        prop::sample::select(lengths).prop_flat_map(|len| prop::collection::vec(any::<u8>(), len))
+    }
+
+    fn span() -> impl Strategy<Value = Span> {
+        (
+            id(&[16, 16, 16, 8]),
+            id(&[8, 8, 8, 0]),
+            id(&[0, 8, 8, 3]),
+            "[ -~]{0,16}",
+            0i32..7,
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(attribute(), 0..6),
+            prop::option::of(0i32..3),
+        )
+            .prop_map(|(trace_id, span_id, parent_span_id, name, kind, start, end, attributes, status)| Span {
+                trace_id,
+                span_id,
+                parent_span_id,
+                name,
+                kind,
+                start_time_unix_nano: start,
+                end_time_unix_nano: end,
+                attributes,
+                status: status.map(|code| Status { code, ..Default::default() }),
+                ..Default::default()
+            })
+    }
+
+    fn request() -> impl Strategy<Value = ExportTraceServiceRequest> {
+        let resource_spans = (
+            prop::option::of(prop::collection::vec(attribute(), 0..4)),
+            prop::collection::vec(prop::collection::vec(span(), 0..4), 0..3),
+        )
+            .prop_map(|(resource, scopes)| ResourceSpans {
+                resource: resource.map(|attributes| Resource { attributes, ..Default::default() }),
+                scope_spans: scopes.into_iter().map(|spans| ScopeSpans { spans, ..Default::default() }).collect(),
+                ..Default::default()
+            });
+        prop::collection::vec(resource_spans, 0..3)
+            .prop_map(|resource_spans| ExportTraceServiceRequest { resource_spans })
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_prost(request in request()) {
+            let bytes = request.encode_to_vec();
+            let ours = decode_protobuf(&bytes).expect("valid protobuf");
+            let reference = crate::from_request(&ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap());
+            prop_assert_eq!(&ours.spans, &reference.spans);
+            prop_assert_eq!(ours.rejected_spans, reference.rejected_spans);
+            prop_assert_eq!(ours.rejection_message(), reference.rejection_message());
+        }
+
+        #[test]
+        fn truncated_requests_are_errors_not_panics(request in request(), cut in any::<prop::sample::Index>()) {
+            let bytes = request.encode_to_vec();
+            if !bytes.is_empty() {
+                let _ = decode_protobuf(&bytes[..cut.index(bytes.len())]);
+            }
+        }
+    }
+
+    #[test]
+    fn resource_after_spans_still_names_the_service() {
+        // Field order on the wire is not guaranteed: encode scope_spans before resource.
+        let mut span_bytes = Vec::new();
+        Span { trace_id: vec![1; 16], span_id: vec![2; 8], name: "op".into(), ..Default::default() }
+            .encode(&mut span_bytes)
+            .unwrap();
+        let scope = ScopeSpans { spans: vec![Span::decode(span_bytes.as_slice()).unwrap()], ..Default::default() };
+        let resource = Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: Some(AnyValue { value: Some(any_value::Value::StringValue("late".into())) }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut resource_spans = Vec::new();
+        prost::encoding::message::encode(2, &scope, &mut resource_spans);
+        prost::encoding::message::encode(1, &resource, &mut resource_spans);
+        let mut request = Vec::new();
+        prost::encoding::bytes::encode(1, &resource_spans, &mut request);
+        let decoded = decode_protobuf(&request).unwrap();
+        assert_eq!(decoded.spans[0].service.as_str(), "late");
+    }
+}
