@@ -227,40 +227,101 @@ fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// Everything a decoder has read about one span, before interning.
+/// A span id as it came off the wire: bytes (protobuf) or hex text (OTLP/JSON).
+#[derive(Clone, Copy)]
+pub(crate) enum WireId<'s> {
+    Bytes(&'s [u8]),
+    Hex(&'s str),
+}
+
+impl WireId<'_> {
+    fn is_empty(self) -> bool {
+        match self {
+            WireId::Bytes(bytes) => bytes.is_empty(),
+            WireId::Hex(text) => text.is_empty(),
+        }
+    }
+
+    /// Parses the id; on failure, the rejection reason naming the field as the encoding
+    /// spells it (`trace_id` in protobuf, `traceId` in JSON, with the offending text).
+    fn parse<T>(
+        self,
+        field: &str,
+        json_field: &str,
+        from_bytes: fn(&[u8]) -> Result<T, stormwatch_model::IdError>,
+        from_hex: fn(&str) -> Result<T, stormwatch_model::IdError>,
+    ) -> Result<T, String> {
+        match self {
+            WireId::Bytes(bytes) => from_bytes(bytes).map_err(|e| format!("{field}: {e}")),
+            WireId::Hex(text) => from_hex(text).map_err(|e| format!("{json_field} {text:?}: {e}")),
+        }
+    }
+}
+
+/// Everything a decoder has read about one span, before validation and interning.
 pub(crate) struct RawSpan<'s> {
-    pub(crate) trace_id: TraceId,
-    pub(crate) span_id: SpanId,
-    pub(crate) parent_span_id: Option<SpanId>,
+    pub(crate) trace_id: WireId<'s>,
+    pub(crate) span_id: WireId<'s>,
+    /// Empty for a root span.
+    pub(crate) parent_span_id: WireId<'s>,
     pub(crate) service: Sym,
     pub(crate) name: &'s str,
-    pub(crate) kind: SpanKind,
+    /// The OTLP `SpanKind` number.
+    pub(crate) kind: i32,
     pub(crate) start_unix_nano: u64,
     pub(crate) end_unix_nano: u64,
     pub(crate) is_error: bool,
 }
 
+/// Validates the ids of `raw` and appends the model span to `decoded`, or counts the span as
+/// rejected with the reason. Every decoder ends here, so all report rejections alike.
+pub(crate) fn push_span(decoded: &mut crate::Decoded, raw: RawSpan<'_>, attrs: &AttrView<'_>) {
+    let ids = (|| {
+        let trace_id = raw.trace_id.parse("trace_id", "traceId", TraceId::from_bytes, TraceId::from_hex)?;
+        let span_id = raw.span_id.parse("span_id", "spanId", SpanId::from_bytes, SpanId::from_hex)?;
+        let parent_span_id = if raw.parent_span_id.is_empty() {
+            None
+        } else {
+            Some(raw.parent_span_id.parse("parent_span_id", "parentSpanId", SpanId::from_bytes, SpanId::from_hex)?)
+        };
+        Ok::<_, String>((trace_id, span_id, parent_span_id))
+    })();
+    match ids {
+        Ok((trace_id, span_id, parent_span_id)) => {
+            decoded.spans.push(build_span(trace_id, span_id, parent_span_id, &raw, attrs));
+        }
+        Err(reason) => decoded.reject(|| format!("span {:?}: {reason}", raw.name)),
+    }
+}
+
 /// Builds the model span: operation naming, query shape and virtual callee.
-pub(crate) fn build_span(raw: RawSpan<'_>, attrs: &AttrView<'_>) -> Span {
-    let operation = match (attrs.http_route, raw.kind.is_entry() || raw.parent_span_id.is_none()) {
+fn build_span(
+    trace_id: TraceId,
+    span_id: SpanId,
+    parent_span_id: Option<SpanId>,
+    raw: &RawSpan<'_>,
+    attrs: &AttrView<'_>,
+) -> Span {
+    let kind = SpanKind::from_otlp(raw.kind);
+    let entry_like = kind.is_entry() || parent_span_id.is_none();
+    let operation = match (attrs.http_route, entry_like) {
         (Some(route), true) if !raw.name.contains(route) => match attrs.method() {
             Some(method) => joined(method, ' ', route),
             None => Sym::new(route),
         },
         _ => Sym::new(raw.name),
     };
-    let entry_like = raw.kind.is_entry() || raw.parent_span_id.is_none();
     let query_shape = if entry_like { attrs.query().and_then(query_shape).map(|shape| Sym::new(&shape)) } else { None };
-    let remote = if raw.kind.is_outgoing() { attrs.remote(raw.name) } else { None };
+    let remote = if kind.is_outgoing() { attrs.remote(raw.name) } else { None };
     let client_address =
         if entry_like { attrs.client_address.or(attrs.client_address_old).map(Sym::new) } else { None };
     Span {
-        trace_id: raw.trace_id,
-        span_id: raw.span_id,
-        parent_span_id: raw.parent_span_id,
+        trace_id,
+        span_id,
+        parent_span_id,
         service: raw.service,
         operation,
-        kind: raw.kind,
+        kind,
         start_unix_nano: raw.start_unix_nano,
         end_unix_nano: raw.end_unix_nano,
         is_error: raw.is_error,

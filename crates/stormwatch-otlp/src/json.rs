@@ -7,9 +7,9 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
-use stormwatch_model::{SpanId, SpanKind, Sym, TraceId};
+use stormwatch_model::Sym;
 
-use crate::conventions::{build_span, AttrView, RawSpan, UNKNOWN_SERVICE};
+use crate::conventions::{push_span, AttrView, RawSpan, WireId, UNKNOWN_SERVICE};
 use crate::{Decoded, Result};
 
 #[derive(Deserialize)]
@@ -182,33 +182,6 @@ pub fn decode_json(bytes: &[u8]) -> Result<Decoded> {
         for scope_spans in &resource_spans.scope_spans {
             decoded.spans.reserve(scope_spans.spans.len());
             for span in &scope_spans.spans {
-                let trace_id = match TraceId::from_hex(&span.trace_id) {
-                    Ok(id) => id,
-                    Err(error) => {
-                        decoded.reject(|| format!("span {:?}: traceId {:?}: {error}", span.name, span.trace_id));
-                        continue;
-                    }
-                };
-                let span_id = match SpanId::from_hex(&span.span_id) {
-                    Ok(id) => id,
-                    Err(error) => {
-                        decoded.reject(|| format!("span {:?}: spanId {:?}: {error}", span.name, span.span_id));
-                        continue;
-                    }
-                };
-                let parent_span_id = if span.parent_span_id.is_empty() {
-                    None
-                } else {
-                    match SpanId::from_hex(&span.parent_span_id) {
-                        Ok(id) => Some(id),
-                        Err(error) => {
-                            decoded.reject(|| {
-                                format!("span {:?}: parentSpanId {:?}: {error}", span.name, span.parent_span_id)
-                            });
-                            continue;
-                        }
-                    }
-                };
                 let mut attrs = AttrView::default();
                 for kv in &span.attributes {
                     if let Some(value) = string_value(kv) {
@@ -216,17 +189,17 @@ pub fn decode_json(bytes: &[u8]) -> Result<Decoded> {
                     }
                 }
                 let raw = RawSpan {
-                    trace_id,
-                    span_id,
-                    parent_span_id,
+                    trace_id: WireId::Hex(&span.trace_id),
+                    span_id: WireId::Hex(&span.span_id),
+                    parent_span_id: WireId::Hex(&span.parent_span_id),
                     service,
                     name: &span.name,
-                    kind: SpanKind::from_otlp(span.kind.0),
+                    kind: span.kind.0,
                     start_unix_nano: span.start_time_unix_nano.0,
                     end_unix_nano: span.end_time_unix_nano.0,
                     is_error: span.status.as_ref().is_some_and(|status| status.code.0 == 2),
                 };
-                decoded.spans.push(build_span(raw, &attrs));
+                push_span(&mut decoded, raw, &attrs);
             }
         }
     }
@@ -237,7 +210,7 @@ pub fn decode_json(bytes: &[u8]) -> Result<Decoded> {
 mod tests {
     use std::io::{BufRead, BufReader};
 
-    use stormwatch_model::NodeKind;
+    use stormwatch_model::{NodeKind, SpanKind};
 
     use super::*;
 

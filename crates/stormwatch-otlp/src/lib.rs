@@ -26,8 +26,6 @@ pub use opentelemetry_proto::tonic::trace::v1 as trace;
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("not a valid OTLP protobuf ExportTraceServiceRequest: {0}")]
-    Protobuf(#[from] prost::DecodeError),
-    #[error("not a valid OTLP protobuf ExportTraceServiceRequest: {0}")]
     Wire(String),
     #[error("not a valid OTLP/JSON ExportTraceServiceRequest: {0}")]
     Json(#[from] serde_json::Error),

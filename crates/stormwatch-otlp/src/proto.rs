@@ -1,11 +1,12 @@
-//! OTLP protobuf (`ExportTraceServiceRequest`) to spans.
+//! Already-decoded prost `ExportTraceServiceRequest`s to spans: for callers that hold the
+//! generated types, and the reference the borrowing wire decoder is tested against.
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use stormwatch_model::{SpanId, SpanKind, Sym, TraceId};
+use stormwatch_model::Sym;
 
-use crate::conventions::{build_span, AttrView, RawSpan, UNKNOWN_SERVICE};
+use crate::conventions::{push_span, AttrView, RawSpan, WireId, UNKNOWN_SERVICE};
 use crate::Decoded;
 
 fn string_value(kv: &KeyValue) -> Option<&str> {
@@ -28,31 +29,6 @@ pub fn from_request(request: &ExportTraceServiceRequest) -> Decoded {
         for scope_spans in &resource_spans.scope_spans {
             decoded.spans.reserve(scope_spans.spans.len());
             for span in &scope_spans.spans {
-                let trace_id = match TraceId::from_bytes(&span.trace_id) {
-                    Ok(id) => id,
-                    Err(error) => {
-                        decoded.reject(|| format!("span {:?}: trace_id: {error}", span.name));
-                        continue;
-                    }
-                };
-                let span_id = match SpanId::from_bytes(&span.span_id) {
-                    Ok(id) => id,
-                    Err(error) => {
-                        decoded.reject(|| format!("span {:?}: span_id: {error}", span.name));
-                        continue;
-                    }
-                };
-                let parent_span_id = if span.parent_span_id.is_empty() {
-                    None
-                } else {
-                    match SpanId::from_bytes(&span.parent_span_id) {
-                        Ok(id) => Some(id),
-                        Err(error) => {
-                            decoded.reject(|| format!("span {:?}: parent_span_id: {error}", span.name));
-                            continue;
-                        }
-                    }
-                };
                 let mut attrs = AttrView::default();
                 for kv in &span.attributes {
                     if let Some(value) = string_value(kv) {
@@ -61,17 +37,17 @@ pub fn from_request(request: &ExportTraceServiceRequest) -> Decoded {
                 }
                 let is_error = span.status.as_ref().is_some_and(|status| status.code == StatusCode::Error as i32);
                 let raw = RawSpan {
-                    trace_id,
-                    span_id,
-                    parent_span_id,
+                    trace_id: WireId::Bytes(&span.trace_id),
+                    span_id: WireId::Bytes(&span.span_id),
+                    parent_span_id: WireId::Bytes(&span.parent_span_id),
                     service,
                     name: &span.name,
-                    kind: SpanKind::from_otlp(span.kind),
+                    kind: span.kind,
                     start_unix_nano: span.start_time_unix_nano,
                     end_unix_nano: span.end_time_unix_nano,
                     is_error,
                 };
-                decoded.spans.push(build_span(raw, &attrs));
+                push_span(&mut decoded, raw, &attrs);
             }
         }
     }
@@ -87,6 +63,8 @@ mod tests {
     use prost::Message;
 
     use super::*;
+    use stormwatch_model::SpanKind;
+
     use crate::decode_protobuf;
 
     fn kv(key: &str, value: &str) -> KeyValue {

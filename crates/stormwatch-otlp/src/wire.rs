@@ -4,9 +4,9 @@
 //! Unknown fields are skipped, as protobuf requires. The result must equal prost's decoding
 //! followed by [`crate::from_request`]; a property test holds the two together.
 
-use stormwatch_model::{SpanId, SpanKind, Sym, TraceId};
+use stormwatch_model::Sym;
 
-use crate::conventions::{build_span, AttrView, RawSpan, UNKNOWN_SERVICE};
+use crate::conventions::{push_span, AttrView, RawSpan, WireId, UNKNOWN_SERVICE};
 use crate::{DecodeError, Decoded, Result};
 
 /// One protobuf field value.
@@ -158,43 +158,18 @@ fn decode_span(bytes: &[u8], service: Sym, decoded: &mut Decoded) -> Result<()> 
             _ => {}
         }
     }
-    let trace_id = match TraceId::from_bytes(trace_id) {
-        Ok(id) => id,
-        Err(e) => {
-            decoded.reject(|| format!("span {name:?}: trace_id: {e}"));
-            return Ok(());
-        }
-    };
-    let span_id = match SpanId::from_bytes(span_id) {
-        Ok(id) => id,
-        Err(e) => {
-            decoded.reject(|| format!("span {name:?}: span_id: {e}"));
-            return Ok(());
-        }
-    };
-    let parent_span_id = if parent.is_empty() {
-        None
-    } else {
-        match SpanId::from_bytes(parent) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                decoded.reject(|| format!("span {name:?}: parent_span_id: {e}"));
-                return Ok(());
-            }
-        }
-    };
     let raw = RawSpan {
-        trace_id,
-        span_id,
-        parent_span_id,
+        trace_id: WireId::Bytes(trace_id),
+        span_id: WireId::Bytes(span_id),
+        parent_span_id: WireId::Bytes(parent),
         service,
         name,
-        kind: SpanKind::from_otlp(kind),
+        kind,
         start_unix_nano: start,
         end_unix_nano: end,
         is_error,
     };
-    decoded.spans.push(build_span(raw, &attrs));
+    push_span(decoded, raw, &attrs);
     Ok(())
 }
 

@@ -169,6 +169,24 @@ impl Config {
         toml::from_str(&text).map_err(|error| anyhow::anyhow!("config file {}: {error}", path.display()))
     }
 
+    /// Defaults < `--config` file < environment and flags (clap merged those two).
+    pub(crate) fn load(common: &crate::CommonArgs) -> anyhow::Result<Config> {
+        let mut config = match &common.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(brokers) = &common.kafka_brokers {
+            config.kafka.brokers = brokers.clone();
+        }
+        if let Some(topic) = &common.alert_topic {
+            config.kafka.alert_topic = topic.clone();
+        }
+        if let Some(samples) = common.learning_min_samples {
+            config.baseline.learning_min_samples = samples;
+        }
+        Ok(config)
+    }
+
     /// Checks every field once; the error names the field and the accepted range.
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
         address("server.otlp_grpc", &self.server.otlp_grpc)?;

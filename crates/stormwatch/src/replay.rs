@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use stormwatch_baseline::BaselineStore;
 use stormwatch_io::files::{self, FileError};
-use stormwatch_io::{span_queue, Metrics};
+use stormwatch_io::Metrics;
 use stormwatch_model::AlertKind;
-use tokio::sync::mpsc;
 
-use crate::runtime::{run_sink, spawn_engine, EngineOptions};
-use crate::serve::{load_config, open_sink, restore};
+use crate::config::Config;
+use crate::runtime::{open_sink, restore, EngineOptions, Pipeline};
 use crate::ReplayArgs;
 
 struct Progress {
@@ -26,7 +25,7 @@ struct Progress {
 }
 
 pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
-    let config = load_config(&args.common)?;
+    let config = Config::load(&args.common)?;
     config.validate()?;
     // Open every file first: a typo in the last name fails before minutes of work.
     let readers = args.files.iter().map(|path| files::open(path)).collect::<Result<Vec<_>, _>>()?;
@@ -38,18 +37,14 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let sink = open_sink(&config, !args.no_stdout, args.alerts_file.as_deref()).await?;
 
     let started = Instant::now();
-    let metrics = Arc::new(Metrics::default());
-    let (queue, receiver) = span_queue(64);
-    let (alerts_tx, alerts_rx) = mpsc::channel(64);
-    let engine = spawn_engine(
+    let (pipeline, queue) = Pipeline::start(
         config.engine(),
         store,
-        receiver,
-        alerts_tx,
-        metrics.clone(),
+        sink,
+        64,
         EngineOptions { idle_fallback: None, snapshot: args.models.clone().map(|dir| (dir, None)) },
     );
-    let sink_task = tokio::spawn(run_sink(sink, alerts_rx, metrics.clone()));
+    let metrics = pipeline.metrics.clone();
 
     let progress = Arc::new(Progress {
         bytes: AtomicU64::new(0),
@@ -86,10 +81,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let read_result = tokio::task::spawn_blocking(move || reader.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the decode thread panicked"))?;
-    let report = tokio::task::spawn_blocking(move || engine.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
-    sink_task.await?;
+    let report = pipeline.finish().await?;
 
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
     let spans = progress.spans.load(Ordering::Relaxed);

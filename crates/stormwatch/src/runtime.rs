@@ -10,12 +10,80 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use stormwatch_baseline::{write_snapshot, BaselineStore};
+use std::path::Path;
+
+use stormwatch_baseline::{load_snapshot, write_snapshot, BaselineStore};
 use stormwatch_detect::{Engine, EngineConfig, EngineStats};
+use stormwatch_io::kafka::KafkaAlertSink;
 use stormwatch_io::sink::AlertSink;
-use stormwatch_io::{Metrics, SpanReceiver};
+use stormwatch_io::{span_queue, Metrics, SpanQueue, SpanReceiver};
 use stormwatch_model::Alert;
 use tokio::sync::mpsc;
+
+use crate::config::Config;
+
+/// The running engine thread and sink task. Spans go in through the [`SpanQueue`] returned
+/// with it; once every clone of that queue is dropped, [`Pipeline::finish`] drains and stops.
+pub(crate) struct Pipeline {
+    pub(crate) metrics: Arc<Metrics>,
+    engine: std::thread::JoinHandle<EngineReport>,
+    sink: tokio::task::JoinHandle<()>,
+}
+
+impl Pipeline {
+    pub(crate) fn start(
+        config: EngineConfig,
+        store: BaselineStore,
+        sink: AlertSink,
+        queue_capacity: usize,
+        options: EngineOptions,
+    ) -> (Pipeline, SpanQueue) {
+        let metrics = Arc::new(Metrics::default());
+        let (queue, receiver) = span_queue(queue_capacity);
+        let (alerts_tx, alerts_rx) = mpsc::channel(256);
+        let engine = spawn_engine(config, store, receiver, alerts_tx, metrics.clone(), options);
+        let sink = tokio::spawn(run_sink(sink, alerts_rx, metrics.clone()));
+        (Pipeline { metrics, engine, sink }, queue)
+    }
+
+    /// Waits until the engine drained the queue (every sender must be gone), flushed and
+    /// snapshotted, and the sink wrote the last alerts.
+    pub(crate) async fn finish(self) -> anyhow::Result<EngineReport> {
+        let engine = self.engine;
+        let report = tokio::task::spawn_blocking(move || engine.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
+        self.sink.await?;
+        Ok(report)
+    }
+}
+
+/// Kafka when brokers are configured, else JSON lines to stdout and/or `file`.
+pub(crate) async fn open_sink(config: &Config, stdout: bool, file: Option<&Path>) -> anyhow::Result<AlertSink> {
+    if config.kafka.brokers.is_empty() {
+        return Ok(AlertSink::lines(stdout, file).await?);
+    }
+    let kafka = KafkaAlertSink::connect(&config.kafka.brokers, &config.kafka.alert_topic).await?;
+    Ok(AlertSink::Kafka(kafka))
+}
+
+/// The baselines restored from `dir`, or empty ones; a corrupt or old snapshot is an error.
+pub(crate) fn restore(dir: &Path, config: &Config) -> anyhow::Result<BaselineStore> {
+    match load_snapshot(dir, config.baseline.max_keys)? {
+        Some(store) => {
+            tracing::info!(
+                path = %dir.join(stormwatch_baseline::SNAPSHOT_FILE).display(),
+                edges = store.edges_tracked(),
+                "baselines restored"
+            );
+            Ok(store)
+        }
+        None => {
+            tracing::info!(dir = %dir.display(), "no baseline snapshot yet; learning from scratch");
+            Ok(BaselineStore::new(config.baseline.max_keys))
+        }
+    }
+}
 
 /// Wall clock for `detected_at`.
 pub(crate) fn wall_clock_nanos() -> u64 {
@@ -72,7 +140,7 @@ fn snapshot(engine: &Engine, dir: &std::path::Path, metrics: &Metrics) -> Result
 }
 
 /// Starts the engine thread.
-pub(crate) fn spawn_engine(
+fn spawn_engine(
     config: EngineConfig,
     store: BaselineStore,
     receiver: SpanReceiver,
@@ -166,7 +234,7 @@ fn run_engine(
 /// Writes alert batches to the sink until the engine closes the channel. A failed delivery
 /// is retried with backoff; after the last retry it is logged and counted, and the engine
 /// goes on.
-pub(crate) async fn run_sink(mut sink: AlertSink, mut alerts: mpsc::Receiver<Vec<Alert>>, metrics: Arc<Metrics>) {
+async fn run_sink(mut sink: AlertSink, mut alerts: mpsc::Receiver<Vec<Alert>>, metrics: Arc<Metrics>) {
     while let Some(batch) = alerts.recv().await {
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=5 {

@@ -2,66 +2,16 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::Context;
-use stormwatch_baseline::{load_snapshot, BaselineStore};
 use stormwatch_io::admin::serve_admin;
-use stormwatch_io::kafka::KafkaAlertSink;
+use stormwatch_io::bind;
 use stormwatch_io::otlp::{serve_grpc, serve_http, Ingest};
-use stormwatch_io::sink::AlertSink;
-use stormwatch_io::{bind, span_queue, Metrics};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::runtime::{run_sink, spawn_engine, EngineOptions};
-use crate::{CommonArgs, ServeArgs};
-
-/// File < environment < flags (clap already merged environment and flags).
-pub(crate) fn load_config(common: &CommonArgs) -> anyhow::Result<Config> {
-    let mut config = match &common.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
-    };
-    if let Some(brokers) = &common.kafka_brokers {
-        config.kafka.brokers = brokers.clone();
-    }
-    if let Some(topic) = &common.alert_topic {
-        config.kafka.alert_topic = topic.clone();
-    }
-    if let Some(samples) = common.learning_min_samples {
-        config.baseline.learning_min_samples = samples;
-    }
-    Ok(config)
-}
-
-/// Kafka when brokers are configured, else JSON lines.
-pub(crate) async fn open_sink(config: &Config, stdout: bool, file: Option<&Path>) -> anyhow::Result<AlertSink> {
-    if config.kafka.brokers.is_empty() {
-        return Ok(AlertSink::lines(stdout, file).await?);
-    }
-    let kafka = KafkaAlertSink::connect(&config.kafka.brokers, &config.kafka.alert_topic).await?;
-    Ok(AlertSink::Kafka(kafka))
-}
-
-/// The restored baselines, or empty ones; a corrupt or old snapshot is an error.
-pub(crate) fn restore(dir: &Path, config: &Config) -> anyhow::Result<BaselineStore> {
-    match load_snapshot(dir, config.baseline.max_keys)? {
-        Some(store) => {
-            tracing::info!(
-                path = %dir.join(stormwatch_baseline::SNAPSHOT_FILE).display(),
-                edges = store.edges_tracked(),
-                "baselines restored"
-            );
-            Ok(store)
-        }
-        None => {
-            tracing::info!(dir = %dir.display(), "no baseline snapshot yet; learning from scratch");
-            Ok(BaselineStore::new(config.baseline.max_keys))
-        }
-    }
-}
+use crate::runtime::{open_sink, restore, EngineOptions, Pipeline};
+use crate::ServeArgs;
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -81,7 +31,7 @@ async fn shutdown_signal() {
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = load_config(&args.common)?;
+    let mut config = Config::load(&args.common)?;
     if let Some(addr) = &args.otlp_grpc {
         config.server.otlp_grpc = addr.clone();
     }
@@ -122,21 +72,17 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "stormwatch serving"
     );
 
-    let metrics = Arc::new(Metrics::default());
-    let (queue, receiver) = span_queue(config.server.queue_capacity);
-    let (alerts_tx, alerts_rx) = mpsc::channel(256);
-    let engine = spawn_engine(
+    let (pipeline, queue) = Pipeline::start(
         config.engine(),
         store,
-        receiver,
-        alerts_tx,
-        metrics.clone(),
+        sink,
+        config.server.queue_capacity,
         EngineOptions {
             idle_fallback: Some(config.assemble.trace_idle),
             snapshot: Some((config.baseline.models_dir.clone(), Some(config.baseline.snapshot_interval))),
         },
     );
-    let sink_task = tokio::spawn(run_sink(sink, alerts_rx, metrics.clone()));
+    let metrics = pipeline.metrics.clone();
 
     let receivers_stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
@@ -166,10 +112,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Stop accepting; once the receivers are gone the queue closes and the engine drains it.
     receivers_stop.cancel();
     while receivers.join_next().await.is_some() {}
-    let report = tokio::task::spawn_blocking(move || engine.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
-    sink_task.await?;
+    let report = pipeline.finish().await?;
     admin_stop.cancel();
     let _ = admin.await;
     tracing::info!(

@@ -54,7 +54,8 @@ pub struct OtlpFileReader {
     read: Arc<AtomicU64>,
     lines: Option<Box<dyn BufRead + Send>>,
     line_number: u64,
-    protobuf: Option<std::vec::IntoIter<Vec<u8>>>,
+    /// Protobuf files are read whole; their requests are decoded once, when split.
+    protobuf: Option<std::vec::IntoIter<Result<Decoded, FileError>>>,
     line: String,
 }
 
@@ -109,32 +110,37 @@ pub fn open(path: &Path) -> Result<OtlpFileReader, FileError> {
         FileFormat::Protobuf => {
             let mut bytes = Vec::new();
             reader.read_to_end(&mut bytes).map_err(read_error)?;
-            file_reader.protobuf = Some(split_protobuf(bytes).into_iter());
+            let decoded =
+                decode_protobuf_file(&bytes).map_err(|source| FileError::Protobuf { path: path.to_path_buf(), source });
+            file_reader.protobuf = Some(match decoded {
+                Ok(requests) => requests.into_iter().map(Ok).collect::<Vec<_>>().into_iter(),
+                Err(error) => vec![Err(error)].into_iter(),
+            });
         }
     }
     Ok(file_reader)
 }
 
-/// Length-prefixed messages if the whole file parses as such, else one message.
-fn split_protobuf(bytes: Vec<u8>) -> Vec<Vec<u8>> {
-    let mut frames = Vec::new();
-    let mut rest = bytes.as_slice();
+/// The requests of a protobuf file: length-prefixed ones if the whole file splits and
+/// decodes as such, else the file as one request. Each request is decoded once.
+fn decode_protobuf_file(bytes: &[u8]) -> Result<Vec<Decoded>, stormwatch_otlp::DecodeError> {
+    let mut framed = Vec::new();
+    let mut rest = bytes;
     while rest.len() >= 4 {
         let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         if len > rest.len() - 4 {
             break;
         }
-        frames.push(rest[4..4 + len].to_vec());
+        match stormwatch_otlp::decode_protobuf(&rest[4..4 + len]) {
+            Ok(decoded) => framed.push(decoded),
+            Err(_) => break,
+        }
         rest = &rest[4 + len..];
     }
-    let framed = rest.is_empty()
-        && !frames.is_empty()
-        && frames.iter().all(|frame| stormwatch_otlp::decode_protobuf(frame).is_ok());
-    if framed {
-        frames
-    } else {
-        vec![bytes]
+    if rest.is_empty() && !framed.is_empty() {
+        return Ok(framed);
     }
+    Ok(vec![stormwatch_otlp::decode_protobuf(bytes)?])
 }
 
 impl OtlpFileReader {
@@ -161,12 +167,8 @@ impl Iterator for OtlpFileReader {
     type Item = Result<Decoded, FileError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if let Some(frames) = &mut self.protobuf {
-            let frame = frames.next()?;
-            return Some(
-                stormwatch_otlp::decode_protobuf(&frame)
-                    .map_err(|source| FileError::Protobuf { path: self.path.clone(), source }),
-            );
+        if let Some(requests) = &mut self.protobuf {
+            return requests.next();
         }
         let lines = self.lines.as_mut()?;
         loop {
@@ -243,6 +245,11 @@ mod tests {
         let results: Vec<_> = open(&path).unwrap().collect();
         let error = results[1].as_ref().unwrap_err().to_string();
         assert!(error.contains("bad.jsonl:2"), "{error}");
+        let corrupt = dir.path().join("corrupt.pb");
+        std::fs::write(&corrupt, b"\x0a\xff\xff\xff\x0f truncated").unwrap();
+        let results: Vec<_> = open(&corrupt).unwrap().collect();
+        let error = results[0].as_ref().unwrap_err().to_string();
+        assert!(error.contains("corrupt.pb") && error.contains("not a valid OTLP protobuf"), "{error}");
         let Err(missing) = open(&dir.path().join("missing.jsonl")) else { panic!("opened a missing file") };
         assert!(missing.to_string().contains("missing.jsonl"));
     }
