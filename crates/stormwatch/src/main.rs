@@ -48,7 +48,7 @@ enum Command {
 baselines and emits alerts: to the Kafka topic stormwatch.alerts when --kafka-brokers is set, otherwise as \
 JSON lines to stdout and stormwatch-alerts.jsonl. Baselines are restored from and snapshotted to --models \
 (default models/). Admin API on 127.0.0.1:9464: /healthz, /metrics. Ctrl-C flushes traces, alerts and the \
-snapshot.\n\nSettings come from embedded defaults < --config FILE < environment < flags; \
+snapshot; a second Ctrl-C exits at once.\n\nSettings come from embedded defaults < --config FILE < environment < flags; \
 `stormwatch serve --print-config` shows the result.")]
     Serve(ServeArgs),
     /// Feed recorded OTLP files through the same pipeline, as fast as possible.

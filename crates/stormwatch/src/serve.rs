@@ -109,6 +109,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             });
         }
     }
+    // A second Ctrl-C (or SIGTERM) skips the flush, e.g. when the alert broker is down and
+    // delivery is still being retried.
+    tokio::spawn(async {
+        shutdown_signal().await;
+        eprintln!("stormwatch: second signal: exiting without flushing");
+        std::process::exit(130);
+    });
     // Stop accepting; once the receivers are gone the queue closes and the engine drains it.
     receivers_stop.cancel();
     while receivers.join_next().await.is_some() {}
