@@ -3,5 +3,6 @@
 //! `scripts/test.sh`), real files and sockets.
 
 mod replay;
+mod scenarios;
 mod serve;
 mod support;

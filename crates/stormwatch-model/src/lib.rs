@@ -19,7 +19,7 @@ pub use graph::{Edge, Node, NodeKind, RootClass};
 pub use ids::{IdError, SpanId, TraceId};
 pub use span::{Remote, Span, SpanKind};
 pub use symbol::Sym;
-pub use time::rfc3339;
+pub use time::{parse_rfc3339, rfc3339};
 
 /// A stable 64-bit FNV-1a hash, used where a hash must not change between runs or releases
 /// (fingerprints, alert ids). `std`'s hasher is randomly seeded and may change.

@@ -4,6 +4,8 @@
 //! the library crates.
 
 mod config;
+mod eval;
+mod loadgen;
 mod replay;
 mod runtime;
 mod serve;
@@ -59,6 +61,57 @@ JSON lines (or to Kafka with --kafka-brokers); progress and a summary go to stde
 empty baselines and learns from the files, so replaying a file twice gives the same alerts. With --models DIR \
 it starts from that snapshot and writes the learned baselines back at the end.")]
     Replay(ReplayArgs),
+    /// Generate synthetic traffic with labelled attacks from a scenario file, as OTLP files.
+    #[command(long_about = "Generate the traffic a scenario describes (tests/scenarios/*.toml): its topology, rate \
+and entry mix, and its labelled changes — attacks and legitimate changes — on simulated event time, \
+deterministic for the scenario's seed. Writes OTLP/JSON lines (.jsonl, optionally .gz) or length-prefixed OTLP \
+protobuf (.binpb), which `stormwatch replay` and the OpenTelemetry Collector file receiver read, and the ground \
+truth (which traces each change touched) to a labels JSON file.")]
+    Loadgen(LoadgenArgs),
+    /// Score the detectors on a labelled scenario: detected or missed, time to detect, false alerts.
+    #[command(long_about = "Run a scenario through the engine in process (the same engine as replay: OTLP \
+protobuf decode, assembly, baselines, detectors) and score its alerts against the scenario's labels: per change, \
+detected or missed (attacks) or quiet (legitimate changes), time to detect in event time, whether an exemplar is \
+a labelled trace, and false alerts per hour of normal traffic by severity. Prints a table, writes an SVG of every \
+detector's alert scores over time with the change windows shaded, and exits non-zero when an expectation is not \
+met. Attacks whose detector does not exist yet are declared expected_to_fail in the scenario and reported as \
+xfail.")]
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+pub struct LoadgenArgs {
+    /// Scenario file (TOML).
+    #[arg(value_name = "SCENARIO")]
+    pub scenario: PathBuf,
+    /// Output file: .jsonl / .jsonl.gz (OTLP/JSON lines) or .binpb (length-prefixed protobuf).
+    #[arg(long, short, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Labels file [default: the output file name with .labels.json].
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+    /// No progress output on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Scenario file (TOML).
+    #[arg(value_name = "SCENARIO")]
+    pub scenario: PathBuf,
+    /// Where to write the picture [default: <scenario name>.eval.svg].
+    #[arg(long, value_name = "FILE")]
+    pub picture: Option<PathBuf>,
+    /// Also write every alert as JSON lines to this file.
+    #[arg(long, value_name = "FILE")]
+    pub alerts: Option<PathBuf>,
+    /// Also write the labels (ground truth) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+    /// No progress output on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// Settings shared by serve and replay.
@@ -152,6 +205,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Replay(args) => replay::run(args).await,
+            Command::Loadgen(args) => tokio::task::spawn_blocking(move || loadgen::run(args)).await?,
+            Command::Eval(args) => tokio::task::spawn_blocking(move || eval::run(args)).await?,
         }
     });
     match result {

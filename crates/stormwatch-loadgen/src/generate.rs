@@ -1,0 +1,520 @@
+//! The trace generator: a scenario and a seed in, a deterministic stream of traces out, each
+//! as the OTLP export requests the services' SDKs would send (one `ResourceSpans` per
+//! service), plus ground-truth labels of which traces each change touched.
+//!
+//! Requests arrive as a Poisson process on event time. Each executes its entry operation
+//! recursively: a call to an instrumented service is a CLIENT span in the caller and a SERVER
+//! span in the callee; databases, caches and queues are CLIENT/PRODUCER spans with the usual
+//! semantic-convention attributes. Active changes alter counts, failures, miss ratios, the
+//! entry mix or the rate, and record the traces they affected.
+
+use std::collections::BTreeMap;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
+
+use crate::distribution::Rng;
+use crate::labels::Labels;
+use crate::scenario::{Call, Change, ChangeKind, Scenario};
+
+const NANOS: f64 = 1e9;
+/// Deepest call chain followed; deeper calls are not made (cyclic topologies end here).
+const MAX_DEPTH: usize = 16;
+
+/// One generated request.
+pub struct GeneratedTrace {
+    pub trace_id: [u8; 16],
+    /// Export requests, one per service, in the order the services would send them (callees
+    /// first, the entry service last, as in real traffic).
+    pub request: ExportTraceServiceRequest,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub spans: usize,
+}
+
+/// The stream of traces of one scenario.
+pub struct Generator<'s> {
+    scenario: &'s Scenario,
+    rng: Rng,
+    start_nanos: u64,
+    end_nanos: u64,
+    /// Event time of the next request's arrival.
+    next_arrival: u64,
+    requests: u64,
+    labels: Labels,
+}
+
+fn attribute(key: &str, value: impl Into<String>) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }),
+        ..Default::default()
+    }
+}
+
+fn int_attribute(key: &str, value: i64) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(any_value::Value::IntValue(value)) }),
+        ..Default::default()
+    }
+}
+
+/// Per-request state while a trace is built.
+struct Build<'a> {
+    trace_id: [u8; 16],
+    entry: String,
+    /// service -> spans
+    spans: BTreeMap<String, Vec<Span>>,
+    /// Order services were first seen in, reversed at the end (callees export first).
+    service_order: Vec<String>,
+    /// Changes active for this request, by index, with this request's share coin.
+    active: Vec<(usize, &'a Change, bool)>,
+    /// Changes that altered this trace.
+    touched: Vec<usize>,
+    client_address: String,
+}
+
+impl<'s> Generator<'s> {
+    pub fn new(scenario: &'s Scenario) -> Generator<'s> {
+        let start_nanos = scenario.start_unix_seconds * 1_000_000_000;
+        let end_nanos = start_nanos + scenario.duration.as_nanos() as u64;
+        let labels = Labels::new(scenario);
+        Generator {
+            scenario,
+            rng: Rng::new(scenario.seed),
+            start_nanos,
+            end_nanos,
+            next_arrival: start_nanos,
+            requests: 0,
+            labels,
+        }
+    }
+
+    /// Ground truth so far (complete once the iterator is exhausted).
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
+    pub fn into_labels(self) -> Labels {
+        self.labels
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    fn offset(&self, at: u64) -> std::time::Duration {
+        std::time::Duration::from_nanos(at.saturating_sub(self.start_nanos))
+    }
+
+    fn active_changes(&self, at: u64) -> Vec<(usize, &'s Change)> {
+        let offset = self.offset(at);
+        self.scenario.changes.iter().enumerate().filter(|(_, c)| c.start <= offset && offset < c.end).collect()
+    }
+
+    /// Requests per second at `at`, after flash crowds and diurnal swings.
+    fn rate(&self, at: u64) -> f64 {
+        let mut rate = self.scenario.rate;
+        for (_, change) in self.active_changes(at) {
+            match change.kind {
+                ChangeKind::FlashCrowd => rate *= change.factor,
+                ChangeKind::Diurnal => {
+                    let period = (change.end - change.start).as_secs_f64();
+                    let phase = (self.offset(at) - change.start).as_secs_f64() / period;
+                    rate *= 1.0 + change.factor * (std::f64::consts::TAU * phase).sin();
+                }
+                _ => {}
+            }
+        }
+        rate.max(self.scenario.rate * 0.01)
+    }
+
+    fn new_span_id(&mut self) -> [u8; 8] {
+        let mut id = self.rng.next_u64().to_be_bytes();
+        if id == [0; 8] {
+            id[7] = 1;
+        }
+        id
+    }
+
+    fn generate(&mut self, at: u64) -> GeneratedTrace {
+        let active = self.active_changes(at);
+        // Entry mix, shifted by active mix-shift changes.
+        let mut weights: Vec<f64> = self.scenario.entries.iter().map(|e| e.weight).collect();
+        let mut shifted = None;
+        for (index, change) in &active {
+            if change.kind != ChangeKind::MixShift {
+                continue;
+            }
+            let entry = change.entry.as_deref().unwrap_or("");
+            if let Some(position) =
+                self.scenario.entries.iter().position(|e| format!("{} {}", e.service, e.operation) == entry)
+            {
+                let others: f64 = weights.iter().enumerate().filter(|(i, _)| *i != position).map(|(_, w)| w).sum();
+                let share = change.weight.clamp(0.0, 0.99);
+                weights[position] = share / (1.0 - share) * others;
+                shifted = Some((position, *index, change.clients.max(1)));
+            }
+        }
+        let entry_index = self.rng.weighted(&weights);
+        let entry = &self.scenario.entries[entry_index];
+        let mut trace_id = [0u8; 16];
+        trace_id[..8].copy_from_slice(&self.rng.next_u64().to_be_bytes());
+        trace_id[8..].copy_from_slice(&self.rng.next_u64().to_be_bytes());
+        let entry_name = format!("{} {}", entry.service, entry.operation);
+        let mut touched = Vec::new();
+        let client_address = match shifted {
+            Some((position, change_index, clients)) if position == entry_index => {
+                touched.push(change_index);
+                let client = self.rng.between(0, u64::from(clients) - 1);
+                format!("198.51.{}.{}", client / 250, client % 250 + 1)
+            }
+            _ => {
+                let client = self.rng.between(0, u64::from(self.scenario.clients.max(1)) - 1);
+                format!("10.{}.{}.{}", client / 62_500, (client / 250) % 250, client % 250 + 1)
+            }
+        };
+        let active_with_coins: Vec<(usize, &'s Change, bool)> =
+            active.into_iter().map(|(i, c)| (i, c, self.rng.chance(c.share))).collect();
+        let mut build = Build {
+            trace_id,
+            entry: entry_name,
+            spans: BTreeMap::new(),
+            service_order: Vec::new(),
+            active: active_with_coins,
+            touched,
+            client_address,
+        };
+        let query =
+            entry.query.iter().map(|key| format!("{key}={}", self.rng.between(1, 100))).collect::<Vec<_>>().join("&");
+        let (end, _) = self.execute(&mut build, &entry.service, &entry.operation, None, at, 0, Some(&query));
+
+        // Labels.
+        build.touched.sort_unstable();
+        build.touched.dedup();
+        for index in &build.touched {
+            self.labels.changes[*index].record(trace_id);
+        }
+
+        let mut spans = 0;
+        let mut resource_spans = Vec::new();
+        for service in build.service_order.iter().rev() {
+            let service_spans = build.spans.remove(service).unwrap_or_default();
+            spans += service_spans.len();
+            resource_spans.push(ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![
+                        attribute("service.name", service.as_str()),
+                        attribute("service.version", "1.4.2"),
+                        attribute("service.instance.id", format!("{service}-7d9f8b6c5-x2k4q")),
+                        attribute("deployment.environment.name", "production"),
+                        attribute("telemetry.sdk.name", "opentelemetry"),
+                        attribute("telemetry.sdk.language", "rust"),
+                        attribute("telemetry.sdk.version", "0.33.0"),
+                    ],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "stormwatch-loadgen".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    spans: service_spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+        GeneratedTrace {
+            trace_id,
+            request: ExportTraceServiceRequest { resource_spans },
+            start_unix_nano: at,
+            end_unix_nano: end,
+            spans,
+        }
+    }
+
+    fn push(&mut self, build: &mut Build<'_>, service: &str, span: Span) {
+        if !build.spans.contains_key(service) {
+            build.service_order.push(service.to_string());
+        }
+        build.spans.entry(service.to_string()).or_default().push(span);
+    }
+
+    /// Runs `service operation` as a SERVER span starting at `start`; returns (end, failed).
+    #[allow(clippy::too_many_arguments)]
+    fn execute(
+        &mut self,
+        build: &mut Build<'s>,
+        service: &str,
+        operation: &str,
+        parent: Option<[u8; 8]>,
+        start: u64,
+        depth: usize,
+        query: Option<&str>,
+    ) -> (u64, bool) {
+        let scenario = self.scenario;
+        let Some(behaviour) = scenario.operation(service, operation) else {
+            return (start, false);
+        };
+        let span_id = self.new_span_id();
+        let target = format!("{service} {operation}");
+        let mut cursor = start + 40_000;
+        let mut calls: Vec<&'s Call> = behaviour.calls.iter().collect();
+        for (index, change, _) in &build.active {
+            if change.kind == ChangeKind::NewCall && change.operation.as_deref() == Some(target.as_str()) {
+                if let Some(added) = &change.add {
+                    calls.push(added);
+                    build.touched.push(*index);
+                }
+            }
+        }
+        if depth < MAX_DEPTH {
+            for call in calls {
+                let count = self.count_of(build, call);
+                for _ in 0..count {
+                    cursor = self.perform(build, service, call, span_id, cursor, depth);
+                }
+            }
+        }
+        let mut error_rate = behaviour.error_rate;
+        for (index, change, _) in &build.active {
+            if change.kind == ChangeKind::RetryStorm && change.operation.as_deref() == Some(target.as_str()) {
+                error_rate = change.probability;
+                build.touched.push(*index);
+            }
+        }
+        let own = (behaviour.duration_ms * 1e6 * (0.5 + self.rng.unit())) as u64;
+        let end = cursor + own;
+        let failed = self.rng.chance(error_rate);
+        let (method, route) = operation.split_once(' ').unwrap_or(("GET", operation));
+        let path = route.replace("{id}", &self.rng.between(1, 5000).to_string());
+        let mut attributes = vec![
+            attribute("http.request.method", method),
+            attribute("http.route", route),
+            attribute("url.path", path.as_str()),
+            attribute("url.scheme", "http"),
+            attribute("server.address", service),
+            int_attribute("server.port", 8080),
+            attribute("network.protocol.version", "1.1"),
+            attribute("user_agent.original", "Mozilla/5.0 (X11; Linux x86_64) stormwatch-loadgen"),
+            int_attribute("http.response.status_code", if failed { 500 } else { 200 }),
+        ];
+        if let Some(query) = query.filter(|q| !q.is_empty()) {
+            attributes.push(attribute("url.query", query));
+        }
+        if parent.is_none() {
+            attributes.push(attribute("client.address", build.client_address.as_str()));
+        }
+        let span = Span {
+            trace_id: build.trace_id.to_vec(),
+            span_id: span_id.to_vec(),
+            parent_span_id: parent.map(|p| p.to_vec()).unwrap_or_default(),
+            name: operation.into(),
+            kind: span::SpanKind::Server as i32,
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            attributes,
+            status: failed.then(|| Status { code: status::StatusCode::Error as i32, message: "internal error".into() }),
+            flags: 0x100,
+            ..Default::default()
+        };
+        self.push(build, service, span);
+        (end, failed)
+    }
+
+    /// How many times `call` runs in this execution, after fan-out and N+1 changes.
+    fn count_of(&mut self, build: &mut Build<'_>, call: &Call) -> u64 {
+        let label = call.label();
+        for (index, change, coin) in &build.active {
+            let applies = matches!(change.kind, ChangeKind::FanoutAmplification | ChangeKind::NPlusOne)
+                && *coin
+                && change.call.as_deref() == Some(label.as_str())
+                && change.entry.as_deref().is_none_or(|entry| entry == build.entry);
+            if applies {
+                if let Some(count) = &change.count {
+                    build.touched.push(*index);
+                    return count.sample(&mut self.rng);
+                }
+            }
+        }
+        call.count.sample(&mut self.rng)
+    }
+
+    /// A CLIENT or PRODUCER span to a virtual node (database, cache, queue).
+    fn client_span(
+        &mut self,
+        trace_id: [u8; 16],
+        parent: [u8; 8],
+        name: &str,
+        kind: span::SpanKind,
+        (start, end): (u64, u64),
+        attributes: Vec<KeyValue>,
+    ) -> Span {
+        Span {
+            trace_id: trace_id.to_vec(),
+            span_id: self.new_span_id().to_vec(),
+            parent_span_id: parent.to_vec(),
+            name: name.into(),
+            kind: kind as i32,
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            attributes,
+            flags: 0x100,
+            ..Default::default()
+        }
+    }
+
+    /// Performs one call from `service` under `parent`; returns when it ended.
+    fn perform(
+        &mut self,
+        build: &mut Build<'s>,
+        service: &str,
+        call: &'s Call,
+        parent: [u8; 8],
+        start: u64,
+        depth: usize,
+    ) -> u64 {
+        if let Some(target) = &call.service {
+            let (callee, operation) = Scenario::split_target(target).unwrap_or((target, ""));
+            let (method, route) = operation.split_once(' ').unwrap_or(("GET", operation));
+            let mut cursor = start;
+            for attempt in 0..=call.retries {
+                let client_id = self.new_span_id();
+                let (end, failed) =
+                    self.execute(build, callee, operation, Some(client_id), cursor + 20_000, depth + 1, None);
+                let mut attributes = vec![
+                    attribute("http.request.method", method),
+                    attribute("server.address", callee),
+                    int_attribute("server.port", 8080),
+                    attribute("url.full", format!("http://{callee}:8080{}", route.replace("{id}", "17"))),
+                    attribute("network.protocol.version", "1.1"),
+                    int_attribute("http.response.status_code", if failed { 500 } else { 200 }),
+                ];
+                if attempt > 0 {
+                    attributes.push(int_attribute("http.request.resend_count", i64::from(attempt)));
+                }
+                let span = Span {
+                    trace_id: build.trace_id.to_vec(),
+                    span_id: client_id.to_vec(),
+                    parent_span_id: parent.to_vec(),
+                    name: method.into(),
+                    kind: span::SpanKind::Client as i32,
+                    start_time_unix_nano: cursor,
+                    end_time_unix_nano: end + 20_000,
+                    attributes,
+                    status: failed.then(|| Status { code: status::StatusCode::Error as i32, ..Default::default() }),
+                    flags: 0x100,
+                    ..Default::default()
+                };
+                self.push(build, service, span);
+                cursor = end + 30_000;
+                if !failed {
+                    break;
+                }
+            }
+            return cursor;
+        }
+        if let (Some(db), Some(statement)) = (&call.db, &call.statement) {
+            let (system, namespace) = db.split_once(':').unwrap_or((db, ""));
+            // Literals where the statement has placeholders, as unparameterised drivers send.
+            let mut text = String::with_capacity(statement.len() + 8);
+            for piece in statement.split('?').enumerate() {
+                if piece.0 > 0 {
+                    text.push_str(&self.rng.between(1, 100_000).to_string());
+                }
+                text.push_str(piece.1);
+            }
+            let operation = statement.split_whitespace().next().unwrap_or("QUERY").to_ascii_uppercase();
+            let end = start + (300_000.0 + self.rng.exponential(400_000.0)) as u64;
+            let attributes = vec![
+                attribute("db.system.name", system),
+                attribute("db.namespace", namespace),
+                attribute("db.operation.name", operation.as_str()),
+                attribute("db.query.text", text),
+                attribute("server.address", format!("{system}.internal")),
+                int_attribute("server.port", 5432),
+            ];
+            let span = self.client_span(
+                build.trace_id,
+                parent,
+                &format!("{operation} {namespace}"),
+                span::SpanKind::Client,
+                (start, end),
+                attributes,
+            );
+            self.push(build, service, span);
+            return end + 10_000;
+        }
+        if let Some(cache) = &call.cache {
+            let mut miss_ratio = call.miss_ratio;
+            let label = call.label();
+            for (index, change, _) in &build.active {
+                if change.kind == ChangeKind::CacheBypass && change.call.as_deref() == Some(label.as_str()) {
+                    miss_ratio = change.probability;
+                    build.touched.push(*index);
+                }
+            }
+            let end = start + (80_000.0 + self.rng.exponential(100_000.0)) as u64;
+            let attributes = vec![
+                attribute("db.system.name", cache.as_str()),
+                attribute("db.operation.name", "GET"),
+                attribute("server.address", format!("{cache}.internal")),
+                int_attribute("server.port", 6379),
+            ];
+            let span =
+                self.client_span(build.trace_id, parent, "GET", span::SpanKind::Client, (start, end), attributes);
+            self.push(build, service, span);
+            let mut cursor = end + 10_000;
+            if self.rng.chance(miss_ratio) {
+                for nested in &call.on_miss {
+                    let count = self.count_of(build, nested);
+                    for _ in 0..count {
+                        cursor = self.perform(build, service, nested, parent, cursor, depth);
+                    }
+                }
+            }
+            return cursor;
+        }
+        if let Some(queue) = &call.queue {
+            let (system, destination) = queue.split_once(':').unwrap_or((queue, queue));
+            let end = start + 150_000;
+            let attributes = vec![
+                attribute("messaging.system", system),
+                attribute("messaging.destination.name", destination),
+                attribute("messaging.operation.type", "send"),
+                attribute("server.address", format!("{system}.internal")),
+            ];
+            let span = self.client_span(
+                build.trace_id,
+                parent,
+                &format!("send {destination}"),
+                span::SpanKind::Producer,
+                (start, end),
+                attributes,
+            );
+            self.push(build, service, span);
+            return end + 10_000;
+        }
+        start
+    }
+}
+
+impl Iterator for Generator<'_> {
+    type Item = GeneratedTrace;
+
+    fn next(&mut self) -> Option<GeneratedTrace> {
+        if self.next_arrival >= self.end_nanos {
+            return None;
+        }
+        let at = self.next_arrival;
+        let gap = self.rng.exponential(NANOS / self.rate(at));
+        self.next_arrival = at + gap.max(1.0) as u64;
+        self.requests += 1;
+        Some(self.generate(at))
+    }
+}

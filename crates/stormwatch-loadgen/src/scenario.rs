@@ -1,0 +1,389 @@
+//! Scenario files: a topology (services, operations and the calls they make, with count
+//! distributions, caches, databases, queues, errors and retries), the traffic (rate, entry
+//! mix, client population), and labelled changes — attacks that must be detected and
+//! legitimate changes that must stay quiet. TOML, `deny_unknown_fields`, validated once.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::distribution::Count;
+
+/// A whole scenario.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Same seed, same traffic, same trace ids.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Event time simulated.
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    /// Root requests per second of event time, before changes.
+    pub rate: f64,
+    /// Distinct client addresses of ordinary traffic.
+    #[serde(default = "default_clients")]
+    pub clients: u32,
+    /// Event time of the first request, Unix seconds.
+    #[serde(default = "default_start")]
+    pub start_unix_seconds: u64,
+    /// Where requests enter, with their share of traffic.
+    pub entries: Vec<Entry>,
+    /// service -> operation -> behaviour.
+    pub services: BTreeMap<String, BTreeMap<String, Operation>>,
+    /// Attacks and legitimate changes, labelled.
+    #[serde(default)]
+    pub changes: Vec<Change>,
+    /// Engine settings for `eval`, and what `eval` must find.
+    #[serde(default)]
+    pub eval: EvalSettings,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+fn default_clients() -> u32 {
+    200
+}
+fn default_start() -> u64 {
+    // 2026-01-05T00:00:00Z: a Monday, so diurnal swings start at midnight.
+    1_767_571_200
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub service: String,
+    pub operation: String,
+    pub weight: f64,
+    /// Query-parameter keys the requests carry (values are generated).
+    #[serde(default)]
+    pub query: Vec<String>,
+}
+
+/// What an operation does when called.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operation {
+    #[serde(default)]
+    pub calls: Vec<Call>,
+    /// Probability that the operation fails (status ERROR, HTTP 500).
+    #[serde(default)]
+    pub error_rate: f64,
+    /// Own processing time in milliseconds (children add to it).
+    #[serde(default = "default_duration_ms")]
+    pub duration_ms: f64,
+}
+
+fn default_duration_ms() -> f64 {
+    2.0
+}
+
+/// One kind of downstream call made by an operation, `count` times per execution.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Call {
+    /// Name changes refer to, e.g. `author-lookup`. Defaults to the target.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// An instrumented service's operation: `"catalog GET /items/{id}"`.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// A database, `system:namespace`, e.g. `postgresql:shop`, with `statement`.
+    #[serde(default)]
+    pub db: Option<String>,
+    #[serde(default)]
+    pub statement: Option<String>,
+    /// A cache system, e.g. `redis`; `on_miss` calls run when the key is not cached.
+    #[serde(default)]
+    pub cache: Option<String>,
+    #[serde(default)]
+    pub miss_ratio: f64,
+    #[serde(default)]
+    pub on_miss: Vec<Call>,
+    /// A queue, `system:destination`, e.g. `kafka:orders`.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Calls per execution: `"3"`, `"uniform(1,5)"`, `"poisson(4)"`, `"pareto(1,1.5)"`.
+    #[serde(default = "Count::one")]
+    pub count: Count,
+    /// Retries when the callee fails.
+    #[serde(default)]
+    pub retries: u32,
+}
+
+impl Call {
+    /// The name changes use to select this call.
+    pub fn label(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        self.service
+            .clone()
+            .or_else(|| self.db.as_ref().map(|db| format!("{db} {}", self.statement.as_deref().unwrap_or(""))))
+            .or_else(|| self.cache.clone())
+            .or_else(|| self.queue.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// What a change does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// Attack: a call's count jumps for a share of one entry's requests (page-size parameter).
+    FanoutAmplification,
+    /// Attack: a database call's count jumps under one parent.
+    NPlusOne,
+    /// Attack: a callee fails and its callers retry at once.
+    RetryStorm,
+    /// Attack: random keys drive a cache's miss ratio up.
+    CacheBypass,
+    /// Attack: a rare legitimate entry rises to `weight` of traffic, from many clients.
+    MixShift,
+    /// Legitimate: the request rate is multiplied by `factor`, same mix.
+    FlashCrowd,
+    /// Legitimate: the rate swings by `factor` (amplitude) over a 24 h sine.
+    Diurnal,
+    /// Legitimate: a deploy adds one cheap call (`add`) to `operation`.
+    NewCall,
+}
+
+impl ChangeKind {
+    pub fn is_attack(self) -> bool {
+        matches!(
+            self,
+            ChangeKind::FanoutAmplification
+                | ChangeKind::NPlusOne
+                | ChangeKind::RetryStorm
+                | ChangeKind::CacheBypass
+                | ChangeKind::MixShift
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::FanoutAmplification => "fanout_amplification",
+            ChangeKind::NPlusOne => "n_plus_one",
+            ChangeKind::RetryStorm => "retry_storm",
+            ChangeKind::CacheBypass => "cache_bypass",
+            ChangeKind::MixShift => "mix_shift",
+            ChangeKind::FlashCrowd => "flash_crowd",
+            ChangeKind::Diurnal => "diurnal",
+            ChangeKind::NewCall => "new_call",
+        }
+    }
+}
+
+/// One labelled change over [start, end) of event time (offsets from the scenario start).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    pub name: String,
+    pub kind: ChangeKind,
+    #[serde(with = "humantime_serde")]
+    pub start: Duration,
+    #[serde(with = "humantime_serde")]
+    pub end: Duration,
+    /// Entry the change applies to: `"gateway GET /products"` (fan-out, N+1, mix shift).
+    #[serde(default)]
+    pub entry: Option<String>,
+    /// Operation it applies to: `"reviews GET /reviews"` (retry storm, new call).
+    #[serde(default)]
+    pub operation: Option<String>,
+    /// Call label it applies to (fan-out, N+1, cache bypass).
+    #[serde(default)]
+    pub call: Option<String>,
+    /// New call count (fan-out, N+1).
+    #[serde(default)]
+    pub count: Option<Count>,
+    /// Share of matching requests affected (fan-out, N+1), 0..=1.
+    #[serde(default = "one")]
+    pub share: f64,
+    /// Rate multiplier (flash crowd) or amplitude (diurnal).
+    #[serde(default = "one")]
+    pub factor: f64,
+    /// Failure probability of `operation` (retry storm) or miss ratio (cache bypass).
+    #[serde(default)]
+    pub probability: f64,
+    /// New share of traffic of `entry` (mix shift).
+    #[serde(default)]
+    pub weight: f64,
+    /// Distinct client addresses the change's requests come from (mix shift).
+    #[serde(default)]
+    pub clients: u32,
+    /// The call a deploy adds (new call).
+    #[serde(default)]
+    pub add: Option<Call>,
+    /// Alert kinds that count as detecting this attack.
+    #[serde(default)]
+    pub detect_as: Vec<String>,
+    /// Honest bookkeeping: the detector for this attack does not exist yet, so a miss is
+    /// expected and reported as XFAIL rather than failing `eval`.
+    #[serde(default)]
+    pub expected_to_fail: Option<String>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Engine settings for `eval` and the expectations it checks.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSettings {
+    pub learning_min_samples: u64,
+    #[serde(with = "humantime_serde")]
+    pub trace_idle: Duration,
+    /// Largest acceptable rate of warning-or-higher alerts that match no attack.
+    pub max_false_alerts_per_hour: f64,
+    /// How long after an attack ends its alerts still count as detecting it.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        EvalSettings {
+            learning_min_samples: 200,
+            trace_idle: Duration::from_secs(5),
+            max_false_alerts_per_hour: 0.0,
+            grace: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("scenario {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file.
+    pub fn from_file(path: &Path) -> Result<Scenario, ScenarioError> {
+        let shown = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { path: shown.clone(), source })?;
+        Scenario::parse(&text).map_err(|message| ScenarioError::Invalid { path: shown, message })
+    }
+
+    /// Parses and validates scenario text; the error names the field.
+    pub fn parse(text: &str) -> Result<Scenario, String> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    /// Splits `"service operation"`.
+    pub fn split_target(target: &str) -> Option<(&str, &str)> {
+        target.split_once(' ')
+    }
+
+    pub fn operation(&self, service: &str, operation: &str) -> Option<&Operation> {
+        self.services.get(service)?.get(operation)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.rate.is_nan() || self.rate <= 0.0 {
+            return Err(format!("rate: must be positive, got {}", self.rate));
+        }
+        if self.duration.is_zero() {
+            return Err("duration: must be longer than zero".into());
+        }
+        if self.entries.is_empty() {
+            return Err("entries: at least one entry is needed".into());
+        }
+        for (i, entry) in self.entries.iter().enumerate() {
+            if self.operation(&entry.service, &entry.operation).is_none() {
+                return Err(format!(
+                    "entries[{i}]: {} {:?} is not an operation under [services]",
+                    entry.service, entry.operation
+                ));
+            }
+            if entry.weight.is_nan() || entry.weight < 0.0 {
+                return Err(format!("entries[{i}].weight: must be zero or more"));
+            }
+        }
+        for (service, operations) in &self.services {
+            for (name, operation) in operations {
+                for call in &operation.calls {
+                    self.validate_call(call, &format!("services.{service}.{name:?}"))?;
+                }
+            }
+        }
+        for change in &self.changes {
+            let at = format!("changes[{:?}]", change.name);
+            if change.end <= change.start {
+                return Err(format!("{at}: end must be after start"));
+            }
+            if change.end > self.duration {
+                return Err(format!("{at}: ends after the scenario's duration"));
+            }
+            let needs = |field: &str, present: bool| {
+                if present {
+                    Ok(())
+                } else {
+                    Err(format!("{at}: a {} change needs `{field}`", change.kind.as_str()))
+                }
+            };
+            match change.kind {
+                ChangeKind::FanoutAmplification | ChangeKind::NPlusOne => {
+                    needs("call", change.call.is_some())?;
+                    needs("count", change.count.is_some())?;
+                }
+                ChangeKind::RetryStorm => needs("operation", change.operation.is_some())?,
+                ChangeKind::CacheBypass => needs("call", change.call.is_some())?,
+                ChangeKind::MixShift => needs("entry", change.entry.is_some())?,
+                ChangeKind::NewCall => {
+                    needs("operation", change.operation.is_some())?;
+                    needs("add", change.add.is_some())?;
+                }
+                ChangeKind::FlashCrowd | ChangeKind::Diurnal => {}
+            }
+            if let Some(entry) = &change.entry {
+                let known = self.entries.iter().any(|e| format!("{} {}", e.service, e.operation) == *entry);
+                if !known {
+                    return Err(format!("{at}.entry: {entry:?} is not one of the entries"));
+                }
+            }
+            if let Some(operation) = &change.operation {
+                let known = Scenario::split_target(operation).and_then(|(s, o)| self.operation(s, o)).is_some();
+                if !known {
+                    return Err(format!("{at}.operation: {operation:?} is not an operation under [services]"));
+                }
+            }
+            if change.kind.is_attack() && change.detect_as.is_empty() {
+                return Err(format!("{at}: an attack needs `detect_as` (the alert kinds that catch it)"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_call(&self, call: &Call, at: &str) -> Result<(), String> {
+        let targets = [call.service.is_some(), call.db.is_some(), call.cache.is_some(), call.queue.is_some()];
+        if targets.iter().filter(|t| **t).count() != 1 {
+            return Err(format!("{at}: each call needs exactly one of service, db, cache, queue"));
+        }
+        if let Some(target) = &call.service {
+            let known = Scenario::split_target(target).and_then(|(s, o)| self.operation(s, o)).is_some();
+            if !known {
+                return Err(format!("{at}: call to {target:?}: no such operation under [services]"));
+            }
+        }
+        if call.db.is_some() && call.statement.is_none() {
+            return Err(format!("{at}: a db call needs a statement"));
+        }
+        for nested in &call.on_miss {
+            self.validate_call(nested, at)?;
+        }
+        Ok(())
+    }
+}

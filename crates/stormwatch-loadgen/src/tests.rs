@@ -1,0 +1,197 @@
+use std::collections::HashMap;
+
+use super::*;
+
+const SMALL: &str = r#"
+name = "tiny"
+seed = 7
+duration = "2m"
+rate = 20.0
+
+[[entries]]
+service = "web"
+operation = "GET /page"
+weight = 1.0
+query = ["size"]
+
+[services.web."GET /page"]
+calls = [
+  { service = "api GET /items", count = "uniform(2,4)" },
+  { name = "page-cache", cache = "redis", miss_ratio = 0.5, on_miss = [
+    { db = "postgresql:app", statement = "SELECT * FROM pages WHERE id = ?" } ] },
+  { queue = "kafka:views" },
+]
+
+[services.api."GET /items"]
+error_rate = 0.0
+calls = [{ name = "item-row", db = "postgresql:app", statement = "SELECT * FROM items WHERE id = ?", count = "3" }]
+
+[[changes]]
+name = "big-page"
+kind = "n_plus_one"
+start = "1m"
+end = "90s"
+entry = "web GET /page"
+call = "item-row"
+count = "50"
+detect_as = ["n_plus_one"]
+
+[[changes]]
+name = "crowd"
+kind = "flash_crowd"
+start = "30s"
+end = "60s"
+factor = 4.0
+"#;
+
+fn tiny() -> Scenario {
+    Scenario::parse(SMALL).unwrap()
+}
+
+#[test]
+fn same_seed_same_traffic() {
+    let scenario = tiny();
+    let a: Vec<_> = Generator::new(&scenario).take(50).map(|t| (t.trace_id, t.spans, t.end_unix_nano)).collect();
+    let b: Vec<_> = Generator::new(&scenario).take(50).map(|t| (t.trace_id, t.spans, t.end_unix_nano)).collect();
+    assert_eq!(a, b);
+    let mut other = tiny();
+    other.seed = 8;
+    let c: Vec<_> = Generator::new(&other).take(50).map(|t| t.trace_id).collect();
+    assert_ne!(a.iter().map(|t| t.0).collect::<Vec<_>>(), c);
+}
+
+#[test]
+fn traces_look_like_sdk_output_and_changes_are_labelled() {
+    let scenario = tiny();
+    let mut generator = Generator::new(&scenario);
+    let traces: Vec<GeneratedTrace> = generator.by_ref().collect();
+    let labels = generator.into_labels();
+    // Rate 20/s for 120 s, x4 for 30 s: about 2400 + 1800.
+    assert!((3_500..5_000).contains(&traces.len()), "{}", traces.len());
+    let first = &traces[0];
+    let services: Vec<String> = first
+        .request
+        .resource_spans
+        .iter()
+        .map(|rs| {
+            rs.resource
+                .as_ref()
+                .unwrap()
+                .attributes
+                .iter()
+                .find(|kv| kv.key == "service.name")
+                .unwrap()
+                .value
+                .as_ref()
+                .unwrap()
+                .value
+                .clone()
+                .map(|v| format!("{v:?}"))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(services.len(), 2, "web and api each export their spans: {services:?}");
+    let spans: Vec<_> = first.request.resource_spans.iter().flat_map(|rs| &rs.scope_spans[0].spans).collect();
+    let roots = spans.iter().filter(|s| s.parent_span_id.is_empty()).count();
+    assert_eq!(roots, 1);
+    // Every parent exists in the trace; ids are the trace's.
+    let ids: std::collections::HashSet<_> = spans.iter().map(|s| s.span_id.clone()).collect();
+    assert!(spans.iter().all(|s| s.parent_span_id.is_empty() || ids.contains(&s.parent_span_id)));
+    assert!(spans.iter().all(|s| s.trace_id == first.trace_id.to_vec()));
+    // Realistic sizes: 200-600 bytes a span on the wire.
+    let bytes = prost::Message::encoded_len(&first.request) / spans.len();
+    assert!((150..=700).contains(&bytes), "{bytes} bytes per span");
+
+    let by_name: HashMap<&str, &ChangeLabel> = labels.changes.iter().map(|c| (c.name.as_str(), c)).collect();
+    let big = by_name["big-page"];
+    assert!(big.attack && big.traces > 500, "{}", big.traces);
+    assert_eq!(big.trace_ids.len() as u64, big.traces);
+    let crowd = by_name["crowd"];
+    assert!(!crowd.attack);
+    // Labelled traces are exactly those with 50 item rows under one parent.
+    let labelled: std::collections::HashSet<&String> = big.trace_ids.iter().collect();
+    for trace in &traces {
+        let rows = trace
+            .request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans[0].spans)
+            .filter(|s| {
+                s.attributes
+                    .iter()
+                    .any(|kv| kv.key == "db.query.text" && format!("{:?}", kv.value).contains("FROM items"))
+            })
+            .count();
+        let id = stormwatch_model::TraceId(trace.trace_id).to_string();
+        let per_call = if labelled.contains(&id) { 50 } else { 3 };
+        assert_eq!(rows % per_call, 0, "trace {id}: {rows} rows");
+    }
+}
+
+#[test]
+fn scenario_errors_name_the_field() {
+    let broken = SMALL.replace("operation = \"GET /page\"\nweight", "operation = \"GET /nope\"\nweight");
+    assert!(Scenario::parse(&broken).unwrap_err().contains("entries[0]"));
+    let broken = SMALL.replace("count = \"3\"", "count = \"zipf(3)\"");
+    assert!(Scenario::parse(&broken).unwrap_err().contains("unknown distribution"));
+    let broken = SMALL.replace("detect_as = [\"n_plus_one\"]", "");
+    assert!(Scenario::parse(&broken).unwrap_err().contains("detect_as"));
+    let broken = SMALL.replace("end = \"90s\"", "end = \"10m\"");
+    assert!(Scenario::parse(&broken).unwrap_err().contains("ends after"));
+    let broken = SMALL.replace("rate = 20.0", "rate = 20.0\nspeed = 3");
+    assert!(Scenario::parse(&broken).unwrap_err().contains("speed"));
+}
+
+#[test]
+fn scoring_counts_detections_misses_and_false_alerts() {
+    use stormwatch_model::{Alert, AlertBaseline, AlertKind, AlertWindow, Severity, ALERT_SCHEMA};
+    let scenario = tiny();
+    let mut generator = Generator::new(&scenario);
+    generator.by_ref().for_each(drop);
+    let labels = generator.into_labels();
+    let attack = labels.changes.iter().find(|c| c.name == "big-page").unwrap();
+    let alert = |kind: AlertKind, severity: Severity, at: u64, exemplar: &str| Alert {
+        schema: ALERT_SCHEMA.into(),
+        id: "0".repeat(32),
+        fingerprint: "0".repeat(16),
+        kind,
+        severity,
+        detected_at: stormwatch_model::rfc3339(0),
+        window: AlertWindow { start: stormwatch_model::rfc3339(at), end: stormwatch_model::rfc3339(at + 1_000_000) },
+        entry: None,
+        edge: None,
+        observed: 50.0,
+        expected: 3.0,
+        threshold: 13.0,
+        unit: "calls_per_parent".into(),
+        score: 3.8,
+        count: 1,
+        exemplar_trace_ids: vec![exemplar.into()],
+        contributors: vec![],
+        explanation: "x".into(),
+        baseline: AlertBaseline { samples: 300, since: stormwatch_model::rfc3339(0) },
+    };
+    let during = attack.start_unix_nano + 2_000_000_000;
+    let before = labels.start_unix_nano + 40_000_000_000; // during the flash crowd
+    let alerts = vec![
+        alert(AlertKind::NPlusOne, Severity::Critical, during, &attack.trace_ids[0]),
+        alert(AlertKind::FanoutAmplification, Severity::Warning, before, &"a".repeat(32)),
+    ];
+    let report = eval::score(&labels, &scenario.eval, &alerts, 10, 100);
+    let attack_result = report.changes.iter().find(|c| c.label.name == "big-page").unwrap();
+    assert_eq!(attack_result.outcome, eval::Outcome::Detected);
+    assert!(attack_result.exemplar_match);
+    assert!(attack_result.time_to_detect.unwrap().as_secs_f64() > 1.9);
+    let crowd = report.changes.iter().find(|c| c.label.name == "crowd").unwrap();
+    assert_eq!(crowd.outcome, eval::Outcome::FalseAlarm);
+    assert_eq!(report.false_alerts, [0, 1, 0]);
+    assert!(!report.passed());
+    let table = report.render();
+    assert!(table.contains("big-page") && table.contains("FALSE ALARM") && table.contains("result: FAIL"), "{table}");
+    let svg = svg::render(&report, &["n_plus_one", "fanout_amplification"]);
+    assert!(svg.starts_with("<svg") && svg.contains("big-page") && svg.trim_end().ends_with("</svg>"));
+
+    // Without the false alert it passes.
+    let report = eval::score(&labels, &scenario.eval, &alerts[..1], 10, 100);
+    assert!(report.passed(), "{}", report.render());
+}

@@ -1,0 +1,95 @@
+//! `stormwatch loadgen SCENARIO --output FILE`: the scenario's traffic as OTLP files, with
+//! its ground-truth labels beside them.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use prost::Message;
+use stormwatch_loadgen::{Generator, Scenario};
+
+use crate::LoadgenArgs;
+
+enum Format {
+    JsonLines,
+    Protobuf,
+}
+
+pub(crate) fn run(args: LoadgenArgs) -> anyhow::Result<()> {
+    let scenario = Scenario::from_file(&args.scenario)?;
+    let name = args.output.file_name().and_then(|n| n.to_str()).unwrap_or("").to_ascii_lowercase();
+    let gzip = name.ends_with(".gz");
+    let base = name.strip_suffix(".gz").unwrap_or(&name);
+    let format = if base.ends_with(".jsonl") || base.ends_with(".json") {
+        Format::JsonLines
+    } else if base.ends_with(".binpb") || base.ends_with(".pb") {
+        Format::Protobuf
+    } else {
+        anyhow::bail!(
+            "--output {}: name it .jsonl or .jsonl.gz (OTLP/JSON lines) or .binpb (length-prefixed protobuf)",
+            args.output.display()
+        );
+    };
+    let labels_path = args.labels.clone().unwrap_or_else(|| {
+        let stem = base
+            .trim_end_matches(".jsonl")
+            .trim_end_matches(".json")
+            .trim_end_matches(".binpb")
+            .trim_end_matches(".pb");
+        let mut path = args.output.clone();
+        path.set_file_name(format!("{stem}.labels.json"));
+        path
+    });
+    let file = File::create(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;
+    let mut out: Box<dyn Write> = if gzip {
+        Box::new(flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::fast()))
+    } else {
+        Box::new(BufWriter::new(file))
+    };
+
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut generator = Generator::new(&scenario);
+    let mut spans = 0u64;
+    let mut buffer = Vec::new();
+    for trace in generator.by_ref() {
+        spans += trace.spans as u64;
+        match format {
+            Format::JsonLines => {
+                serde_json::to_writer(&mut out, &trace.request)?;
+                out.write_all(b"\n")?;
+            }
+            Format::Protobuf => {
+                buffer.clear();
+                trace.request.encode(&mut buffer)?;
+                out.write_all(&(buffer.len() as u32).to_be_bytes())?;
+                out.write_all(&buffer)?;
+            }
+        }
+        if !args.quiet && last_progress.elapsed() >= Duration::from_secs(5) {
+            let done = (trace.start_unix_nano - scenario.start_unix_seconds * 1_000_000_000) as f64
+                / scenario.duration.as_nanos() as f64;
+            eprintln!("loadgen: {:.0}% of event time, {spans} spans", done * 100.0);
+            last_progress = Instant::now();
+        }
+    }
+    out.flush()?;
+    drop(out);
+    let requests = generator.requests();
+    let labels = generator.into_labels();
+    std::fs::write(&labels_path, serde_json::to_string_pretty(&labels)?)
+        .with_context(|| format!("cannot write labels to {}", labels_path.display()))?;
+    if !args.quiet {
+        let elapsed = started.elapsed().as_secs_f64();
+        eprintln!(
+            "loadgen: {requests} requests, {spans} spans ({} of event time) in {elapsed:.1} s ({:.0} spans/s) -> {}; labels -> {}",
+            stormwatch_loadgen::eval::humanize(scenario.duration),
+            spans as f64 / elapsed.max(1e-9),
+            args.output.display(),
+            PathBuf::from(&labels_path).display()
+        );
+    }
+    Ok(())
+}
