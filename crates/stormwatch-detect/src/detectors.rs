@@ -6,9 +6,13 @@
 //! * `request_amplification`: work per root request (calls on an edge, or spans, DB calls,
 //!   services in total) far beyond its root class's baseline.
 //!
-//! A value is anomalous when it exceeds `max(q * ratio, q + min_excess)`, `q` being the
+//! A value is anomalous when it exceeds `max(q * ratio, q + min_excess, tail)`, `q` being the
 //! baseline's `quantile` (p99 by default): a loop that is normally 1-5 stays quiet, the same
-//! loop at 400 fires. A baseline judges only after `learning_min_samples` observations.
+//! loop at 400 fires. `tail` guards heavy-tailed edges (a call count that is usually 1 but
+//! follows a power law): the steepness of the baseline's own tail, measured between p90 and
+//! p99, is extrapolated to the value that normal traffic exceeds with probability
+//! `false_alarm_rate` per observation. For light tails (p90 close to p99) it stays below the
+//! other two terms; for a Pareto tail it rises as far as the tail does, and no further. A baseline judges only after `learning_min_samples` observations.
 //! Anomalous observations never train the baseline, so an attacker cannot teach it the attack;
 //! incomplete traces never train it either.
 //!
@@ -37,11 +41,21 @@ pub struct DetectConfig {
     pub min_excess: f64,
     /// Critical at this multiple of the threshold; warning below.
     pub critical_factor: f64,
+    /// Per-observation probability of a false alarm that heavy-tailed baselines are
+    /// extrapolated to.
+    pub false_alarm_rate: f64,
 }
 
 impl Default for DetectConfig {
     fn default() -> Self {
-        DetectConfig { learning_min_samples: 200, quantile: 0.99, ratio: 3.0, min_excess: 10.0, critical_factor: 4.0 }
+        DetectConfig {
+            learning_min_samples: 200,
+            quantile: 0.99,
+            ratio: 3.0,
+            min_excess: 10.0,
+            critical_factor: 4.0,
+            false_alarm_rate: 1e-5,
+        }
     }
 }
 
@@ -80,13 +94,31 @@ fn judge(distribution: Option<&Distribution>, observed: u64, config: &DetectConf
         return None;
     }
     let high = distribution.quantile(config.quantile) as f64;
-    let threshold = (high * config.ratio).max(high + config.min_excess);
+    let threshold = (high * config.ratio).max(high + config.min_excess).max(tail_threshold(distribution, high, config));
     (observed as f64 > threshold).then(|| Judgement {
         expected: distribution.quantile(0.5) as f64,
         threshold,
         samples: distribution.samples(),
         since: distribution.since_unix_nano(),
     })
+}
+
+/// The value the baseline's own tail reaches with probability `false_alarm_rate`: the tail
+/// exponent is measured between p90 and `quantile` and extrapolated beyond `quantile`,
+/// as for a power law. Capped at one decade of value per decade of probability.
+fn tail_threshold(distribution: &Distribution, high: f64, config: &DetectConfig) -> f64 {
+    let reference = 0.9_f64.min(config.quantile);
+    let low = (distribution.quantile(reference) as f64).max(1.0);
+    if high <= low || config.quantile >= 1.0 || config.false_alarm_rate <= 0.0 {
+        return high;
+    }
+    let measured_decades = ((1.0 - reference) / (1.0 - config.quantile)).log10();
+    if measured_decades <= 0.0 {
+        return high;
+    }
+    let exponent = ((high / low).log10() / measured_decades).min(1.0);
+    let remaining_decades = ((1.0 - config.quantile) / config.false_alarm_rate).log10().max(0.0);
+    high * 10f64.powf(exponent * remaining_decades)
 }
 
 /// Where the request came in, unless the caller itself is the entry point.
@@ -225,6 +257,13 @@ pub fn detect(features: &TraceFeatures, store: &BaselineStore, config: &DetectCo
         for metric in RequestMetric::ALL {
             let observed = total(features, metric);
             if let Some(judgement) = judge(store.request_totals.get(&(class, metric)), observed, config) {
+                // A request-wide total made large only by edges that sit in their own learned
+                // tails (a heavy-tailed loop doing what it now and then does) is not an
+                // anomaly: remove that tail work and judge again.
+                let ordinary = observed.saturating_sub(tail_excess(features, class, metric, store, config));
+                if ordinary as f64 <= judgement.threshold {
+                    continue;
+                }
                 anomalies.totals.insert(metric);
                 totals.push(Pending {
                     kind: AlertKind::RequestAmplification,
@@ -255,6 +294,39 @@ pub fn detect(features: &TraceFeatures, store: &BaselineStore, config: &DetectCo
         totals
     };
     (chosen.into_iter().map(|p| p.finish(features, config)).collect(), anomalies)
+}
+
+/// Work in `metric` units that edges did beyond their typical per-request count while staying
+/// within their own thresholds (their learned tail). Distinct services are not additive and
+/// get none.
+fn tail_excess(
+    features: &TraceFeatures,
+    class: RootClass,
+    metric: RequestMetric,
+    store: &BaselineStore,
+    config: &DetectConfig,
+) -> u64 {
+    features
+        .edges
+        .iter()
+        .filter_map(|edge| {
+            let spans_per_call = match (metric, edge.edge.to.kind.is_datastore()) {
+                (RequestMetric::Services, _) | (RequestMetric::DbCalls, false) => return None,
+                (RequestMetric::DbCalls, true) => 1,
+                // A call to a service is a CLIENT and a SERVER span; to anything else, one span.
+                (RequestMetric::Spans, _) if edge.edge.to.kind == stormwatch_model::NodeKind::Service => 2,
+                (RequestMetric::Spans, _) => 1,
+            };
+            let baseline = store.request_edges.get(&(class, edge.edge))?;
+            if baseline.samples() < config.learning_min_samples
+                || edge.calls <= baseline.quantile(config.quantile)
+                || judge(Some(baseline), edge.calls, config).is_some()
+            {
+                return None;
+            }
+            Some(edge.calls.saturating_sub(baseline.quantile(0.5)) * spans_per_call)
+        })
+        .sum()
 }
 
 fn total(features: &TraceFeatures, metric: RequestMetric) -> u64 {
@@ -299,4 +371,40 @@ pub fn learn(features: &TraceFeatures, store: &mut BaselineStore, anomalies: &An
         }
     }
     store.watermark_unix_nano = store.watermark_unix_nano.max(at);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn distribution(values: impl Iterator<Item = u64>) -> Distribution {
+        let mut distribution = Distribution::default();
+        for value in values {
+            distribution.observe(value, 0);
+        }
+        distribution
+    }
+
+    #[test]
+    fn light_tails_keep_the_plain_threshold() {
+        let config = DetectConfig::default();
+        let loop_1_to_5 = distribution((0..1_000).map(|i| 1 + i % 5));
+        let high = loop_1_to_5.quantile(0.99) as f64;
+        assert!(tail_threshold(&loop_1_to_5, high, &config) <= 15.0);
+        assert!(judge(Some(&loop_1_to_5), 16, &config).is_some());
+        assert!(judge(Some(&loop_1_to_5), 15, &config).is_none());
+    }
+
+    #[test]
+    fn heavy_tails_raise_the_threshold_to_their_own_rare_values() {
+        let config = DetectConfig::default();
+        // A Pareto(1, 1.8) call count, by its quantile function over an even grid.
+        let pareto = distribution((1..=10_000).map(|i| (1.0 / (1.0 - i as f64 / 10_001.0)).powf(1.0 / 1.8) as u64));
+        let plain = (pareto.quantile(0.99) as f64 * 3.0).max(pareto.quantile(0.99) as f64 + 10.0);
+        let tail = tail_threshold(&pareto, pareto.quantile(0.99) as f64, &config);
+        assert!(tail > 5.0 * plain, "tail {tail} vs plain {plain}");
+        // Values the edge produces now and then do not fire; a storm far past them does.
+        assert!(judge(Some(&pareto), 61, &config).is_none());
+        assert!(judge(Some(&pareto), 5_000, &config).is_some());
+    }
 }

@@ -268,7 +268,10 @@ pub fn score(labels: &Labels, settings: &EvalSettings, alerts: &[Alert], request
                 continue;
             }
             let by_exemplar = point.exemplars.iter().any(|e| traces.contains(e.as_str()));
-            if label.detect_as.contains(&point.kind) {
+            // With labelled traces, an alert detects the attack only if it points at one of
+            // them: a coincident alert on an unrelated edge is not a detection.
+            let points_at_attack = by_exemplar || label.trace_ids.is_empty();
+            if label.detect_as.contains(&point.kind) && points_at_attack {
                 detecting.push(i);
                 exemplar_match |= by_exemplar;
             } else if by_exemplar {

@@ -22,6 +22,8 @@ use crate::scenario::{Call, Change, ChangeKind, Scenario};
 const NANOS: f64 = 1e9;
 /// Deepest call chain followed; deeper calls are not made (cyclic topologies end here).
 const MAX_DEPTH: usize = 16;
+/// Most spans one trace may have; calls past it are not made (a runaway topology ends here).
+const MAX_SPANS_PER_TRACE: usize = 50_000;
 
 /// One generated request.
 pub struct GeneratedTrace {
@@ -75,6 +77,8 @@ struct Build<'a> {
     /// Changes that altered this trace.
     touched: Vec<usize>,
     client_address: String,
+    /// Spans made so far.
+    span_count: usize,
 }
 
 impl<'s> Generator<'s> {
@@ -187,6 +191,7 @@ impl<'s> Generator<'s> {
             active: active_with_coins,
             touched,
             client_address,
+            span_count: 0,
         };
         let query =
             entry.query.iter().map(|key| format!("{key}={}", self.rng.between(1, 100))).collect::<Vec<_>>().join("&");
@@ -239,6 +244,7 @@ impl<'s> Generator<'s> {
     }
 
     fn push(&mut self, build: &mut Build<'_>, service: &str, span: Span) {
+        build.span_count += 1;
         if !build.spans.contains_key(service) {
             build.service_order.push(service.to_string());
         }
@@ -277,6 +283,9 @@ impl<'s> Generator<'s> {
             for call in calls {
                 let count = self.count_of(build, call);
                 for _ in 0..count {
+                    if build.span_count >= MAX_SPANS_PER_TRACE {
+                        break;
+                    }
                     cursor = self.perform(build, service, call, span_id, cursor, depth);
                 }
             }

@@ -10,11 +10,13 @@ mod generate;
 mod labels;
 mod scenario;
 pub mod svg;
+mod topology;
 
 pub use distribution::{Count, Rng};
 pub use generate::{GeneratedTrace, Generator};
 pub use labels::{ChangeLabel, Labels, MAX_LABELLED_TRACES};
 pub use scenario::{Call, Change, ChangeKind, Entry, EvalSettings, Operation, Scenario, ScenarioError};
+pub use topology::GeneratedTopology;
 
 #[cfg(test)]
 mod tests;

@@ -33,9 +33,14 @@ pub struct Scenario {
     #[serde(default = "default_start")]
     pub start_unix_seconds: u64,
     /// Where requests enter, with their share of traffic.
+    #[serde(default)]
     pub entries: Vec<Entry>,
     /// service -> operation -> behaviour.
+    #[serde(default)]
     pub services: BTreeMap<String, BTreeMap<String, Operation>>,
+    /// A generated topology added to the explicit services (explicit ones win on a clash).
+    #[serde(default)]
+    pub generated: Option<crate::topology::GeneratedTopology>,
     /// Attacks and legitimate changes, labelled.
     #[serde(default)]
     pub changes: Vec<Change>,
@@ -277,7 +282,17 @@ impl Scenario {
 
     /// Parses and validates scenario text; the error names the field.
     pub fn parse(text: &str) -> Result<Scenario, String> {
-        let scenario: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut scenario: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(spec) = &scenario.generated {
+            if spec.services == 0 || spec.entries == 0 {
+                return Err("generated: services and entries must be at least 1".into());
+            }
+            let (entries, services) = crate::topology::generate(spec, scenario.seed);
+            for (name, operations) in services {
+                scenario.services.entry(name).or_insert(operations);
+            }
+            scenario.entries.extend(entries);
+        }
         scenario.validate()?;
         Ok(scenario)
     }

@@ -138,6 +138,9 @@ pub(crate) struct DetectSection {
     pub(crate) min_excess: f64,
     /// Critical at this multiple of the threshold.
     pub(crate) critical_factor: f64,
+    /// Heavy-tailed baselines: the per-observation false-alarm probability their tail is
+    /// extrapolated to.
+    pub(crate) false_alarm_rate: f64,
     /// Repeats of one incident within this event time are folded into one summary alert.
     #[serde(with = "humantime_serde")]
     pub(crate) throttle: Duration,
@@ -151,6 +154,7 @@ impl Default for DetectSection {
             ratio: defaults.ratio,
             min_excess: defaults.min_excess,
             critical_factor: defaults.critical_factor,
+            false_alarm_rate: defaults.false_alarm_rate,
             throttle: Duration::from_secs(300),
         }
     }
@@ -230,6 +234,9 @@ impl Config {
             bail!("detect.ratio: must be at least 1.0, got {}", self.detect.ratio);
         }
         positive("detect.critical_factor", self.detect.critical_factor)?;
+        if !(self.detect.false_alarm_rate > 0.0 && self.detect.false_alarm_rate < 1.0) {
+            bail!("detect.false_alarm_rate: must be in (0, 1), got {}", self.detect.false_alarm_rate);
+        }
         if self.detect.min_excess.is_nan() || self.detect.min_excess < 0.0 {
             bail!("detect.min_excess: must be zero or more, got {}", self.detect.min_excess);
         }
@@ -253,6 +260,7 @@ impl Config {
                 ratio: self.detect.ratio,
                 min_excess: self.detect.min_excess,
                 critical_factor: self.detect.critical_factor,
+                false_alarm_rate: self.detect.false_alarm_rate,
             },
             throttle_nanos: self.detect.throttle.as_nanos() as u64,
         }

@@ -156,3 +156,43 @@ fn same_input_same_alerts() {
     assert!(!a.is_empty());
     assert_eq!(a, b);
 }
+
+/// A request whose totals are large only because a heavy-tailed loop is in its usual tail is
+/// not amplification; the same loop far past its tail is.
+#[test]
+fn heavy_tailed_loops_are_judged_by_their_own_tail() {
+    // Calls per request of the loop: Pareto(1, 1.8), by its quantile function.
+    let pareto = |i: u64| (1.0 / (1.0 - (i % 997) as f64 / 998.0)).powf(1.0 / 1.8) as usize;
+    let request = |seed: u64, loops: usize| {
+        let mut t = TraceBuilder::new(seed, T0 + seed * SEC / 10);
+        let root = t.server("gateway", "GET /report", None);
+        for _ in 0..20 {
+            t.db("gateway", "postgresql", "SELECT * FROM settings WHERE key = ?", root);
+        }
+        for _ in 0..loops {
+            let call = t.client("gateway", "POST", root);
+            let work = t.server("worker", "POST /row", Some(call));
+            t.db("worker", "postgresql", "SELECT * FROM rows WHERE id = ?", work);
+        }
+        t.build()
+    };
+    let mut engine = engine();
+    let mut out = Vec::new();
+    for seed in 0..1_000 {
+        engine.push(request(seed, pareto(seed * 7)), &mut out);
+    }
+    engine.advance_to(T0 + 200 * SEC, &mut out);
+    assert!(out.is_empty(), "the heavy tail itself alerted: {out:#?}");
+
+    // 150 loops: far above p99 (about 13) but where this edge's tail reaches now and then.
+    engine.push(request(5_000, 150), &mut out);
+    engine.advance_to(T0 + 700 * SEC, &mut out);
+    assert!(out.is_empty(), "a value inside the learned tail alerted: {out:#?}");
+
+    // 5,000 loops: beyond anything the tail explains; reported at its source.
+    engine.push(request(6_000, 5_000), &mut out);
+    engine.advance_to(T0 + 900 * SEC, &mut out);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].kind, AlertKind::FanoutAmplification);
+    assert_eq!(out[0].edge.as_ref().unwrap().to.service, "worker");
+}
