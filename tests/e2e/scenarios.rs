@@ -88,3 +88,45 @@ fn loadgen_files_replay_to_the_same_alerts_as_eval() {
         crate::support::assert_valid_alert(&serde_json::from_str(line).unwrap());
     }
 }
+
+/// `loadgen --send` over gRPC and HTTP: every generated span reaches a running engine, which
+/// catches the scenario's attacks.
+#[test]
+fn loadgen_sends_a_scenario_to_a_running_engine() {
+    let scenario = repo_path("tests/scenarios/shop.toml");
+    for transport in ["grpc", "http"] {
+        let dir = tempfile::tempdir().unwrap();
+        let serve = crate::support::Serve::start(dir.path(), &["--alerts-file", ""]);
+        let endpoint = match transport {
+            "grpc" => format!("grpc://{}", serve.grpc),
+            _ => format!("http://{}", serve.http),
+        };
+        let output = Command::new(binary())
+            .args(["loadgen", "--send", &endpoint, "--rate", "0", "--connections", "2"])
+            .arg(&scenario)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert!(output.status.success(), "loadgen over {transport}: {stderr}");
+        let sent: u64 = stderr
+            .split("sent ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no summary in {stderr}"));
+        assert!(sent > 100_000, "the shop scenario sends about 250,000 spans, not {sent}");
+        let wanted = format!("stormwatch_spans_received_total {sent}\n");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !serve.metrics().contains(&wanted) {
+            assert!(std::time::Instant::now() < deadline, "over {transport}: {}", serve.metrics());
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let alerts = serve.stop();
+        let kinds: Vec<String> = alerts
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["kind"].as_str().unwrap().to_string())
+            .collect();
+        assert!(kinds.iter().any(|k| k == "n_plus_one"), "over {transport}: {kinds:?}");
+        assert!(kinds.iter().any(|k| k == "fanout_amplification"), "over {transport}: {kinds:?}");
+    }
+}

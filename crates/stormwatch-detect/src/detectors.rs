@@ -197,7 +197,8 @@ impl Pending {
             metric: self.metric,
             observed,
             expected,
-            threshold,
+            // Extrapolated thresholds are not round; hundredths are plenty for people.
+            threshold: (threshold * 100.0).round() / 100.0,
             unit: self.unit,
             score: (observed / threshold * 100.0).round() / 100.0,
             severity,

@@ -313,6 +313,9 @@ impl<'s> Generator<'s> {
             attribute("user_agent.original", "Mozilla/5.0 (X11; Linux x86_64) stormwatch-loadgen"),
             int_attribute("http.response.status_code", if failed { 500 } else { 200 }),
         ];
+        if let Some(size) = &behaviour.response_bytes {
+            attributes.push(int_attribute("http.response.body.size", size.sample(&mut self.rng) as i64));
+        }
         if let Some(query) = query.filter(|q| !q.is_empty()) {
             attributes.push(attribute("url.query", query));
         }

@@ -83,6 +83,9 @@ pub struct Operation {
     /// Own processing time in milliseconds (children add to it).
     #[serde(default = "default_duration_ms")]
     pub duration_ms: f64,
+    /// Response payload size in bytes (`http.response.body.size`), e.g. `"uniform(2000,20000)"`.
+    #[serde(default)]
+    pub response_bytes: Option<Count>,
 }
 
 fn default_duration_ms() -> f64 {

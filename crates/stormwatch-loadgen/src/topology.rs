@@ -163,10 +163,13 @@ pub(crate) fn generate(
                 };
                 calls.push(Call { count: call_count(spec, &mut rng), ..call });
             }
-            ops.insert(
-                op_name.clone(),
-                Operation { calls, error_rate: spec.error_rate, duration_ms: 0.5 + rng.unit() * 3.0 },
-            );
+            let operation = Operation {
+                calls,
+                error_rate: spec.error_rate,
+                duration_ms: 0.5 + rng.unit() * 3.0,
+                response_bytes: Some(Count::Uniform(200, 8_000)),
+            };
+            ops.insert(op_name.clone(), operation);
             if tier == 0 {
                 entries.push(Entry {
                     service: name.clone(),

@@ -12,14 +12,24 @@ use stormwatch_loadgen::{Generator, Scenario};
 
 use crate::LoadgenArgs;
 
+mod send;
+
 enum Format {
     JsonLines,
     Protobuf,
 }
 
-pub(crate) fn run(args: LoadgenArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
+    match args.send.clone() {
+        Some(endpoint) => send::run(args, endpoint).await,
+        None => tokio::task::spawn_blocking(move || write_file(args)).await?,
+    }
+}
+
+fn write_file(args: LoadgenArgs) -> anyhow::Result<()> {
     let scenario = Scenario::from_file(&args.scenario)?;
-    let name = args.output.file_name().and_then(|n| n.to_str()).unwrap_or("").to_ascii_lowercase();
+    let output = args.output.clone().context("--output FILE or --send ENDPOINT is required")?;
+    let name = output.file_name().and_then(|n| n.to_str()).unwrap_or("").to_ascii_lowercase();
     let gzip = name.ends_with(".gz");
     let base = name.strip_suffix(".gz").unwrap_or(&name);
     let format = if base.ends_with(".jsonl") || base.ends_with(".json") {
@@ -29,7 +39,7 @@ pub(crate) fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     } else {
         anyhow::bail!(
             "--output {}: name it .jsonl or .jsonl.gz (OTLP/JSON lines) or .binpb (length-prefixed protobuf)",
-            args.output.display()
+            output.display()
         );
     };
     let labels_path = args.labels.clone().unwrap_or_else(|| {
@@ -38,11 +48,11 @@ pub(crate) fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             .trim_end_matches(".json")
             .trim_end_matches(".binpb")
             .trim_end_matches(".pb");
-        let mut path = args.output.clone();
+        let mut path = output.clone();
         path.set_file_name(format!("{stem}.labels.json"));
         path
     });
-    let file = File::create(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;
+    let file = File::create(&output).with_context(|| format!("cannot create {}", output.display()))?;
     let mut out: Box<dyn Write> = if gzip {
         Box::new(flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::fast()))
     } else {
@@ -87,7 +97,7 @@ pub(crate) fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             "loadgen: {requests} requests, {spans} spans ({} of event time) in {elapsed:.1} s ({:.0} spans/s) -> {}; labels -> {}",
             stormwatch_loadgen::eval::humanize(scenario.duration),
             spans as f64 / elapsed.max(1e-9),
-            args.output.display(),
+            output.display(),
             PathBuf::from(&labels_path).display()
         );
     }

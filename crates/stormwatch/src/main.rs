@@ -66,7 +66,10 @@ it starts from that snapshot and writes the learned baselines back at the end.")
 and entry mix, and its labelled changes — attacks and legitimate changes — on simulated event time, \
 deterministic for the scenario's seed. Writes OTLP/JSON lines (.jsonl, optionally .gz) or length-prefixed OTLP \
 protobuf (.binpb), which `stormwatch replay` and the OpenTelemetry Collector file receiver read, and the ground \
-truth (which traces each change touched) to a labels JSON file.")]
+truth (which traces each change touched) to a labels JSON file.\n\nWith --send grpc://HOST:PORT or \
+http://HOST:PORT it load-tests a running engine instead: batches are encoded ahead by a generator thread and sent \
+over --connections at --rate spans/s, with the achieved rate shown every second; refusals (UNAVAILABLE / 503) \
+are retried with backoff and counted.")]
     Loadgen(LoadgenArgs),
     /// Score the detectors on a labelled scenario: detected or missed, time to detect, false alerts.
     #[command(long_about = "Run a scenario through the engine in process (the same engine as replay: OTLP \
@@ -85,9 +88,21 @@ pub struct LoadgenArgs {
     #[arg(value_name = "SCENARIO")]
     pub scenario: PathBuf,
     /// Output file: .jsonl / .jsonl.gz (OTLP/JSON lines) or .binpb (length-prefixed protobuf).
-    #[arg(long, short, value_name = "FILE")]
-    pub output: PathBuf,
-    /// Labels file [default: the output file name with .labels.json].
+    #[arg(long, short, value_name = "FILE", required_unless_present = "send", conflicts_with = "send")]
+    pub output: Option<PathBuf>,
+    /// Send to a running engine instead: grpc://HOST:PORT or http://HOST:PORT.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub send: Option<String>,
+    /// With --send: target spans per second (0: as fast as the receiver takes them).
+    #[arg(long, value_name = "SPANS_PER_SEC", default_value_t = 10_000.0)]
+    pub rate: f64,
+    /// With --send: concurrent connections.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub connections: usize,
+    /// With --send: spans per export request (traces are never split).
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub batch_spans: usize,
+    /// Labels file [default: beside the output file, <name>.labels.json; with --send, none].
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
     /// No progress output on stderr.
@@ -205,7 +220,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Replay(args) => replay::run(args).await,
-            Command::Loadgen(args) => tokio::task::spawn_blocking(move || loadgen::run(args)).await?,
+            Command::Loadgen(args) => loadgen::run(args).await,
             Command::Eval(args) => tokio::task::spawn_blocking(move || eval::run(args)).await?,
         }
     });

@@ -145,7 +145,11 @@ pub async fn serve_grpc(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let server = TraceServer { max_message_bytes: ingest.max_message_bytes, export: Export { ingest } };
+    // Export requests are often hundreds of kilobytes: HTTP/2's default 64 KiB windows would
+    // cost several round trips per request.
     tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .add_service(server)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
         .await

@@ -5,6 +5,7 @@
 //! / 400 for undecodable payloads, `UNAVAILABLE` / 503 (retryable) when the queue is full, and
 //! a clear error for payloads over the configured size.
 
+pub mod client;
 mod grpc;
 mod http;
 #[cfg(test)]

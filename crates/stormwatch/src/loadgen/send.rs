@@ -1,0 +1,148 @@
+//! `loadgen --send`: a generator thread encodes export batches ahead of time; connection tasks
+//! send them at the target rate and report the achieved rate every second.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use prost::Message;
+use stormwatch_io::otlp::client::{Export, OtlpClient};
+use stormwatch_loadgen::{Generator, Scenario};
+use stormwatch_otlp::collector::ExportTraceServiceRequest;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::LoadgenArgs;
+
+#[derive(Default)]
+struct Counters {
+    spans: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+pub(super) async fn run(args: LoadgenArgs, endpoint: String) -> anyhow::Result<()> {
+    anyhow::ensure!(args.rate >= 0.0, "--rate must be zero (unlimited) or positive");
+    anyhow::ensure!(args.connections >= 1, "--connections must be at least 1");
+    let scenario = Scenario::from_file(&args.scenario)?;
+    // Fail on a wrong address before generating anything.
+    let mut clients = Vec::new();
+    for _ in 0..args.connections {
+        clients.push(OtlpClient::connect(&endpoint).await?);
+    }
+
+    let (batches_tx, batches_rx) = mpsc::channel::<(Bytes, u64)>(256);
+    let batch_spans = args.batch_spans.max(1);
+    let producer = std::thread::Builder::new().name("loadgen-encode".into()).spawn(move || {
+        let mut generator = Generator::new(&scenario);
+        let mut batch = ExportTraceServiceRequest::default();
+        let mut spans = 0usize;
+        for trace in generator.by_ref() {
+            spans += trace.spans;
+            batch.resource_spans.extend(trace.request.resource_spans);
+            if spans >= batch_spans {
+                let bytes = Bytes::from(std::mem::take(&mut batch).encode_to_vec());
+                if batches_tx.blocking_send((bytes, spans as u64)).is_err() {
+                    break;
+                }
+                spans = 0;
+            }
+        }
+        if spans > 0 {
+            let _ = batches_tx.blocking_send((Bytes::from(batch.encode_to_vec()), spans as u64));
+        }
+        generator.into_labels()
+    })?;
+
+    let counters = Arc::new(Counters::default());
+    let started = Instant::now();
+    let batches = Arc::new(Mutex::new(batches_rx));
+    let mut senders = tokio::task::JoinSet::new();
+    for mut client in clients {
+        let (batches, counters, rate) = (batches.clone(), counters.clone(), args.rate);
+        senders.spawn(async move {
+            loop {
+                let Some((body, spans)) = batches.lock().await.recv().await else { return Ok::<_, anyhow::Error>(()) };
+                // Pace on spans scheduled so far, across all connections.
+                let scheduled = counters.spans.fetch_add(spans, Ordering::Relaxed) + spans;
+                if rate > 0.0 {
+                    let due = started + Duration::from_secs_f64(scheduled as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let mut backoff = Duration::from_millis(50);
+                loop {
+                    match client.export(body.clone()).await? {
+                        Export::Accepted => break,
+                        Export::RetryLater(pause) => {
+                            counters.retries.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(pause.max(backoff)).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                        }
+                    }
+                }
+                counters.requests.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    // Live rate display.
+    let display = {
+        let counters = counters.clone();
+        let (quiet, target) = (args.quiet, args.rate);
+        tokio::spawn(async move {
+            let terminal = std::io::stderr().is_terminal();
+            let mut last = (Instant::now(), 0u64);
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let spans = counters.spans.load(Ordering::Relaxed);
+                let rate = (spans - last.1) as f64 / last.0.elapsed().as_secs_f64();
+                last = (Instant::now(), spans);
+                if !quiet {
+                    let target = if target > 0.0 { format!("{target:.0}") } else { "unlimited".into() };
+                    let line = format!(
+                        "loadgen: {rate:>9.0} spans/s (target {target}), {spans} spans in {} requests, {} retried",
+                        counters.requests.load(Ordering::Relaxed),
+                        counters.retries.load(Ordering::Relaxed)
+                    );
+                    if terminal {
+                        eprint!("\r{line}   ");
+                    } else {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+        })
+    };
+
+    let mut failure = None;
+    while let Some(result) = senders.join_next().await {
+        if let Err(error) = result.context("a sender task panicked").and_then(|r| r) {
+            failure.get_or_insert(error);
+            senders.abort_all();
+        }
+    }
+    display.abort();
+    if let Some(error) = failure {
+        return Err(error.context(format!("sending to {endpoint}")));
+    }
+    let labels = tokio::task::spawn_blocking(move || producer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the generator thread panicked"))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let spans = counters.spans.load(Ordering::Relaxed);
+    if !args.quiet {
+        eprintln!(
+            "\nloadgen: sent {spans} spans in {} requests to {endpoint} in {elapsed:.1} s ({:.0} spans/s), {} retried",
+            counters.requests.load(Ordering::Relaxed),
+            spans as f64 / elapsed.max(1e-9),
+            counters.retries.load(Ordering::Relaxed)
+        );
+    }
+    if let Some(path) = &args.labels {
+        std::fs::write(path, serde_json::to_string_pretty(&labels)?)
+            .with_context(|| format!("cannot write labels to {}", path.display()))?;
+    }
+    Ok(())
+}
