@@ -100,7 +100,7 @@ fn traces_look_like_sdk_output_and_changes_are_labelled() {
     assert!(spans.iter().all(|s| s.trace_id == first.trace_id.to_vec()));
     // Realistic sizes: 200-600 bytes a span on the wire.
     let bytes = prost::Message::encoded_len(&first.request) / spans.len();
-    assert!((150..=700).contains(&bytes), "{bytes} bytes per span");
+    assert!((200..=600).contains(&bytes), "{bytes} bytes per span");
 
     let by_name: HashMap<&str, &ChangeLabel> = labels.changes.iter().map(|c| (c.name.as_str(), c)).collect();
     let big = by_name["big-page"];

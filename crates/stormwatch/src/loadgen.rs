@@ -14,6 +14,52 @@ use crate::LoadgenArgs;
 
 mod send;
 
+/// The output file, gzip-compressed or not. `finish` writes the gzip trailer and reports
+/// errors a drop would swallow (a full disk must not leave a silently truncated file).
+enum Output {
+    Plain(BufWriter<File>),
+    /// Buffered in front of the encoder: serde_json writes many tiny pieces, and each small
+    /// write into a GzEncoder costs a compression step.
+    Gzip(BufWriter<flate2::write::GzEncoder<BufWriter<File>>>),
+}
+
+impl Output {
+    fn gzip(file: File) -> Output {
+        let encoder = flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::fast());
+        Output::Gzip(BufWriter::with_capacity(1 << 20, encoder))
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Output::Plain(mut out) => {
+                out.flush()?;
+                out.into_inner().map_err(|e| e.into_error())?.sync_all()
+            }
+            Output::Gzip(out) => {
+                let mut file = out.into_inner().map_err(|e| e.into_error())?.finish()?;
+                file.flush()?;
+                file.into_inner().map_err(|e| e.into_error())?.sync_all()
+            }
+        }
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Output::Plain(out) => out.write(buf),
+            Output::Gzip(out) => out.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::Plain(out) => out.flush(),
+            Output::Gzip(out) => out.flush(),
+        }
+    }
+}
+
 enum Format {
     JsonLines,
     Protobuf,
@@ -53,11 +99,7 @@ fn write_file(args: LoadgenArgs) -> anyhow::Result<()> {
         path
     });
     let file = File::create(&output).with_context(|| format!("cannot create {}", output.display()))?;
-    let mut out: Box<dyn Write> = if gzip {
-        Box::new(flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::fast()))
-    } else {
-        Box::new(BufWriter::new(file))
-    };
+    let mut out = if gzip { Output::gzip(file) } else { Output::Plain(BufWriter::new(file)) };
 
     let started = Instant::now();
     let mut last_progress = Instant::now();
@@ -85,8 +127,7 @@ fn write_file(args: LoadgenArgs) -> anyhow::Result<()> {
             last_progress = Instant::now();
         }
     }
-    out.flush()?;
-    drop(out);
+    out.finish().with_context(|| format!("cannot write {}", output.display()))?;
     let requests = generator.requests();
     let labels = generator.into_labels();
     std::fs::write(&labels_path, serde_json::to_string_pretty(&labels)?)

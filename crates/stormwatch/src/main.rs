@@ -93,9 +93,12 @@ pub struct LoadgenArgs {
     /// Send to a running engine instead: grpc://HOST:PORT or http://HOST:PORT.
     #[arg(long, value_name = "ENDPOINT")]
     pub send: Option<String>,
-    /// With --send: target spans per second (0: as fast as the receiver takes them).
-    #[arg(long, value_name = "SPANS_PER_SEC", default_value_t = 10_000.0)]
+    /// With --send: target rate, in --rate-unit per second (0: as fast as the receiver takes them).
+    #[arg(long, value_name = "PER_SEC", default_value_t = 10_000.0)]
     pub rate: f64,
+    /// With --send: what --rate counts.
+    #[arg(long, value_enum, default_value_t = RateUnit::Spans)]
+    pub rate_unit: RateUnit,
     /// With --send: concurrent connections.
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub connections: usize,
@@ -108,6 +111,13 @@ pub struct LoadgenArgs {
     /// No progress output on stderr.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// What a load-test rate counts.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RateUnit {
+    Spans,
+    Requests,
 }
 
 #[derive(Args)]

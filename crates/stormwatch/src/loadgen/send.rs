@@ -14,12 +14,15 @@ use stormwatch_loadgen::{Generator, Scenario};
 use stormwatch_otlp::collector::ExportTraceServiceRequest;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::LoadgenArgs;
+use crate::{LoadgenArgs, RateUnit};
 
 #[derive(Default)]
 struct Counters {
     spans: AtomicU64,
+    /// Export requests sent.
     requests: AtomicU64,
+    /// Generated (root) requests scheduled.
+    traces: AtomicU64,
     retries: AtomicU64,
 }
 
@@ -33,25 +36,27 @@ pub(super) async fn run(args: LoadgenArgs, endpoint: String) -> anyhow::Result<(
         clients.push(OtlpClient::connect(&endpoint).await?);
     }
 
-    let (batches_tx, batches_rx) = mpsc::channel::<(Bytes, u64)>(256);
+    // (body, spans, requests) per batch.
+    let (batches_tx, batches_rx) = mpsc::channel::<(Bytes, u64, u64)>(256);
     let batch_spans = args.batch_spans.max(1);
     let producer = std::thread::Builder::new().name("loadgen-encode".into()).spawn(move || {
         let mut generator = Generator::new(&scenario);
         let mut batch = ExportTraceServiceRequest::default();
-        let mut spans = 0usize;
+        let (mut spans, mut requests) = (0usize, 0u64);
         for trace in generator.by_ref() {
             spans += trace.spans;
+            requests += 1;
             batch.resource_spans.extend(trace.request.resource_spans);
             if spans >= batch_spans {
                 let bytes = Bytes::from(std::mem::take(&mut batch).encode_to_vec());
-                if batches_tx.blocking_send((bytes, spans as u64)).is_err() {
+                if batches_tx.blocking_send((bytes, spans as u64, requests)).is_err() {
                     break;
                 }
-                spans = 0;
+                (spans, requests) = (0, 0);
             }
         }
         if spans > 0 {
-            let _ = batches_tx.blocking_send((Bytes::from(batch.encode_to_vec()), spans as u64));
+            let _ = batches_tx.blocking_send((Bytes::from(batch.encode_to_vec()), spans as u64, requests));
         }
         generator.into_labels()
     })?;
@@ -61,12 +66,19 @@ pub(super) async fn run(args: LoadgenArgs, endpoint: String) -> anyhow::Result<(
     let batches = Arc::new(Mutex::new(batches_rx));
     let mut senders = tokio::task::JoinSet::new();
     for mut client in clients {
-        let (batches, counters, rate) = (batches.clone(), counters.clone(), args.rate);
+        let (batches, counters, rate, unit) = (batches.clone(), counters.clone(), args.rate, args.rate_unit);
         senders.spawn(async move {
             loop {
-                let Some((body, spans)) = batches.lock().await.recv().await else { return Ok::<_, anyhow::Error>(()) };
-                // Pace on spans scheduled so far, across all connections.
-                let scheduled = counters.spans.fetch_add(spans, Ordering::Relaxed) + spans;
+                let Some((body, spans, traces)) = batches.lock().await.recv().await else {
+                    return Ok::<_, anyhow::Error>(());
+                };
+                // Pace on what was scheduled so far, across all connections.
+                let spans_scheduled = counters.spans.fetch_add(spans, Ordering::Relaxed) + spans;
+                let traces_scheduled = counters.traces.fetch_add(traces, Ordering::Relaxed) + traces;
+                let scheduled = match unit {
+                    RateUnit::Spans => spans_scheduled,
+                    RateUnit::Requests => traces_scheduled,
+                };
                 if rate > 0.0 {
                     let due = started + Duration::from_secs_f64(scheduled as f64 / rate);
                     tokio::time::sleep_until(due.into()).await;
@@ -90,7 +102,7 @@ pub(super) async fn run(args: LoadgenArgs, endpoint: String) -> anyhow::Result<(
     // Live rate display.
     let display = {
         let counters = counters.clone();
-        let (quiet, target) = (args.quiet, args.rate);
+        let (quiet, target, unit) = (args.quiet, args.rate, args.rate_unit);
         tokio::spawn(async move {
             let terminal = std::io::stderr().is_terminal();
             let mut last = (Instant::now(), 0u64);
@@ -100,9 +112,13 @@ pub(super) async fn run(args: LoadgenArgs, endpoint: String) -> anyhow::Result<(
                 let rate = (spans - last.1) as f64 / last.0.elapsed().as_secs_f64();
                 last = (Instant::now(), spans);
                 if !quiet {
-                    let target = if target > 0.0 { format!("{target:.0}") } else { "unlimited".into() };
+                    let target = match (target > 0.0, unit) {
+                        (false, _) => "unlimited".to_string(),
+                        (true, RateUnit::Spans) => format!("{target:.0} spans/s"),
+                        (true, RateUnit::Requests) => format!("{target:.0} requests/s"),
+                    };
                     let line = format!(
-                        "loadgen: {rate:>9.0} spans/s (target {target}), {spans} spans in {} requests, {} retried",
+                        "loadgen: {rate:>9.0} spans/s (target {target}), {spans} spans in {} exports, {} retried",
                         counters.requests.load(Ordering::Relaxed),
                         counters.retries.load(Ordering::Relaxed)
                     );
@@ -134,7 +150,7 @@ pub(super) async fn run(args: LoadgenArgs, endpoint: String) -> anyhow::Result<(
     let spans = counters.spans.load(Ordering::Relaxed);
     if !args.quiet {
         eprintln!(
-            "\nloadgen: sent {spans} spans in {} requests to {endpoint} in {elapsed:.1} s ({:.0} spans/s), {} retried",
+            "\nloadgen: sent {spans} spans in {} exports to {endpoint} in {elapsed:.1} s ({:.0} spans/s), {} retried",
             counters.requests.load(Ordering::Relaxed),
             spans as f64 / elapsed.max(1e-9),
             counters.retries.load(Ordering::Relaxed)
