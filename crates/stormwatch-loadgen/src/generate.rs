@@ -357,25 +357,29 @@ impl<'s> Generator<'s> {
         call.count.sample(&mut self.rng)
     }
 
-    /// A CLIENT or PRODUCER span to a virtual node (database, cache, queue).
+    /// A CLIENT or PRODUCER span: to a service (which answers with its SERVER span under
+    /// `span_id`) or to a virtual node (database, cache, queue).
+    #[allow(clippy::too_many_arguments)]
     fn client_span(
-        &mut self,
         trace_id: [u8; 16],
+        span_id: [u8; 8],
         parent: [u8; 8],
         name: &str,
         kind: span::SpanKind,
         (start, end): (u64, u64),
         attributes: Vec<KeyValue>,
+        failed: bool,
     ) -> Span {
         Span {
             trace_id: trace_id.to_vec(),
-            span_id: self.new_span_id().to_vec(),
+            span_id: span_id.to_vec(),
             parent_span_id: parent.to_vec(),
             name: name.into(),
             kind: kind as i32,
             start_time_unix_nano: start,
             end_time_unix_nano: end,
             attributes,
+            status: failed.then(|| Status { code: status::StatusCode::Error as i32, ..Default::default() }),
             flags: 0x100,
             ..Default::default()
         }
@@ -410,19 +414,16 @@ impl<'s> Generator<'s> {
                 if attempt > 0 {
                     attributes.push(int_attribute("http.request.resend_count", i64::from(attempt)));
                 }
-                let span = Span {
-                    trace_id: build.trace_id.to_vec(),
-                    span_id: client_id.to_vec(),
-                    parent_span_id: parent.to_vec(),
-                    name: method.into(),
-                    kind: span::SpanKind::Client as i32,
-                    start_time_unix_nano: cursor,
-                    end_time_unix_nano: end + 20_000,
+                let span = Self::client_span(
+                    build.trace_id,
+                    client_id,
+                    parent,
+                    method,
+                    span::SpanKind::Client,
+                    (cursor, end + 20_000),
                     attributes,
-                    status: failed.then(|| Status { code: status::StatusCode::Error as i32, ..Default::default() }),
-                    flags: 0x100,
-                    ..Default::default()
-                };
+                    failed,
+                );
                 self.push(build, service, span);
                 cursor = end + 30_000;
                 if !failed {
@@ -451,13 +452,15 @@ impl<'s> Generator<'s> {
                 attribute("server.address", format!("{system}.internal")),
                 int_attribute("server.port", 5432),
             ];
-            let span = self.client_span(
+            let span = Self::client_span(
                 build.trace_id,
+                self.new_span_id(),
                 parent,
                 &format!("{operation} {namespace}"),
                 span::SpanKind::Client,
                 (start, end),
                 attributes,
+                false,
             );
             self.push(build, service, span);
             return end + 10_000;
@@ -478,8 +481,16 @@ impl<'s> Generator<'s> {
                 attribute("server.address", format!("{cache}.internal")),
                 int_attribute("server.port", 6379),
             ];
-            let span =
-                self.client_span(build.trace_id, parent, "GET", span::SpanKind::Client, (start, end), attributes);
+            let span = Self::client_span(
+                build.trace_id,
+                self.new_span_id(),
+                parent,
+                "GET",
+                span::SpanKind::Client,
+                (start, end),
+                attributes,
+                false,
+            );
             self.push(build, service, span);
             let mut cursor = end + 10_000;
             if self.rng.chance(miss_ratio) {
@@ -501,13 +512,15 @@ impl<'s> Generator<'s> {
                 attribute("messaging.operation.type", "send"),
                 attribute("server.address", format!("{system}.internal")),
             ];
-            let span = self.client_span(
+            let span = Self::client_span(
                 build.trace_id,
+                self.new_span_id(),
                 parent,
                 &format!("send {destination}"),
                 span::SpanKind::Producer,
                 (start, end),
                 attributes,
+                false,
             );
             self.push(build, service, span);
             return end + 10_000;

@@ -169,57 +169,23 @@ async fn grpc_partial_success_and_size_limit() {
     shutdown.cancel();
 }
 
-/// Sends arbitrary bytes as the Export request body, as a broken client would.
-#[derive(Clone, Copy, Default)]
-struct SendBytes;
-
-struct BytesEncoder;
-struct IgnoreDecoder;
-
-impl tonic::codec::Encoder for BytesEncoder {
-    type Item = bytes::Bytes;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: bytes::Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        bytes::BufMut::put(dst, item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for IgnoreDecoder {
-    type Item = ();
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
-        bytes::Buf::advance(src, bytes::Buf::remaining(src));
-        Ok(Some(()))
-    }
-}
-
-impl tonic::codec::Codec for SendBytes {
-    type Encode = bytes::Bytes;
-    type Decode = ();
-    type Encoder = BytesEncoder;
-    type Decoder = IgnoreDecoder;
-    fn encoder(&mut self) -> BytesEncoder {
-        BytesEncoder
-    }
-    fn decoder(&mut self) -> IgnoreDecoder {
-        IgnoreDecoder
-    }
-}
-
 #[tokio::test]
 async fn grpc_garbage_is_invalid_argument() {
     let (_, grpc, receiver, _, shutdown) = start(8, 1 << 20).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")).unwrap().connect().await.unwrap();
-    let mut client = tonic::client::Grpc::new(channel);
-    client.ready().await.unwrap();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-    );
+    // The load-test client sends bodies as they are: here, as a broken exporter would.
+    let mut client = client::OtlpClient::connect(&format!("grpc://{grpc}")).await.unwrap();
     let garbage = bytes::Bytes::from_static(b"\xff\xff\xff\xff\x0f not protobuf");
-    let error = client.unary(tonic::Request::new(garbage), path, SendBytes).await.unwrap_err();
-    assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
-    assert!(error.message().contains("not a valid OTLP protobuf"), "{error:?}");
+    match client.export(garbage).await {
+        Err(client::ClientError::Rejected { status, message, .. }) => {
+            assert_eq!(status, "InvalidArgument");
+            assert!(message.contains("not a valid OTLP protobuf"), "{message}");
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
     assert!(receiver.try_recv().is_none());
+    // A valid body through the same client is accepted.
+    let body = bytes::Bytes::from(request(&[vec![3; 16]]).encode_to_vec());
+    assert_eq!(client.export(body).await.unwrap(), client::Export::Accepted);
+    assert_eq!(receiver.try_recv().unwrap().len(), 1);
     shutdown.cancel();
 }
