@@ -64,8 +64,12 @@ fn loadgen_files_replay_to_the_same_alerts_as_eval() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    // The scenario's [eval] settings, as a config file for replay.
+    let config = dir.path().join("eval.toml");
+    std::fs::write(&config, "[detect]\nwindow = \"30s\"\n").unwrap();
     let replay = Command::new(binary())
-        .args(["replay", "--quiet"])
+        .args(["replay", "--quiet", "--config"])
+        .arg(&config)
         .arg(&traffic)
         .env_remove("STORMWATCH_KAFKA_BROKERS")
         .output()

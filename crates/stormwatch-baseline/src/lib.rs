@@ -11,4 +11,4 @@ mod store;
 
 pub use distribution::Distribution;
 pub use snapshot::{load_snapshot, write_snapshot, SnapshotError, SNAPSHOT_FILE, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
-pub use store::{BaselineStore, RequestMetric, StoreStats};
+pub use store::{BaselineStore, RequestMetric, StoreStats, WindowMetric};

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use stormwatch_model::{Edge, Node, NodeKind, RootClass, Sym};
 
-use crate::{BaselineStore, Distribution, RequestMetric};
+use crate::{BaselineStore, Distribution, RequestMetric, WindowMetric};
 
 pub const SNAPSHOT_FILE: &str = "baselines.json";
 pub const SNAPSHOT_FORMAT: &str = "stormwatch.baselines";
@@ -79,6 +79,20 @@ struct RequestTotalDoc {
 }
 
 #[derive(Serialize, Deserialize)]
+struct WindowDoc {
+    metric: String,
+    edge: EdgeDoc,
+    thousandths: Distribution,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WindowClassDoc {
+    entry: ClassDoc,
+    edge: EdgeDoc,
+    per_thousand_entries: Distribution,
+}
+
+#[derive(Serialize, Deserialize)]
 struct SnapshotDoc {
     format: String,
     version: u32,
@@ -86,6 +100,11 @@ struct SnapshotDoc {
     fanout: Vec<FanoutDoc>,
     request_edges: Vec<RequestEdgeDoc>,
     request_totals: Vec<RequestTotalDoc>,
+    /// Added after version 1 first shipped; absent in older files, which still load.
+    #[serde(default)]
+    windows: Vec<WindowDoc>,
+    #[serde(default)]
+    window_classes: Vec<WindowClassDoc>,
 }
 
 /// Only the header, read first so a version mismatch is reported as such.
@@ -143,6 +162,10 @@ pub fn write_snapshot(dir: &Path, store: &BaselineStore) -> Result<PathBuf, Snap
     request_edges.sort_by(|a, b| a.0.cmp(b.0));
     let mut request_totals: Vec<_> = store.request_totals.iter().collect();
     request_totals.sort_by(|a, b| a.0.cmp(b.0));
+    let mut windows: Vec<_> = store.windows.iter().collect();
+    windows.sort_by(|a, b| a.0.cmp(b.0));
+    let mut window_classes: Vec<_> = store.window_classes.iter().collect();
+    window_classes.sort_by(|a, b| a.0.cmp(b.0));
     let doc = SnapshotDoc {
         format: SNAPSHOT_FORMAT.into(),
         version: SNAPSHOT_VERSION,
@@ -165,6 +188,22 @@ pub fn write_snapshot(dir: &Path, store: &BaselineStore) -> Result<PathBuf, Snap
                 entry: class_doc(class),
                 metric: metric.as_str().into(),
                 per_request: d.clone(),
+            })
+            .collect(),
+        windows: windows
+            .into_iter()
+            .map(|((metric, edge), d)| WindowDoc {
+                metric: metric.as_str().into(),
+                edge: edge_doc(edge),
+                thousandths: d.clone(),
+            })
+            .collect(),
+        window_classes: window_classes
+            .into_iter()
+            .map(|((class, edge), d)| WindowClassDoc {
+                entry: class_doc(class),
+                edge: edge_doc(edge),
+                per_thousand_entries: d.clone(),
             })
             .collect(),
     };
@@ -217,6 +256,15 @@ pub fn load_snapshot(dir: &Path, max_keys: usize) -> Result<Option<BaselineStore
             RequestMetric::parse(&entry.metric).ok_or_else(|| corrupt(format!("unknown metric {:?}", entry.metric)))?;
         store.request_totals.insert((class_of(&entry.entry), metric), entry.per_request);
     }
+    for entry in doc.windows {
+        let metric = WindowMetric::parse(&entry.metric)
+            .ok_or_else(|| corrupt(format!("unknown window metric {:?}", entry.metric)))?;
+        store.windows.insert((metric, edge_of(&entry.edge).map_err(corrupt)?), entry.thousandths);
+    }
+    for entry in doc.window_classes {
+        let key = (class_of(&entry.entry), edge_of(&entry.edge).map_err(corrupt)?);
+        store.window_classes.insert(key, entry.per_thousand_entries);
+    }
     Ok(Some(store))
 }
 
@@ -240,6 +288,8 @@ mod tests {
             store.observe_fanout(edge, 1 + i % 5, 1_000 + i);
             store.observe_request_edge(class, edge, 3, 1_000 + i);
             store.observe_request_total(class, RequestMetric::Spans, 12, 1_000 + i);
+            store.observe_window(WindowMetric::CacheMissRatio, edge, 100, 1_000 + i);
+            store.observe_window_class(class, edge, 30, 1_000 + i);
         }
         store.watermark_unix_nano = 99;
         store
@@ -255,6 +305,8 @@ mod tests {
         assert_eq!(restored.fanout, store.fanout);
         assert_eq!(restored.request_edges, store.request_edges);
         assert_eq!(restored.request_totals, store.request_totals);
+        assert_eq!(restored.windows, store.windows);
+        assert_eq!(restored.window_classes, store.window_classes);
         assert_eq!(restored.watermark_unix_nano, 99);
         write_snapshot(dir.path(), &restored).unwrap();
         assert_eq!(fs::read(&path).unwrap(), first, "same state, same bytes");

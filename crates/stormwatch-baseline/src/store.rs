@@ -31,6 +31,35 @@ impl RequestMetric {
     }
 }
 
+/// What window-level baselines measure, per edge, per window (in thousandths, so the
+/// integer histograms keep three decimals).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WindowMetric {
+    /// Calls on the edge per entry request, network-wide.
+    WorkPerEntry,
+    /// Retries per call on the edge.
+    RetryRatio,
+    /// Database calls per cache lookup beside a cache edge (the miss ratio).
+    CacheMissRatio,
+}
+
+impl WindowMetric {
+    pub const ALL: [WindowMetric; 3] =
+        [WindowMetric::WorkPerEntry, WindowMetric::RetryRatio, WindowMetric::CacheMissRatio];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowMetric::WorkPerEntry => "work_per_entry",
+            WindowMetric::RetryRatio => "retry_ratio",
+            WindowMetric::CacheMissRatio => "cache_miss_ratio",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<WindowMetric> {
+        WindowMetric::ALL.into_iter().find(|m| m.as_str() == text)
+    }
+}
+
 /// Counters of the store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -48,6 +77,12 @@ pub struct BaselineStore {
     pub request_edges: HashMap<(RootClass, Edge), Distribution>,
     /// Spans, DB calls and services per root request, per root class.
     pub request_totals: HashMap<(RootClass, RequestMetric), Distribution>,
+    /// Window level, per edge: work per entry request, retry ratio, cache miss ratio
+    /// (thousandths).
+    pub windows: HashMap<(WindowMetric, Edge), Distribution>,
+    /// Window level: calls on an edge caused by one root class, per thousand entry requests
+    /// of all classes. Its mean is the expected contribution when attributing an excess.
+    pub window_classes: HashMap<(RootClass, Edge), Distribution>,
     /// Event time the store has learned up to.
     pub watermark_unix_nano: u64,
     max_keys: usize,
@@ -60,6 +95,8 @@ impl BaselineStore {
             fanout: HashMap::new(),
             request_edges: HashMap::new(),
             request_totals: HashMap::new(),
+            windows: HashMap::new(),
+            window_classes: HashMap::new(),
             watermark_unix_nano: 0,
             max_keys,
             stats: StoreStats::default(),
@@ -93,6 +130,14 @@ impl BaselineStore {
 
     pub fn observe_request_total(&mut self, class: RootClass, metric: RequestMetric, value: u64, at: u64) {
         observe(&mut self.request_totals, (class, metric), value, at, self.max_keys, &mut self.stats);
+    }
+
+    pub fn observe_window(&mut self, metric: WindowMetric, edge: Edge, thousandths: u64, at: u64) {
+        observe(&mut self.windows, (metric, edge), thousandths, at, self.max_keys, &mut self.stats);
+    }
+
+    pub fn observe_window_class(&mut self, class: RootClass, edge: Edge, per_thousand: u64, at: u64) {
+        observe(&mut self.window_classes, (class, edge), per_thousand, at, self.max_keys, &mut self.stats);
     }
 
     /// Approximate heap bytes held by all distributions.

@@ -24,7 +24,7 @@
 use std::collections::HashSet;
 
 use stormwatch_baseline::{BaselineStore, Distribution, RequestMetric};
-use stormwatch_model::{AlertKind, Edge, Node, RootClass, Severity, TraceId};
+use stormwatch_model::{AlertKind, Contributor, Edge, Node, RootClass, Severity, TraceId};
 
 use crate::features::TraceFeatures;
 
@@ -73,7 +73,10 @@ pub struct Finding {
     pub unit: &'static str,
     pub score: f64,
     pub severity: Severity,
-    pub trace_id: TraceId,
+    /// Traces that show it (the first is the strongest evidence).
+    pub exemplars: Vec<TraceId>,
+    /// Window-level kinds: who caused the excess.
+    pub contributors: Vec<Contributor>,
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
     pub baseline_samples: u64,
@@ -81,14 +84,14 @@ pub struct Finding {
     pub explanation: String,
 }
 
-struct Judgement {
-    expected: f64,
-    threshold: f64,
-    samples: u64,
-    since: u64,
+pub(crate) struct Judgement {
+    pub(crate) expected: f64,
+    pub(crate) threshold: f64,
+    pub(crate) samples: u64,
+    pub(crate) since: u64,
 }
 
-fn judge(distribution: Option<&Distribution>, observed: u64, config: &DetectConfig) -> Option<Judgement> {
+pub(crate) fn judge(distribution: Option<&Distribution>, observed: u64, config: &DetectConfig) -> Option<Judgement> {
     let distribution = distribution?;
     if distribution.samples() < config.learning_min_samples {
         return None;
@@ -202,7 +205,8 @@ impl Pending {
             unit: self.unit,
             score: (observed / threshold * 100.0).round() / 100.0,
             severity,
-            trace_id: features.trace_id,
+            exemplars: vec![features.trace_id],
+            contributors: Vec::new(),
             start_unix_nano: features.start_unix_nano,
             end_unix_nano: features.end_unix_nano,
             baseline_samples: samples,

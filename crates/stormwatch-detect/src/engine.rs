@@ -8,6 +8,7 @@ use stormwatch_model::{Alert, AlertKind, Span};
 
 use crate::detectors::{detect, learn};
 use crate::features::extract;
+use crate::window::{judge_window, WindowConfig, Windows};
 use crate::{DetectConfig, Throttle};
 
 /// Everything the engine is tuned by.
@@ -17,6 +18,8 @@ pub struct EngineConfig {
     pub detect: DetectConfig,
     /// Repeats of one fingerprint within this much event time are folded into one summary.
     pub throttle_nanos: u64,
+    /// Window-level detection.
+    pub window: WindowConfig,
 }
 
 impl Default for EngineConfig {
@@ -25,6 +28,7 @@ impl Default for EngineConfig {
             assemble: AssemblerConfig::default(),
             detect: DetectConfig::default(),
             throttle_nanos: 300 * 1_000_000_000,
+            window: WindowConfig::default(),
         }
     }
 }
@@ -36,15 +40,15 @@ pub struct EngineStats {
     /// Complete traces that trained the baselines.
     pub traces_learned: u64,
     pub traces_with_cycles: u64,
+    /// Windows judged (those with enough entry requests) and skipped.
+    pub windows_closed: u64,
+    /// Traces whose window had already been judged.
+    pub window_late_traces: u64,
     pub orphan_spans: u64,
     /// Findings before throttling, by kind (index of [`AlertKind::ALL`]).
-    pub findings: [u64; 3],
+    pub findings: [u64; AlertKind::ALL.len()],
     /// Alerts produced after throttling, by kind.
-    pub alerts: [u64; 3],
-}
-
-fn kind_index(kind: AlertKind) -> usize {
-    AlertKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
+    pub alerts: [u64; AlertKind::ALL.len()],
 }
 
 pub struct Engine {
@@ -52,6 +56,7 @@ pub struct Engine {
     store: BaselineStore,
     detect: DetectConfig,
     throttle: Throttle,
+    windows: Windows,
     clock: fn() -> u64,
     stats: EngineStats,
     completed: Vec<CompletedTrace>,
@@ -65,6 +70,7 @@ impl Engine {
             store,
             detect: config.detect,
             throttle: Throttle::new(config.throttle_nanos),
+            windows: Windows::new(config.window),
             clock,
             stats: EngineStats::default(),
             completed: Vec::new(),
@@ -115,6 +121,8 @@ impl Engine {
         self.assembler.flush(&mut completed);
         self.process(&mut completed, out);
         let before = out.len();
+        let closed = self.windows.close_all();
+        self.judge_windows(closed, out);
         self.throttle.flush((self.clock)(), out);
         self.count_alerts(&out[before..]);
         self.completed = completed;
@@ -129,22 +137,38 @@ impl Engine {
             self.stats.orphan_spans += features.orphan_spans;
             self.stats.traces_with_cycles += u64::from(features.has_cycle);
             let (findings, anomalies) = detect(&features, &self.store, &self.detect);
+            let flagged = !findings.is_empty();
             if features.complete {
                 learn(&features, &mut self.store, &anomalies);
                 self.stats.traces_learned += 1;
             }
             for finding in findings {
-                self.stats.findings[kind_index(finding.kind)] += 1;
+                self.stats.findings[finding.kind.index()] += 1;
                 self.throttle.offer(finding, now, out);
             }
+            self.windows.add(&features, flagged);
         }
+        let closed = self.windows.close_due(self.assembler.watermark());
+        self.judge_windows(closed, out);
         self.throttle.expire(self.assembler.watermark(), now, out);
         self.count_alerts(&out[before..]);
     }
 
+    fn judge_windows(&mut self, closed: Vec<crate::window::Window>, out: &mut Vec<Alert>) {
+        let now = (self.clock)();
+        for window in closed {
+            self.stats.windows_closed += 1;
+            for finding in judge_window(&window, &mut self.store, &self.detect, self.windows.config()) {
+                self.stats.findings[finding.kind.index()] += 1;
+                self.throttle.offer(finding, now, out);
+            }
+        }
+        self.stats.window_late_traces = self.windows.late_traces;
+    }
+
     fn count_alerts(&mut self, alerts: &[Alert]) {
         for alert in alerts {
-            self.stats.alerts[kind_index(alert.kind)] += 1;
+            self.stats.alerts[alert.kind.index()] += 1;
         }
     }
 }

@@ -23,6 +23,24 @@ pub struct EdgeFeatures {
     pub calls_per_parent: Vec<u64>,
     /// The largest value in `calls_per_parent`.
     pub max_calls_per_parent: u64,
+    /// Calls that failed (the client span or the server span that answered it).
+    pub errors: u64,
+    /// Calls that repeat an attempt: marked as resends, or following a failed call on the same
+    /// edge under the same parent.
+    pub retries: u64,
+}
+
+/// Cache lookups and the calls on one database edge made beside them (under the same parent
+/// span): the fallback reads of cache misses. Keyed by the pair, so a database call added
+/// next to a cache later (a deploy) is a new pair, not a sudden miss storm.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CacheUse {
+    /// Caller -> cache.
+    pub cache: Edge,
+    /// Caller -> database, under the same parents as the lookups.
+    pub database: Edge,
+    /// Calls on `database` under parents that also looked the cache up.
+    pub database_calls: u64,
 }
 
 /// Everything detection needs from one trace.
@@ -40,6 +58,10 @@ pub struct TraceFeatures {
     pub services: u64,
     /// Sorted by edge, so processing order is the same in every run.
     pub edges: Vec<EdgeFeatures>,
+    /// Sorted by edge.
+    pub caches: Vec<CacheUse>,
+    /// Client address of the request (`client.address`, `net.peer.ip`, ...), when known.
+    pub client: Option<Sym>,
     /// Spans whose parent is not in the trace (besides the root).
     pub orphan_spans: u64,
     /// Parent links that loop back on themselves.
@@ -137,10 +159,11 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
 
     let mut resolver =
         EntryResolver { spans, parent_index: parent_index.clone(), memo: vec![None; spans.len()], has_cycle: false };
-    // (edge, parent span) -> calls
-    let mut per_parent: BTreeMap<Edge, BTreeMap<SpanId, u64>> = BTreeMap::new();
-    let mut record = |edge: Edge, parent: SpanId| {
-        *per_parent.entry(edge).or_default().entry(parent).or_default() += 1;
+    // (edge, parent span) -> calls, as (start, failed, marked as a resend)
+    type Calls = Vec<(u64, bool, bool)>;
+    let mut per_parent: BTreeMap<Edge, BTreeMap<SpanId, Calls>> = BTreeMap::new();
+    let mut record = |edge: Edge, parent: SpanId, call: (u64, bool, bool)| {
+        per_parent.entry(edge).or_default().entry(parent).or_default().push(call);
     };
     for (i, span) in spans.iter().enumerate() {
         if span.kind.is_outgoing() {
@@ -155,28 +178,76 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
                 (None, Some(remote)) => Node { service: remote.name, operation: remote.operation, kind: remote.kind },
                 (None, None) => Node { service: Sym::new("unknown"), operation: span.operation, kind: NodeKind::Peer },
             };
-            record(Edge { from: caller, to: callee }, span.parent_span_id.unwrap_or(span.span_id));
+            let failed = span.is_error || answered_by.is_some_and(|server| server.is_error);
+            record(
+                Edge { from: caller, to: callee },
+                span.parent_span_id.unwrap_or(span.span_id),
+                (span.start_unix_nano, failed, span.retry),
+            );
         } else if span.kind.is_entry() {
             // Entry span called directly from another service's non-client span.
             if let Some(parent) = parent_index[i] {
                 let parent_span = &spans[parent];
                 if parent_span.service != span.service && !parent_span.kind.is_outgoing() {
                     let caller = service_node(&spans[resolver.entry_of(parent)]);
-                    record(Edge { from: caller, to: service_node(span) }, parent_span.span_id);
+                    record(
+                        Edge { from: caller, to: service_node(span) },
+                        parent_span.span_id,
+                        (span.start_unix_nano, span.is_error, span.retry),
+                    );
                 }
             }
         }
     }
 
+    // Cache lookups and database calls per parent span, paired.
+    type EdgeCalls = Vec<(Edge, u64)>;
+    let mut parents: BTreeMap<SpanId, (EdgeCalls, EdgeCalls)> = BTreeMap::new();
+    for (edge, calls_by_parent) in &per_parent {
+        for (parent, calls) in calls_by_parent {
+            let entry = parents.entry(*parent).or_default();
+            match edge.to.kind {
+                NodeKind::Cache => entry.0.push((*edge, calls.len() as u64)),
+                NodeKind::Database => entry.1.push((*edge, calls.len() as u64)),
+                _ => {}
+            }
+        }
+    }
+    let mut pairs: BTreeMap<(Edge, Edge), u64> = BTreeMap::new();
+    for (lookups, database_calls) in parents.into_values() {
+        for (cache, _) in &lookups {
+            for (database, calls) in &database_calls {
+                *pairs.entry((*cache, *database)).or_default() += calls;
+            }
+        }
+    }
+    let caches = pairs
+        .into_iter()
+        .map(|((cache, database), database_calls)| CacheUse { cache, database, database_calls })
+        .collect();
+
     let edges: Vec<EdgeFeatures> = per_parent
         .into_iter()
         .map(|(edge, parents)| {
-            let calls_per_parent: Vec<u64> = parents.into_values().collect();
+            let (mut errors, mut retries) = (0, 0);
+            let mut calls_per_parent = Vec::with_capacity(parents.len());
+            for mut calls in parents.into_values() {
+                calls.sort_unstable_by_key(|(start, _, _)| *start);
+                let mut previous_failed = false;
+                for (_, failed, resend) in &calls {
+                    errors += u64::from(*failed);
+                    retries += u64::from(*resend || previous_failed);
+                    previous_failed = *failed;
+                }
+                calls_per_parent.push(calls.len() as u64);
+            }
             EdgeFeatures {
                 edge,
                 calls: calls_per_parent.iter().sum(),
                 max_calls_per_parent: calls_per_parent.iter().copied().max().unwrap_or(0),
                 calls_per_parent,
+                errors,
+                retries,
             }
         })
         .collect();
@@ -192,6 +263,8 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
         db_calls,
         services,
         edges,
+        caches,
+        client: root.and_then(|i| spans[i].client_address),
         orphan_spans,
         has_cycle: resolver.has_cycle,
     }
@@ -247,6 +320,34 @@ pub(crate) mod tests {
         assert_eq!(features.db_calls, 5);
         assert_eq!(features.services, 3);
         assert_eq!(features.spans, 10);
+    }
+
+    #[test]
+    fn retries_errors_and_cache_misses() {
+        let mut t = TraceBuilder::new(9, 1_000);
+        let root = t.server("api", "GET /item", None);
+        t.client_last("10.0.0.7");
+        // Two failed attempts, then a success: two retries (after errors), one marked resend.
+        for attempt in 0..3 {
+            let call = t.client("api", "GET", root);
+            if attempt > 0 {
+                t.retry_last();
+            }
+            t.server("stock", "GET /stock", Some(call));
+            if attempt < 2 {
+                t.fail_last();
+            }
+        }
+        // A cache miss: a lookup and a database read beside it.
+        t.cache("api", "redis", root);
+        t.db("api", "postgresql", "SELECT * FROM items WHERE id = ?", root);
+        let features = extract(&completed(t.build()));
+        let stock = edge_named(&features, "GET /stock");
+        assert_eq!((stock.calls, stock.errors, stock.retries), (3, 2, 2));
+        assert_eq!(features.caches.len(), 1);
+        assert_eq!(features.caches[0].database_calls, 1);
+        assert_eq!(features.caches[0].database.to.operation.as_str(), "SELECT * FROM items WHERE id = ?");
+        assert_eq!(features.client.unwrap().as_str(), "10.0.0.7");
     }
 
     #[test]

@@ -13,8 +13,10 @@ pub mod detectors;
 mod engine;
 pub mod features;
 pub mod throttle;
+pub mod window;
 
 pub use detectors::{DetectConfig, Finding};
 pub use engine::{Engine, EngineConfig, EngineStats};
-pub use features::{extract, EdgeFeatures, TraceFeatures};
+pub use features::{extract, CacheUse, EdgeFeatures, TraceFeatures};
 pub use throttle::Throttle;
+pub use window::{WindowConfig, Windows};

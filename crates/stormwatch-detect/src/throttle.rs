@@ -72,7 +72,7 @@ impl Throttle {
     pub fn offer(&mut self, finding: Finding, now_wall_nano: u64, out: &mut Vec<Alert>) {
         let fingerprint = fingerprint(&finding);
         if self.window_nanos == 0 {
-            out.push(to_alert(&finding, fingerprint, 1, vec![finding.trace_id], now_wall_nano));
+            out.push(to_alert(&finding, fingerprint, 1, finding.exemplars.clone(), now_wall_nano));
             return;
         }
         match self.open.get_mut(&fingerprint) {
@@ -83,15 +83,17 @@ impl Throttle {
                 incident.repeats += 1;
                 incident.first_repeat_start = incident.first_repeat_start.min(finding.start_unix_nano);
                 incident.last_repeat_end = incident.last_repeat_end.max(finding.end_unix_nano);
-                if incident.exemplars.len() < MAX_EXEMPLARS {
-                    incident.exemplars.push(finding.trace_id);
+                for trace in &finding.exemplars {
+                    if incident.exemplars.len() < MAX_EXEMPLARS && !incident.exemplars.contains(trace) {
+                        incident.exemplars.push(*trace);
+                    }
                 }
                 if incident.worst.as_ref().is_none_or(|worst| finding.score > worst.score) {
                     incident.worst = Some(finding);
                 }
             }
             None => {
-                out.push(to_alert(&finding, fingerprint.clone(), 1, vec![finding.trace_id], now_wall_nano));
+                out.push(to_alert(&finding, fingerprint.clone(), 1, finding.exemplars.clone(), now_wall_nano));
                 self.open.insert(
                     fingerprint,
                     Incident {
@@ -164,7 +166,8 @@ fn to_alert(finding: &Finding, fingerprint: String, count: u64, exemplars: Vec<T
     let end = finding.end_unix_nano.to_be_bytes();
     let count_bytes = count.to_be_bytes();
     let id_parts: [&[u8]; 4] = [fingerprint.as_bytes(), &start, &end, &count_bytes];
-    let id = format!("{:016x}{:016x}", stable_hash(&id_parts), stable_hash(&[&finding.trace_id.0, &count_bytes]));
+    let first_exemplar = exemplars.first().map_or([0u8; 16], |t| t.0);
+    let id = format!("{:016x}{:016x}", stable_hash(&id_parts), stable_hash(&[&first_exemplar, &count_bytes]));
     Alert {
         schema: ALERT_SCHEMA.into(),
         id,
@@ -189,7 +192,7 @@ fn to_alert(finding: &Finding, fingerprint: String, count: u64, exemplars: Vec<T
         score: finding.score,
         count,
         exemplar_trace_ids: exemplars.iter().map(|t| t.to_string()).collect(),
-        contributors: Vec::new(),
+        contributors: finding.contributors.clone(),
         explanation: finding.explanation.clone(),
         baseline: AlertBaseline { samples: finding.baseline_samples, since: rfc3339(finding.baseline_since_unix_nano) },
     }

@@ -13,7 +13,7 @@ macro_rules! metrics {
         pub struct Metrics {
             $($(#[doc = $help])* pub $name: AtomicU64,)*
             /// Alerts confirmed written by the sink, by kind (index of `AlertKind::ALL`).
-            pub alerts_emitted: [AtomicU64; 3],
+            pub alerts_emitted: [AtomicU64; AlertKind::ALL.len()],
         }
 
         impl Metrics {
@@ -101,7 +101,7 @@ mod tests {
     fn renders_prometheus_text() {
         let metrics = Metrics::default();
         Metrics::add(&metrics.spans_received_total, 7);
-        Metrics::add(&metrics.alerts_emitted[2], 1);
+        Metrics::add(&metrics.alerts_emitted[AlertKind::NPlusOne.index()], 1);
         let text = metrics.render();
         assert!(text.contains("# TYPE stormwatch_spans_received_total counter\nstormwatch_spans_received_total 7\n"));
         assert!(text.contains("# HELP stormwatch_queue_depth Span batches waiting for the engine."));

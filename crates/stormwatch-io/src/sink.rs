@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use stormwatch_model::{Alert, AlertKind};
+use stormwatch_model::Alert;
 use tokio::fs::{File, OpenOptions};
 use tokio::io::AsyncWriteExt;
 
@@ -98,8 +98,7 @@ impl AlertSink {
         };
         if result.is_ok() {
             for alert in alerts {
-                let index = AlertKind::ALL.iter().position(|k| *k == alert.kind).unwrap_or(0);
-                metrics.alerts_emitted[index].fetch_add(1, Ordering::Relaxed);
+                metrics.alerts_emitted[alert.kind.index()].fetch_add(1, Ordering::Relaxed);
             }
         }
         result

@@ -27,6 +27,8 @@ pub enum Outcome {
     Quiet,
     /// Legitimate change that raised warning-or-higher alerts: a failure.
     FalseAlarm,
+    /// Attack caught, but no detecting alert named its declared contributor: a failure.
+    Misattributed,
 }
 
 impl Outcome {
@@ -38,11 +40,12 @@ impl Outcome {
             Outcome::UnexpectedDetect => "xpass",
             Outcome::Quiet => "quiet",
             Outcome::FalseAlarm => "FALSE ALARM",
+            Outcome::Misattributed => "MISATTRIBUTED",
         }
     }
 
     pub fn is_failure(self) -> bool {
-        matches!(self, Outcome::Missed | Outcome::FalseAlarm)
+        matches!(self, Outcome::Missed | Outcome::FalseAlarm | Outcome::Misattributed)
     }
 }
 
@@ -71,6 +74,7 @@ pub struct AlertPoint {
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
     pub exemplars: Vec<String>,
+    pub contributors: Vec<String>,
     /// Explained by an attack (filled in by [`score`]).
     pub explained: bool,
 }
@@ -85,6 +89,7 @@ impl AlertPoint {
             start_unix_nano: parse_rfc3339(&alert.window.start).unwrap_or(0),
             end_unix_nano: parse_rfc3339(&alert.window.end).unwrap_or(0),
             exemplars: alert.exemplar_trace_ids.clone(),
+            contributors: alert.contributors.iter().map(|c| c.name.clone()).collect(),
             explained: false,
         }
     }
@@ -200,10 +205,11 @@ impl Report {
         let failures = self.failures();
         let _ = writeln!(
             out,
-            "result: {} ({} detected, {} missed, {} expected-to-fail, {} xpass, {} legitimate quiet, {} false alarms)",
+                        "result: {} ({} detected, {} missed, {} misattributed, {} expected-to-fail, {} xpass, {} legitimate quiet, {} false alarms)",
             if failures.is_empty() { "PASS" } else { "FAIL" },
-            count(Outcome::Detected),
+                        count(Outcome::Detected),
             count(Outcome::Missed),
+            count(Outcome::Misattributed),
             count(Outcome::ExpectedMiss),
             count(Outcome::UnexpectedDetect),
             count(Outcome::Quiet),
@@ -284,7 +290,15 @@ pub fn score(labels: &Labels, settings: &EvalSettings, alerts: &[Alert], request
         let first = detecting.iter().map(|i| &points[*i]).min_by_key(|p| p.end_unix_nano);
         let first_indirect = indirect.iter().map(|i| &points[*i]).min_by_key(|p| p.end_unix_nano);
         let matched = &detecting;
+        // A declared contributor must be named by a detecting alert: "entry service `operation…`".
+        let attributed = label.contributor.as_deref().is_none_or(|wanted| {
+            let (service, operation) = wanted.split_once(' ').unwrap_or((wanted, ""));
+            matched.iter().any(|i| {
+                points[*i].contributors.iter().any(|name| name.starts_with(&format!("entry {service} `{operation}")))
+            })
+        });
         let outcome = match (label.attack, !matched.is_empty(), label.expected_to_fail.is_some()) {
+            (true, true, false) if !attributed => Outcome::Misattributed,
             (true, true, false) => Outcome::Detected,
             (true, true, true) => Outcome::UnexpectedDetect,
             (true, false, false) => Outcome::Missed,

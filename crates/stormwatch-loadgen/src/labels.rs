@@ -24,6 +24,9 @@ pub struct ChangeLabel {
     pub detect_as: Vec<String>,
     /// Why a miss is expected today, if it is.
     pub expected_to_fail: Option<String>,
+    /// The entry (`"service operation"`) a detecting alert must name among its contributors.
+    #[serde(default)]
+    pub contributor: Option<String>,
     /// Traces the change altered (all of them, not only those listed).
     pub traces: u64,
     /// The first `MAX_LABELLED_TRACES` of them, hex.
@@ -72,6 +75,7 @@ impl Labels {
                         end_unix_nano: to,
                         detect_as: change.detect_as.clone(),
                         expected_to_fail: change.expected_to_fail.clone(),
+                        contributor: change.contributor.clone(),
                         traces: 0,
                         trace_ids: Vec::new(),
                     }

@@ -231,6 +231,9 @@ pub struct Change {
     /// Alert kinds that count as detecting this attack.
     #[serde(default)]
     pub detect_as: Vec<String>,
+    /// The entry (`"service operation"`) a detecting alert must name among its contributors.
+    #[serde(default)]
+    pub contributor: Option<String>,
     /// Honest bookkeeping: the detector for this attack does not exist yet, so a miss is
     /// expected and reported as XFAIL rather than failing `eval`.
     #[serde(default)]
@@ -253,6 +256,10 @@ pub struct EvalSettings {
     /// How long after an attack ends its alerts still count as detecting it.
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
+    /// Window length of the window-level detectors (`detect.window`); low-rate scenarios need
+    /// longer windows for enough requests per window.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
 }
 
 impl Default for EvalSettings {
@@ -262,6 +269,7 @@ impl Default for EvalSettings {
             trace_idle: Duration::from_secs(5),
             max_false_alerts_per_hour: 0.0,
             grace: Duration::from_secs(60),
+            window: Duration::from_secs(10),
         }
     }
 }

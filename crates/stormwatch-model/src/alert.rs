@@ -16,6 +16,12 @@ pub enum AlertKind {
     RequestAmplification,
     /// One normalised statement repeated under one parent far beyond its baseline.
     NPlusOne,
+    /// Window level: downstream work on an edge per entry request far beyond its baseline.
+    AggregateAmplification,
+    /// Window level: the share of calls on an edge that are retries far beyond its baseline.
+    RetryStorm,
+    /// Window level: a cache's miss ratio far beyond its baseline.
+    CacheBypass,
 }
 
 impl AlertKind {
@@ -24,11 +30,30 @@ impl AlertKind {
             AlertKind::FanoutAmplification => "fanout_amplification",
             AlertKind::RequestAmplification => "request_amplification",
             AlertKind::NPlusOne => "n_plus_one",
+            AlertKind::AggregateAmplification => "aggregate_amplification",
+            AlertKind::RetryStorm => "retry_storm",
+            AlertKind::CacheBypass => "cache_bypass",
         }
     }
 
-    pub const ALL: [AlertKind; 3] =
-        [AlertKind::FanoutAmplification, AlertKind::RequestAmplification, AlertKind::NPlusOne];
+    pub const ALL: [AlertKind; 6] = [
+        AlertKind::FanoutAmplification,
+        AlertKind::RequestAmplification,
+        AlertKind::NPlusOne,
+        AlertKind::AggregateAmplification,
+        AlertKind::RetryStorm,
+        AlertKind::CacheBypass,
+    ];
+
+    /// Where this kind's alert counts go in `[u64; AlertKind::ALL.len()]` arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Window-level kinds judge a time window of traffic, not one trace.
+    pub fn is_window_level(self) -> bool {
+        matches!(self, AlertKind::AggregateAmplification | AlertKind::RetryStorm | AlertKind::CacheBypass)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -37,6 +37,7 @@ impl TraceBuilder {
             start_unix_nano: start,
             end_unix_nano: start + 500,
             is_error: false,
+            retry: false,
             query_shape: None,
             remote: None,
             client_address: None,
@@ -69,6 +70,36 @@ impl TraceBuilder {
         if let Some(span) = self.spans.last_mut() {
             span.remote =
                 Some(Remote { kind: NodeKind::Database, name: Sym::new(database), operation: Sym::new(statement) });
+        }
+        id
+    }
+
+    /// Marks the last added span as failed (status ERROR).
+    pub fn fail_last(&mut self) {
+        if let Some(span) = self.spans.last_mut() {
+            span.is_error = true;
+        }
+    }
+
+    /// Marks the last added span as a resend of an earlier attempt.
+    pub fn retry_last(&mut self) {
+        if let Some(span) = self.spans.last_mut() {
+            span.retry = true;
+        }
+    }
+
+    /// Sets the client address of the last added span (entry spans carry it).
+    pub fn client_last(&mut self, address: &str) {
+        if let Some(span) = self.spans.last_mut() {
+            span.client_address = Some(Sym::new(address));
+        }
+    }
+
+    /// A cache lookup: a client span with a virtual cache callee.
+    pub fn cache(&mut self, service: &str, cache: &str, parent: SpanId) -> SpanId {
+        let id = self.add(service, "GET", SpanKind::Client, Some(parent));
+        if let Some(span) = self.spans.last_mut() {
+            span.remote = Some(Remote { kind: NodeKind::Cache, name: Sym::new(cache), operation: Sym::new("GET") });
         }
         id
     }

@@ -54,6 +54,8 @@ pub struct Span {
     pub end_unix_nano: u64,
     /// Status code ERROR.
     pub is_error: bool,
+    /// A resend of an earlier attempt (`http.request.resend_count` > 0).
+    pub retry: bool,
     /// Sorted, `&`-joined query-parameter keys of the request (`expand&page`), never values.
     pub query_shape: Option<Sym>,
     /// Where a client span goes when no server span answers it: a database, cache, queue or

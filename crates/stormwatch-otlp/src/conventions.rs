@@ -90,6 +90,7 @@ pub(crate) struct AttrView<'s> {
     messaging_destination_old: Option<&'s str>,
     client_address: Option<&'s str>,
     client_address_old: Option<&'s str>,
+    resend_count: Option<i64>,
 }
 
 impl<'s> AttrView<'s> {
@@ -124,6 +125,13 @@ impl<'s> AttrView<'s> {
             _ => return,
         };
         *slot = Some(value);
+    }
+
+    /// Records one integer attribute if the engine uses it.
+    pub(crate) fn set_int(&mut self, key: &str, value: i64) {
+        if key == "http.request.resend_count" || key == "http.resend_count" {
+            self.resend_count = Some(value);
+        }
     }
 
     fn method(&self) -> Option<&'s str> {
@@ -325,6 +333,7 @@ fn build_span(
         start_unix_nano: raw.start_unix_nano,
         end_unix_nano: raw.end_unix_nano,
         is_error: raw.is_error,
+        retry: attrs.resend_count.is_some_and(|count| count > 0),
         query_shape,
         remote,
         client_address,

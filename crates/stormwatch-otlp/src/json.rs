@@ -72,6 +72,33 @@ struct KeyValue<'a> {
 struct AnyValue<'a> {
     #[serde(borrow, default, rename = "stringValue", alias = "string_value")]
     string_value: Option<Cow<'a, str>>,
+    #[serde(default, rename = "intValue", alias = "int_value")]
+    int_value: Option<I64Value>,
+}
+
+/// A signed 64-bit integer written as a JSON string (the mapping's rule) or number.
+struct I64Value(i64);
+
+impl<'de> Deserialize<'de> for I64Value {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = I64Value;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an integer as a number or a decimal string")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<I64Value, E> {
+                Ok(I64Value(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<I64Value, E> {
+                i64::try_from(v).map(I64Value).map_err(|_| E::custom(format!("{v} is out of range")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<I64Value, E> {
+                v.parse().map(I64Value).map_err(|_| E::custom(format!("{v:?} is not an integer")))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -186,6 +213,8 @@ pub fn decode_json(bytes: &[u8]) -> Result<Decoded> {
                 for kv in &span.attributes {
                     if let Some(value) = string_value(kv) {
                         attrs.set(&kv.key, value);
+                    } else if let Some(value) = kv.value.as_ref().and_then(|v| v.int_value.as_ref()) {
+                        attrs.set_int(&kv.key, value.0);
                     }
                 }
                 let raw = RawSpan {

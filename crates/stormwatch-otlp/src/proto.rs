@@ -31,8 +31,10 @@ pub fn from_request(request: &ExportTraceServiceRequest) -> Decoded {
             for span in &scope_spans.spans {
                 let mut attrs = AttrView::default();
                 for kv in &span.attributes {
-                    if let Some(value) = string_value(kv) {
-                        attrs.set(&kv.key, value);
+                    match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(any_value::Value::StringValue(value)) => attrs.set(&kv.key, value),
+                        Some(any_value::Value::IntValue(value)) => attrs.set_int(&kv.key, *value),
+                        _ => {}
                     }
                 }
                 let is_error = span.status.as_ref().is_some_and(|status| status.code == StatusCode::Error as i32);

@@ -87,22 +87,31 @@ fn utf8<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str> {
     std::str::from_utf8(bytes).map_err(|_| error(what, "string is not valid UTF-8"))
 }
 
-/// (key, string value) of a `KeyValue`; the value is `None` unless it is a string.
-fn key_value(bytes: &[u8]) -> Result<(&str, Option<&str>)> {
+/// The attribute values the engine reads.
+#[derive(Clone, Copy)]
+enum Attribute<'a> {
+    String(&'a str),
+    Int(i64),
+    Other,
+}
+
+/// (key, value) of a `KeyValue`.
+fn key_value(bytes: &[u8]) -> Result<(&str, Attribute<'_>)> {
     let mut key = "";
-    let mut value = None;
+    let mut value = Attribute::Other;
     let mut fields = Fields::new(bytes, "KeyValue");
     while let Some((number, field)) = fields.next()? {
         match (number, field) {
             (1, Value::Bytes(b)) => key = utf8(b, "KeyValue.key")?,
             (2, Value::Bytes(b)) => {
-                value = None;
+                value = Attribute::Other;
                 let mut any = Fields::new(b, "AnyValue");
                 while let Some((number, field)) = any.next()? {
                     match (number, field) {
-                        (1, Value::Bytes(s)) => value = Some(utf8(s, "AnyValue.string_value")?),
-                        // Another member of the oneof: the value is not a string.
-                        (2..=8, _) => value = None,
+                        (1, Value::Bytes(s)) => value = Attribute::String(utf8(s, "AnyValue.string_value")?),
+                        (3, Value::Varint(v)) => value = Attribute::Int(v as i64),
+                        // Another member of the oneof.
+                        (2..=8, _) => value = Attribute::Other,
                         _ => {}
                     }
                 }
@@ -118,7 +127,7 @@ fn service_name(resource: &[u8]) -> Result<Option<&str>> {
     let mut fields = Fields::new(resource, "Resource");
     while let Some((number, field)) = fields.next()? {
         if let (1, Value::Bytes(b)) = (number, field) {
-            if let ("service.name", Some(value)) = key_value(b)? {
+            if let ("service.name", Attribute::String(value)) = key_value(b)? {
                 name = Some(value);
             }
         }
@@ -141,11 +150,11 @@ fn decode_span(bytes: &[u8], service: Sym, decoded: &mut Decoded) -> Result<()> 
             (6, Value::Varint(v)) => kind = v as i32,
             (7, Value::Fixed64(v)) => start = v,
             (8, Value::Fixed64(v)) => end = v,
-            (9, Value::Bytes(b)) => {
-                if let (key, Some(value)) = key_value(b)? {
-                    attrs.set(key, value);
-                }
-            }
+            (9, Value::Bytes(b)) => match key_value(b)? {
+                (key, Attribute::String(value)) => attrs.set(key, value),
+                (key, Attribute::Int(value)) => attrs.set_int(key, value),
+                (_, Attribute::Other) => {}
+            },
             (15, Value::Bytes(b)) => {
                 let mut status = Fields::new(b, "Status");
                 is_error = false;

@@ -144,6 +144,13 @@ pub(crate) struct DetectSection {
     /// Repeats of one incident within this event time are folded into one summary alert.
     #[serde(with = "humantime_serde")]
     pub(crate) throttle: Duration,
+    /// Length of the tumbling event-time windows of the window-level detectors.
+    #[serde(with = "humantime_serde")]
+    pub(crate) window: Duration,
+    /// Windows with fewer entry requests are neither judged nor learned.
+    pub(crate) window_min_requests: u64,
+    /// Smallest excess of calls (retries, database reads) in one window that alerts.
+    pub(crate) window_min_excess: u64,
 }
 
 impl Default for DetectSection {
@@ -156,6 +163,9 @@ impl Default for DetectSection {
             critical_factor: defaults.critical_factor,
             false_alarm_rate: defaults.false_alarm_rate,
             throttle: Duration::from_secs(300),
+            window: Duration::from_secs(10),
+            window_min_requests: 20,
+            window_min_excess: 20,
         }
     }
 }
@@ -240,6 +250,9 @@ impl Config {
         if self.detect.min_excess.is_nan() || self.detect.min_excess < 0.0 {
             bail!("detect.min_excess: must be zero or more, got {}", self.detect.min_excess);
         }
+        if self.detect.window < Duration::from_secs(1) {
+            bail!("detect.window: must be at least 1s, got {}", humantime::format_duration(self.detect.window));
+        }
         if !self.kafka.brokers.is_empty() && self.kafka.alert_topic.is_empty() {
             bail!("kafka.alert_topic: must not be empty when kafka.brokers is set");
         }
@@ -263,6 +276,14 @@ impl Config {
                 false_alarm_rate: self.detect.false_alarm_rate,
             },
             throttle_nanos: self.detect.throttle.as_nanos() as u64,
+            window: stormwatch_detect::WindowConfig {
+                window_nanos: self.detect.window.as_nanos() as u64,
+                // Traces complete up to trace_idle after their last span.
+                close_delay_nanos: (self.assemble.trace_idle + Duration::from_secs(1)).as_nanos() as u64,
+                min_entry_requests: self.detect.window_min_requests,
+                min_excess: self.detect.window_min_excess,
+                ..stormwatch_detect::WindowConfig::default()
+            },
         }
     }
 }

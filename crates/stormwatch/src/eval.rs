@@ -20,6 +20,7 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut config = Config::default();
     config.baseline.learning_min_samples = scenario.eval.learning_min_samples;
     config.assemble.trace_idle = scenario.eval.trace_idle;
+    config.detect.window = scenario.eval.window;
     config.assemble.trace_max_wait = config.assemble.trace_max_wait.max(scenario.eval.trace_idle);
     config.validate().context("the scenario's [eval] settings")?;
     let mut engine = Engine::new(config.engine(), BaselineStore::new(config.baseline.max_keys), wall_clock_nanos);

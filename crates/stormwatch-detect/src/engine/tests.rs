@@ -79,7 +79,7 @@ fn a_storm_is_throttled_into_a_counted_summary_and_does_not_train() {
     engine.advance_to(T0 + 520 * SEC, &mut later);
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].kind, AlertKind::NPlusOne);
-    assert_eq!(engine.stats().alerts[kind_index(AlertKind::NPlusOne)], 3);
+    assert_eq!(engine.stats().alerts[AlertKind::NPlusOne.index()], 3);
 }
 
 #[test]

@@ -1,0 +1,253 @@
+//! Window detectors on small hand-built windows.
+
+use stormwatch_assemble::{CompletedTrace, Completion};
+use stormwatch_baseline::{BaselineStore, WindowMetric};
+use stormwatch_model::builder::TraceBuilder;
+use stormwatch_model::{AlertKind, Span};
+
+use super::*;
+use crate::features::extract;
+
+const SEC: u64 = NANOS_PER_SEC;
+const T0: u64 = 1_800_000_000 * SEC;
+
+#[derive(Clone, Copy)]
+enum Request {
+    /// gateway `GET /product` -> catalog, a cache lookup (a miss every tenth request).
+    Product { miss: bool },
+    /// gateway `GET /search` -> catalog, two database queries. From attacker clients when `shifted`.
+    Search { shifted: bool },
+    /// gateway -> reviews, `attempts` tries (all but the last fail), each reading the database.
+    Reviews { attempts: usize },
+    /// Product with a deploy's extra database call beside the cache lookup.
+    ProductWithStockCheck,
+}
+
+fn trace(seed: u64, at: u64, request: Request) -> TraceFeatures {
+    let mut t = TraceBuilder::new(seed, at);
+    let spans: Vec<Span> = match request {
+        Request::Product { miss } => {
+            let root = t.server("gateway", "GET /product", None);
+            t.client_last(&format!("10.0.{}.{}", seed % 200, seed % 250 + 1));
+            let call = t.client("gateway", "GET", root);
+            let items = t.server("catalog", "GET /items", Some(call));
+            t.cache("catalog", "redis", items);
+            if miss {
+                t.db("catalog", "postgresql", "SELECT * FROM items WHERE id = ?", items);
+            }
+            t.build()
+        }
+        Request::Search { shifted } => {
+            let root = t.server("gateway", "GET /search", None);
+            let client = if shifted { format!("198.51.{}.{}", seed % 200, seed % 250 + 1) } else { "10.0.9.9".into() };
+            t.client_last(&client);
+            let call = t.client("gateway", "GET", root);
+            let search = t.server("catalog", "GET /search", Some(call));
+            t.db("catalog", "postgresql", "SELECT id FROM items WHERE name ILIKE ?", search);
+            t.db("catalog", "postgresql", "SELECT stock FROM inventory WHERE id IN (?)", search);
+            t.build()
+        }
+        Request::Reviews { attempts } => {
+            let root = t.server("gateway", "GET /reviews", None);
+            t.client_last("10.0.1.1");
+            for attempt in 0..attempts {
+                let call = t.client("gateway", "GET", root);
+                if attempt > 0 {
+                    t.retry_last();
+                }
+                let reviews = t.server("reviews", "GET /reviews", Some(call));
+                if attempt + 1 < attempts {
+                    t.fail_last();
+                }
+                t.db("reviews", "postgresql", "SELECT * FROM reviews WHERE item = ?", reviews);
+            }
+            t.build()
+        }
+        Request::ProductWithStockCheck => {
+            let root = t.server("gateway", "GET /product", None);
+            t.client_last("10.0.0.1");
+            let call = t.client("gateway", "GET", root);
+            let items = t.server("catalog", "GET /items", Some(call));
+            t.cache("catalog", "redis", items);
+            t.db("catalog", "postgresql", "SELECT stock FROM inventory WHERE item = ?", items);
+            t.build()
+        }
+    };
+    let trace_id = spans[0].trace_id;
+    extract(&CompletedTrace { trace_id, spans, completion: Completion::Idle, has_root: true })
+}
+
+/// One 10 s window of `count` requests made by `make(i)`.
+fn window(index: u64, count: u64, make: impl Fn(u64) -> Request, flagged: impl Fn(u64) -> bool) -> Window {
+    let mut windows = Windows::new(WindowConfig::default());
+    for i in 0..count {
+        let at = T0 + index * 10 * SEC + i * (10 * SEC / count.max(1) - 1_000_000);
+        windows.add(&trace(index * 10_000 + i, at, make(i)), flagged(i));
+    }
+    let mut closed = windows.close_all();
+    assert_eq!(closed.len(), 1, "requests must fall in one window");
+    closed.remove(0)
+}
+
+/// The usual mix: mostly products (a miss in ten), a search in twenty-five, some reviews.
+fn usual(i: u64) -> Request {
+    match i % 25 {
+        0 => Request::Search { shifted: false },
+        1..=4 => Request::Reviews { attempts: 1 },
+        _ => Request::Product { miss: i % 10 == 3 },
+    }
+}
+
+fn trained() -> BaselineStore {
+    let mut store = BaselineStore::new(10_000);
+    for index in 0..40 {
+        let findings = judge_window(
+            &window(index, 100, usual, |_| false),
+            &mut store,
+            &DetectConfig::default(),
+            &WindowConfig::default(),
+        );
+        assert!(findings.is_empty(), "training window {index} alerted: {findings:#?}");
+    }
+    store
+}
+
+fn judge(store: &mut BaselineStore, window: &Window) -> Vec<Finding> {
+    judge_window(window, store, &DetectConfig::default(), &WindowConfig::default())
+}
+
+#[test]
+fn a_flash_crowd_with_the_usual_mix_is_quiet() {
+    let mut store = trained();
+    assert!(judge(&mut store, &window(50, 300, usual, |_| false)).is_empty());
+}
+
+#[test]
+fn a_rare_class_surging_is_aggregate_amplification_with_its_contributors() {
+    let mut store = trained();
+    // Searches rise from 4% to 40% of traffic, from a population of other clients.
+    let surge = window(50, 100, |i| if i % 5 < 2 { Request::Search { shifted: true } } else { usual(i) }, |_| false);
+    let findings = judge(&mut store, &surge);
+    assert!(!findings.is_empty());
+    assert!(findings.iter().all(|f| f.kind == AlertKind::AggregateAmplification), "{findings:#?}");
+    let first = &findings[0];
+    assert_eq!(first.edge.unwrap().from.operation.as_str(), "GET /search");
+    assert_eq!(first.entry.unwrap().operation.as_str(), "GET /search");
+    assert!(first.contributors[0].name.starts_with("entry gateway `GET /search"), "{:?}", first.contributors);
+    assert!(
+        first.contributors.iter().any(|c| c.name == "clients 198.51.0.0/16" && c.share > 0.5),
+        "{:?}",
+        first.contributors
+    );
+    assert_eq!(first.exemplars.len(), MAX_EXEMPLARS);
+    assert!(first.observed > first.threshold && first.threshold > first.expected);
+}
+
+#[test]
+fn a_retry_storm_is_one_alert_not_a_cascade() {
+    let mut store = trained();
+    let storm = window(50, 100, |i| if i % 25 < 5 { Request::Reviews { attempts: 4 } } else { usual(i) }, |_| false);
+    let findings = judge(&mut store, &storm);
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert_eq!(findings[0].kind, AlertKind::RetryStorm);
+    assert_eq!(findings[0].edge.unwrap().to.service.as_str(), "reviews");
+    assert_eq!(findings[0].unit, "retry_ratio");
+    assert!(findings[0].explanation.contains("retried"), "{}", findings[0].explanation);
+}
+
+#[test]
+fn cache_bypass_fires_but_a_new_call_beside_the_cache_does_not() {
+    let mut store = trained();
+    let bypass = window(
+        50,
+        100,
+        |i| match usual(i) {
+            Request::Product { .. } => Request::Product { miss: true },
+            other => other,
+        },
+        |_| false,
+    );
+    let findings = judge(&mut store, &bypass);
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert_eq!(findings[0].kind, AlertKind::CacheBypass);
+    assert_eq!(findings[0].edge.unwrap().to.service.as_str(), "redis");
+    assert!(findings[0].observed > 0.9);
+
+    let mut store = trained();
+    let deploy = window(
+        50,
+        100,
+        |i| match usual(i) {
+            Request::Product { .. } => Request::ProductWithStockCheck,
+            other => other,
+        },
+        |_| false,
+    );
+    assert!(judge(&mut store, &deploy).is_empty());
+}
+
+#[test]
+fn work_that_per_trace_detectors_reported_is_not_window_evidence() {
+    let mut store = trained();
+    let surge = |i| if i % 5 < 2 { Request::Search { shifted: true } } else { usual(i) };
+    let flagged = window(50, 100, surge, |i| i % 5 < 2);
+    assert!(judge(&mut store, &flagged).is_empty());
+}
+
+#[test]
+fn quiet_windows_are_ignored_and_anomalous_ones_are_not_learned() {
+    let mut store = trained();
+    let edge_samples = |store: &BaselineStore| {
+        store
+            .windows
+            .iter()
+            .filter(|((metric, _), _)| *metric == WindowMetric::WorkPerEntry)
+            .map(|(_, d)| d.samples())
+            .sum::<u64>()
+    };
+    // Too few entry requests: neither judged nor learned.
+    let before = edge_samples(&store);
+    let sparse = window(50, 5, |_| Request::Search { shifted: true }, |_| false);
+    assert!(judge(&mut store, &sparse).is_empty());
+    assert_eq!(edge_samples(&store), before);
+    // An attack window: the anomalous edges keep their baseline.
+    let search_edge = |store: &BaselineStore| {
+        store
+            .windows
+            .iter()
+            .find(|((metric, edge), _)| {
+                *metric == WindowMetric::WorkPerEntry
+                    && edge.from.operation.as_str() == "GET /search"
+                    && edge.to.kind == stormwatch_model::NodeKind::Database
+            })
+            .map(|(_, d)| (d.samples(), d.quantile(0.99)))
+            .unwrap()
+    };
+    let learned = search_edge(&store);
+    for index in 50..60 {
+        let surge =
+            window(index, 100, |i| if i % 5 < 2 { Request::Search { shifted: true } } else { usual(i) }, |_| false);
+        assert!(!judge(&mut store, &surge).is_empty(), "window {index}: the attack must not become normal");
+    }
+    assert_eq!(search_edge(&store), learned);
+}
+
+#[test]
+fn space_saving_keeps_the_heavy_hitters() {
+    let mut sketch = SpaceSaving::new(4);
+    for i in 0..1_000u64 {
+        sketch.add(&(i % 50), 1); // background
+        if i % 2 == 0 {
+            sketch.add(&999, 3); // a heavy hitter
+        }
+    }
+    assert_eq!(sketch.top()[0].0, 999);
+    assert!(sketch.top().len() <= 4);
+}
+
+#[test]
+fn client_populations() {
+    assert_eq!(client_population("198.51.100.7"), "198.51.0.0/16");
+    assert_eq!(client_population("2001:db8:1:2:3::9"), "2001:db8:1:2::/64");
+    assert_eq!(client_population("not-an-ip"), "not-an-ip");
+}
