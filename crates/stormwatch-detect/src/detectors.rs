@@ -298,7 +298,53 @@ pub fn detect(features: &TraceFeatures, store: &BaselineStore, config: &DetectCo
         totals.truncate(1);
         totals
     };
-    (chosen.into_iter().map(|p| p.finish(features, config)).collect(), anomalies)
+    let mut findings: Vec<Finding> = chosen.into_iter().map(|p| p.finish(features, config)).collect();
+    findings.extend(new_edges(features, store, config));
+    (findings, anomalies)
+}
+
+/// `new_edge` (info): a root class past its learning minimum reaches an edge it never reached
+/// before. Learning then knows the pair, so it is reported once (then throttled by
+/// fingerprint). Not while the store is full: a pair it cannot learn would be new forever.
+fn new_edges(features: &TraceFeatures, store: &BaselineStore, config: &DetectConfig) -> Vec<Finding> {
+    let Some(class) = features.root_class else { return Vec::new() };
+    let Some(history) = store.request_totals.get(&(class, RequestMetric::Spans)) else { return Vec::new() };
+    if !features.complete
+        || history.samples() < config.learning_min_samples
+        || store.request_edges.len() >= store.max_keys()
+    {
+        return Vec::new();
+    }
+    features
+        .edges
+        .iter()
+        .filter(|edge| !store.request_edges.contains_key(&(class, edge.edge)))
+        .map(|edge| Finding {
+            kind: AlertKind::NewEdge,
+            edge: Some(edge.edge),
+            entry: Some(class),
+            metric: None,
+            observed: edge.calls as f64,
+            expected: 0.0,
+            threshold: 0.0,
+            unit: "calls_per_request",
+            score: 1.0,
+            severity: Severity::Info,
+            exemplars: vec![features.trace_id],
+            contributors: Vec::new(),
+            start_unix_nano: features.start_unix_nano,
+            end_unix_nano: features.end_unix_nano,
+            baseline_samples: history.samples(),
+            baseline_since_unix_nano: history.since_unix_nano(),
+            explanation: format!(
+                "Requests entering at {class} reached {} -> {} for the first time in {} requests ({} calls in this one).",
+                edge.edge.from,
+                edge.edge.to,
+                history.samples(),
+                edge.calls
+            ),
+        })
+        .collect()
 }
 
 /// Work in `metric` units that edges did beyond their typical per-request count while staying

@@ -27,7 +27,10 @@ pub fn fingerprint(finding: &Finding) -> String {
             ]);
         }
     }
-    let per_request = finding.kind == stormwatch_model::AlertKind::RequestAmplification;
+    let per_request = matches!(
+        finding.kind,
+        stormwatch_model::AlertKind::RequestAmplification | stormwatch_model::AlertKind::NewEdge
+    );
     if per_request {
         if let Some(class) = &finding.entry {
             parts.push(class.service.as_str().as_bytes());

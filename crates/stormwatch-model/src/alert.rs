@@ -22,6 +22,8 @@ pub enum AlertKind {
     RetryStorm,
     /// Window level: a cache's miss ratio far beyond its baseline.
     CacheBypass,
+    /// A well-known root class reached an edge that is not in its learned call graph.
+    NewEdge,
 }
 
 impl AlertKind {
@@ -33,16 +35,18 @@ impl AlertKind {
             AlertKind::AggregateAmplification => "aggregate_amplification",
             AlertKind::RetryStorm => "retry_storm",
             AlertKind::CacheBypass => "cache_bypass",
+            AlertKind::NewEdge => "new_edge",
         }
     }
 
-    pub const ALL: [AlertKind; 6] = [
+    pub const ALL: [AlertKind; 7] = [
         AlertKind::FanoutAmplification,
         AlertKind::RequestAmplification,
         AlertKind::NPlusOne,
         AlertKind::AggregateAmplification,
         AlertKind::RetryStorm,
         AlertKind::CacheBypass,
+        AlertKind::NewEdge,
     ];
 
     /// Where this kind's alert counts go in `[u64; AlertKind::ALL.len()]` arrays.

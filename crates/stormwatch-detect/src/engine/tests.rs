@@ -196,3 +196,33 @@ fn heavy_tailed_loops_are_judged_by_their_own_tail() {
     assert_eq!(out[0].kind, AlertKind::FanoutAmplification);
     assert_eq!(out[0].edge.as_ref().unwrap().to.service, "worker");
 }
+
+/// A deploy that adds a call: one info alert naming the new edge, then silence.
+#[test]
+fn a_new_edge_is_an_info_note_once() {
+    let mut engine = engine();
+    learn_normal(&mut engine, 0, 300);
+    let with_stock_check = |seed: u64| {
+        let mut spans = product_trace(seed, T0 + seed * SEC / 10, 2);
+        let catalog = spans.iter().find(|s| s.operation.as_str() == "GET /items/<int:pid>").unwrap().span_id;
+        let mut extra = spans.iter().find(|s| s.remote.is_some()).unwrap().clone();
+        extra.span_id = stormwatch_model::SpanId([0xee; 8]);
+        extra.parent_span_id = Some(catalog);
+        extra.remote = Some(stormwatch_model::Remote {
+            kind: stormwatch_model::NodeKind::Database,
+            name: stormwatch_model::Sym::new("sqlite"),
+            operation: stormwatch_model::Sym::new("SELECT stock FROM inventory WHERE item = ?"),
+        });
+        spans.push(extra);
+        spans
+    };
+    let mut out = Vec::new();
+    for seed in 300..350 {
+        engine.push(with_stock_check(seed), &mut out);
+    }
+    engine.flush(&mut out);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].kind, AlertKind::NewEdge);
+    assert_eq!(out[0].severity, Severity::Info);
+    assert_eq!(out[0].edge.as_ref().unwrap().to.operation, "SELECT stock FROM inventory WHERE item = ?");
+}

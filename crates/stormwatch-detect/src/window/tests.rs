@@ -1,7 +1,7 @@
 //! Window detectors on small hand-built windows.
 
 use stormwatch_assemble::{CompletedTrace, Completion};
-use stormwatch_baseline::{BaselineStore, WindowMetric};
+use stormwatch_baseline::{BaselineStore, Distribution, WindowMetric};
 use stormwatch_model::builder::TraceBuilder;
 use stormwatch_model::{AlertKind, Span};
 
@@ -250,4 +250,59 @@ fn client_populations() {
     assert_eq!(client_population("198.51.100.7"), "198.51.0.0/16");
     assert_eq!(client_population("2001:db8:1:2:3::9"), "2001:db8:1:2::/64");
     assert_eq!(client_population("not-an-ip"), "not-an-ip");
+}
+
+/// Poisoning: a slow ramp (+5% an hour, 10 s windows, 24 hours) is learned only as far as
+/// the ramp went, so a 10x storm at the end of the day still alerts; and the ramp never
+/// teaches the baseline more than it saw.
+#[test]
+fn a_slow_ramp_cannot_teach_a_10x_storm_within_a_day() {
+    let rules = window_judging(&DetectConfig::default(), &WindowConfig::default());
+    let base = 200.0; // 0.2 calls per entry request, in thousandths
+    let mut distribution = Distribution::default();
+    // A day of normal traffic with some noise, then a day of ramp.
+    let mut noise = stormwatch_model::stable_hash(&[b"seed"]);
+    let mut jitter = || {
+        noise = noise.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        0.9 + (noise >> 40) as f64 / (1u64 << 24) as f64 * 0.2
+    };
+    for _ in 0..8_640 {
+        distribution.observe((base * jitter()) as u64, 0);
+    }
+    let mut alerted_during_ramp = 0;
+    for step in 0..8_640u64 {
+        let hours = step as f64 / 360.0;
+        let value = (base * 1.05f64.powf(hours) * jitter()) as u64;
+        match crate::detectors::judge(Some(&distribution), value, &rules) {
+            Some(_) => alerted_during_ramp += 1, // judged anomalous: not learned
+            None => distribution.observe(value, step),
+        }
+    }
+    let ramp_end = base * 1.05f64.powf(24.0);
+    assert!(ramp_end < 3.3 * base);
+    // What the ramp taught stays below the storm: 10x the original rate alerts.
+    assert!(
+        crate::detectors::judge(Some(&distribution), (10.0 * base) as u64, &rules).is_some(),
+        "a 10x storm went unnoticed"
+    );
+    // And nothing beyond the ramp's own range was learned.
+    assert!(distribution.max() as f64 <= ramp_end * 1.1 + 1.0, "learned {} > ramp end {ramp_end}", distribution.max());
+    let _ = alerted_during_ramp;
+}
+
+#[test]
+fn per_trace_baselines_resist_the_same_ramp() {
+    let config = DetectConfig::default();
+    let mut distribution = Distribution::default();
+    for i in 0..2_000u64 {
+        distribution.observe(3 + i % 3, 0); // a loop of 3-5
+    }
+    // Requests whose loop grows 5% an hour, 60 requests an hour, for a day.
+    for step in 0..1_440u64 {
+        let value = (4.0 * 1.05f64.powf(step as f64 / 60.0)).round() as u64;
+        if crate::detectors::judge(Some(&distribution), value, &config).is_none() {
+            distribution.observe(value, step);
+        }
+    }
+    assert!(crate::detectors::judge(Some(&distribution), 40, &config).is_some(), "10x the usual loop must still alert");
 }
