@@ -374,7 +374,11 @@ pub fn judge_window(
                     fallback: None,
                 });
             }
-            Some(_) => {} // beyond the ratio but too few calls to matter: neither alert nor learn
+            // Beyond the ratio but too few calls (or within chance) to alert: not learned either.
+            // An attack's first, thin windows must not teach the baseline the attack; the cost
+            // is that a low-volume edge that legitimately shifted keeps its old baseline until
+            // its volume makes the shift significant, and then alerts once.
+            Some(_) => {}
             None => {
                 learn.push((WindowMetric::WorkPerEntry, *edge, work));
                 for (class, calls) in counts.by_class.top() {

@@ -59,8 +59,12 @@ metrics! {
     traces_evicted_total: "counter",
     /// Traces completed at trace_max_wait.
     traces_max_wait_total: "counter",
-    /// Traces completed without a root span.
+        /// Traces completed without a root span.
     traces_without_root_total: "counter",
+    /// Event-time windows closed for the window-level detectors.
+    windows_closed_total: "counter",
+    /// Traces that completed after their window had been judged.
+    window_late_traces_total: "counter",
     /// Alerts that the sink failed to deliver.
     alert_delivery_failures_total: "counter",
     /// Baseline snapshots written.

@@ -118,6 +118,8 @@ fn publish(engine: &Engine, metrics: &Metrics) {
     Metrics::set(&metrics.traces_evicted_total, a.traces_evicted);
     Metrics::set(&metrics.traces_max_wait_total, a.traces_max_wait);
     Metrics::set(&metrics.traces_without_root_total, a.traces_without_root);
+    Metrics::set(&metrics.windows_closed_total, engine.stats().windows_closed);
+    Metrics::set(&metrics.window_late_traces_total, engine.stats().window_late_traces);
     Metrics::set(&metrics.in_flight_spans, engine.assembler().in_flight_spans() as u64);
     Metrics::set(&metrics.in_flight_traces, engine.assembler().in_flight_traces() as u64);
     Metrics::set(&metrics.edges_tracked, engine.store().edges_tracked() as u64);
