@@ -385,6 +385,22 @@ impl<'s> Generator<'s> {
         }
     }
 
+    /// Adds a CLIENT or PRODUCER span from `service` to a virtual node (database, cache, queue).
+    #[allow(clippy::too_many_arguments)]
+    fn push_virtual(
+        &mut self,
+        build: &mut Build<'_>,
+        service: &str,
+        parent: [u8; 8],
+        name: &str,
+        kind: span::SpanKind,
+        times: (u64, u64),
+        attributes: Vec<KeyValue>,
+    ) {
+        let span = Self::client_span(build.trace_id, self.new_span_id(), parent, name, kind, times, attributes, false);
+        self.push(build, service, span);
+    }
+
     /// Performs one call from `service` under `parent`; returns when it ended.
     fn perform(
         &mut self,
@@ -452,17 +468,15 @@ impl<'s> Generator<'s> {
                 attribute("server.address", format!("{system}.internal")),
                 int_attribute("server.port", 5432),
             ];
-            let span = Self::client_span(
-                build.trace_id,
-                self.new_span_id(),
+            self.push_virtual(
+                build,
+                service,
                 parent,
                 &format!("{operation} {namespace}"),
                 span::SpanKind::Client,
                 (start, end),
                 attributes,
-                false,
             );
-            self.push(build, service, span);
             return end + 10_000;
         }
         if let Some(cache) = &call.cache {
@@ -481,17 +495,7 @@ impl<'s> Generator<'s> {
                 attribute("server.address", format!("{cache}.internal")),
                 int_attribute("server.port", 6379),
             ];
-            let span = Self::client_span(
-                build.trace_id,
-                self.new_span_id(),
-                parent,
-                "GET",
-                span::SpanKind::Client,
-                (start, end),
-                attributes,
-                false,
-            );
-            self.push(build, service, span);
+            self.push_virtual(build, service, parent, "GET", span::SpanKind::Client, (start, end), attributes);
             let mut cursor = end + 10_000;
             if self.rng.chance(miss_ratio) {
                 for nested in &call.on_miss {
@@ -512,17 +516,15 @@ impl<'s> Generator<'s> {
                 attribute("messaging.operation.type", "send"),
                 attribute("server.address", format!("{system}.internal")),
             ];
-            let span = Self::client_span(
-                build.trace_id,
-                self.new_span_id(),
+            self.push_virtual(
+                build,
+                service,
                 parent,
                 &format!("send {destination}"),
                 span::SpanKind::Producer,
                 (start, end),
                 attributes,
-                false,
             );
-            self.push(build, service, span);
             return end + 10_000;
         }
         start
