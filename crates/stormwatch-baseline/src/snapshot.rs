@@ -313,6 +313,18 @@ mod tests {
         assert!(!dir.path().join("baselines.json.tmp").exists());
     }
 
+    /// Snapshots written before the window tables existed still load (the fields are additive).
+    #[test]
+    fn snapshots_without_window_tables_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let earlier = r#"{"format":"stormwatch.baselines","version":1,"watermark_unix_nano":5,
+            "fanout":[],"request_edges":[],"request_totals":[]}"#;
+        fs::write(dir.path().join(SNAPSHOT_FILE), earlier).unwrap();
+        let store = load_snapshot(dir.path(), 10).unwrap().unwrap();
+        assert_eq!(store.watermark_unix_nano, 5);
+        assert!(store.windows.is_empty() && store.window_classes.is_empty());
+    }
+
     #[test]
     fn missing_is_empty_but_corrupt_or_old_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
