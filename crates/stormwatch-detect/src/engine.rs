@@ -97,6 +97,11 @@ impl Engine {
         self.throttle.open_incidents()
     }
 
+    /// Windows not judged yet.
+    pub fn open_windows(&self) -> usize {
+        self.windows.open_windows()
+    }
+
     /// Feeds spans; alerts that became due are appended to `out`.
     pub fn push(&mut self, spans: impl IntoIterator<Item = Span>, out: &mut Vec<Alert>) {
         let mut completed = std::mem::take(&mut self.completed);

@@ -151,6 +151,8 @@ pub(crate) struct DetectSection {
     pub(crate) window_min_requests: u64,
     /// Smallest excess of calls (retries, database reads) in one window that alerts.
     pub(crate) window_min_excess: u64,
+    /// Windows a window-level baseline needs before it judges.
+    pub(crate) window_min_windows: u64,
 }
 
 impl Default for DetectSection {
@@ -166,6 +168,7 @@ impl Default for DetectSection {
             window: Duration::from_secs(10),
             window_min_requests: 20,
             window_min_excess: 20,
+            window_min_windows: 30,
         }
     }
 }
@@ -250,6 +253,9 @@ impl Config {
         if self.detect.min_excess.is_nan() || self.detect.min_excess < 0.0 {
             bail!("detect.min_excess: must be zero or more, got {}", self.detect.min_excess);
         }
+        if self.detect.window_min_windows == 0 {
+            bail!("detect.window_min_windows: must be at least 1");
+        }
         if self.detect.window < Duration::from_secs(1) {
             bail!("detect.window: must be at least 1s, got {}", humantime::format_duration(self.detect.window));
         }
@@ -282,6 +288,7 @@ impl Config {
                 close_delay_nanos: (self.assemble.trace_idle + Duration::from_secs(1)).as_nanos() as u64,
                 min_entry_requests: self.detect.window_min_requests,
                 min_excess: self.detect.window_min_excess,
+                min_windows: self.detect.window_min_windows,
                 ..stormwatch_detect::WindowConfig::default()
             },
         }

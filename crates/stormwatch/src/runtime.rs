@@ -197,9 +197,10 @@ fn run_engine(
         }
         if let Some(idle) = options.idle_fallback {
             let quiet = last_activity.elapsed();
-            // Also while incidents are open, so a throttled summary is not held back until
-            // the next span arrives.
-            let waiting = engine.assembler().in_flight_traces() > 0 || engine.open_incidents() > 0;
+            // Also while incidents or windows are open, so a throttled summary or a window's
+            // verdict is not held back until the next span arrives.
+            let waiting =
+                engine.assembler().in_flight_traces() > 0 || engine.open_incidents() > 0 || engine.open_windows() > 0;
             if quiet >= idle && waiting {
                 engine.advance_to(watermark_at_activity + quiet.as_nanos() as u64, &mut alerts);
             }
