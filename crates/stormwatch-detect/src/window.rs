@@ -182,14 +182,15 @@ impl Window {
             }
             window.retries += edge.retries;
             window.errors += edge.errors;
-            if let Some(class) = class {
+            // Attribution sees the same evidence as the judgement: unflagged traces only.
+            if let (Some(class), false) = (class, flagged) {
                 window.by_class.add(&class, edge.calls);
                 let known = window.examples.iter().filter(|(c, _)| *c == class).count();
                 if known < MAX_EXEMPLARS && window.examples.len() < top_k * MAX_EXEMPLARS {
                     window.examples.push((class, features.trace_id));
                 }
             }
-            if let Some(population) = population {
+            if let (Some(population), false) = (population, flagged) {
                 window.by_client.add(&population, edge.calls);
             }
             if edge.retries > 0 && window.retry_examples.len() < MAX_EXEMPLARS {
@@ -566,8 +567,9 @@ fn attribute(
         .take(3)
         .map(|(class, excess)| Contributor { name: format!("entry {class}"), share: share(*excess, total) })
         .collect();
+    let unflagged = counts.calls.saturating_sub(counts.flagged_calls);
     for (population, calls) in counts.by_client.top().into_iter().take(3) {
-        let part = share(calls, counts.calls);
+        let part = share(calls, unflagged);
         if part >= 0.1 {
             contributors.push(Contributor { name: format!("clients {population}"), share: part });
         }
