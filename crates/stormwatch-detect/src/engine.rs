@@ -6,9 +6,10 @@ use stormwatch_assemble::{Assembler, AssemblerConfig, AssemblerStats, CompletedT
 use stormwatch_baseline::BaselineStore;
 use stormwatch_model::{Alert, AlertKind, Span};
 
+use crate::correlated::{Correlated, CorrelatedConfig};
 use crate::detectors::{detect, learn};
 use crate::features::extract;
-use crate::window::{judge_window, WindowConfig, Windows};
+use crate::window::{correlated_finding, judge_window, WindowConfig, Windows};
 use crate::{DetectConfig, Throttle};
 
 /// Everything the engine is tuned by.
@@ -20,6 +21,8 @@ pub struct EngineConfig {
     pub throttle_nanos: u64,
     /// Window-level detection.
     pub window: WindowConfig,
+    /// The PCA detector over per-window edge rates.
+    pub correlated: CorrelatedConfig,
 }
 
 impl Default for EngineConfig {
@@ -29,6 +32,7 @@ impl Default for EngineConfig {
             detect: DetectConfig::default(),
             throttle_nanos: 300 * 1_000_000_000,
             window: WindowConfig::default(),
+            correlated: CorrelatedConfig::default(),
         }
     }
 }
@@ -57,6 +61,7 @@ pub struct Engine {
     detect: DetectConfig,
     throttle: Throttle,
     windows: Windows,
+    correlated: Correlated,
     clock: fn() -> u64,
     stats: EngineStats,
     completed: Vec<CompletedTrace>,
@@ -71,6 +76,7 @@ impl Engine {
             detect: config.detect,
             throttle: Throttle::new(config.throttle_nanos),
             windows: Windows::new(config.window),
+            correlated: Correlated::new(config.correlated),
             clock,
             stats: EngineStats::default(),
             completed: Vec::new(),
@@ -163,7 +169,16 @@ impl Engine {
         let now = (self.clock)();
         for window in closed {
             self.stats.windows_closed += 1;
-            for finding in judge_window(&window, &mut self.store, &self.detect, self.windows.config()) {
+            let findings = judge_window(&window, &mut self.store, &self.detect, self.windows.config());
+            // The network-wide view, for windows no other detector explained (and only they
+            // are learned as normal).
+            let mut findings = findings;
+            if findings.is_empty() && window.entry_requests >= self.windows.config().min_entry_requests {
+                if let Some(residual) = self.correlated.observe(&window.rates()) {
+                    findings.push(correlated_finding(&window, residual, &self.detect));
+                }
+            }
+            for finding in findings {
                 self.stats.findings[finding.kind.index()] += 1;
                 self.throttle.offer(finding, now, out);
             }

@@ -9,6 +9,7 @@
 //! Everything here is pure: values in, values out, no sockets, no threads. The wall clock is
 //! read only through the clock function the engine is given.
 
+pub mod correlated;
 pub mod detectors;
 mod engine;
 pub mod features;

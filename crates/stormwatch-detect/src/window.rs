@@ -476,6 +476,72 @@ pub fn judge_window(
     pending.into_iter().map(|p| p.finish(window, detect)).collect()
 }
 
+impl Window {
+    /// Calls per entry request on every edge, without traces a per-trace detector reported:
+    /// the row of this window in the correlated detector's matrix.
+    pub(crate) fn rates(&self) -> Vec<(Edge, f64)> {
+        let entries = self.entry_requests.max(1) as f64;
+        let mut rates: Vec<(Edge, f64)> = self
+            .edges
+            .iter()
+            .map(|(edge, counts)| (*edge, counts.calls.saturating_sub(counts.flagged_calls) as f64 / entries))
+            .collect();
+        rates.sort_by_key(|(edge, _)| *edge);
+        rates
+    }
+}
+
+/// A `correlated_storm` finding from the PCA residual of a window.
+pub(crate) fn correlated_finding(
+    window: &Window,
+    residual: crate::correlated::Residual,
+    detect: &DetectConfig,
+) -> Finding {
+    let top = residual.contributions.first().map(|(edge, _)| *edge);
+    let exemplars: Vec<TraceId> = top
+        .and_then(|edge| window.edges.get(&edge))
+        .map(|counts| counts.examples.iter().map(|(_, trace)| *trace).take(MAX_EXEMPLARS).collect())
+        .unwrap_or_default();
+    let contributors: Vec<Contributor> = residual
+        .contributions
+        .iter()
+        .take(3)
+        .map(|(edge, share)| Contributor { name: format!("edge {edge}"), share: (share * 1000.0).round() / 1000.0 })
+        .collect();
+    let named: Vec<String> =
+        residual.contributions.iter().take(3).map(|(edge, share)| format!("{edge} ({:.0}%)", share * 100.0)).collect();
+    let severity = if residual.spe >= residual.threshold * detect.critical_factor {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    };
+    Finding {
+        kind: AlertKind::CorrelatedStorm,
+        edge: top,
+        entry: None,
+        metric: None,
+        observed: (residual.spe * 100.0).round() / 100.0,
+        expected: (residual.typical * 100.0).round() / 100.0,
+        threshold: (residual.threshold * 100.0).round() / 100.0,
+        unit: "residual_spe",
+        score: ((residual.spe / residual.threshold) * 100.0).round() / 100.0,
+        severity,
+        exemplars,
+        contributors,
+        start_unix_nano: window.start,
+        end_unix_nano: window.end,
+        baseline_samples: residual.samples as u64,
+        baseline_since_unix_nano: window.start,
+        explanation: format!(
+            "Edges moved together in a way no learned traffic pattern explains (residual {:.1}, normally {:.1}, alert above {:.1}); most off-pattern: {}.",
+            residual.spe,
+            residual.typical,
+            residual.threshold,
+            named.join(", ")
+        ),
+    }
+}
+
 /// One incident, one alert. A retry storm explains the extra calls on its edge and everything
 /// downstream of its callee; a cache bypass explains the extra reads on its fallback edge;
 /// among the remaining amplifications, an edge whose caller is another anomalous edge's

@@ -24,6 +24,8 @@ pub enum AlertKind {
     CacheBypass,
     /// A well-known root class reached an edge that is not in its learned call graph.
     NewEdge,
+    /// Window level: many edges moved together in a way no learned traffic pattern explains.
+    CorrelatedStorm,
 }
 
 impl AlertKind {
@@ -36,10 +38,11 @@ impl AlertKind {
             AlertKind::RetryStorm => "retry_storm",
             AlertKind::CacheBypass => "cache_bypass",
             AlertKind::NewEdge => "new_edge",
+            AlertKind::CorrelatedStorm => "correlated_storm",
         }
     }
 
-    pub const ALL: [AlertKind; 7] = [
+    pub const ALL: [AlertKind; 8] = [
         AlertKind::FanoutAmplification,
         AlertKind::RequestAmplification,
         AlertKind::NPlusOne,
@@ -47,6 +50,7 @@ impl AlertKind {
         AlertKind::RetryStorm,
         AlertKind::CacheBypass,
         AlertKind::NewEdge,
+        AlertKind::CorrelatedStorm,
     ];
 
     /// Where this kind's alert counts go in `[u64; AlertKind::ALL.len()]` arrays.
@@ -56,7 +60,13 @@ impl AlertKind {
 
     /// Window-level kinds judge a time window of traffic, not one trace.
     pub fn is_window_level(self) -> bool {
-        matches!(self, AlertKind::AggregateAmplification | AlertKind::RetryStorm | AlertKind::CacheBypass)
+        matches!(
+            self,
+            AlertKind::AggregateAmplification
+                | AlertKind::RetryStorm
+                | AlertKind::CacheBypass
+                | AlertKind::CorrelatedStorm
+        )
     }
 }
 

@@ -291,6 +291,7 @@ impl Config {
                 min_windows: self.detect.window_min_windows,
                 ..stormwatch_detect::WindowConfig::default()
             },
+            correlated: stormwatch_detect::correlated::CorrelatedConfig::default(),
         }
     }
 }

@@ -1,0 +1,353 @@
+//! `correlated_storm`: the PCA subspace method (Lakhina et al., SIGCOMM 2004) over the matrix
+//! of per-window edge rates.
+//!
+//! Normal traffic moves edges together: a busier entry point raises all its downstream edges
+//! in proportion. A principal component analysis of past windows (rows) by edges (columns,
+//! calls per entry request, standardised) learns those joint movements; the first components
+//! that explain `variance_kept` of the variance span the *normal subspace*. A window is
+//! projected onto it and the squared residual (SPE) is compared with the Q-statistic threshold
+//! (Jackson and Mudholkar) at confidence `z`: many edges that each move a little, but together
+//! in a way no learned pattern explains, give a large residual although no single edge is
+//! anomalous. The edges with the largest residual are reported.
+//!
+//! The decomposition is linfa's PCA over ndarray (the leading components; the residual
+//! subspace's statistics come from traces of the covariance matrix). Windows judged anomalous are not learned;
+//! the model is refitted every `refit_every` normal windows on the last `history` of them.
+
+use std::collections::{HashMap, VecDeque};
+
+use linfa::traits::{Fit, Predict};
+use linfa::DatasetBase;
+use linfa_reduction::Pca;
+use ndarray::Array2;
+use stormwatch_model::Edge;
+
+/// PCA detector settings.
+#[derive(Clone, Debug)]
+pub struct CorrelatedConfig {
+    /// Normal windows needed before the first fit.
+    pub training_windows: usize,
+    /// Normal windows kept for refits.
+    pub history: usize,
+    /// Busiest edges used as columns.
+    pub max_edges: usize,
+    /// Share of the variance the normal subspace explains.
+    pub variance_kept: f64,
+    /// Standard-normal quantile of the Q threshold (4.26: about 1 window in 100,000).
+    pub z: f64,
+    /// Normal windows between refits.
+    pub refit_every: usize,
+    /// Leading components computed (the normal subspace is at most this large).
+    pub max_components: usize,
+}
+
+impl Default for CorrelatedConfig {
+    fn default() -> Self {
+        CorrelatedConfig {
+            training_windows: 120,
+            history: 720,
+            max_edges: 64,
+            variance_kept: 0.9,
+            z: 4.26,
+            refit_every: 60,
+            max_components: 10,
+        }
+    }
+}
+
+/// A window the model rejects.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Residual {
+    /// Squared prediction error of the window.
+    pub spe: f64,
+    /// The Q-statistic threshold it exceeded.
+    pub threshold: f64,
+    /// Median SPE of the training windows.
+    pub typical: f64,
+    /// Edges by their share of the residual, largest first.
+    pub contributions: Vec<(Edge, f64)>,
+    /// Windows the model was fitted on.
+    pub samples: usize,
+}
+
+struct Model {
+    edges: Vec<Edge>,
+    mean: Vec<f64>,
+    scale: Vec<f64>,
+    /// Principal directions, `components[j]` = the j-th direction over the edges.
+    components: Vec<Vec<f64>>,
+    /// Components spanning the normal subspace.
+    kept: usize,
+    threshold: f64,
+    typical: f64,
+    samples: usize,
+}
+
+/// The detector's state.
+pub struct Correlated {
+    config: CorrelatedConfig,
+    history: VecDeque<HashMap<Edge, f64>>,
+    model: Option<Model>,
+    since_fit: usize,
+}
+
+impl Correlated {
+    pub fn new(config: CorrelatedConfig) -> Correlated {
+        Correlated { config, history: VecDeque::new(), model: None, since_fit: 0 }
+    }
+
+    /// Whether a model is fitted.
+    pub fn is_trained(&self) -> bool {
+        self.model.is_some()
+    }
+
+    /// Judges one window's edge rates; learns it if normal. `Some` when it is off-pattern.
+    pub fn observe(&mut self, rates: &[(Edge, f64)]) -> Option<Residual> {
+        let verdict = self.model.as_ref().and_then(|model| model.judge(rates));
+        if verdict.is_none() {
+            self.history.push_back(rates.iter().copied().collect());
+            if self.history.len() > self.config.history {
+                self.history.pop_front();
+            }
+            self.since_fit += 1;
+            let due = self.model.is_none() || self.since_fit >= self.config.refit_every;
+            if due && self.history.len() >= self.config.training_windows {
+                self.model = fit(&self.history, &self.config);
+                self.since_fit = 0;
+            }
+        }
+        verdict
+    }
+}
+
+fn fit(history: &VecDeque<HashMap<Edge, f64>>, config: &CorrelatedConfig) -> Option<Model> {
+    // Columns: the busiest edges.
+    let mut totals: HashMap<Edge, f64> = HashMap::new();
+    for window in history {
+        for (edge, rate) in window {
+            *totals.entry(*edge).or_default() += rate;
+        }
+    }
+    let mut edges: Vec<(Edge, f64)> = totals.into_iter().collect();
+    edges.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    edges.truncate(config.max_edges);
+    let edges: Vec<Edge> = edges.into_iter().map(|(edge, _)| edge).collect();
+    let (rows, columns) = (history.len(), edges.len());
+    if columns < 3 || rows <= columns {
+        return None;
+    }
+    let mut data = Array2::<f64>::zeros((rows, columns));
+    for (i, window) in history.iter().enumerate() {
+        for (j, edge) in edges.iter().enumerate() {
+            data[[i, j]] = window.get(edge).copied().unwrap_or(0.0);
+        }
+    }
+    // Standardise columns; a floor on the scale keeps near-constant edges from dominating.
+    let mut mean = vec![0.0; columns];
+    let mut scale = vec![0.0; columns];
+    for j in 0..columns {
+        let column = data.column(j);
+        mean[j] = column.sum() / rows as f64;
+        let variance = column.iter().map(|v| (v - mean[j]).powi(2)).sum::<f64>() / (rows as f64 - 1.0);
+        scale[j] = variance.sqrt().max(0.01 + 0.05 * mean[j].abs());
+    }
+    for i in 0..rows {
+        for j in 0..columns {
+            data[[i, j]] = (data[[i, j]] - mean[j]) / scale[j];
+        }
+    }
+    // Few leading components: linfa's iterative eigensolver breaks down when asked for all of
+    // them. The residual's statistics come from traces of the covariance matrix instead.
+    let leading = config.max_components.min(columns - 1);
+    let fitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Pca::params(leading).fit(&DatasetBase::from(data.clone())).ok()
+    }));
+    let pca = fitted.ok().flatten()?;
+    // Directions, from the projections of the origin and the unit vectors (the model keeps
+    // its hyperplane private): V[i][j] = project(e_i)[j] - project(0)[j].
+    let mut probes = Array2::<f64>::zeros((columns + 1, columns));
+    for i in 0..columns {
+        probes[[i + 1, i]] = 1.0;
+    }
+    let projected: Array2<f64> = pca.predict(&probes);
+    // The solver may return fewer components than asked for.
+    let leading = leading.min(projected.ncols());
+    if leading == 0 {
+        return None;
+    }
+    let components: Vec<Vec<f64>> =
+        (0..leading).map(|j| (0..columns).map(|i| projected[[i + 1, j]] - projected[[0, j]]).collect()).collect();
+    // Leading eigenvalues as the variances of the training projections (the units SPE is in).
+    let training: Array2<f64> = pca.predict(&data);
+    let eigenvalues: Vec<f64> = (0..leading)
+        .map(|j| {
+            let column = training.column(j);
+            let m = column.sum() / rows as f64;
+            column.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (rows as f64 - 1.0)
+        })
+        .collect();
+    if eigenvalues.iter().chain(components.iter().flatten()).any(|v| !v.is_finite()) {
+        return None;
+    }
+    // Covariance of the standardised data and the traces of its first three powers.
+    let covariance = data.t().dot(&data) / (rows as f64 - 1.0);
+    let square = covariance.dot(&covariance);
+    let trace1: f64 = covariance.diag().sum();
+    let trace2: f64 = square.diag().sum();
+    let trace3: f64 = square.dot(&covariance).diag().sum();
+    if trace1 <= 0.0 {
+        return None;
+    }
+    let mut kept = 0;
+    let mut explained = 0.0;
+    while kept < leading && explained < config.variance_kept * trace1 {
+        explained += eigenvalues[kept];
+        kept += 1;
+    }
+    let kept_power = |power: i32| eigenvalues[..kept].iter().map(|l| l.powi(power)).sum::<f64>();
+    let (theta1, theta2, theta3) = (trace1 - kept_power(1), trace2 - kept_power(2), trace3 - kept_power(3));
+    if theta1 <= 0.0 || theta2 <= 0.0 {
+        return None;
+    }
+    let h0 = 1.0 - 2.0 * theta1 * theta3 / (3.0 * theta2 * theta2);
+    let threshold = theta1
+        * (config.z * (2.0 * theta2 * h0 * h0).sqrt() / theta1 + 1.0 + theta2 * h0 * (h0 - 1.0) / (theta1 * theta1))
+            .powf(1.0 / h0);
+    let mut model = Model { edges, mean, scale, components, kept, threshold, typical: 0.0, samples: rows };
+    let mut spes: Vec<f64> = history.iter().map(|w| model.spe(&model.standardise_map(w)).0).collect();
+    spes.sort_by(f64::total_cmp);
+    model.typical = spes[spes.len() / 2];
+    threshold.is_finite().then_some(model)
+}
+
+impl Model {
+    fn standardise_map(&self, rates: &HashMap<Edge, f64>) -> Vec<f64> {
+        self.edges
+            .iter()
+            .enumerate()
+            .map(|(j, edge)| (rates.get(edge).copied().unwrap_or(0.0) - self.mean[j]) / self.scale[j])
+            .collect()
+    }
+
+    /// (SPE, residual vector) of a standardised window.
+    fn spe(&self, z: &[f64]) -> (f64, Vec<f64>) {
+        let mut residual = z.to_vec();
+        for direction in &self.components[..self.kept] {
+            let score: f64 = z.iter().zip(direction).map(|(a, b)| a * b).sum();
+            for (r, d) in residual.iter_mut().zip(direction) {
+                *r -= score * d;
+            }
+        }
+        (residual.iter().map(|r| r * r).sum(), residual)
+    }
+
+    fn judge(&self, rates: &[(Edge, f64)]) -> Option<Residual> {
+        let map: HashMap<Edge, f64> = rates.iter().copied().collect();
+        let (spe, residual) = self.spe(&self.standardise_map(&map));
+        if spe <= self.threshold {
+            return None;
+        }
+        let mut contributions: Vec<(Edge, f64)> =
+            self.edges.iter().zip(&residual).map(|(edge, r)| (*edge, r * r / spe)).collect();
+        contributions.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        contributions.truncate(5);
+        Some(Residual { spe, threshold: self.threshold, typical: self.typical, contributions, samples: self.samples })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stormwatch_model::{Node, Sym};
+
+    use super::*;
+
+    fn edge(i: usize) -> Edge {
+        Edge {
+            from: Node::service(Sym::new("gateway"), Sym::new("GET /")),
+            to: Node::service(Sym::new(&format!("svc{i:02}")), Sym::new("GET /work")),
+        }
+    }
+
+    /// 20 edges driven by 2 latent traffic factors (two entry points) plus small noise.
+    struct Traffic(u64);
+
+    impl Traffic {
+        fn noise(&mut self) -> f64 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        }
+
+        fn window(&mut self) -> Vec<(Edge, f64)> {
+            let (a, b) = (1.0 + 0.3 * self.noise(), 1.0 + 0.3 * self.noise());
+            (0..20)
+                .map(|i| {
+                    let rate = if i < 10 { a * (1.0 + i as f64 * 0.1) } else { b * (0.5 + i as f64 * 0.05) };
+                    (edge(i), rate * (1.0 + 0.02 * self.noise()))
+                })
+                .collect()
+        }
+    }
+
+    fn trained() -> (Correlated, Traffic) {
+        let mut detector = Correlated::new(CorrelatedConfig::default());
+        let mut traffic = Traffic(7);
+        for _ in 0..200 {
+            detector.observe(&traffic.window());
+        }
+        assert!(detector.is_trained());
+        (detector, traffic)
+    }
+
+    #[test]
+    fn normal_joint_movement_is_quiet() {
+        let (mut detector, mut traffic) = trained();
+        let alarms = (0..1_000).filter(|_| detector.observe(&traffic.window()).is_some()).count();
+        assert!(alarms <= 10, "{alarms} alarms in 1000 normal windows");
+        // A large movement along the learned pattern (both factors at 1.6, far outside the
+        // training swings of +-15%) is not off-pattern.
+        let in_pattern: Vec<(Edge, f64)> = (0..20)
+            .map(|i| (edge(i), 1.6 * if i < 10 { 1.0 + i as f64 * 0.1 } else { 0.5 + i as f64 * 0.05 }))
+            .collect();
+        assert!(detector.observe(&in_pattern).is_none());
+    }
+
+    /// Constant, duplicated and appearing-and-vanishing edges: the fit may give up, but the
+    /// detector never panics and never alarms on them.
+    #[test]
+    fn degenerate_traffic_never_panics() {
+        let mut detector = Correlated::new(CorrelatedConfig::default());
+        for step in 0..400usize {
+            let mut window: Vec<(Edge, f64)> = (0..30).map(|i| (edge(i), if i < 15 { 1.0 } else { 2.0 })).collect();
+            if step % 7 == 0 {
+                window.push((edge(40 + step % 5), 0.5));
+            }
+            assert!(detector.observe(&window).is_none(), "step {step}");
+        }
+    }
+
+    #[test]
+    fn many_small_off_pattern_moves_are_a_correlated_storm() {
+        let (mut detector, mut traffic) = trained();
+        // Half of the first factor's edges rise 8% while the rest do not: each move is small
+        // next to the factor's 30% swings, but no learned pattern moves them apart.
+        let mut window = traffic.window();
+        for (i, (_, rate)) in window.iter_mut().enumerate() {
+            if i % 2 == 0 && i < 10 {
+                *rate *= 1.08;
+            }
+        }
+        let residual = detector.observe(&window).expect("off-pattern window");
+        assert!(residual.spe > residual.threshold);
+        let top: Vec<usize> = residual
+            .contributions
+            .iter()
+            .take(3)
+            .map(|(edge, _)| edge.to.service.as_str()[3..].parse().unwrap())
+            .collect();
+        // The edges that moved apart from their factor carry the residual.
+        assert!(top.iter().all(|i| *i < 10), "{top:?}");
+        assert!(residual.contributions[0].1 > 0.1);
+        // Not learned: the same window alarms again.
+        assert!(detector.observe(&window).is_some());
+    }
+}
