@@ -22,7 +22,6 @@ pub struct Disconnected;
 pub struct SpanQueue {
     sender: SyncSender<Vec<Span>>,
     depth: Arc<AtomicUsize>,
-    capacity: usize,
 }
 
 /// The engine's side.
@@ -35,7 +34,7 @@ pub struct SpanReceiver {
 pub fn span_queue(capacity: usize) -> (SpanQueue, SpanReceiver) {
     let (sender, receiver) = mpsc::sync_channel(capacity);
     let depth = Arc::new(AtomicUsize::new(0));
-    (SpanQueue { sender, depth: depth.clone(), capacity }, SpanReceiver { receiver, depth })
+    (SpanQueue { sender, depth: depth.clone() }, SpanReceiver { receiver, depth })
 }
 
 impl SpanQueue {
@@ -62,15 +61,6 @@ impl SpanQueue {
             QueueFull
         })
     }
-
-    /// Batches waiting.
-    pub fn depth(&self) -> usize {
-        self.depth.load(Ordering::Relaxed)
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
 }
 
 impl SpanReceiver {
@@ -87,10 +77,36 @@ impl SpanReceiver {
         }
     }
 
+    /// Batches waiting (for the `queue_depth` gauge).
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
     /// A batch if one is waiting right now.
     pub fn try_recv(&self) -> Option<Vec<Span>> {
         let spans = self.receiver.try_recv().ok()?;
         self.depth.fetch_sub(1, Ordering::Relaxed);
         Some(spans)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_follows_sends_and_receives() {
+        let (queue, receiver) = span_queue(2);
+        assert!(queue.try_send(Vec::new()).is_ok(), "empty batches are not queued");
+        assert_eq!(receiver.depth(), 0);
+        let mut builder = stormwatch_model::builder::TraceBuilder::new(1, 1);
+        builder.server("a", "b", None);
+        let spans = builder.build();
+        queue.try_send(spans.clone()).unwrap();
+        queue.try_send(spans.clone()).unwrap();
+        assert!(queue.try_send(spans).is_err(), "full");
+        assert_eq!(receiver.depth(), 2);
+        receiver.try_recv().unwrap();
+        assert_eq!(receiver.depth(), 1);
     }
 }

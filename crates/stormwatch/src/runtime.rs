@@ -109,7 +109,8 @@ pub(crate) struct EngineReport {
     pub(crate) snapshot_error: Option<String>,
 }
 
-fn publish(engine: &Engine, metrics: &Metrics) {
+fn publish(engine: &Engine, receiver: &SpanReceiver, metrics: &Metrics) {
+    Metrics::set(&metrics.queue_depth, receiver.depth() as u64);
     let a = engine.assembler_stats();
     Metrics::set(&metrics.late_spans_total, a.late_spans);
     Metrics::set(&metrics.bad_timestamp_spans_total, a.bad_timestamp_spans);
@@ -207,7 +208,7 @@ fn run_engine(
         }
         send(&mut alerts);
         if last_publish.elapsed() >= Duration::from_millis(200) {
-            publish(&engine, &metrics);
+            publish(&engine, &receiver, &metrics);
             last_publish = Instant::now();
         }
         if let Some((dir, Some(interval))) = &options.snapshot {
@@ -222,7 +223,7 @@ fn run_engine(
     if let Some((dir, _)) = &options.snapshot {
         snapshot_error = snapshot(&engine, dir, &metrics).err();
     }
-    publish(&engine, &metrics);
+    publish(&engine, &receiver, &metrics);
     let assembler = engine.assembler_stats();
     EngineReport {
         stats: engine.stats().clone(),
