@@ -98,10 +98,6 @@ impl Distribution {
         self.ewma_mean
     }
 
-    pub fn std_dev(&self) -> f64 {
-        self.ewma_variance.sqrt()
-    }
-
     /// The `q` quantile (0..=1), rounded up to its bucket's upper bound; 0 when empty.
     pub fn quantile(&self, q: f64) -> u64 {
         if self.weight == 0 {
@@ -116,11 +112,6 @@ impl Distribution {
             }
         }
         self.max
-    }
-
-    /// Approximate bytes held, for the memory gauge.
-    pub fn heap_bytes(&self) -> usize {
-        self.buckets.capacity() * std::mem::size_of::<(u16, u64)>()
     }
 }
 

@@ -111,10 +111,6 @@ impl BaselineStore {
         self.max_keys
     }
 
-    pub fn set_max_keys(&mut self, max_keys: usize) {
-        self.max_keys = max_keys;
-    }
-
     /// Distinct edges with a fan-out baseline.
     pub fn edges_tracked(&self) -> usize {
         self.fanout.len()
@@ -138,17 +134,6 @@ impl BaselineStore {
 
     pub fn observe_window_class(&mut self, class: RootClass, edge: Edge, per_thousand: u64, at: u64) {
         observe(&mut self.window_classes, (class, edge), per_thousand, at, self.max_keys, &mut self.stats);
-    }
-
-    /// Approximate heap bytes held by all distributions.
-    pub fn heap_bytes(&self) -> usize {
-        let entry = std::mem::size_of::<Distribution>() + std::mem::size_of::<(RootClass, Edge)>();
-        self.fanout
-            .values()
-            .chain(self.request_edges.values())
-            .chain(self.request_totals.values())
-            .map(|d| d.heap_bytes() + entry)
-            .sum()
     }
 }
 

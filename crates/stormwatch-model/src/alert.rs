@@ -57,17 +57,6 @@ impl AlertKind {
     pub fn index(self) -> usize {
         self as usize
     }
-
-    /// Window-level kinds judge a time window of traffic, not one trace.
-    pub fn is_window_level(self) -> bool {
-        matches!(
-            self,
-            AlertKind::AggregateAmplification
-                | AlertKind::RetryStorm
-                | AlertKind::CacheBypass
-                | AlertKind::CorrelatedStorm
-        )
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -49,7 +49,6 @@ impl<R: Read> Read for Counting<R> {
 /// Decoded requests from one file, in file order.
 pub struct OtlpFileReader {
     path: PathBuf,
-    format: FileFormat,
     size: u64,
     read: Arc<AtomicU64>,
     lines: Option<Box<dyn BufRead + Send>>,
@@ -97,7 +96,6 @@ pub fn open(path: &Path) -> Result<OtlpFileReader, FileError> {
     };
     let mut file_reader = OtlpFileReader {
         path: path.to_path_buf(),
-        format,
         size,
         read,
         lines: None,
@@ -144,10 +142,6 @@ fn decode_protobuf_file(bytes: &[u8]) -> Result<Vec<Decoded>, stormwatch_otlp::D
 }
 
 impl OtlpFileReader {
-    pub fn format(&self) -> FileFormat {
-        self.format
-    }
-
     /// Size of the file on disk.
     pub fn size(&self) -> u64 {
         self.size
@@ -156,10 +150,6 @@ impl OtlpFileReader {
     /// Bytes of the file read so far (compressed bytes for gzip files).
     pub fn position(&self) -> u64 {
         self.read.load(Ordering::Relaxed)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
