@@ -120,9 +120,9 @@ impl<'s> Generator<'s> {
     }
 
     /// Requests per second at `at`, after flash crowds and diurnal swings.
-    fn rate(&self, at: u64) -> f64 {
+    fn rate(&self, at: u64, active: &[(usize, &Change)]) -> f64 {
         let mut rate = self.scenario.rate;
-        for (_, change) in self.active_changes(at) {
+        for (_, change) in active {
             match change.kind {
                 ChangeKind::FlashCrowd => rate *= change.factor,
                 ChangeKind::Diurnal => {
@@ -144,8 +144,7 @@ impl<'s> Generator<'s> {
         id
     }
 
-    fn generate(&mut self, at: u64) -> GeneratedTrace {
-        let active = self.active_changes(at);
+    fn generate(&mut self, at: u64, active: Vec<(usize, &'s Change)>) -> GeneratedTrace {
         // Entry mix, shifted by active mix-shift changes.
         let mut weights: Vec<f64> = self.scenario.entries.iter().map(|e| e.weight).collect();
         let mut shifted = None;
@@ -539,9 +538,10 @@ impl Iterator for Generator<'_> {
             return None;
         }
         let at = self.next_arrival;
-        let gap = self.rng.exponential(NANOS / self.rate(at));
+        let active = self.active_changes(at);
+        let gap = self.rng.exponential(NANOS / self.rate(at, &active));
         self.next_arrival = at + gap.max(1.0) as u64;
         self.requests += 1;
-        Some(self.generate(at))
+        Some(self.generate(at, active))
     }
 }
