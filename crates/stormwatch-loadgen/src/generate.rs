@@ -353,7 +353,20 @@ impl<'s> Generator<'s> {
                 }
             }
         }
-        call.count.sample(&mut self.rng)
+        let mut count = call.count.sample(&mut self.rng);
+        for (index, change, coin) in &build.active {
+            if change.kind == ChangeKind::CorrelatedShift
+                && *coin
+                && change.calls.contains(&label)
+                && call.cache.is_none()
+            {
+                build.touched.push(*index);
+                // Stochastic rounding keeps the mean at `factor` times the usual count.
+                let scaled = count as f64 * change.factor;
+                count = scaled.floor() as u64 + u64::from(self.rng.chance(scaled.fract()));
+            }
+        }
+        count
     }
 
     /// A CLIENT or PRODUCER span: to a service (which answers with its SERVER span under
@@ -481,9 +494,13 @@ impl<'s> Generator<'s> {
         if let Some(cache) = &call.cache {
             let mut miss_ratio = call.miss_ratio;
             let label = call.label();
-            for (index, change, _) in &build.active {
+            for (index, change, coin) in &build.active {
                 if change.kind == ChangeKind::CacheBypass && change.call.as_deref() == Some(label.as_str()) {
                     miss_ratio = change.probability;
+                    build.touched.push(*index);
+                }
+                if change.kind == ChangeKind::CorrelatedShift && *coin && change.calls.contains(&label) {
+                    miss_ratio = (miss_ratio * change.factor).min(1.0);
                     build.touched.push(*index);
                 }
             }

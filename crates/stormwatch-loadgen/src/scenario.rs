@@ -154,6 +154,10 @@ pub enum ChangeKind {
     CacheBypass,
     /// Attack: a rare legitimate entry rises to `weight` of traffic, from many clients.
     MixShift,
+    /// Attack: every call named in `calls` runs `factor` times as often (a cache in `calls`
+    /// misses `factor` times as often) for `share` of requests: each edge moves a little,
+    /// too little for its own detector, but many move together.
+    CorrelatedShift,
     /// Legitimate: the request rate is multiplied by `factor`, same mix.
     FlashCrowd,
     /// Legitimate: the rate swings by `factor` (amplitude) over a 24 h sine.
@@ -171,6 +175,7 @@ impl ChangeKind {
                 | ChangeKind::RetryStorm
                 | ChangeKind::CacheBypass
                 | ChangeKind::MixShift
+                | ChangeKind::CorrelatedShift
         )
     }
 
@@ -181,6 +186,7 @@ impl ChangeKind {
             ChangeKind::RetryStorm => "retry_storm",
             ChangeKind::CacheBypass => "cache_bypass",
             ChangeKind::MixShift => "mix_shift",
+            ChangeKind::CorrelatedShift => "correlated_shift",
             ChangeKind::FlashCrowd => "flash_crowd",
             ChangeKind::Diurnal => "diurnal",
             ChangeKind::NewCall => "new_call",
@@ -207,13 +213,16 @@ pub struct Change {
     /// Call label it applies to (fan-out, N+1, cache bypass).
     #[serde(default)]
     pub call: Option<String>,
+    /// Call labels it applies to (correlated shift).
+    #[serde(default)]
+    pub calls: Vec<String>,
     /// New call count (fan-out, N+1).
     #[serde(default)]
     pub count: Option<Count>,
     /// Share of matching requests affected (fan-out, N+1), 0..=1.
     #[serde(default = "one")]
     pub share: f64,
-    /// Rate multiplier (flash crowd) or amplitude (diurnal).
+    /// Rate multiplier (flash crowd), amplitude (diurnal) or work multiplier (correlated shift).
     #[serde(default = "one")]
     pub factor: f64,
     /// Failure probability of `operation` (retry storm) or miss ratio (cache bypass).
@@ -238,6 +247,13 @@ pub struct Change {
     /// expected and reported as XFAIL rather than failing `eval`.
     #[serde(default)]
     pub expected_to_fail: Option<String>,
+}
+
+fn collect_labels(calls: &[Call], labels: &mut Vec<String>) {
+    for call in calls {
+        labels.push(call.label());
+        collect_labels(&call.on_miss, labels);
+    }
 }
 
 fn one() -> f64 {
@@ -368,6 +384,21 @@ impl Scenario {
                 ChangeKind::RetryStorm => needs("operation", change.operation.is_some())?,
                 ChangeKind::CacheBypass => needs("call", change.call.is_some())?,
                 ChangeKind::MixShift => needs("entry", change.entry.is_some())?,
+                ChangeKind::CorrelatedShift => {
+                    needs("calls", !change.calls.is_empty())?;
+                    let mut labels = Vec::new();
+                    for operations in self.services.values() {
+                        for operation in operations.values() {
+                            collect_labels(&operation.calls, &mut labels);
+                        }
+                    }
+                    if let Some(unknown) = change.calls.iter().find(|call| !labels.contains(call)) {
+                        return Err(format!("{at}.calls: no call is labelled {unknown:?} under [services]"));
+                    }
+                    if !(change.factor > 0.0 && change.factor.is_finite()) {
+                        return Err(format!("{at}.factor: must be a positive number, not {}", change.factor));
+                    }
+                }
                 ChangeKind::NewCall => {
                     needs("operation", change.operation.is_some())?;
                     needs("add", change.add.is_some())?;

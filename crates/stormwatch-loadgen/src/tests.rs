@@ -128,6 +128,56 @@ fn traces_look_like_sdk_output_and_changes_are_labelled() {
     }
 }
 
+/// A correlated shift multiplies the work of every call it names (loops by count, caches by
+/// miss ratio), only while active, and labels the traces it touched.
+#[test]
+fn correlated_shift_scales_every_named_call() {
+    let text = format!(
+        "{SMALL}\n[[changes]]\nname = \"busting\"\nkind = \"correlated_shift\"\nstart = \"30s\"\nend = \"90s\"\n\
+         calls = [\"item-row\", \"page-cache\"]\nfactor = 1.5\ndetect_as = [\"correlated_storm\"]\n"
+    )
+    .replace("[[changes]]\nname = \"big-page\"", "[[changes]]\nname = \"big-page\"\nshare = 0.0");
+    let scenario = Scenario::parse(&text).unwrap();
+    let mut generator = Generator::new(&scenario);
+    // (item rows, page reads, traces) before, during and after the shift.
+    let mut phases = [(0u64, 0u64, 0u64); 3];
+    for trace in generator.by_ref() {
+        let offset = trace.start_unix_nano - scenario.start_unix_seconds * 1_000_000_000;
+        let phase = if offset < 30_000_000_000 {
+            0
+        } else if offset < 90_000_000_000 {
+            1
+        } else {
+            2
+        };
+        let texts: Vec<String> = trace
+            .request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans[0].spans)
+            .flat_map(|s| &s.attributes)
+            .filter(|kv| kv.key == "db.query.text")
+            .map(|kv| format!("{:?}", kv.value))
+            .collect();
+        phases[phase].0 += texts.iter().filter(|t| t.contains("FROM items")).count() as u64;
+        phases[phase].1 += texts.iter().filter(|t| t.contains("FROM pages")).count() as u64;
+        phases[phase].2 += 1;
+    }
+    let per_trace =
+        |(rows, pages, traces): (u64, u64, u64)| (rows as f64 / traces as f64, pages as f64 / traces as f64);
+    let (before, during, after) = (per_trace(phases[0]), per_trace(phases[1]), per_trace(phases[2]));
+    // 3 items x 3 rows = 9 rows a page; half the pages miss the cache.
+    assert!((before.0 - 9.0).abs() < 0.3 && (after.0 - 9.0).abs() < 0.3, "{before:?} {after:?}");
+    assert!((during.0 - 13.5).abs() < 0.5, "rows during the shift: {during:?}");
+    assert!((before.1 - 0.5).abs() < 0.05 && (during.1 - 0.75).abs() < 0.05, "{before:?} {during:?}");
+    let labels = generator.into_labels();
+    let busting = labels.changes.iter().find(|c| c.name == "busting").unwrap();
+    assert!(busting.attack && busting.traces as f64 > 0.9 * phases[1].2 as f64, "{}", busting.traces);
+
+    let unknown = text.replace("\"item-row\", \"page-cache\"", "\"item-row\", \"nope\"");
+    assert!(Scenario::parse(&unknown).unwrap_err().contains("no call is labelled \"nope\""));
+}
+
 #[test]
 fn scenario_errors_name_the_field() {
     let broken = SMALL.replace("operation = \"GET /page\"\nweight", "operation = \"GET /nope\"\nweight");
