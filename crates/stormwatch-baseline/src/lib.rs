@@ -6,9 +6,13 @@
 //! the network; its only I/O is the snapshot file.
 
 mod distribution;
+mod seasonal;
 mod snapshot;
 mod store;
+mod subspace;
 
 pub use distribution::Distribution;
+pub use seasonal::DailyProfile;
 pub use snapshot::{load_snapshot, write_snapshot, SnapshotError, SNAPSHOT_FILE, SNAPSHOT_FORMAT, SNAPSHOT_VERSION};
 pub use store::{BaselineStore, RequestMetric, StoreStats, WindowMetric};
+pub use subspace::SubspaceModel;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use stormwatch_model::{Edge, Node, NodeKind, RootClass, Sym};
 
-use crate::{BaselineStore, Distribution, RequestMetric, WindowMetric};
+use crate::{BaselineStore, DailyProfile, Distribution, RequestMetric, SubspaceModel, WindowMetric};
 
 pub const SNAPSHOT_FILE: &str = "baselines.json";
 pub const SNAPSHOT_FORMAT: &str = "stormwatch.baselines";
@@ -93,6 +93,26 @@ struct WindowClassDoc {
 }
 
 #[derive(Serialize, Deserialize)]
+struct SeasonalDoc {
+    metric: String,
+    edge: EdgeDoc,
+    hours: DailyProfile,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CorrelatedDoc {
+    edges: Vec<EdgeDoc>,
+    mean: Vec<f64>,
+    scale: Vec<f64>,
+    components: Vec<Vec<f64>>,
+    kept: usize,
+    threshold: f64,
+    typical: f64,
+    samples: usize,
+    fitted_unix_nano: u64,
+}
+
+#[derive(Serialize, Deserialize)]
 struct SnapshotDoc {
     format: String,
     version: u32,
@@ -105,6 +125,10 @@ struct SnapshotDoc {
     windows: Vec<WindowDoc>,
     #[serde(default)]
     window_classes: Vec<WindowClassDoc>,
+    #[serde(default)]
+    seasonal: Vec<SeasonalDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    correlated: Option<CorrelatedDoc>,
 }
 
 /// Only the header, read first so a version mismatch is reported as such.
@@ -166,6 +190,8 @@ pub fn write_snapshot(dir: &Path, store: &BaselineStore) -> Result<PathBuf, Snap
     windows.sort_by(|a, b| a.0.cmp(b.0));
     let mut window_classes: Vec<_> = store.window_classes.iter().collect();
     window_classes.sort_by(|a, b| a.0.cmp(b.0));
+    let mut seasonal: Vec<_> = store.seasonal.iter().collect();
+    seasonal.sort_by(|a, b| a.0.cmp(b.0));
     let doc = SnapshotDoc {
         format: SNAPSHOT_FORMAT.into(),
         version: SNAPSHOT_VERSION,
@@ -206,6 +232,25 @@ pub fn write_snapshot(dir: &Path, store: &BaselineStore) -> Result<PathBuf, Snap
                 per_thousand_entries: d.clone(),
             })
             .collect(),
+        seasonal: seasonal
+            .into_iter()
+            .map(|((metric, edge), hours)| SeasonalDoc {
+                metric: metric.as_str().into(),
+                edge: edge_doc(edge),
+                hours: hours.clone(),
+            })
+            .collect(),
+        correlated: store.correlated.as_ref().map(|model| CorrelatedDoc {
+            edges: model.edges.iter().map(edge_doc).collect(),
+            mean: model.mean.clone(),
+            scale: model.scale.clone(),
+            components: model.components.clone(),
+            kept: model.kept,
+            threshold: model.threshold,
+            typical: model.typical,
+            samples: model.samples,
+            fitted_unix_nano: model.fitted_unix_nano,
+        }),
     };
     fs::create_dir_all(dir).map_err(write_error)?;
     let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
@@ -265,6 +310,28 @@ pub fn load_snapshot(dir: &Path, max_keys: usize) -> Result<Option<BaselineStore
         let key = (class_of(&entry.entry), edge_of(&entry.edge).map_err(corrupt)?);
         store.window_classes.insert(key, entry.per_thousand_entries);
     }
+    for entry in doc.seasonal {
+        let metric = WindowMetric::parse(&entry.metric)
+            .ok_or_else(|| corrupt(format!("unknown window metric {:?}", entry.metric)))?;
+        store.seasonal.insert((metric, edge_of(&entry.edge).map_err(corrupt)?), entry.hours);
+    }
+    if let Some(doc) = doc.correlated {
+        let model = SubspaceModel {
+            edges: doc.edges.iter().map(edge_of).collect::<Result<_, _>>().map_err(corrupt)?,
+            mean: doc.mean,
+            scale: doc.scale,
+            components: doc.components,
+            kept: doc.kept,
+            threshold: doc.threshold,
+            typical: doc.typical,
+            samples: doc.samples,
+            fitted_unix_nano: doc.fitted_unix_nano,
+        };
+        if !model.is_consistent() {
+            return Err(corrupt("the correlated model's dimensions or numbers are inconsistent".into()));
+        }
+        store.correlated = Some(model);
+    }
     Ok(Some(store))
 }
 
@@ -290,7 +357,19 @@ mod tests {
             store.observe_request_total(class, RequestMetric::Spans, 12, 1_000 + i);
             store.observe_window(WindowMetric::CacheMissRatio, edge, 100, 1_000 + i);
             store.observe_window_class(class, edge, 30, 1_000 + i);
+            store.observe_seasonal(WindowMetric::WorkPerEntry, edge, 1_000 + i % 7, i * 3_600_000_000_000);
         }
+        store.correlated = Some(SubspaceModel {
+            edges: vec![edge, Edge { from: edge.to, to: edge.from }],
+            mean: vec![0.1, 2.0 / 3.0],
+            scale: vec![0.3, 1e-7],
+            components: vec![vec![std::f64::consts::FRAC_1_SQRT_2, -std::f64::consts::FRAC_1_SQRT_2]],
+            kept: 1,
+            threshold: 19.634_217_1,
+            typical: 1.4,
+            samples: 120,
+            fitted_unix_nano: 77,
+        });
         store.watermark_unix_nano = 99;
         store
     }
@@ -307,6 +386,9 @@ mod tests {
         assert_eq!(restored.request_totals, store.request_totals);
         assert_eq!(restored.windows, store.windows);
         assert_eq!(restored.window_classes, store.window_classes);
+        assert_eq!(restored.seasonal, store.seasonal);
+        assert_eq!(restored.correlated, store.correlated);
+        assert!(restored.seasonal.values().all(|p| p.mature_hours() == 24));
         assert_eq!(restored.watermark_unix_nano, 99);
         write_snapshot(dir.path(), &restored).unwrap();
         assert_eq!(fs::read(&path).unwrap(), first, "same state, same bytes");

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use stormwatch_model::{Edge, RootClass};
 
-use crate::Distribution;
+use crate::{DailyProfile, Distribution, SubspaceModel};
 
 /// Per-request totals learned for each root class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,6 +83,10 @@ pub struct BaselineStore {
     /// Window level: calls on an edge caused by one root class, per thousand entry requests
     /// of all classes. Its mean is the expected contribution when attributing an excess.
     pub window_classes: HashMap<(RootClass, Edge), Distribution>,
+    /// Window level, per metric and edge: the usual level at each hour of the day.
+    pub seasonal: HashMap<(WindowMetric, Edge), DailyProfile>,
+    /// The correlated-storm detector's normal subspace, once fitted.
+    pub correlated: Option<SubspaceModel>,
     /// Event time the store has learned up to.
     pub watermark_unix_nano: u64,
     max_keys: usize,
@@ -97,6 +101,8 @@ impl BaselineStore {
             request_totals: HashMap::new(),
             windows: HashMap::new(),
             window_classes: HashMap::new(),
+            seasonal: HashMap::new(),
+            correlated: None,
             watermark_unix_nano: 0,
             max_keys,
             stats: StoreStats::default(),
@@ -130,6 +136,20 @@ impl BaselineStore {
 
     pub fn observe_window(&mut self, metric: WindowMetric, edge: Edge, thousandths: u64, at: u64) {
         observe(&mut self.windows, (metric, edge), thousandths, at, self.max_keys, &mut self.stats);
+    }
+
+    /// Learns a window metric's value into its hour-of-day profile (thousandths, as the
+    /// window baselines). Unlike them it sees every judged window, anomalous or not: a daily
+    /// rhythm alarms on its first days and is learned as one; how far it may raise a threshold
+    /// is bounded by the detector.
+    pub fn observe_seasonal(&mut self, metric: WindowMetric, edge: Edge, thousandths: u64, at: u64) {
+        if let Some(profile) = self.seasonal.get_mut(&(metric, edge)) {
+            profile.observe(thousandths as f64, at);
+        } else if self.seasonal.len() < self.max_keys {
+            self.seasonal.entry((metric, edge)).or_default().observe(thousandths as f64, at);
+        } else {
+            self.stats.capped_observations += 1;
+        }
     }
 
     pub fn observe_window_class(&mut self, class: RootClass, edge: Edge, per_thousand: u64, at: u64) {

@@ -20,6 +20,7 @@ use linfa::traits::{Fit, Predict};
 use linfa::DatasetBase;
 use linfa_reduction::Pca;
 use ndarray::Array2;
+use stormwatch_baseline::SubspaceModel;
 use stormwatch_model::Edge;
 
 /// PCA detector settings.
@@ -70,49 +71,36 @@ pub struct Residual {
     pub samples: usize,
 }
 
-struct Model {
-    edges: Vec<Edge>,
-    mean: Vec<f64>,
-    scale: Vec<f64>,
-    /// Principal directions, `components[j]` = the j-th direction over the edges.
-    components: Vec<Vec<f64>>,
-    /// Components spanning the normal subspace.
-    kept: usize,
-    threshold: f64,
-    typical: f64,
-    samples: usize,
-}
-
-/// The detector's state.
+/// The detector's state: the recent normal windows it refits on. The fitted model itself
+/// lives in the baseline store (`BaselineStore::correlated`), so it is snapshotted and a
+/// restarted engine judges at once; the history refills before the next refit.
 pub struct Correlated {
     config: CorrelatedConfig,
     history: VecDeque<HashMap<Edge, f64>>,
-    model: Option<Model>,
     since_fit: usize,
 }
 
 impl Correlated {
     pub fn new(config: CorrelatedConfig) -> Correlated {
-        Correlated { config, history: VecDeque::new(), model: None, since_fit: 0 }
+        Correlated { config, history: VecDeque::new(), since_fit: 0 }
     }
 
-    /// Whether a model is fitted.
-    pub fn is_trained(&self) -> bool {
-        self.model.is_some()
-    }
-
-    /// Judges one window's edge rates; learns it if normal. `Some` when it is off-pattern.
-    pub fn observe(&mut self, rates: &[(Edge, f64)]) -> Option<Residual> {
-        let verdict = self.model.as_ref().and_then(|model| model.judge(rates));
+    /// Judges one window's edge rates (ending at event time `at`) against `model`; learns the
+    /// window if normal, fitting or refitting `model` when due. `Some` when it is off-pattern.
+    pub fn observe(&mut self, model: &mut Option<SubspaceModel>, rates: &[(Edge, f64)], at: u64) -> Option<Residual> {
+        let verdict = model.as_ref().and_then(|model| judge(model, rates));
         if verdict.is_none() {
             self.history.push_back(rates.iter().copied().collect());
             if self.history.len() > self.config.history {
                 self.history.pop_front();
             }
             self.since_fit += 1;
-            let due = self.model.is_none() || self.since_fit >= self.config.refit_every;
+            let due = model.is_none() || self.since_fit >= self.config.refit_every;
             if due && self.history.len() >= self.config.training_windows {
-                self.model = fit(&self.history, &self.config);
+                // A failed refit keeps the model in force.
+                if let Some(fitted) = fit(&self.history, &self.config, at) {
+                    *model = Some(fitted);
+                }
                 self.since_fit = 0;
             }
         }
@@ -120,7 +108,7 @@ impl Correlated {
     }
 }
 
-fn fit(history: &VecDeque<HashMap<Edge, f64>>, config: &CorrelatedConfig) -> Option<Model> {
+fn fit(history: &VecDeque<HashMap<Edge, f64>>, config: &CorrelatedConfig, at: u64) -> Option<SubspaceModel> {
     // Columns: the busiest edges.
     let mut totals: HashMap<Edge, f64> = HashMap::new();
     for window in history {
@@ -213,46 +201,55 @@ fn fit(history: &VecDeque<HashMap<Edge, f64>>, config: &CorrelatedConfig) -> Opt
     let threshold = theta1
         * (config.z * (2.0 * theta2 * h0 * h0).sqrt() / theta1 + 1.0 + theta2 * h0 * (h0 - 1.0) / (theta1 * theta1))
             .powf(1.0 / h0);
-    let mut model = Model { edges, mean, scale, components, kept, threshold, typical: 0.0, samples: rows };
-    let mut spes: Vec<f64> = history.iter().map(|w| model.spe(&model.standardise_map(w)).0).collect();
+    let mut model = SubspaceModel {
+        edges,
+        mean,
+        scale,
+        components,
+        kept,
+        threshold,
+        typical: 0.0,
+        samples: rows,
+        fitted_unix_nano: at,
+    };
+    let mut spes: Vec<f64> = history.iter().map(|w| spe(&model, &standardise(&model, w)).0).collect();
     spes.sort_by(f64::total_cmp);
     model.typical = spes[spes.len() / 2];
     threshold.is_finite().then_some(model)
 }
 
-impl Model {
-    fn standardise_map(&self, rates: &HashMap<Edge, f64>) -> Vec<f64> {
-        self.edges
-            .iter()
-            .enumerate()
-            .map(|(j, edge)| (rates.get(edge).copied().unwrap_or(0.0) - self.mean[j]) / self.scale[j])
-            .collect()
-    }
+fn standardise(model: &SubspaceModel, rates: &HashMap<Edge, f64>) -> Vec<f64> {
+    model
+        .edges
+        .iter()
+        .enumerate()
+        .map(|(j, edge)| (rates.get(edge).copied().unwrap_or(0.0) - model.mean[j]) / model.scale[j])
+        .collect()
+}
 
-    /// (SPE, residual vector) of a standardised window.
-    fn spe(&self, z: &[f64]) -> (f64, Vec<f64>) {
-        let mut residual = z.to_vec();
-        for direction in &self.components[..self.kept] {
-            let score: f64 = z.iter().zip(direction).map(|(a, b)| a * b).sum();
-            for (r, d) in residual.iter_mut().zip(direction) {
-                *r -= score * d;
-            }
+/// (SPE, residual vector) of a standardised window.
+fn spe(model: &SubspaceModel, z: &[f64]) -> (f64, Vec<f64>) {
+    let mut residual = z.to_vec();
+    for direction in &model.components[..model.kept.min(model.components.len())] {
+        let score: f64 = z.iter().zip(direction).map(|(a, b)| a * b).sum();
+        for (r, d) in residual.iter_mut().zip(direction) {
+            *r -= score * d;
         }
-        (residual.iter().map(|r| r * r).sum(), residual)
     }
+    (residual.iter().map(|r| r * r).sum(), residual)
+}
 
-    fn judge(&self, rates: &[(Edge, f64)]) -> Option<Residual> {
-        let map: HashMap<Edge, f64> = rates.iter().copied().collect();
-        let (spe, residual) = self.spe(&self.standardise_map(&map));
-        if spe <= self.threshold {
-            return None;
-        }
-        let mut contributions: Vec<(Edge, f64)> =
-            self.edges.iter().zip(&residual).map(|(edge, r)| (*edge, r * r / spe)).collect();
-        contributions.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        contributions.truncate(5);
-        Some(Residual { spe, threshold: self.threshold, typical: self.typical, contributions, samples: self.samples })
+fn judge(model: &SubspaceModel, rates: &[(Edge, f64)]) -> Option<Residual> {
+    let map: HashMap<Edge, f64> = rates.iter().copied().collect();
+    let (spe, residual) = spe(model, &standardise(model, &map));
+    if spe <= model.threshold {
+        return None;
     }
+    let mut contributions: Vec<(Edge, f64)> =
+        model.edges.iter().zip(&residual).map(|(edge, r)| (*edge, r * r / spe)).collect();
+    contributions.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    contributions.truncate(5);
+    Some(Residual { spe, threshold: model.threshold, typical: model.typical, contributions, samples: model.samples })
 }
 
 #[cfg(test)]
@@ -288,13 +285,25 @@ mod tests {
         }
     }
 
-    fn trained() -> (Correlated, Traffic) {
-        let mut detector = Correlated::new(CorrelatedConfig::default());
+    /// The detector and the model it fitted (as the engine keeps it in the baseline store).
+    struct Trained {
+        detector: Correlated,
+        model: Option<SubspaceModel>,
+    }
+
+    impl Trained {
+        fn observe(&mut self, rates: &[(Edge, f64)]) -> Option<Residual> {
+            self.detector.observe(&mut self.model, rates, 0)
+        }
+    }
+
+    fn trained() -> (Trained, Traffic) {
+        let mut detector = Trained { detector: Correlated::new(CorrelatedConfig::default()), model: None };
         let mut traffic = Traffic(7);
         for _ in 0..200 {
             detector.observe(&traffic.window());
         }
-        assert!(detector.is_trained());
+        assert!(detector.model.as_ref().is_some_and(SubspaceModel::is_consistent));
         (detector, traffic)
     }
 
@@ -315,7 +324,7 @@ mod tests {
     /// detector never panics and never alarms on them.
     #[test]
     fn degenerate_traffic_never_panics() {
-        let mut detector = Correlated::new(CorrelatedConfig::default());
+        let mut detector = Trained { detector: Correlated::new(CorrelatedConfig::default()), model: None };
         for step in 0..400usize {
             let mut window: Vec<(Edge, f64)> = (0..30).map(|i| (edge(i), if i < 15 { 1.0 } else { 2.0 })).collect();
             if step % 7 == 0 {
@@ -349,5 +358,8 @@ mod tests {
         assert!(residual.contributions[0].1 > 0.1);
         // Not learned: the same window alarms again.
         assert!(detector.observe(&window).is_some());
+        // A restarted engine (no history, the model restored from the snapshot) judges at once.
+        let mut restarted = Trained { detector: Correlated::new(CorrelatedConfig::default()), model: detector.model };
+        assert_eq!(restarted.observe(&window).map(|r| r.spe), Some(residual.spe));
     }
 }

@@ -14,6 +14,10 @@
 //! * `retry_storm`: the share of calls on an edge that are retries far beyond baseline.
 //! * `cache_bypass`: database reads per cache lookup (the miss ratio) far beyond baseline.
 //!
+//! Work per entry request also has a daily profile: once an hour of the day has two whole days
+//! of history, its usual level there lifts the edge's baseline (at most threefold), so a mix
+//! that is normal every morning is not an incident every morning, while a storm beyond it is.
+//!
 //! An alert also needs an absolute excess (`min_excess` calls in the window), so low-volume
 //! noise does not fire. Aggregate amplification also needs breadth and significance: calls of
 //! traces a per-trace detector reported are not its evidence, the excess must stand without
@@ -295,6 +299,38 @@ fn window_judging(detect: &DetectConfig, config: &WindowConfig) -> DetectConfig 
     }
 }
 
+/// How far the level usual at one hour of the day may lift an edge's window baseline. A daily
+/// rhythm is learned even from windows that alarmed (on its first days it is new), so this
+/// bound is what keeps an attack repeated at the same hour from teaching itself: a 10x storm
+/// still alarms against a lifted threshold.
+const MAX_HOURLY_LIFT: f64 = 3.0;
+
+/// Work per entry request judged against the edge's window baseline, scaled to the level
+/// usual at the hour of `at` once the edge's daily profile has history for that hour (never
+/// below the all-day baseline, at most [`MAX_HOURLY_LIFT`] above it). `true` when lifted.
+fn judge_hourly(
+    store: &BaselineStore,
+    edge: Edge,
+    work: u64,
+    at: u64,
+    rules: &DetectConfig,
+) -> (Option<Judgement>, bool) {
+    let distribution = store.windows.get(&(WindowMetric::WorkPerEntry, edge));
+    let lift = distribution
+        .filter(|d| d.samples() >= rules.learning_min_samples)
+        .zip(store.seasonal.get(&(WindowMetric::WorkPerEntry, edge)).and_then(|p| p.level_at(at)))
+        .map_or(1.0, |(d, level)| (level / (d.quantile(0.5) as f64).max(1.0)).clamp(1.0, MAX_HOURLY_LIFT));
+    if lift <= 1.0 {
+        return (judge(distribution, work, rules), false);
+    }
+    let scaled = judge(distribution, (work as f64 / lift) as u64, rules).map(|j| Judgement {
+        expected: j.expected * lift,
+        threshold: j.threshold * lift,
+        ..j
+    });
+    (scaled, true)
+}
+
 fn thousandths(numerator: u64, denominator: u64) -> u64 {
     numerator.saturating_mul(1000).checked_div(denominator).unwrap_or(0)
 }
@@ -311,6 +347,8 @@ struct Pending {
     sentence: String,
     /// Cache bypass: the database edge the misses fell back to.
     fallback: Option<Edge>,
+    /// Judged against the level usual at this hour of the day.
+    hourly: bool,
 }
 
 /// Judges a closed window; learns what was normal. Returns the findings.
@@ -328,6 +366,7 @@ pub fn judge_window(
     let mut pending = Vec::new();
     let mut learn: Vec<(WindowMetric, Edge, u64)> = Vec::new();
     let mut learn_classes: Vec<(RootClass, Edge, u64)> = Vec::new();
+    let mut seasonal: Vec<(Edge, u64)> = Vec::new();
 
     let mut edges: Vec<(&Edge, &EdgeWindow)> = window.edges.iter().collect();
     edges.sort_by(|a, b| a.0.cmp(b.0));
@@ -338,7 +377,8 @@ pub fn judge_window(
         // Breadth: the excess must stand without the few heaviest traces.
         let heaviest: u64 = counts.heaviest.iter().sum();
         let work = thousandths(calls, entries);
-        let judged = judge(store.windows.get(&(WindowMetric::WorkPerEntry, *edge)), work, &rules);
+        seasonal.push((*edge, work));
+        let (judged, hourly) = judge_hourly(store, *edge, work, window.end, &rules);
         match judged {
             Some(judgement)
                 if excess(calls, &judgement, entries).saturating_sub(heaviest) >= config.min_excess
@@ -373,6 +413,7 @@ pub fn judge_window(
                     contributors,
                     top_class,
                     fallback: None,
+                    hourly,
                 });
             }
             // Beyond the ratio but too few calls (or within chance) to alert: not learned either.
@@ -380,6 +421,9 @@ pub fn judge_window(
             // is that a low-volume edge that legitimately shifted keeps its old baseline until
             // its volume makes the shift significant, and then alerts once.
             Some(_) => {}
+            // Normal for this hour of day only: the daily profile learned it; the all-day
+            // baseline does not, or every hour's tail would widen by the busiest hour's mix.
+            None if hourly => {}
             None => {
                 learn.push((WindowMetric::WorkPerEntry, *edge, work));
                 for (class, calls) in counts.by_class.top() {
@@ -412,6 +456,7 @@ pub fn judge_window(
                         contributors,
                         top_class,
                         fallback: None,
+                        hourly: false,
                     });
                 }
                 Some(_) => {}
@@ -459,6 +504,7 @@ pub fn judge_window(
                     contributors,
                     top_class: by_class.first().map(|(class, _)| *class),
                     fallback: Some(*database),
+                    hourly: false,
                 });
             }
             Some(_) => {}
@@ -468,6 +514,9 @@ pub fn judge_window(
 
     for (metric, edge, value) in learn {
         store.observe_window(metric, edge, value, window.end);
+    }
+    for (edge, value) in seasonal {
+        store.observe_seasonal(WindowMetric::WorkPerEntry, edge, value, window.end);
     }
     let pending = root_causes(pending);
     for (class, edge, value) in learn_classes {
@@ -653,8 +702,9 @@ impl Pending {
             WindowMetric::RetryRatio => "retry_ratio",
             WindowMetric::CacheMissRatio => "cache_miss_ratio",
         };
+        let at_this_hour = if self.hourly { " at this hour of day" } else { "" };
         let limits = match self.metric {
-            WindowMetric::WorkPerEntry => format!("normally {expected:.2}, alert above {threshold:.2}"),
+            WindowMetric::WorkPerEntry => format!("normally {expected:.2}{at_this_hour}, alert above {threshold:.2}"),
             _ => format!(
                 "{:.0}% against normally {:.0}%, alert above {:.0}%",
                 observed * 100.0,

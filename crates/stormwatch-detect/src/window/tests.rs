@@ -306,3 +306,47 @@ fn per_trace_baselines_resist_the_same_ramp() {
     }
     assert!(crate::detectors::judge(Some(&distribution), 40, &config).is_some(), "10x the usual loop must still alert");
 }
+
+/// A mix that is normal at 09:00 every day (a morning batch of searches) alarms on its first
+/// days, then is expected at that hour, and only at that hour; a storm beyond the hour's level
+/// still alarms.
+#[test]
+fn a_daily_rhythm_is_learned_per_hour_of_day() {
+    let mut store = trained();
+    // Windows every 20 minutes (index counts 10 s steps from T0, which is 08:00 UTC).
+    let hour_of = |index: u64| ((T0 / SEC + index * 10) / 3_600 % 24) as u32;
+    let morning = |i: u64| if i.is_multiple_of(5) { Request::Search { shifted: false } } else { usual(i) };
+    let searches_alerted = |findings: &[Finding]| {
+        findings.iter().any(|f| {
+            f.kind == AlertKind::AggregateAmplification && f.edge.unwrap().from.operation.as_str() == "GET /search"
+        })
+    };
+    let mut morning_alerts_by_day = [0usize; 3];
+    for step in 3..(3 + 72 * 3) {
+        let index = step * 120;
+        let day = ((step - 3) / 72) as usize;
+        let findings = if hour_of(index) == 9 {
+            let findings = judge(&mut store, &window(index, 200, morning, |_| false));
+            morning_alerts_by_day[day] += usize::from(searches_alerted(&findings));
+            findings
+        } else {
+            judge(&mut store, &window(index, 200, usual, |_| false))
+        };
+        assert!(hour_of(index) == 9 || findings.is_empty(), "{:02}h: {findings:#?}", hour_of(index));
+    }
+    // Three windows at 09:00 each day: new on day 0 and 1; from the second window of day 2 on
+    // (once two whole days are behind the hour) it is the usual level at 09:00.
+    assert_eq!(morning_alerts_by_day, [3, 3, 1], "morning windows that alarmed, per day");
+
+    // Day 3: at 09:00 the morning mix is quiet.
+    let day_three = (3 + 72 * 3) * 120;
+    let nine = (0..).map(|k| day_three + k * 120).find(|index| hour_of(*index) == 9).unwrap();
+    assert!(judge(&mut store, &window(nine, 200, morning, |_| false)).is_empty());
+    // Every request a search, five times the morning level: still a storm at 09:00.
+    let storm = judge(&mut store, &window(nine + 120, 200, |_| Request::Search { shifted: false }, |_| false));
+    let finding = storm.iter().find(|f| f.kind == AlertKind::AggregateAmplification).expect("storm at 09:00");
+    assert!(finding.explanation.contains("at this hour of day"), "{}", finding.explanation);
+    // The morning mix at 15:00 is not what that hour does.
+    let three_pm = (0..).map(|k| nine + k * 120).find(|index| hour_of(*index) == 15).unwrap();
+    assert!(searches_alerted(&judge(&mut store, &window(three_pm, 200, morning, |_| false))));
+}
