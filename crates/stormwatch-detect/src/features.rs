@@ -28,6 +28,8 @@ pub struct EdgeFeatures {
     /// Calls that repeat an attempt: marked as resends, or following a failed call on the same
     /// edge under the same parent.
     pub retries: u64,
+    /// Payload bytes the calls reported (response bodies, message bodies); 0 when unreported.
+    pub bytes: u64,
 }
 
 /// Cache lookups and the calls on one database edge made beside them (under the same parent
@@ -62,6 +64,8 @@ pub struct TraceFeatures {
     pub caches: Vec<CacheUse>,
     /// Client address of the request (`client.address`, `net.peer.ip`, ...), when known.
     pub client: Option<Sym>,
+    /// Authenticated user of the request (`enduser.id`, `user.id`), when known.
+    pub user: Option<Sym>,
     /// Spans whose parent is not in the trace (besides the root).
     pub orphan_spans: u64,
     /// Parent links that loop back on themselves.
@@ -159,10 +163,10 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
 
     let mut resolver =
         EntryResolver { spans, parent_index: parent_index.clone(), memo: vec![None; spans.len()], has_cycle: false };
-    // (edge, parent span) -> calls, as (start, failed, marked as a resend)
-    type Calls = Vec<(u64, bool, bool)>;
+    // (edge, parent span) -> calls, as (start, failed, marked as a resend, bytes)
+    type Calls = Vec<(u64, bool, bool, u32)>;
     let mut per_parent: BTreeMap<Edge, BTreeMap<SpanId, Calls>> = BTreeMap::new();
-    let mut record = |edge: Edge, parent: SpanId, call: (u64, bool, bool)| {
+    let mut record = |edge: Edge, parent: SpanId, call: (u64, bool, bool, u32)| {
         per_parent.entry(edge).or_default().entry(parent).or_default().push(call);
     };
     for (i, span) in spans.iter().enumerate() {
@@ -179,10 +183,12 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
                 (None, None) => Node { service: Sym::new("unknown"), operation: span.operation, kind: NodeKind::Peer },
             };
             let failed = span.is_error || answered_by.is_some_and(|server| server.is_error);
+            // Either side may report the payload; they describe the same response.
+            let bytes = span.bytes.max(answered_by.map_or(0, |server| server.bytes));
             record(
                 Edge { from: caller, to: callee },
                 span.parent_span_id.unwrap_or(span.span_id),
-                (span.start_unix_nano, failed, span.retry),
+                (span.start_unix_nano, failed, span.retry, bytes),
             );
         } else if span.kind.is_entry() {
             // Entry span called directly from another service's non-client span.
@@ -193,7 +199,7 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
                     record(
                         Edge { from: caller, to: service_node(span) },
                         parent_span.span_id,
-                        (span.start_unix_nano, span.is_error, span.retry),
+                        (span.start_unix_nano, span.is_error, span.retry, span.bytes),
                     );
                 }
             }
@@ -229,12 +235,13 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
     let edges: Vec<EdgeFeatures> = per_parent
         .into_iter()
         .map(|(edge, parents)| {
-            let (mut errors, mut retries) = (0, 0);
+            let (mut errors, mut retries, mut bytes) = (0, 0, 0);
             let mut calls_per_parent = Vec::with_capacity(parents.len());
             for mut calls in parents.into_values() {
-                calls.sort_unstable_by_key(|(start, _, _)| *start);
+                calls.sort_unstable_by_key(|(start, _, _, _)| *start);
                 let mut previous_failed = false;
-                for (_, failed, resend) in &calls {
+                for (_, failed, resend, size) in &calls {
+                    bytes += u64::from(*size);
                     errors += u64::from(*failed);
                     retries += u64::from(*resend || previous_failed);
                     previous_failed = *failed;
@@ -248,6 +255,7 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
                 calls_per_parent,
                 errors,
                 retries,
+                bytes,
             }
         })
         .collect();
@@ -265,6 +273,7 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
         edges,
         caches,
         client: root.and_then(|i| spans[i].client_address),
+        user: root.and_then(|i| spans[i].user),
         orphan_spans,
         has_cycle: resolver.has_cycle,
     }

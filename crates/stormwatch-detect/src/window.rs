@@ -1,16 +1,16 @@
 //! Window-level detection: what no single trace shows.
 //!
 //! Completed traces are folded into tumbling event-time windows (default 10 s). Per edge a
-//! window counts calls, errors and retries, and attributes every call to the root class and
-//! the client population (/16 for IPv4, /64 for IPv6) of the request that caused it, in
-//! bounded heavy-hitter sketches. Per cache it counts lookups and the database reads beside
+//! window counts calls, errors, retries and payload bytes, and attributes every call to the
+//! root class, the client population (/16 for IPv4, /64 for IPv6) and the authenticated user
+//! (`enduser.id`) of the request that caused it, in bounded heavy-hitter sketches. Per cache it counts lookups and the database reads beside
 //! them. When event time has passed a window (plus the time traces need to complete), it is
 //! judged against window baselines:
 //!
 //! * `aggregate_amplification`: calls on an edge **per entry request** far beyond baseline.
 //!   Normalising by entry requests keeps a flash crowd with the usual mix quiet: every edge
 //!   rises in proportion. The alert names the root classes whose calls exceed their learned
-//!   share, and the client populations the calls came from.
+//!   share, and the client populations and users that made a large part of the calls.
 //! * `retry_storm`: the share of calls on an edge that are retries far beyond baseline.
 //! * `cache_bypass`: database reads per cache lookup (the miss ratio) far beyond baseline.
 //!
@@ -51,7 +51,7 @@ pub struct WindowConfig {
     pub min_excess: u64,
     /// Alert above `p99 x ratio` (and the tail guard of the per-trace detectors).
     pub ratio: f64,
-    /// Root classes and client populations kept per edge per window.
+    /// Root classes, client populations and users kept per edge per window.
     pub top_k: usize,
 }
 
@@ -113,8 +113,12 @@ struct EdgeWindow {
     traces: u64,
     retries: u64,
     errors: u64,
+    /// Payload bytes the calls reported.
+    bytes: u64,
     by_class: SpaceSaving<RootClass>,
     by_client: SpaceSaving<Sym>,
+    /// Authenticated users (`enduser.id`) of the requests that made the calls.
+    by_user: SpaceSaving<Sym>,
     /// A few traces per class, for exemplars of the contributing class.
     examples: Vec<(RootClass, TraceId)>,
     retry_examples: Vec<TraceId>,
@@ -169,8 +173,10 @@ impl Window {
                 traces: 0,
                 retries: 0,
                 errors: 0,
+                bytes: 0,
                 by_class: SpaceSaving::new(top_k),
                 by_client: SpaceSaving::new(top_k),
+                by_user: SpaceSaving::new(top_k),
                 examples: Vec::new(),
                 retry_examples: Vec::new(),
             });
@@ -186,6 +192,7 @@ impl Window {
             }
             window.retries += edge.retries;
             window.errors += edge.errors;
+            window.bytes += edge.bytes;
             // Attribution sees the same evidence as the judgement: unflagged traces only.
             if let (Some(class), false) = (class, flagged) {
                 window.by_class.add(&class, edge.calls);
@@ -196,6 +203,9 @@ impl Window {
             }
             if let (Some(population), false) = (population, flagged) {
                 window.by_client.add(&population, edge.calls);
+            }
+            if let (Some(user), false) = (features.user, flagged) {
+                window.by_user.add(&user, edge.calls);
             }
             if edge.retries > 0 && window.retry_examples.len() < MAX_EXEMPLARS {
                 window.retry_examples.push(features.trace_id);
@@ -394,16 +404,22 @@ pub fn judge_window(
                     .collect();
                 let leader =
                     contributors.first().map(|c| format!("; {} caused {:.0}% of the excess", c.name, c.share * 100.0));
+                let payload = if counts.bytes > 0 {
+                    format!(" ({} of responses)", human_bytes(counts.bytes))
+                } else {
+                    String::new()
+                };
                 pending.push(Pending {
                     kind: AlertKind::AggregateAmplification,
                     edge: *edge,
                     metric: WindowMetric::WorkPerEntry,
                     value: work,
                     sentence: format!(
-                        "{} made {} calls to {} in {} s for {} entry requests: {:.2} per request",
+                        "{} made {} calls to {}{} in {} s for {} entry requests: {:.2} per request",
                         edge.from,
                         calls,
                         edge.to,
+                        payload,
                         (window.end - window.start) / NANOS_PER_SEC,
                         entries,
                         work as f64 / 1000.0
@@ -653,8 +669,24 @@ fn share(part: u64, total: u64) -> f64 {
     }
 }
 
+/// `12.3 MB`-style payload sizes (decimal units, as network tools print them).
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 /// Root classes whose calls exceed their learned share (with their share of the excess), then
-/// the client populations that made at least a tenth of the calls.
+/// the client populations and the authenticated users that made at least a tenth of the calls.
 fn attribute(
     counts: &EdgeWindow,
     edge: Edge,
@@ -687,6 +719,12 @@ fn attribute(
         let part = share(calls, unflagged);
         if part >= 0.1 {
             contributors.push(Contributor { name: format!("clients {population}"), share: part });
+        }
+    }
+    for (user, calls) in counts.by_user.top().into_iter().take(3) {
+        let part = share(calls, unflagged);
+        if part >= 0.1 {
+            contributors.push(Contributor { name: format!("user {user}"), share: part });
         }
     }
     (contributors, top_class)

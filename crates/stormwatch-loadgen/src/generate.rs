@@ -77,6 +77,8 @@ struct Build<'a> {
     /// Changes that altered this trace.
     touched: Vec<usize>,
     client_address: String,
+    /// `enduser.id` of a signed-in request.
+    user: Option<String>,
     /// Spans made so far.
     span_count: usize,
 }
@@ -159,7 +161,7 @@ impl<'s> Generator<'s> {
                 let others: f64 = weights.iter().enumerate().filter(|(i, _)| *i != position).map(|(_, w)| w).sum();
                 let share = change.weight.clamp(0.0, 0.99);
                 weights[position] = share / (1.0 - share) * others;
-                shifted = Some((position, *index, change.clients.max(1)));
+                shifted = Some((position, *index, change.clients.max(1), change.users));
             }
         }
         let entry_index = self.rng.weighted(&weights);
@@ -169,15 +171,18 @@ impl<'s> Generator<'s> {
         trace_id[8..].copy_from_slice(&self.rng.next_u64().to_be_bytes());
         let entry_name = format!("{} {}", entry.service, entry.operation);
         let mut touched = Vec::new();
-        let client_address = match shifted {
-            Some((position, change_index, clients)) if position == entry_index => {
+        let (client_address, user) = match shifted {
+            Some((position, change_index, clients, users)) if position == entry_index => {
                 touched.push(change_index);
                 let client = self.rng.between(0, u64::from(clients) - 1);
-                format!("198.51.{}.{}", client / 250, client % 250 + 1)
+                let user = (users > 0).then(|| format!("acct-{}", client % u64::from(users)));
+                (format!("198.51.{}.{}", client / 250, client % 250 + 1), user)
             }
             _ => {
                 let client = self.rng.between(0, u64::from(self.scenario.clients.max(1)) - 1);
-                format!("10.{}.{}.{}", client / 62_500, (client / 250) % 250, client % 250 + 1)
+                // Two in three ordinary clients are signed in, each as their own user.
+                let user = (!client.is_multiple_of(3)).then(|| format!("user-{client}"));
+                (format!("10.{}.{}.{}", client / 62_500, (client / 250) % 250, client % 250 + 1), user)
             }
         };
         let active_with_coins: Vec<(usize, &'s Change, bool)> =
@@ -190,6 +195,7 @@ impl<'s> Generator<'s> {
             active: active_with_coins,
             touched,
             client_address,
+            user,
             span_count: 0,
         };
         let query =
@@ -320,6 +326,9 @@ impl<'s> Generator<'s> {
         }
         if parent.is_none() {
             attributes.push(attribute("client.address", build.client_address.as_str()));
+            if let Some(user) = &build.user {
+                attributes.push(attribute("enduser.id", user.as_str()));
+            }
         }
         let span = Span {
             trace_id: build.trace_id.to_vec(),

@@ -234,6 +234,9 @@ pub struct Change {
     /// Distinct client addresses the change's requests come from (mix shift).
     #[serde(default)]
     pub clients: u32,
+    /// Accounts (`enduser.id`) the change's requests are signed in as (mix shift); 0: anonymous.
+    #[serde(default)]
+    pub users: u32,
     /// The call a deploy adds (new call).
     #[serde(default)]
     pub add: Option<Call>,

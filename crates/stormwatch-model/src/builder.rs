@@ -41,6 +41,8 @@ impl TraceBuilder {
             query_shape: None,
             remote: None,
             client_address: None,
+            user: None,
+            bytes: 0,
         });
         span_id
     }
@@ -92,6 +94,20 @@ impl TraceBuilder {
     pub fn client_last(&mut self, address: &str) {
         if let Some(span) = self.spans.last_mut() {
             span.client_address = Some(Sym::new(address));
+        }
+    }
+
+    /// Sets the authenticated user of the last added span (entry spans carry it).
+    pub fn user_last(&mut self, user: &str) {
+        if let Some(span) = self.spans.last_mut() {
+            span.user = Some(Sym::new(user));
+        }
+    }
+
+    /// Sets the payload bytes the last added span reports.
+    pub fn bytes_last(&mut self, bytes: u32) {
+        if let Some(span) = self.spans.last_mut() {
+            span.bytes = bytes;
         }
     }
 

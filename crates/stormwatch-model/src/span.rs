@@ -63,6 +63,12 @@ pub struct Span {
     pub remote: Option<Remote>,
     /// Client address of an entry span (`client.address`, `net.peer.ip`, ...).
     pub client_address: Option<Sym>,
+    /// Authenticated user of an entry span (`enduser.id`, `user.id`).
+    pub user: Option<Sym>,
+    /// Payload bytes the span reports: the response body of a call
+    /// (`http.response.body.size`), the message body of a send (`messaging.message.body.size`);
+    /// saturated at 4 GiB, 0 when not reported.
+    pub bytes: u32,
 }
 
 /// The virtual callee described by a client span's attributes.

@@ -90,7 +90,9 @@ pub(crate) struct AttrView<'s> {
     messaging_destination_old: Option<&'s str>,
     client_address: Option<&'s str>,
     client_address_old: Option<&'s str>,
+    user: Option<&'s str>,
     resend_count: Option<i64>,
+    bytes: Option<i64>,
 }
 
 impl<'s> AttrView<'s> {
@@ -122,6 +124,7 @@ impl<'s> AttrView<'s> {
             "messaging.destination" => &mut self.messaging_destination_old,
             "client.address" => &mut self.client_address,
             "net.peer.ip" | "net.sock.peer.addr" | "network.peer.address" => &mut self.client_address_old,
+            "enduser.id" | "user.id" => &mut self.user,
             _ => return,
         };
         *slot = Some(value);
@@ -129,8 +132,14 @@ impl<'s> AttrView<'s> {
 
     /// Records one integer attribute if the engine uses it.
     pub(crate) fn set_int(&mut self, key: &str, value: i64) {
-        if key == "http.request.resend_count" || key == "http.resend_count" {
-            self.resend_count = Some(value);
+        match key {
+            "http.request.resend_count" | "http.resend_count" => self.resend_count = Some(value),
+            // Current names first; the older ones only fill a gap.
+            "http.response.body.size" | "messaging.message.body.size" => self.bytes = Some(value),
+            "http.response_content_length" | "messaging.message_payload_size_bytes" => {
+                self.bytes = self.bytes.or(Some(value));
+            }
+            _ => {}
         }
     }
 
@@ -323,6 +332,7 @@ fn build_span(
     let remote = if kind.is_outgoing() { attrs.remote(raw.name) } else { None };
     let client_address =
         if entry_like { attrs.client_address.or(attrs.client_address_old).map(Sym::new) } else { None };
+    let user = if entry_like { attrs.user.filter(|user| !user.is_empty()).map(Sym::new) } else { None };
     Span {
         trace_id,
         span_id,
@@ -337,6 +347,8 @@ fn build_span(
         query_shape,
         remote,
         client_address,
+        user,
+        bytes: attrs.bytes.map_or(0, |bytes| bytes.clamp(0, i64::from(u32::MAX)) as u32),
     }
 }
 

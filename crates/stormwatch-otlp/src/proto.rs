@@ -100,6 +100,12 @@ mod tests {
                 kv("http.request.method", "GET"),
                 kv("http.route", "/products"),
                 kv("url.query", "page=3&expand=reviews"),
+                kv("enduser.id", "alice"),
+                KeyValue {
+                    key: "http.response.body.size".into(),
+                    value: Some(AnyValue { value: Some(any_value::Value::IntValue(48_213)) }),
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         };
@@ -112,6 +118,8 @@ mod tests {
         assert_eq!(span.query_shape.unwrap().as_str(), "expand&page");
         assert_eq!(span.kind, SpanKind::Server);
         assert_eq!(span.parent_span_id, None);
+        assert_eq!(span.user.unwrap().as_str(), "alice");
+        assert_eq!(span.bytes, 48_213);
     }
 
     #[test]

@@ -242,6 +242,10 @@ mod tests {
         "server.address",
         "messaging.system",
         "net.peer.ip",
+        "enduser.id",
+        "http.response.body.size",
+        "http.response_content_length",
+        "http.request.resend_count",
         "other",
     ];
 

@@ -41,8 +41,13 @@ fn trace(seed: u64, at: u64, request: Request) -> TraceFeatures {
             let root = t.server("gateway", "GET /search", None);
             let client = if shifted { format!("198.51.{}.{}", seed % 200, seed % 250 + 1) } else { "10.0.9.9".into() };
             t.client_last(&client);
+            if shifted {
+                // Two accounts behind the whole campaign.
+                t.user_last(&format!("scraper-{}", seed % 2));
+            }
             let call = t.client("gateway", "GET", root);
             let search = t.server("catalog", "GET /search", Some(call));
+            t.bytes_last(20_000);
             t.db("catalog", "postgresql", "SELECT id FROM items WHERE name ILIKE ?", search);
             t.db("catalog", "postgresql", "SELECT stock FROM inventory WHERE id IN (?)", search);
             t.build()
@@ -139,8 +144,15 @@ fn a_rare_class_surging_is_aggregate_amplification_with_its_contributors() {
         "{:?}",
         first.contributors
     );
+    assert!(first.contributors.iter().any(|c| c.name.starts_with("user scraper-") && c.share > 0.2));
     assert_eq!(first.exemplars.len(), MAX_EXEMPLARS);
     assert!(first.observed > first.threshold && first.threshold > first.expected);
+    // The responses the campaign pulled, where the spans report them.
+    let search_calls = findings
+        .iter()
+        .find(|f| f.edge.unwrap().to.service.as_str() == "catalog")
+        .expect("gateway -> catalog `GET /search` amplified");
+    assert!(search_calls.explanation.contains("(800.0 kB of responses)"), "{}", search_calls.explanation);
 }
 
 #[test]
