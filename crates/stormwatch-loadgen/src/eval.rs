@@ -290,12 +290,17 @@ pub fn score(labels: &Labels, settings: &EvalSettings, alerts: &[Alert], request
         let first = detecting.iter().map(|i| &points[*i]).min_by_key(|p| p.end_unix_nano);
         let first_indirect = indirect.iter().map(|i| &points[*i]).min_by_key(|p| p.end_unix_nano);
         let matched = &detecting;
-        // A declared contributor must be named by a detecting alert: "entry service `operation…`".
+        // A declared contributor must be named by a detecting alert: an entry `service operation`
+        // ("entry service `operation…`"), or the start of any contributor's name ("edge …",
+        // "clients …", "user …").
         let attributed = label.contributor.as_deref().is_none_or(|wanted| {
-            let (service, operation) = wanted.split_once(' ').unwrap_or((wanted, ""));
-            matched.iter().any(|i| {
-                points[*i].contributors.iter().any(|name| name.starts_with(&format!("entry {service} `{operation}")))
-            })
+            let prefix = if ["entry ", "edge ", "clients ", "user "].iter().any(|kind| wanted.starts_with(kind)) {
+                wanted.to_string()
+            } else {
+                let (service, operation) = wanted.split_once(' ').unwrap_or((wanted, ""));
+                format!("entry {service} `{operation}")
+            };
+            matched.iter().any(|i| points[*i].contributors.iter().any(|name| name.starts_with(&prefix)))
         });
         let outcome = match (label.attack, !matched.is_empty(), label.expected_to_fail.is_some()) {
             (true, true, false) if !attributed => Outcome::Misattributed,

@@ -243,7 +243,8 @@ pub struct Change {
     /// Alert kinds that count as detecting this attack.
     #[serde(default)]
     pub detect_as: Vec<String>,
-    /// The entry (`"service operation"`) a detecting alert must name among its contributors.
+    /// What a detecting alert must name among its contributors: an entry (`"service
+    /// operation"`), or the start of a contributor's name (`"edge …"`, `"clients …"`, `"user …"`).
     #[serde(default)]
     pub contributor: Option<String>,
     /// Honest bookkeeping: the detector for this attack does not exist yet, so a miss is
