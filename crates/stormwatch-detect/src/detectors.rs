@@ -303,9 +303,11 @@ pub fn detect(features: &TraceFeatures, store: &BaselineStore, config: &DetectCo
     (findings, anomalies)
 }
 
-/// `new_edge` (info): a root class past its learning minimum reaches an edge it never reached
-/// before. Learning then knows the pair, so it is reported once (then throttled by
-/// fingerprint). Not while the store is full: a pair it cannot learn would be new forever.
+/// `new_edge`: a root class past its learning minimum reaches an edge it never reached
+/// before. Info for a call or a few (a deploy adding a call); a warning when the request makes
+/// `min_excess` calls or more on it, a real load on a path the class never used. Learning then
+/// knows the pair, so it is reported once (then throttled by fingerprint). Not while the store
+/// is full: a pair it cannot learn would be new forever.
 fn new_edges(features: &TraceFeatures, store: &BaselineStore, config: &DetectConfig) -> Vec<Finding> {
     let Some(class) = features.root_class else { return Vec::new() };
     let Some(history) = store.request_totals.get(&(class, RequestMetric::Spans)) else { return Vec::new() };
@@ -319,7 +321,9 @@ fn new_edges(features: &TraceFeatures, store: &BaselineStore, config: &DetectCon
         .edges
         .iter()
         .filter(|edge| !store.request_edges.contains_key(&(class, edge.edge)))
-        .map(|edge| Finding {
+        .map(|edge| {
+            let heavy = edge.calls as f64 >= config.min_excess;
+            Finding {
             kind: AlertKind::NewEdge,
             edge: Some(edge.edge),
             entry: Some(class),
@@ -329,7 +333,7 @@ fn new_edges(features: &TraceFeatures, store: &BaselineStore, config: &DetectCon
             threshold: 0.0,
             unit: "calls_per_request",
             score: 1.0,
-            severity: Severity::Info,
+            severity: if heavy { Severity::Warning } else { Severity::Info },
             exemplars: vec![features.trace_id],
             contributors: Vec::new(),
             start_unix_nano: features.start_unix_nano,
@@ -337,12 +341,14 @@ fn new_edges(features: &TraceFeatures, store: &BaselineStore, config: &DetectCon
             baseline_samples: history.samples(),
             baseline_since_unix_nano: history.since_unix_nano(),
             explanation: format!(
-                "Requests entering at {class} reached {} -> {} for the first time in {} requests ({} calls in this one).",
+                "Requests entering at {class} reached {} -> {} for the first time in {} requests ({} calls in this one{}).",
                 edge.edge.from,
                 edge.edge.to,
                 history.samples(),
-                edge.calls
+                edge.calls,
+                if heavy { ": a real load on a path this entry never used" } else { "" }
             ),
+        }
         })
         .collect()
 }

@@ -148,9 +148,11 @@ impl Engine {
             self.stats.orphan_spans += features.orphan_spans;
             self.stats.traces_with_cycles += u64::from(features.has_cycle);
             let (findings, anomalies) = detect(&features, &self.store, &self.detect);
-            // Work a per-trace detector reported as amplification is not window evidence; a
-            // new-edge note explains no excess.
-            let flagged = findings.iter().any(|f| f.kind != AlertKind::NewEdge);
+            // Work a per-trace detector reported is not window evidence; a new-edge note (info)
+            // explains no excess.
+            let flagged = findings
+                .iter()
+                .any(|f| !(f.kind == AlertKind::NewEdge && f.severity == stormwatch_model::Severity::Info));
             if features.complete {
                 learn(&features, &mut self.store, &anomalies);
                 self.stats.traces_learned += 1;

@@ -226,3 +226,31 @@ fn a_new_edge_is_an_info_note_once() {
     assert_eq!(out[0].severity, Severity::Info);
     assert_eq!(out[0].edge.as_ref().unwrap().to.operation, "SELECT stock FROM inventory WHERE item = ?");
 }
+
+/// A new edge that carries real load in one request (a path the entry never used, 25 calls)
+/// is a warning, not a note.
+#[test]
+fn a_new_edge_with_real_load_is_a_warning() {
+    let mut engine = engine();
+    learn_normal(&mut engine, 0, 300);
+    let mut spans = product_trace(300, T0 + 30 * SEC, 2);
+    let catalog = spans.iter().find(|s| s.operation.as_str() == "GET /items/<int:pid>").unwrap().span_id;
+    let template = spans.iter().find(|s| s.remote.is_some()).unwrap().clone();
+    for i in 0..25u8 {
+        let mut extra = template.clone();
+        extra.span_id = stormwatch_model::SpanId([0xe0, i, 0, 0, 0, 0, 0, 1]);
+        extra.parent_span_id = Some(catalog);
+        extra.remote = Some(stormwatch_model::Remote {
+            kind: stormwatch_model::NodeKind::Database,
+            name: stormwatch_model::Sym::new("sqlite"),
+            operation: stormwatch_model::Sym::new("SELECT * FROM price_history WHERE item = ?"),
+        });
+        spans.push(extra);
+    }
+    let mut out = Vec::new();
+    engine.push(spans, &mut out);
+    engine.flush(&mut out);
+    let new_edge = out.iter().find(|a| a.kind == AlertKind::NewEdge).expect("new edge reported");
+    assert_eq!(new_edge.severity, Severity::Warning, "{new_edge:#?}");
+    assert!(new_edge.explanation.contains("25 calls in this one: a real load"), "{}", new_edge.explanation);
+}
