@@ -22,7 +22,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Catch requests that make your system do far more work behind the front door.",
     long_about = "stormwatch watches the OpenTelemetry traces of a whole system, learns how much work each \
 edge of the call graph normally does (calls per parent span, calls per request), and alerts when one \
-request fans out far beyond it: N+1 loops, fan-out amplification, request amplification.\n\n\
+request fans out far beyond it (N+1 loops, fan-out and request amplification) and when many individually \
+normal requests together multiply the load in a window of traffic (aggregate amplification with the entry \
+points, clients and users that caused it, retry storms, cache bypass, correlated storms across many edges).\n\n\
 Quick start:\n  stormwatch serve                      # OTLP on :4317/:4318, alerts to stdout + stormwatch-alerts.jsonl\n  \
 stormwatch replay traces.otlp.jsonl   # recorded OTLP/JSON lines through the same pipeline",
     propagate_version = true,
