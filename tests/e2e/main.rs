@@ -2,6 +2,7 @@
 //! OpenTelemetry SDK, a real Kafka-protocol broker (`KAFKA_BOOTSTRAP`, started by
 //! `scripts/test.sh`), real files and sockets.
 
+mod bench;
 mod replay;
 mod scenarios;
 mod serve;

@@ -41,6 +41,8 @@ macro_rules! metrics {
 metrics! {
     /// Spans accepted by the OTLP receivers.
     spans_received_total: "counter",
+    /// Spans the engine took from the queue and ran through assembly and detection.
+    spans_processed_total: "counter",
     /// Spans rejected individually (bad ids), reported through OTLP partial_success.
     spans_rejected_total: "counter",
     /// Export requests refused because the engine queue was full (retryable).

@@ -3,6 +3,7 @@
 //! The binary owns the command line and wires the stages together; all decisions live in
 //! the library crates.
 
+mod bench;
 mod config;
 mod eval;
 mod loadgen;
@@ -82,6 +83,93 @@ detector's alert scores over time with the change windows shaded, and exits non-
 met. Attacks whose detector does not exist yet are declared expected_to_fail in the scenario and reported as \
 xfail.")]
     Eval(EvalArgs),
+    /// Measure end-to-end throughput against a decode-and-drop reference, memory, alert latency.
+    #[command(long_about = "Measure the engine end to end, as a ratio to a decode-and-drop reference measured \
+in the same run on the same traffic.\n\nEncodes --spans spans of loadgen traffic (the built-in large-generated \
+scenario unless --scenario), then for each --transport and each of --runs runs starts, as child processes of this \
+binary, the reference (a tonic + prost TraceService and an axum POST /v1/traces that decode each request and drop \
+it, same runtime settings) and the engine (`serve` with a throwaway models directory), sends them everything \
+over --connections connections as fast as they take it, and reports spans/s, CPU microseconds per span and peak \
+RSS of each child, and the engine/reference ratio (medians). `file` compares `stormwatch replay` of a protobuf \
+file with reading and decoding it. Then: bytes per in-flight span and per tracked edge, and alert latency \
+(last span acknowledged -> alert written) at 70% of the engine's gRPC throughput with event time at wall-clock \
+speed.\n\nLinux only (reads /proc). Build with --release: `cargo run --release -- bench`.")]
+    Bench(BenchArgs),
+    /// (internal) The decode-and-drop reference servers `bench` compares with.
+    #[command(hide = true, name = "bench-reference")]
+    BenchReference(ReferenceArgs),
+    /// (internal) Memory per in-flight span and per tracked edge, for `bench`.
+    #[command(hide = true, name = "bench-memory")]
+    BenchMemory(MemoryArgs),
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Scenario whose traffic is sent [default: the built-in large-generated scenario, 300
+    /// services in Alibaba-2021-shaped call graphs].
+    #[arg(long, value_name = "FILE")]
+    pub scenario: Option<PathBuf>,
+    /// Spans per run (encoded before the clock starts).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub spans: u64,
+    /// Spans per export request (traces are never split).
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub batch_spans: usize,
+    /// Concurrent client connections.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub connections: usize,
+    /// Runs per target; medians are reported.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub runs: usize,
+    /// Inputs to measure, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "grpc,http,file")]
+    pub transport: Vec<BenchTransport>,
+    /// Length of the alert-latency run at 70% of the gRPC throughput (0 skips it; needs grpc).
+    /// Its traffic is encoded ahead: about 350 bytes per span in memory.
+    #[arg(long, value_name = "SECONDS", default_value_t = 12)]
+    pub latency_seconds: u64,
+}
+
+/// How `bench` feeds its targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchTransport {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP, protobuf.
+    Http,
+    /// A length-prefixed protobuf file: `stormwatch replay` against a read-and-decode loop.
+    File,
+}
+
+impl BenchTransport {
+    fn as_str(self) -> &'static str {
+        match self {
+            BenchTransport::Grpc => "grpc",
+            BenchTransport::Http => "http",
+            BenchTransport::File => "file",
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ReferenceArgs {
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4317")]
+    pub otlp_grpc: String,
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4318")]
+    pub otlp_http: String,
+    /// Decode this length-prefixed protobuf file and exit instead of serving.
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct MemoryArgs {
+    /// Spans to buffer in flight.
+    #[arg(long, value_name = "N", default_value_t = 500_000)]
+    pub spans: u64,
+    /// Edges to give baselines.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub edges: u64,
 }
 
 #[derive(Args)]
@@ -234,6 +322,9 @@ fn main() -> ExitCode {
             Command::Replay(args) => replay::run(args).await,
             Command::Loadgen(args) => loadgen::run(args).await,
             Command::Eval(args) => tokio::task::spawn_blocking(move || eval::run(args)).await?,
+            Command::Bench(args) => bench::run(args).await,
+            Command::BenchReference(args) => bench::reference(args).await,
+            Command::BenchMemory(args) => tokio::task::spawn_blocking(move || bench::memory_probe(args)).await?,
         }
     });
     match result {

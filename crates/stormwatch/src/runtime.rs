@@ -182,14 +182,17 @@ fn run_engine(
     loop {
         match receiver.recv_timeout(Duration::from_millis(100)) {
             Ok(Some(spans)) => {
+                let mut processed = spans.len() as u64;
                 engine.push(spans, &mut alerts);
                 // Drain what is already waiting before doing periodic work.
                 let mut drained = 0;
                 while drained < 64 {
                     let Some(spans) = receiver.try_recv() else { break };
+                    processed += spans.len() as u64;
                     engine.push(spans, &mut alerts);
                     drained += 1;
                 }
+                Metrics::add(&metrics.spans_processed_total, processed);
                 last_activity = Instant::now();
                 watermark_at_activity = engine.assembler().watermark();
             }

@@ -8,6 +8,7 @@
 pub mod client;
 mod grpc;
 mod http;
+pub mod reference;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,826 @@
+//! `stormwatch bench`: end-to-end throughput of the engine as a ratio to a decode-and-drop
+//! reference measured in the same run, on the same pre-encoded loadgen traffic.
+//!
+//! Every target runs as a child process of this binary, so its CPU time and peak memory are
+//! its own (read from `/proc`): `bench-reference` (tonic + prost `TraceService` and an axum
+//! `POST /v1/traces` that decode each request and drop it, on the same runtime settings as
+//! the engine), and `serve` with a throwaway models directory and alerts file. The bench
+//! process only sends: batches are encoded before the clock starts. For each transport
+//! (OTLP/gRPC, OTLP/HTTP, and a replay from a file) and each run, the reference and the
+//! engine take turns; an engine run ends when its `stormwatch_spans_processed_total` reaches
+//! what was sent. Medians over the runs are reported.
+//!
+//! Then, in fresh child processes: bytes per in-flight span and per tracked edge
+//! (`bench-memory`), and alert latency at 70% of the engine's measured gRPC throughput: the
+//! traffic's event time runs at wall-clock speed, a small share of requests carry an N+1
+//! attack, and the latency of each is from the acknowledgement of the export that carried its
+//! last span to its alert appearing in the engine's alerts file.
+
+use std::collections::HashMap;
+use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use prost::Message;
+use stormwatch_io::otlp::client::{Export, OtlpClient};
+use stormwatch_loadgen::{Change, Generator, Scenario};
+use stormwatch_otlp::collector::ExportTraceServiceRequest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::{BenchArgs, BenchTransport};
+
+/// The default traffic: 300 generated services in Alibaba-2021-shaped call graphs.
+const DEFAULT_SCENARIO: &str = include_str!("../../../tests/scenarios/large-generated.toml");
+/// The latency phase's attack, added to the default scenario (its own changes are dropped).
+/// It starts once the baselines it is judged by have their learning minimum: an attack that
+/// is there from the first request is learned as normal.
+const LATENCY_ATTACK: &str = r#"
+name = "bench-n-plus-one"
+kind = "n_plus_one"
+start = "3s"
+end = "1h"
+entry = "bff GET /feed"
+call = "feed-score"
+count = "300"
+share = 0.02
+detect_as = ["n_plus_one"]
+"#;
+
+/// One pre-encoded export request.
+struct Batch {
+    body: Bytes,
+    spans: u64,
+}
+
+/// Encoded traffic and what it is made of.
+struct Traffic {
+    batches: Vec<Batch>,
+    spans: u64,
+    traces: u64,
+    bytes: u64,
+    /// Trace id (hex) -> index of the batch that carries it, for traces a change touched.
+    attacked: HashMap<String, usize>,
+}
+
+fn generate(scenario: &Scenario, max_spans: u64, batch_spans: usize) -> Traffic {
+    let mut generator = Generator::new(scenario);
+    let mut traffic = Traffic { batches: Vec::new(), spans: 0, traces: 0, bytes: 0, attacked: HashMap::new() };
+    let mut batch = ExportTraceServiceRequest::default();
+    let mut in_batch = 0usize;
+    let mut trace_batches: Vec<([u8; 16], usize)> = Vec::new();
+    for trace in generator.by_ref() {
+        if traffic.spans >= max_spans {
+            break;
+        }
+        traffic.spans += trace.spans as u64;
+        traffic.traces += 1;
+        in_batch += trace.spans;
+        trace_batches.push((trace.trace_id, traffic.batches.len()));
+        batch.resource_spans.extend(trace.request.resource_spans);
+        if in_batch >= batch_spans {
+            let body = Bytes::from(std::mem::take(&mut batch).encode_to_vec());
+            traffic.bytes += body.len() as u64;
+            traffic.batches.push(Batch { body, spans: in_batch as u64 });
+            in_batch = 0;
+        }
+    }
+    if in_batch > 0 {
+        let body = Bytes::from(batch.encode_to_vec());
+        traffic.bytes += body.len() as u64;
+        traffic.batches.push(Batch { body, spans: in_batch as u64 });
+    }
+    let touched: std::collections::HashSet<String> =
+        generator.labels().changes.iter().flat_map(|change| change.trace_ids.iter().cloned()).collect();
+    for (trace_id, batch) in trace_batches {
+        let hex = stormwatch_model::TraceId(trace_id).to_string();
+        if touched.contains(&hex) {
+            traffic.attacked.insert(hex, batch);
+        }
+    }
+    traffic
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks_per_second)
+}
+
+/// Whether a process has exited but not been reaped (its `/proc` times are final).
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// A `/proc/PID/status` field in bytes (`VmHWM`: peak resident set; `VmRSS`: current).
+fn status_bytes(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let memory =
+        status_bytes_meminfo().map_or(String::new(), |b| format!(", {:.0} GiB", b as f64 / (1u64 << 30) as f64));
+    format!("{cpus} CPUs ({model}){memory}")
+}
+
+fn status_bytes_meminfo() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info.lines().find(|l| l.starts_with("MemTotal"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn free_address() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(listener.local_addr()?)
+}
+
+/// A child process of this binary, its stderr in a log file shown when it fails.
+struct Target {
+    child: Child,
+    log: PathBuf,
+    name: &'static str,
+}
+
+impl Target {
+    fn spawn(name: &'static str, args: &[String], dir: &Path) -> anyhow::Result<Target> {
+        let exe = std::env::current_exe().context("cannot find the stormwatch binary")?;
+        let log = dir.join(format!("{name}.log"));
+        let stderr = std::fs::File::create(&log)?;
+        let mut command = std::process::Command::new(exe);
+        command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("STORMWATCH_") {
+                command.env_remove(key);
+            }
+        }
+        command.env("RUST_LOG", "warn");
+        let child = command.spawn().with_context(|| format!("cannot start the {name}"))?;
+        Ok(Target { child, log, name })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn failure(&mut self, what: &str) -> anyhow::Error {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let status = self.child.try_wait().ok().flatten().map_or("running".to_string(), |s| s.to_string());
+        anyhow::anyhow!("{}: {what} (process {status}); its log:\n{}", self.name, log.trim_end())
+    }
+
+    async fn wait_listening(&mut self, address: SocketAddr) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(address).await.is_ok() {
+                return Ok(());
+            }
+            if self.child.try_wait()?.is_some() {
+                return Err(self.failure("exited before listening"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(self.failure(&format!("not listening on {address} after 20 s")))
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One value of the engine's Prometheus metrics.
+async fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
+    let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").await.ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Sends every batch over `connections` connections, paced at `rate` spans/s when given;
+/// records when each batch was acknowledged (nanoseconds since `started`) in `acked`.
+async fn send(
+    endpoint: &str,
+    batches: Arc<Vec<Batch>>,
+    connections: usize,
+    rate: Option<f64>,
+    acked: Arc<Vec<AtomicU64>>,
+) -> anyhow::Result<(Instant, u64)> {
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        clients.push(OtlpClient::connect(endpoint).await?);
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
+    let sent_spans = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut client in clients {
+        let (batches, next, retries, sent_spans, acked) =
+            (batches.clone(), next.clone(), retries.clone(), sent_spans.clone(), acked.clone());
+        tasks.spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(batch) = batches.get(index) else { return Ok::<_, anyhow::Error>(()) };
+                if let Some(rate) = rate {
+                    let scheduled = sent_spans.fetch_add(batch.spans, Ordering::Relaxed) + batch.spans;
+                    tokio::time::sleep_until((started + Duration::from_secs_f64(scheduled as f64 / rate)).into()).await;
+                }
+                let mut backoff = Duration::from_millis(10);
+                loop {
+                    match client.export(batch.body.clone()).await? {
+                        Export::Accepted => break,
+                        Export::RetryLater(_) => {
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_millis(500));
+                        }
+                    }
+                }
+                if let Some(slot) = acked.get(index) {
+                    slot.store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.context("a sender panicked")??;
+    }
+    Ok((started, retries.load(Ordering::Relaxed)))
+}
+
+/// One measured run of one target.
+#[derive(Clone, Copy, Debug, Default)]
+struct Measure {
+    spans_per_second: f64,
+    cpu_micros_per_span: f64,
+    peak_rss: u64,
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+struct Setup {
+    dir: PathBuf,
+    ticks: f64,
+    connections: usize,
+    runs: usize,
+}
+
+/// The reference or the engine, fed over `transport` until it has taken every span.
+async fn run_server(
+    setup: &Setup,
+    traffic: &Arc<Vec<Batch>>,
+    spans: u64,
+    transport: BenchTransport,
+    engine: bool,
+    run: usize,
+) -> anyhow::Result<Measure> {
+    let (grpc, http, admin) = (free_address()?, free_address()?, free_address()?);
+    let mut args = if engine {
+        let config = setup.dir.join("engine.toml");
+        std::fs::write(&config, "[output]\nstdout = false\n")?;
+        vec![
+            "serve".to_string(),
+            "--config".into(),
+            config.display().to_string(),
+            "--models".into(),
+            setup.dir.join(format!("models-{run}")).display().to_string(),
+            "--alerts-file".into(),
+            setup.dir.join(format!("alerts-{run}.jsonl")).display().to_string(),
+            "--admin".into(),
+            admin.to_string(),
+        ]
+    } else {
+        vec!["bench-reference".to_string()]
+    };
+    args.extend(["--otlp-grpc".into(), grpc.to_string(), "--otlp-http".into(), http.to_string()]);
+    let mut target = Target::spawn(if engine { "engine" } else { "reference" }, &args, &setup.dir)?;
+    let (address, endpoint) = match transport {
+        BenchTransport::Grpc => (grpc, format!("grpc://{grpc}")),
+        BenchTransport::Http => (http, format!("http://{http}")),
+        BenchTransport::File => unreachable!("files are replayed, not sent"),
+    };
+    target.wait_listening(address).await?;
+    if engine {
+        target.wait_listening(admin).await?;
+    }
+    let pid = target.pid();
+    let cpu_before = cpu_seconds(pid, setup.ticks).unwrap_or(0.0);
+    let acked = Arc::new(Vec::new());
+    let (started, _retries) = match send(&endpoint, traffic.clone(), setup.connections, None, acked).await {
+        Ok(result) => result,
+        Err(error) => return Err(target.failure(&format!("{error:#}"))),
+    };
+    if engine {
+        // Accepted is queued; done is processed.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            if metric(admin, "stormwatch_spans_processed_total").await.unwrap_or(0.0) >= spans as f64 {
+                break;
+            }
+            if Instant::now() > deadline || target.child.try_wait()?.is_some() {
+                return Err(target.failure("did not process every span"));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid, setup.ticks).unwrap_or(0.0) - cpu_before;
+    let peak_rss = status_bytes(&pid.to_string(), "VmHWM:").unwrap_or(0);
+    target.stop();
+    Ok(Measure { spans_per_second: spans as f64 / elapsed, cpu_micros_per_span: cpu * 1e6 / spans as f64, peak_rss })
+}
+
+/// `stormwatch replay FILE` (engine) or `bench-reference --file FILE` (decode and drop).
+async fn run_file(setup: &Setup, file: &Path, spans: u64, engine: bool) -> anyhow::Result<Measure> {
+    let args: Vec<String> = if engine {
+        vec!["replay".into(), "--quiet".into(), file.display().to_string()]
+    } else {
+        vec!["bench-reference".into(), "--file".into(), file.display().to_string()]
+    };
+    let started = Instant::now();
+    let mut target = Target::spawn(if engine { "replay" } else { "file reference" }, &args, &setup.dir)?;
+    let pid = target.pid();
+    let (mut cpu, mut peak_rss) = (0.0, 0);
+    // Poll until it exits; a zombie's /proc times are its final ones.
+    loop {
+        if let Some(value) = cpu_seconds(pid, setup.ticks) {
+            cpu = value;
+        }
+        peak_rss = peak_rss.max(status_bytes(&pid.to_string(), "VmHWM:").unwrap_or(0));
+        if is_zombie(pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let status = target.child.wait()?;
+    if !status.success() {
+        return Err(target.failure("failed"));
+    }
+    Ok(Measure { spans_per_second: spans as f64 / elapsed, cpu_micros_per_span: cpu * 1e6 / spans as f64, peak_rss })
+}
+
+fn write_binpb(traffic: &Traffic, path: &Path) -> anyhow::Result<()> {
+    // One length-prefixed request per batch, as `loadgen -o FILE.binpb` writes them.
+    let mut out = BufWriter::new(std::fs::File::create(path)?);
+    for batch in &traffic.batches {
+        out.write_all(&(batch.body.len() as u32).to_be_bytes())?;
+        out.write_all(&batch.body)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn human(value: f64) -> String {
+    let digits = format!("{:.0}", value);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.0} MB", bytes as f64 / 1e6)
+}
+
+/// What `bench-memory` prints.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MemoryReport {
+    in_flight_spans: u64,
+    bytes_per_in_flight_span: f64,
+    edges: u64,
+    bytes_per_edge: f64,
+}
+
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+    anyhow::ensure!(args.connections >= 1, "--connections must be at least 1");
+    anyhow::ensure!(args.spans >= 10_000, "--spans must be at least 10000 for a meaningful figure");
+    anyhow::ensure!(
+        args.latency_seconds == 0 || args.latency_seconds >= 10,
+        "--latency-seconds must be 0 (skip) or at least 10: the attack starts after 3 s of learning, and traces \
+         of the last 6 s complete only after the stream ends"
+    );
+    let text = match &args.scenario {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read scenario {}", path.display()))?
+        }
+        None => DEFAULT_SCENARIO.to_string(),
+    };
+    let mut scenario = Scenario::parse(&text).map_err(|e| anyhow::anyhow!("scenario: {e}"))?;
+    // Long enough to give the requested spans.
+    scenario.duration = scenario.duration.max(Duration::from_secs(24 * 3600));
+    let name = scenario.name.clone();
+    let dir = tempfile_dir()?;
+    let setup = Setup { dir: dir.clone(), ticks: ticks_per_second(), connections: args.connections, runs: args.runs };
+
+    eprintln!(
+        "bench: encoding {} spans of {name} in batches of {} spans ...",
+        human(args.spans as f64),
+        args.batch_spans
+    );
+    let scenario_for_generation = scenario.clone();
+    let (spans_wanted, batch_spans) = (args.spans, args.batch_spans.max(1));
+    let traffic =
+        tokio::task::spawn_blocking(move || generate(&scenario_for_generation, spans_wanted, batch_spans)).await?;
+    let spans = traffic.spans;
+    println!(
+        "stormwatch bench: {} spans of {name} ({:.1} spans per request, {:.0} bytes per span encoded), {} export requests of ~{} spans, {} connections, {} runs, medians",
+        human(spans as f64),
+        spans as f64 / traffic.traces as f64,
+        traffic.bytes as f64 / spans as f64,
+        human(traffic.batches.len() as f64),
+        args.batch_spans,
+        args.connections,
+        args.runs
+    );
+    println!("machine: {}", machine());
+    println!();
+    println!(
+        "{:<6} {:<10} {:>14} {:>12} {:>10} {:>18}",
+        "input", "target", "spans/s", "CPU µs/span", "peak RSS", "engine/reference"
+    );
+    let file = dir.join("traffic.binpb");
+    let batches =
+        Arc::new(traffic.batches.iter().map(|b| Batch { body: b.body.clone(), spans: b.spans }).collect::<Vec<_>>());
+    let mut engine_grpc = 0.0;
+    for transport in &args.transport {
+        let mut reference = Vec::new();
+        let mut engine = Vec::new();
+        if *transport == BenchTransport::File && !file.exists() {
+            write_binpb(&traffic, &file)?;
+        }
+        for run in 0..setup.runs {
+            eprintln!("bench: {} run {}/{} ...", transport.as_str(), run + 1, setup.runs);
+            match transport {
+                BenchTransport::File => {
+                    reference.push(run_file(&setup, &file, spans, false).await?);
+                    engine.push(run_file(&setup, &file, spans, true).await?);
+                }
+                _ => {
+                    reference.push(run_server(&setup, &batches, spans, *transport, false, run).await?);
+                    engine.push(run_server(&setup, &batches, spans, *transport, true, run).await?);
+                }
+            }
+        }
+        let summarise = |runs: &[Measure]| {
+            let rate = median(&mut runs.iter().map(|m| m.spans_per_second).collect::<Vec<_>>());
+            let cpu = median(&mut runs.iter().map(|m| m.cpu_micros_per_span).collect::<Vec<_>>());
+            let rss = runs.iter().map(|m| m.peak_rss).max().unwrap_or(0);
+            (rate, cpu, rss)
+        };
+        let (reference_rate, reference_cpu, reference_rss) = summarise(&reference);
+        let (engine_rate, engine_cpu, engine_rss) = summarise(&engine);
+        if *transport == BenchTransport::Grpc {
+            engine_grpc = engine_rate;
+        }
+        println!(
+            "{:<6} {:<10} {:>14} {:>12.2} {:>10}",
+            transport.as_str(),
+            "reference",
+            human(reference_rate),
+            reference_cpu,
+            mb(reference_rss)
+        );
+        println!(
+            "{:<6} {:<10} {:>14} {:>12.2} {:>10} {:>18.2}",
+            transport.as_str(),
+            "engine",
+            human(engine_rate),
+            engine_cpu,
+            mb(engine_rss),
+            engine_rate / reference_rate.max(1e-9)
+        );
+    }
+    let _ = std::fs::remove_file(&file);
+    drop(batches);
+    drop(traffic);
+
+    // Memory per in-flight span and per tracked edge, in a fresh process.
+    // Half the bench's spans buffered, and a tenth as many edges (at most 500,000 and 100,000).
+    let report = memory_report((spans / 2).min(500_000), (spans / 10).min(100_000)).await?;
+    println!();
+    println!(
+        "memory: {:.0} bytes per in-flight span ({} spans buffered), {:.0} bytes per tracked edge with all its baselines ({} edges)",
+        report.bytes_per_in_flight_span,
+        human(report.in_flight_spans as f64),
+        report.bytes_per_edge,
+        human(report.edges as f64)
+    );
+
+    if args.latency_seconds > 0 && engine_grpc > 0.0 {
+        latency(&setup, engine_grpc * 0.7, args.latency_seconds, args.batch_spans).await?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("stormwatch-bench-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Alert latency at `rate` spans/s: event time at wall-clock speed, an N+1 attack in a small
+/// share of requests, every alert emitted (no throttling).
+async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans: usize) -> anyhow::Result<()> {
+    let mut scenario = Scenario::parse(DEFAULT_SCENARIO).map_err(|e| anyhow::anyhow!("scenario: {e}"))?;
+    let probe = generate(&scenario, 50_000, batch_spans);
+    let spans_per_request = probe.spans as f64 / probe.traces as f64;
+    let mut attack = toml::from_str::<Change>(LATENCY_ATTACK).context("the latency attack")?;
+    scenario.rate = rate / spans_per_request;
+    // About 20 attacked requests a second, whatever the rate (2% of the entry at least).
+    let total_weight: f64 = scenario.entries.iter().map(|e| e.weight).sum();
+    let entry_weight: f64 = scenario.entries.iter().filter(|e| e.service == "bff").map(|e| e.weight).sum();
+    let entry_rate = scenario.rate * entry_weight / total_weight.max(1e-9);
+    attack.share = (20.0 / entry_rate.max(1e-9)).clamp(0.02, 0.5);
+    scenario.changes = vec![attack];
+    scenario.duration = Duration::from_secs(seconds);
+    scenario.start_unix_seconds = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 2;
+    eprintln!("bench: latency at {} spans/s for {seconds} s ...", human(rate));
+    let traffic = tokio::task::spawn_blocking({
+        let scenario = scenario.clone();
+        move || generate(&scenario, u64::MAX, batch_spans)
+    })
+    .await?;
+
+    let (grpc, http, admin) = (free_address()?, free_address()?, free_address()?);
+    let config = setup.dir.join("latency.toml");
+    // Every alert emitted (no folding of repeats), and room for rate x trace_idle spans in
+    // flight: at hundreds of thousands of spans/s the 2,000,000-span default would evict.
+    let in_flight = ((rate * 12.0) as u64).max(2_000_000);
+    std::fs::write(
+        &config,
+        format!(
+            "[output]\nstdout = false\n\n[detect]\nthrottle = \"0s\"\n\n[assemble]\nmax_in_flight_spans = {in_flight}\n"
+        ),
+    )?;
+    let alerts_file = setup.dir.join("latency-alerts.jsonl");
+    let args: Vec<String> = vec![
+        "serve".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--models".into(),
+        setup.dir.join("models-latency").display().to_string(),
+        "--alerts-file".into(),
+        alerts_file.display().to_string(),
+        "--otlp-grpc".into(),
+        grpc.to_string(),
+        "--otlp-http".into(),
+        http.to_string(),
+        "--admin".into(),
+        admin.to_string(),
+    ];
+    let mut target = Target::spawn("engine", &args, &setup.dir)?;
+    target.wait_listening(grpc).await?;
+    // Start when the traffic's event time begins.
+    let start_at = UNIX_EPOCH + Duration::from_secs(scenario.start_unix_seconds);
+    if let Ok(wait) = start_at.duration_since(SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    let batches: Arc<Vec<Batch>> = Arc::new(traffic.batches);
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..batches.len()).map(|_| AtomicU64::new(0)).collect());
+    let stop = CancellationToken::new();
+    let watcher = tokio::spawn(watch_alerts(alerts_file.clone(), traffic.attacked.clone(), stop.clone()));
+    let sent = send(&format!("grpc://{grpc}"), batches.clone(), setup.connections, Some(rate), acked.clone()).await;
+    let (started, retries) = match sent {
+        Ok(sent) => sent,
+        Err(error) => return Err(target.failure(&format!("{error:#}"))),
+    };
+    let sending = started.elapsed().as_secs_f64();
+    // The last traces complete after assemble.trace_idle (5 s) of quiet; then their alerts.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.cancel();
+    let seen = watcher.await?;
+    target.stop();
+    // Traces sent in the last trace_idle (+1 s) of the stream complete only through the
+    // quiet-stream fallback after it ends: steady state is the traces before them.
+    let last_ack = acked.iter().map(|a| a.load(Ordering::Relaxed)).max().unwrap_or(0);
+    let cutoff = last_ack.saturating_sub(6_000_000_000);
+    let steady =
+        |batch: usize| acked.get(batch).map(|a| a.load(Ordering::Relaxed)).filter(|at| *at > 0 && *at <= cutoff);
+    let attacked_steady = traffic.attacked.values().filter(|batch| steady(**batch).is_some()).count();
+    let mut latencies: Vec<f64> = seen
+        .iter()
+        .filter_map(|(trace, at)| {
+            let acked_at = steady(*traffic.attacked.get(trace)?)?;
+            Some(at.saturating_duration_since(started + Duration::from_nanos(acked_at)).as_secs_f64())
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let quantile = |q: f64| latencies.get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
+    let spans: u64 = batches.iter().map(|b| b.spans).sum();
+    println!(
+        "alert latency at 70% of the engine's gRPC throughput ({} spans/s offered, {} achieved, {} retried exports): \
+         {} of {} attacked requests alerted (those sent before the last 6 s of the stream)",
+        human(rate),
+        human(spans as f64 / sending.max(1e-9)),
+        retries,
+        latencies.len(),
+        attacked_steady
+    );
+    match (quantile(0.5), quantile(0.9), quantile(0.99), latencies.last()) {
+        (Some(p50), Some(p90), Some(p99), Some(max)) => println!(
+            "  last span acknowledged -> alert written: p50 {p50:.2} s, p90 {p90:.2} s, p99 {p99:.2} s, max {max:.2} s \
+             (a trace completes after assemble.trace_idle = 5 s without new spans)"
+        ),
+        _ if attacked_steady == 0 => {
+            bail!("no attacked request was sent before the last 6 s of the stream: run longer (--latency-seconds)")
+        }
+        _ => bail!("no alert arrived for the attacked requests; see the engine log in {}", setup.dir.display()),
+    }
+    Ok(())
+}
+
+/// Tails the alerts file until `stop`: (exemplar trace id, when its alert was seen) for every
+/// alert naming an attacked trace.
+async fn watch_alerts(
+    file: PathBuf,
+    attacked: HashMap<String, usize>,
+    stop: CancellationToken,
+) -> Vec<(String, Instant)> {
+    let mut seen: Vec<(String, Instant)> = Vec::new();
+    let mut known = std::collections::HashSet::new();
+    let (mut offset, mut pending) = (0usize, String::new());
+    while !stop.is_cancelled() {
+        if let Ok(text) = std::fs::read(&file) {
+            if text.len() > offset {
+                let now = Instant::now();
+                pending.push_str(&String::from_utf8_lossy(&text[offset..]));
+                offset = text.len();
+                while let Some(end) = pending.find('\n') {
+                    let line: String = pending.drain(..=end).collect();
+                    let Ok(alert) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                    for id in alert["exemplar_trace_ids"].as_array().into_iter().flatten().filter_map(|id| id.as_str())
+                    {
+                        if attacked.contains_key(id) && known.insert(id.to_string()) {
+                            seen.push((id.to_string(), now));
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    seen
+}
+
+async fn memory_report(spans: u64, edges: u64) -> anyhow::Result<MemoryReport> {
+    let exe = std::env::current_exe().context("cannot find the stormwatch binary")?;
+    let output = tokio::process::Command::new(exe)
+        .args(["bench-memory", "--spans", &spans.to_string(), "--edges", &edges.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("cannot run the memory probe")?;
+    if !output.status.success() {
+        bail!("the memory probe failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
+    }
+    serde_json::from_slice(&output.stdout).context("the memory probe's report")
+}
+
+/// `stormwatch bench-memory`: bytes per in-flight span (decoded loadgen spans buffered in an
+/// assembler that never completes them) and per tracked edge (a baseline store with every
+/// per-edge table filled), from this process's resident set.
+pub(crate) fn memory_probe(args: crate::MemoryArgs) -> anyhow::Result<()> {
+    use stormwatch_assemble::{Assembler, AssemblerConfig};
+    use stormwatch_baseline::{BaselineStore, WindowMetric};
+    use stormwatch_model::{Edge, Node, NodeKind, RootClass, Sym};
+
+    let rss = || status_bytes("self", "VmRSS:").unwrap_or(0);
+    let mut scenario = Scenario::parse(DEFAULT_SCENARIO).map_err(|e| anyhow::anyhow!("scenario: {e}"))?;
+    scenario.duration = Duration::from_secs(24 * 3600);
+    let traffic = generate(&scenario, args.spans.max(1_000), 512);
+    let forever = u64::MAX / 4;
+    let mut assembler = Assembler::new(AssemblerConfig {
+        trace_idle_nanos: forever,
+        trace_max_wait_nanos: forever,
+        max_in_flight_spans: usize::MAX,
+        max_future_skew_nanos: forever,
+        remembered_traces: 200_000,
+    });
+    let mut completed = Vec::new();
+    // Decode once first so buffers the decoder keeps are not counted.
+    let _ = stormwatch_otlp::decode_protobuf(&traffic.batches[0].body)?;
+    let before = rss();
+    for batch in &traffic.batches {
+        for span in stormwatch_otlp::decode_protobuf(&batch.body)?.spans {
+            assembler.push(span, &mut completed);
+        }
+    }
+    let in_flight = assembler.in_flight_spans() as u64;
+    let per_span = rss().saturating_sub(before) as f64 / in_flight.max(1) as f64;
+    anyhow::ensure!(completed.is_empty(), "the probe's assembler completed traces");
+
+    let edges = args.edges.max(1_000);
+    let class = RootClass { service: Sym::new("gateway"), operation: Sym::new("GET /feed"), query_shape: None };
+    let before = rss();
+    let mut store = BaselineStore::new(usize::MAX);
+    for i in 0..edges {
+        let edge = Edge {
+            from: Node::service(Sym::new(&format!("service-{}", i / 20)), Sym::new(&format!("GET /op{}", i % 20))),
+            to: Node {
+                service: Sym::new("postgresql:main"),
+                operation: Sym::new(&format!("SELECT * FROM table_{i} WHERE id = ?")),
+                kind: NodeKind::Database,
+            },
+        };
+        for k in 0..48u64 {
+            let at = 1_800_000_000_000_000_000 + k * 3_600_000_000_000;
+            store.observe_fanout(edge, 1 + (k * 7 + i) % 9, at);
+            store.observe_request_edge(class, edge, 2 + (k * 3 + i) % 11, at);
+            store.observe_window_class(class, edge, 900 + (k * 13) % 300, at);
+            for metric in WindowMetric::ALL {
+                store.observe_window(metric, edge, 100 + (k * 17 + i) % 400, at);
+            }
+            store.observe_seasonal(WindowMetric::WorkPerEntry, edge, 1_000 + k, at);
+        }
+    }
+    let per_edge = rss().saturating_sub(before) as f64 / edges as f64;
+    let report = MemoryReport {
+        in_flight_spans: in_flight,
+        bytes_per_in_flight_span: per_span,
+        edges: store.edges_tracked() as u64,
+        bytes_per_edge: per_edge,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// `stormwatch bench-reference`: the decode-and-drop reference servers, or (`--file`) the
+/// decode-and-drop of a length-prefixed protobuf file.
+pub(crate) async fn reference(args: crate::ReferenceArgs) -> anyhow::Result<()> {
+    if let Some(file) = &args.file {
+        let data = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let mut rest = data.as_slice();
+        let mut spans = 0usize;
+        while rest.len() >= 4 {
+            let length = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            anyhow::ensure!(rest.len() >= 4 + length, "{}: truncated", file.display());
+            let request = ExportTraceServiceRequest::decode(&rest[4..4 + length])?;
+            spans += request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum::<usize>();
+            rest = &rest[4 + length..];
+        }
+        println!("{spans}");
+        return Ok(());
+    }
+    let max = stormwatch_io::otlp::DEFAULT_MAX_MESSAGE_BYTES;
+    let grpc = tokio::net::TcpListener::bind(&args.otlp_grpc).await?;
+    let http = tokio::net::TcpListener::bind(&args.otlp_http).await?;
+    let stop = CancellationToken::new();
+    let grpc = tokio::spawn(stormwatch_io::otlp::reference::serve_reference_grpc(grpc, max, stop.clone()));
+    let http = tokio::spawn(stormwatch_io::otlp::reference::serve_reference_http(http, max, stop.clone()));
+    tokio::signal::ctrl_c().await?;
+    stop.cancel();
+    grpc.await??;
+    http.await??;
+    Ok(())
+}
