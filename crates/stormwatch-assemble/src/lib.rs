@@ -38,7 +38,7 @@ impl Default for AssemblerConfig {
         AssemblerConfig {
             trace_idle_nanos: 5 * NANOS_PER_SEC,
             trace_max_wait_nanos: 60 * NANOS_PER_SEC,
-            max_in_flight_spans: 2_000_000,
+            max_in_flight_spans: 6_000_000,
             max_future_skew_nanos: 15 * 60 * NANOS_PER_SEC,
             remembered_traces: 200_000,
         }

@@ -14,8 +14,9 @@ const SUB_BUCKET_BITS: u32 = 3;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Distribution {
-    /// (bucket index, weight), sorted by index.
-    buckets: Vec<(u16, u64)>,
+    /// (bucket index, weight), sorted by index. A weight never exceeds `DECAY_AT`, so 32 bits
+    /// hold it: 8 bytes a bucket.
+    buckets: Vec<(u16, u32)>,
     /// Weight held in `buckets` (decays).
     weight: u64,
     /// Observations ever learned (never decays).
@@ -62,7 +63,14 @@ impl Distribution {
         let bucket = bucket_of(value);
         match self.buckets.binary_search_by_key(&bucket, |(index, _)| *index) {
             Ok(position) => self.buckets[position].1 += 1,
-            Err(position) => self.buckets.insert(position, (bucket, 1)),
+            Err(position) => {
+                // Grow by little: a baseline holds a few dozen buckets at most, and millions of
+                // baselines would otherwise carry up to half their capacity unused.
+                if self.buckets.len() == self.buckets.capacity() {
+                    self.buckets.reserve_exact(4);
+                }
+                self.buckets.insert(position, (bucket, 1));
+            }
         }
         let delta = value as f64 - self.ewma_mean;
         self.ewma_mean += EWMA_ALPHA * delta;
@@ -77,7 +85,7 @@ impl Distribution {
             *weight /= 2;
         }
         self.buckets.retain(|(_, weight)| *weight > 0);
-        self.weight = self.buckets.iter().map(|(_, weight)| weight).sum();
+        self.weight = self.buckets.iter().map(|(_, weight)| u64::from(*weight)).sum();
     }
 
     /// Observations ever learned.
@@ -106,7 +114,7 @@ impl Distribution {
         let rank = ((q.clamp(0.0, 1.0) * self.weight as f64).ceil() as u64).max(1);
         let mut seen = 0;
         for (bucket, weight) in &self.buckets {
-            seen += weight;
+            seen += u64::from(*weight);
             if seen >= rank {
                 return bucket_upper(*bucket).min(self.max);
             }

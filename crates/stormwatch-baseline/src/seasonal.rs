@@ -12,20 +12,24 @@ use serde::{Deserialize, Serialize};
 const NANOS_PER_HOUR: u64 = 3_600 * 1_000_000_000;
 const HOURS: usize = 24;
 /// Completed days an hour needs before its level is used.
-pub(crate) const MIN_DAYS: u32 = 2;
+pub(crate) const MIN_DAYS: u16 = 2;
 /// Weight of a new day in an hour's level.
-const DAY_ALPHA: f64 = 0.3;
+const DAY_ALPHA: f32 = 0.3;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Hour {
-    /// Day number (Unix days) of the values in `sum` and `count`.
-    day: u32,
-    count: u32,
-    /// Completed days folded into `level`.
-    days: u32,
-    sum: f64,
+    /// Day number (Unix days, modulo 65,536: only compared with the current one) of the
+    /// values in `sum` and `count`.
+    day: u16,
+    /// Windows of the day in progress (at most 3,600 an hour at 1 s windows).
+    count: u16,
+    /// Completed days folded into `level` (saturating).
+    days: u16,
+    /// Single precision is plenty for a level that lifts a threshold, and keeps a profile
+    /// at 24 x 16 bytes.
+    sum: f32,
     /// EWMA over completed days of the hour's mean.
-    level: f64,
+    level: f32,
 }
 
 /// Per hour of the day: the usual level of one window metric.
@@ -40,9 +44,9 @@ impl Default for DailyProfile {
     }
 }
 
-fn hour_and_day(at_unix_nano: u64) -> (usize, u32) {
+fn hour_and_day(at_unix_nano: u64) -> (usize, u16) {
     let hours = at_unix_nano / NANOS_PER_HOUR;
-    ((hours % HOURS as u64) as usize, (hours / HOURS as u64) as u32)
+    ((hours % HOURS as u64) as usize, (hours / HOURS as u64) as u16)
 }
 
 impl DailyProfile {
@@ -57,24 +61,24 @@ impl DailyProfile {
         let (hour, day) = hour_and_day(at_unix_nano);
         let slot = &mut self.hours[hour];
         if slot.count > 0 && slot.day != day {
-            let mean = slot.sum / f64::from(slot.count);
+            let mean = slot.sum / slot.count as f32;
             slot.level = if slot.days == 0 { mean } else { slot.level + DAY_ALPHA * (mean - slot.level) };
-            slot.days += 1;
+            slot.days = slot.days.saturating_add(1);
             slot.sum = 0.0;
             slot.count = 0;
         }
         if slot.count == 0 {
             slot.day = day;
         }
-        slot.sum += value;
-        slot.count += 1;
+        slot.sum += value as f32;
+        slot.count = slot.count.saturating_add(1);
     }
 
     /// The usual level at the hour of `at_unix_nano`, once that hour has enough history.
     pub fn level_at(&self, at_unix_nano: u64) -> Option<f64> {
         let (hour, _) = hour_and_day(at_unix_nano);
         let slot = self.hours.get(hour)?;
-        (slot.days >= MIN_DAYS).then_some(slot.level)
+        (slot.days >= MIN_DAYS).then_some(f64::from(slot.level))
     }
 
     /// Hours with enough history to be used.
@@ -118,7 +122,7 @@ mod tests {
         profile.observe(10.0, 3 * DAY);
         profile.observe(10.0, 4 * DAY);
         let level = profile.level_at(4 * DAY).unwrap();
-        assert!((level - 3.7).abs() < 1e-9, "{level}");
+        assert!((level - 3.7).abs() < 1e-6, "{level}");
         profile.observe(f64::NAN, 5 * DAY);
         assert!(profile.level_at(5 * DAY).unwrap().is_finite());
     }

@@ -593,9 +593,9 @@ async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans: usize) -> 
 
     let (grpc, http, admin) = (free_address()?, free_address()?, free_address()?);
     let config = setup.dir.join("latency.toml");
-    // Every alert emitted (no folding of repeats), and room for rate x trace_idle spans in
-    // flight: at hundreds of thousands of spans/s the 2,000,000-span default would evict.
-    let in_flight = ((rate * 12.0) as u64).max(2_000_000);
+    // Every alert emitted (no folding of repeats), and room for rate x (trace_idle + trace
+    // duration) spans in flight, as a deployment at this rate would configure it.
+    let in_flight = ((rate * 12.0) as u64).max(6_000_000);
     std::fs::write(
         &config,
         format!(
@@ -773,14 +773,17 @@ pub(crate) fn memory_probe(args: crate::MemoryArgs) -> anyhow::Result<()> {
                 kind: NodeKind::Database,
             },
         };
+        // Two days of hourly observations, with the spread real baselines have: calls per
+        // parent 1-9, per request 2-12, work per entry request 0.1-0.5 (in thousandths), a
+        // retry ratio that is mostly zero, an hour-of-day profile. Cache miss ratios exist only
+        // for cache fallback edges and are left out.
         for k in 0..48u64 {
             let at = 1_800_000_000_000_000_000 + k * 3_600_000_000_000;
             store.observe_fanout(edge, 1 + (k * 7 + i) % 9, at);
             store.observe_request_edge(class, edge, 2 + (k * 3 + i) % 11, at);
             store.observe_window_class(class, edge, 900 + (k * 13) % 300, at);
-            for metric in WindowMetric::ALL {
-                store.observe_window(metric, edge, 100 + (k * 17 + i) % 400, at);
-            }
+            store.observe_window(WindowMetric::WorkPerEntry, edge, 100 + (k * 17 + i) % 400, at);
+            store.observe_window(WindowMetric::RetryRatio, edge, u64::from(k % 24 == 0) * 10, at);
             store.observe_seasonal(WindowMetric::WorkPerEntry, edge, 1_000 + k, at);
         }
     }
