@@ -178,8 +178,12 @@ impl Engine {
             // are learned as normal).
             let mut findings = findings;
             if findings.is_empty() && window.entry_requests >= self.windows.config().min_entry_requests {
-                if let Some(residual) = self.correlated.observe(&mut self.store.correlated, &window.rates(), window.end)
-                {
+                if let Some(residual) = self.correlated.observe(
+                    &mut self.store.correlated,
+                    &window.rates(),
+                    window.entry_requests,
+                    window.end,
+                ) {
                     findings.push(correlated_finding(&window, residual, &self.detect));
                 }
             }
