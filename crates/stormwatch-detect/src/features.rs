@@ -8,7 +8,7 @@
 //! parent lives in another service and is not a client span is paired with that parent too.
 //! Cycles in parent links, duplicate span ids, missing roots and orphans are tolerated.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use stormwatch_assemble::CompletedTrace;
 use stormwatch_model::{Edge, Node, NodeKind, RootClass, Span, SpanId, Sym, TraceId};
@@ -116,24 +116,61 @@ fn service_node(span: &Span) -> Node {
     Node::service(span.service, span.operation)
 }
 
+fn edge_key(edge: &Edge) -> [u32; 6] {
+    [
+        edge.from.service.id(),
+        edge.from.operation.id(),
+        edge.from.kind as u32,
+        edge.to.service.id(),
+        edge.to.operation.id(),
+        edge.to.kind as u32,
+    ]
+}
+
+/// One call on an edge, as recorded while walking the spans.
+#[derive(Clone, Copy)]
+struct Call {
+    edge: Edge,
+    parent: SpanId,
+    start: u64,
+    failed: bool,
+    resend: bool,
+    bytes: u32,
+}
+
 /// Extracts the features of one completed trace.
+///
+/// Allocation-light on purpose (it runs for every trace): span ids are looked up in a sorted
+/// vector rather than a hash map (no hashing, and no hash-flooding by chosen span ids), the
+/// children of each span are one flat array, and calls are grouped by sorting one vector.
 pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
     let spans = &trace.spans;
-    let mut index: HashMap<SpanId, usize> = HashMap::with_capacity(spans.len());
-    for (i, span) in spans.iter().enumerate() {
-        index.entry(span.span_id).or_insert(i);
+    // Span id -> first index with that id.
+    let mut by_id: Vec<(SpanId, usize)> = spans.iter().enumerate().map(|(i, span)| (span.span_id, i)).collect();
+    by_id.sort_unstable();
+    let lookup = |id: SpanId| -> Option<usize> {
+        let first = by_id.partition_point(|(other, _)| *other < id);
+        by_id.get(first).filter(|(other, _)| *other == id).map(|(_, i)| *i)
+    };
+    let parent_index: Vec<Option<usize>> =
+        spans.iter().enumerate().map(|(i, span)| span.parent_span_id.and_then(lookup).filter(|p| *p != i)).collect();
+    // Children of span i: child_list[child_start[i]..child_start[i + 1]].
+    let mut child_start = vec![0usize; spans.len() + 1];
+    for parent in parent_index.iter().flatten() {
+        child_start[*parent + 1] += 1;
     }
-    let parent_index: Vec<Option<usize>> = spans
-        .iter()
-        .enumerate()
-        .map(|(i, span)| span.parent_span_id.and_then(|p| index.get(&p).copied()).filter(|p| *p != i))
-        .collect();
-    let mut children: Vec<Vec<usize>> = vec![Vec::new(); spans.len()];
+    for i in 0..spans.len() {
+        child_start[i + 1] += child_start[i];
+    }
+    let mut child_list = vec![0usize; child_start[spans.len()]];
+    let mut fill = child_start.clone();
     for (i, parent) in parent_index.iter().enumerate() {
         if let Some(parent) = parent {
-            children[*parent].push(i);
+            child_list[fill[*parent]] = i;
+            fill[*parent] += 1;
         }
     }
+    let children = |i: usize| &child_list[child_start[i]..child_start[i + 1]];
 
     // The root: a span without a parent (earliest if several); failing that the earliest
     // span whose parent is missing.
@@ -161,18 +198,12 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
         query_shape: spans[i].query_shape,
     });
 
-    let mut resolver =
-        EntryResolver { spans, parent_index: parent_index.clone(), memo: vec![None; spans.len()], has_cycle: false };
-    // (edge, parent span) -> calls, as (start, failed, marked as a resend, bytes)
-    type Calls = Vec<(u64, bool, bool, u32)>;
-    let mut per_parent: BTreeMap<Edge, BTreeMap<SpanId, Calls>> = BTreeMap::new();
-    let mut record = |edge: Edge, parent: SpanId, call: (u64, bool, bool, u32)| {
-        per_parent.entry(edge).or_default().entry(parent).or_default().push(call);
-    };
+    let mut resolver = EntryResolver { spans, parent_index, memo: vec![None; spans.len()], has_cycle: false };
+    let mut calls: Vec<Call> = Vec::with_capacity(spans.len());
     for (i, span) in spans.iter().enumerate() {
         if span.kind.is_outgoing() {
             let caller = service_node(&spans[resolver.entry_of(i)]);
-            let answered_by = children[i]
+            let answered_by = children(i)
                 .iter()
                 .map(|c| &spans[*c])
                 .filter(|child| child.kind.is_entry() || child.service != span.service)
@@ -182,85 +213,105 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
                 (None, Some(remote)) => Node { service: remote.name, operation: remote.operation, kind: remote.kind },
                 (None, None) => Node { service: Sym::new("unknown"), operation: span.operation, kind: NodeKind::Peer },
             };
-            let failed = span.is_error || answered_by.is_some_and(|server| server.is_error);
-            // Either side may report the payload; they describe the same response.
-            let bytes = span.bytes.max(answered_by.map_or(0, |server| server.bytes));
-            record(
-                Edge { from: caller, to: callee },
-                span.parent_span_id.unwrap_or(span.span_id),
-                (span.start_unix_nano, failed, span.retry, bytes),
-            );
+            calls.push(Call {
+                edge: Edge { from: caller, to: callee },
+                parent: span.parent_span_id.unwrap_or(span.span_id),
+                start: span.start_unix_nano,
+                failed: span.is_error || answered_by.is_some_and(|server| server.is_error),
+                resend: span.retry,
+                // Either side may report the payload; they describe the same response.
+                bytes: span.bytes.max(answered_by.map_or(0, |server| server.bytes)),
+            });
         } else if span.kind.is_entry() {
             // Entry span called directly from another service's non-client span.
-            if let Some(parent) = parent_index[i] {
+            if let Some(parent) = resolver.parent_index[i] {
                 let parent_span = &spans[parent];
                 if parent_span.service != span.service && !parent_span.kind.is_outgoing() {
                     let caller = service_node(&spans[resolver.entry_of(parent)]);
-                    record(
-                        Edge { from: caller, to: service_node(span) },
-                        parent_span.span_id,
-                        (span.start_unix_nano, span.is_error, span.retry, span.bytes),
-                    );
+                    calls.push(Call {
+                        edge: Edge { from: caller, to: service_node(span) },
+                        parent: parent_span.span_id,
+                        start: span.start_unix_nano,
+                        failed: span.is_error,
+                        resend: span.retry,
+                        bytes: span.bytes,
+                    });
                 }
             }
         }
     }
+    // Group by edge (interning keys: no string comparisons), then parent, in time order.
+    calls.sort_unstable_by_key(|call| (edge_key(&call.edge), call.parent, call.start));
+
+    // Per (edge, parent): how many calls; per edge: the features.
+    let mut groups: Vec<(Edge, SpanId, u64)> = Vec::new();
+    let mut edges: Vec<EdgeFeatures> = Vec::new();
+    let mut previous_failed = false;
+    for (k, call) in calls.iter().enumerate() {
+        let same_edge = k > 0 && calls[k - 1].edge == call.edge;
+        let same_parent = same_edge && calls[k - 1].parent == call.parent;
+        if !same_edge {
+            edges.push(EdgeFeatures {
+                edge: call.edge,
+                calls: 0,
+                calls_per_parent: Vec::new(),
+                max_calls_per_parent: 0,
+                errors: 0,
+                retries: 0,
+                bytes: 0,
+            });
+        }
+        if !same_parent {
+            groups.push((call.edge, call.parent, 0));
+            previous_failed = false;
+        }
+        if let Some(group) = groups.last_mut() {
+            group.2 += 1;
+        }
+        let edge = edges.last_mut().expect("pushed above");
+        edge.bytes += u64::from(call.bytes);
+        edge.errors += u64::from(call.failed);
+        edge.retries += u64::from(call.resend || previous_failed);
+        previous_failed = call.failed;
+    }
+    let mut group_iter = groups.iter().peekable();
+    for edge in &mut edges {
+        while let Some((_, _, count)) = group_iter.next_if(|(e, _, _)| *e == edge.edge) {
+            edge.calls_per_parent.push(*count);
+        }
+        edge.calls = edge.calls_per_parent.iter().sum();
+        edge.max_calls_per_parent = edge.calls_per_parent.iter().copied().max().unwrap_or(0);
+    }
+    // Output order by text, the same in every run.
+    edges.sort_unstable_by_key(|a| a.edge);
 
     // Cache lookups and database calls per parent span, paired.
-    type EdgeCalls = Vec<(Edge, u64)>;
-    let mut parents: BTreeMap<SpanId, (EdgeCalls, EdgeCalls)> = BTreeMap::new();
-    for (edge, calls_by_parent) in &per_parent {
-        for (parent, calls) in calls_by_parent {
-            let entry = parents.entry(*parent).or_default();
-            match edge.to.kind {
-                NodeKind::Cache => entry.0.push((*edge, calls.len() as u64)),
-                NodeKind::Database => entry.1.push((*edge, calls.len() as u64)),
-                _ => {}
-            }
-        }
-    }
-    let mut pairs: BTreeMap<(Edge, Edge), u64> = BTreeMap::new();
-    for (lookups, database_calls) in parents.into_values() {
-        for (cache, _) in &lookups {
-            for (database, calls) in &database_calls {
-                *pairs.entry((*cache, *database)).or_default() += calls;
-            }
-        }
-    }
-    let caches = pairs
-        .into_iter()
-        .map(|((cache, database), database_calls)| CacheUse { cache, database, database_calls })
-        .collect();
-
-    let edges: Vec<EdgeFeatures> = per_parent
-        .into_iter()
-        .map(|(edge, parents)| {
-            let (mut errors, mut retries, mut bytes) = (0, 0, 0);
-            let mut calls_per_parent = Vec::with_capacity(parents.len());
-            for mut calls in parents.into_values() {
-                calls.sort_unstable_by_key(|(start, _, _, _)| *start);
-                let mut previous_failed = false;
-                for (_, failed, resend, size) in &calls {
-                    bytes += u64::from(*size);
-                    errors += u64::from(*failed);
-                    retries += u64::from(*resend || previous_failed);
-                    previous_failed = *failed;
+    let mut caches: Vec<CacheUse> = Vec::new();
+    if edges.iter().any(|e| e.edge.to.kind == NodeKind::Cache) {
+        let mut by_parent: Vec<(SpanId, Edge, u64)> = groups
+            .iter()
+            .filter(|(edge, _, _)| matches!(edge.to.kind, NodeKind::Cache | NodeKind::Database))
+            .map(|(edge, parent, count)| (*parent, *edge, *count))
+            .collect();
+        by_parent.sort_unstable();
+        let mut pairs: BTreeMap<(Edge, Edge), u64> = BTreeMap::new();
+        for parent_calls in by_parent.chunk_by(|a, b| a.0 == b.0) {
+            for (_, cache, _) in parent_calls.iter().filter(|(_, e, _)| e.to.kind == NodeKind::Cache) {
+                for (_, database, calls) in parent_calls.iter().filter(|(_, e, _)| e.to.kind == NodeKind::Database) {
+                    *pairs.entry((*cache, *database)).or_default() += calls;
                 }
-                calls_per_parent.push(calls.len() as u64);
             }
-            EdgeFeatures {
-                edge,
-                calls: calls_per_parent.iter().sum(),
-                max_calls_per_parent: calls_per_parent.iter().copied().max().unwrap_or(0),
-                calls_per_parent,
-                errors,
-                retries,
-                bytes,
-            }
-        })
-        .collect();
+        }
+        caches = pairs
+            .into_iter()
+            .map(|((cache, database), database_calls)| CacheUse { cache, database, database_calls })
+            .collect();
+    }
+
     let db_calls = edges.iter().filter(|e| e.edge.to.kind.is_datastore()).map(|e| e.calls).sum();
-    let services = spans.iter().map(|s| s.service).collect::<HashSet<_>>().len() as u64;
+    let mut services: Vec<u32> = spans.iter().map(|s| s.service.id()).collect();
+    services.sort_unstable();
+    services.dedup();
     TraceFeatures {
         trace_id: trace.trace_id,
         complete: trace.is_complete(),
@@ -269,7 +320,7 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
         end_unix_nano: spans.iter().map(|s| s.end_unix_nano).max().unwrap_or(0),
         spans: spans.len() as u64,
         db_calls,
-        services,
+        services: services.len() as u64,
         edges,
         caches,
         client: root.and_then(|i| spans[i].client_address),

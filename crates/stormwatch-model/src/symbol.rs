@@ -24,9 +24,33 @@ impl Sym {
         Sym(interner().get_or_intern(text))
     }
 
-    /// The interned text.
+    /// The interned text. Resolving through the shared interner takes a hash and a shard lock;
+    /// each thread keeps the texts it resolved in a plain vector indexed by key instead (the
+    /// interner is append-only, so an entry never goes stale).
     pub fn as_str(self) -> &'static str {
-        interner().resolve(&self.0)
+        thread_local! {
+            static RESOLVED: std::cell::RefCell<Vec<Option<&'static str>>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let index = self.id() as usize;
+        RESOLVED.with(|resolved| {
+            if let Some(Some(text)) = resolved.borrow().get(index) {
+                return *text;
+            }
+            let text: &'static str = interner().resolve(&self.0);
+            let mut resolved = resolved.borrow_mut();
+            if resolved.len() <= index {
+                resolved.resize(index + 1, None);
+            }
+            resolved[index] = Some(text);
+            text
+        })
+    }
+
+    /// The interning key: equal for equal text and cheap to compare, but ordered by first
+    /// interning, which differs between runs. For grouping; never for output order (that is
+    /// what `Ord`, by text, is for).
+    pub fn id(self) -> u32 {
+        lasso::Key::into_usize(self.0) as u32
     }
 }
 
@@ -39,6 +63,10 @@ impl PartialOrd for Sym {
 /// Ordered by text, not by interning order, so sorted output is the same in every run.
 impl Ord for Sym {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if self.0 == other.0 {
+            // Same key, same text: no lookups.
+            return std::cmp::Ordering::Equal;
+        }
         self.as_str().cmp(other.as_str())
     }
 }
