@@ -398,7 +398,7 @@ mod tests {
     fn uneven_residuals_do_not_alarm_on_chance() {
         let mut detector = Trained { detector: Correlated::new(CorrelatedConfig::default()), model: None };
         let mut traffic = Traffic(11);
-        let mut uneven = |traffic: &mut Traffic| -> Vec<(Edge, f64)> {
+        let uneven = |traffic: &mut Traffic| -> Vec<(Edge, f64)> {
             let mut window = traffic.window();
             window.push((edge(20), 1.0 + 0.3 * traffic.noise()));
             for i in 21..51 {
