@@ -10,6 +10,7 @@
 //! * `detect` — the per-trace detectors against trained baselines;
 //! * `learn` — baseline updates of every trace;
 //! * `windows` — window aggregation and the window detectors;
+//! * `correlated_window` — the PCA detector on one window of 64 edges (refits amortised);
 //! * `engine` — all of it, as `serve` and `replay` run it.
 //!
 //! Run with `cargo bench -p stormwatch-detect --bench stages`.
@@ -155,6 +156,34 @@ fn stages(c: &mut Criterion) {
             },
             BatchSize::LargeInput,
         )
+    });
+    group.finish();
+
+    // The correlated-storm detector, per window: 64 busy edges, fitted, judging and refitting.
+    let mut group = c.benchmark_group("stages");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("correlated_window", |b| {
+        let edges: Vec<stormwatch_model::Edge> =
+            features.iter().flat_map(|f| f.edges.iter().map(|e| e.edge)).take(64).collect();
+        let mut seed = 7u64;
+        let mut noise = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut rows = move || -> Vec<(stormwatch_model::Edge, f64)> {
+            let level = 1.0 + 0.3 * noise();
+            edges
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (*e, level * (1.0 + i as f64 * 0.05) * (1.0 + 0.05 * noise())))
+                .collect()
+        };
+        let mut detector = stormwatch_detect::correlated::Correlated::new(Default::default());
+        let mut model = None;
+        for _ in 0..200 {
+            detector.observe(&mut model, &rows(), 1_000, 0);
+        }
+        b.iter(|| detector.observe(&mut model, &rows(), 1_000, 0).is_some())
     });
     group.finish();
 
