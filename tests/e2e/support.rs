@@ -118,12 +118,17 @@ pub(crate) struct Serve {
 impl Serve {
     /// Starts serve with test-speed settings and `extra` flags, and waits for /healthz.
     pub(crate) fn start(work_dir: &Path, extra: &[&str]) -> Serve {
+        Serve::start_with(work_dir, "[assemble]\ntrace_idle = \"1s\"\ntrace_max_wait = \"20s\"\n", extra)
+    }
+
+    /// Like [`Serve::start`] with `sections` of TOML (including an `[assemble]` section) in
+    /// the config file.
+    pub(crate) fn start_with(work_dir: &Path, sections: &str, extra: &[&str]) -> Serve {
         let (grpc, http, admin) = (free_addr(), free_addr(), free_addr());
         let config = work_dir.join("stormwatch.toml");
         std::fs::write(
             &config,
-            "[assemble]\ntrace_idle = \"1s\"\ntrace_max_wait = \"20s\"\n\n\
-             [baseline]\nlearning_min_samples = 30\nsnapshot_interval = \"2s\"\n",
+            format!("{sections}\n[baseline]\nlearning_min_samples = 30\nsnapshot_interval = \"2s\"\n"),
         )
         .unwrap();
         let mut args = vec!["serve".to_string(), "--config".into(), config.to_str().unwrap().into()];

@@ -154,6 +154,10 @@ impl Assembler {
         &self.stats
     }
 
+    pub fn config(&self) -> &AssemblerConfig {
+        &self.config
+    }
+
     /// Event time reached so far (Unix nanoseconds; 0 before the first span).
     pub fn watermark(&self) -> u64 {
         self.watermark

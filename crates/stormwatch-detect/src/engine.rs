@@ -103,6 +103,23 @@ impl Engine {
         self.throttle.open_incidents()
     }
 
+    /// Event time the oldest open incident opened at, if any.
+    pub fn oldest_open_incident(&self) -> Option<u64> {
+        self.throttle.oldest_open_incident()
+    }
+
+    /// Event time after which everything the engine was given at watermark `w` has been
+    /// decided: its traces complete (`trace_max_wait`) and their windows judged. Add this to
+    /// `w`.
+    pub fn settle_horizon(&self) -> u64 {
+        let window = self.windows.config();
+        self.assembler
+            .config()
+            .trace_max_wait_nanos
+            .saturating_add(window.window_nanos)
+            .saturating_add(window.close_delay_nanos)
+    }
+
     /// Windows not judged yet.
     pub fn open_windows(&self) -> usize {
         self.windows.open_windows()

@@ -71,6 +71,12 @@ impl Throttle {
         self.open.len()
     }
 
+    /// Event time the oldest open incident opened at: its summary may still report evidence
+    /// from then on.
+    pub fn oldest_open_incident(&self) -> Option<u64> {
+        self.open.values().map(|incident| incident.opened_at).min()
+    }
+
     /// Offers a finding; an alert is appended when it opens a new incident.
     pub fn offer(&mut self, finding: Finding, now_wall_nano: u64, out: &mut Vec<Alert>) {
         let fingerprint = fingerprint(&finding);

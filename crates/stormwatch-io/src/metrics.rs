@@ -69,6 +69,14 @@ metrics! {
     window_late_traces_total: "counter",
     /// Alerts that the sink failed to deliver.
     alert_delivery_failures_total: "counter",
+    /// Messages consumed from the Kafka input topic.
+    kafka_messages_total: "counter",
+    /// Kafka input messages that could not be decoded (skipped, logged with partition and offset).
+    kafka_malformed_messages_total: "counter",
+    /// Malformed messages copied to the dead-letter topic.
+    kafka_dead_letters_total: "counter",
+    /// Offset commits of settled Kafka input messages.
+    kafka_commits_total: "counter",
     /// Baseline snapshots written.
     snapshots_written_total: "counter",
     /// Observations not learned because the baseline store was at its key limit.

@@ -17,16 +17,30 @@ pub struct QueueFull;
 #[derive(Debug)]
 pub struct Disconnected;
 
+/// Where a batch came from in a Kafka input topic, for committing once it is settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourcePosition {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Spans for the engine, and the Kafka message they came from (`None` for OTLP and files).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub spans: Vec<Span>,
+    pub position: Option<SourcePosition>,
+}
+
 /// The sending side, cloned into every receiver.
 #[derive(Clone)]
 pub struct SpanQueue {
-    sender: SyncSender<Vec<Span>>,
+    sender: SyncSender<Batch>,
     depth: Arc<AtomicUsize>,
 }
 
 /// The engine's side.
 pub struct SpanReceiver {
-    receiver: mpsc::Receiver<Vec<Span>>,
+    receiver: mpsc::Receiver<Batch>,
     depth: Arc<AtomicUsize>,
 }
 
@@ -44,7 +58,7 @@ impl SpanQueue {
             return Ok(());
         }
         self.depth.fetch_add(1, Ordering::Relaxed);
-        match self.sender.try_send(spans) {
+        match self.sender.try_send(Batch { spans, position: None }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.depth.fetch_sub(1, Ordering::Relaxed);
@@ -55,8 +69,14 @@ impl SpanQueue {
 
     /// Enqueues a batch, waiting for room (replay and Kafka input: back-pressure, not refusal).
     pub fn send_blocking(&self, spans: Vec<Span>) -> Result<(), QueueFull> {
+        self.send_batch(Batch { spans, position: None })
+    }
+
+    /// Enqueues a batch with its source position, waiting for room. Sent even when it has no
+    /// spans (a malformed message), so its offset is committed in order.
+    pub fn send_batch(&self, batch: Batch) -> Result<(), QueueFull> {
         self.depth.fetch_add(1, Ordering::Relaxed);
-        self.sender.send(spans).map_err(|_| {
+        self.sender.send(batch).map_err(|_| {
             self.depth.fetch_sub(1, Ordering::Relaxed);
             QueueFull
         })
@@ -66,11 +86,11 @@ impl SpanQueue {
 impl SpanReceiver {
     /// The next batch, or `Ok(None)` after `timeout` without one; `Err` once every sender is
     /// gone and the queue is drained.
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Vec<Span>>, Disconnected> {
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Batch>, Disconnected> {
         match self.receiver.recv_timeout(timeout) {
-            Ok(spans) => {
+            Ok(batch) => {
                 self.depth.fetch_sub(1, Ordering::Relaxed);
-                Ok(Some(spans))
+                Ok(Some(batch))
             }
             Err(RecvTimeoutError::Timeout) => Ok(None),
             Err(RecvTimeoutError::Disconnected) => Err(Disconnected),
@@ -83,10 +103,10 @@ impl SpanReceiver {
     }
 
     /// A batch if one is waiting right now.
-    pub fn try_recv(&self) -> Option<Vec<Span>> {
-        let spans = self.receiver.try_recv().ok()?;
+    pub fn try_recv(&self) -> Option<Batch> {
+        let batch = self.receiver.try_recv().ok()?;
         self.depth.fetch_sub(1, Ordering::Relaxed);
-        Some(spans)
+        Some(batch)
     }
 }
 

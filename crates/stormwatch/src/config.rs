@@ -56,11 +56,29 @@ pub(crate) struct KafkaConfig {
     pub(crate) brokers: String,
     /// Topic alerts are produced to (key = fingerprint).
     pub(crate) alert_topic: String,
+    /// `serve` also consumes spans from `input_topic` (needs `brokers`).
+    pub(crate) input: bool,
+    /// Topic the OpenTelemetry Collector's kafka exporter writes spans to.
+    pub(crate) input_topic: String,
+    /// Its encoding: `otlp_proto` (the exporter's default) or `otlp_json`.
+    pub(crate) input_encoding: String,
+    /// Consumer group of the engines sharing the input topic.
+    pub(crate) group_id: String,
+    /// Malformed input messages are copied here; empty: they are only counted and logged.
+    pub(crate) dead_letter_topic: String,
 }
 
 impl Default for KafkaConfig {
     fn default() -> Self {
-        KafkaConfig { brokers: String::new(), alert_topic: stormwatch_io::kafka::DEFAULT_ALERT_TOPIC.into() }
+        KafkaConfig {
+            brokers: String::new(),
+            alert_topic: stormwatch_io::kafka::DEFAULT_ALERT_TOPIC.into(),
+            input: false,
+            input_topic: stormwatch_io::kafka::source::DEFAULT_INPUT_TOPIC.into(),
+            input_encoding: "otlp_proto".into(),
+            group_id: stormwatch_io::kafka::source::DEFAULT_GROUP_ID.into(),
+            dead_letter_topic: String::new(),
+        }
     }
 }
 
@@ -260,6 +278,20 @@ impl Config {
         }
         if self.detect.window < Duration::from_secs(1) {
             bail!("detect.window: must be at least 1s, got {}", humantime::format_duration(self.detect.window));
+        }
+        if self.kafka.input {
+            if self.kafka.brokers.is_empty() {
+                bail!("kafka.input (--kafka-input): needs kafka.brokers (--kafka-brokers) to consume from");
+            }
+            if self.kafka.input_topic.is_empty() || self.kafka.group_id.is_empty() {
+                bail!("kafka.input_topic and kafka.group_id: must not be empty with kafka.input");
+            }
+            if stormwatch_io::kafka::source::InputEncoding::parse(&self.kafka.input_encoding).is_none() {
+                bail!(
+                    "kafka.input_encoding: {:?} is not otlp_proto or otlp_json (the Collector kafka exporter's encodings)",
+                    self.kafka.input_encoding
+                );
+            }
         }
         if !self.kafka.brokers.is_empty() && self.kafka.alert_topic.is_empty() {
             bail!("kafka.alert_topic: must not be empty when kafka.brokers is set");

@@ -52,7 +52,9 @@ enum Command {
 (127.0.0.1:4318, POST /v1/traces, protobuf or JSON, gzip), assembles traces on event time, learns per-edge \
 baselines and emits alerts: to the Kafka topic stormwatch.alerts when --kafka-brokers is set, otherwise as \
 JSON lines to stdout and stormwatch-alerts.jsonl. Baselines are restored from and snapshotted to --models \
-(default models/). Admin API on 127.0.0.1:9464: /healthz, /metrics. Ctrl-C flushes traces, alerts and the \
+(default models/). With --kafka-input it also consumes spans from the Kafka topic otlp_spans (as the \
+OpenTelemetry Collector's kafka exporter writes them) in a consumer group, committing offsets once the alerts \
+they caused are acknowledged. Admin API on 127.0.0.1:9464: /healthz, /metrics. Ctrl-C flushes traces, alerts and the \
 snapshot; a second Ctrl-C exits at once.\n\nSettings come from embedded defaults < --config FILE < environment < flags; \
 `stormwatch serve --print-config` shows the result.")]
     Serve(ServeArgs),
@@ -266,6 +268,11 @@ pub struct ServeArgs {
     /// [default: stormwatch-alerts.jsonl].
     #[arg(long, value_name = "FILE", env = "STORMWATCH_ALERTS_FILE")]
     pub alerts_file: Option<String>,
+    /// Also consume spans from Kafka (kafka.input_topic, default otlp_spans, as the
+    /// OpenTelemetry Collector's kafka exporter writes them) in consumer group kafka.group_id;
+    /// offsets are committed once the spans' alerts are acknowledged. Needs --kafka-brokers.
+    #[arg(long, env = "STORMWATCH_KAFKA_INPUT")]
+    pub kafka_input: bool,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,

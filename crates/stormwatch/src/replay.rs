@@ -42,7 +42,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         store,
         sink,
         64,
-        EngineOptions { idle_fallback: None, snapshot: args.models.clone().map(|dir| (dir, None)) },
+        EngineOptions { idle_fallback: None, snapshot: args.models.clone().map(|dir| (dir, None)), commits: None },
     );
     let metrics = pipeline.metrics.clone();
 

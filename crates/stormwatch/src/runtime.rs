@@ -16,7 +16,7 @@ use stormwatch_baseline::{load_snapshot, write_snapshot, BaselineStore};
 use stormwatch_detect::{Engine, EngineConfig, EngineStats};
 use stormwatch_io::kafka::KafkaAlertSink;
 use stormwatch_io::sink::AlertSink;
-use stormwatch_io::{span_queue, Metrics, SpanQueue, SpanReceiver};
+use stormwatch_io::{span_queue, Metrics, SourcePosition, SpanQueue, SpanReceiver};
 use stormwatch_model::Alert;
 use tokio::sync::mpsc;
 
@@ -41,8 +41,9 @@ impl Pipeline {
         let metrics = Arc::new(Metrics::default());
         let (queue, receiver) = span_queue(queue_capacity);
         let (alerts_tx, alerts_rx) = mpsc::channel(256);
+        let commits = options.commits.clone();
         let engine = spawn_engine(config, store, receiver, alerts_tx, metrics.clone(), options);
-        let sink = tokio::spawn(run_sink(sink, alerts_rx, metrics.clone()));
+        let sink = tokio::spawn(run_sink(sink, alerts_rx, commits, metrics.clone()));
         (Pipeline { metrics, engine, sink }, queue)
     }
 
@@ -97,6 +98,17 @@ pub(crate) struct EngineOptions {
     pub(crate) idle_fallback: Option<Duration>,
     /// Where and how often to snapshot the baselines; also written at the end.
     pub(crate) snapshot: Option<(PathBuf, Option<Duration>)>,
+    /// Kafka input: where the sink sends settled positions, once the alerts before them are
+    /// acknowledged.
+    pub(crate) commits: Option<std::sync::mpsc::Sender<Vec<SourcePosition>>>,
+}
+
+/// What the engine hands the sink task, in order.
+pub(crate) enum SinkItem {
+    Alerts(Vec<Alert>),
+    /// Kafka input positions whose spans are settled; committable once everything before this
+    /// item is delivered.
+    Settled(Vec<SourcePosition>),
 }
 
 /// What the engine did, for the replay summary and the shutdown log.
@@ -147,7 +159,7 @@ fn spawn_engine(
     config: EngineConfig,
     store: BaselineStore,
     receiver: SpanReceiver,
-    alerts: mpsc::Sender<Vec<Alert>>,
+    alerts: mpsc::Sender<SinkItem>,
     metrics: Arc<Metrics>,
     options: EngineOptions,
 ) -> std::thread::JoinHandle<EngineReport> {
@@ -161,7 +173,7 @@ fn run_engine(
     config: EngineConfig,
     store: BaselineStore,
     receiver: SpanReceiver,
-    alerts_tx: mpsc::Sender<Vec<Alert>>,
+    alerts_tx: mpsc::Sender<SinkItem>,
     metrics: Arc<Metrics>,
     options: EngineOptions,
 ) -> EngineReport {
@@ -176,20 +188,29 @@ fn run_engine(
         if !alerts.is_empty() {
             // Blocks when the sink is behind: back-pressure reaches the span queue, then the
             // receivers, which answer "retry later".
-            let _ = alerts_tx.blocking_send(std::mem::take(alerts));
+            let _ = alerts_tx.blocking_send(SinkItem::Alerts(std::mem::take(alerts)));
         }
     };
+    // Kafka input positions in processing order, with the watermark they were processed at.
+    let mut pending: std::collections::VecDeque<(SourcePosition, u64)> = std::collections::VecDeque::new();
+    let horizon = engine.settle_horizon();
     loop {
         match receiver.recv_timeout(Duration::from_millis(100)) {
-            Ok(Some(spans)) => {
-                let mut processed = spans.len() as u64;
-                engine.push(spans, &mut alerts);
+            Ok(Some(batch)) => {
+                let mut processed = batch.spans.len() as u64;
+                engine.push(batch.spans, &mut alerts);
+                if let Some(position) = batch.position {
+                    pending.push_back((position, engine.assembler().watermark()));
+                }
                 // Drain what is already waiting before doing periodic work.
                 let mut drained = 0;
                 while drained < 64 {
-                    let Some(spans) = receiver.try_recv() else { break };
-                    processed += spans.len() as u64;
-                    engine.push(spans, &mut alerts);
+                    let Some(batch) = receiver.try_recv() else { break };
+                    processed += batch.spans.len() as u64;
+                    engine.push(batch.spans, &mut alerts);
+                    if let Some(position) = batch.position {
+                        pending.push_back((position, engine.assembler().watermark()));
+                    }
                     drained += 1;
                 }
                 Metrics::add(&metrics.spans_processed_total, processed);
@@ -203,13 +224,31 @@ fn run_engine(
             let quiet = last_activity.elapsed();
             // Also while incidents or windows are open, so a throttled summary or a window's
             // verdict is not held back until the next span arrives.
-            let waiting =
-                engine.assembler().in_flight_traces() > 0 || engine.open_incidents() > 0 || engine.open_windows() > 0;
+            let waiting = engine.assembler().in_flight_traces() > 0
+                || engine.open_incidents() > 0
+                || engine.open_windows() > 0
+                || !pending.is_empty();
             if quiet >= idle && waiting {
                 engine.advance_to(watermark_at_activity + quiet.as_nanos() as u64, &mut alerts);
             }
         }
         send(&mut alerts);
+        // Settled: everything they fed has completed and been judged, and no open incident
+        // may still summarise evidence from them. Behind the alerts just sent.
+        let watermark = engine.assembler().watermark();
+        let incidents_from = engine.oldest_open_incident().unwrap_or(u64::MAX);
+        let mut settled = Vec::new();
+        while let Some((position, at)) = pending.front() {
+            let done = at.saturating_add(horizon);
+            if done > watermark || incidents_from <= done {
+                break;
+            }
+            settled.push(*position);
+            pending.pop_front();
+        }
+        if !settled.is_empty() {
+            let _ = alerts_tx.blocking_send(SinkItem::Settled(settled));
+        }
         if last_publish.elapsed() >= Duration::from_millis(200) {
             publish(&engine, &receiver, &metrics);
             last_publish = Instant::now();
@@ -223,6 +262,10 @@ fn run_engine(
     }
     engine.flush(&mut alerts);
     send(&mut alerts);
+    // Flushed: every trace completed, every window judged, every incident summarised.
+    if !pending.is_empty() {
+        let _ = alerts_tx.blocking_send(SinkItem::Settled(pending.drain(..).map(|(p, _)| p).collect()));
+    }
     if let Some((dir, _)) = &options.snapshot {
         snapshot_error = snapshot(&engine, dir, &metrics).err();
     }
@@ -241,8 +284,25 @@ fn run_engine(
 /// Writes alert batches to the sink until the engine closes the channel. A failed delivery
 /// is retried with backoff; after the last retry it is logged and counted, and the engine
 /// goes on.
-async fn run_sink(mut sink: AlertSink, mut alerts: mpsc::Receiver<Vec<Alert>>, metrics: Arc<Metrics>) {
-    while let Some(batch) = alerts.recv().await {
+async fn run_sink(
+    mut sink: AlertSink,
+    mut items: mpsc::Receiver<SinkItem>,
+    commits: Option<std::sync::mpsc::Sender<Vec<SourcePosition>>>,
+    metrics: Arc<Metrics>,
+) {
+    // After an alert was given up on, nothing more is committed: the spans behind it are
+    // re-read after a restart rather than lost.
+    let mut delivery_failed = false;
+    while let Some(item) = items.recv().await {
+        let batch = match item {
+            SinkItem::Alerts(batch) => batch,
+            SinkItem::Settled(positions) => {
+                if let (Some(commits), false) = (&commits, delivery_failed) {
+                    let _ = commits.send(positions);
+                }
+                continue;
+            }
+        };
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=5 {
             match sink.emit(&batch, &metrics).await {
@@ -253,6 +313,7 @@ async fn run_sink(mut sink: AlertSink, mut alerts: mpsc::Receiver<Vec<Alert>>, m
                     delay *= 2;
                 }
                 Err(error) => {
+                    delivery_failed = true;
                     Metrics::add(&metrics.alert_delivery_failures_total, batch.len() as u64);
                     tracing::error!(%error, alerts = batch.len(), "alert delivery failed; giving up on this batch");
                 }

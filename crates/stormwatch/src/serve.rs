@@ -47,6 +47,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(file) = &args.alerts_file {
         config.output.alerts_file = file.clone();
     }
+    if args.kafka_input {
+        config.kafka.input = true;
+    }
     config.validate()?;
     if args.print_config {
         print!("{}", toml::to_string(&config).context("cannot print the configuration")?);
@@ -72,6 +75,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "stormwatch serving"
     );
 
+    let (commits_tx, commits_rx) = std::sync::mpsc::channel();
     let (pipeline, queue) = Pipeline::start(
         config.engine(),
         store,
@@ -80,9 +84,35 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         EngineOptions {
             idle_fallback: Some(config.assemble.trace_idle),
             snapshot: Some((config.baseline.models_dir.clone(), Some(config.baseline.snapshot_interval))),
+            commits: config.kafka.input.then_some(commits_tx),
         },
     );
     let metrics = pipeline.metrics.clone();
+    let source = if config.kafka.input {
+        let source_config = stormwatch_io::kafka::source::SourceConfig {
+            brokers: config.kafka.brokers.clone(),
+            topic: config.kafka.input_topic.clone(),
+            group_id: config.kafka.group_id.clone(),
+            encoding: stormwatch_io::kafka::source::InputEncoding::parse(&config.kafka.input_encoding)
+                .context("kafka.input_encoding")?,
+            dead_letter_topic: (!config.kafka.dead_letter_topic.is_empty())
+                .then(|| config.kafka.dead_letter_topic.clone()),
+        };
+        let (queue, metrics) = (queue.clone(), metrics.clone());
+        let source = tokio::task::spawn_blocking(move || {
+            stormwatch_io::kafka::source::KafkaSource::start(source_config, queue, commits_rx, metrics)
+        })
+        .await??;
+        tracing::info!(
+            topic = %config.kafka.input_topic,
+            group = %config.kafka.group_id,
+            encoding = %config.kafka.input_encoding,
+            "consuming spans from Kafka"
+        );
+        Some(source)
+    } else {
+        None
+    };
 
     let receivers_stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
@@ -116,10 +146,18 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("stormwatch: second signal: exiting without flushing");
         std::process::exit(130);
     });
-    // Stop accepting; once the receivers are gone the queue closes and the engine drains it.
+    // Stop accepting; once the receivers (and the Kafka source) are gone the queue closes and
+    // the engine drains it.
     receivers_stop.cancel();
     while receivers.join_next().await.is_some() {}
+    if let Some(source) = &source {
+        source.stop();
+    }
     let report = pipeline.finish().await?;
+    // The sink is done, so the source has received the last settled positions.
+    if let Some(source) = source {
+        tokio::task::spawn_blocking(move || source.join()).await?;
+    }
     admin_stop.cancel();
     let _ = admin.await;
     tracing::info!(

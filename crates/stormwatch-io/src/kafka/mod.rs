@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+pub mod source;
+
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use stormwatch_model::Alert;
@@ -25,6 +27,12 @@ pub enum KafkaError {
          --topic {topic}) or choose another with --alert-topic"
     )]
     MissingTopic { brokers: String, topic: String },
+    #[error(
+        "input topic {topic:?} does not exist on {brokers}: create it with as many partitions as engines \
+         you will run (e.g. kafka-topics.sh --create --topic {topic} --partitions 6), or choose another with \
+         kafka.input_topic"
+    )]
+    MissingInputTopic { brokers: String, topic: String },
     #[error("Kafka did not confirm alert {id} on {topic:?}: {source}")]
     Delivery { id: String, topic: String, source: rdkafka::error::KafkaError },
 }

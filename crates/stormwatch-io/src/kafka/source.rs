@@ -1,0 +1,301 @@
+//! The Kafka span source: `otlp_spans` as the OpenTelemetry Collector's kafka exporter writes
+//! it (one `ExportTraceServiceRequest` per message, `otlp_proto` or `otlp_json`), consumed by
+//! a consumer group on a dedicated thread (rdkafka's poll loop stays off the async runtime).
+//!
+//! At least once: offsets are committed only for messages the engine reports settled — their
+//! traces completed, their windows judged, and every alert they caused acknowledged by the
+//! alert sink (the engine sends the positions through the sink, behind those alerts). A crash
+//! re-reads what was not settled; the duplicate alerts this may cause carry the same
+//! fingerprints. On a rebalance, revoked partitions keep their last committed offsets and the
+//! new owner re-reads from there; positions of partitions no longer assigned are not
+//! committed. A malformed message is counted, logged with its partition and offset, sent to
+//! the dead-letter topic when one is configured, and its offset committed in turn; it never
+//! stops the consumer.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+
+use super::KafkaError;
+use crate::{Batch, Metrics, SourcePosition, SpanQueue};
+
+/// Default input topic: the OpenTelemetry Collector kafka exporter's.
+pub const DEFAULT_INPUT_TOPIC: &str = "otlp_spans";
+/// Default consumer group.
+pub const DEFAULT_GROUP_ID: &str = "stormwatch";
+
+/// How messages on the input topic are encoded (the Collector's `encoding`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputEncoding {
+    OtlpProto,
+    OtlpJson,
+}
+
+impl InputEncoding {
+    pub fn parse(text: &str) -> Option<InputEncoding> {
+        match text {
+            "otlp_proto" => Some(InputEncoding::OtlpProto),
+            "otlp_json" => Some(InputEncoding::OtlpJson),
+            _ => None,
+        }
+    }
+}
+
+/// Settings of the source.
+#[derive(Clone, Debug)]
+pub struct SourceConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub group_id: String,
+    pub encoding: InputEncoding,
+    /// Malformed messages are copied here (with `stormwatch.error`, `stormwatch.source.*`
+    /// headers) when set.
+    pub dead_letter_topic: Option<String>,
+}
+
+struct Context;
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            tracing::info!(
+                partitions = ?partitions.elements().iter().map(|p| p.partition()).collect::<Vec<_>>(),
+                "Kafka input: partitions revoked; their unsettled messages will be re-read by the new owner"
+            );
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            tracing::info!(
+                partitions = ?partitions.elements().iter().map(|p| p.partition()).collect::<Vec<_>>(),
+                "Kafka input: partitions assigned"
+            );
+        }
+    }
+}
+
+/// The running source: stop it, then wait for it once the engine and sink are done.
+pub struct KafkaSource {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl KafkaSource {
+    /// Connects, checks that the topic exists, subscribes and starts consuming into `queue`.
+    /// `commits` delivers settled positions (from the alert sink); the source keeps committing
+    /// them after [`KafkaSource::stop`] until that channel closes.
+    pub fn start(
+        config: SourceConfig,
+        queue: SpanQueue,
+        commits: Receiver<Vec<SourcePosition>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<KafkaSource, Box<KafkaError>> {
+        let brokers = config.brokers.clone();
+        let consumer: BaseConsumer<Context> = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group_id)
+            .set("client.id", "stormwatch")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .create_with_context(Context)
+            .map_err(|source| Box::new(KafkaError::Client { brokers: brokers.clone(), source }))?;
+        let metadata = consumer.fetch_metadata(Some(&config.topic), Duration::from_secs(10)).map_err(|source| {
+            KafkaError::Unreachable { brokers: brokers.clone(), topic: config.topic.clone(), source }
+        })?;
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == config.topic && t.error().is_none() && !t.partitions().is_empty());
+        if !exists {
+            return Err(Box::new(KafkaError::MissingInputTopic { brokers, topic: config.topic.clone() }));
+        }
+        let dead_letters = match &config.dead_letter_topic {
+            Some(_) => Some(
+                ClientConfig::new()
+                    .set("bootstrap.servers", &config.brokers)
+                    .set("client.id", "stormwatch-dead-letters")
+                    .set("acks", "all")
+                    .create::<BaseProducer>()
+                    .map_err(|source| Box::new(KafkaError::Client { brokers: brokers.clone(), source }))?,
+            ),
+            None => None,
+        };
+        consumer.subscribe(&[&config.topic]).map_err(|source| KafkaError::Unreachable {
+            brokers,
+            topic: config.topic.clone(),
+            source,
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("stormwatch-kafka-input".into())
+            .spawn({
+                let stop = stop.clone();
+                move || run(config, consumer, dead_letters, queue, commits, metrics, stop)
+            })
+            .expect("cannot start the Kafka input thread");
+        Ok(KafkaSource { stop, thread })
+    }
+
+    /// Stops consuming (the queue sender is dropped, so the engine can drain and finish).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits until the last settled offsets are committed (after the sink closed the channel).
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
+fn run(
+    config: SourceConfig,
+    consumer: BaseConsumer<Context>,
+    dead_letters: Option<BaseProducer>,
+    queue: SpanQueue,
+    commits: Receiver<Vec<SourcePosition>>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut queue = Some(queue);
+    loop {
+        apply_commits(&consumer, &config.topic, &commits, &metrics);
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let message = match result {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(%error, topic = %config.topic, "Kafka input: consumer error; retrying");
+                continue;
+            }
+        };
+        Metrics::add(&metrics.kafka_messages_total, 1);
+        let position = SourcePosition { partition: message.partition(), offset: message.offset() };
+        let payload = message.payload().unwrap_or_default();
+        let decoded = match config.encoding {
+            InputEncoding::OtlpProto => stormwatch_otlp::decode_protobuf(payload),
+            InputEncoding::OtlpJson => stormwatch_otlp::decode_json(payload),
+        };
+        let spans = match decoded {
+            Ok(decoded) => {
+                Metrics::add(&metrics.spans_received_total, decoded.spans.len() as u64);
+                Metrics::add(&metrics.spans_rejected_total, decoded.rejected_spans);
+                decoded.spans
+            }
+            Err(error) => {
+                Metrics::add(&metrics.kafka_malformed_messages_total, 1);
+                tracing::warn!(
+                    topic = %config.topic,
+                    partition = position.partition,
+                    offset = position.offset,
+                    %error,
+                    "Kafka input: malformed message skipped"
+                );
+                if let (Some(producer), Some(topic)) = (&dead_letters, &config.dead_letter_topic) {
+                    let (partition, offset) = (position.partition.to_string(), position.offset.to_string());
+                    let reason = error.to_string();
+                    let headers = OwnedHeaders::new()
+                        .insert(Header { key: "stormwatch.error", value: Some(reason.as_str()) })
+                        .insert(Header { key: "stormwatch.source.topic", value: Some(config.topic.as_str()) })
+                        .insert(Header { key: "stormwatch.source.partition", value: Some(partition.as_str()) })
+                        .insert(Header { key: "stormwatch.source.offset", value: Some(offset.as_str()) });
+                    let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers);
+                    if let Some(key) = message.key() {
+                        record = record.key(key);
+                    }
+                    match producer.send(record) {
+                        Ok(()) => Metrics::add(&metrics.kafka_dead_letters_total, 1),
+                        Err((error, _)) => tracing::error!(%error, %topic, "Kafka input: dead letter not sent"),
+                    }
+                    producer.poll(Duration::ZERO);
+                }
+                Vec::new()
+            }
+        };
+        // Waits while the engine is behind: back-pressure, and the poll loop keeps going.
+        let Some(sender) = &queue else { break };
+        if sender.send_batch(Batch { spans, position: Some(position) }).is_err() {
+            break;
+        }
+    }
+    // No more input: let the engine drain and finish, then commit what it settles.
+    queue.take();
+    if let Some(producer) = &dead_letters {
+        let _ = producer.flush(Duration::from_secs(10));
+    }
+    loop {
+        match commits.recv_timeout(Duration::from_millis(100)) {
+            Ok(positions) => commit(&consumer, &config.topic, &positions, &metrics, CommitMode::Sync),
+            Err(RecvTimeoutError::Timeout) => {
+                // Keep the group membership alive while the engine drains.
+                let _ = consumer.poll(Duration::ZERO);
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    consumer.unsubscribe();
+}
+
+/// Commits (asynchronously) every settled position received since the last call.
+fn apply_commits(
+    consumer: &BaseConsumer<Context>,
+    topic: &str,
+    commits: &Receiver<Vec<SourcePosition>>,
+    metrics: &Metrics,
+) {
+    let mut latest = Vec::new();
+    while let Ok(positions) = commits.try_recv() {
+        latest.extend(positions);
+    }
+    if !latest.is_empty() {
+        commit(consumer, topic, &latest, metrics, CommitMode::Async);
+    }
+}
+
+/// Commits the highest settled offset (+1) of every partition still assigned here.
+fn commit(
+    consumer: &BaseConsumer<Context>,
+    topic: &str,
+    positions: &[SourcePosition],
+    metrics: &Metrics,
+    mode: CommitMode,
+) {
+    let assigned: Vec<i32> = consumer
+        .assignment()
+        .map(|list| list.elements().iter().filter(|e| e.topic() == topic).map(|e| e.partition()).collect())
+        .unwrap_or_default();
+    let mut highest: Vec<(i32, i64)> = Vec::new();
+    for position in positions.iter().filter(|p| assigned.contains(&p.partition)) {
+        match highest.iter_mut().find(|(partition, _)| *partition == position.partition) {
+            Some(entry) => entry.1 = entry.1.max(position.offset),
+            None => highest.push((position.partition, position.offset)),
+        }
+    }
+    if highest.is_empty() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in &highest {
+        if list.add_partition_offset(topic, *partition, Offset::Offset(offset + 1)).is_err() {
+            return;
+        }
+    }
+    match consumer.commit(&list, mode) {
+        Ok(()) => Metrics::add(&metrics.kafka_commits_total, 1),
+        Err(error) => tracing::warn!(%error, "Kafka input: offset commit failed; the messages may be re-read"),
+    }
+}

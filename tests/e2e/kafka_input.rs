@@ -1,0 +1,174 @@
+//! `serve --kafka-input` against the real test broker: spans as the OpenTelemetry Collector's
+//! kafka exporter writes them (`otlp_json`, one export request per message), a malformed
+//! message among them, alerts on the alert topic, the malformed message in the dead-letter
+//! topic, and the consumer group's offsets committed to the end once everything settled.
+
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use crate::support::{assert_valid_alert, consume_alerts_until, create_topic, kafka_bootstrap, repo_path, Serve};
+
+fn fixture_lines() -> Vec<String> {
+    let file = std::fs::File::open(repo_path("tests/fixtures/flask-amplified.otlp.jsonl.gz")).unwrap();
+    BufReader::new(flate2::read::GzDecoder::new(file)).lines().map(|l| l.unwrap()).collect()
+}
+
+/// The group's committed offsets, summed over the topic's partitions.
+fn committed(bootstrap: &str, group: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
+    let mut list = TopicPartitionList::new();
+    for partition in 0..3 {
+        list.add_partition(topic, partition);
+    }
+    match consumer.committed_offsets(list, Duration::from_secs(5)) {
+        Ok(list) => list
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(offset) => offset,
+                _ => 0,
+            })
+            .sum(),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_from_kafka_alert_dead_letter_and_commit_once_settled() {
+    let bootstrap = kafka_bootstrap();
+    let input = create_topic(&bootstrap, "otlp-spans").await;
+    let alerts = create_topic(&bootstrap, "alerts").await;
+    let dead_letters = create_topic(&bootstrap, "dead-letters").await;
+    let group = format!("stormwatch-{input}");
+
+    // The recorded Flask traffic with three amplified requests, one message per export
+    // request, keyed as the Collector keys by trace id; one message that is not OTLP at all.
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    let lines = fixture_lines();
+    let mut sent = 0i64;
+    for (i, line) in lines.iter().enumerate() {
+        if i == lines.len() / 2 {
+            let record = FutureRecord::to(&input).key("garbage").payload("{this is not OTLP");
+            producer.send(record, Duration::from_secs(10)).await.expect("produce the malformed message");
+            sent += 1;
+        }
+        let key = format!("{}", i % 7);
+        let record = FutureRecord::to(&input).key(&key).payload(line.as_str());
+        producer.send(record, Duration::from_secs(10)).await.expect("produce");
+        sent += 1;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let sections = format!(
+        "[assemble]\ntrace_idle = \"1s\"\ntrace_max_wait = \"3s\"\n\n[detect]\nwindow = \"2s\"\nthrottle = \"5s\"\n\n\
+         [kafka]\nbrokers = \"{bootstrap}\"\nalert_topic = \"{alerts}\"\ninput_topic = \"{input}\"\n\
+         input_encoding = \"otlp_json\"\ngroup_id = \"{group}\"\ndead_letter_topic = \"{dead_letters}\"\n"
+    );
+    let serve = Serve::start_with(dir.path(), &sections, &["--kafka-input", "--models", "models"]);
+
+    let kinds_seen = std::cell::RefCell::new(std::collections::HashSet::new());
+    let seen = consume_alerts_until(&bootstrap, &alerts, Duration::from_secs(90), |alert| {
+        kinds_seen.borrow_mut().insert(alert["kind"].as_str().unwrap_or_default().to_string());
+        let kinds = kinds_seen.borrow();
+        kinds.contains("n_plus_one") && kinds.contains("fanout_amplification")
+    })
+    .await;
+    let kinds: Vec<&str> = seen.iter().filter_map(|(_, alert)| alert["kind"].as_str()).collect();
+    assert!(kinds.contains(&"n_plus_one") && kinds.contains(&"fanout_amplification"), "{kinds:?}\n{}", serve.log());
+    for (key, alert) in &seen {
+        assert_valid_alert(alert);
+        assert_eq!(key, alert["fingerprint"].as_str().unwrap());
+    }
+
+    // The malformed message: skipped, counted, logged with its position, dead-lettered.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", format!("e2e-{dead_letters}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&dead_letters]).unwrap();
+    let letter = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("a dead letter").unwrap();
+    assert_eq!(letter.payload(), Some(&b"{this is not OTLP"[..]));
+    let headers = letter.headers().expect("headers");
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).to_string())
+            .unwrap_or_else(|| panic!("header {name}"))
+    };
+    assert!(!header("stormwatch.error").is_empty());
+    assert_eq!(header("stormwatch.source.topic"), input);
+    assert!(serve.log().contains("malformed message skipped"), "{}", serve.log());
+
+    // Everything settles (traces complete, windows judged, incidents summarised, alerts
+    // acknowledged): the group's offsets reach the end of the topic while the engine runs.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let offsets = committed(&bootstrap, &group, &input);
+        if offsets == sent {
+            break;
+        }
+        assert!(Instant::now() < deadline, "committed {offsets} of {sent} messages\n{}", serve.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let metrics = serve.metrics();
+    assert!(metrics.contains(&format!("stormwatch_kafka_messages_total {sent}\n")), "{metrics}");
+    assert!(metrics.contains("stormwatch_kafka_malformed_messages_total 1\n"), "{metrics}");
+    assert!(metrics.contains("stormwatch_kafka_dead_letters_total 1\n"), "{metrics}");
+    serve.stop();
+}
+
+/// `--kafka-input` without brokers, a bad encoding, or a missing topic: clear errors at start.
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_input_misconfigurations_are_named() {
+    let run = |args: &[&str], config: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, config).unwrap();
+        let output = std::process::Command::new(crate::support::binary())
+            .args(["serve", "--config", path.to_str().unwrap(), "--print-config"])
+            .args(args)
+            .env_remove("STORMWATCH_KAFKA_BROKERS")
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).to_string()
+    };
+    assert!(run(&["--kafka-input"], "").contains("kafka.input (--kafka-input): needs kafka.brokers"));
+    let bad = run(&["--kafka-input"], "[kafka]\nbrokers = \"127.0.0.1:1\"\ninput_encoding = \"avro\"\n");
+    assert!(bad.contains("kafka.input_encoding") && bad.contains("avro"), "{bad}");
+
+    // A topic that does not exist is named, with what to do.
+    let bootstrap = kafka_bootstrap();
+    let dir = tempfile::tempdir().unwrap();
+    let alerts = create_topic(&bootstrap, "alerts").await;
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!("[kafka]\nbrokers = \"{bootstrap}\"\nalert_topic = \"{alerts}\"\ninput_topic = \"no-such-topic-{alerts}\"\n"),
+    )
+    .unwrap();
+    let output = std::process::Command::new(crate::support::binary())
+        .current_dir(dir.path())
+        .args(["serve", "--kafka-input", "--config", config.to_str().unwrap()])
+        .args(["--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .env_remove("STORMWATCH_KAFKA_BROKERS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("input topic") && stderr.contains("does not exist") && stderr.contains("--partitions"),
+        "{stderr}"
+    );
+}
