@@ -172,3 +172,75 @@ async fn kafka_input_misconfigurations_are_named() {
         "{stderr}"
     );
 }
+
+/// kill -9 while spans are in flight: nothing that was not settled was committed, so a new
+/// engine in the same group re-reads it from the last snapshot's baselines and raises the
+/// alerts the killed one never acknowledged.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_engine_loses_no_alert() {
+    let bootstrap = kafka_bootstrap();
+    let input = create_topic(&bootstrap, "otlp-spans").await;
+    let alerts = create_topic(&bootstrap, "alerts").await;
+    let group = format!("stormwatch-{input}");
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    let produce = |lines: Vec<String>| {
+        let (producer, input) = (producer.clone(), input.clone());
+        async move {
+            for (i, line) in lines.iter().enumerate() {
+                let key = format!("{}", i % 7);
+                producer
+                    .send(FutureRecord::to(&input).key(&key).payload(line.as_str()), Duration::from_secs(10))
+                    .await
+                    .unwrap();
+            }
+            lines.len() as i64
+        }
+    };
+    // First the normal traffic and, at its end, the amplified requests (the fixture's last
+    // lines); the rest of the normal traffic comes after the crash.
+    let lines = fixture_lines();
+    let (normal, attacks) = lines.split_at(lines.len() - 3);
+    let (before, after) = normal.split_at(normal.len() * 3 / 4);
+    let first = produce(before.iter().chain(attacks).cloned().collect()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sections = format!(
+        "[assemble]\ntrace_idle = \"1s\"\ntrace_max_wait = \"3s\"\n\n[detect]\nwindow = \"2s\"\nthrottle = \"5s\"\n\n\
+         [kafka]\nbrokers = \"{bootstrap}\"\nalert_topic = \"{alerts}\"\ninput_topic = \"{input}\"\n\
+         input_encoding = \"otlp_json\"\ngroup_id = \"{group}\"\ninstance_id = \"engine-0\"\n"
+    );
+    let mut killed = Serve::start_with(dir.path(), &sections, &["--kafka-input", "--models", "models"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !killed.metrics().contains(&format!("stormwatch_kafka_messages_total {first}\n")) {
+        assert!(Instant::now() < deadline, "the first engine did not consume:\n{}", killed.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    killed.kill();
+    let committed_at_crash = committed(&bootstrap, &group, &input);
+    assert!(committed_at_crash < first, "the last messages were not settled yet, so not committed");
+
+    let second = produce(after.to_vec()).await;
+    let restarted = Serve::start_with(dir.path(), &sections, &["--kafka-input", "--models", "models"]);
+    let seen =
+        consume_alerts_until(&bootstrap, &alerts, Duration::from_secs(90), |alert| alert["kind"] == "n_plus_one").await;
+    assert!(
+        seen.iter().any(|(_, alert)| alert["kind"] == "n_plus_one"),
+        "no n_plus_one after the restart: {:?}\n{}",
+        seen.iter().map(|(_, a)| a["kind"].clone()).collect::<Vec<_>>(),
+        restarted.log()
+    );
+    // The restarted engine re-read what was not committed, then the rest.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if committed(&bootstrap, &group, &input) == first + second {
+            break;
+        }
+        assert!(Instant::now() < deadline, "offsets did not reach the end after the restart:\n{}", restarted.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let metrics = restarted.metrics();
+    let consumed: i64 =
+        metrics.lines().find_map(|l| l.strip_prefix("stormwatch_kafka_messages_total ")?.trim().parse().ok()).unwrap();
+    assert_eq!(consumed, first + second - committed_at_crash, "re-read exactly what was not committed");
+    restarted.stop();
+}

@@ -182,6 +182,12 @@ impl Serve {
         http_get(self.admin, "/metrics").unwrap_or_default()
     }
 
+    /// kill -9: no flush, no snapshot, no commit.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Ctrl-C, then waits for a clean exit; returns what it wrote to stdout.
     pub(crate) fn stop(mut self) -> String {
         let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();

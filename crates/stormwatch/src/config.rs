@@ -66,6 +66,9 @@ pub(crate) struct KafkaConfig {
     pub(crate) group_id: String,
     /// Malformed input messages are copied here; empty: they are only counted and logged.
     pub(crate) dead_letter_topic: String,
+    /// Static membership id of this engine in the group (e.g. the pod name of a StatefulSet):
+    /// restarted with the same id it takes its partitions back at once. Empty: dynamic.
+    pub(crate) instance_id: String,
 }
 
 impl Default for KafkaConfig {
@@ -78,6 +81,7 @@ impl Default for KafkaConfig {
             input_encoding: "otlp_proto".into(),
             group_id: stormwatch_io::kafka::source::DEFAULT_GROUP_ID.into(),
             dead_letter_topic: String::new(),
+            instance_id: String::new(),
         }
     }
 }

@@ -97,6 +97,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .context("kafka.input_encoding")?,
             dead_letter_topic: (!config.kafka.dead_letter_topic.is_empty())
                 .then(|| config.kafka.dead_letter_topic.clone()),
+            instance_id: (!config.kafka.instance_id.is_empty()).then(|| config.kafka.instance_id.clone()),
         };
         let (queue, metrics) = (queue.clone(), metrics.clone());
         let source = tokio::task::spawn_blocking(move || {
