@@ -3,6 +3,7 @@
 //! `scripts/test.sh`), real files and sockets.
 
 mod bench;
+mod compose;
 mod kafka_input;
 mod replay;
 mod scenarios;
