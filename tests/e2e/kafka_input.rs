@@ -244,3 +244,138 @@ async fn a_killed_engine_loses_no_alert() {
     assert_eq!(consumed, first + second - committed_at_crash, "re-read exactly what was not committed");
     restarted.stop();
 }
+
+/// The fixture re-cut as the Collector's kafka exporter with `partition_traces_by_id` writes
+/// it: one message per trace, keyed by its trace id.
+fn messages_per_trace() -> Vec<(String, String)> {
+    use serde_json::{json, Value};
+    let mut order: Vec<String> = Vec::new();
+    let mut traces: std::collections::HashMap<String, Vec<Value>> = std::collections::HashMap::new();
+    for line in fixture_lines() {
+        let request: Value = serde_json::from_str(&line).unwrap();
+        for resource in request["resourceSpans"].as_array().unwrap() {
+            for scope in resource["scopeSpans"].as_array().unwrap() {
+                for span in scope["spans"].as_array().unwrap() {
+                    let trace = span["traceId"].as_str().unwrap().to_string();
+                    let one = json!({"resource": resource["resource"], "scopeSpans": [{"scope": scope["scope"], "spans": [span]}]});
+                    if !traces.contains_key(&trace) {
+                        order.push(trace.clone());
+                    }
+                    traces.entry(trace).or_default().push(one);
+                }
+            }
+        }
+    }
+    order
+        .into_iter()
+        .map(|trace| {
+            let body = json!({ "resourceSpans": traces.remove(&trace).unwrap() }).to_string();
+            (trace, body)
+        })
+        .collect()
+}
+
+/// Three engines in one group share the partitions; one is killed with -9 mid-stream and
+/// comes back under its static id. Together they raise the alerts one engine raises on the
+/// same traffic (same kinds and fingerprints, every exemplar of the single engine's alerts),
+/// and the group's offsets reach the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_engines_in_a_group_alert_like_one_and_survive_a_kill() {
+    let bootstrap = kafka_bootstrap();
+    let input = create_topic(&bootstrap, "otlp-spans").await;
+    let alerts = create_topic(&bootstrap, "alerts").await;
+    let group = format!("stormwatch-{input}");
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    let messages = messages_per_trace();
+    let produce = |batch: &[(String, String)]| {
+        let (producer, input, batch) = (producer.clone(), input.clone(), batch.to_vec());
+        async move {
+            for (trace, body) in &batch {
+                let record = FutureRecord::to(&input).key(trace.as_str()).payload(body.as_str());
+                producer.send(record, Duration::from_secs(10)).await.unwrap();
+            }
+            batch.len() as i64
+        }
+    };
+    // The amplified requests are the last traces; the first two thirds go before the kill.
+    let (before, after) = messages.split_at(messages.len() * 2 / 3);
+    let first = produce(before).await;
+
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let sections = |i: usize| {
+        format!(
+            "[assemble]\ntrace_idle = \"1s\"\ntrace_max_wait = \"3s\"\n\n[detect]\nwindow = \"2s\"\nthrottle = \"5s\"\n\n\
+             [kafka]\nbrokers = \"{bootstrap}\"\nalert_topic = \"{alerts}\"\ninput_topic = \"{input}\"\n\
+             input_encoding = \"otlp_json\"\ngroup_id = \"{group}\"\ninstance_id = \"engine-{i}\"\n"
+        )
+    };
+    let start = |i: usize| Serve::start_with(dirs[i].path(), &sections(i), &["--kafka-input", "--models", "models"]);
+    let mut engines: Vec<Serve> = (0..3).map(start).collect();
+    let consumed = |engines: &[Serve]| -> i64 {
+        engines
+            .iter()
+            .filter_map(|e| {
+                e.metrics()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("stormwatch_kafka_messages_total ")?.trim().parse::<i64>().ok())
+            })
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumed(&engines) < first {
+        assert!(Instant::now() < deadline, "the group did not consume the first messages");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for engine in &engines {
+        let assigned =
+            engine.log().lines().filter(|l| l.contains("partitions assigned")).last().unwrap_or("").to_string();
+        assert!(!assigned.contains("partitions=[]"), "every engine owns a partition: {assigned}");
+    }
+    engines[1].kill();
+    let second = produce(after).await;
+    engines[1] = start(1);
+
+    // One engine on the same traffic, for reference: the golden replay alerts.
+    let golden: Vec<serde_json::Value> =
+        std::fs::read_to_string(repo_path("tests/golden/flask-amplified.alerts.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let wanted: std::collections::BTreeSet<(String, String)> = golden
+        .iter()
+        .map(|a| (a["kind"].as_str().unwrap().to_string(), a["fingerprint"].as_str().unwrap().to_string()))
+        .collect();
+    let exemplars: std::collections::BTreeSet<String> = golden
+        .iter()
+        .flat_map(|a| a["exemplar_trace_ids"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()))
+        .collect();
+    let collected = std::cell::RefCell::new((std::collections::BTreeSet::new(), std::collections::BTreeSet::new()));
+    let seen = consume_alerts_until(&bootstrap, &alerts, Duration::from_secs(120), |alert| {
+        let mut c = collected.borrow_mut();
+        c.0.insert((alert["kind"].as_str().unwrap().to_string(), alert["fingerprint"].as_str().unwrap().to_string()));
+        for t in alert["exemplar_trace_ids"].as_array().unwrap() {
+            c.1.insert(t.as_str().unwrap().to_string());
+        }
+        wanted.is_subset(&c.0) && exemplars.is_subset(&c.1)
+    })
+    .await;
+    let (kinds, traces) = collected.into_inner();
+    let logs: Vec<String> = engines.iter().map(|e| e.log()).collect();
+    assert!(wanted.is_subset(&kinds), "missing alerts: want {wanted:?}, got {kinds:?}\n{}", logs.join("\n---\n"));
+    assert!(exemplars.is_subset(&traces), "missing exemplars: want {exemplars:?}, got {traces:?}");
+    for (_, alert) in &seen {
+        assert_valid_alert(alert);
+    }
+    // No kinds beyond the single engine's.
+    assert!(kinds.iter().all(|(kind, _)| wanted.iter().any(|(k, _)| k == kind)), "{kinds:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed(&bootstrap, &group, &input) < first + second {
+        assert!(Instant::now() < deadline, "offsets did not reach the end:\n{}", logs.join("\n---\n"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for engine in engines {
+        engine.stop();
+    }
+}
