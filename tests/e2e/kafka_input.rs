@@ -327,8 +327,7 @@ async fn three_engines_in_a_group_alert_like_one_and_survive_a_kill() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for engine in &engines {
-        let assigned =
-            engine.log().lines().filter(|l| l.contains("partitions assigned")).last().unwrap_or("").to_string();
+        let assigned = engine.log().lines().rfind(|l| l.contains("partitions assigned")).unwrap_or("").to_string();
         assert!(!assigned.contains("partitions=[]"), "every engine owns a partition: {assigned}");
     }
     engines[1].kill();
