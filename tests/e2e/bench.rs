@@ -18,6 +18,7 @@ fn figure(stdout: &str, prefix: &str, column: usize) -> f64 {
 fn bench_measures_every_transport_memory_and_latency() {
     let output = Command::new(binary())
         .args(["bench", "--spans", "20000", "--runs", "1", "--connections", "2", "--latency-seconds", "12"])
+        .args(["--kafka", &crate::support::kafka_bootstrap()])
         .env_remove("STORMWATCH_KAFKA_BROKERS")
         .output()
         .expect("run stormwatch bench");
@@ -31,6 +32,9 @@ fn bench_measures_every_transport_memory_and_latency() {
         assert!(reference > 0.0 && engine > 0.0, "{stdout}");
         assert!((ratio - engine / reference).abs() < 0.02, "the ratio is engine / reference:\n{stdout}");
         assert!(figure(&stdout, &format!("{input:<6} engine"), 3) > 0.0, "CPU per span:\n{stdout}");
+    }
+    for engines in ["x1", "x2"] {
+        assert!(figure(&stdout, &format!("kafka  engine {engines}"), 3) > 0.0, "Kafka input, {engines}:\n{stdout}");
     }
     let memory = stdout.lines().find(|l| l.starts_with("memory: ")).expect("memory line");
     let per_span: f64 = memory["memory: ".len()..].split_whitespace().next().unwrap().parse().unwrap();

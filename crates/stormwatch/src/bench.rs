@@ -539,6 +539,22 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     let _ = std::fs::remove_file(&file);
+    if let Some(brokers) = &args.kafka {
+        eprintln!("bench: kafka: writing the traffic to a topic on {brokers} ...");
+        let runs = run_kafka(&setup, &batches, spans, brokers).await?;
+        let single = runs.first().map_or(0.0, |(_, m)| m.spans_per_second);
+        for (engines, measure) in &runs {
+            println!(
+                "{:<6} {:<10} {:>14} {:>12.2} {:>10} {:>18}",
+                "kafka",
+                format!("engine x{engines}"),
+                human(measure.spans_per_second),
+                measure.cpu_micros_per_span,
+                mb(measure.peak_rss),
+                format!("{:.2} of x1", measure.spans_per_second / single.max(1e-9))
+            );
+        }
+    }
     drop(batches);
     drop(traffic);
 
@@ -559,6 +575,90 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The Kafka input: the traffic in a new 4-partition topic, consumed by one engine, then by two
+/// in one group (static ids). Clock from the first message consumed to the last span processed.
+async fn run_kafka(
+    setup: &Setup,
+    batches: &[Batch],
+    spans: u64,
+    brokers: &str,
+) -> anyhow::Result<Vec<(usize, Measure)>> {
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
+    let topic = format!("stormwatch-bench-{}-{stamp}", std::process::id());
+    let alerts = format!("{topic}-alerts");
+    let payloads: Vec<Bytes> = batches.iter().map(|b| b.body.clone()).collect();
+    stormwatch_io::kafka::create_and_fill_topic(brokers, &alerts, 1, &[]).await.map_err(anyhow::Error::msg)?;
+    stormwatch_io::kafka::create_and_fill_topic(brokers, &topic, 4, &payloads).await.map_err(anyhow::Error::msg)?;
+    let mut results = Vec::new();
+    for count in [1usize, 2] {
+        eprintln!("bench: kafka: {count} engine(s) consuming ...");
+        let mut targets = Vec::new();
+        let mut admins = Vec::new();
+        for i in 0..count {
+            let config = setup.dir.join(format!("kafka-{count}-{i}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "[output]\nstdout = false\n\n[kafka]\nbrokers = \"{brokers}\"\nalert_topic = \"{alerts}\"\n\
+                     input_topic = \"{topic}\"\ngroup_id = \"{topic}-{count}\"\ninstance_id = \"engine-{i}\"\n"
+                ),
+            )?;
+            let (grpc, http, admin) = (free_address()?, free_address()?, free_address()?);
+            let args: Vec<String> = vec![
+                "serve".into(),
+                "--kafka-input".into(),
+                "--config".into(),
+                config.display().to_string(),
+                "--models".into(),
+                setup.dir.join(format!("models-kafka-{count}-{i}")).display().to_string(),
+                "--otlp-grpc".into(),
+                grpc.to_string(),
+                "--otlp-http".into(),
+                http.to_string(),
+                "--admin".into(),
+                admin.to_string(),
+            ];
+            let mut target = Target::spawn("engine", &args, &setup.dir)?;
+            target.wait_listening(admin).await?;
+            targets.push(target);
+            admins.push(admin);
+        }
+        let sum = |name: &'static str, admins: Vec<SocketAddr>| async move {
+            let mut total = 0.0;
+            for admin in admins {
+                total += metric(admin, name).await.unwrap_or(0.0);
+            }
+            total
+        };
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while sum("stormwatch_kafka_messages_total", admins.clone()).await == 0.0 {
+            anyhow::ensure!(Instant::now() < deadline, "no engine consumed from {topic} in 10 minutes");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let started = Instant::now();
+        let cpu_before: f64 = targets.iter().filter_map(|t| cpu_seconds(t.pid(), setup.ticks)).sum();
+        while sum("stormwatch_spans_processed_total", admins.clone()).await < spans as f64 {
+            anyhow::ensure!(Instant::now() < deadline, "the engines did not process every span of {topic}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = targets.iter().filter_map(|t| cpu_seconds(t.pid(), setup.ticks)).sum::<f64>() - cpu_before;
+        let peak_rss = targets.iter().filter_map(|t| status_bytes(&t.pid().to_string(), "VmHWM:")).max().unwrap_or(0);
+        for target in targets {
+            target.stop();
+        }
+        results.push((
+            count,
+            Measure {
+                spans_per_second: spans as f64 / elapsed,
+                cpu_micros_per_span: cpu * 1e6 / spans as f64,
+                peak_rss,
+            },
+        ));
+    }
+    Ok(results)
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {

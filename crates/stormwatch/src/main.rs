@@ -126,6 +126,10 @@ pub struct BenchArgs {
     /// Inputs to measure, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "grpc,http,file")]
     pub transport: Vec<BenchTransport>,
+    /// Also measure the Kafka input on this broker: the traffic is written to a new topic of 4
+    /// partitions, then consumed by one engine and by two engines in one group.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub kafka: Option<String>,
     /// Length of the alert-latency run at 70% of the gRPC throughput (0 skips it; needs grpc).
     /// Its traffic is encoded ahead: about 350 bytes per span in memory.
     #[arg(long, value_name = "SECONDS", default_value_t = 12)]

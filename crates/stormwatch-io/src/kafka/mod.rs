@@ -96,3 +96,42 @@ impl KafkaAlertSink {
         let _ = self.producer.flush(timeout);
     }
 }
+
+/// Creates `topic` with `partitions` partitions (replication 1) and fills it with `payloads`,
+/// message `i` keyed `i`: what `stormwatch bench --kafka` measures the Kafka input on.
+pub async fn create_and_fill_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    payloads: &[bytes::Bytes],
+) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| format!("cannot reach Kafka at {brokers}: {e}"))?;
+    let results = admin
+        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .await
+        .map_err(|e| format!("cannot create topic {topic} on {brokers}: {e}"))?;
+    for result in results {
+        result.map_err(|(name, code)| format!("cannot create topic {name}: {code:?}"))?;
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.max.bytes", "16000000")
+        .set("linger.ms", "5")
+        .create()
+        .map_err(|e| format!("cannot create a producer for {brokers}: {e}"))?;
+    for chunk in payloads.chunks(256).enumerate() {
+        let keys: Vec<String> = (0..chunk.1.len()).map(|i| (chunk.0 * 256 + i).to_string()).collect();
+        let sends = chunk.1.iter().zip(&keys).map(|(payload, key)| {
+            producer.send(FutureRecord::to(topic).key(key).payload(payload.as_ref()), Duration::from_secs(60))
+        });
+        for result in futures::future::join_all(sends).await {
+            result.map_err(|(e, _)| format!("cannot produce to {topic}: {e}"))?;
+        }
+    }
+    Ok(())
+}

@@ -120,6 +120,9 @@ impl KafkaSource {
             // A killed engine's partitions move to the others after 10 s, not librdkafka's 45.
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "3000")
+            // Brokers that hold a fetch for its whole wait even when data is there (tansu does)
+            // would cap a consumer at two fetches a second: 20 ms costs little when idle.
+            .set("fetch.wait.max.ms", "20")
             .create_with_context(Context)
             .map_err(|source| Box::new(KafkaError::Client { brokers: brokers.clone(), source }))?;
         let metadata = consumer.fetch_metadata(Some(&config.topic), Duration::from_secs(10)).map_err(|source| {
