@@ -95,7 +95,8 @@ over --connections connections as fast as they take it, and reports spans/s, CPU
 RSS of each child, and the engine/reference ratio (medians). `file` compares `stormwatch replay` of a protobuf \
 file with reading and decoding it. Then: bytes per in-flight span and per tracked edge, and alert latency \
 (last span acknowledged -> alert written) at 70% of the engine's gRPC throughput with event time at wall-clock \
-speed.\n\nLinux only (reads /proc). Build with --release: `cargo run --release -- bench`.")]
+speed (always on the built-in scenario, whose bff entry it attacks). With --kafka HOST:PORT, also the Kafka \
+input: the traffic in a new 4-partition topic, consumed by one engine and by two in one group.\n\nLinux only (reads /proc). Build with --release: `cargo run --release -- bench`.")]
     Bench(BenchArgs),
     /// (internal) The decode-and-drop reference servers `bench` compares with.
     #[command(hide = true, name = "bench-reference")]
