@@ -23,7 +23,16 @@ pub fn from_request(request: &ExportTraceServiceRequest) -> Decoded {
         let service = resource_spans
             .resource
             .as_ref()
-            .and_then(|resource| resource.attributes.iter().find(|kv| kv.key == "service.name").and_then(string_value))
+            .and_then(|resource| {
+                // The last non-empty string `service.name`, as the wire decoder reads it.
+                resource
+                    .attributes
+                    .iter()
+                    .rev()
+                    .filter(|kv| kv.key == "service.name")
+                    .filter_map(string_value)
+                    .find(|name| !name.is_empty())
+            })
             .unwrap_or(UNKNOWN_SERVICE);
         let service = Sym::new(service);
         for scope_spans in &resource_spans.scope_spans {

@@ -122,13 +122,17 @@ fn key_value(bytes: &[u8]) -> Result<(&str, Attribute<'_>)> {
     Ok((key, value))
 }
 
+/// The resource's `service.name`: the last non-empty string one (as every decoder reads it),
+/// `None` when there is none.
 fn service_name(resource: &[u8]) -> Result<Option<&str>> {
     let mut name = None;
     let mut fields = Fields::new(resource, "Resource");
     while let Some((number, field)) = fields.next()? {
         if let (1, Value::Bytes(b)) = (number, field) {
             if let ("service.name", Attribute::String(value)) = key_value(b)? {
-                name = Some(value);
+                if !value.is_empty() {
+                    name = Some(value);
+                }
             }
         }
     }
