@@ -172,6 +172,46 @@ fn free_address() -> anyhow::Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
+/// Listen addresses for one child, on free ports.
+struct Listeners {
+    grpc: SocketAddr,
+    http: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Listeners {
+    fn free() -> anyhow::Result<Listeners> {
+        Ok(Listeners { grpc: free_address()?, http: free_address()?, admin: free_address()? })
+    }
+}
+
+/// `serve` with `config` (written here), its own models directory, and `listeners`.
+fn serve_args(
+    dir: &Path,
+    name: &str,
+    config: &str,
+    listeners: &Listeners,
+    extra: &[&str],
+) -> anyhow::Result<Vec<String>> {
+    let config_path = dir.join(format!("{name}.toml"));
+    std::fs::write(&config_path, config)?;
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--config".into(),
+        config_path.display().to_string(),
+        "--models".into(),
+        dir.join(format!("models-{name}")).display().to_string(),
+        "--otlp-grpc".into(),
+        listeners.grpc.to_string(),
+        "--otlp-http".into(),
+        listeners.http.to_string(),
+        "--admin".into(),
+        listeners.admin.to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Ok(args)
+}
+
 /// A child process of this binary, its stderr in a log file shown when it fails.
 struct Target {
     child: Child,
@@ -320,25 +360,26 @@ async fn run_server(
     engine: bool,
     run: usize,
 ) -> anyhow::Result<Measure> {
-    let (grpc, http, admin) = (free_address()?, free_address()?, free_address()?);
-    let mut args = if engine {
-        let config = setup.dir.join("engine.toml");
-        std::fs::write(&config, "[output]\nstdout = false\n")?;
-        vec![
-            "serve".to_string(),
-            "--config".into(),
-            config.display().to_string(),
-            "--models".into(),
-            setup.dir.join(format!("models-{run}")).display().to_string(),
-            "--alerts-file".into(),
-            setup.dir.join(format!("alerts-{run}.jsonl")).display().to_string(),
-            "--admin".into(),
-            admin.to_string(),
-        ]
+    let listeners = Listeners::free()?;
+    let (grpc, http, admin) = (listeners.grpc, listeners.http, listeners.admin);
+    let args = if engine {
+        let alerts = setup.dir.join(format!("alerts-{run}.jsonl")).display().to_string();
+        serve_args(
+            &setup.dir,
+            &format!("engine-{run}"),
+            "[output]\nstdout = false\n",
+            &listeners,
+            &["--alerts-file", &alerts],
+        )?
     } else {
-        vec!["bench-reference".to_string()]
+        vec![
+            "bench-reference".to_string(),
+            "--otlp-grpc".into(),
+            grpc.to_string(),
+            "--otlp-http".into(),
+            http.to_string(),
+        ]
     };
-    args.extend(["--otlp-grpc".into(), grpc.to_string(), "--otlp-http".into(), http.to_string()]);
     let mut target = Target::spawn(if engine { "engine" } else { "reference" }, &args, &setup.dir)?;
     let (address, endpoint) = match transport {
         BenchTransport::Grpc => (grpc, format!("grpc://{grpc}")),
@@ -601,29 +642,13 @@ async fn run_kafka(
         let mut targets = Vec::new();
         let mut admins = Vec::new();
         for i in 0..count {
-            let config = setup.dir.join(format!("kafka-{count}-{i}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "[output]\nstdout = false\n\n[kafka]\nbrokers = \"{brokers}\"\nalert_topic = \"{alerts}\"\n\
-                     input_topic = \"{topic}\"\ngroup_id = \"{topic}-{count}\"\ninstance_id = \"engine-{i}\"\n"
-                ),
-            )?;
-            let (grpc, http, admin) = (free_address()?, free_address()?, free_address()?);
-            let args: Vec<String> = vec![
-                "serve".into(),
-                "--kafka-input".into(),
-                "--config".into(),
-                config.display().to_string(),
-                "--models".into(),
-                setup.dir.join(format!("models-kafka-{count}-{i}")).display().to_string(),
-                "--otlp-grpc".into(),
-                grpc.to_string(),
-                "--otlp-http".into(),
-                http.to_string(),
-                "--admin".into(),
-                admin.to_string(),
-            ];
+            let config = format!(
+                "[output]\nstdout = false\n\n[kafka]\nbrokers = \"{brokers}\"\nalert_topic = \"{alerts}\"\n\
+                 input_topic = \"{topic}\"\ngroup_id = \"{topic}-{count}\"\ninstance_id = \"engine-{i}\"\n"
+            );
+            let listeners = Listeners::free()?;
+            let admin = listeners.admin;
+            let args = serve_args(&setup.dir, &format!("kafka-{count}-{i}"), &config, &listeners, &["--kafka-input"])?;
             let mut target = Target::spawn("engine", &args, &setup.dir)?;
             target.wait_listening(admin).await?;
             targets.push(target);
@@ -695,33 +720,17 @@ async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans: usize) -> 
     })
     .await?;
 
-    let (grpc, http, admin) = (free_address()?, free_address()?, free_address()?);
-    let config = setup.dir.join("latency.toml");
+    let listeners = Listeners::free()?;
+    let grpc = listeners.grpc;
     // Every alert emitted (no folding of repeats), and room for rate x (trace_idle + trace
     // duration) spans in flight, as a deployment at this rate would configure it.
     let in_flight = ((rate * 12.0) as u64).max(6_000_000);
-    std::fs::write(
-        &config,
-        format!(
-            "[output]\nstdout = false\n\n[detect]\nthrottle = \"0s\"\n\n[assemble]\nmax_in_flight_spans = {in_flight}\n"
-        ),
-    )?;
+    let config = format!(
+        "[output]\nstdout = false\n\n[detect]\nthrottle = \"0s\"\n\n[assemble]\nmax_in_flight_spans = {in_flight}\n"
+    );
     let alerts_file = setup.dir.join("latency-alerts.jsonl");
-    let args: Vec<String> = vec![
-        "serve".into(),
-        "--config".into(),
-        config.display().to_string(),
-        "--models".into(),
-        setup.dir.join("models-latency").display().to_string(),
-        "--alerts-file".into(),
-        alerts_file.display().to_string(),
-        "--otlp-grpc".into(),
-        grpc.to_string(),
-        "--otlp-http".into(),
-        http.to_string(),
-        "--admin".into(),
-        admin.to_string(),
-    ];
+    let alerts = alerts_file.display().to_string();
+    let args = serve_args(&setup.dir, "latency", &config, &listeners, &["--alerts-file", &alerts])?;
     let mut target = Target::spawn("engine", &args, &setup.dir)?;
     target.wait_listening(grpc).await?;
     // Start when the traffic's event time begins.
