@@ -124,19 +124,28 @@ impl Serve {
     /// Like [`Serve::start`] with `sections` of TOML (including an `[assemble]` section) in
     /// the config file.
     pub(crate) fn start_with(work_dir: &Path, sections: &str, extra: &[&str]) -> Serve {
-        let (grpc, http, admin) = (free_addr(), free_addr(), free_addr());
         let config = work_dir.join("stormwatch.toml");
         std::fs::write(
             &config,
             format!("{sections}\n[baseline]\nlearning_min_samples = 30\nsnapshot_interval = \"2s\"\n"),
         )
         .unwrap();
-        let mut args = vec!["serve".to_string(), "--config".into(), config.to_str().unwrap().into()];
-        for (flag, addr) in [("--otlp-grpc", grpc), ("--otlp-http", http), ("--admin", admin)] {
-            args.extend([flag.to_string(), addr.to_string()]);
+        // A port found free can be taken by a parallel test before serve binds it: try again
+        // with other ports then.
+        for attempt in 1..=5 {
+            let (grpc, http, admin) = (free_addr(), free_addr(), free_addr());
+            let mut args = vec!["serve".to_string(), "--config".into(), config.to_str().unwrap().into()];
+            for (flag, addr) in [("--otlp-grpc", grpc), ("--otlp-http", http), ("--admin", admin)] {
+                args.extend([flag.to_string(), addr.to_string()]);
+            }
+            args.extend(extra.iter().map(|a| a.to_string()));
+            match Serve::try_spawn(work_dir, &args, grpc, http, admin) {
+                Ok(serve) => return serve,
+                Err(log) if attempt < 5 && log.contains("Address already in use") => continue,
+                Err(log) => panic!("serve did not start:\n{log}"),
+            }
         }
-        args.extend(extra.iter().map(|a| a.to_string()));
-        Serve::spawn(work_dir, &args, grpc, http, admin)
+        unreachable!()
     }
 
     /// `stormwatch serve` with no arguments at all: the embedded defaults and default ports.
@@ -146,6 +155,17 @@ impl Serve {
     }
 
     fn spawn(work_dir: &Path, args: &[String], grpc: SocketAddr, http: SocketAddr, admin: SocketAddr) -> Serve {
+        Serve::try_spawn(work_dir, args, grpc, http, admin).unwrap_or_else(|log| panic!("serve did not start:\n{log}"))
+    }
+
+    /// Starts serve and waits for /healthz; `Err(its log)` when it exits or never gets healthy.
+    fn try_spawn(
+        work_dir: &Path,
+        args: &[String],
+        grpc: SocketAddr,
+        http: SocketAddr,
+        admin: SocketAddr,
+    ) -> Result<Serve, String> {
         let stderr_path = work_dir.join(format!("serve-{}.log", grpc.port()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut command = Command::new(binary());
@@ -166,12 +186,14 @@ impl Serve {
         let deadline = Instant::now() + Duration::from_secs(30);
         while http_get(admin, "/healthz").is_none() {
             if let Ok(Some(status)) = serve.child.try_wait() {
-                panic!("serve exited with {status}:\n{}", serve.log());
+                return Err(format!("serve exited with {status}:\n{}", serve.log()));
             }
-            assert!(Instant::now() < deadline, "serve did not become healthy:\n{}", serve.log());
+            if Instant::now() > deadline {
+                return Err(format!("serve did not become healthy:\n{}", serve.log()));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
-        serve
+        Ok(serve)
     }
 
     pub(crate) fn log(&self) -> String {

@@ -185,6 +185,36 @@ impl Listeners {
     }
 }
 
+/// Starts a child on free ports and waits until it listens on `wait_for` of them. A port found
+/// free can be taken by another process before the child binds it: then it tries other ports.
+async fn spawn_listening(
+    name: &'static str,
+    dir: &Path,
+    args_for: impl Fn(&Listeners) -> anyhow::Result<Vec<String>>,
+    wait_for: impl Fn(&Listeners) -> Vec<SocketAddr>,
+) -> anyhow::Result<(Target, Listeners)> {
+    let mut attempt = 1;
+    loop {
+        let listeners = Listeners::free()?;
+        let mut target = Target::spawn(name, &args_for(&listeners)?, dir)?;
+        let mut failure = None;
+        for address in wait_for(&listeners) {
+            if let Err(error) = target.wait_listening(address).await {
+                failure = Some(error);
+                break;
+            }
+        }
+        match failure {
+            None => return Ok((target, listeners)),
+            Some(error) if attempt < 5 && format!("{error:#}").contains("Address already in use") => {
+                target.stop();
+                attempt += 1;
+            }
+            Some(error) => return Err(error),
+        }
+    }
+}
+
 /// `serve` with `config` (written here), its own models directory, and `listeners`.
 fn serve_args(
     dir: &Path,
@@ -360,36 +390,37 @@ async fn run_server(
     engine: bool,
     run: usize,
 ) -> anyhow::Result<Measure> {
-    let listeners = Listeners::free()?;
-    let (grpc, http, admin) = (listeners.grpc, listeners.http, listeners.admin);
-    let args = if engine {
-        let alerts = setup.dir.join(format!("alerts-{run}.jsonl")).display().to_string();
-        serve_args(
-            &setup.dir,
-            &format!("engine-{run}"),
-            "[output]\nstdout = false\n",
-            &listeners,
-            &["--alerts-file", &alerts],
-        )?
-    } else {
-        vec![
-            "bench-reference".to_string(),
-            "--otlp-grpc".into(),
-            grpc.to_string(),
-            "--otlp-http".into(),
-            http.to_string(),
-        ]
+    let alerts = setup.dir.join(format!("alerts-{run}.jsonl")).display().to_string();
+    let args_for = |listeners: &Listeners| {
+        if engine {
+            let config = "[output]\nstdout = false\n";
+            serve_args(&setup.dir, &format!("engine-{run}"), config, listeners, &["--alerts-file", &alerts])
+        } else {
+            Ok(vec![
+                "bench-reference".to_string(),
+                "--otlp-grpc".into(),
+                listeners.grpc.to_string(),
+                "--otlp-http".into(),
+                listeners.http.to_string(),
+            ])
+        }
     };
-    let mut target = Target::spawn(if engine { "engine" } else { "reference" }, &args, &setup.dir)?;
-    let (address, endpoint) = match transport {
-        BenchTransport::Grpc => (grpc, format!("grpc://{grpc}")),
-        BenchTransport::Http => (http, format!("http://{http}")),
+    let wait_for = |l: &Listeners| {
+        let served = if transport == BenchTransport::Http { l.http } else { l.grpc };
+        if engine {
+            vec![served, l.admin]
+        } else {
+            vec![served]
+        }
+    };
+    let name = if engine { "engine" } else { "reference" };
+    let (mut target, listeners) = spawn_listening(name, &setup.dir, args_for, wait_for).await?;
+    let (grpc, http, admin) = (listeners.grpc, listeners.http, listeners.admin);
+    let endpoint = match transport {
+        BenchTransport::Grpc => format!("grpc://{grpc}"),
+        BenchTransport::Http => format!("http://{http}"),
         BenchTransport::File => unreachable!("files are replayed, not sent"),
     };
-    target.wait_listening(address).await?;
-    if engine {
-        target.wait_listening(admin).await?;
-    }
     let pid = target.pid();
     let cpu_before = cpu_seconds(pid, setup.ticks).unwrap_or(0.0);
     let acked = Arc::new(Vec::new());
@@ -646,13 +677,11 @@ async fn run_kafka(
                 "[output]\nstdout = false\n\n[kafka]\nbrokers = \"{brokers}\"\nalert_topic = \"{alerts}\"\n\
                  input_topic = \"{topic}\"\ngroup_id = \"{topic}-{count}\"\ninstance_id = \"engine-{i}\"\n"
             );
-            let listeners = Listeners::free()?;
-            let admin = listeners.admin;
-            let args = serve_args(&setup.dir, &format!("kafka-{count}-{i}"), &config, &listeners, &["--kafka-input"])?;
-            let mut target = Target::spawn("engine", &args, &setup.dir)?;
-            target.wait_listening(admin).await?;
+            let name = format!("kafka-{count}-{i}");
+            let args_for = |l: &Listeners| serve_args(&setup.dir, &name, &config, l, &["--kafka-input"]);
+            let (target, listeners) = spawn_listening("engine", &setup.dir, args_for, |l| vec![l.admin]).await?;
             targets.push(target);
-            admins.push(admin);
+            admins.push(listeners.admin);
         }
         let sum = |name: &'static str, admins: Vec<SocketAddr>| async move {
             let mut total = 0.0;
@@ -720,8 +749,6 @@ async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans: usize) -> 
     })
     .await?;
 
-    let listeners = Listeners::free()?;
-    let grpc = listeners.grpc;
     // Every alert emitted (no folding of repeats), and room for rate x (trace_idle + trace
     // duration) spans in flight, as a deployment at this rate would configure it.
     let in_flight = ((rate * 12.0) as u64).max(6_000_000);
@@ -730,9 +757,9 @@ async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans: usize) -> 
     );
     let alerts_file = setup.dir.join("latency-alerts.jsonl");
     let alerts = alerts_file.display().to_string();
-    let args = serve_args(&setup.dir, "latency", &config, &listeners, &["--alerts-file", &alerts])?;
-    let mut target = Target::spawn("engine", &args, &setup.dir)?;
-    target.wait_listening(grpc).await?;
+    let args_for = |l: &Listeners| serve_args(&setup.dir, "latency", &config, l, &["--alerts-file", &alerts]);
+    let (mut target, listeners) = spawn_listening("engine", &setup.dir, args_for, |l| vec![l.grpc]).await?;
+    let grpc = listeners.grpc;
     // Start when the traffic's event time begins.
     let start_at = UNIX_EPOCH + Duration::from_secs(scenario.start_unix_seconds);
     if let Ok(wait) = start_at.duration_since(SystemTime::now()) {
