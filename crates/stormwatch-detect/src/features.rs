@@ -148,6 +148,14 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
     // Span id -> first index with that id.
     let mut by_id: Vec<(SpanId, usize)> = spans.iter().enumerate().map(|(i, span)| (span.span_id, i)).collect();
     by_id.sort_unstable();
+    // A span id seen before in the trace is a redelivery (an exporter's retry after a timeout,
+    // a Kafka message read again after a rebalance): it must not count as another call.
+    let mut duplicate = vec![false; spans.len()];
+    for pair in by_id.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            duplicate[pair[1].1] = true;
+        }
+    }
     let lookup = |id: SpanId| -> Option<usize> {
         let first = by_id.partition_point(|(other, _)| *other < id);
         by_id.get(first).filter(|(other, _)| *other == id).map(|(_, i)| *i)
@@ -201,6 +209,9 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
     let mut resolver = EntryResolver { spans, parent_index, memo: vec![None; spans.len()], has_cycle: false };
     let mut calls: Vec<Call> = Vec::with_capacity(spans.len());
     for (i, span) in spans.iter().enumerate() {
+        if duplicate[i] {
+            continue;
+        }
         if span.kind.is_outgoing() {
             let caller = service_node(&spans[resolver.entry_of(i)]);
             let answered_by = children(i)
@@ -318,7 +329,7 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
         root_class,
         start_unix_nano: spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0),
         end_unix_nano: spans.iter().map(|s| s.end_unix_nano).max().unwrap_or(0),
-        spans: spans.len() as u64,
+        spans: duplicate.iter().filter(|d| !**d).count() as u64,
         db_calls,
         services: services.len() as u64,
         edges,
@@ -408,6 +419,19 @@ pub(crate) mod tests {
         assert_eq!(features.caches[0].database_calls, 1);
         assert_eq!(features.caches[0].database.to.operation.as_str(), "SELECT * FROM items WHERE id = ?");
         assert_eq!(features.client.unwrap().as_str(), "10.0.0.7");
+    }
+
+    /// Spans delivered twice (an exporter retrying after a timeout, a Kafka message read again)
+    /// are one call, not two: a redelivered trace must look like the original.
+    #[test]
+    fn redelivered_spans_are_counted_once() {
+        let original = product_trace(4, 1_000, 3);
+        let mut redelivered = original.clone();
+        redelivered.extend(original.iter().filter(|s| s.remote.is_some()).cloned());
+        redelivered.extend(original.iter().take(2).cloned());
+        let (once, twice) = (extract(&completed(original)), extract(&completed(redelivered)));
+        assert_eq!(once.edges, twice.edges);
+        assert_eq!((once.spans, once.db_calls), (twice.spans, twice.db_calls));
     }
 
     #[test]
