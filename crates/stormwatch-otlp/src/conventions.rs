@@ -355,6 +355,13 @@ fn build_span(
 /// `service.name` when a resource has none, as the OpenTelemetry SDKs default it.
 pub(crate) const UNKNOWN_SERVICE: &str = "unknown_service";
 
+/// A resource's service: the last non-empty string among its `service.name` values (in
+/// attribute order; `None` for a non-string value), else [`UNKNOWN_SERVICE`]. The wire decoder
+/// applies the same rule while it streams the attributes.
+pub(crate) fn service_name<'a>(values: impl Iterator<Item = Option<&'a str>>) -> &'a str {
+    values.flatten().filter(|name| !name.is_empty()).last().unwrap_or(UNKNOWN_SERVICE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

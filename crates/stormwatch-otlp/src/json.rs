@@ -9,7 +9,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use stormwatch_model::Sym;
 
-use crate::conventions::{push_span, AttrView, RawSpan, WireId, UNKNOWN_SERVICE};
+use crate::conventions::{push_span, service_name, AttrView, RawSpan, WireId};
 use crate::{Decoded, Result};
 
 #[derive(Deserialize)]
@@ -200,21 +200,8 @@ pub fn decode_json(bytes: &[u8]) -> Result<Decoded> {
     let request: Request<'_> = serde_json::from_slice(bytes)?;
     let mut decoded = Decoded::default();
     for resource_spans in &request.resource_spans {
-        let service = resource_spans
-            .resource
-            .as_ref()
-            .and_then(|resource| {
-                // The last non-empty string `service.name`, as the wire decoder reads it.
-                resource
-                    .attributes
-                    .iter()
-                    .rev()
-                    .filter(|kv| kv.key == "service.name")
-                    .filter_map(string_value)
-                    .find(|name| !name.is_empty())
-            })
-            .unwrap_or(UNKNOWN_SERVICE);
-        let service = Sym::new(service);
+        let names = resource_spans.resource.iter().flat_map(|resource| &resource.attributes);
+        let service = Sym::new(service_name(names.filter(|kv| kv.key == "service.name").map(string_value)));
         for scope_spans in &resource_spans.scope_spans {
             decoded.spans.reserve(scope_spans.spans.len());
             for span in &scope_spans.spans {

@@ -6,7 +6,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use stormwatch_model::Sym;
 
-use crate::conventions::{push_span, AttrView, RawSpan, WireId, UNKNOWN_SERVICE};
+use crate::conventions::{push_span, service_name, AttrView, RawSpan, WireId};
 use crate::Decoded;
 
 fn string_value(kv: &KeyValue) -> Option<&str> {
@@ -20,21 +20,8 @@ fn string_value(kv: &KeyValue) -> Option<&str> {
 pub fn from_request(request: &ExportTraceServiceRequest) -> Decoded {
     let mut decoded = Decoded::default();
     for resource_spans in &request.resource_spans {
-        let service = resource_spans
-            .resource
-            .as_ref()
-            .and_then(|resource| {
-                // The last non-empty string `service.name`, as the wire decoder reads it.
-                resource
-                    .attributes
-                    .iter()
-                    .rev()
-                    .filter(|kv| kv.key == "service.name")
-                    .filter_map(string_value)
-                    .find(|name| !name.is_empty())
-            })
-            .unwrap_or(UNKNOWN_SERVICE);
-        let service = Sym::new(service);
+        let names = resource_spans.resource.iter().flat_map(|resource| &resource.attributes);
+        let service = Sym::new(service_name(names.filter(|kv| kv.key == "service.name").map(string_value)));
         for scope_spans in &resource_spans.scope_spans {
             decoded.spans.reserve(scope_spans.spans.len());
             for span in &scope_spans.spans {
