@@ -93,6 +93,14 @@ impl<K: Eq + Clone> SpaceSaving<K> {
         }
     }
 
+    /// Folds another sketch in (space-saving summaries merge by adding counts: heavy hitters of
+    /// either stay, counts stay overestimates).
+    pub fn merge(&mut self, other: &SpaceSaving<K>) {
+        for (key, count) in &other.entries {
+            self.add(key, *count);
+        }
+    }
+
     /// Keys by count, largest first.
     pub fn top(&self) -> Vec<(K, u64)> {
         let mut entries = self.entries.clone();
@@ -159,6 +167,56 @@ pub fn client_population(address: &str) -> String {
 impl Window {
     fn new(start: u64, length: u64) -> Window {
         Window { start, end: start + length, entry_requests: 0, edges: HashMap::new(), caches: HashMap::new() }
+    }
+
+    /// Folds in the same window as seen by another engine (its share of the partitions), so
+    /// window detectors can judge the whole of the traffic: counts add, the heaviest traces of
+    /// both compete, sketches merge, exemplars are kept up to their limits.
+    pub fn merge(&mut self, other: Window, top_k: usize) {
+        debug_assert_eq!((self.start, self.end), (other.start, other.end), "merging different windows");
+        self.entry_requests += other.entry_requests;
+        for (edge, theirs) in other.edges {
+            let Some(ours) = self.edges.get_mut(&edge) else {
+                self.edges.insert(edge, theirs);
+                continue;
+            };
+            ours.calls += theirs.calls;
+            ours.flagged_calls += theirs.flagged_calls;
+            ours.traces += theirs.traces;
+            ours.retries += theirs.retries;
+            ours.errors += theirs.errors;
+            ours.bytes += theirs.bytes;
+            let mut heaviest: Vec<u64> = ours.heaviest.iter().chain(&theirs.heaviest).copied().collect();
+            heaviest.sort_unstable_by(|a, b| b.cmp(a));
+            ours.heaviest.copy_from_slice(&heaviest[..HEAVIEST_TRACES]);
+            ours.by_class.merge(&theirs.by_class);
+            ours.by_client.merge(&theirs.by_client);
+            ours.by_user.merge(&theirs.by_user);
+            for (class, trace) in theirs.examples {
+                let known = ours.examples.iter().filter(|(c, _)| *c == class).count();
+                if known < MAX_EXEMPLARS && ours.examples.len() < top_k * MAX_EXEMPLARS {
+                    ours.examples.push((class, trace));
+                }
+            }
+            let room = MAX_EXEMPLARS.saturating_sub(ours.retry_examples.len());
+            ours.retry_examples.extend(theirs.retry_examples.into_iter().take(room));
+        }
+        for (database, theirs) in other.caches {
+            let Some(ours) = self.caches.get_mut(&database) else {
+                self.caches.insert(database, theirs);
+                continue;
+            };
+            ours.database_calls += theirs.database_calls;
+            let room = MAX_EXEMPLARS.saturating_sub(ours.miss_examples.len());
+            ours.miss_examples.extend(theirs.miss_examples.into_iter().take(room));
+            for (class, calls) in theirs.by_class {
+                if let Some(entry) = ours.by_class.iter_mut().find(|(c, _)| *c == class) {
+                    entry.1 += calls;
+                } else if ours.by_class.len() < top_k {
+                    ours.by_class.push((class, calls));
+                }
+            }
+        }
     }
 
     fn add(&mut self, features: &TraceFeatures, flagged: bool, top_k: usize) {

@@ -362,3 +362,39 @@ fn a_daily_rhythm_is_learned_per_hour_of_day() {
     let three_pm = (0..).map(|k| nine + k * 120).find(|index| hour_of(*index) == 15).unwrap();
     assert!(searches_alerted(&judge(&mut store, &window(three_pm, 200, morning, |_| false))));
 }
+
+/// The same window seen by two engines (each owning half the traces) and merged judges like
+/// the whole: the same findings, numbers and contributors (the first step of merging windows
+/// across engines of a consumer group).
+#[test]
+fn merged_partial_windows_judge_like_the_whole() {
+    let surge = |i: u64| if i % 5 < 2 { Request::Search { shifted: true } } else { usual(i) };
+    let part = |keep: fn(u64) -> bool| {
+        let mut windows = Windows::new(WindowConfig::default());
+        for i in (0..100).filter(|i| keep(*i)) {
+            let at = T0 + 50 * 10 * SEC + i * (10 * SEC / 100 - 1_000_000);
+            windows.add(&trace(50 * 10_000 + i, at, surge(i)), false);
+        }
+        windows.close_all().remove(0)
+    };
+    let (mut merged, other) = (part(|i| i % 2 == 0), part(|i| i % 2 == 1));
+    // Half the traffic each.
+    assert_eq!((merged.entry_requests, other.entry_requests), (50, 50));
+    merged.merge(other, WindowConfig::default().top_k);
+    let whole = window(50, 100, surge, |_| false);
+    assert_eq!(merged.entry_requests, whole.entry_requests);
+    assert_eq!(merged.rates(), whole.rates());
+
+    let summary = |findings: Vec<Finding>| -> Vec<(AlertKind, String, f64, Vec<String>)> {
+        findings
+            .into_iter()
+            .map(|f| {
+                let contributors = f.contributors.iter().map(|c| format!("{} {}", c.name, c.share)).collect();
+                (f.kind, f.edge.map(|e| e.to_string()).unwrap_or_default(), f.observed, contributors)
+            })
+            .collect()
+    };
+    let from_merged = summary(judge(&mut trained(), &merged));
+    assert!(!from_merged.is_empty(), "the merged window shows the surge");
+    assert_eq!(from_merged, summary(judge(&mut trained(), &whole)));
+}
