@@ -40,6 +40,40 @@ fn committed(bootstrap: &str, group: &str, topic: &str) -> i64 {
     }
 }
 
+/// Produces `(key, payload)` messages to `topic` in order, each confirmed; returns how many.
+async fn produce(bootstrap: &str, topic: &str, messages: &[(String, String)]) -> i64 {
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    for (key, payload) in messages {
+        let record = FutureRecord::to(topic).key(key.as_str()).payload(payload.as_str());
+        producer.send(record, Duration::from_secs(10)).await.expect("produce");
+    }
+    messages.len() as i64
+}
+
+/// Fixture lines keyed as a Collector spreads export requests over partitions.
+fn keyed(lines: &[String]) -> Vec<(String, String)> {
+    lines.iter().enumerate().map(|(i, line)| (format!("{}", i % 7), line.clone())).collect()
+}
+
+/// The test engines' config: fast completion, short windows and throttle, Kafka in and out,
+/// plus `kafka` lines (instance id, dead letters).
+fn sections(bootstrap: &str, alerts: &str, input: &str, group: &str, kafka: &str) -> String {
+    format!(
+        "[assemble]\ntrace_idle = \"1s\"\ntrace_max_wait = \"3s\"\n\n[detect]\nwindow = \"2s\"\nthrottle = \"5s\"\n\n\
+         [kafka]\nbrokers = \"{bootstrap}\"\nalert_topic = \"{alerts}\"\ninput_topic = \"{input}\"\n\
+         input_encoding = \"otlp_json\"\ngroup_id = \"{group}\"\n{kafka}"
+    )
+}
+
+/// `stormwatch_kafka_messages_total` of an engine.
+fn messages_consumed(engine: &Serve) -> i64 {
+    engine
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("stormwatch_kafka_messages_total ")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn spans_from_kafka_alert_dead_letter_and_commit_once_settled() {
     let bootstrap = kafka_bootstrap();
@@ -50,28 +84,13 @@ async fn spans_from_kafka_alert_dead_letter_and_commit_once_settled() {
 
     // The recorded Flask traffic with three amplified requests, one message per export
     // request, keyed as the Collector keys by trace id; one message that is not OTLP at all.
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
-    let lines = fixture_lines();
-    let mut sent = 0i64;
-    for (i, line) in lines.iter().enumerate() {
-        if i == lines.len() / 2 {
-            let record = FutureRecord::to(&input).key("garbage").payload("{this is not OTLP");
-            producer.send(record, Duration::from_secs(10)).await.expect("produce the malformed message");
-            sent += 1;
-        }
-        let key = format!("{}", i % 7);
-        let record = FutureRecord::to(&input).key(&key).payload(line.as_str());
-        producer.send(record, Duration::from_secs(10)).await.expect("produce");
-        sent += 1;
-    }
+    let mut messages = keyed(&fixture_lines());
+    messages.insert(messages.len() / 2, ("garbage".into(), "{this is not OTLP".into()));
+    let sent = produce(&bootstrap, &input, &messages).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let sections = format!(
-        "[assemble]\ntrace_idle = \"1s\"\ntrace_max_wait = \"3s\"\n\n[detect]\nwindow = \"2s\"\nthrottle = \"5s\"\n\n\
-         [kafka]\nbrokers = \"{bootstrap}\"\nalert_topic = \"{alerts}\"\ninput_topic = \"{input}\"\n\
-         input_encoding = \"otlp_json\"\ngroup_id = \"{group}\"\ndead_letter_topic = \"{dead_letters}\"\n"
-    );
-    let serve = Serve::start_with(dir.path(), &sections, &["--kafka-input", "--models", "models"]);
+    let config = sections(&bootstrap, &alerts, &input, &group, &format!("dead_letter_topic = \"{dead_letters}\"\n"));
+    let serve = Serve::start_with(dir.path(), &config, &["--kafka-input", "--models", "models"]);
 
     let kinds_seen = std::cell::RefCell::new(std::collections::HashSet::new());
     let seen = consume_alerts_until(&bootstrap, &alerts, Duration::from_secs(90), |alert| {
@@ -182,36 +201,19 @@ async fn a_killed_engine_loses_no_alert() {
     let input = create_topic(&bootstrap, "otlp-spans").await;
     let alerts = create_topic(&bootstrap, "alerts").await;
     let group = format!("stormwatch-{input}");
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
-    let produce = |lines: Vec<String>| {
-        let (producer, input) = (producer.clone(), input.clone());
-        async move {
-            for (i, line) in lines.iter().enumerate() {
-                let key = format!("{}", i % 7);
-                producer
-                    .send(FutureRecord::to(&input).key(&key).payload(line.as_str()), Duration::from_secs(10))
-                    .await
-                    .unwrap();
-            }
-            lines.len() as i64
-        }
-    };
     // First the normal traffic and, at its end, the amplified requests (the fixture's last
     // lines); the rest of the normal traffic comes after the crash.
     let lines = fixture_lines();
     let (normal, attacks) = lines.split_at(lines.len() - 3);
     let (before, after) = normal.split_at(normal.len() * 3 / 4);
-    let first = produce(before.iter().chain(attacks).cloned().collect()).await;
+    let first_lines: Vec<String> = before.iter().chain(attacks).cloned().collect();
+    let first = produce(&bootstrap, &input, &keyed(&first_lines)).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let sections = format!(
-        "[assemble]\ntrace_idle = \"1s\"\ntrace_max_wait = \"3s\"\n\n[detect]\nwindow = \"2s\"\nthrottle = \"5s\"\n\n\
-         [kafka]\nbrokers = \"{bootstrap}\"\nalert_topic = \"{alerts}\"\ninput_topic = \"{input}\"\n\
-         input_encoding = \"otlp_json\"\ngroup_id = \"{group}\"\ninstance_id = \"engine-0\"\n"
-    );
-    let mut killed = Serve::start_with(dir.path(), &sections, &["--kafka-input", "--models", "models"]);
+    let config = sections(&bootstrap, &alerts, &input, &group, "instance_id = \"engine-0\"\n");
+    let mut killed = Serve::start_with(dir.path(), &config, &["--kafka-input", "--models", "models"]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !killed.metrics().contains(&format!("stormwatch_kafka_messages_total {first}\n")) {
+    while messages_consumed(&killed) != first {
         assert!(Instant::now() < deadline, "the first engine did not consume:\n{}", killed.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -219,8 +221,8 @@ async fn a_killed_engine_loses_no_alert() {
     let committed_at_crash = committed(&bootstrap, &group, &input);
     assert!(committed_at_crash < first, "the last messages were not settled yet, so not committed");
 
-    let second = produce(after.to_vec()).await;
-    let restarted = Serve::start_with(dir.path(), &sections, &["--kafka-input", "--models", "models"]);
+    let second = produce(&bootstrap, &input, &keyed(after)).await;
+    let restarted = Serve::start_with(dir.path(), &config, &["--kafka-input", "--models", "models"]);
     let seen =
         consume_alerts_until(&bootstrap, &alerts, Duration::from_secs(90), |alert| alert["kind"] == "n_plus_one").await;
     assert!(
@@ -238,10 +240,11 @@ async fn a_killed_engine_loses_no_alert() {
         assert!(Instant::now() < deadline, "offsets did not reach the end after the restart:\n{}", restarted.log());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let metrics = restarted.metrics();
-    let consumed: i64 =
-        metrics.lines().find_map(|l| l.strip_prefix("stormwatch_kafka_messages_total ")?.trim().parse().ok()).unwrap();
-    assert_eq!(consumed, first + second - committed_at_crash, "re-read exactly what was not committed");
+    assert_eq!(
+        messages_consumed(&restarted),
+        first + second - committed_at_crash,
+        "re-read exactly what was not committed"
+    );
     restarted.stop();
 }
 
@@ -285,42 +288,16 @@ async fn three_engines_in_a_group_alert_like_one_and_survive_a_kill() {
     let input = create_topic(&bootstrap, "otlp-spans").await;
     let alerts = create_topic(&bootstrap, "alerts").await;
     let group = format!("stormwatch-{input}");
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
     let messages = messages_per_trace();
-    let produce = |batch: &[(String, String)]| {
-        let (producer, input, batch) = (producer.clone(), input.clone(), batch.to_vec());
-        async move {
-            for (trace, body) in &batch {
-                let record = FutureRecord::to(&input).key(trace.as_str()).payload(body.as_str());
-                producer.send(record, Duration::from_secs(10)).await.unwrap();
-            }
-            batch.len() as i64
-        }
-    };
     // The amplified requests are the last traces; the first two thirds go before the kill.
     let (before, after) = messages.split_at(messages.len() * 2 / 3);
-    let first = produce(before).await;
+    let first = produce(&bootstrap, &input, before).await;
 
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let sections = |i: usize| {
-        format!(
-            "[assemble]\ntrace_idle = \"1s\"\ntrace_max_wait = \"3s\"\n\n[detect]\nwindow = \"2s\"\nthrottle = \"5s\"\n\n\
-             [kafka]\nbrokers = \"{bootstrap}\"\nalert_topic = \"{alerts}\"\ninput_topic = \"{input}\"\n\
-             input_encoding = \"otlp_json\"\ngroup_id = \"{group}\"\ninstance_id = \"engine-{i}\"\n"
-        )
-    };
-    let start = |i: usize| Serve::start_with(dirs[i].path(), &sections(i), &["--kafka-input", "--models", "models"]);
+    let config = |i: usize| sections(&bootstrap, &alerts, &input, &group, &format!("instance_id = \"engine-{i}\"\n"));
+    let start = |i: usize| Serve::start_with(dirs[i].path(), &config(i), &["--kafka-input", "--models", "models"]);
     let mut engines: Vec<Serve> = (0..3).map(start).collect();
-    let consumed = |engines: &[Serve]| -> i64 {
-        engines
-            .iter()
-            .filter_map(|e| {
-                e.metrics()
-                    .lines()
-                    .find_map(|l| l.strip_prefix("stormwatch_kafka_messages_total ")?.trim().parse::<i64>().ok())
-            })
-            .sum()
-    };
+    let consumed = |engines: &[Serve]| -> i64 { engines.iter().map(messages_consumed).sum() };
     let deadline = Instant::now() + Duration::from_secs(60);
     while consumed(&engines) < first {
         assert!(Instant::now() < deadline, "the group did not consume the first messages");
@@ -331,7 +308,7 @@ async fn three_engines_in_a_group_alert_like_one_and_survive_a_kill() {
         assert!(!assigned.contains("partitions=[]"), "every engine owns a partition: {assigned}");
     }
     engines[1].kill();
-    let second = produce(after).await;
+    let second = produce(&bootstrap, &input, after).await;
     engines[1] = start(1);
 
     // One engine on the same traffic, for reference: the golden replay alerts.

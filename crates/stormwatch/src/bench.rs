@@ -130,8 +130,13 @@ fn is_zombie(pid: u32) -> bool {
 
 /// A `/proc/PID/status` field in bytes (`VmHWM`: peak resident set; `VmRSS`: current).
 fn status_bytes(pid: &str, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with(field))?;
+    proc_kilobytes(&format!("/proc/{pid}/status"), field)
+}
+
+/// A `field  N kB` line of a `/proc` file, in bytes.
+fn proc_kilobytes(path: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|line| line.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -156,15 +161,9 @@ fn machine() -> String {
                 .map(|(_, m)| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let memory =
-        status_bytes_meminfo().map_or(String::new(), |b| format!(", {:.0} GiB", b as f64 / (1u64 << 30) as f64));
+    let memory = proc_kilobytes("/proc/meminfo", "MemTotal:")
+        .map_or(String::new(), |b| format!(", {:.0} GiB", b as f64 / (1u64 << 30) as f64));
     format!("{cpus} CPUs ({model}){memory}")
-}
-
-fn status_bytes_meminfo() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = info.lines().find(|l| l.starts_with("MemTotal"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 fn free_address() -> anyhow::Result<SocketAddr> {

@@ -196,22 +196,16 @@ fn run_engine(
     let horizon = engine.settle_horizon();
     loop {
         match receiver.recv_timeout(Duration::from_millis(100)) {
-            Ok(Some(batch)) => {
-                let mut processed = batch.spans.len() as u64;
-                engine.push(batch.spans, &mut alerts);
-                if let Some(position) = batch.position {
-                    pending.push_back((position, engine.assembler().watermark()));
-                }
-                // Drain what is already waiting before doing periodic work.
-                let mut drained = 0;
-                while drained < 64 {
-                    let Some(batch) = receiver.try_recv() else { break };
+            Ok(Some(first)) => {
+                let mut processed = 0;
+                // Drain what is already waiting (up to 64 more) before doing periodic work.
+                let waiting = std::iter::from_fn(|| receiver.try_recv()).take(64);
+                for batch in std::iter::once(first).chain(waiting) {
                     processed += batch.spans.len() as u64;
                     engine.push(batch.spans, &mut alerts);
                     if let Some(position) = batch.position {
                         pending.push_back((position, engine.assembler().watermark()));
                     }
-                    drained += 1;
                 }
                 Metrics::add(&metrics.spans_processed_total, processed);
                 last_activity = Instant::now();
