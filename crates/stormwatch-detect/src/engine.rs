@@ -23,6 +23,9 @@ pub struct EngineConfig {
     pub window: WindowConfig,
     /// The PCA detector over per-window edge rates.
     pub correlated: CorrelatedConfig,
+    /// Closed windows are not judged here but handed out ([`Engine::take_closed_windows`]) for
+    /// the merger of a consumer group, which judges them whole ([`Engine::judge_merged`]).
+    pub share_windows: bool,
 }
 
 impl Default for EngineConfig {
@@ -33,6 +36,7 @@ impl Default for EngineConfig {
             throttle_nanos: 300 * 1_000_000_000,
             window: WindowConfig::default(),
             correlated: CorrelatedConfig::default(),
+            share_windows: false,
         }
     }
 }
@@ -65,6 +69,10 @@ pub struct Engine {
     clock: fn() -> u64,
     stats: EngineStats,
     completed: Vec<CompletedTrace>,
+    share_windows: bool,
+    /// Closed windows waiting to be shipped to the merger (`share_windows`).
+    outgoing: Vec<crate::window::Window>,
+    flushed: bool,
 }
 
 impl Engine {
@@ -80,6 +88,9 @@ impl Engine {
             clock,
             stats: EngineStats::default(),
             completed: Vec::new(),
+            share_windows: config.share_windows,
+            outgoing: Vec::new(),
+            flushed: false,
         }
     }
 
@@ -120,9 +131,30 @@ impl Engine {
             .saturating_add(window.close_delay_nanos)
     }
 
-    /// Windows not judged yet.
+    /// Windows not judged (or shipped) yet.
     pub fn open_windows(&self) -> usize {
         self.windows.open_windows()
+    }
+
+    /// With `share_windows`: the windows closed since the last call, for the merger.
+    pub fn take_closed_windows(&mut self) -> Vec<crate::window::Window> {
+        std::mem::take(&mut self.outgoing)
+    }
+
+    /// Every window of this engine ending at or before this event time is closed (after
+    /// [`Engine::flush`], all of them).
+    pub fn windows_closed_through(&self) -> u64 {
+        if self.flushed {
+            return u64::MAX;
+        }
+        self.assembler.watermark().saturating_sub(self.windows.config().close_delay_nanos)
+    }
+
+    /// Judges windows merged from the engines of a consumer group, as if closed here.
+    pub fn judge_merged(&mut self, windows: Vec<crate::window::Window>, out: &mut Vec<Alert>) {
+        let before = out.len();
+        self.judge_all(windows, out);
+        self.count_alerts(&out[before..]);
     }
 
     /// Feeds spans; alerts that became due are appended to `out`.
@@ -151,6 +183,7 @@ impl Engine {
         let before = out.len();
         let closed = self.windows.close_all();
         self.judge_windows(closed, out);
+        self.flushed = true;
         self.throttle.flush((self.clock)(), out);
         self.count_alerts(&out[before..]);
         self.completed = completed;
@@ -186,7 +219,17 @@ impl Engine {
         self.count_alerts(&out[before..]);
     }
 
+    /// Closed windows: shipped to the merger, or judged here.
     fn judge_windows(&mut self, closed: Vec<crate::window::Window>, out: &mut Vec<Alert>) {
+        if self.share_windows {
+            self.outgoing.extend(closed);
+            self.stats.window_late_traces = self.windows.late_traces;
+        } else {
+            self.judge_all(closed, out);
+        }
+    }
+
+    fn judge_all(&mut self, closed: Vec<crate::window::Window>, out: &mut Vec<Alert>) {
         let now = (self.clock)();
         for window in closed {
             self.stats.windows_closed += 1;

@@ -3,6 +3,7 @@
 //! * [`features`] turns a trace into edges, calls per parent span and work per root request.
 //! * [`detectors`] compares those with the learned baselines and learns what is normal.
 //! * [`throttle`] folds repeats of one incident into a handful of alerts.
+//! * [`merge`] folds the windows of several engines (a Kafka consumer group) into one.
 //! * [`Engine`] ties assembly, detection, learning and throttling into one synchronous,
 //!   deterministic state machine that `serve` and `replay` both drive.
 //!
@@ -13,11 +14,13 @@ pub mod correlated;
 pub mod detectors;
 mod engine;
 pub mod features;
+pub mod merge;
 pub mod throttle;
 pub mod window;
 
 pub use detectors::{DetectConfig, Finding};
 pub use engine::{Engine, EngineConfig, EngineStats};
 pub use features::{extract, CacheUse, EdgeFeatures, TraceFeatures};
+pub use merge::{Partials, WindowMerger};
 pub use throttle::Throttle;
-pub use window::{WindowConfig, Windows};
+pub use window::{Window, WindowConfig, Windows};

@@ -26,6 +26,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::{Deserialize, Serialize};
+
 use stormwatch_baseline::{BaselineStore, Distribution, WindowMetric};
 use stormwatch_model::{AlertKind, Contributor, Edge, RootClass, Severity, Sym, TraceId};
 
@@ -72,7 +74,7 @@ impl Default for WindowConfig {
 /// The space-saving heavy-hitter sketch (Metwally et al.): at most `capacity` keys; a new key
 /// evicts the smallest and inherits its count, so heavy hitters are never missed and counts
 /// are overestimated by at most the smallest count.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SpaceSaving<K> {
     capacity: usize,
     entries: Vec<(K, u64)>,
@@ -109,7 +111,7 @@ impl<K: Eq + Clone> SpaceSaving<K> {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct EdgeWindow {
     calls: u64,
     /// Calls from traces a per-trace detector already reported: not window-level evidence.
@@ -132,7 +134,7 @@ struct EdgeWindow {
     retry_examples: Vec<TraceId>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct CacheWindow {
     /// Caller -> cache (the alert's edge).
     cache: Edge,
@@ -141,14 +143,44 @@ struct CacheWindow {
     by_class: Vec<(RootClass, u64)>,
 }
 
-/// One tumbling window of traffic.
-#[derive(Clone, Debug)]
+/// One tumbling window of traffic. Serialisable, so engines sharing a consumer group can ship
+/// their share of a window to the one that judges the merged whole.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Window {
     pub start: u64,
     pub end: u64,
     pub entry_requests: u64,
+    #[serde(with = "pairs")]
     edges: HashMap<Edge, EdgeWindow>,
+    #[serde(with = "pairs")]
     caches: HashMap<Edge, CacheWindow>,
+}
+
+/// Maps keyed by edges as lists of `[key, value]` pairs (JSON keys must be strings).
+mod pairs {
+    use std::collections::HashMap;
+    use std::hash::Hash;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// In key order, so one window always encodes to the same bytes.
+    pub(super) fn serialize<K: Serialize + Ord, V: Serialize, S: Serializer>(
+        map: &HashMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut pairs: Vec<(&K, &V)> = map.iter().collect();
+        pairs.sort_by(|a, b| a.0.cmp(b.0));
+        serializer.collect_seq(pairs)
+    }
+
+    pub(super) fn deserialize<'de, K, V, D>(deserializer: D) -> Result<HashMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Eq + Hash,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?.into_iter().collect())
+    }
 }
 
 /// The client population of an address: /16 for IPv4, /64 for IPv6.

@@ -2,11 +2,14 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use crate::Sym;
 
 /// What a node is. Services are instrumented; the rest are virtual nodes derived from the
 /// attributes of client spans.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NodeKind {
     Service,
     Database,
@@ -44,7 +47,7 @@ impl NodeKind {
 }
 
 /// (service, operation). For virtual nodes `service` is the database, queue or peer name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Node {
     pub service: Sym,
     pub operation: Sym,
@@ -64,7 +67,7 @@ impl fmt::Display for Node {
 }
 
 /// Caller node -> callee node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Edge {
     pub from: Node,
     pub to: Node,
@@ -78,7 +81,7 @@ impl fmt::Display for Edge {
 
 /// The entry point a request came in through: service, operation (method and route
 /// template) and the shape of its query (which parameter keys were present, never values).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RootClass {
     pub service: Sym,
     pub operation: Sym,

@@ -101,3 +101,17 @@ mod tests {
         assert!(Sym::new("b") > Sym::new("a"));
     }
 }
+
+/// As its text: interned ids differ between processes, text does not.
+impl serde::Serialize for Sym {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Sym {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Sym, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(Sym::new(&text))
+    }
+}

@@ -330,6 +330,7 @@ impl Config {
                 ..stormwatch_detect::WindowConfig::default()
             },
             correlated: stormwatch_detect::correlated::CorrelatedConfig::default(),
+            share_windows: false,
         }
     }
 }
