@@ -89,19 +89,6 @@ impl From<&str> for Sym {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn same_text_same_symbol() {
-        assert_eq!(Sym::new("gateway"), Sym::new("gateway"));
-        assert_ne!(Sym::new("gateway"), Sym::new("catalog"));
-        assert_eq!(Sym::new("catalog").as_str(), "catalog");
-        assert!(Sym::new("b") > Sym::new("a"));
-    }
-}
-
 /// As its text: interned ids differ between processes, text does not.
 impl serde::Serialize for Sym {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -113,5 +100,18 @@ impl<'de> serde::Deserialize<'de> for Sym {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Sym, D::Error> {
         let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
         Ok(Sym::new(&text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_text_same_symbol() {
+        assert_eq!(Sym::new("gateway"), Sym::new("gateway"));
+        assert_ne!(Sym::new("gateway"), Sym::new("catalog"));
+        assert_eq!(Sym::new("catalog").as_str(), "catalog");
+        assert!(Sym::new("b") > Sym::new("a"));
     }
 }
