@@ -351,6 +351,18 @@ async fn three_engines_in_a_group_alert_like_one_and_survive_a_kill() {
         assert!(Instant::now() < deadline, "offsets did not reach the end:\n{}", logs.join("\n---\n"));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // The window detectors judged the group's merged windows: the owner of input partition 0
+    // received every engine's partials and merged them.
+    let metric = |engine: &Serve, name: &str| -> u64 {
+        engine.metrics().lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0)
+    };
+    let merged: Vec<u64> = engines.iter().map(|e| metric(e, "stormwatch_windows_merged_total ")).collect();
+    assert_eq!(merged.iter().filter(|m| **m > 0).count(), 1, "one merger: {merged:?}");
+    for (engine, merged) in engines.iter().zip(&merged) {
+        assert!(metric(engine, "stormwatch_window_partials_sent_total ") > 0, "{}", engine.log());
+        // Only merged windows are judged: no engine judges its own share alone.
+        assert_eq!(metric(engine, "stormwatch_windows_closed_total "), *merged);
+    }
     for engine in engines {
         engine.stop();
     }

@@ -15,7 +15,7 @@ mod queue;
 pub mod sink;
 
 pub use metrics::Metrics;
-pub use queue::{span_queue, Batch, Disconnected, QueueFull, SourcePosition, SpanQueue, SpanReceiver};
+pub use queue::{span_queue, Batch, Disconnected, QueueFull, SourcePosition, SourceTopic, SpanQueue, SpanReceiver};
 
 /// I/O errors that the binary reports to the user.
 #[derive(Debug, thiserror::Error)]

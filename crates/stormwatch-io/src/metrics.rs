@@ -77,6 +77,16 @@ metrics! {
     kafka_dead_letters_total: "counter",
     /// Offset commits of settled Kafka input messages.
     kafka_commits_total: "counter",
+    /// Window partials (closed windows and progress) this engine shipped to the windows topic.
+    window_partials_sent_total: "counter",
+    /// Window partials this engine received as the group's merger.
+    window_partials_received_total: "counter",
+    /// Windows this engine merged from the group's partials and judged.
+    windows_merged_total: "counter",
+    /// Merged windows judged after `kafka.window_merge_timeout` without every partition.
+    window_merge_timeouts_total: "counter",
+    /// Partials of windows already judged, or repeated: dropped.
+    window_partials_dropped_total: "counter",
     /// Baseline snapshots written.
     snapshots_written_total: "counter",
     /// Observations not learned because the baseline store was at its key limit.

@@ -17,9 +17,19 @@ pub struct QueueFull;
 #[derive(Debug)]
 pub struct Disconnected;
 
-/// Where a batch came from in a Kafka input topic, for committing once it is settled.
+/// Which topic a Kafka position is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceTopic {
+    /// The span input (`kafka.input_topic`).
+    Input,
+    /// The engines' window partials (`kafka.windows_topic`).
+    Windows,
+}
+
+/// Where a batch came from in a Kafka topic, for committing once it is settled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SourcePosition {
+    pub topic: SourceTopic,
     pub partition: i32,
     pub offset: i64,
 }
@@ -29,6 +39,8 @@ pub struct SourcePosition {
 pub struct Batch {
     pub spans: Vec<Span>,
     pub position: Option<SourcePosition>,
+    /// A message of the windows topic (another engine's closed windows), undecoded.
+    pub windows: Option<Vec<u8>>,
 }
 
 /// The sending side, cloned into every receiver.
@@ -58,7 +70,7 @@ impl SpanQueue {
             return Ok(());
         }
         self.depth.fetch_add(1, Ordering::Relaxed);
-        match self.sender.try_send(Batch { spans, position: None }) {
+        match self.sender.try_send(Batch { spans, ..Batch::default() }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.depth.fetch_sub(1, Ordering::Relaxed);
@@ -69,7 +81,7 @@ impl SpanQueue {
 
     /// Enqueues a batch, waiting for room (replay and Kafka input: back-pressure, not refusal).
     pub fn send_blocking(&self, spans: Vec<Span>) -> Result<(), QueueFull> {
-        self.send_batch(Batch { spans, position: None })
+        self.send_batch(Batch { spans, ..Batch::default() })
     }
 
     /// Enqueues a batch with its source position, waiting for room. Sent even when it has no

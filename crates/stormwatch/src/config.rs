@@ -69,6 +69,17 @@ pub(crate) struct KafkaConfig {
     /// Static membership id of this engine in the group (e.g. the pod name of a StatefulSet):
     /// restarted with the same id it takes its partitions back at once. Empty: dynamic.
     pub(crate) instance_id: String,
+    /// With `input`: the engines of the group ship their closed windows to `windows_topic`;
+    /// the engine holding it merges and judges them, so an attack spread over every partition
+    /// is seen whole. `false`: each engine judges only its own share of the traffic.
+    pub(crate) share_windows: bool,
+    /// The group's internal topic of window partials (one partition, created when missing).
+    /// Empty: `<group_id>.windows`, so groups never mix.
+    pub(crate) windows_topic: String,
+    /// How long a merged window waits for a partition no live engine accounts for (its engine
+    /// died and Kafka has not reassigned it yet) before it is judged without it.
+    #[serde(with = "humantime_serde")]
+    pub(crate) window_merge_timeout: Duration,
 }
 
 impl Default for KafkaConfig {
@@ -82,6 +93,9 @@ impl Default for KafkaConfig {
             group_id: stormwatch_io::kafka::source::DEFAULT_GROUP_ID.into(),
             dead_letter_topic: String::new(),
             instance_id: String::new(),
+            share_windows: true,
+            windows_topic: String::new(),
+            window_merge_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -301,6 +315,16 @@ impl Config {
             bail!("kafka.alert_topic: must not be empty when kafka.brokers is set");
         }
         Ok(())
+    }
+
+    /// The windows topic when engines share windows (Kafka input), else `None`.
+    pub(crate) fn windows_topic(&self) -> Option<String> {
+        let kafka = &self.kafka;
+        match (kafka.input && kafka.share_windows, kafka.windows_topic.is_empty()) {
+            (false, _) => None,
+            (true, true) => Some(format!("{}.windows", kafka.group_id)),
+            (true, false) => Some(kafka.windows_topic.clone()),
+        }
     }
 
     pub(crate) fn engine(&self) -> EngineConfig {

@@ -10,6 +10,7 @@ mod loadgen;
 mod replay;
 mod runtime;
 mod serve;
+mod sharing;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -42,7 +42,12 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         store,
         sink,
         64,
-        EngineOptions { idle_fallback: None, snapshot: args.models.clone().map(|dir| (dir, None)), commits: None },
+        EngineOptions {
+            idle_fallback: None,
+            snapshot: args.models.clone().map(|dir| (dir, None)),
+            commits: None,
+            sharing: None,
+        },
     );
     let metrics = pipeline.metrics.clone();
 

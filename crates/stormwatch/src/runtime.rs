@@ -21,6 +21,7 @@ use stormwatch_model::Alert;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::sharing::{SharingOptions, WindowSharing};
 
 /// The running engine thread and sink task. Spans go in through the [`SpanQueue`] returned
 /// with it; once every clone of that queue is dropped, [`Pipeline::finish`] drains and stops.
@@ -32,13 +33,14 @@ pub(crate) struct Pipeline {
 
 impl Pipeline {
     pub(crate) fn start(
-        config: EngineConfig,
+        mut config: EngineConfig,
         store: BaselineStore,
         sink: AlertSink,
         queue_capacity: usize,
         options: EngineOptions,
     ) -> (Pipeline, SpanQueue) {
         let metrics = Arc::new(Metrics::default());
+        config.share_windows = options.sharing.is_some();
         let (queue, receiver) = span_queue(queue_capacity);
         let (alerts_tx, alerts_rx) = mpsc::channel(256);
         let commits = options.commits.clone();
@@ -101,6 +103,9 @@ pub(crate) struct EngineOptions {
     /// Kafka input: where the sink sends settled positions, once the alerts before them are
     /// acknowledged.
     pub(crate) commits: Option<std::sync::mpsc::Sender<Vec<SourcePosition>>>,
+    /// Kafka consumer group: ship closed windows to the windows topic and, while this engine
+    /// holds it, merge and judge the group's windows.
+    pub(crate) sharing: Option<SharingOptions>,
 }
 
 /// What the engine hands the sink task, in order.
@@ -109,6 +114,12 @@ pub(crate) enum SinkItem {
     /// Kafka input positions whose spans are settled; committable once everything before this
     /// item is delivered.
     Settled(Vec<SourcePosition>),
+    /// This engine's window partials, for `topic` (keyed by the sending engine).
+    Partials {
+        topic: String,
+        key: String,
+        payload: Vec<u8>,
+    },
 }
 
 /// What the engine did, for the replay summary and the shutdown log.
@@ -177,7 +188,17 @@ fn run_engine(
     metrics: Arc<Metrics>,
     options: EngineOptions,
 ) -> EngineReport {
+    let window_nanos = config.window.window_nanos;
     let mut engine = Engine::new(config, store, wall_clock_nanos);
+    let mut sharing = options.sharing.map(|sharing| WindowSharing::new(sharing, window_nanos));
+    let ship = |engine: &mut Engine, sharing: &mut Option<WindowSharing>, idle: bool| {
+        if let Some(sharing) = sharing {
+            if let Some(payload) = sharing.ship(engine, idle, &metrics) {
+                let (topic, key) = (sharing.topic().to_string(), sharing.sender().to_string());
+                let _ = alerts_tx.blocking_send(SinkItem::Partials { topic, key, payload });
+            }
+        }
+    };
     let mut alerts = Vec::new();
     let mut last_activity = Instant::now();
     let mut watermark_at_activity = 0;
@@ -197,10 +218,17 @@ fn run_engine(
     loop {
         match receiver.recv_timeout(Duration::from_millis(100)) {
             Ok(Some(first)) => {
-                let mut processed = 0;
+                let (mut processed, mut input) = (0, false);
                 // Drain what is already waiting (up to 64 more) before doing periodic work.
                 let waiting = std::iter::from_fn(|| receiver.try_recv()).take(64);
                 for batch in std::iter::once(first).chain(waiting) {
+                    if let (Some(payload), Some(position), Some(sharing)) =
+                        (&batch.windows, batch.position, &mut sharing)
+                    {
+                        sharing.receive(payload, position);
+                        continue;
+                    }
+                    input = true;
                     processed += batch.spans.len() as u64;
                     engine.push(batch.spans, &mut alerts);
                     if let Some(position) = batch.position {
@@ -208,8 +236,11 @@ fn run_engine(
                     }
                 }
                 Metrics::add(&metrics.spans_processed_total, processed);
-                last_activity = Instant::now();
-                watermark_at_activity = engine.assembler().watermark();
+                // Other engines' partials are not input: the idle fallback still runs.
+                if input {
+                    last_activity = Instant::now();
+                    watermark_at_activity = engine.assembler().watermark();
+                }
             }
             Ok(None) => {}
             Err(_disconnected) => break,
@@ -226,6 +257,13 @@ fn run_engine(
                 engine.advance_to(watermark_at_activity + quiet.as_nanos() as u64, &mut alerts);
             }
         }
+        if let Some(sharing) = &mut sharing {
+            sharing.judge(&mut engine, &mut alerts, &metrics);
+        }
+        let idle = engine.assembler().in_flight_traces() == 0
+            && engine.open_windows() == 0
+            && options.idle_fallback.is_some_and(|idle| last_activity.elapsed() >= idle);
+        ship(&mut engine, &mut sharing, idle);
         send(&mut alerts);
         // Settled: everything they fed has completed and been judged, and no open incident
         // may still summarise evidence from them. Behind the alerts just sent.
@@ -239,6 +277,9 @@ fn run_engine(
             }
             settled.push(*position);
             pending.pop_front();
+        }
+        if let Some(sharing) = &mut sharing {
+            settled.extend(sharing.settled(incidents_from));
         }
         if !settled.is_empty() {
             let _ = alerts_tx.blocking_send(SinkItem::Settled(settled));
@@ -255,6 +296,8 @@ fn run_engine(
         }
     }
     engine.flush(&mut alerts);
+    // The last windows, and "closed through the end": the merger need not wait for this engine.
+    ship(&mut engine, &mut sharing, true);
     send(&mut alerts);
     // Flushed: every trace completed, every window judged, every incident summarised.
     if !pending.is_empty() {
@@ -290,6 +333,12 @@ async fn run_sink(
     while let Some(item) = items.recv().await {
         let batch = match item {
             SinkItem::Alerts(batch) => batch,
+            SinkItem::Partials { topic, key, payload } => {
+                if !deliver_partials(&sink, &topic, &key, &payload).await {
+                    delivery_failed = true;
+                }
+                continue;
+            }
             SinkItem::Settled(positions) => {
                 if let (Some(commits), false) = (&commits, delivery_failed) {
                     let _ = commits.send(positions);
@@ -315,4 +364,23 @@ async fn run_sink(
         }
     }
     sink.close().await;
+}
+
+/// Sends window partials, retrying with backoff; `false` when given up (nothing after it may be
+/// committed then: the windows are re-read and re-shipped after a restart).
+async fn deliver_partials(sink: &AlertSink, topic: &str, key: &str, payload: &[u8]) -> bool {
+    let AlertSink::Kafka(kafka) = sink else { return true };
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=5 {
+        match kafka.send_to(topic, key, payload).await {
+            Ok(()) => return true,
+            Err(error) if attempt < 5 => {
+                tracing::warn!(%error, attempt, "window partials delivery failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(error) => tracing::error!(%error, "window partials delivery failed; giving up"),
+        }
+    }
+    false
 }

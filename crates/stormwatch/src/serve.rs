@@ -2,15 +2,18 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use stormwatch_io::admin::serve_admin;
-use stormwatch_io::bind;
+use stormwatch_io::kafka::source::GroupState;
 use stormwatch_io::otlp::{serve_grpc, serve_http, Ingest};
+use stormwatch_io::{bind, SourcePosition};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::runtime::{open_sink, restore, EngineOptions, Pipeline};
+use crate::sharing::SharingOptions;
 use crate::ServeArgs;
 
 async fn shutdown_signal() {
@@ -75,6 +78,27 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "stormwatch serving"
     );
 
+    let group = Arc::new(GroupState::default());
+    let windows_topic = config.windows_topic();
+    let sharing = if let Some(topic) = &windows_topic {
+        stormwatch_io::kafka::ensure_topic(&config.kafka.brokers, topic, 1, &[])
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("kafka.windows_topic")?;
+        Some(SharingOptions {
+            sender: if config.kafka.instance_id.is_empty() {
+                format!("engine-{}-{:x}", std::process::id(), crate::runtime::wall_clock_nanos())
+            } else {
+                config.kafka.instance_id.clone()
+            },
+            group: group.clone(),
+            topic: topic.clone(),
+            merge_timeout: config.kafka.window_merge_timeout,
+            top_k: config.engine().window.top_k,
+        })
+    } else {
+        None
+    };
     let (commits_tx, commits_rx) = std::sync::mpsc::channel();
     let (pipeline, queue) = Pipeline::start(
         config.engine(),
@@ -85,11 +109,15 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             idle_fallback: Some(config.assemble.trace_idle),
             snapshot: Some((config.baseline.models_dir.clone(), Some(config.baseline.snapshot_interval))),
             commits: config.kafka.input.then_some(commits_tx),
+            sharing,
         },
     );
     let metrics = pipeline.metrics.clone();
-    let source = if config.kafka.input {
-        let source_config = stormwatch_io::kafka::source::SourceConfig {
+    let mut sources = Vec::new();
+    if config.kafka.input {
+        use stormwatch_io::kafka::source::{KafkaSource, SourceConfig};
+        use stormwatch_io::SourceTopic;
+        let input_config = SourceConfig {
             brokers: config.kafka.brokers.clone(),
             topic: config.kafka.input_topic.clone(),
             group_id: config.kafka.group_id.clone(),
@@ -98,22 +126,47 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             dead_letter_topic: (!config.kafka.dead_letter_topic.is_empty())
                 .then(|| config.kafka.dead_letter_topic.clone()),
             instance_id: (!config.kafka.instance_id.is_empty()).then(|| config.kafka.instance_id.clone()),
+            role: SourceTopic::Input,
         };
-        let (queue, metrics) = (queue.clone(), metrics.clone());
-        let source = tokio::task::spawn_blocking(move || {
-            stormwatch_io::kafka::source::KafkaSource::start(source_config, queue, commits_rx, metrics)
-        })
-        .await??;
+        // Settled positions from the sink, to the source of their topic.
+        let (input_tx, input_rx) = std::sync::mpsc::channel();
+        let (windows_tx, windows_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new().name("stormwatch-commits".into()).spawn(move || {
+            for positions in commits_rx {
+                let (input, windows): (Vec<SourcePosition>, Vec<SourcePosition>) =
+                    positions.into_iter().partition(|p: &SourcePosition| p.topic == SourceTopic::Input);
+                for (positions, to) in [(input, &input_tx), (windows, &windows_tx)] {
+                    if !positions.is_empty() {
+                        let _ = to.send(positions);
+                    }
+                }
+            }
+        })?;
+        let start = |config: SourceConfig, commits| {
+            let (queue, metrics, group) = (queue.clone(), metrics.clone(), group.clone());
+            tokio::task::spawn_blocking(move || KafkaSource::start(config, queue, commits, metrics, group))
+        };
+        if let Some(topic) = &windows_topic {
+            // Read by the owner of input partition 0; offsets committed under `<group>.windows`.
+            let windows_config = SourceConfig {
+                topic: topic.clone(),
+                group_id: format!("{}.windows", config.kafka.group_id),
+                dead_letter_topic: None,
+                role: SourceTopic::Windows,
+                instance_id: None,
+                ..input_config.clone()
+            };
+            sources.push(start(windows_config, windows_rx).await??);
+        }
+        sources.push(start(input_config, input_rx).await??);
         tracing::info!(
             topic = %config.kafka.input_topic,
             group = %config.kafka.group_id,
             encoding = %config.kafka.input_encoding,
+            windows = windows_topic.as_deref().unwrap_or("not shared"),
             "consuming spans from Kafka"
         );
-        Some(source)
-    } else {
-        None
-    };
+    }
 
     let receivers_stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
@@ -151,12 +204,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // the engine drains it.
     receivers_stop.cancel();
     while receivers.join_next().await.is_some() {}
-    if let Some(source) = &source {
+    for source in &sources {
         source.stop();
     }
     let report = pipeline.finish().await?;
     // The sink is done, so the source has received the last settled positions.
-    if let Some(source) = source {
+    for source in sources {
         tokio::task::spawn_blocking(move || source.join()).await?;
     }
     admin_stop.cancel();

@@ -91,10 +91,66 @@ impl KafkaAlertSink {
         Ok(())
     }
 
+    /// Sends one message to another topic (the engines' window partials) and waits for the
+    /// broker's acknowledgement.
+    pub async fn send_to(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), KafkaError> {
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        match self.producer.send(record, self.delivery_timeout).await {
+            Ok(_) => Ok(()),
+            Err((source, _)) => Err(KafkaError::Delivery { id: format!("from {key}"), topic: topic.into(), source }),
+        }
+    }
+
     /// Waits for in-flight messages (shutdown).
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(timeout);
     }
+}
+
+/// Creates an internal topic when it is missing (as Kafka Streams creates its own), with
+/// `partitions` partitions, the broker's default replication and `settings` (e.g.
+/// `cleanup.policy=compact`). A topic that already exists is left as it is.
+pub async fn ensure_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    settings: &[(&str, &str)],
+) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| format!("cannot reach Kafka at {brokers}: {e}"))?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| format!("cannot reach Kafka at {brokers} to check topic {topic:?}: {e}"))?;
+    if metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()) {
+        return Ok(());
+    }
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    for (key, value) in settings {
+        new = new.set(key, value);
+    }
+    let results = admin
+        .create_topics(&[new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .await
+        .map_err(|e| format!("cannot create topic {topic:?} on {brokers}: {e}"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(format!(
+                    "cannot create topic {name:?} on {brokers}: {code}; create it yourself (kafka-topics.sh \
+                     --create --topic {name} --partitions {partitions})"
+                ))
+            }
+        }
+    }
+    tracing::info!(%topic, partitions, "created internal topic");
+    Ok(())
 }
 
 /// Creates `topic` with `partitions` partitions (replication 1) and fills it with `payloads`,

@@ -11,10 +11,18 @@
 //! committed. A malformed message is counted, logged with its partition and offset, sent to
 //! the dead-letter topic when one is configured, and its offset committed in turn; it never
 //! stops the consumer.
+//!
+//! A second source of the same kind reads the group's windows topic ([`SourceTopic::Windows`],
+//! one partition). The engine the group assigned input partition 0 is the window merger: its
+//! windows source assigns itself the windows partition (from the offset committed under
+//! `<group>.windows`) and lets it go when partition 0 moves, so Kafka's rebalancing elects and
+//! fails over the merger, with no group of its own. Its messages reach the engine undecoded
+//! ([`Batch::windows`]). What this engine holds is shared with the engine thread through
+//! [`GroupState`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -25,12 +33,37 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::KafkaError;
-use crate::{Batch, Metrics, SourcePosition, SpanQueue};
+use crate::{Batch, Metrics, SourcePosition, SourceTopic, SpanQueue};
 
 /// Default input topic: the OpenTelemetry Collector kafka exporter's.
 pub const DEFAULT_INPUT_TOPIC: &str = "otlp_spans";
 /// Default consumer group.
 pub const DEFAULT_GROUP_ID: &str = "stormwatch";
+
+/// What this member of the group holds, as the last rebalance left it.
+#[derive(Debug, Default)]
+pub struct GroupState {
+    input_partitions: Mutex<Vec<i32>>,
+    partitions_total: AtomicU32,
+    merges_windows: AtomicBool,
+}
+
+impl GroupState {
+    /// Input partitions assigned to this engine.
+    pub fn input_partitions(&self) -> Vec<i32> {
+        self.input_partitions.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Partitions of the input topic.
+    pub fn partitions_total(&self) -> u32 {
+        self.partitions_total.load(Ordering::Relaxed)
+    }
+
+    /// Whether this engine holds the windows topic: it merges and judges the group's windows.
+    pub fn merges_windows(&self) -> bool {
+        self.merges_windows.load(Ordering::Relaxed)
+    }
+}
 
 /// How messages on the input topic are encoded (the Collector's `encoding`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,15 +95,29 @@ pub struct SourceConfig {
     /// Static group membership (`group.instance.id`): an engine restarted with the same id
     /// takes its partitions back at once instead of waiting for a rebalance.
     pub instance_id: Option<String>,
+    /// Spans (`Input`), or the engines' window partials (`Windows`).
+    pub role: SourceTopic,
 }
 
-struct Context;
+struct Context {
+    state: Arc<GroupState>,
+    role: SourceTopic,
+}
+
+/// The input partition whose owner merges the group's windows.
+const MERGER_PARTITION: i32 = 0;
 
 impl ClientContext for Context {}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
+            if self.role == SourceTopic::Windows {
+                return;
+            }
+            if let Ok(mut held) = self.state.input_partitions.lock() {
+                held.clear();
+            }
             tracing::info!(
                 partitions = ?partitions.elements().iter().map(|p| p.partition()).collect::<Vec<_>>(),
                 "Kafka input: partitions revoked; their unsettled messages will be re-read by the new owner"
@@ -80,6 +127,13 @@ impl ConsumerContext for Context {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(partitions) = rebalance {
+            let held: Vec<i32> = partitions.elements().iter().map(|p| p.partition()).collect();
+            if self.role == SourceTopic::Windows {
+                return;
+            }
+            if let Ok(mut input) = self.state.input_partitions.lock() {
+                *input = held;
+            }
             tracing::info!(
                 partitions = ?partitions.elements().iter().map(|p| p.partition()).collect::<Vec<_>>(),
                 "Kafka input: partitions assigned"
@@ -103,6 +157,7 @@ impl KafkaSource {
         queue: SpanQueue,
         commits: Receiver<Vec<SourcePosition>>,
         metrics: Arc<Metrics>,
+        state: Arc<GroupState>,
     ) -> Result<KafkaSource, Box<KafkaError>> {
         let brokers = config.brokers.clone();
         let mut client = ClientConfig::new();
@@ -112,7 +167,7 @@ impl KafkaSource {
         let consumer: BaseConsumer<Context> = client
             .set("bootstrap.servers", &config.brokers)
             .set("group.id", &config.group_id)
-            .set("client.id", "stormwatch")
+            .set("client.id", if config.role == SourceTopic::Windows { "stormwatch-windows" } else { "stormwatch" })
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -123,17 +178,21 @@ impl KafkaSource {
             // Brokers that hold a fetch for its whole wait even when data is there (tansu does)
             // would cap a consumer at two fetches a second: 20 ms costs little when idle.
             .set("fetch.wait.max.ms", "20")
-            .create_with_context(Context)
+            .create_with_context(Context { state: state.clone(), role: config.role })
             .map_err(|source| Box::new(KafkaError::Client { brokers: brokers.clone(), source }))?;
         let metadata = consumer.fetch_metadata(Some(&config.topic), Duration::from_secs(10)).map_err(|source| {
             KafkaError::Unreachable { brokers: brokers.clone(), topic: config.topic.clone(), source }
         })?;
-        let exists = metadata
+        let partitions = metadata
             .topics()
             .iter()
-            .any(|t| t.name() == config.topic && t.error().is_none() && !t.partitions().is_empty());
-        if !exists {
+            .find(|t| t.name() == config.topic && t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if partitions == 0 {
             return Err(Box::new(KafkaError::MissingInputTopic { brokers, topic: config.topic.clone() }));
+        }
+        if config.role == SourceTopic::Input {
+            state.partitions_total.store(partitions as u32, Ordering::Relaxed);
         }
         let dead_letters = match &config.dead_letter_topic {
             Some(_) => Some(
@@ -146,11 +205,13 @@ impl KafkaSource {
             ),
             None => None,
         };
-        consumer.subscribe(&[&config.topic]).map_err(|source| KafkaError::Unreachable {
-            brokers,
-            topic: config.topic.clone(),
-            source,
-        })?;
+        if config.role == SourceTopic::Input {
+            consumer.subscribe(&[&config.topic]).map_err(|source| KafkaError::Unreachable {
+                brokers,
+                topic: config.topic.clone(),
+                source,
+            })?;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("stormwatch-kafka-input".into())
@@ -184,9 +245,12 @@ fn run(
 ) {
     let mut queue = Some(queue);
     loop {
-        apply_commits(&consumer, &config.topic, &commits, &metrics);
+        apply_commits(&consumer, &config, &commits, &metrics);
         if stop.load(Ordering::Relaxed) {
             break;
+        }
+        if config.role == SourceTopic::Windows {
+            follow_merger_partition(&consumer, &config.topic);
         }
         let Some(result) = consumer.poll(Duration::from_millis(100)) else { continue };
         let message = match result {
@@ -196,9 +260,24 @@ fn run(
                 continue;
             }
         };
-        Metrics::add(&metrics.kafka_messages_total, 1);
-        let position = SourcePosition { partition: message.partition(), offset: message.offset() };
         let payload = message.payload().unwrap_or_default();
+        if config.role == SourceTopic::Windows {
+            Metrics::add(&metrics.window_partials_received_total, 1);
+            let position = SourcePosition {
+                topic: SourceTopic::Windows,
+                partition: message.partition(),
+                offset: message.offset(),
+            };
+            let batch = Batch { spans: Vec::new(), position: Some(position), windows: Some(payload.to_vec()) };
+            let Some(sender) = &queue else { break };
+            if sender.send_batch(batch).is_err() {
+                break;
+            }
+            continue;
+        }
+        Metrics::add(&metrics.kafka_messages_total, 1);
+        let position =
+            SourcePosition { topic: SourceTopic::Input, partition: message.partition(), offset: message.offset() };
         let decoded = match config.encoding {
             InputEncoding::OtlpProto => stormwatch_otlp::decode_protobuf(payload),
             InputEncoding::OtlpJson => stormwatch_otlp::decode_json(payload),
@@ -241,7 +320,7 @@ fn run(
         };
         // Waits while the engine is behind: back-pressure, and the poll loop keeps going.
         let Some(sender) = &queue else { break };
-        if sender.send_batch(Batch { spans, position: Some(position) }).is_err() {
+        if sender.send_batch(Batch { spans, position: Some(position), windows: None }).is_err() {
             break;
         }
     }
@@ -252,7 +331,7 @@ fn run(
     }
     loop {
         match commits.recv_timeout(Duration::from_millis(100)) {
-            Ok(positions) => commit(&consumer, &config.topic, &positions, &metrics, CommitMode::Sync),
+            Ok(positions) => commit(&consumer, &config, &positions, &metrics, CommitMode::Sync),
             Err(RecvTimeoutError::Timeout) => {
                 // Keep the group membership alive while the engine drains.
                 let _ = consumer.poll(Duration::ZERO);
@@ -263,10 +342,35 @@ fn run(
     consumer.unsubscribe();
 }
 
+/// The windows source holds the windows partition exactly while this engine holds input
+/// partition 0 (which the input consumer's rebalance callbacks record).
+fn follow_merger_partition(consumer: &BaseConsumer<Context>, topic: &str) {
+    let state = &consumer.context().state;
+    let wanted = state.input_partitions().contains(&MERGER_PARTITION);
+    if wanted == state.merges_windows() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    if wanted && list.add_partition_offset(topic, 0, Offset::Stored).is_err() {
+        return;
+    }
+    match consumer.assign(&list) {
+        Ok(()) => {
+            state.merges_windows.store(wanted, Ordering::Relaxed);
+            if wanted {
+                tracing::info!(%topic, "Kafka input: this engine merges and judges the group's windows");
+            } else {
+                tracing::info!(%topic, "Kafka input: no longer merging the group's windows");
+            }
+        }
+        Err(error) => tracing::warn!(%error, %topic, "Kafka input: cannot (un)assign the windows partition; retrying"),
+    }
+}
+
 /// Commits (asynchronously) every settled position received since the last call.
 fn apply_commits(
     consumer: &BaseConsumer<Context>,
-    topic: &str,
+    config: &SourceConfig,
     commits: &Receiver<Vec<SourcePosition>>,
     metrics: &Metrics,
 ) {
@@ -275,24 +379,25 @@ fn apply_commits(
         latest.extend(positions);
     }
     if !latest.is_empty() {
-        commit(consumer, topic, &latest, metrics, CommitMode::Async);
+        commit(consumer, config, &latest, metrics, CommitMode::Async);
     }
 }
 
 /// Commits the highest settled offset (+1) of every partition still assigned here.
 fn commit(
     consumer: &BaseConsumer<Context>,
-    topic: &str,
+    config: &SourceConfig,
     positions: &[SourcePosition],
     metrics: &Metrics,
     mode: CommitMode,
 ) {
+    let topic = config.topic.as_str();
     let assigned: Vec<i32> = consumer
         .assignment()
         .map(|list| list.elements().iter().filter(|e| e.topic() == topic).map(|e| e.partition()).collect())
         .unwrap_or_default();
     let mut highest: Vec<(i32, i64)> = Vec::new();
-    for position in positions.iter().filter(|p| assigned.contains(&p.partition)) {
+    for position in positions.iter().filter(|p| p.topic == config.role && assigned.contains(&p.partition)) {
         match highest.iter_mut().find(|(partition, _)| *partition == position.partition) {
             Some(entry) => entry.1 = entry.1.max(position.offset),
             None => highest.push((position.partition, position.offset)),
