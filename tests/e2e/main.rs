@@ -5,6 +5,7 @@
 mod bench;
 mod compose;
 mod kafka_input;
+mod kafka_windows;
 mod replay;
 mod scenarios;
 mod serve;

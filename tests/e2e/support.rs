@@ -125,11 +125,13 @@ impl Serve {
     /// the config file.
     pub(crate) fn start_with(work_dir: &Path, sections: &str, extra: &[&str]) -> Serve {
         let config = work_dir.join("stormwatch.toml");
-        std::fs::write(
-            &config,
-            format!("{sections}\n[baseline]\nlearning_min_samples = 30\nsnapshot_interval = \"2s\"\n"),
-        )
-        .unwrap();
+        // Quick learning unless the sections set their own baseline settings.
+        let baseline = if sections.contains("[baseline]") {
+            ""
+        } else {
+            "\n[baseline]\nlearning_min_samples = 30\nsnapshot_interval = \"2s\"\n"
+        };
+        std::fs::write(&config, format!("{sections}{baseline}")).unwrap();
         // A port found free can be taken by a parallel test before serve binds it: try again
         // with other ports then.
         for attempt in 1..=5 {
