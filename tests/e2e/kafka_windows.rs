@@ -135,4 +135,25 @@ async fn three_engines_judge_the_merged_windows_like_one_engine() {
     // Everything the group raised, once stopped: no window alert beyond one engine's.
     let everything = consume_alerts_until(&bootstrap, &alerts, Duration::from_secs(5), |_| false).await;
     assert_eq!(window_alerts(everything.iter().map(|(_, alert)| alert)), wanted, "window alerts beyond one engine's");
+
+    // A new engine in the group, with nothing learned locally, starts from the group's shared
+    // snapshots (the compacted `<group>.baselines`), window baselines included.
+    let fresh = tempfile::tempdir().unwrap();
+    let newcomer = Serve::start_with(fresh.path(), &config(3), &["--kafka-input", "--models", "models"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let restored = loop {
+        let log = newcomer.log();
+        if let Some(line) = log.lines().find(|l| l.contains("baselines restored from the group's shared snapshots")) {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "the new engine did not restore the shared baselines:\n{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let number = |field: &str| -> u64 {
+        let at = restored.find(&format!("{field}=")).unwrap_or_else(|| panic!("{field} in {restored}"));
+        restored[at + field.len() + 1..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    assert!(number("edges") >= 10 && number("windows") >= 100, "{restored}");
+    eprintln!("new engine: {restored}");
+    newcomer.stop();
 }

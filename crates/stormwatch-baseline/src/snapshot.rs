@@ -180,6 +180,26 @@ fn class_of(doc: &ClassDoc) -> RootClass {
 pub fn write_snapshot(dir: &Path, store: &BaselineStore) -> Result<PathBuf, SnapshotError> {
     let path = dir.join(SNAPSHOT_FILE);
     let write_error = |source| SnapshotError::Write { path: path.clone(), source };
+    let bytes = encode_snapshot(store);
+    fs::create_dir_all(dir).map_err(write_error)?;
+    let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let file = File::create(&temporary).map_err(write_error)?;
+    let mut writer = BufWriter::new(file);
+    writer.write_all(&bytes).map_err(write_error)?;
+    writer.write_all(b"\n").map_err(write_error)?;
+    let file = writer.into_inner().map_err(|e| write_error(e.into_error()))?;
+    file.sync_all().map_err(write_error)?;
+    fs::rename(&temporary, &path).map_err(write_error)?;
+    // Make the rename itself durable.
+    if let Ok(directory) = File::open(dir) {
+        let _ = directory.sync_all();
+    }
+    Ok(path)
+}
+
+/// The snapshot document of `store` (what `baselines.json` holds, without the final newline):
+/// also what engines share through Kafka.
+pub fn encode_snapshot(store: &BaselineStore) -> Vec<u8> {
     let mut fanout: Vec<_> = store.fanout.iter().collect();
     fanout.sort_by(|a, b| a.0.cmp(b.0));
     let mut request_edges: Vec<_> = store.request_edges.iter().collect();
@@ -252,20 +272,7 @@ pub fn write_snapshot(dir: &Path, store: &BaselineStore) -> Result<PathBuf, Snap
             fitted_unix_nano: model.fitted_unix_nano,
         }),
     };
-    fs::create_dir_all(dir).map_err(write_error)?;
-    let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let file = File::create(&temporary).map_err(write_error)?;
-    let mut writer = BufWriter::new(file);
-    serde_json::to_writer(&mut writer, &doc).map_err(|e| write_error(e.into()))?;
-    writer.write_all(b"\n").map_err(write_error)?;
-    let file = writer.into_inner().map_err(|e| write_error(e.into_error()))?;
-    file.sync_all().map_err(write_error)?;
-    fs::rename(&temporary, &path).map_err(write_error)?;
-    // Make the rename itself durable.
-    if let Ok(directory) = File::open(dir) {
-        let _ = directory.sync_all();
-    }
-    Ok(path)
+    serde_json::to_vec(&doc).expect("a snapshot always serialises")
 }
 
 /// Reads `dir/baselines.json` into a store with `max_keys` per table. `Ok(None)` when there
@@ -277,16 +284,22 @@ pub fn load_snapshot(dir: &Path, max_keys: usize) -> Result<Option<BaselineStore
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(SnapshotError::Read { path, source }),
     };
+    decode_snapshot(&bytes, max_keys, &path).map(Some)
+}
+
+/// Reads a snapshot document (from a file, or from the engines' baselines topic: `origin`
+/// names it in errors).
+pub fn decode_snapshot(bytes: &[u8], max_keys: usize, origin: &Path) -> Result<BaselineStore, SnapshotError> {
+    let path = origin.to_path_buf();
     let corrupt = |reason: String| SnapshotError::Corrupt { path: path.clone(), reason };
-    let header: Header = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let header: Header = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     if header.format != SNAPSHOT_FORMAT {
         return Err(corrupt(format!("format is {:?}, expected {SNAPSHOT_FORMAT:?}", header.format)));
     }
     if header.version != SNAPSHOT_VERSION {
         return Err(SnapshotError::Version { path, found: header.version });
     }
-    let doc: SnapshotDoc =
-        serde_json::from_reader(BufReader::new(bytes.as_slice())).map_err(|e| corrupt(e.to_string()))?;
+    let doc: SnapshotDoc = serde_json::from_reader(BufReader::new(bytes)).map_err(|e| corrupt(e.to_string()))?;
     let mut store = BaselineStore::new(max_keys);
     store.watermark_unix_nano = doc.watermark_unix_nano;
     for entry in doc.fanout {
@@ -332,7 +345,7 @@ pub fn load_snapshot(dir: &Path, max_keys: usize) -> Result<Option<BaselineStore
         }
         store.correlated = Some(model);
     }
-    Ok(Some(store))
+    Ok(store)
 }
 
 #[cfg(test)]
@@ -393,6 +406,30 @@ mod tests {
         write_snapshot(dir.path(), &restored).unwrap();
         assert_eq!(fs::read(&path).unwrap(), first, "same state, same bytes");
         assert!(!dir.path().join("baselines.json.tmp").exists());
+    }
+
+    /// What engines share through Kafka: the file's document; a merger adopting another
+    /// store's window baselines keeps its own per-trace ones.
+    #[test]
+    fn shared_documents_decode_and_window_baselines_are_adopted_alone() {
+        let store = sample_store();
+        let bytes = encode_snapshot(&store);
+        let origin = Path::new("topic g.baselines (engine e-1)");
+        let shared = decode_snapshot(&bytes, 100, origin).unwrap();
+        assert!(shared.window_samples() > 0);
+        assert_eq!(shared.window_samples(), store.window_samples());
+
+        let mut merger = BaselineStore::new(100);
+        merger.observe_fanout(*store.fanout.keys().next().unwrap(), 7, 1);
+        let own_fanout = merger.fanout.clone();
+        merger.adopt_windows(shared);
+        assert_eq!(merger.fanout, own_fanout, "per-trace baselines stay the merger's own");
+        assert_eq!(merger.windows, store.windows);
+        assert_eq!(merger.seasonal, store.seasonal);
+        assert_eq!(merger.correlated, store.correlated);
+
+        let error = decode_snapshot(b"{}", 100, origin).unwrap_err().to_string();
+        assert!(error.contains("engine e-1"), "{error}");
     }
 
     /// Snapshots written before the window tables existed still load (the fields are additive).

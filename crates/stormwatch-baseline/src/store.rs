@@ -122,6 +122,21 @@ impl BaselineStore {
         self.fanout.len()
     }
 
+    /// Windows learned, summed over the window baselines: how much window history a store has.
+    pub fn window_samples(&self) -> u64 {
+        self.windows.values().map(Distribution::samples).sum()
+    }
+
+    /// Takes the window-level baselines (window distributions, class shares, daily profiles,
+    /// the correlated model) of `other`, keeping this store's per-trace ones: an engine that
+    /// becomes its group's window merger continues from the previous merger's history.
+    pub fn adopt_windows(&mut self, other: BaselineStore) {
+        self.windows = other.windows;
+        self.window_classes = other.window_classes;
+        self.seasonal = other.seasonal;
+        self.correlated = other.correlated;
+    }
+
     pub fn observe_fanout(&mut self, edge: Edge, calls: u64, at: u64) {
         observe(&mut self.fanout, edge, calls, at, self.max_keys, &mut self.stats);
     }

@@ -98,6 +98,11 @@ impl Engine {
         &self.store
     }
 
+    /// Continues from another store's window baselines (see [`BaselineStore::adopt_windows`]).
+    pub fn adopt_windows(&mut self, other: BaselineStore) {
+        self.store.adopt_windows(other);
+    }
+
     pub fn assembler(&self) -> &Assembler {
         &self.assembler
     }

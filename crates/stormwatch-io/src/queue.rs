@@ -41,6 +41,9 @@ pub struct Batch {
     pub position: Option<SourcePosition>,
     /// A message of the windows topic (another engine's closed windows), undecoded.
     pub windows: Option<Vec<u8>>,
+    /// This engine became its group's window merger: the group's shared baseline snapshots
+    /// (engine, document), to continue from the previous merger's window baselines.
+    pub snapshots: Vec<(String, Vec<u8>)>,
 }
 
 /// The sending side, cloned into every receiver.

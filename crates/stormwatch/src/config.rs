@@ -76,6 +76,13 @@ pub(crate) struct KafkaConfig {
     /// The group's internal topic of window partials (one partition, created when missing).
     /// Empty: `<group_id>.windows`, so groups never mix.
     pub(crate) windows_topic: String,
+    /// With `input`: every engine publishes its baseline snapshot to `baselines_topic`
+    /// (compacted, keyed by engine); a new engine without a local snapshot starts from the
+    /// newest, and a new window merger from the previous merger's window baselines.
+    pub(crate) share_baselines: bool,
+    /// The group's compacted topic of baseline snapshots (created when missing). Empty:
+    /// `<group_id>.baselines`.
+    pub(crate) baselines_topic: String,
     /// How long a merged window waits for a partition no live engine accounts for (its engine
     /// died and Kafka has not reassigned it yet) before it is judged without it.
     #[serde(with = "humantime_serde")]
@@ -96,6 +103,8 @@ impl Default for KafkaConfig {
             share_windows: true,
             windows_topic: String::new(),
             window_merge_timeout: Duration::from_secs(30),
+            share_baselines: true,
+            baselines_topic: String::new(),
         }
     }
 }
@@ -324,6 +333,16 @@ impl Config {
             (false, _) => None,
             (true, true) => Some(format!("{}.windows", kafka.group_id)),
             (true, false) => Some(kafka.windows_topic.clone()),
+        }
+    }
+
+    /// The baselines topic when engines share baselines (Kafka input), else `None`.
+    pub(crate) fn baselines_topic(&self) -> Option<String> {
+        let kafka = &self.kafka;
+        match (kafka.input && kafka.share_baselines, kafka.baselines_topic.is_empty()) {
+            (false, _) => None,
+            (true, true) => Some(format!("{}.baselines", kafka.group_id)),
+            (true, false) => Some(kafka.baselines_topic.clone()),
         }
     }
 

@@ -47,6 +47,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
             snapshot: args.models.clone().map(|dir| (dir, None)),
             commits: None,
             sharing: None,
+            share_baselines: None,
         },
     );
     let metrics = pipeline.metrics.clone();

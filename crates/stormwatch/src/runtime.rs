@@ -106,6 +106,9 @@ pub(crate) struct EngineOptions {
     /// Kafka consumer group: ship closed windows to the windows topic and, while this engine
     /// holds it, merge and judge the group's windows.
     pub(crate) sharing: Option<SharingOptions>,
+    /// Kafka consumer group: publish every snapshot to this compacted topic, keyed by this
+    /// engine (topic, key).
+    pub(crate) share_baselines: Option<(String, String)>,
 }
 
 /// What the engine hands the sink task, in order.
@@ -116,6 +119,13 @@ pub(crate) enum SinkItem {
     Settled(Vec<SourcePosition>),
     /// This engine's window partials, for `topic` (keyed by the sending engine).
     Partials {
+        topic: String,
+        key: String,
+        payload: Vec<u8>,
+    },
+    /// This engine's baseline snapshot, for the group's compacted baselines topic. Not part
+    /// of the at-least-once chain: a lost one is replaced by the next.
+    Snapshot {
         topic: String,
         key: String,
         payload: Vec<u8>,
@@ -165,6 +175,31 @@ fn snapshot(engine: &Engine, dir: &std::path::Path, metrics: &Metrics) -> Result
     }
 }
 
+/// This engine became its group's window merger: continue from the window baselines of the
+/// shared snapshot with the most window history, when it has more than this engine's own.
+fn adopt_window_baselines(engine: &mut Engine, snapshots: &[(String, Vec<u8>)]) {
+    let max_keys = engine.store().max_keys();
+    let best = snapshots
+        .iter()
+        .filter_map(|(engine_id, bytes)| {
+            let origin = PathBuf::from(format!("the group's baselines topic, engine {engine_id}"));
+            match stormwatch_baseline::decode_snapshot(bytes, max_keys, &origin) {
+                Ok(store) => Some((engine_id, store)),
+                Err(error) => {
+                    tracing::warn!(%error, "shared baseline snapshot skipped");
+                    None
+                }
+            }
+        })
+        .max_by_key(|(_, store)| store.window_samples());
+    if let Some((from, store)) = best {
+        if store.window_samples() > engine.store().window_samples() {
+            tracing::info!(from = %from, windows = store.window_samples(), "window baselines adopted from the previous merger");
+            engine.adopt_windows(store);
+        }
+    }
+}
+
 /// Starts the engine thread.
 fn spawn_engine(
     config: EngineConfig,
@@ -199,6 +234,12 @@ fn run_engine(
             }
         }
     };
+    let share_snapshot = |engine: &Engine| {
+        if let Some((topic, key)) = &options.share_baselines {
+            let payload = stormwatch_baseline::encode_snapshot(engine.store());
+            let _ = alerts_tx.blocking_send(SinkItem::Snapshot { topic: topic.clone(), key: key.clone(), payload });
+        }
+    };
     let mut alerts = Vec::new();
     let mut last_activity = Instant::now();
     let mut watermark_at_activity = 0;
@@ -222,6 +263,10 @@ fn run_engine(
                 // Drain what is already waiting (up to 64 more) before doing periodic work.
                 let waiting = std::iter::from_fn(|| receiver.try_recv()).take(64);
                 for batch in std::iter::once(first).chain(waiting) {
+                    if !batch.snapshots.is_empty() {
+                        adopt_window_baselines(&mut engine, &batch.snapshots);
+                        continue;
+                    }
                     if let (Some(payload), Some(position), Some(sharing)) =
                         (&batch.windows, batch.position, &mut sharing)
                     {
@@ -291,6 +336,7 @@ fn run_engine(
         if let Some((dir, Some(interval))) = &options.snapshot {
             if last_snapshot.elapsed() >= *interval {
                 snapshot_error = snapshot(&engine, dir, &metrics).err();
+                share_snapshot(&engine);
                 last_snapshot = Instant::now();
             }
         }
@@ -306,6 +352,7 @@ fn run_engine(
     if let Some((dir, _)) = &options.snapshot {
         snapshot_error = snapshot(&engine, dir, &metrics).err();
     }
+    share_snapshot(&engine);
     publish(&engine, &receiver, &metrics);
     let assembler = engine.assembler_stats();
     EngineReport {
@@ -334,9 +381,13 @@ async fn run_sink(
         let batch = match item {
             SinkItem::Alerts(batch) => batch,
             SinkItem::Partials { topic, key, payload } => {
-                if !deliver_partials(&sink, &topic, &key, &payload).await {
+                if !deliver(&sink, &topic, &key, &payload, "window partials").await {
                     delivery_failed = true;
                 }
+                continue;
+            }
+            SinkItem::Snapshot { topic, key, payload } => {
+                deliver(&sink, &topic, &key, &payload, "baseline snapshot").await;
                 continue;
             }
             SinkItem::Settled(positions) => {
@@ -366,20 +417,19 @@ async fn run_sink(
     sink.close().await;
 }
 
-/// Sends window partials, retrying with backoff; `false` when given up (nothing after it may be
-/// committed then: the windows are re-read and re-shipped after a restart).
-async fn deliver_partials(sink: &AlertSink, topic: &str, key: &str, payload: &[u8]) -> bool {
+/// Sends one message to an internal topic, retrying with backoff; `false` when given up.
+async fn deliver(sink: &AlertSink, topic: &str, key: &str, payload: &[u8], what: &str) -> bool {
     let AlertSink::Kafka(kafka) = sink else { return true };
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=5 {
         match kafka.send_to(topic, key, payload).await {
             Ok(()) => return true,
             Err(error) if attempt < 5 => {
-                tracing::warn!(%error, attempt, "window partials delivery failed; retrying");
+                tracing::warn!(%error, attempt, "{what} delivery failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
-            Err(error) => tracing::error!(%error, "window partials delivery failed; giving up"),
+            Err(error) => tracing::error!(%error, "{what} delivery failed; giving up"),
         }
     }
     false

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use stormwatch_io::admin::serve_admin;
@@ -31,6 +32,56 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// A new engine (nothing learned locally): the group's newest shared snapshot, with the window
+/// baselines of the one that has the most window history. `None` when there is none (or it
+/// cannot be read: the engine then learns from scratch, and says so).
+fn restore_shared(brokers: &str, topic: &str, max_keys: usize) -> Option<stormwatch_baseline::BaselineStore> {
+    let snapshots = match stormwatch_io::kafka::baselines::read_snapshots(brokers, topic, Duration::from_secs(60)) {
+        Ok(snapshots) => snapshots,
+        Err(error) => {
+            tracing::warn!(%error, "the group's shared baselines were not read; learning from scratch");
+            return None;
+        }
+    };
+    let mut stores: Vec<(String, stormwatch_baseline::BaselineStore)> = snapshots
+        .into_iter()
+        .filter_map(|(engine, bytes)| {
+            let origin = std::path::PathBuf::from(format!("{topic} (engine {engine})"));
+            match stormwatch_baseline::decode_snapshot(&bytes, max_keys, &origin) {
+                Ok(store) => Some((engine, store)),
+                Err(error) => {
+                    tracing::warn!(%error, "shared baseline snapshot skipped");
+                    None
+                }
+            }
+        })
+        .collect();
+    let windows_from = stores.iter().enumerate().max_by_key(|(_, (_, s))| s.window_samples()).map(|(i, _)| i)?;
+    let windows = stores.remove(windows_from);
+    let newest = stores.iter().enumerate().max_by_key(|(_, (_, s))| s.watermark_unix_nano).map(|(i, _)| i);
+    let (from, mut store) = match newest {
+        Some(i) if stores[i].1.watermark_unix_nano > windows.1.watermark_unix_nano => stores.swap_remove(i),
+        _ => return Some(log_restored(topic, windows)),
+    };
+    tracing::info!(from = %windows.0, "window baselines restored from the group's topic");
+    store.adopt_windows(windows.1);
+    Some(log_restored(topic, (from, store)))
+}
+
+fn log_restored(
+    topic: &str,
+    (from, store): (String, stormwatch_baseline::BaselineStore),
+) -> stormwatch_baseline::BaselineStore {
+    tracing::info!(
+        %topic,
+        from = %from,
+        edges = store.edges_tracked(),
+        windows = store.window_samples(),
+        "no local snapshot: baselines restored from the group's shared snapshots"
+    );
+    store
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -63,7 +114,32 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let grpc_addr: SocketAddr = config.server.otlp_grpc.parse()?;
     let http_addr: SocketAddr = config.server.otlp_http.parse()?;
     let admin_addr: SocketAddr = config.server.admin.parse()?;
-    let store = restore(&config.baseline.models_dir, &config)?;
+    let mut store = restore(&config.baseline.models_dir, &config)?;
+    let engine_id = if config.kafka.instance_id.is_empty() {
+        format!("engine-{}-{:x}", std::process::id(), crate::runtime::wall_clock_nanos())
+    } else {
+        config.kafka.instance_id.clone()
+    };
+    let baselines_topic = config.baselines_topic();
+    if let Some(topic) = &baselines_topic {
+        stormwatch_io::kafka::ensure_topic(
+            &config.kafka.brokers,
+            topic,
+            1,
+            &stormwatch_io::kafka::baselines::TOPIC_SETTINGS,
+        )
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("kafka.baselines_topic")?;
+        if store.edges_tracked() == 0 && store.window_samples() == 0 {
+            let (brokers, topic, max_keys) = (config.kafka.brokers.clone(), topic.clone(), config.baseline.max_keys);
+            if let Some(shared) =
+                tokio::task::spawn_blocking(move || restore_shared(&brokers, &topic, max_keys)).await?
+            {
+                store = shared;
+            }
+        }
+    }
     let alerts_file = (!config.output.alerts_file.is_empty()).then(|| Path::new(&config.output.alerts_file));
     let sink = open_sink(&config, config.output.stdout, alerts_file).await?;
     let grpc_listener = bind(grpc_addr, "OTLP/gRPC", "--otlp-grpc").await?;
@@ -86,11 +162,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)
             .context("kafka.windows_topic")?;
         Some(SharingOptions {
-            sender: if config.kafka.instance_id.is_empty() {
-                format!("engine-{}-{:x}", std::process::id(), crate::runtime::wall_clock_nanos())
-            } else {
-                config.kafka.instance_id.clone()
-            },
+            sender: engine_id.clone(),
             group: group.clone(),
             topic: topic.clone(),
             merge_timeout: config.kafka.window_merge_timeout,
@@ -110,6 +182,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             snapshot: Some((config.baseline.models_dir.clone(), Some(config.baseline.snapshot_interval))),
             commits: config.kafka.input.then_some(commits_tx),
             sharing,
+            share_baselines: baselines_topic.clone().map(|topic| (topic, engine_id.clone())),
         },
     );
     let metrics = pipeline.metrics.clone();
@@ -127,6 +200,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .then(|| config.kafka.dead_letter_topic.clone()),
             instance_id: (!config.kafka.instance_id.is_empty()).then(|| config.kafka.instance_id.clone()),
             role: SourceTopic::Input,
+            baselines_topic: baselines_topic.clone(),
         };
         // Settled positions from the sink, to the source of their topic.
         let (input_tx, input_rx) = std::sync::mpsc::channel();

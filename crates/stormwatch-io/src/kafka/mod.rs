@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+pub mod baselines;
 pub mod source;
 
 use rdkafka::config::ClientConfig;
@@ -54,6 +55,8 @@ impl KafkaAlertSink {
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
             .set("client.id", "stormwatch")
+            // Baseline snapshots shared with the group can be large.
+            .set("message.max.bytes", baselines::MAX_SNAPSHOT_BYTES.to_string())
             .create()
             .map_err(|source| KafkaError::Client { brokers: brokers.into(), source })?;
         let check = producer.clone();

@@ -97,6 +97,8 @@ pub struct SourceConfig {
     pub instance_id: Option<String>,
     /// Spans (`Input`), or the engines' window partials (`Windows`).
     pub role: SourceTopic,
+    /// With `Windows`: the group's shared baselines, read when this engine becomes the merger.
+    pub baselines_topic: Option<String>,
 }
 
 struct Context {
@@ -249,8 +251,21 @@ fn run(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        if config.role == SourceTopic::Windows {
-            follow_merger_partition(&consumer, &config.topic);
+        if config.role == SourceTopic::Windows && follow_merger_partition(&consumer, &config.topic) {
+            // The window baselines learned by the previous merger, for the engine to continue.
+            if let Some(topic) = &config.baselines_topic {
+                match super::baselines::read_snapshots(&config.brokers, topic, Duration::from_secs(30)) {
+                    Ok(snapshots) if !snapshots.is_empty() => {
+                        let Some(sender) = &queue else { break };
+                        if sender.send_batch(Batch { snapshots, ..Batch::default() }).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "Kafka input: the group's window baselines were not read; \
+                        the window detectors learn from scratch"),
+                }
+            }
         }
         let Some(result) = consumer.poll(Duration::from_millis(100)) else { continue };
         let message = match result {
@@ -268,7 +283,7 @@ fn run(
                 partition: message.partition(),
                 offset: message.offset(),
             };
-            let batch = Batch { spans: Vec::new(), position: Some(position), windows: Some(payload.to_vec()) };
+            let batch = Batch { position: Some(position), windows: Some(payload.to_vec()), ..Batch::default() };
             let Some(sender) = &queue else { break };
             if sender.send_batch(batch).is_err() {
                 break;
@@ -320,7 +335,7 @@ fn run(
         };
         // Waits while the engine is behind: back-pressure, and the poll loop keeps going.
         let Some(sender) = &queue else { break };
-        if sender.send_batch(Batch { spans, position: Some(position), windows: None }).is_err() {
+        if sender.send_batch(Batch { spans, position: Some(position), ..Batch::default() }).is_err() {
             break;
         }
     }
@@ -343,16 +358,17 @@ fn run(
 }
 
 /// The windows source holds the windows partition exactly while this engine holds input
-/// partition 0 (which the input consumer's rebalance callbacks record).
-fn follow_merger_partition(consumer: &BaseConsumer<Context>, topic: &str) {
+/// partition 0 (which the input consumer's rebalance callbacks record). `true` when this
+/// engine just became the merger.
+fn follow_merger_partition(consumer: &BaseConsumer<Context>, topic: &str) -> bool {
     let state = &consumer.context().state;
     let wanted = state.input_partitions().contains(&MERGER_PARTITION);
     if wanted == state.merges_windows() {
-        return;
+        return false;
     }
     let mut list = TopicPartitionList::new();
     if wanted && list.add_partition_offset(topic, 0, Offset::Stored).is_err() {
-        return;
+        return false;
     }
     match consumer.assign(&list) {
         Ok(()) => {
@@ -362,8 +378,12 @@ fn follow_merger_partition(consumer: &BaseConsumer<Context>, topic: &str) {
             } else {
                 tracing::info!(%topic, "Kafka input: no longer merging the group's windows");
             }
+            wanted
         }
-        Err(error) => tracing::warn!(%error, %topic, "Kafka input: cannot (un)assign the windows partition; retrying"),
+        Err(error) => {
+            tracing::warn!(%error, %topic, "Kafka input: cannot (un)assign the windows partition; retrying");
+            false
+        }
     }
 }
 
