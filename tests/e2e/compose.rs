@@ -82,6 +82,9 @@ fn compose_collector_and_engines_agree() {
         let env = &engine["environment"];
         assert_eq!(env["STORMWATCH_KAFKA_BROKERS"].as_str(), Some("kafka:9092"));
         assert_eq!(env["STORMWATCH_ALERT_TOPIC"].as_str(), Some("stormwatch.alerts"));
+        // Static membership: a restarted engine takes its partitions back and its shared
+        // windows count once.
+        assert_eq!(env["STORMWATCH_KAFKA_INSTANCE_ID"].as_str(), Some(name));
         assert!(strings(&engine["ports"]).iter().any(|p| p.ends_with(":9464")), "{name}");
     }
     assert_eq!(setting("group_id"), "stormwatch");

@@ -279,6 +279,11 @@ pub struct ServeArgs {
     /// offsets are committed once the spans' alerts are acknowledged. Needs --kafka-brokers.
     #[arg(long, env = "STORMWATCH_KAFKA_INPUT")]
     pub kafka_input: bool,
+    /// This engine's static id in the consumer group (kafka.instance_id, e.g. the pod name of a
+    /// StatefulSet): restarted with the same id it takes its partitions back at once, and its
+    /// shared windows and snapshots are recognised as its own.
+    #[arg(long, value_name = "ID", env = "STORMWATCH_KAFKA_INSTANCE_ID")]
+    pub kafka_instance_id: Option<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     pub print_config: bool,

@@ -178,19 +178,8 @@ fn snapshot(engine: &Engine, dir: &std::path::Path, metrics: &Metrics) -> Result
 /// This engine became its group's window merger: continue from the window baselines of the
 /// shared snapshot with the most window history, when it has more than this engine's own.
 fn adopt_window_baselines(engine: &mut Engine, snapshots: &[(String, Vec<u8>)]) {
-    let max_keys = engine.store().max_keys();
-    let best = snapshots
-        .iter()
-        .filter_map(|(engine_id, bytes)| {
-            let origin = PathBuf::from(format!("the group's baselines topic, engine {engine_id}"));
-            match stormwatch_baseline::decode_snapshot(bytes, max_keys, &origin) {
-                Ok(store) => Some((engine_id, store)),
-                Err(error) => {
-                    tracing::warn!(%error, "shared baseline snapshot skipped");
-                    None
-                }
-            }
-        })
+    let best = crate::sharing::decode_shared(snapshots, engine.store().max_keys(), "the group's baselines topic")
+        .into_iter()
         .max_by_key(|(_, store)| store.window_samples());
     if let Some((from, store)) = best {
         if store.window_samples() > engine.store().window_samples() {

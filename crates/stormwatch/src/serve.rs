@@ -45,19 +45,7 @@ fn restore_shared(brokers: &str, topic: &str, max_keys: usize) -> Option<stormwa
             return None;
         }
     };
-    let mut stores: Vec<(String, stormwatch_baseline::BaselineStore)> = snapshots
-        .into_iter()
-        .filter_map(|(engine, bytes)| {
-            let origin = std::path::PathBuf::from(format!("{topic} (engine {engine})"));
-            match stormwatch_baseline::decode_snapshot(&bytes, max_keys, &origin) {
-                Ok(store) => Some((engine, store)),
-                Err(error) => {
-                    tracing::warn!(%error, "shared baseline snapshot skipped");
-                    None
-                }
-            }
-        })
-        .collect();
+    let mut stores = crate::sharing::decode_shared(&snapshots, max_keys, topic);
     let windows_from = stores.iter().enumerate().max_by_key(|(_, (_, s))| s.window_samples()).map(|(i, _)| i)?;
     let windows = stores.remove(windows_from);
     let newest = stores.iter().enumerate().max_by_key(|(_, (_, s))| s.watermark_unix_nano).map(|(i, _)| i);
@@ -103,6 +91,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.kafka_input {
         config.kafka.input = true;
+    }
+    if let Some(id) = &args.kafka_instance_id {
+        config.kafka.instance_id = id.clone();
     }
     config.validate()?;
     if args.print_config {

@@ -13,12 +13,35 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use stormwatch_baseline::BaselineStore;
 use stormwatch_detect::{Engine, Partials, WindowMerger};
 use stormwatch_io::kafka::source::GroupState;
 use stormwatch_io::{Metrics, SourcePosition};
 use stormwatch_model::Alert;
 
 use crate::runtime::wall_clock_nanos;
+
+/// Decodes the group's shared snapshots (engine id, document) read from `topic`; one that does
+/// not decode is skipped with a warning naming its engine.
+pub(crate) fn decode_shared(
+    snapshots: &[(String, Vec<u8>)],
+    max_keys: usize,
+    topic: &str,
+) -> Vec<(String, BaselineStore)> {
+    snapshots
+        .iter()
+        .filter_map(|(engine, bytes)| {
+            let origin = std::path::PathBuf::from(format!("{topic} (engine {engine})"));
+            match stormwatch_baseline::decode_snapshot(bytes, max_keys, &origin) {
+                Ok(store) => Some((engine.clone(), store)),
+                Err(error) => {
+                    tracing::warn!(%error, "shared baseline snapshot skipped");
+                    None
+                }
+            }
+        })
+        .collect()
+}
 
 /// How often an engine reports progress when it has no window to ship.
 const HEARTBEAT: Duration = Duration::from_secs(1);
