@@ -2,6 +2,7 @@
 //! OpenTelemetry SDK, a real Kafka-protocol broker (`KAFKA_BOOTSTRAP`, started by
 //! `scripts/test.sh`), real files and sockets.
 
+mod baseline;
 mod bench;
 mod compose;
 mod kafka_input;

@@ -6,6 +6,7 @@
 //! the network; its only I/O is the snapshot file.
 
 mod distribution;
+pub mod inspect;
 mod seasonal;
 mod snapshot;
 mod store;

@@ -3,6 +3,7 @@
 //! The binary owns the command line and wires the stages together; all decisions live in
 //! the library crates.
 
+mod baseline;
 mod bench;
 mod config;
 mod eval;
@@ -99,12 +100,102 @@ file with reading and decoding it. Then: bytes per in-flight span and per tracke
 speed (always on the built-in scenario, whose bff entry it attacks). With --kafka HOST:PORT, also the Kafka \
 input: the traffic in a new 4-partition topic, consumed by one engine and by two in one group.\n\nLinux only (reads /proc). Build with --release: `cargo run --release -- bench`.")]
     Bench(BenchArgs),
+    /// Inspect what the engine learned: list baselines, show an edge's, diff two snapshots.
+    #[command(long_about = "Inspect the learned baselines: per edge, calls per parent span; per entry point \
+and edge, calls per request; per entry point, spans, database calls and services per request; per edge and \
+window, calls per entry request, retry and cache-miss ratios. Each with its median, p99, p99.9, sample count \
+and first observation.\n\nFrom a running engine with --engine http://ADMIN (the admin API's /api/baselines), \
+or offline from a models directory (--models, default models/) or a snapshot file (--snapshot). Tables by \
+default, JSON with --json.\n\nExamples:\n  stormwatch baseline list --engine http://127.0.0.1:9464 --to-kind database \
+--sort p99\n  stormwatch baseline show 'reviews `GET /reviews`'\n  stormwatch baseline diff old/models models")]
+    Baseline(BaselineArgs),
     /// (internal) The decode-and-drop reference servers `bench` compares with.
     #[command(hide = true, name = "bench-reference")]
     BenchReference(ReferenceArgs),
     /// (internal) Memory per in-flight span and per tracked edge, for `bench`.
     #[command(hide = true, name = "bench-memory")]
     BenchMemory(MemoryArgs),
+}
+
+#[derive(Args)]
+pub struct BaselineArgs {
+    #[command(subcommand)]
+    pub command: BaselineCommand,
+}
+
+#[derive(Subcommand)]
+pub enum BaselineCommand {
+    /// Baselines, most learned first (or by --sort).
+    List {
+        #[command(flatten)]
+        source: BaselineSource,
+        #[command(flatten)]
+        filter: BaselineFilter,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every baseline whose edge or entry contains TEXT (e.g. "reviews `GET /reviews` -> postgresql").
+    Show {
+        #[arg(value_name = "TEXT")]
+        edge: String,
+        #[command(flatten)]
+        source: BaselineSource,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What changed between two snapshots (files or models directories): baselines new, gone,
+    /// or whose median, p99 or p99.9 moved.
+    Diff {
+        #[arg(value_name = "BEFORE")]
+        before: PathBuf,
+        #[arg(value_name = "AFTER")]
+        after: PathBuf,
+        /// JSON instead of a table (every change).
+        #[arg(long)]
+        json: bool,
+        /// Changes shown in the table.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+/// Where baselines are read from.
+#[derive(Args)]
+pub struct BaselineSource {
+    /// A running engine's admin API, e.g. http://127.0.0.1:9464.
+    #[arg(long, value_name = "URL", conflicts_with = "snapshot")]
+    pub engine: Option<String>,
+    /// Models directory of an engine (offline).
+    #[arg(long, value_name = "DIR", default_value = "models")]
+    pub models: PathBuf,
+    /// A snapshot file (offline), instead of --models.
+    #[arg(long, value_name = "FILE")]
+    pub snapshot: Option<PathBuf>,
+}
+
+/// Which baselines, in which order.
+#[derive(Args)]
+pub struct BaselineFilter {
+    /// Only baselines whose caller, callee or entry is this service (or database, cache, ...).
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
+    /// Only edges to this kind of node: service, database, cache, queue, peer.
+    #[arg(long, value_name = "KIND")]
+    pub to_kind: Option<String>,
+    /// Only this table (calls_per_parent, calls_per_request, per_request, window, window_share).
+    #[arg(long, value_name = "TABLE")]
+    pub table: Option<String>,
+    /// Only baselines whose edge or entry contains this text.
+    #[arg(long = "match", value_name = "TEXT")]
+    pub matching: Option<String>,
+    /// Order, descending: samples, p99, median, since.
+    #[arg(long, value_name = "KEY", default_value = "samples")]
+    pub sort: String,
+    /// Rows shown.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
 }
 
 #[derive(Args)]
@@ -340,6 +431,7 @@ fn main() -> ExitCode {
             Command::Replay(args) => replay::run(args).await,
             Command::Loadgen(args) => loadgen::run(args).await,
             Command::Eval(args) => tokio::task::spawn_blocking(move || eval::run(args)).await?,
+            Command::Baseline(args) => tokio::task::spawn_blocking(move || baseline::run(args)).await?,
             Command::Bench(args) => bench::run(args).await,
             Command::BenchReference(args) => bench::reference(args).await,
             Command::BenchMemory(args) => tokio::task::spawn_blocking(move || bench::memory_probe(args)).await?,

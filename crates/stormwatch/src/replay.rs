@@ -48,6 +48,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
             commits: None,
             sharing: None,
             share_baselines: None,
+            queries: None,
         },
     );
     let metrics = pipeline.metrics.clone();

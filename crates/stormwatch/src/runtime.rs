@@ -109,6 +109,8 @@ pub(crate) struct EngineOptions {
     /// Kafka consumer group: publish every snapshot to this compacted topic, keyed by this
     /// engine (topic, key).
     pub(crate) share_baselines: Option<(String, String)>,
+    /// Questions from the admin API, answered between batches.
+    pub(crate) queries: Option<std::sync::mpsc::Receiver<stormwatch_io::admin::AdminQuery>>,
 }
 
 /// What the engine hands the sink task, in order.
@@ -317,6 +319,11 @@ fn run_engine(
         }
         if !settled.is_empty() {
             let _ = alerts_tx.blocking_send(SinkItem::Settled(settled));
+        }
+        if let Some(queries) = &options.queries {
+            while let Ok(query) = queries.try_recv() {
+                crate::baseline::answer(&engine, query);
+            }
         }
         if last_publish.elapsed() >= Duration::from_millis(200) {
             publish(&engine, &receiver, &metrics);

@@ -163,6 +163,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None
     };
     let (commits_tx, commits_rx) = std::sync::mpsc::channel();
+    let (queries_tx, queries_rx) = std::sync::mpsc::channel();
     let (pipeline, queue) = Pipeline::start(
         config.engine(),
         store,
@@ -174,6 +175,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             commits: config.kafka.input.then_some(commits_tx),
             sharing,
             share_baselines: baselines_topic.clone().map(|topic| (topic, engine_id.clone())),
+            queries: Some(queries_rx),
         },
     );
     let metrics = pipeline.metrics.clone();
@@ -245,7 +247,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let stop = receivers_stop.clone();
         async move { serve_http(http_listener, ingest, stop).await.context("OTLP/HTTP receiver failed") }
     });
-    let admin = tokio::spawn(serve_admin(admin_listener, metrics.clone(), admin_stop.clone()));
+    let admin = tokio::spawn(serve_admin(admin_listener, metrics.clone(), Some(queries_tx), admin_stop.clone()));
 
     let mut failure = None;
     tokio::select! {

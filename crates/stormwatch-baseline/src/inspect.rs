@@ -1,0 +1,251 @@
+//! What a store learned, as rows a person can read: one per baseline, with its median, p99,
+//! p99.9, sample count and first observation. Filtered, sorted and compared between two
+//! snapshots (`stormwatch baseline list | show | diff`, the admin API's `/api/baselines`).
+//! Pure: stores in, rows out.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use stormwatch_model::{Edge, RootClass};
+
+use crate::{BaselineStore, Distribution};
+
+/// One learned baseline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BaselineRow {
+    /// What is measured: `calls_per_parent` (per edge), `calls_per_request` (per entry and
+    /// edge), `per_request:<metric>` (per entry), `window:<metric>` (per edge, per window),
+    /// `window_share` (an entry's calls on an edge per entry request, per window).
+    pub table: String,
+    /// `caller service `operation` -> callee service `operation``, when per edge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<String>,
+    /// The callee's kind (`service`, `database`, `cache`, `queue`, `peer`), when per edge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_kind: Option<String>,
+    /// The root class, `service `operation``, when per entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    /// Window baselines count in thousandths; the values here are in the measured unit.
+    pub median: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub samples: u64,
+    pub since_unix_nano: u64,
+}
+
+impl BaselineRow {
+    fn new(table: String, edge: Option<&Edge>, entry: Option<&RootClass>, d: &Distribution, scale: f64) -> Self {
+        BaselineRow {
+            table,
+            edge: edge.map(|e| e.to_string()),
+            to_kind: edge.map(|e| e.to.kind.as_str().to_string()),
+            entry: entry.map(|c| c.to_string()),
+            median: d.quantile(0.5) as f64 / scale,
+            p99: d.quantile(0.99) as f64 / scale,
+            p999: d.quantile(0.999) as f64 / scale,
+            samples: d.samples(),
+            since_unix_nano: d.since_unix_nano(),
+        }
+    }
+
+    /// Identity of the baseline, for diffs.
+    pub fn key(&self) -> String {
+        format!("{} {} {}", self.table, self.entry.as_deref().unwrap_or("-"), self.edge.as_deref().unwrap_or("-"))
+    }
+
+    /// Whether `service` is the caller, the callee or the entry's service.
+    fn involves(&self, service: &str) -> bool {
+        let edge = self.edge.as_deref().unwrap_or("");
+        let entry = self.entry.as_deref().unwrap_or("");
+        edge.starts_with(&format!("{service} `"))
+            || edge.contains(&format!("-> {service} `"))
+            || entry.starts_with(&format!("{service} `"))
+    }
+}
+
+/// Every baseline of `store`, ordered by table and key.
+pub fn rows(store: &BaselineStore) -> Vec<BaselineRow> {
+    let mut rows = Vec::new();
+    for (edge, d) in &store.fanout {
+        rows.push(BaselineRow::new("calls_per_parent".into(), Some(edge), None, d, 1.0));
+    }
+    for ((class, edge), d) in &store.request_edges {
+        rows.push(BaselineRow::new("calls_per_request".into(), Some(edge), Some(class), d, 1.0));
+    }
+    for ((class, metric), d) in &store.request_totals {
+        rows.push(BaselineRow::new(format!("per_request:{}", metric.as_str()), None, Some(class), d, 1.0));
+    }
+    for ((metric, edge), d) in &store.windows {
+        rows.push(BaselineRow::new(format!("window:{}", metric.as_str()), Some(edge), None, d, 1000.0));
+    }
+    for ((class, edge), d) in &store.window_classes {
+        rows.push(BaselineRow::new("window_share".into(), Some(edge), Some(class), d, 1000.0));
+    }
+    rows.sort_by_key(|row| row.key());
+    rows
+}
+
+/// How to narrow and order rows.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    /// Rows whose caller, callee or entry is this service.
+    pub service: Option<String>,
+    /// Rows whose callee is of this kind (`database`, `cache`, ...).
+    pub to_kind: Option<String>,
+    /// Rows of this table, or tables starting with it (`window` matches every window table).
+    pub table: Option<String>,
+    /// Rows whose edge or entry contains this text.
+    pub matching: Option<String>,
+    /// `samples` (default), `p99`, `median` or `since` (newest first), descending.
+    pub sort: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl Query {
+    /// `Err` names a sort key that does not exist.
+    pub fn apply(&self, mut rows: Vec<BaselineRow>) -> Result<Vec<BaselineRow>, String> {
+        rows.retain(|row| {
+            self.service.as_deref().is_none_or(|s| row.involves(s))
+                && self.to_kind.as_deref().is_none_or(|k| row.to_kind.as_deref() == Some(k))
+                && self.table.as_deref().is_none_or(|t| row.table.starts_with(t))
+                && self.matching.as_deref().is_none_or(|m| {
+                    row.edge.as_deref().is_some_and(|e| e.contains(m))
+                        || row.entry.as_deref().is_some_and(|e| e.contains(m))
+                })
+        });
+        let by = |row: &BaselineRow| -> f64 {
+            match self.sort.as_deref() {
+                Some("p99") => row.p99,
+                Some("median") => row.median,
+                Some("since") => row.since_unix_nano as f64,
+                _ => row.samples as f64,
+            }
+        };
+        match self.sort.as_deref() {
+            None | Some("samples" | "p99" | "median" | "since") => {}
+            Some(other) => return Err(format!("unknown sort key {other:?}: use samples, p99, median or since")),
+        }
+        rows.sort_by(|a, b| by(b).total_cmp(&by(a)).then_with(|| a.key().cmp(&b.key())));
+        if let Some(limit) = self.limit {
+            rows.truncate(limit);
+        }
+        Ok(rows)
+    }
+}
+
+/// One baseline that differs between two snapshots.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RowChange {
+    pub key: String,
+    /// Absent when the baseline is new.
+    pub before: Option<BaselineRow>,
+    /// Absent when the baseline is gone.
+    pub after: Option<BaselineRow>,
+}
+
+/// What changed from `before` to `after`: baselines added, removed, or whose median, p99 or
+/// p99.9 moved (sample counts alone growing is learning, not change).
+pub fn diff(before: &[BaselineRow], after: &[BaselineRow]) -> Vec<RowChange> {
+    let mut keyed: BTreeMap<String, (Option<&BaselineRow>, Option<&BaselineRow>)> = BTreeMap::new();
+    for row in before {
+        keyed.entry(row.key()).or_default().0 = Some(row);
+    }
+    for row in after {
+        keyed.entry(row.key()).or_default().1 = Some(row);
+    }
+    keyed
+        .into_iter()
+        .filter(|(_, (b, a))| match (b, a) {
+            (Some(b), Some(a)) => (b.median, b.p99, b.p999) != (a.median, a.p99, a.p999),
+            _ => true,
+        })
+        .map(|(key, (b, a))| RowChange { key, before: b.cloned(), after: a.cloned() })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use stormwatch_model::{Node, NodeKind, Sym};
+
+    use super::*;
+    use crate::WindowMetric;
+
+    fn edge(from: &str, to: &str, kind: NodeKind) -> Edge {
+        Edge {
+            from: Node { service: Sym::new(from), operation: Sym::new("GET /x"), kind: NodeKind::Service },
+            to: Node { service: Sym::new(to), operation: Sym::new("SELECT ?"), kind },
+        }
+    }
+
+    fn store() -> BaselineStore {
+        let mut store = BaselineStore::new(100);
+        let db = edge("reviews", "postgresql", NodeKind::Database);
+        let svc = edge("gateway", "reviews", NodeKind::Service);
+        for i in 0..200 {
+            store.observe_fanout(db, 1 + i % 5, 1_000 + i);
+            store.observe_fanout(svc, 1, 1_000 + i);
+        }
+        for i in 0..40 {
+            store.observe_window(WindowMetric::WorkPerEntry, db, 2_500 + i, 5_000 + i);
+        }
+        store
+    }
+
+    #[test]
+    fn rows_say_what_was_learned_in_its_unit() {
+        let rows = rows(&store());
+        assert_eq!(rows.len(), 3);
+        let window = rows.iter().find(|r| r.table == "window:work_per_entry").unwrap();
+        assert_eq!(window.edge.as_deref(), Some("reviews `GET /x` -> postgresql `SELECT ?`"));
+        assert_eq!(window.to_kind.as_deref(), Some("database"));
+        assert!((2.5..=2.6).contains(&window.median), "thousandths are shown as calls: {window:?}");
+        assert_eq!(window.samples, 40);
+        let fanout = rows.iter().find(|r| r.table == "calls_per_parent" && r.to_kind.as_deref() == Some("database"));
+        let fanout = fanout.unwrap();
+        assert_eq!((fanout.median, fanout.p99, fanout.samples, fanout.since_unix_nano), (3.0, 5.0, 200, 1_000));
+    }
+
+    #[test]
+    fn queries_filter_sort_and_limit_and_name_bad_sort_keys() {
+        let rows = rows(&store());
+        let q = |query: Query| query.apply(rows.clone()).unwrap();
+        assert_eq!(q(Query { service: Some("postgresql".into()), ..Query::default() }).len(), 2);
+        assert_eq!(q(Query { service: Some("gateway".into()), ..Query::default() }).len(), 1);
+        assert_eq!(q(Query { to_kind: Some("database".into()), ..Query::default() }).len(), 2);
+        assert_eq!(q(Query { table: Some("window".into()), ..Query::default() }).len(), 1);
+        assert_eq!(q(Query { matching: Some("-> reviews".into()), ..Query::default() }).len(), 1);
+        let by_p99 = q(Query { sort: Some("p99".into()), limit: Some(1), ..Query::default() });
+        assert_eq!(by_p99[0].p99, 5.0);
+        let by_samples = q(Query::default());
+        assert_eq!(by_samples[0].samples, 200);
+        let error = Query { sort: Some("size".into()), ..Query::default() }.apply(rows).unwrap_err();
+        assert!(error.contains("\"size\"") && error.contains("p99"), "{error}");
+    }
+
+    #[test]
+    fn a_diff_lists_new_gone_and_moved_baselines_but_not_mere_learning() {
+        let before = store();
+        let mut after = before.clone();
+        let db = edge("reviews", "postgresql", NodeKind::Database);
+        after.observe_fanout(edge("gateway", "reviews", NodeKind::Service), 1, 9_000);
+        for i in 0..400 {
+            after.observe_fanout(db, 40, 9_000 + i);
+        }
+        after.observe_fanout(edge("gateway", "redis", NodeKind::Cache), 2, 9_000);
+        after.windows.clear();
+        let changes = diff(&rows(&before), &rows(&after));
+        let summary: Vec<(bool, bool, &str)> =
+            changes.iter().map(|c| (c.before.is_some(), c.after.is_some(), c.key.split(' ').next().unwrap())).collect();
+        assert_eq!(
+            summary,
+            vec![
+                (false, true, "calls_per_parent"),
+                (true, true, "calls_per_parent"),
+                (true, false, "window:work_per_entry")
+            ],
+            "{changes:#?}"
+        );
+        assert!(changes[1].after.as_ref().unwrap().p99 > changes[1].before.as_ref().unwrap().p99);
+    }
+}

@@ -1,0 +1,231 @@
+//! `stormwatch baseline`: what the engine learned, from a running engine's admin API or offline
+//! from snapshot files, as tables (or JSON with `--json`); and the engine thread's answers to
+//! the admin API's `/api/baselines`.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use stormwatch_baseline::inspect::{self, BaselineRow, Query};
+use stormwatch_baseline::{decode_snapshot, BaselineStore, SNAPSHOT_FILE};
+use stormwatch_detect::Engine;
+use stormwatch_io::admin::AdminQuery;
+
+use crate::{BaselineArgs, BaselineCommand, BaselineFilter, BaselineSource};
+
+/// Parameters `/api/baselines` (and `baseline list`) take.
+const PARAMS: [&str; 6] = ["service", "to_kind", "table", "match", "sort", "limit"];
+
+fn query_of(params: &BTreeMap<String, String>) -> Result<Query, String> {
+    if let Some(unknown) = params.keys().find(|k| !PARAMS.contains(&k.as_str())) {
+        return Err(format!("unknown parameter {unknown:?}: use {}", PARAMS.join(", ")));
+    }
+    let limit = match params.get("limit") {
+        Some(text) => Some(text.parse().map_err(|_| format!("limit={text:?} is not a number of rows"))?),
+        None => None,
+    };
+    Ok(Query {
+        service: params.get("service").cloned(),
+        to_kind: params.get("to_kind").cloned(),
+        table: params.get("table").cloned(),
+        matching: params.get("match").cloned(),
+        sort: params.get("sort").cloned(),
+        limit,
+    })
+}
+
+/// The rows of `store` that `params` select, as the API's JSON body, or a 400 naming the
+/// parameter.
+fn list(store: &BaselineStore, params: &BTreeMap<String, String>) -> (u16, String) {
+    let rows = inspect::rows(store);
+    let total = rows.len();
+    match query_of(params).and_then(|query| query.apply(rows)) {
+        Ok(rows) => (200, serde_json::json!({ "total": total, "rows": rows }).to_string()),
+        Err(error) => (400, serde_json::json!({ "error": error }).to_string()),
+    }
+}
+
+/// Answers an admin API question on the engine thread.
+pub(crate) fn answer(engine: &Engine, query: AdminQuery) {
+    let response = match query.path.as_str() {
+        "/api/baselines" => list(engine.store(), &query.params),
+        other => (404, serde_json::json!({ "error": format!("no such API: {other}") }).to_string()),
+    };
+    let _ = query.reply.send(response);
+}
+
+/// `stormwatch baseline ...`.
+pub(crate) fn run(args: BaselineArgs) -> anyhow::Result<()> {
+    match args.command {
+        BaselineCommand::List { source, filter, json } => {
+            let (total, rows) = fetch(&source, &params(&filter))?;
+            print_rows(&rows, total, json)
+        }
+        BaselineCommand::Show { edge, source, json } => {
+            let mut params = BTreeMap::from([("match".to_string(), edge.clone())]);
+            params.insert("sort".into(), "samples".into());
+            let (_, rows) = fetch(&source, &params)?;
+            if rows.is_empty() {
+                bail!("no baseline's edge or entry contains {edge:?}; `stormwatch baseline list` shows what there is");
+            }
+            print_rows(&rows, rows.len(), json)
+        }
+        BaselineCommand::Diff { before, after, json, limit } => {
+            let before_rows = inspect::rows(&load(&before)?);
+            let after_rows = inspect::rows(&load(&after)?);
+            let changes = inspect::diff(&before_rows, &after_rows);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&changes)?);
+                return Ok(());
+            }
+            println!("{} of {} baselines changed ({} before)", changes.len(), after_rows.len(), before_rows.len());
+            if !changes.is_empty() {
+                println!("{:<8} {:>9} {:>9} {:>9} {:>9}  baseline", "change", "p99", "now", "samples", "now");
+            }
+            for change in changes.iter().take(limit) {
+                let (label, b, a) = match (&change.before, &change.after) {
+                    (None, Some(a)) => ("new", None, Some(a)),
+                    (Some(b), None) => ("gone", Some(b), None),
+                    (b, a) => ("moved", b.as_ref(), a.as_ref()),
+                };
+                let number = |row: Option<&BaselineRow>, f: fn(&BaselineRow) -> String| row.map_or("-".into(), f);
+                println!(
+                    "{label:<8} {:>9} {:>9} {:>9} {:>9}  {}",
+                    number(b, |r| trim(r.p99)),
+                    number(a, |r| trim(r.p99)),
+                    number(b, |r| r.samples.to_string()),
+                    number(a, |r| r.samples.to_string()),
+                    change.key
+                );
+            }
+            if changes.len() > limit {
+                println!("... {} more (--limit, or --json for all)", changes.len() - limit);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn params(filter: &BaselineFilter) -> BTreeMap<String, String> {
+    let mut params = BTreeMap::new();
+    let mut set = |key: &str, value: &Option<String>| {
+        if let Some(value) = value {
+            params.insert(key.to_string(), value.clone());
+        }
+    };
+    set("service", &filter.service);
+    set("to_kind", &filter.to_kind);
+    set("table", &filter.table);
+    set("match", &filter.matching);
+    set("sort", &Some(filter.sort.clone()));
+    params.insert("limit".into(), filter.limit.to_string());
+    params
+}
+
+/// Rows selected by `params`, and how many baselines there are in all.
+fn fetch(source: &BaselineSource, params: &BTreeMap<String, String>) -> anyhow::Result<(usize, Vec<BaselineRow>)> {
+    let body = match &source.engine {
+        Some(url) => http_get(url, "/api/baselines", params)?,
+        None => {
+            let path = source.snapshot.clone().unwrap_or_else(|| source.models.join(SNAPSHOT_FILE));
+            let (status, body) = list(&load(&path)?, params);
+            if status != 200 {
+                bail!("{}", error_of(&body));
+            }
+            body
+        }
+    };
+    #[derive(serde::Deserialize)]
+    struct Page {
+        total: usize,
+        rows: Vec<BaselineRow>,
+    }
+    let page: Page = serde_json::from_str(&body).context("the engine's answer is not a baseline list")?;
+    Ok((page.total, page.rows))
+}
+
+/// A snapshot file, or `baselines.json` in a models directory.
+fn load(path: &Path) -> anyhow::Result<BaselineStore> {
+    let file = if path.is_dir() { path.join(SNAPSHOT_FILE) } else { path.to_path_buf() };
+    let bytes = std::fs::read(&file).with_context(|| {
+        format!("cannot read the snapshot {} (point --models at the engine's models directory)", file.display())
+    })?;
+    Ok(decode_snapshot(&bytes, usize::MAX, &file)?)
+}
+
+fn error_of(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.to_string())
+}
+
+/// GET on the admin API (plain HTTP/1.1; it listens on loopback or a private address).
+fn http_get(url: &str, path: &str, params: &BTreeMap<String, String>) -> anyhow::Result<String> {
+    let address = url.strip_prefix("http://").unwrap_or(url).trim_end_matches('/');
+    if url.starts_with("https://") {
+        bail!("--engine {url}: the admin API speaks plain HTTP; use http://HOST:PORT");
+    }
+    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", percent_encode(v))).collect();
+    let target = if query.is_empty() { path.to_string() } else { format!("{path}?{}", query.join("&")) };
+    let mut stream = std::net::TcpStream::connect(address)
+        .with_context(|| format!("cannot reach the engine's admin API at {address} (--engine, serve --admin)"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(stream, "GET {target} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).context("reading the admin API's answer")?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    if status != 200 {
+        bail!("the engine at {address} answered {status}: {}", error_of(body));
+    }
+    Ok(body.to_string())
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `3`, `2.5`, `0.125`: numbers without trailing zeros.
+fn trim(value: f64) -> String {
+    let text = format!("{value:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn print_rows(rows: &[BaselineRow], total: usize, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<22} {:>9} {:>9} {:>9} {:>9}  {:<24}  edge / entry",
+        "table", "median", "p99", "p99.9", "samples", "since"
+    );
+    for row in rows {
+        let since = stormwatch_model::rfc3339(row.since_unix_nano);
+        let what = match (&row.entry, &row.edge) {
+            (Some(entry), Some(edge)) => format!("{edge}  (entry {entry})"),
+            (Some(entry), None) => format!("entry {entry}"),
+            (None, Some(edge)) => edge.clone(),
+            (None, None) => String::new(),
+        };
+        println!(
+            "{:<22} {:>9} {:>9} {:>9} {:>9}  {:<24}  {what}",
+            row.table,
+            trim(row.median),
+            trim(row.p99),
+            trim(row.p999),
+            row.samples,
+            since
+        );
+    }
+    println!("{} of {total} baselines", rows.len());
+    Ok(())
+}
