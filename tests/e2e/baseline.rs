@@ -109,3 +109,91 @@ async fn baselines_are_listed_live_and_offline_shown_and_diffed() {
     let (ok, _, err) = stormwatch(&["diff", "nowhere.json", &models_arg]);
     assert!(!ok && err.contains("nowhere.json"), "{err}");
 }
+
+fn metric(serve: &Serve, line_start: &str) -> u64 {
+    serve.metrics().lines().find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Waits until `metric` reaches `at_least` (the engine reloads the tuning within 2 s).
+fn wait_for(serve: &Serve, name: &str, at_least: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(serve, name) < at_least {
+        assert!(std::time::Instant::now() < deadline, "{name} stayed below {at_least}:\n{}", serve.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tuning_file_puts_a_detector_in_shadow_refuses_a_bad_edit_and_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let tuning = models.join("tuning.toml");
+    std::fs::write(&tuning, "# the N+1 detector is on trial\n[detectors]\nn_plus_one = \"shadow\"\n").unwrap();
+    let models_arg = models.to_str().unwrap().to_string();
+    let serve = Serve::start(dir.path(), &["--models", &models_arg]);
+    assert!(serve.log().contains("1 detectors in shadow"), "{}", serve.log());
+    let services = Services::new(&serve, Transport::Grpc, &["frontend", "catalog"]);
+    let shadowed = "stormwatch_alerts_shadowed_total{kind=\"n_plus_one\"} ";
+    tokio::task::block_in_place(|| {
+        traffic(&services, 60, |i| 1 + i % 3);
+        // Judged, counted, not emitted.
+        services.product_request(300, 1);
+        services.flush();
+        wait_for(&serve, shadowed, 1);
+
+        // A bad edit is refused with its line, and the shadow mode stays in force.
+        std::fs::write(&tuning, "[detectors]\nn_plus_one = \"quiet\"\n").unwrap();
+        wait_for(&serve, "stormwatch_tuning_reload_failures_total ", 1);
+        assert!(serve.log().contains("tuning.toml line 2: mode \"quiet\" is not on, shadow or off"), "{}", serve.log());
+        services.product_request(300, 1);
+        services.flush();
+        wait_for(&serve, shadowed, 2);
+
+        // The detector back on: the next storm is an alert.
+        std::fs::write(&tuning, "[detectors]\nn_plus_one = \"on\"\n").unwrap();
+        wait_for(&serve, "stormwatch_tuning_reloads_total ", 1);
+        services.product_request(300, 1);
+        services.flush();
+        wait_for(&serve, "stormwatch_alerts_emitted_total{kind=\"n_plus_one\"} ", 1);
+        services.shutdown();
+    });
+    assert_eq!(metric(&serve, shadowed), 2);
+    let stdout = serve.stop();
+    let alerts: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(alerts.iter().filter(|a| a["kind"] == "n_plus_one").count(), 1, "{stdout}");
+
+    // A tuning file that does not parse stops the start, naming the line.
+    std::fs::write(&tuning, "[[override]]\nkind = \"n_plus_two\"\n").unwrap();
+    let output = Command::new(binary()).args(["serve", "--models", &models_arg]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("tuning.toml line 1: unknown kind \"n_plus_two\""), "{stderr}");
+}
+
+/// What-if: the same scenario, with a proposed tuning.
+#[test]
+fn eval_shows_what_a_proposed_tuning_would_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = dir.path().join("proposal.toml");
+    std::fs::write(
+        &tuning,
+        "[detectors]\nretry_storm = \"shadow\"\n\n[[override]]\n\
+         edge = \"reviews `GET /reviews` -> postgresql:shop `SELECT name FROM users WHERE id = ?`\"\n\
+         threshold_factor = 100.0\nreason = \"what if the author page may do anything\"\n",
+    )
+    .unwrap();
+    let scenario = crate::support::repo_path("tests/scenarios/shop.toml");
+    let picture = dir.path().join("shop.svg");
+    let output = Command::new(binary())
+        .args(["eval", scenario.to_str().unwrap(), "--tuning", tuning.to_str().unwrap()])
+        .args(["--picture", picture.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "two attacks are no longer caught: {stdout}");
+    let result = |name: &str| stdout.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string();
+    assert!(result("author-n-plus-one").contains("MISSED"), "{stdout}");
+    assert!(result("reviews-retry-storm").contains("MISSED"), "{stdout}");
+    assert!(result("page-size-fanout").contains("detected"), "{stdout}");
+    assert!(stderr.contains("1 overrides") && stderr.contains("shadow mode judged retry_storm"), "{stderr}");
+}

@@ -1,7 +1,7 @@
 //! The baselines of one engine, keyed by edge and root class, with a bound on how many keys
 //! it holds so that an attacker who invents operations cannot exhaust memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use stormwatch_model::{Edge, RootClass};
 
@@ -89,6 +89,10 @@ pub struct BaselineStore {
     pub correlated: Option<SubspaceModel>,
     /// Event time the store has learned up to.
     pub watermark_unix_nano: u64,
+    /// Learning frozen everywhere (tuning): no baseline moves.
+    pub freeze_all: bool,
+    /// Edges whose baselines are frozen, as `Edge` displays them (tuning).
+    pub frozen_edges: HashSet<String>,
     max_keys: usize,
     stats: StoreStats,
 }
@@ -104,6 +108,8 @@ impl BaselineStore {
             seasonal: HashMap::new(),
             correlated: None,
             watermark_unix_nano: 0,
+            freeze_all: false,
+            frozen_edges: HashSet::new(),
             max_keys,
             stats: StoreStats::default(),
         }
@@ -137,19 +143,36 @@ impl BaselineStore {
         self.correlated = other.correlated;
     }
 
+    /// Whether learning on `edge` is frozen.
+    pub fn is_frozen(&self, edge: &Edge) -> bool {
+        self.freeze_all || (!self.frozen_edges.is_empty() && self.frozen_edges.contains(&edge.to_string()))
+    }
+
     pub fn observe_fanout(&mut self, edge: Edge, calls: u64, at: u64) {
+        if self.is_frozen(&edge) {
+            return;
+        }
         observe(&mut self.fanout, edge, calls, at, self.max_keys, &mut self.stats);
     }
 
     pub fn observe_request_edge(&mut self, class: RootClass, edge: Edge, calls: u64, at: u64) {
+        if self.is_frozen(&edge) {
+            return;
+        }
         observe(&mut self.request_edges, (class, edge), calls, at, self.max_keys, &mut self.stats);
     }
 
     pub fn observe_request_total(&mut self, class: RootClass, metric: RequestMetric, value: u64, at: u64) {
+        if self.freeze_all {
+            return;
+        }
         observe(&mut self.request_totals, (class, metric), value, at, self.max_keys, &mut self.stats);
     }
 
     pub fn observe_window(&mut self, metric: WindowMetric, edge: Edge, thousandths: u64, at: u64) {
+        if self.is_frozen(&edge) {
+            return;
+        }
         observe(&mut self.windows, (metric, edge), thousandths, at, self.max_keys, &mut self.stats);
     }
 
@@ -158,6 +181,9 @@ impl BaselineStore {
     /// rhythm alarms on its first days and is learned as one; how far it may raise a threshold
     /// is bounded by the detector.
     pub fn observe_seasonal(&mut self, metric: WindowMetric, edge: Edge, thousandths: u64, at: u64) {
+        if self.is_frozen(&edge) {
+            return;
+        }
         if let Some(profile) = self.seasonal.get_mut(&(metric, edge)) {
             profile.observe(thousandths as f64, at);
         } else if self.seasonal.len() < self.max_keys {
@@ -168,6 +194,9 @@ impl BaselineStore {
     }
 
     pub fn observe_window_class(&mut self, class: RootClass, edge: Edge, per_thousand: u64, at: u64) {
+        if self.is_frozen(&edge) {
+            return;
+        }
         observe(&mut self.window_classes, (class, edge), per_thousand, at, self.max_keys, &mut self.stats);
     }
 }

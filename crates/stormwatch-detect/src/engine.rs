@@ -9,6 +9,7 @@ use stormwatch_model::{Alert, AlertKind, Span};
 use crate::correlated::{Correlated, CorrelatedConfig};
 use crate::detectors::{detect, learn};
 use crate::features::extract;
+use crate::tuning::{Tuning, Verdict};
 use crate::window::{correlated_finding, judge_window, WindowConfig, Windows};
 use crate::{DetectConfig, Throttle};
 
@@ -57,6 +58,10 @@ pub struct EngineStats {
     pub findings: [u64; AlertKind::ALL.len()],
     /// Alerts produced after throttling, by kind.
     pub alerts: [u64; AlertKind::ALL.len()],
+    /// Findings of detectors in shadow mode (judged, not emitted), by kind.
+    pub shadowed: [u64; AlertKind::ALL.len()],
+    /// Findings the tuning dropped (overrides, allowlists, detectors off).
+    pub suppressed: u64,
 }
 
 pub struct Engine {
@@ -73,6 +78,7 @@ pub struct Engine {
     /// Closed windows waiting to be shipped to the merger (`share_windows`).
     outgoing: Vec<crate::window::Window>,
     flushed: bool,
+    tuning: Tuning,
 }
 
 impl Engine {
@@ -91,11 +97,24 @@ impl Engine {
             share_windows: config.share_windows,
             outgoing: Vec::new(),
             flushed: false,
+            tuning: Tuning::default(),
         }
     }
 
     pub fn store(&self) -> &BaselineStore {
         &self.store
+    }
+
+    /// Puts a tuning in force: overrides, shadow modes and allowlists apply to the next
+    /// findings; freezes stop learning at once.
+    pub fn set_tuning(&mut self, tuning: Tuning) {
+        self.store.freeze_all = tuning.freeze_all;
+        self.store.frozen_edges = tuning.frozen_edges().map(str::to_string).collect();
+        self.tuning = tuning;
+    }
+
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
     }
 
     /// Continues from another store's window baselines (see [`BaselineStore::adopt_windows`]).
@@ -213,8 +232,7 @@ impl Engine {
                 self.stats.traces_learned += 1;
             }
             for finding in findings {
-                self.stats.findings[finding.kind.index()] += 1;
-                self.throttle.offer(finding, now, out);
+                self.offer(finding, now, out);
             }
             self.windows.add(&features, flagged);
         }
@@ -253,11 +271,21 @@ impl Engine {
                 }
             }
             for finding in findings {
-                self.stats.findings[finding.kind.index()] += 1;
-                self.throttle.offer(finding, now, out);
+                self.offer(finding, now, out);
             }
         }
         self.stats.window_late_traces = self.windows.late_traces;
+    }
+
+    /// A finding through the tuning, then the throttle.
+    fn offer(&mut self, finding: crate::Finding, now: u64, out: &mut Vec<Alert>) {
+        self.stats.findings[finding.kind.index()] += 1;
+        let at = finding.end_unix_nano;
+        match self.tuning.judge(finding, at) {
+            Verdict::Emit(finding) => self.throttle.offer(finding, now, out),
+            Verdict::Shadow(finding) => self.stats.shadowed[finding.kind.index()] += 1,
+            Verdict::Suppressed(_) => self.stats.suppressed += 1,
+        }
     }
 
     fn count_alerts(&mut self, alerts: &[Alert]) {

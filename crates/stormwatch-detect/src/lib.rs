@@ -16,6 +16,7 @@ mod engine;
 pub mod features;
 pub mod merge;
 pub mod throttle;
+pub mod tuning;
 pub mod window;
 
 pub use detectors::{DetectConfig, Finding};

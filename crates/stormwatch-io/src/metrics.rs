@@ -14,6 +14,8 @@ macro_rules! metrics {
             $($(#[doc = $help])* pub $name: AtomicU64,)*
             /// Alerts confirmed written by the sink, by kind (index of `AlertKind::ALL`).
             pub alerts_emitted: [AtomicU64; AlertKind::ALL.len()],
+            /// Findings of detectors in shadow mode, by kind: what they would have alerted.
+            pub alerts_shadowed: [AtomicU64; AlertKind::ALL.len()],
         }
 
         impl Metrics {
@@ -31,6 +33,11 @@ macro_rules! metrics {
                 let _ = writeln!(out, "# TYPE stormwatch_alerts_emitted_total counter");
                 for (kind, count) in AlertKind::ALL.iter().zip(&self.alerts_emitted) {
                     let _ = writeln!(out, "stormwatch_alerts_emitted_total{{kind=\"{}\"}} {}", kind.as_str(), count.load(Ordering::Relaxed));
+                }
+                let _ = writeln!(out, "# HELP stormwatch_alerts_shadowed_total Findings of detectors in shadow mode (judged, not emitted), by kind.");
+                let _ = writeln!(out, "# TYPE stormwatch_alerts_shadowed_total counter");
+                for (kind, count) in AlertKind::ALL.iter().zip(&self.alerts_shadowed) {
+                    let _ = writeln!(out, "stormwatch_alerts_shadowed_total{{kind=\"{}\"}} {}", kind.as_str(), count.load(Ordering::Relaxed));
                 }
                 out
             }
@@ -77,6 +84,12 @@ metrics! {
     kafka_dead_letters_total: "counter",
     /// Offset commits of settled Kafka input messages.
     kafka_commits_total: "counter",
+    /// Findings dropped by the tuning (overrides, allowlists, detectors off).
+    findings_suppressed_total: "counter",
+    /// Tuning file reloads that took effect.
+    tuning_reloads_total: "counter",
+    /// Tuning file edits refused (the previous tuning stayed in force).
+    tuning_reload_failures_total: "counter",
     /// Window partials (closed windows and progress) this engine shipped to the windows topic.
     window_partials_sent_total: "counter",
     /// Window partials this engine received as the group's merger.

@@ -24,6 +24,15 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
     config.assemble.trace_max_wait = config.assemble.trace_max_wait.max(scenario.eval.trace_idle);
     config.validate().context("the scenario's [eval] settings")?;
     let mut engine = Engine::new(config.engine(), BaselineStore::new(config.baseline.max_keys), wall_clock_nanos);
+    if let Some(path) = &args.tuning {
+        let tuning = crate::tuning::load(path)
+            .map_err(anyhow::Error::msg)?
+            .with_context(|| format!("--tuning {}: no such file", path.display()))?;
+        if !args.quiet {
+            eprintln!("eval: tuning {}: {}", path.display(), crate::tuning::describe(&tuning));
+        }
+        engine.set_tuning(tuning);
+    }
 
     let started = Instant::now();
     let mut last_progress = Instant::now();
@@ -84,6 +93,20 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write labels to {}", path.display()))?;
     }
     if !args.quiet {
+        let stats = engine.stats();
+        if args.tuning.is_some() {
+            let shadowed: Vec<String> = AlertKind::ALL
+                .iter()
+                .zip(stats.shadowed)
+                .filter(|(_, n)| *n > 0)
+                .map(|(kind, n)| format!("{} {n}", kind.as_str()))
+                .collect();
+            eprintln!(
+                "eval: the tuning suppressed {} findings; shadow mode judged {}",
+                stats.suppressed,
+                if shadowed.is_empty() { "none".to_string() } else { shadowed.join(", ") }
+            );
+        }
         let elapsed = started.elapsed().as_secs_f64();
         eprintln!("eval: {spans} spans in {elapsed:.1} s ({:.0} spans/s)", spans as f64 / elapsed.max(1e-9));
     }

@@ -12,6 +12,7 @@ mod replay;
 mod runtime;
 mod serve;
 mod sharing;
+mod tuning;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -323,6 +324,9 @@ pub struct EvalArgs {
     /// Also write the labels (ground truth) to this file.
     #[arg(long, value_name = "FILE")]
     pub labels: Option<PathBuf>,
+    /// What-if: apply this tuning file (models/tuning.toml format) and see how the detections change.
+    #[arg(long, value_name = "FILE")]
+    pub tuning: Option<PathBuf>,
     /// No progress output on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -390,6 +394,10 @@ pub struct ReplayArgs {
     /// Start from the baseline snapshot in DIR and write the learned baselines back to it.
     #[arg(long, value_name = "DIR")]
     pub models: Option<PathBuf>,
+    /// Apply this tuning file (overrides, shadow modes, allowlists, freezes) [default: DIR/tuning.toml
+    /// with --models].
+    #[arg(long, value_name = "FILE")]
+    pub tuning: Option<PathBuf>,
     /// Also append alerts to this file as JSON lines.
     #[arg(long, value_name = "FILE")]
     pub alerts_file: Option<PathBuf>,

@@ -37,6 +37,12 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let sink = open_sink(&config, !args.no_stdout, args.alerts_file.as_deref()).await?;
 
     let started = Instant::now();
+    let tuning_path =
+        args.tuning.clone().or_else(|| args.models.as_ref().map(|dir| dir.join(crate::tuning::TUNING_FILE)));
+    let tuning = match &tuning_path {
+        Some(path) => crate::tuning::load(path).map_err(anyhow::Error::msg)?.unwrap_or_default(),
+        None => Default::default(),
+    };
     let (pipeline, queue) = Pipeline::start(
         config.engine(),
         store,
@@ -49,6 +55,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
             sharing: None,
             share_baselines: None,
             queries: None,
+            tuning: crate::runtime::TuningOptions { initial: tuning, ..Default::default() },
         },
     );
     let metrics = pipeline.metrics.clone();

@@ -111,6 +111,17 @@ pub(crate) struct EngineOptions {
     pub(crate) share_baselines: Option<(String, String)>,
     /// Questions from the admin API, answered between batches.
     pub(crate) queries: Option<std::sync::mpsc::Receiver<stormwatch_io::admin::AdminQuery>>,
+    /// The tuning in force at start, and the file to reload it from.
+    pub(crate) tuning: TuningOptions,
+}
+
+/// The tuning at start, and how it is reloaded.
+#[derive(Default)]
+pub(crate) struct TuningOptions {
+    pub(crate) initial: stormwatch_detect::tuning::Tuning,
+    /// Reloaded when it changes (checked every 2 s) or when `reload` is set (SIGHUP).
+    pub(crate) watch: Option<crate::tuning::TuningWatch>,
+    pub(crate) reload: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the engine hands the sink task, in order.
@@ -161,6 +172,10 @@ fn publish(engine: &Engine, receiver: &SpanReceiver, metrics: &Metrics) {
     Metrics::set(&metrics.edges_tracked, engine.store().edges_tracked() as u64);
     Metrics::set(&metrics.baseline_capped_observations_total, engine.store().stats().capped_observations);
     Metrics::set(&metrics.watermark_seconds, engine.assembler().watermark() / 1_000_000_000);
+    Metrics::set(&metrics.findings_suppressed_total, engine.stats().suppressed);
+    for (gauge, count) in metrics.alerts_shadowed.iter().zip(engine.stats().shadowed) {
+        Metrics::set(gauge, count);
+    }
 }
 
 fn snapshot(engine: &Engine, dir: &std::path::Path, metrics: &Metrics) -> Result<(), String> {
@@ -216,6 +231,9 @@ fn run_engine(
 ) -> EngineReport {
     let window_nanos = config.window.window_nanos;
     let mut engine = Engine::new(config, store, wall_clock_nanos);
+    let TuningOptions { initial, watch: mut tuning_watch, reload } = options.tuning;
+    engine.set_tuning(initial);
+    let mut last_tuning_check = Instant::now();
     let mut sharing = options.sharing.map(|sharing| WindowSharing::new(sharing, window_nanos));
     let ship = |engine: &mut Engine, sharing: &mut Option<WindowSharing>, idle: bool| {
         if let Some(sharing) = sharing {
@@ -319,6 +337,24 @@ fn run_engine(
         }
         if !settled.is_empty() {
             let _ = alerts_tx.blocking_send(SinkItem::Settled(settled));
+        }
+        if let Some(watch) = &mut tuning_watch {
+            let forced = reload.swap(false, std::sync::atomic::Ordering::Relaxed);
+            if forced || last_tuning_check.elapsed() >= Duration::from_secs(2) {
+                last_tuning_check = Instant::now();
+                match watch.poll(forced) {
+                    Some(Ok(tuning)) => {
+                        tracing::info!(path = %watch.path().display(), tuning = %crate::tuning::describe(&tuning), "tuning reloaded");
+                        engine.set_tuning(tuning);
+                        Metrics::add(&metrics.tuning_reloads_total, 1);
+                    }
+                    Some(Err(error)) => {
+                        tracing::error!(%error, "tuning edit refused; the previous tuning stays in force");
+                        Metrics::add(&metrics.tuning_reload_failures_total, 1);
+                    }
+                    None => {}
+                }
+            }
         }
         if let Some(queries) = &options.queries {
             while let Ok(query) = queries.try_recv() {

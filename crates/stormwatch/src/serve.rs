@@ -106,6 +106,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let http_addr: SocketAddr = config.server.otlp_http.parse()?;
     let admin_addr: SocketAddr = config.server.admin.parse()?;
     let mut store = restore(&config.baseline.models_dir, &config)?;
+    // The security engineers' tuning: a bad file stops the start; a bad edit later is refused.
+    let tuning_path = config.baseline.models_dir.join(crate::tuning::TUNING_FILE);
+    let tuning = crate::tuning::load(&tuning_path).map_err(anyhow::Error::msg)?.unwrap_or_default();
+    tracing::info!(path = %tuning_path.display(), tuning = %crate::tuning::describe(&tuning), "tuning in force");
     let engine_id = if config.kafka.instance_id.is_empty() {
         format!("engine-{}-{:x}", std::process::id(), crate::runtime::wall_clock_nanos())
     } else {
@@ -162,6 +166,18 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    #[cfg(unix)]
+    {
+        let reload = reload.clone();
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the tuning");
+                reload.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
     let (commits_tx, commits_rx) = std::sync::mpsc::channel();
     let (queries_tx, queries_rx) = std::sync::mpsc::channel();
     let (pipeline, queue) = Pipeline::start(
@@ -176,6 +192,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             sharing,
             share_baselines: baselines_topic.clone().map(|topic| (topic, engine_id.clone())),
             queries: Some(queries_rx),
+            tuning: crate::runtime::TuningOptions {
+                initial: tuning,
+                watch: Some(crate::tuning::TuningWatch::new(tuning_path)),
+                reload,
+            },
         },
     );
     let metrics = pipeline.metrics.clone();

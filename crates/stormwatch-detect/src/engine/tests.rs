@@ -254,3 +254,28 @@ fn a_new_edge_with_real_load_is_a_warning() {
     assert_eq!(new_edge.severity, Severity::Warning, "{new_edge:#?}");
     assert!(new_edge.explanation.contains("25 calls in this one: a real load"), "{}", new_edge.explanation);
 }
+
+#[test]
+fn frozen_baselines_never_move() {
+    use crate::tuning::{Rule, Tuning};
+    let mut engine = engine();
+    learn_normal(&mut engine, 0, 100);
+    let before = engine.store().clone();
+    let lookups = *before.fanout.keys().find(|e| e.to.operation.as_str().contains("FROM users")).unwrap();
+    let frozen = Rule { edge: Some(lookups.to_string()), freeze: true, enabled: true, ..Rule::default() };
+    engine.set_tuning(Tuning { rules: vec![frozen], ..Tuning::default() });
+    learn_normal(&mut engine, 100, 100);
+    assert_eq!(engine.store().fanout[&lookups].samples(), before.fanout[&lookups].samples(), "the frozen edge");
+    let other = before.fanout.keys().find(|e| **e != lookups).unwrap();
+    assert!(engine.store().fanout[other].samples() > before.fanout[other].samples(), "the others learn");
+
+    engine.set_tuning(Tuning { freeze_all: true, ..Tuning::default() });
+    let frozen_all = engine.store().clone();
+    learn_normal(&mut engine, 200, 100);
+    settle(&mut engine, 300, &mut Vec::new());
+    for (edge, distribution) in &engine.store().fanout {
+        assert_eq!(distribution.samples(), frozen_all.fanout[edge].samples());
+    }
+    assert_eq!(engine.store().request_totals.len(), frozen_all.request_totals.len());
+    assert_eq!(engine.store().window_samples(), frozen_all.window_samples());
+}
