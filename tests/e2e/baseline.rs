@@ -197,3 +197,106 @@ fn eval_shows_what_a_proposed_tuning_would_change() {
     assert!(result("page-size-fanout").contains("detected"), "{stdout}");
     assert!(stderr.contains("1 overrides") && stderr.contains("shadow mode judged retry_storm"), "{stderr}");
 }
+
+/// A raw POST to the admin API: (status line, body).
+fn post(admin: std::net::SocketAddr, path: &str, token: Option<&str>, body: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(admin).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engineer_raises_an_edges_threshold_and_allowlists_a_job_on_a_running_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let models_arg = models.to_str().unwrap().to_string();
+    let serve = Serve::start(dir.path(), &["--models", &models_arg]);
+    let token = std::fs::read_to_string(models.join("admin.token")).expect("a token generated at first start");
+    assert!(!serve.log().contains(token.trim()), "the token is never logged");
+    let engine = format!("http://{}", serve.admin);
+    let services = Services::new(&serve, Transport::Grpc, &["frontend", "catalog"]);
+    let emitted = "stormwatch_alerts_emitted_total{kind=\"n_plus_one\"} ";
+    tokio::task::block_in_place(|| {
+        traffic(&services, 60, |i| 1 + i % 3);
+        services.product_request(300, 1);
+        services.flush();
+        wait_for(&serve, emitted, 1);
+    });
+
+    // The edge as the engine names it.
+    let (ok, out, err) =
+        stormwatch(&["list", "--engine", &engine, "--match", "FROM users", "--table", "calls_per_parent", "--json"]);
+    assert!(ok, "{err}");
+    let edge = rows(&out)[0]["edge"].as_str().unwrap().to_string();
+
+    // Writes need the token.
+    let change = serde_json::json!({ "action": "set", "edge": edge, "threshold_factor": 200.0 }).to_string();
+    let (status, body) = post(serve.admin, "/api/tuning", None, &change);
+    assert!(status.contains("401") && body.contains("Bearer"), "{status} {body}");
+    let (status, _) = post(serve.admin, "/api/tuning", Some("guess"), &change);
+    assert!(status.contains("401"), "{status}");
+    let (status, body) = post(serve.admin, "/api/tuning", Some(token.trim()), "{\"action\":\"explode\"}");
+    assert!(status.contains("400") && body.contains("explode"), "{status} {body}");
+
+    // Through the CLI (it reads the token from the models directory).
+    let (ok, out, err) = stormwatch(&[
+        "set",
+        "--edge",
+        &edge,
+        "--threshold-factor",
+        "200",
+        "--engine",
+        &engine,
+        "--models",
+        &models_arg,
+        "--who",
+        "alice",
+        "--reason",
+        "the author page may list many authors",
+    ]);
+    assert!(ok && out.contains("1 overrides"), "{out}{err}");
+    let (ok, out, err) = stormwatch(&[
+        "allow",
+        "--entry",
+        "batch `POST /reindex`",
+        "--until",
+        "2099-01-01T00:00:00Z",
+        "--engine",
+        &engine,
+        "--models",
+        &models_arg,
+        "--who",
+        "bob",
+        "--reason",
+        "the nightly reindex",
+    ]);
+    assert!(ok && out.contains("1 allowlisted"), "{out}{err}");
+    let tuning: Value = serde_json::from_str(&http_get(serve.admin, "/api/tuning").unwrap()).unwrap();
+    let text = tuning["text"].as_str().unwrap();
+    assert!(text.contains("by alice: set ") && text.contains("by bob: allow batch"), "{text}");
+
+    // The next storm is judged against the raised threshold: no new alert.
+    tokio::task::block_in_place(|| {
+        services.product_request(300, 1);
+        services.flush();
+        wait_for(&serve, "stormwatch_findings_suppressed_total ", 1);
+        services.shutdown();
+    });
+    assert_eq!(metric(&serve, emitted), 1);
+    serve.stop();
+
+    // The tuning survives a restart.
+    let serve = Serve::start(dir.path(), &["--models", &models_arg]);
+    assert!(serve.log().contains("1 overrides (0 frozen edges), 1 allowlisted"), "{}", serve.log());
+    serve.stop();
+}

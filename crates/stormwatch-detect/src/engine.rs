@@ -109,7 +109,7 @@ impl Engine {
     /// findings; freezes stop learning at once.
     pub fn set_tuning(&mut self, tuning: Tuning) {
         self.store.freeze_all = tuning.freeze_all;
-        self.store.frozen_edges = tuning.frozen_edges().map(str::to_string).collect();
+        self.store.frozen_edges = tuning.frozen_edges.iter().cloned().collect();
         self.tuning = tuning;
     }
 

@@ -8,7 +8,7 @@
 //! ``reviews `GET /reviews` -> postgresql `SELECT name FROM users WHERE id = ?` `` and
 //! ``gateway `GET /search` ``.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use stormwatch_model::{AlertKind, Severity};
 
@@ -29,8 +29,6 @@ pub struct Rule {
     pub severity: Option<Severity>,
     /// `false`: findings it matches are dropped.
     pub enabled: bool,
-    /// Stop learning this edge (needs `edge`).
-    pub freeze: bool,
     /// Why (shown by explain and the API).
     pub reason: String,
 }
@@ -62,6 +60,8 @@ pub enum Mode {
 pub struct Tuning {
     /// No baseline learns.
     pub freeze_all: bool,
+    /// Edges whose learning is frozen, as alerts name them.
+    pub frozen_edges: BTreeSet<String>,
     pub rules: Vec<Rule>,
     pub detectors: HashMap<AlertKind, Mode>,
     pub allow: Vec<Allowance>,
@@ -78,11 +78,6 @@ pub enum Verdict {
 }
 
 impl Tuning {
-    /// Edges whose learning is frozen, as named in the tuning.
-    pub fn frozen_edges(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().filter(|r| r.freeze).filter_map(|r| r.edge.as_deref())
-    }
-
     /// Applies the tuning to a finding seen at event time `at`.
     pub fn judge(&self, mut finding: Finding, at: u64) -> Verdict {
         let edge = finding.edge.map(|e| e.to_string());

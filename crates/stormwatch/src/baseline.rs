@@ -13,7 +13,9 @@ use stormwatch_baseline::{decode_snapshot, BaselineStore, SNAPSHOT_FILE};
 use stormwatch_detect::Engine;
 use stormwatch_io::admin::AdminQuery;
 
-use crate::{BaselineArgs, BaselineCommand, BaselineFilter, BaselineSource};
+use crate::tuning::{Change, TuningWatch};
+
+use crate::{BaselineArgs, BaselineCommand, BaselineFilter, BaselineSource, TuningTarget};
 
 /// Parameters `/api/baselines` (and `baseline list`) take.
 const PARAMS: [&str; 6] = ["service", "to_kind", "table", "match", "sort", "limit"];
@@ -47,11 +49,40 @@ fn list(store: &BaselineStore, params: &BTreeMap<String, String>) -> (u16, Strin
     }
 }
 
+/// The admin token file in a models directory.
+pub(crate) const TOKEN_FILE: &str = "admin.token";
+
 /// Answers an admin API question on the engine thread.
-pub(crate) fn answer(engine: &Engine, query: AdminQuery) {
-    let response = match query.path.as_str() {
-        "/api/baselines" => list(engine.store(), &query.params),
-        other => (404, serde_json::json!({ "error": format!("no such API: {other}") }).to_string()),
+pub(crate) fn answer(engine: &mut Engine, query: AdminQuery, watch: Option<&mut TuningWatch>) {
+    let error = |status: u16, message: String| (status, serde_json::json!({ "error": message }).to_string());
+    let response = match (query.path.as_str(), &query.body, watch) {
+        ("/api/baselines", _, _) => list(engine.store(), &query.params),
+        (_, _, None) => error(503, "this engine has no tuning file".into()),
+        ("/api/tuning", None, Some(watch)) => {
+            let text = std::fs::read_to_string(watch.path()).unwrap_or_default();
+            let body = serde_json::json!({
+                "path": watch.path().display().to_string(),
+                "summary": crate::tuning::describe(engine.tuning()),
+                "text": text,
+            });
+            (200, body.to_string())
+        }
+        ("/api/tuning", Some(body), Some(watch)) => match serde_json::from_str::<Change>(body) {
+            Err(e) => error(400, format!("not a tuning change: {e}")),
+            Ok(change) => {
+                match crate::tuning::append(watch.path(), &change, &query.who, crate::runtime::wall_clock_nanos()) {
+                    Ok(tuning) => {
+                        tracing::info!(who = %query.who, change = ?change, tuning = %crate::tuning::describe(&tuning), "tuning changed through the admin API");
+                        watch.mark_seen();
+                        let summary = crate::tuning::describe(&tuning);
+                        engine.set_tuning(tuning);
+                        (200, serde_json::json!({ "summary": summary }).to_string())
+                    }
+                    Err(message) => error(400, message),
+                }
+            }
+        },
+        (other, _, _) => error(404, format!("no such API: {other}")),
     };
     let _ = query.reply.send(response);
 }
@@ -71,6 +102,32 @@ pub(crate) fn run(args: BaselineArgs) -> anyhow::Result<()> {
                 bail!("no baseline's edge or entry contains {edge:?}; `stormwatch baseline list` shows what there is");
             }
             print_rows(&rows, rows.len(), json)
+        }
+        BaselineCommand::Set { edge, entry, kind, threshold_factor, limit, min_samples, severity, disable, target } => {
+            let change = Change::Set {
+                edge,
+                entry,
+                kind,
+                threshold_factor,
+                limit,
+                min_samples,
+                severity,
+                enabled: disable.then_some(false),
+                reason: target.reason.clone(),
+            };
+            write(&target, &change)
+        }
+        BaselineCommand::Freeze { edge, target } => {
+            write(&target, &Change::Freeze { edge, reason: target.reason.clone() })
+        }
+        BaselineCommand::Unfreeze { edge, target } => {
+            write(&target, &Change::Unfreeze { edge, reason: target.reason.clone() })
+        }
+        BaselineCommand::Shadow { kind, mode, target } => {
+            write(&target, &Change::Mode { kind, mode, reason: target.reason.clone() })
+        }
+        BaselineCommand::Allow { entry, clients, user, until, target } => {
+            write(&target, &Change::Allow { entry, clients, user, until, reason: target.reason.clone() })
         }
         BaselineCommand::Diff { before, after, json, limit } => {
             let before_rows = inspect::rows(&load(&before)?);
@@ -108,6 +165,42 @@ pub(crate) fn run(args: BaselineArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Applies a tuning change on a running engine (through its admin API) or to the tuning file.
+fn write(target: &TuningTarget, change: &Change) -> anyhow::Result<()> {
+    let who = target.who.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
+    let who = who.replace(['\r', '\n'], " ");
+    match &target.engine {
+        Some(url) => {
+            let token = match &target.token {
+                Some(token) => token.clone(),
+                None => std::fs::read_to_string(target.models.join(TOKEN_FILE))
+                    .map(|t| t.trim().to_string())
+                    .with_context(|| {
+                        format!(
+                            "--engine needs the admin token: --token, env STORMWATCH_ADMIN_TOKEN, or {}",
+                            target.models.join(TOKEN_FILE).display()
+                        )
+                    })?,
+            };
+            let body = serde_json::to_string(change)?;
+            let answer = http_request(url, "POST", "/api/tuning", &BTreeMap::new(), Some((&body, &token, &who)))?;
+            let summary: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+            println!("applied by the engine at {url}: {}", summary["summary"].as_str().unwrap_or(&answer));
+        }
+        None => {
+            let path = target.models.join(crate::tuning::TUNING_FILE);
+            let tuning = crate::tuning::append(&path, change, &who, crate::runtime::wall_clock_nanos())
+                .map_err(anyhow::Error::msg)?;
+            println!(
+                "written to {}: {} (a running engine on these models reloads it within 2 s)",
+                path.display(),
+                crate::tuning::describe(&tuning)
+            );
+        }
+    }
+    Ok(())
+}
+
 fn params(filter: &BaselineFilter) -> BTreeMap<String, String> {
     let mut params = BTreeMap::new();
     let mut set = |key: &str, value: &Option<String>| {
@@ -127,7 +220,7 @@ fn params(filter: &BaselineFilter) -> BTreeMap<String, String> {
 /// Rows selected by `params`, and how many baselines there are in all.
 fn fetch(source: &BaselineSource, params: &BTreeMap<String, String>) -> anyhow::Result<(usize, Vec<BaselineRow>)> {
     let body = match &source.engine {
-        Some(url) => http_get(url, "/api/baselines", params)?,
+        Some(url) => http_request(url, "GET", "/api/baselines", params, None)?,
         None => {
             let path = source.snapshot.clone().unwrap_or_else(|| source.models.join(SNAPSHOT_FILE));
             let (status, body) = list(&load(&path)?, params);
@@ -162,8 +255,15 @@ fn error_of(body: &str) -> String {
         .unwrap_or_else(|| body.to_string())
 }
 
-/// GET on the admin API (plain HTTP/1.1; it listens on loopback or a private address).
-fn http_get(url: &str, path: &str, params: &BTreeMap<String, String>) -> anyhow::Result<String> {
+/// A request to the admin API (plain HTTP/1.1; it listens on loopback or a private address);
+/// a write carries (JSON body, token, who).
+fn http_request(
+    url: &str,
+    method: &str,
+    path: &str,
+    params: &BTreeMap<String, String>,
+    write: Option<(&str, &str, &str)>,
+) -> anyhow::Result<String> {
     let address = url.strip_prefix("http://").unwrap_or(url).trim_end_matches('/');
     if url.starts_with("https://") {
         bail!("--engine {url}: the admin API speaks plain HTTP; use http://HOST:PORT");
@@ -173,7 +273,15 @@ fn http_get(url: &str, path: &str, params: &BTreeMap<String, String>) -> anyhow:
     let mut stream = std::net::TcpStream::connect(address)
         .with_context(|| format!("cannot reach the engine's admin API at {address} (--engine, serve --admin)"))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(stream, "GET {target} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")?;
+    match write {
+        None => write!(stream, "{method} {target} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")?,
+        Some((body, token, who)) => write!(
+            stream,
+            "{method} {target} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+             X-Stormwatch-User: {who}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?,
+    }
     let mut response = String::new();
     stream.read_to_string(&mut response).context("reading the admin API's answer")?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));

@@ -35,6 +35,9 @@ pub(crate) struct ServerConfig {
     pub(crate) max_message_bytes: usize,
     /// Span batches waiting for the engine before receivers answer "retry later".
     pub(crate) queue_capacity: usize,
+    /// Bearer token for admin API writes (or env STORMWATCH_ADMIN_TOKEN). Empty: the token in
+    /// `<models>/admin.token`, generated at first start.
+    pub(crate) admin_token: String,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +48,7 @@ impl Default for ServerConfig {
             admin: "127.0.0.1:9464".into(),
             max_message_bytes: stormwatch_io::otlp::DEFAULT_MAX_MESSAGE_BYTES,
             queue_capacity: 1024,
+            admin_token: String::new(),
         }
     }
 }

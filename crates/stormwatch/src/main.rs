@@ -146,6 +146,76 @@ pub enum BaselineCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Override how findings are judged: on an edge, an entry point or a detector (or all).
+    Set {
+        /// The edge, as alerts name it: caller `operation` -> callee `operation`.
+        #[arg(long, value_name = "EDGE")]
+        edge: Option<String>,
+        /// The entry point, as alerts name it: service `operation`.
+        #[arg(long, value_name = "ENTRY")]
+        entry: Option<String>,
+        /// Only this detector's findings (n_plus_one, aggregate_amplification, ...).
+        #[arg(long, value_name = "KIND")]
+        kind: Option<String>,
+        /// Alert only above the learned threshold times this.
+        #[arg(long, value_name = "FACTOR")]
+        threshold_factor: Option<f64>,
+        /// Alert only above this absolute value (the alert's unit).
+        #[arg(long, value_name = "VALUE")]
+        limit: Option<f64>,
+        /// Alert only once the baseline has this many samples.
+        #[arg(long, value_name = "N")]
+        min_samples: Option<u64>,
+        /// info, warning or critical.
+        #[arg(long, value_name = "SEVERITY")]
+        severity: Option<String>,
+        /// Drop the findings it matches.
+        #[arg(long)]
+        disable: bool,
+        #[command(flatten)]
+        target: TuningTarget,
+    },
+    /// Stop learning an edge (its baseline stays as it is).
+    Freeze {
+        #[arg(value_name = "EDGE")]
+        edge: String,
+        #[command(flatten)]
+        target: TuningTarget,
+    },
+    /// Learn an edge again.
+    Unfreeze {
+        #[arg(value_name = "EDGE")]
+        edge: String,
+        #[command(flatten)]
+        target: TuningTarget,
+    },
+    /// Put a detector in shadow mode (judged and counted, never emitted), or back on, or off.
+    Shadow {
+        #[arg(value_name = "KIND")]
+        kind: String,
+        /// on, shadow or off.
+        #[arg(long, value_name = "MODE", default_value = "shadow")]
+        mode: String,
+        #[command(flatten)]
+        target: TuningTarget,
+    },
+    /// Allow a legitimate amplifier (a batch job, a partner) until a time.
+    Allow {
+        /// The entry point, as alerts name it: service `operation`.
+        #[arg(long, value_name = "ENTRY", required_unless_present_any = ["clients", "user"])]
+        entry: Option<String>,
+        /// A client population, as alerts name it (10.1.0.0/16).
+        #[arg(long, value_name = "CIDR")]
+        clients: Option<String>,
+        /// An authenticated user (enduser.id).
+        #[arg(long, value_name = "ID")]
+        user: Option<String>,
+        /// RFC 3339 time it expires, e.g. 2027-01-31T00:00:00Z.
+        #[arg(long, value_name = "TIME")]
+        until: String,
+        #[command(flatten)]
+        target: TuningTarget,
+    },
     /// What changed between two snapshots (files or models directories): baselines new, gone,
     /// or whose median, p99 or p99.9 moved.
     Diff {
@@ -160,6 +230,26 @@ pub enum BaselineCommand {
         #[arg(long, value_name = "N", default_value_t = 50)]
         limit: usize,
     },
+}
+
+/// Where a tuning change goes: a running engine's admin API, or the tuning file itself.
+#[derive(Args)]
+pub struct TuningTarget {
+    /// A running engine's admin API, e.g. http://127.0.0.1:9464 (it applies the change at once).
+    #[arg(long, value_name = "URL")]
+    pub engine: Option<String>,
+    /// The admin token for --engine [default: env STORMWATCH_ADMIN_TOKEN, else MODELS/admin.token].
+    #[arg(long, value_name = "TOKEN", env = "STORMWATCH_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Models directory whose tuning.toml is edited without --engine (a running engine reloads it).
+    #[arg(long, value_name = "DIR", default_value = "models")]
+    pub models: PathBuf,
+    /// Who makes the change, for the audit trail [default: $USER].
+    #[arg(long, value_name = "NAME")]
+    pub who: Option<String>,
+    /// Why (kept beside the change).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub reason: String,
 }
 
 /// Where baselines are read from.

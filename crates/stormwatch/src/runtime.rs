@@ -358,7 +358,7 @@ fn run_engine(
         }
         if let Some(queries) = &options.queries {
             while let Ok(query) = queries.try_recv() {
-                crate::baseline::answer(&engine, query);
+                crate::baseline::answer(&mut engine, query, tuning_watch.as_mut());
             }
         }
         if last_publish.elapsed() >= Duration::from_millis(200) {

@@ -34,6 +34,35 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The token admin API writes need: configured, or read from (first generated into)
+/// `<models>/admin.token`, readable by its owner only. Its value is never logged.
+fn admin_token(config: &Config) -> anyhow::Result<String> {
+    if !config.server.admin_token.is_empty() {
+        return Ok(config.server.admin_token.clone());
+    }
+    let path = config.baseline.models_dir.join(crate::baseline::TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
+        Ok(_) => anyhow::bail!("{} is empty: delete it to generate a new token", path.display()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let mut bytes = [0u8; 24];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)
+        .context("cannot read /dev/urandom for the admin token")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(&config.baseline.models_dir)
+        .with_context(|| format!("cannot create {}", config.baseline.models_dir.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path).with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())?;
+    tracing::info!(path = %path.display(), "admin token generated for API writes (stormwatch baseline reads it from there)");
+    Ok(token)
+}
+
 /// A new engine (nothing learned locally): the group's newest shared snapshot, with the window
 /// baselines of the one that has the most window history. `None` when there is none (or it
 /// cannot be read: the engine then learns from scratch, and says so).
@@ -96,8 +125,15 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.kafka.instance_id = id.clone();
     }
     config.validate()?;
+    if let Ok(token) = std::env::var("STORMWATCH_ADMIN_TOKEN") {
+        config.server.admin_token = token;
+    }
     if args.print_config {
-        print!("{}", toml::to_string(&config).context("cannot print the configuration")?);
+        let mut shown = config.clone();
+        if !shown.server.admin_token.is_empty() {
+            shown.server.admin_token = "<set; not shown>".into();
+        }
+        print!("{}", toml::to_string(&shown).context("cannot print the configuration")?);
         return Ok(());
     }
 
@@ -106,6 +142,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let http_addr: SocketAddr = config.server.otlp_http.parse()?;
     let admin_addr: SocketAddr = config.server.admin.parse()?;
     let mut store = restore(&config.baseline.models_dir, &config)?;
+    let admin_token = admin_token(&config)?;
     // The security engineers' tuning: a bad file stops the start; a bad edit later is refused.
     let tuning_path = config.baseline.models_dir.join(crate::tuning::TUNING_FILE);
     let tuning = crate::tuning::load(&tuning_path).map_err(anyhow::Error::msg)?.unwrap_or_default();
@@ -268,7 +305,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let stop = receivers_stop.clone();
         async move { serve_http(http_listener, ingest, stop).await.context("OTLP/HTTP receiver failed") }
     });
-    let admin = tokio::spawn(serve_admin(admin_listener, metrics.clone(), Some(queries_tx), admin_stop.clone()));
+    let admin = tokio::spawn(serve_admin(
+        admin_listener,
+        metrics.clone(),
+        Some(queries_tx),
+        Some(admin_token),
+        admin_stop.clone(),
+    ));
 
     let mut failure = None;
     tokio::select! {

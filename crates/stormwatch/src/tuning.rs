@@ -17,8 +17,12 @@
 //! # min_samples = 500
 //! # severity = "critical"
 //! # enabled = false
-//! # freeze = true                       # stop learning this edge
+//! # freeze = true                       # stop learning this edge (false: learn again)
 //! reason = "the reviews page lists up to 40 authors"
+//!
+//! [[override]]                          # a detector's mode, later blocks win
+//! kind = "cache_bypass"
+//! mode = "shadow"
 //!
 //! [[allow]]                             # a legitimate amplifier, until it expires
 //! entry = "batch `POST /reindex`"       # or clients = "10.1.0.0/16", or user = "svc-reindex"
@@ -30,7 +34,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use stormwatch_detect::tuning::{Allowance, Mode, Rule, Tuning};
 use stormwatch_model::{AlertKind, Severity};
 use toml::Spanned;
@@ -63,8 +67,8 @@ struct OverrideDoc {
     severity: Option<String>,
     #[serde(default = "yes")]
     enabled: bool,
-    #[serde(default)]
-    freeze: bool,
+    freeze: Option<bool>,
+    mode: Option<String>,
     #[serde(default)]
     reason: String,
 }
@@ -97,6 +101,15 @@ fn severity(text: &str) -> Option<Severity> {
     }
 }
 
+fn mode_of(text: &str) -> Result<Mode, String> {
+    match text {
+        "on" => Ok(Mode::On),
+        "shadow" => Ok(Mode::Shadow),
+        "off" => Ok(Mode::Off),
+        other => Err(format!("mode {other:?} is not on, shadow or off")),
+    }
+}
+
 /// Edges and entries are named as alerts and `baseline list` print them.
 fn named(name: &str) -> Result<(), String> {
     if name.contains('`') {
@@ -123,13 +136,7 @@ pub(crate) fn parse(text: &str, origin: &Path) -> Result<Tuning, String> {
         let detector = kind(name.get_ref()).ok_or_else(|| {
             at(name.span().start, format!("unknown detector {:?}; detectors are {}", name.get_ref(), kinds()))
         })?;
-        let mode_of = match mode.get_ref().as_str() {
-            "on" => Mode::On,
-            "shadow" => Mode::Shadow,
-            "off" => Mode::Off,
-            other => return Err(at(mode.span().start, format!("mode {other:?} is not on, shadow or off"))),
-        };
-        tuning.detectors.insert(detector, mode_of);
+        tuning.detectors.insert(detector, mode_of(mode.get_ref()).map_err(|m| at(mode.span().start, m))?);
     }
     for entry in doc.overrides {
         let start = entry.span().start;
@@ -153,11 +160,34 @@ pub(crate) fn parse(text: &str, origin: &Path) -> Result<Tuning, String> {
         if o.limit.is_some_and(|l| !l.is_finite() || l < 0.0) {
             return Err(at(start, "limit must be a number of at least 0".into()));
         }
-        if o.freeze && o.edge.is_none() {
-            return Err(at(start, "freeze needs an edge (freeze = true at the top freezes everything)".into()));
-        }
         for name in [&o.edge, &o.entry].into_iter().flatten() {
             named(name).map_err(|message| at(start, message))?;
+        }
+        match (o.freeze, &o.edge) {
+            (Some(_), None) => {
+                return Err(at(start, "freeze needs an edge (freeze = true at the top freezes everything)".into()))
+            }
+            (Some(true), Some(edge)) => {
+                tuning.frozen_edges.insert(edge.clone());
+            }
+            (Some(false), Some(edge)) => {
+                tuning.frozen_edges.remove(edge);
+            }
+            (None, _) => {}
+        }
+        if let Some(mode) = &o.mode {
+            let (Some(detector), None, None) = (kind, &o.edge, &o.entry) else {
+                return Err(at(start, "mode applies to a whole detector: set kind, and no edge or entry".into()));
+            };
+            tuning.detectors.insert(detector, mode_of(mode).map_err(|m| at(start, m))?);
+        }
+        let acts = o.threshold_factor.is_some()
+            || o.limit.is_some()
+            || o.min_samples.is_some()
+            || severity.is_some()
+            || !o.enabled;
+        if !acts {
+            continue;
         }
         tuning.rules.push(Rule {
             edge: o.edge,
@@ -168,7 +198,6 @@ pub(crate) fn parse(text: &str, origin: &Path) -> Result<Tuning, String> {
             min_samples: o.min_samples,
             severity,
             enabled: o.enabled,
-            freeze: o.freeze,
             reason: o.reason,
         });
     }
@@ -230,6 +259,11 @@ impl TuningWatch {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The file was just written by this engine: no reload needed.
+    pub(crate) fn mark_seen(&mut self) {
+        self.seen = modified(&self.path);
+    }
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -250,12 +284,142 @@ pub(crate) fn describe(tuning: &Tuning) -> String {
     format!(
         "{} overrides ({} frozen edges), {} allowlisted, {} detectors in shadow, {} off{}",
         tuning.rules.len(),
-        tuning.frozen_edges().count(),
+        tuning.frozen_edges.len(),
         tuning.allow.len(),
         modes.get("shadow").unwrap_or(&0),
         modes.get("off").unwrap_or(&0),
         if tuning.freeze_all { ", all learning frozen" } else { "" }
     )
+}
+
+/// One change an engineer makes through the admin API or `stormwatch baseline`. It is appended
+/// to the tuning file as a block headed by a comment saying who made it, when and why, so the
+/// file is its own audit trail, and a change is undone by its inverse (unfreeze, mode on) or
+/// by deleting its block (`git revert` when the file is versioned).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub(crate) enum Change {
+    /// An override of an edge's, an entry's or a detector's judgement.
+    Set {
+        edge: Option<String>,
+        entry: Option<String>,
+        kind: Option<String>,
+        threshold_factor: Option<f64>,
+        limit: Option<f64>,
+        min_samples: Option<u64>,
+        severity: Option<String>,
+        enabled: Option<bool>,
+        #[serde(default)]
+        reason: String,
+    },
+    Freeze {
+        edge: String,
+        #[serde(default)]
+        reason: String,
+    },
+    Unfreeze {
+        edge: String,
+        #[serde(default)]
+        reason: String,
+    },
+    /// A detector on, in shadow mode, or off.
+    Mode {
+        kind: String,
+        mode: String,
+        #[serde(default)]
+        reason: String,
+    },
+    Allow {
+        entry: Option<String>,
+        clients: Option<String>,
+        user: Option<String>,
+        until: String,
+        #[serde(default)]
+        reason: String,
+    },
+}
+
+impl Change {
+    /// The block appended to the tuning file.
+    fn block(&self) -> (String, String) {
+        use toml::Value;
+        let mut table = toml::Table::new();
+        let mut put = |key: &str, value: Option<Value>| {
+            if let Some(value) = value {
+                table.insert(key.to_string(), value);
+            }
+        };
+        let text = |v: &Option<String>| v.clone().map(Value::String);
+        let (array, summary, reason) = match self {
+            Change::Set { edge, entry, kind, threshold_factor, limit, min_samples, severity, enabled, reason } => {
+                put("edge", text(edge));
+                put("entry", text(entry));
+                put("kind", text(kind));
+                put("threshold_factor", threshold_factor.map(Value::Float));
+                put("limit", limit.map(Value::Float));
+                put("min_samples", min_samples.map(|n| Value::Integer(n as i64)));
+                put("severity", text(severity));
+                put("enabled", enabled.map(Value::Boolean));
+                let target = edge.as_deref().or(entry.as_deref()).or(kind.as_deref()).unwrap_or("every finding");
+                ("override", format!("set {target}"), reason)
+            }
+            Change::Freeze { edge, reason } => {
+                put("edge", Some(Value::String(edge.clone())));
+                put("freeze", Some(Value::Boolean(true)));
+                ("override", format!("freeze {edge}"), reason)
+            }
+            Change::Unfreeze { edge, reason } => {
+                put("edge", Some(Value::String(edge.clone())));
+                put("freeze", Some(Value::Boolean(false)));
+                ("override", format!("unfreeze {edge}"), reason)
+            }
+            Change::Mode { kind, mode, reason } => {
+                put("kind", Some(Value::String(kind.clone())));
+                put("mode", Some(Value::String(mode.clone())));
+                ("override", format!("{kind} {mode}"), reason)
+            }
+            Change::Allow { entry, clients, user, until, reason } => {
+                put("entry", text(entry));
+                put("clients", text(clients));
+                put("user", text(user));
+                put("until", Some(Value::String(until.clone())));
+                let who = entry.as_deref().or(clients.as_deref()).or(user.as_deref()).unwrap_or("?");
+                ("allow", format!("allow {who} until {until}"), reason)
+            }
+        };
+        if !reason.is_empty() {
+            table.insert("reason".into(), Value::String(reason.clone()));
+        }
+        let mut doc = toml::Table::new();
+        doc.insert(array.to_string(), Value::Array(vec![Value::Table(table)]));
+        (toml::to_string(&doc).expect("a tuning block always serialises"), summary)
+    }
+}
+
+/// Appends `change` to the tuning file at `path` (created when missing) if the result
+/// validates; the file is replaced atomically. Returns the new tuning.
+pub(crate) fn append(path: &Path, change: &Change, who: &str, now_unix_nano: u64) -> Result<Tuning, String> {
+    let current = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+    };
+    let (block, summary) = change.block();
+    let who = who.replace(['\n', '\r'], " ");
+    let mut text = current;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!("\n# {} by {who}: {summary}\n{block}", stormwatch_model::rfc3339(now_unix_nano)));
+    let tuning = parse(&text, path)?;
+    let write_error = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(write_error)?;
+    }
+    let temporary = path.with_extension("toml.tmp");
+    std::fs::write(&temporary, &text).map_err(write_error)?;
+    std::fs::rename(&temporary, path).map_err(write_error)?;
+    Ok(tuning)
 }
 
 #[cfg(test)]
@@ -289,7 +453,7 @@ reason = "nightly reindex"
         let tuning = parse(EXAMPLE, Path::new("models/tuning.toml")).unwrap();
         assert_eq!(tuning.rules.len(), 2);
         assert_eq!(tuning.detectors.get(&AlertKind::RetryStorm), Some(&Mode::Shadow));
-        assert_eq!(tuning.frozen_edges().count(), 1);
+        assert_eq!(tuning.frozen_edges.len(), 1);
         assert_eq!(tuning.rules[1].severity, Some(Severity::Critical));
         assert_eq!(Some(tuning.allow[0].until_unix_nano), stormwatch_model::parse_rfc3339("2027-01-31T00:00:00Z"));
         assert!(!tuning.freeze_all);
@@ -319,5 +483,45 @@ reason = "nightly reindex"
             assert!(error.starts_with(&format!("models/tuning.toml line {line}: ")), "{error}");
             assert!(error.contains(words), "{error}");
         }
+    }
+
+    #[test]
+    fn changes_append_commented_blocks_that_validate_and_undo() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("models").join(TUNING_FILE);
+        let edge = "reviews `GET /reviews` -> postgresql `SELECT 1`".to_string();
+        let at = stormwatch_model::parse_rfc3339("2026-11-29T10:00:00Z").unwrap();
+        let set = Change::Set {
+            edge: Some(edge.clone()),
+            entry: None,
+            kind: None,
+            threshold_factor: Some(2.0),
+            limit: None,
+            min_samples: None,
+            severity: None,
+            enabled: None,
+            reason: "a long page".into(),
+        };
+        append(&path, &set, "alice", at).unwrap();
+        append(&path, &Change::Freeze { edge: edge.clone(), reason: String::new() }, "alice", at).unwrap();
+        let shadow = Change::Mode { kind: "retry_storm".into(), mode: "shadow".into(), reason: "trial".into() };
+        let tuning = append(&path, &shadow, "bob", at).unwrap();
+        assert_eq!(tuning.rules.len(), 1);
+        assert_eq!(tuning.rules[0].threshold_factor, Some(2.0));
+        assert!(tuning.frozen_edges.contains(&edge));
+        assert_eq!(tuning.detectors.get(&AlertKind::RetryStorm), Some(&Mode::Shadow));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("# 2026-11-29T10:00:00.000Z by alice: set reviews"), "{text}");
+        assert!(text.contains("# 2026-11-29T10:00:00.000Z by bob: retry_storm shadow"), "{text}");
+
+        // Undone by the inverse; an invalid change leaves the file as it was.
+        let tuning = append(&path, &Change::Unfreeze { edge, reason: String::new() }, "alice", at).unwrap();
+        assert!(tuning.frozen_edges.is_empty());
+        let before = std::fs::read_to_string(&path).unwrap();
+        let bad = Change::Mode { kind: "retry_storm".into(), mode: "loud".into(), reason: String::new() };
+        let error = append(&path, &bad, "eve", at).unwrap_err();
+        assert!(error.contains("\"loud\""), "{error}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+        assert_eq!(load(&path).unwrap().unwrap().rules.len(), 1);
     }
 }

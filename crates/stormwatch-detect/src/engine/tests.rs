@@ -257,13 +257,12 @@ fn a_new_edge_with_real_load_is_a_warning() {
 
 #[test]
 fn frozen_baselines_never_move() {
-    use crate::tuning::{Rule, Tuning};
+    use crate::tuning::Tuning;
     let mut engine = engine();
     learn_normal(&mut engine, 0, 100);
     let before = engine.store().clone();
     let lookups = *before.fanout.keys().find(|e| e.to.operation.as_str().contains("FROM users")).unwrap();
-    let frozen = Rule { edge: Some(lookups.to_string()), freeze: true, enabled: true, ..Rule::default() };
-    engine.set_tuning(Tuning { rules: vec![frozen], ..Tuning::default() });
+    engine.set_tuning(Tuning { frozen_edges: [lookups.to_string()].into(), ..Tuning::default() });
     learn_normal(&mut engine, 100, 100);
     assert_eq!(engine.store().fanout[&lookups].samples(), before.fanout[&lookups].samples(), "the frozen edge");
     let other = before.fanout.keys().find(|e| **e != lookups).unwrap();

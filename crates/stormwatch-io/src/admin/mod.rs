@@ -1,6 +1,7 @@
 //! The admin HTTP API: `/healthz` for liveness probes, `/metrics` for Prometheus, and
-//! `/api/...` for what the engine learned. The engine thread owns the baselines (no locks), so
-//! API reads are questions put to it through [`AdminQuery`]: it answers between two batches.
+//! `/api/...` for what the engine learned and the tuning. The engine thread owns the baselines
+//! and the tuning (no locks), so API calls are questions put to it through [`AdminQuery`]: it
+//! answers between two batches. Reads are open; writes need `Authorization: Bearer <token>`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +24,10 @@ use crate::Metrics;
 pub struct AdminQuery {
     pub path: String,
     pub params: BTreeMap<String, String>,
+    /// A write's JSON body (authenticated already).
+    pub body: Option<String>,
+    /// Who asked (`X-Stormwatch-User`, else "api"), for the audit trail.
+    pub who: String,
     pub reply: oneshot::Sender<(u16, String)>,
 }
 
@@ -33,6 +38,8 @@ pub type AdminQueries = std::sync::mpsc::Sender<AdminQuery>;
 struct AdminState {
     metrics: Arc<Metrics>,
     queries: Option<AdminQueries>,
+    /// Writes need it; `None`: writes are refused.
+    token: Option<Arc<str>>,
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
@@ -50,12 +57,18 @@ fn error(status: u16, message: &str) -> axum::response::Response {
 
 /// Asks the engine thread and waits (the engine answers within its next 100 ms tick unless a
 /// large batch is being processed).
-async fn ask(state: &AdminState, path: &str, params: BTreeMap<String, String>) -> axum::response::Response {
+async fn ask(
+    state: &AdminState,
+    path: &str,
+    params: BTreeMap<String, String>,
+    body: Option<String>,
+    who: String,
+) -> axum::response::Response {
     let Some(queries) = &state.queries else {
         return error(503, "no engine answers API queries in this process");
     };
     let (reply, answer) = oneshot::channel();
-    if queries.send(AdminQuery { path: path.to_string(), params, reply }).is_err() {
+    if queries.send(AdminQuery { path: path.to_string(), params, body, who, reply }).is_err() {
         return error(503, "the engine is shutting down");
     }
     match tokio::time::timeout(Duration::from_secs(30), answer).await {
@@ -69,22 +82,64 @@ async fn baselines(
     State(state): State<AdminState>,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> axum::response::Response {
-    ask(&state, "/api/baselines", params).await
+    ask(&state, "/api/baselines", params, None, String::new()).await
 }
 
-pub fn admin_router(metrics: Arc<Metrics>, queries: Option<AdminQueries>) -> Router {
+async fn tuning(State(state): State<AdminState>) -> axum::response::Response {
+    ask(&state, "/api/tuning", BTreeMap::new(), None, String::new()).await
+}
+
+/// Compares without stopping at the first difference, so the time taken says nothing about
+/// how much of a guess was right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+async fn change_tuning(
+    State(state): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> axum::response::Response {
+    let Some(token) = &state.token else {
+        return error(403, "writes are disabled: no admin token is configured (server.admin_token)");
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same(presented.as_bytes(), token.as_bytes()) {
+        let mut response =
+            error(401, "a write needs Authorization: Bearer <admin token> (models/admin.token, or server.admin_token)");
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    let who = headers
+        .get("x-stormwatch-user")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .unwrap_or("api")
+        .to_string();
+    ask(&state, "/api/tuning", BTreeMap::new(), Some(body), who).await
+}
+
+pub fn admin_router(metrics: Arc<Metrics>, queries: Option<AdminQueries>, token: Option<String>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(self::metrics))
         .route("/api/baselines", get(baselines))
-        .with_state(AdminState { metrics, queries })
+        .route("/api/tuning", get(tuning).post(change_tuning))
+        .with_state(AdminState { metrics, queries, token: token.map(Arc::from) })
 }
 
 pub async fn serve_admin(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     queries: Option<AdminQueries>,
+    token: Option<String>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, admin_router(metrics, queries)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    axum::serve(listener, admin_router(metrics, queries, token))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }
