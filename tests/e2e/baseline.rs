@@ -233,6 +233,21 @@ async fn an_engineer_raises_an_edges_threshold_and_allowlists_a_job_on_a_running
         wait_for(&serve, emitted, 1);
     });
 
+    // Why did it fire? The engine keeps its recent alerts.
+    let recent: Value = serde_json::from_str(&http_get(serve.admin, "/api/alerts?kind=n_plus_one").unwrap()).unwrap();
+    let fired = recent["alerts"][0].clone();
+    let fired_id = fired["id"].as_str().unwrap().to_string();
+    let id = fired_id.as_str();
+    let (ok, out, err) = stormwatch(&["explain", id, "--engine", &engine]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("n_plus_one: observed 300"), "{out}");
+    assert!(out.contains("rule: calls of one statement under one parent span"), "{out}");
+    assert!(out.contains("baselines of the edge now:") && out.contains("calls_per_parent"), "{out}");
+    assert!(out.contains(fired["exemplar_trace_ids"][0].as_str().unwrap()), "{out}");
+    assert!(out.contains("tuning: detector on, edge learning, 0 matching overrides"), "{out}");
+    let (ok, _, err) = stormwatch(&["explain", "no-such-alert", "--engine", &engine]);
+    assert!(!ok && err.contains("404") && err.contains("no-such-alert"), "{err}");
+
     // The edge as the engine names it.
     let (ok, out, err) =
         stormwatch(&["list", "--engine", &engine, "--match", "FROM users", "--table", "calls_per_parent", "--json"]);
@@ -299,4 +314,11 @@ async fn an_engineer_raises_an_edges_threshold_and_allowlists_a_job_on_a_running
     let serve = Serve::start(dir.path(), &["--models", &models_arg]);
     assert!(serve.log().contains("1 overrides (0 frozen edges), 1 allowlisted"), "{}", serve.log());
     serve.stop();
+
+    // Offline, from the alerts file and the models: the override now matches the alert's edge.
+    let alerts_file = dir.path().join("stormwatch-alerts.jsonl");
+    let (ok, out, err) =
+        stormwatch(&["explain", &fired_id, "--alerts", alerts_file.to_str().unwrap(), "--models", &models_arg]);
+    assert!(ok, "{err}");
+    assert!(out.contains("tuning: detector on, edge learning, 1 matching overrides"), "{out}");
 }

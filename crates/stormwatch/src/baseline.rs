@@ -13,6 +13,9 @@ use stormwatch_baseline::{decode_snapshot, BaselineStore, SNAPSHOT_FILE};
 use stormwatch_detect::Engine;
 use stormwatch_io::admin::AdminQuery;
 
+use stormwatch_detect::tuning::Tuning;
+use stormwatch_model::AlertKind;
+
 use crate::tuning::{Change, TuningWatch};
 
 use crate::{BaselineArgs, BaselineCommand, BaselineFilter, BaselineSource, TuningTarget};
@@ -49,14 +52,135 @@ fn list(store: &BaselineStore, params: &BTreeMap<String, String>) -> (u16, Strin
     }
 }
 
+/// What each detector compares, in a sentence.
+fn rule_of(kind: &str) -> &'static str {
+    match kind {
+        "n_plus_one" => {
+            "calls of one statement under one parent span, against that edge's learned calls per parent: \
+            above p99 x detect.ratio (and the distribution's tail), by at least detect.min_excess calls"
+        }
+        "fanout_amplification" => {
+            "calls to one service under one parent span, against that edge's learned calls per \
+            parent: above p99 x detect.ratio, by at least detect.min_excess calls"
+        }
+        "request_amplification" => {
+            "work one request from this entry point caused (calls on the edge, database calls, \
+            spans or services), against what requests of that entry point learned"
+        }
+        "aggregate_amplification" => {
+            "calls on the edge per entry request in one window, against the edge's window \
+            baseline (and its level at this hour of day): above p99 x detect.ratio, broad (not a few heavy traces) \
+            and beyond chance"
+        }
+        "retry_storm" => "the share of calls on the edge that were retries in one window, against its window baseline",
+        "cache_bypass" => "database reads per cache lookup in one window (the miss ratio), against its window baseline",
+        "correlated_storm" => {
+            "the window's calls per entry request on every edge, projected off the learned normal \
+            traffic patterns (PCA): a residual beyond the fitted threshold"
+        }
+        "new_edge" => "an edge no trace had used before, with enough calls to matter",
+        _ => "unknown detector",
+    }
+}
+
+/// Why an alert fired: the alert, the rule, the baselines of its edge and entry as they are
+/// now, and the tuning that applies to it.
+fn explanation(alert: &serde_json::Value, rows: &[BaselineRow], tuning: &Tuning) -> serde_json::Value {
+    let node = |n: &serde_json::Value| {
+        format!("{} `{}`", n["service"].as_str().unwrap_or(""), n["operation"].as_str().unwrap_or(""))
+    };
+    let edge =
+        alert.get("edge").filter(|e| !e.is_null()).map(|e| format!("{} -> {}", node(&e["from"]), node(&e["to"])));
+    let entry = alert.get("entry").filter(|e| !e.is_null()).map(node);
+    let kind = alert["kind"].as_str().unwrap_or("");
+    let baselines: Vec<&BaselineRow> = rows
+        .iter()
+        .filter(|r| edge.is_some() && r.edge == edge)
+        .filter(|r| r.entry.is_none() || r.entry == entry)
+        .collect();
+    let rules: Vec<String> = tuning
+        .rules
+        .iter()
+        .filter(|r| r.edge.is_none() || r.edge == edge)
+        .filter(|r| r.entry.is_none() || r.entry == entry)
+        .filter(|r| r.kind.is_none_or(|k| k.as_str() == kind))
+        .map(|r| format!("{r:?}"))
+        .collect();
+    let mode = AlertKind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == kind)
+        .and_then(|k| tuning.detectors.get(&k))
+        .map_or("on".to_string(), |m| format!("{m:?}").to_lowercase());
+    let frozen = edge.as_ref().is_some_and(|e| tuning.frozen_edges.contains(e));
+    let why = format!(
+        "{kind}: observed {} {} against an expected {} and a threshold of {} (score {}), from a baseline of {} samples.",
+        alert["observed"], alert["unit"].as_str().unwrap_or(""), alert["expected"], alert["threshold"], alert["score"],
+        alert["baseline"]["samples"]
+    );
+    serde_json::json!({
+        "why": why,
+        "rule": rule_of(kind),
+        "explanation": alert["explanation"],
+        "edge": edge,
+        "entry": entry,
+        "exemplar_trace_ids": alert["exemplar_trace_ids"],
+        "baselines_now": baselines,
+        "tuning": { "detector_mode": mode, "edge_frozen": frozen, "overrides": rules },
+        "alert": alert,
+    })
+}
+
+/// Finds an alert by id or fingerprint (the newest with that fingerprint).
+fn find<'a>(
+    alerts: impl DoubleEndedIterator<Item = &'a serde_json::Value>,
+    wanted: &str,
+) -> Option<&'a serde_json::Value> {
+    alerts.rev().find(|a| a["id"] == wanted || a["fingerprint"] == wanted)
+}
+
+/// Alerts an engine keeps for `/api/alerts` and `/api/explain`.
+pub(crate) const RECENT_ALERTS: usize = 1000;
+
 /// The admin token file in a models directory.
 pub(crate) const TOKEN_FILE: &str = "admin.token";
 
 /// Answers an admin API question on the engine thread.
-pub(crate) fn answer(engine: &mut Engine, query: AdminQuery, watch: Option<&mut TuningWatch>) {
+pub(crate) fn answer(
+    engine: &mut Engine,
+    query: AdminQuery,
+    watch: Option<&mut TuningWatch>,
+    recent: &std::collections::VecDeque<serde_json::Value>,
+) {
     let error = |status: u16, message: String| (status, serde_json::json!({ "error": message }).to_string());
     let response = match (query.path.as_str(), &query.body, watch) {
         ("/api/baselines", _, _) => list(engine.store(), &query.params),
+        ("/api/alerts", _, _) => {
+            let limit = query.params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+            let matching: Vec<&serde_json::Value> = recent
+                .iter()
+                .rev()
+                .filter(|a| query.params.get("kind").is_none_or(|k| a["kind"] == k.as_str()))
+                .filter(|a| {
+                    query.params.get("match").is_none_or(|m| {
+                        a["edge"].to_string().contains(m.as_str()) || a["entry"].to_string().contains(m.as_str())
+                    })
+                })
+                .take(limit)
+                .collect();
+            (200, serde_json::json!({ "alerts": matching }).to_string())
+        }
+        ("/api/explain", _, _) => match query.params.get("id") {
+            None => error(400, "explain needs ?id=ALERT_ID_OR_FINGERPRINT".into()),
+            Some(id) => match find(recent.iter(), id) {
+                None => error(
+                    404,
+                    format!(
+                        "no recent alert has id or fingerprint {id:?} (this engine keeps its last {RECENT_ALERTS})"
+                    ),
+                ),
+                Some(alert) => (200, explanation(alert, &inspect::rows(engine.store()), engine.tuning()).to_string()),
+            },
+        },
         (_, _, None) => error(503, "this engine has no tuning file".into()),
         ("/api/tuning", None, Some(watch)) => {
             let text = std::fs::read_to_string(watch.path()).unwrap_or_default();
@@ -102,6 +226,51 @@ pub(crate) fn run(args: BaselineArgs) -> anyhow::Result<()> {
                 bail!("no baseline's edge or entry contains {edge:?}; `stormwatch baseline list` shows what there is");
             }
             print_rows(&rows, rows.len(), json)
+        }
+        BaselineCommand::Explain { alert, engine, alerts, models, json } => {
+            let explained: serde_json::Value = match (&engine, &alerts) {
+                (Some(url), _) => {
+                    let params = BTreeMap::from([("id".to_string(), alert.clone())]);
+                    serde_json::from_str(&http_request(url, "GET", "/api/explain", &params, None)?)?
+                }
+                (None, Some(file)) => {
+                    let text = std::fs::read_to_string(file)
+                        .with_context(|| format!("cannot read the alerts file {}", file.display()))?;
+                    let all: Vec<serde_json::Value> =
+                        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+                    let found = find(all.iter(), &alert)
+                        .with_context(|| format!("no alert in {} has id or fingerprint {alert:?}", file.display()))?;
+                    let tuning = crate::tuning::load(&models.join(crate::tuning::TUNING_FILE))
+                        .map_err(anyhow::Error::msg)?
+                        .unwrap_or_default();
+                    explanation(found, &inspect::rows(&load(&models)?), &tuning)
+                }
+                (None, None) => bail!("explain needs --engine URL, or --alerts FILE (with --models DIR)"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&explained)?);
+                return Ok(());
+            }
+            println!("{}", explained["why"].as_str().unwrap_or(""));
+            println!("rule: {}", explained["rule"].as_str().unwrap_or(""));
+            println!("alert: {}", explained["explanation"].as_str().unwrap_or(""));
+            if let Some(traces) = explained["exemplar_trace_ids"].as_array() {
+                let ids: Vec<&str> = traces.iter().filter_map(|t| t.as_str()).collect();
+                println!("exemplar traces: {}", ids.join(" "));
+            }
+            let rows: Vec<BaselineRow> = serde_json::from_value(explained["baselines_now"].clone()).unwrap_or_default();
+            if !rows.is_empty() {
+                println!("baselines of the edge now:");
+                print_rows(&rows, rows.len(), false)?;
+            }
+            let tuning = &explained["tuning"];
+            println!(
+                "tuning: detector {}, edge {}, {} matching overrides",
+                tuning["detector_mode"].as_str().unwrap_or("on"),
+                if tuning["edge_frozen"] == true { "frozen" } else { "learning" },
+                tuning["overrides"].as_array().map_or(0, |o| o.len())
+            );
+            Ok(())
         }
         BaselineCommand::Set { edge, entry, kind, threshold_factor, limit, min_samples, severity, disable, target } => {
             let change = Change::Set {

@@ -146,6 +146,24 @@ pub enum BaselineCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Why an alert fired: its numbers, the rule, the baselines of its edge now, the tuning.
+    Explain {
+        /// The alert's id or fingerprint.
+        #[arg(value_name = "ALERT")]
+        alert: String,
+        /// A running engine's admin API (it keeps its last 1,000 alerts).
+        #[arg(long, value_name = "URL", conflicts_with = "alerts")]
+        engine: Option<String>,
+        /// Offline: an alerts file (JSON lines), with the baselines and tuning of --models.
+        #[arg(long, value_name = "FILE")]
+        alerts: Option<PathBuf>,
+        /// Offline: the models directory.
+        #[arg(long, value_name = "DIR", default_value = "models")]
+        models: PathBuf,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Override how findings are judged: on an edge, an entry point or a detector (or all).
     Set {
         /// The edge, as alerts name it: caller `operation` -> callee `operation`.

@@ -250,12 +250,23 @@ fn run_engine(
         }
     };
     let mut alerts = Vec::new();
+    // The last alerts, for the admin API's /api/alerts and /api/explain.
+    let mut recent: std::collections::VecDeque<serde_json::Value> = std::collections::VecDeque::new();
     let mut last_activity = Instant::now();
     let mut watermark_at_activity = 0;
     let mut last_snapshot = Instant::now();
     let mut last_publish = Instant::now();
     let mut snapshot_error = None;
-    let send = |alerts: &mut Vec<Alert>| {
+    let keep = options.queries.is_some();
+    let send = |alerts: &mut Vec<Alert>, recent: &mut std::collections::VecDeque<serde_json::Value>| {
+        if keep {
+            for alert in alerts.iter() {
+                if recent.len() == crate::baseline::RECENT_ALERTS {
+                    recent.pop_front();
+                }
+                recent.push_back(serde_json::to_value(alert).unwrap_or_default());
+            }
+        }
         if !alerts.is_empty() {
             // Blocks when the sink is behind: back-pressure reaches the span queue, then the
             // receivers, which answer "retry later".
@@ -318,7 +329,7 @@ fn run_engine(
             && engine.open_windows() == 0
             && options.idle_fallback.is_some_and(|idle| last_activity.elapsed() >= idle);
         ship(&mut engine, &mut sharing, idle);
-        send(&mut alerts);
+        send(&mut alerts, &mut recent);
         // Settled: everything they fed has completed and been judged, and no open incident
         // may still summarise evidence from them. Behind the alerts just sent.
         let watermark = engine.assembler().watermark();
@@ -358,7 +369,7 @@ fn run_engine(
         }
         if let Some(queries) = &options.queries {
             while let Ok(query) = queries.try_recv() {
-                crate::baseline::answer(&mut engine, query, tuning_watch.as_mut());
+                crate::baseline::answer(&mut engine, query, tuning_watch.as_mut(), &recent);
             }
         }
         if last_publish.elapsed() >= Duration::from_millis(200) {
@@ -376,7 +387,7 @@ fn run_engine(
     engine.flush(&mut alerts);
     // The last windows, and "closed through the end": the merger need not wait for this engine.
     ship(&mut engine, &mut sharing, true);
-    send(&mut alerts);
+    send(&mut alerts, &mut recent);
     // Flushed: every trace completed, every window judged, every incident summarised.
     if !pending.is_empty() {
         let _ = alerts_tx.blocking_send(SinkItem::Settled(pending.drain(..).map(|(p, _)| p).collect()));

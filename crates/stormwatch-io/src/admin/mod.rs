@@ -85,6 +85,20 @@ async fn baselines(
     ask(&state, "/api/baselines", params, None, String::new()).await
 }
 
+async fn alerts(
+    State(state): State<AdminState>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> axum::response::Response {
+    ask(&state, "/api/alerts", params, None, String::new()).await
+}
+
+async fn explain(
+    State(state): State<AdminState>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> axum::response::Response {
+    ask(&state, "/api/explain", params, None, String::new()).await
+}
+
 async fn tuning(State(state): State<AdminState>) -> axum::response::Response {
     ask(&state, "/api/tuning", BTreeMap::new(), None, String::new()).await
 }
@@ -128,6 +142,8 @@ pub fn admin_router(metrics: Arc<Metrics>, queries: Option<AdminQueries>, token:
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(self::metrics))
         .route("/api/baselines", get(baselines))
+        .route("/api/alerts", get(alerts))
+        .route("/api/explain", get(explain))
         .route("/api/tuning", get(tuning).post(change_tuning))
         .with_state(AdminState { metrics, queries, token: token.map(Arc::from) })
 }
