@@ -68,6 +68,29 @@ async fn baselines_are_listed_live_and_offline_shown_and_diffed() {
     let (ok, _, err) = stormwatch(&["show", "no-such-service", "--engine", &engine]);
     assert!(!ok && err.contains("no-such-service") && err.contains("baseline list"), "{err}");
 
+    // Export from the running engine; import into a second engine, which then knows it too.
+    let exported = dir.path().join("exported.json");
+    let (ok, _, err) = stormwatch(&["export", "--engine", &engine, "--output", exported.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(std::fs::read_to_string(&exported).unwrap().starts_with("{\"format\":\"stormwatch.baselines\""));
+    let other = tempfile::tempdir().unwrap();
+    let other_models = other.path().join("models");
+    let other_models_arg = other_models.to_str().unwrap().to_string();
+    let second = Serve::start(other.path(), &["--models", &other_models_arg]);
+    let second_engine = format!("http://{}", second.admin);
+    let (ok, _, err) =
+        stormwatch(&["import", exported.to_str().unwrap(), "--engine", &second_engine, "--token", "guess"]);
+    assert!(!ok && err.contains("401"), "{err}");
+    let (ok, out, err) =
+        stormwatch(&["import", exported.to_str().unwrap(), "--engine", &second_engine, "--models", &other_models_arg]);
+    assert!(ok && out.contains("edges imported"), "{out}{err}");
+    let (ok, out, err) = stormwatch(&["show", "FROM users", "--engine", &second_engine, "--json"]);
+    assert!(
+        ok && rows(&out).iter().any(|r| r["table"] == "calls_per_parent" && r["samples"].as_u64() >= Some(50)),
+        "{out}{err}"
+    );
+    second.stop();
+
     tokio::task::block_in_place(|| services.shutdown());
     serve.stop();
     let before = dir.path().join("before.json");
@@ -299,6 +322,7 @@ async fn an_engineer_raises_an_edges_threshold_and_allowlists_a_job_on_a_running
     let tuning: Value = serde_json::from_str(&http_get(serve.admin, "/api/tuning").unwrap()).unwrap();
     let text = tuning["text"].as_str().unwrap();
     assert!(text.contains("by alice: set ") && text.contains("by bob: allow batch"), "{text}");
+    assert_eq!(tuning["suppressed"], 0);
 
     // The next storm is judged against the raised threshold: no new alert.
     tokio::task::block_in_place(|| {
@@ -308,11 +332,29 @@ async fn an_engineer_raises_an_edges_threshold_and_allowlists_a_job_on_a_running
         services.shutdown();
     });
     assert_eq!(metric(&serve, emitted), 1);
+
+    // Shadow mode through the CLI: the detector's findings are counted, on /metrics and the API.
+    let (ok, out, err) = stormwatch(&["shadow", "fanout_amplification", "--engine", &engine, "--models", &models_arg]);
+    assert!(ok && out.contains("1 detectors in shadow"), "{out}{err}");
+    tokio::task::block_in_place(|| {
+        let services = Services::new(&serve, Transport::Grpc, &["frontend", "catalog"]);
+        services.product_request(1, 400);
+        services.flush();
+        wait_for(&serve, "stormwatch_alerts_shadowed_total{kind=\"fanout_amplification\"} ", 1);
+        services.shutdown();
+    });
+    let tuning: Value = serde_json::from_str(&http_get(serve.admin, "/api/tuning").unwrap()).unwrap();
+    assert_eq!(tuning["shadowed"]["fanout_amplification"], 1, "{tuning}");
+    assert_eq!(metric(&serve, "stormwatch_alerts_emitted_total{kind=\"fanout_amplification\"} "), 0);
     serve.stop();
 
     // The tuning survives a restart.
     let serve = Serve::start(dir.path(), &["--models", &models_arg]);
-    assert!(serve.log().contains("1 overrides (0 frozen edges), 1 allowlisted"), "{}", serve.log());
+    assert!(
+        serve.log().contains("1 overrides (0 frozen edges), 1 allowlisted, 1 detectors in shadow"),
+        "{}",
+        serve.log()
+    );
     serve.stop();
 
     // Offline, from the alerts file and the models: the override now matches the alert's edge.

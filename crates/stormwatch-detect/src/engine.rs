@@ -117,6 +117,14 @@ impl Engine {
         &self.tuning
     }
 
+    /// Replaces every baseline (an imported snapshot); the tuning's freezes carry over.
+    pub fn replace_store(&mut self, store: BaselineStore) {
+        let (freeze_all, frozen) = (self.store.freeze_all, std::mem::take(&mut self.store.frozen_edges));
+        self.store = store;
+        self.store.freeze_all = freeze_all;
+        self.store.frozen_edges = frozen;
+    }
+
     /// Continues from another store's window baselines (see [`BaselineStore::adopt_windows`]).
     pub fn adopt_windows(&mut self, other: BaselineStore) {
         self.store.adopt_windows(other);

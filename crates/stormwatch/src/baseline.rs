@@ -154,6 +154,21 @@ pub(crate) fn answer(
     let error = |status: u16, message: String| (status, serde_json::json!({ "error": message }).to_string());
     let response = match (query.path.as_str(), &query.body, watch) {
         ("/api/baselines", _, _) => list(engine.store(), &query.params),
+        ("/api/snapshot", None, _) => {
+            (200, String::from_utf8(stormwatch_baseline::encode_snapshot(engine.store())).unwrap_or_default())
+        }
+        ("/api/snapshot", Some(body), _) => {
+            let origin = Path::new("the imported snapshot");
+            match decode_snapshot(body.as_bytes(), engine.store().max_keys(), origin) {
+                Ok(store) => {
+                    let edges = store.edges_tracked();
+                    tracing::info!(who = %query.who, edges, "baselines replaced by an imported snapshot");
+                    engine.replace_store(store);
+                    (200, serde_json::json!({ "summary": format!("{edges} edges imported") }).to_string())
+                }
+                Err(e) => error(400, e.to_string()),
+            }
+        }
         ("/api/alerts", _, _) => {
             let limit = query.params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
             let matching: Vec<&serde_json::Value> = recent
@@ -184,9 +199,18 @@ pub(crate) fn answer(
         (_, _, None) => error(503, "this engine has no tuning file".into()),
         ("/api/tuning", None, Some(watch)) => {
             let text = std::fs::read_to_string(watch.path()).unwrap_or_default();
+            let stats = engine.stats();
+            let shadowed: BTreeMap<&str, u64> = AlertKind::ALL
+                .iter()
+                .zip(stats.shadowed)
+                .filter(|(_, n)| *n > 0)
+                .map(|(kind, n)| (kind.as_str(), n))
+                .collect();
             let body = serde_json::json!({
                 "path": watch.path().display().to_string(),
                 "summary": crate::tuning::describe(engine.tuning()),
+                "shadowed": shadowed,
+                "suppressed": stats.suppressed,
                 "text": text,
             });
             (200, body.to_string())
@@ -226,6 +250,44 @@ pub(crate) fn run(args: BaselineArgs) -> anyhow::Result<()> {
                 bail!("no baseline's edge or entry contains {edge:?}; `stormwatch baseline list` shows what there is");
             }
             print_rows(&rows, rows.len(), json)
+        }
+        BaselineCommand::Export { engine, models, output } => {
+            let document = match &engine {
+                Some(url) => http_request(url, "GET", "/api/snapshot", &BTreeMap::new(), None)?,
+                None => {
+                    let path = models.join(SNAPSHOT_FILE);
+                    std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?
+                }
+            };
+            match &output {
+                Some(path) => {
+                    std::fs::write(path, document.trim_end().to_string() + "\n")
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    eprintln!("baselines written to {}", path.display());
+                }
+                None => println!("{}", document.trim_end()),
+            }
+            Ok(())
+        }
+        BaselineCommand::Import { file, target } => {
+            let store = load(&file)?;
+            let edges = store.edges_tracked();
+            match &target.engine {
+                Some(url) => {
+                    let document = std::fs::read_to_string(&file)?;
+                    let token = token_for(&target)?;
+                    let who = who_of(&target);
+                    let answer =
+                        http_request(url, "POST", "/api/snapshot", &BTreeMap::new(), Some((&document, &token, &who)))?;
+                    let summary: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+                    println!("imported by the engine at {url}: {}", summary["summary"].as_str().unwrap_or(&answer));
+                }
+                None => {
+                    let path = stormwatch_baseline::write_snapshot(&target.models, &store)?;
+                    println!("{edges} edges written to {} (start the engine on these models)", path.display());
+                }
+            }
+            Ok(())
         }
         BaselineCommand::Explain { alert, engine, alerts, models, json } => {
             let explained: serde_json::Value = match (&engine, &alerts) {
@@ -334,23 +396,29 @@ pub(crate) fn run(args: BaselineArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Who makes a change, for the audit trail.
+fn who_of(target: &TuningTarget) -> String {
+    let who = target.who.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
+    who.replace(['\r', '\n'], " ")
+}
+
+/// The admin token for a write through `--engine`.
+fn token_for(target: &TuningTarget) -> anyhow::Result<String> {
+    if let Some(token) = &target.token {
+        return Ok(token.clone());
+    }
+    let path = target.models.join(TOKEN_FILE);
+    std::fs::read_to_string(&path).map(|t| t.trim().to_string()).with_context(|| {
+        format!("--engine needs the admin token: --token, env STORMWATCH_ADMIN_TOKEN, or {}", path.display())
+    })
+}
+
 /// Applies a tuning change on a running engine (through its admin API) or to the tuning file.
 fn write(target: &TuningTarget, change: &Change) -> anyhow::Result<()> {
-    let who = target.who.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
-    let who = who.replace(['\r', '\n'], " ");
+    let who = who_of(target);
     match &target.engine {
         Some(url) => {
-            let token = match &target.token {
-                Some(token) => token.clone(),
-                None => std::fs::read_to_string(target.models.join(TOKEN_FILE))
-                    .map(|t| t.trim().to_string())
-                    .with_context(|| {
-                        format!(
-                            "--engine needs the admin token: --token, env STORMWATCH_ADMIN_TOKEN, or {}",
-                            target.models.join(TOKEN_FILE).display()
-                        )
-                    })?,
-            };
+            let token = token_for(target)?;
             let body = serde_json::to_string(change)?;
             let answer = http_request(url, "POST", "/api/tuning", &BTreeMap::new(), Some((&body, &token, &who)))?;
             let summary: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();

@@ -146,6 +146,26 @@ pub enum BaselineCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write the learned baselines out (a snapshot document), from an engine or a models directory.
+    Export {
+        /// A running engine's admin API.
+        #[arg(long, value_name = "URL")]
+        engine: Option<String>,
+        /// Offline: the models directory.
+        #[arg(long, value_name = "DIR", default_value = "models")]
+        models: PathBuf,
+        /// Write here instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Replace the learned baselines with a snapshot (validated first): on a running engine, or
+    /// in a models directory whose engine is stopped.
+    Import {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        target: TuningTarget,
+    },
     /// Why an alert fired: its numbers, the rule, the baselines of its edge now, the tuning.
     Explain {
         /// The alert's id or fingerprint.

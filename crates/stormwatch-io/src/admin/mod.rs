@@ -99,6 +99,10 @@ async fn explain(
     ask(&state, "/api/explain", params, None, String::new()).await
 }
 
+async fn snapshot(State(state): State<AdminState>) -> axum::response::Response {
+    ask(&state, "/api/snapshot", BTreeMap::new(), None, String::new()).await
+}
+
 async fn tuning(State(state): State<AdminState>) -> axum::response::Response {
     ask(&state, "/api/tuning", BTreeMap::new(), None, String::new()).await
 }
@@ -112,6 +116,24 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 async fn change_tuning(
     State(state): State<AdminState>,
     headers: axum::http::HeaderMap,
+    body: String,
+) -> axum::response::Response {
+    write(state, headers, "/api/tuning", body).await
+}
+
+async fn import_snapshot(
+    State(state): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> axum::response::Response {
+    write(state, headers, "/api/snapshot", body).await
+}
+
+/// An authenticated write, put to the engine thread.
+async fn write(
+    state: AdminState,
+    headers: axum::http::HeaderMap,
+    path: &str,
     body: String,
 ) -> axum::response::Response {
     let Some(token) = &state.token else {
@@ -134,7 +156,7 @@ async fn change_tuning(
         .filter(|v| !v.is_empty())
         .unwrap_or("api")
         .to_string();
-    ask(&state, "/api/tuning", BTreeMap::new(), Some(body), who).await
+    ask(&state, path, BTreeMap::new(), Some(body), who).await
 }
 
 pub fn admin_router(metrics: Arc<Metrics>, queries: Option<AdminQueries>, token: Option<String>) -> Router {
@@ -145,6 +167,7 @@ pub fn admin_router(metrics: Arc<Metrics>, queries: Option<AdminQueries>, token:
         .route("/api/alerts", get(alerts))
         .route("/api/explain", get(explain))
         .route("/api/tuning", get(tuning).post(change_tuning))
+        .route("/api/snapshot", get(snapshot).post(import_snapshot))
         .with_state(AdminState { metrics, queries, token: token.map(Arc::from) })
 }
 
