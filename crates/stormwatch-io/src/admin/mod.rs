@@ -1,7 +1,9 @@
 //! The admin HTTP API: `/healthz` for liveness probes, `/metrics` for Prometheus, and
 //! `/api/...` for what the engine learned and the tuning. The engine thread owns the baselines
 //! and the tuning (no locks), so API calls are questions put to it through [`AdminQuery`]: it
-//! answers between two batches. Reads are open; writes need `Authorization: Bearer <token>`.
+//! answers between two batches. Writes need `Authorization: Bearer <token>`; API reads are open
+//! when the admin API listens on loopback, and need the token too otherwise (`/healthz` and
+//! `/metrics` stay open for probes and scrapers).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,6 +42,8 @@ struct AdminState {
     queries: Option<AdminQueries>,
     /// Writes need it; `None`: writes are refused.
     token: Option<Arc<str>>,
+    /// API reads without the token (the admin API listens on loopback).
+    open_reads: bool,
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
@@ -129,6 +133,40 @@ async fn import_snapshot(
     write(state, headers, "/api/snapshot", body).await
 }
 
+/// The 401 (or 403) when the request does not carry the admin token.
+fn refusal(state: &AdminState, headers: &axum::http::HeaderMap, what: &str) -> Option<axum::response::Response> {
+    let Some(token) = &state.token else {
+        return Some(error(403, "disabled: no admin token is configured (server.admin_token)"));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if same(presented.as_bytes(), token.as_bytes()) {
+        return None;
+    }
+    let message =
+        format!("{what} needs Authorization: Bearer <admin token> (models/admin.token, or server.admin_token)");
+    let mut response = error(401, &message);
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+    Some(response)
+}
+
+/// API reads off loopback need the token.
+async fn guard_reads(
+    State(state): State<AdminState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if request.method() == axum::http::Method::GET && !state.open_reads {
+        if let Some(refused) = refusal(&state, request.headers(), "reading the API off loopback") {
+            return refused;
+        }
+    }
+    next.run(request).await
+}
+
 /// An authenticated write, put to the engine thread.
 async fn write(
     state: AdminState,
@@ -136,19 +174,8 @@ async fn write(
     path: &str,
     body: String,
 ) -> axum::response::Response {
-    let Some(token) = &state.token else {
-        return error(403, "writes are disabled: no admin token is configured (server.admin_token)");
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !same(presented.as_bytes(), token.as_bytes()) {
-        let mut response =
-            error(401, "a write needs Authorization: Bearer <admin token> (models/admin.token, or server.admin_token)");
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
-        return response;
+    if let Some(refused) = refusal(&state, &headers, "a write") {
+        return refused;
     }
     let who = headers
         .get("x-stormwatch-user")
@@ -159,16 +186,26 @@ async fn write(
     ask(&state, path, BTreeMap::new(), Some(body), who).await
 }
 
-pub fn admin_router(metrics: Arc<Metrics>, queries: Option<AdminQueries>, token: Option<String>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(self::metrics))
+/// `open_reads`: API reads without the token (listening on loopback).
+pub fn admin_router(
+    metrics: Arc<Metrics>,
+    queries: Option<AdminQueries>,
+    token: Option<String>,
+    open_reads: bool,
+) -> Router {
+    let state = AdminState { metrics, queries, token: token.map(Arc::from), open_reads };
+    let api = Router::new()
         .route("/api/baselines", get(baselines))
         .route("/api/alerts", get(alerts))
         .route("/api/explain", get(explain))
         .route("/api/tuning", get(tuning).post(change_tuning))
         .route("/api/snapshot", get(snapshot).post(import_snapshot))
-        .with_state(AdminState { metrics, queries, token: token.map(Arc::from) })
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard_reads));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(self::metrics))
+        .merge(api)
+        .with_state(state)
 }
 
 pub async fn serve_admin(
@@ -178,7 +215,52 @@ pub async fn serve_admin(
     token: Option<String>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, admin_router(metrics, queries, token))
+    let open_reads = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    axum::serve(listener, admin_router(metrics, queries, token, open_reads))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// Serves the router on a loopback socket and makes one request: the status line.
+    async fn status(router: Router, request: &str) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let request = request.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            write!(stream, "{request}\r\nHost: t\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            response.lines().next().unwrap_or("").to_string()
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn api_reads_off_loopback_and_every_write_need_the_token() {
+        let router = |open_reads| admin_router(Arc::new(Metrics::default()), None, Some("s3cret".into()), open_reads);
+        // Off loopback: probes and scrapes stay open, API reads need the token.
+        assert!(status(router(false), "GET /metrics HTTP/1.1").await.contains("200"));
+        assert!(status(router(false), "GET /healthz HTTP/1.1").await.contains("200"));
+        assert!(status(router(false), "GET /api/baselines HTTP/1.1").await.contains("401"));
+        let with = "GET /api/baselines HTTP/1.1\r\nAuthorization: Bearer s3cret";
+        // Past the guard; no engine answers in this test.
+        assert!(status(router(false), with).await.contains("503"));
+        // On loopback reads are open, writes are not.
+        assert!(status(router(true), "GET /api/baselines HTTP/1.1").await.contains("503"));
+        assert!(status(router(true), "POST /api/tuning HTTP/1.1").await.contains("401"));
+        let wrong = "POST /api/tuning HTTP/1.1\r\nAuthorization: Bearer s3cre7";
+        assert!(status(router(true), wrong).await.contains("401"));
+        // Without a token, writes are disabled.
+        let none = admin_router(Arc::new(Metrics::default()), None, None, true);
+        assert!(status(none, "POST /api/snapshot HTTP/1.1").await.contains("403"));
+    }
 }
