@@ -58,6 +58,8 @@ async fn baselines_are_listed_live_and_offline_shown_and_diffed() {
     let page: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(page["rows"].as_array().unwrap().len(), 1);
     assert!(page["total"].as_u64().unwrap() > live.len() as u64);
+    let (ok, _, err) = stormwatch(&["list", "--engine", &engine, "--table", "window", "--sort", "score", "--json"]);
+    assert!(ok, "sorting by anomaly score: {err}");
     let (ok, _, err) = stormwatch(&["list", "--engine", &engine, "--sort", "size"]);
     assert!(!ok && err.contains("\"size\"") && err.contains("p99"), "{err}");
     assert!(http_get(serve.admin, "/api/baselines?sortt=p99").is_none(), "an unknown parameter is a 400");
@@ -179,6 +181,19 @@ async fn the_tuning_file_puts_a_detector_in_shadow_refuses_a_bad_edit_and_reload
         services.product_request(300, 1);
         services.flush();
         wait_for(&serve, "stormwatch_alerts_emitted_total{kind=\"n_plus_one\"} ", 1);
+
+        // A load test through the product page is allowlisted until 2099: its storms are dropped.
+        std::fs::write(
+            &tuning,
+            "[detectors]\nn_plus_one = \"on\"\n\n[[allow]]\nentry = \"frontend `GET /product/{id}`\"\n\
+             until = \"2099-01-01T00:00:00Z\"\nreason = \"load test\"\n",
+        )
+        .unwrap();
+        wait_for(&serve, "stormwatch_tuning_reloads_total ", 2);
+        assert_eq!(metric(&serve, "stormwatch_findings_suppressed_total "), 0);
+        services.product_request(300, 1);
+        services.flush();
+        wait_for(&serve, "stormwatch_findings_suppressed_total ", 1);
         services.shutdown();
     });
     assert_eq!(metric(&serve, shadowed), 2);

@@ -32,6 +32,13 @@ pub struct BaselineRow {
     pub p999: f64,
     pub samples: u64,
     pub since_unix_nano: u64,
+    /// Window calls per entry request: the last judged windows' values, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<f64>,
+    /// The last window's value over the p99 (1.0 = at the p99); window calls per entry
+    /// request only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
 }
 
 impl BaselineRow {
@@ -46,6 +53,8 @@ impl BaselineRow {
             p999: d.quantile(0.999) as f64 / scale,
             samples: d.samples(),
             since_unix_nano: d.since_unix_nano(),
+            recent: Vec::new(),
+            score: None,
         }
     }
 
@@ -86,6 +95,17 @@ pub fn rows(store: &BaselineStore) -> Vec<BaselineRow> {
     rows
 }
 
+/// Adds the last windows' calls per entry request (`recent`: per window, the edge's value,
+/// keyed by the edge's name) to the `window:work_per_entry` rows, and their score against the
+/// p99: what sorting by anomaly shows.
+pub fn annotate(rows: &mut [BaselineRow], recent: &[BTreeMap<String, f64>]) {
+    for row in rows.iter_mut().filter(|r| r.table == "window:work_per_entry") {
+        let Some(edge) = &row.edge else { continue };
+        row.recent = recent.iter().map(|w| w.get(edge).copied().unwrap_or(0.0)).collect();
+        row.score = row.recent.last().map(|last| ((last / row.p99.max(1e-3)) * 100.0).round() / 100.0);
+    }
+}
+
 /// How to narrow and order rows.
 #[derive(Clone, Debug, Default)]
 pub struct Query {
@@ -97,7 +117,8 @@ pub struct Query {
     pub table: Option<String>,
     /// Rows whose edge or entry contains this text.
     pub matching: Option<String>,
-    /// `samples` (default), `p99`, `median` or `since` (newest first), descending.
+    /// `samples` (default), `p99`, `median`, `since` (newest first) or `score` (the last
+    /// window against the p99), descending.
     pub sort: Option<String>,
     pub limit: Option<usize>,
 }
@@ -119,12 +140,13 @@ impl Query {
                 Some("p99") => row.p99,
                 Some("median") => row.median,
                 Some("since") => row.since_unix_nano as f64,
+                Some("score") => row.score.unwrap_or(-1.0),
                 _ => row.samples as f64,
             }
         };
         match self.sort.as_deref() {
-            None | Some("samples" | "p99" | "median" | "since") => {}
-            Some(other) => return Err(format!("unknown sort key {other:?}: use samples, p99, median or since")),
+            None | Some("samples" | "p99" | "median" | "since" | "score") => {}
+            Some(other) => return Err(format!("unknown sort key {other:?}: use samples, p99, median, since or score")),
         }
         rows.sort_by(|a, b| by(b).total_cmp(&by(a)).then_with(|| a.key().cmp(&b.key())));
         if let Some(limit) = self.limit {
@@ -221,6 +243,19 @@ mod tests {
         assert_eq!(by_samples[0].samples, 200);
         let error = Query { sort: Some("size".into()), ..Query::default() }.apply(rows).unwrap_err();
         assert!(error.contains("\"size\"") && error.contains("p99"), "{error}");
+    }
+
+    #[test]
+    fn recent_windows_score_against_the_p99_and_sort_first() {
+        let mut rows = rows(&store());
+        let edge = "reviews `GET /x` -> postgresql `SELECT ?`".to_string();
+        let windows = vec![BTreeMap::from([(edge.clone(), 2.5)]), BTreeMap::from([(edge, 7.8)])];
+        annotate(&mut rows, &windows);
+        let window = rows.iter().find(|r| r.table == "window:work_per_entry").unwrap();
+        assert_eq!(window.recent, vec![2.5, 7.8]);
+        assert!(window.score.unwrap() > 2.9, "{window:?}");
+        let sorted = Query { sort: Some("score".into()), ..Query::default() }.apply(rows).unwrap();
+        assert_eq!(sorted[0].table, "window:work_per_entry");
     }
 
     #[test]

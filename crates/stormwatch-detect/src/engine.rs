@@ -79,7 +79,12 @@ pub struct Engine {
     outgoing: Vec<crate::window::Window>,
     flushed: bool,
     tuning: Tuning,
+    /// The last judged windows: (window end, calls per entry request on every edge).
+    recent_windows: std::collections::VecDeque<(u64, Vec<(stormwatch_model::Edge, f64)>)>,
 }
+
+/// Judged windows kept for the admin API (a minute at the default 10 s windows).
+pub(crate) const RECENT_WINDOWS: usize = 6;
 
 impl Engine {
     /// `clock` returns wall time in Unix nanoseconds, used only for `detected_at`.
@@ -98,6 +103,7 @@ impl Engine {
             outgoing: Vec::new(),
             flushed: false,
             tuning: Tuning::default(),
+            recent_windows: std::collections::VecDeque::new(),
         }
     }
 
@@ -115,6 +121,12 @@ impl Engine {
 
     pub fn tuning(&self) -> &Tuning {
         &self.tuning
+    }
+
+    /// The last judged windows, oldest first: (window end, calls per entry request per edge,
+    /// without the traces per-trace detectors reported).
+    pub fn recent_windows(&self) -> impl Iterator<Item = &(u64, Vec<(stormwatch_model::Edge, f64)>)> {
+        self.recent_windows.iter()
     }
 
     /// Replaces every baseline (an imported snapshot); the tuning's freezes carry over.
@@ -265,6 +277,12 @@ impl Engine {
         for window in closed {
             self.stats.windows_closed += 1;
             let findings = judge_window(&window, &mut self.store, &self.detect, self.windows.config());
+            if window.entry_requests >= self.windows.config().min_entry_requests {
+                if self.recent_windows.len() == RECENT_WINDOWS {
+                    self.recent_windows.pop_front();
+                }
+                self.recent_windows.push_back((window.end, window.rates()));
+            }
             // The network-wide view, for windows no other detector explained (and only they
             // are learned as normal).
             let mut findings = findings;

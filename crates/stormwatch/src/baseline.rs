@@ -43,8 +43,9 @@ fn query_of(params: &BTreeMap<String, String>) -> Result<Query, String> {
 
 /// The rows of `store` that `params` select, as the API's JSON body, or a 400 naming the
 /// parameter.
-fn list(store: &BaselineStore, params: &BTreeMap<String, String>) -> (u16, String) {
-    let rows = inspect::rows(store);
+fn list(store: &BaselineStore, recent: &[BTreeMap<String, f64>], params: &BTreeMap<String, String>) -> (u16, String) {
+    let mut rows = inspect::rows(store);
+    inspect::annotate(&mut rows, recent);
     let total = rows.len();
     match query_of(params).and_then(|query| query.apply(rows)) {
         Ok(rows) => (200, serde_json::json!({ "total": total, "rows": rows }).to_string()),
@@ -153,7 +154,13 @@ pub(crate) fn answer(
 ) {
     let error = |status: u16, message: String| (status, serde_json::json!({ "error": message }).to_string());
     let response = match (query.path.as_str(), &query.body, watch) {
-        ("/api/baselines", _, _) => list(engine.store(), &query.params),
+        ("/api/baselines", _, _) => {
+            let recent: Vec<BTreeMap<String, f64>> = engine
+                .recent_windows()
+                .map(|(_, rates)| rates.iter().map(|(edge, rate)| (edge.to_string(), *rate)).collect())
+                .collect();
+            list(engine.store(), &recent, &query.params)
+        }
         ("/api/snapshot", None, _) => {
             (200, String::from_utf8(stormwatch_baseline::encode_snapshot(engine.store())).unwrap_or_default())
         }
@@ -460,7 +467,7 @@ fn fetch(source: &BaselineSource, params: &BTreeMap<String, String>) -> anyhow::
         Some(url) => http_request(url, "GET", "/api/baselines", params, None)?,
         None => {
             let path = source.snapshot.clone().unwrap_or_else(|| source.models.join(SNAPSHOT_FILE));
-            let (status, body) = list(&load(&path)?, params);
+            let (status, body) = list(&load(&path)?, &[], params);
             if status != 200 {
                 bail!("{}", error_of(&body));
             }

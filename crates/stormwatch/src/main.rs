@@ -319,7 +319,8 @@ pub struct BaselineFilter {
     /// Only baselines whose edge or entry contains this text.
     #[arg(long = "match", value_name = "TEXT")]
     pub matching: Option<String>,
-    /// Order, descending: samples, p99, median, since.
+    /// Order, descending: samples, p99, median, since, score (the last window against the
+    /// p99; window rows of a running engine).
     #[arg(long, value_name = "KEY", default_value = "samples")]
     pub sort: String,
     /// Rows shown.

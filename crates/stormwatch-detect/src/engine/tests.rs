@@ -278,3 +278,15 @@ fn frozen_baselines_never_move() {
     assert_eq!(engine.store().request_totals.len(), frozen_all.request_totals.len());
     assert_eq!(engine.store().window_samples(), frozen_all.window_samples());
 }
+
+#[test]
+fn the_last_judged_windows_are_kept_for_the_api() {
+    let mut engine = engine();
+    learn_normal(&mut engine, 0, 2_000);
+    settle(&mut engine, 2_000, &mut Vec::new());
+    let recent: Vec<_> = engine.recent_windows().collect();
+    assert_eq!(recent.len(), super::RECENT_WINDOWS);
+    assert!(recent.windows(2).all(|w| w[0].0 < w[1].0), "oldest first");
+    let (_, rates) = recent.last().unwrap();
+    assert!(rates.iter().any(|(edge, rate)| edge.to.operation.as_str().contains("FROM users") && *rate > 1.0));
+}
