@@ -355,10 +355,10 @@ pub(crate) fn run(args: BaselineArgs) -> anyhow::Result<()> {
             };
             write(&target, &change)
         }
-        BaselineCommand::Freeze { edge, target } => {
+        BaselineCommand::Freeze { edge, all: _, target } => {
             write(&target, &Change::Freeze { edge, reason: target.reason.clone() })
         }
-        BaselineCommand::Unfreeze { edge, target } => {
+        BaselineCommand::Unfreeze { edge, all: _, target } => {
             write(&target, &Change::Unfreeze { edge, reason: target.reason.clone() })
         }
         BaselineCommand::Shadow { kind, mode, target } => {

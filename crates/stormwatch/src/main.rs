@@ -213,17 +213,23 @@ pub enum BaselineCommand {
         #[command(flatten)]
         target: TuningTarget,
     },
-    /// Stop learning an edge (its baseline stays as it is).
+    /// Stop learning an edge (its baseline stays as it is), or with --all every baseline.
     Freeze {
-        #[arg(value_name = "EDGE")]
-        edge: String,
+        #[arg(value_name = "EDGE", required_unless_present = "all", conflicts_with = "all")]
+        edge: Option<String>,
+        /// Every baseline.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         target: TuningTarget,
     },
-    /// Learn an edge again.
+    /// Learn an edge again, or with --all lift the global freeze.
     Unfreeze {
-        #[arg(value_name = "EDGE")]
-        edge: String,
+        #[arg(value_name = "EDGE", required_unless_present = "all", conflicts_with = "all")]
+        edge: Option<String>,
+        /// Every baseline.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         target: TuningTarget,
     },

@@ -17,7 +17,8 @@
 //! # min_samples = 500
 //! # severity = "critical"
 //! # enabled = false
-//! # freeze = true                       # stop learning this edge (false: learn again)
+//! # freeze = true                       # stop learning this edge (false: learn again);
+//!                                       # with no selector: every baseline
 //! reason = "the reviews page lists up to 40 authors"
 //!
 //! [[override]]                          # a detector's mode, later blocks win
@@ -164,8 +165,12 @@ pub(crate) fn parse(text: &str, origin: &Path) -> Result<Tuning, String> {
             named(name).map_err(|message| at(start, message))?;
         }
         match (o.freeze, &o.edge) {
-            (Some(_), None) => {
-                return Err(at(start, "freeze needs an edge (freeze = true at the top freezes everything)".into()))
+            // No edge: every baseline (the override form of `freeze` at the top).
+            (Some(freeze), None) => {
+                if o.entry.is_some() || kind.is_some() {
+                    return Err(at(start, "freeze applies to an edge, or with no selector to everything".into()));
+                }
+                tuning.freeze_all = freeze;
             }
             (Some(true), Some(edge)) => {
                 tuning.frozen_edges.insert(edge.clone());
@@ -312,13 +317,14 @@ pub(crate) enum Change {
         #[serde(default)]
         reason: String,
     },
+    /// Stop learning an edge, or (no edge) every baseline.
     Freeze {
-        edge: String,
+        edge: Option<String>,
         #[serde(default)]
         reason: String,
     },
     Unfreeze {
-        edge: String,
+        edge: Option<String>,
         #[serde(default)]
         reason: String,
     },
@@ -364,14 +370,14 @@ impl Change {
                 ("override", format!("set {target}"), reason)
             }
             Change::Freeze { edge, reason } => {
-                put("edge", Some(Value::String(edge.clone())));
+                put("edge", text(edge));
                 put("freeze", Some(Value::Boolean(true)));
-                ("override", format!("freeze {edge}"), reason)
+                ("override", format!("freeze {}", edge.as_deref().unwrap_or("all learning")), reason)
             }
             Change::Unfreeze { edge, reason } => {
-                put("edge", Some(Value::String(edge.clone())));
+                put("edge", text(edge));
                 put("freeze", Some(Value::Boolean(false)));
-                ("override", format!("unfreeze {edge}"), reason)
+                ("override", format!("unfreeze {}", edge.as_deref().unwrap_or("all learning")), reason)
             }
             Change::Mode { kind, mode, reason } => {
                 put("kind", Some(Value::String(kind.clone())));
@@ -503,7 +509,7 @@ reason = "nightly reindex"
             reason: "a long page".into(),
         };
         append(&path, &set, "alice", at).unwrap();
-        append(&path, &Change::Freeze { edge: edge.clone(), reason: String::new() }, "alice", at).unwrap();
+        append(&path, &Change::Freeze { edge: Some(edge.clone()), reason: String::new() }, "alice", at).unwrap();
         let shadow = Change::Mode { kind: "retry_storm".into(), mode: "shadow".into(), reason: "trial".into() };
         let tuning = append(&path, &shadow, "bob", at).unwrap();
         assert_eq!(tuning.rules.len(), 1);
@@ -515,8 +521,12 @@ reason = "nightly reindex"
         assert!(text.contains("# 2026-11-29T10:00:00.000Z by bob: retry_storm shadow"), "{text}");
 
         // Undone by the inverse; an invalid change leaves the file as it was.
-        let tuning = append(&path, &Change::Unfreeze { edge, reason: String::new() }, "alice", at).unwrap();
+        let tuning = append(&path, &Change::Unfreeze { edge: Some(edge), reason: String::new() }, "alice", at).unwrap();
         assert!(tuning.frozen_edges.is_empty());
+        let tuning = append(&path, &Change::Freeze { edge: None, reason: "incident".into() }, "alice", at).unwrap();
+        assert!(tuning.freeze_all);
+        let tuning = append(&path, &Change::Unfreeze { edge: None, reason: String::new() }, "alice", at).unwrap();
+        assert!(!tuning.freeze_all);
         let before = std::fs::read_to_string(&path).unwrap();
         let bad = Change::Mode { kind: "retry_storm".into(), mode: "loud".into(), reason: String::new() };
         let error = append(&path, &bad, "eve", at).unwrap_err();
