@@ -190,6 +190,40 @@ async fn kafka_input_misconfigurations_are_named() {
         stderr.contains("input topic") && stderr.contains("does not exist") && stderr.contains("--partitions"),
         "{stderr}"
     );
+
+    // Client settings reach librdkafka unchanged: a property it does not know is named by it.
+    std::fs::write(
+        &config,
+        format!("[kafka]\nbrokers = \"{bootstrap}\"\nalert_topic = \"{alerts}\"\n\n[kafka.client]\n\"no.such.property\" = \"1\"\n"),
+    )
+    .unwrap();
+    let output = std::process::Command::new(crate::support::binary())
+        .current_dir(dir.path())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .args(["--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .env_remove("STORMWATCH_KAFKA_BROKERS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("no.such.property"), "{stderr}");
+
+    // ... and secrets among them are not printed.
+    std::fs::write(
+        &config,
+        "[kafka.client]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.password\" = \"hunter2\"\n\
+         \"ssl.ca.location\" = \"/etc/ca.pem\"\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(crate::support::binary())
+        .args(["serve", "--print-config", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success() && !printed.contains("hunter2"), "{printed}");
+    assert!(
+        printed.contains("\"sasl.password\" = \"<set; not shown>\"") && printed.contains("/etc/ca.pem"),
+        "{printed}"
+    );
 }
 
 /// kill -9 while spans are in flight: nothing that was not settled was committed, so a new

@@ -7,6 +7,7 @@ mod bench;
 mod compose;
 mod kafka_input;
 mod kafka_windows;
+mod reliability;
 mod replay;
 mod scenarios;
 mod serve;

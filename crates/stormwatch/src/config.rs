@@ -87,6 +87,11 @@ pub(crate) struct KafkaConfig {
     /// The group's compacted topic of baseline snapshots (created when missing). Empty:
     /// `<group_id>.baselines`.
     pub(crate) baselines_topic: String,
+    /// librdkafka properties for every Kafka client of the engine, passed unchanged: SASL and
+    /// SSL (`security.protocol`, `sasl.mechanism`, `sasl.username`, `sasl.password`,
+    /// `ssl.ca.location`, ...), timeouts, rack. What a client's role needs (acks, idempotence,
+    /// group settings) is set after them. `--print-config` hides values of keys that look secret.
+    pub(crate) client: std::collections::BTreeMap<String, String>,
     /// How long a merged window waits for a partition no live engine accounts for (its engine
     /// died and Kafka has not reassigned it yet) before it is judged without it.
     #[serde(with = "humantime_serde")]
@@ -107,6 +112,7 @@ impl Default for KafkaConfig {
             share_windows: true,
             windows_topic: String::new(),
             window_merge_timeout: Duration::from_secs(30),
+            client: std::collections::BTreeMap::new(),
             share_baselines: true,
             baselines_topic: String::new(),
         }

@@ -133,10 +133,16 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if !shown.server.admin_token.is_empty() {
             shown.server.admin_token = "<set; not shown>".into();
         }
+        for (key, value) in shown.kafka.client.iter_mut() {
+            if ["password", "secret", "key", "token"].iter().any(|s| key.contains(s)) && !key.ends_with(".location") {
+                *value = "<set; not shown>".into();
+            }
+        }
         print!("{}", toml::to_string(&shown).context("cannot print the configuration")?);
         return Ok(());
     }
 
+    stormwatch_io::kafka::set_client_settings(config.kafka.client.clone().into_iter().collect());
     // Everything that can fail on bad settings fails here, before any data is accepted.
     let grpc_addr: SocketAddr = config.server.otlp_grpc.parse()?;
     let http_addr: SocketAddr = config.server.otlp_http.parse()?;

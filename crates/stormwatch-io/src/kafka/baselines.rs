@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -20,7 +19,7 @@ pub const TOPIC_SETTINGS: [(&str, &str); 2] = [("cleanup.policy", "compact"), ("
 /// The newest snapshot of every engine on `topic` (key, document), read from the beginning to
 /// the end the broker reports. Empty when nothing was published yet.
 pub fn read_snapshots(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let consumer: BaseConsumer = super::client_config()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{topic}.reader"))
         .set("enable.auto.commit", "false")

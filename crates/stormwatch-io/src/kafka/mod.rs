@@ -11,6 +11,25 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use stormwatch_model::Alert;
 
+/// librdkafka properties every Kafka client of this process gets (`[kafka.client]`: SASL, SSL,
+/// timeouts...), set once at start, before any client is created.
+static CLIENT_SETTINGS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Passes `settings` to every Kafka client created from now on, unchanged. Call once, first.
+pub fn set_client_settings(settings: Vec<(String, String)>) {
+    let _ = CLIENT_SETTINGS.set(settings);
+}
+
+/// A client configuration with the process's `[kafka.client]` settings applied; callers then
+/// set what their role needs.
+pub fn client_config() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    for (key, value) in CLIENT_SETTINGS.get().map(Vec::as_slice).unwrap_or_default() {
+        config.set(key, value);
+    }
+    config
+}
+
 /// Default alert topic.
 pub const DEFAULT_ALERT_TOPIC: &str = "stormwatch.alerts";
 
@@ -49,7 +68,7 @@ impl KafkaAlertSink {
     /// Connects and checks that `topic` exists, so a typo fails at start, not at the first alert.
     pub async fn connect(brokers: &str, topic: &str) -> Result<KafkaAlertSink, KafkaError> {
         let delivery_timeout = Duration::from_secs(30);
-        let producer: FutureProducer = ClientConfig::new()
+        let producer: FutureProducer = client_config()
             .set("bootstrap.servers", brokers)
             .set("acks", "all")
             .set("enable.idempotence", "true")
@@ -122,7 +141,7 @@ pub async fn ensure_topic(
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let admin: AdminClient<DefaultClientContext> = client_config()
         .set("bootstrap.servers", brokers)
         .create()
         .map_err(|e| format!("cannot reach Kafka at {brokers}: {e}"))?;
@@ -166,7 +185,7 @@ pub async fn create_and_fill_topic(
 ) -> Result<(), String> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let admin: AdminClient<DefaultClientContext> = client_config()
         .set("bootstrap.servers", brokers)
         .create()
         .map_err(|e| format!("cannot reach Kafka at {brokers}: {e}"))?;
@@ -177,7 +196,7 @@ pub async fn create_and_fill_topic(
     for result in results {
         result.map_err(|(name, code)| format!("cannot create topic {name}: {code:?}"))?;
     }
-    let producer: FutureProducer = ClientConfig::new()
+    let producer: FutureProducer = client_config()
         .set("bootstrap.servers", brokers)
         .set("message.max.bytes", "16000000")
         .set("linger.ms", "5")

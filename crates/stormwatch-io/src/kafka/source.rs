@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -162,7 +161,7 @@ impl KafkaSource {
         state: Arc<GroupState>,
     ) -> Result<KafkaSource, Box<KafkaError>> {
         let brokers = config.brokers.clone();
-        let mut client = ClientConfig::new();
+        let mut client = super::client_config();
         if let Some(instance) = &config.instance_id {
             client.set("group.instance.id", instance);
         }
@@ -198,7 +197,7 @@ impl KafkaSource {
         }
         let dead_letters = match &config.dead_letter_topic {
             Some(_) => Some(
-                ClientConfig::new()
+                super::client_config()
                     .set("bootstrap.servers", &config.brokers)
                     .set("client.id", "stormwatch-dead-letters")
                     .set("acks", "all")
