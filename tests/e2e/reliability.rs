@@ -73,3 +73,121 @@ async fn kill_9_while_learning_never_leaves_a_torn_snapshot() {
         previous = now;
     }
 }
+
+/// A private tansu broker this test may stop and restart (the shared test broker must stay up).
+struct Broker {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let port = crate::support::free_addr().port();
+        let mut broker = Broker { dir, port, child: None };
+        broker.restart();
+        broker
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts tansu on the same port and storage, and waits until it listens.
+    fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new("tansu")
+            .current_dir(self.dir.path())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("this test runs its own tansu broker: install it (scripts/test.sh does)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu did not listen on {}", self.port);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn metric(serve: &Serve, name: &str) -> u64 {
+    serve.metrics().lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0)
+}
+
+fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The alert broker goes down during an attack and comes back 40 s later: the alert raised
+/// meanwhile is held and retried (the sink reports it on /metrics, /healthz and /readyz), then
+/// delivered; nothing is given up.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_raised_while_the_broker_is_down_is_delivered_when_it_is_back() {
+    let mut broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let topic = crate::support::create_topic(&bootstrap, "alerts").await;
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--kafka-brokers", &bootstrap, "--alert-topic", &topic]);
+    let services = Services::new(&serve, Transport::Grpc, &["frontend", "catalog"]);
+    let emitted = |kind: &str| format!("stormwatch_alerts_emitted_total{{kind=\"{kind}\"}} ");
+    tokio::task::block_in_place(|| {
+        for i in 0..60 {
+            services.product_request(1 + i % 3, 1);
+        }
+        services.product_request(300, 1);
+        services.flush();
+        wait_until("the first alert", Duration::from_secs(30), || metric(&serve, &emitted("n_plus_one")) == 1);
+
+        // The broker dies; an attack of another kind follows.
+        broker.stop();
+        services.product_request(2, 400);
+        services.flush();
+        // librdkafka itself retries for its 30 s message timeout; then the sink holds the alert.
+        wait_until("the sink to report failing", Duration::from_secs(60), || {
+            metric(&serve, "stormwatch_alert_sink_failing_since_seconds ") > 0
+        });
+        assert!(crate::support::http_get(serve.admin, "/readyz").is_none(), "not ready while failing");
+        let health = crate::support::http_get(serve.admin, "/healthz").unwrap();
+        assert!(health.starts_with("degraded: alert delivery has been failing"), "{health}");
+
+        broker.restart();
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while metric(&serve, &emitted("fanout_amplification")) != 1 {
+            assert!(std::time::Instant::now() < deadline, "the held alert was not delivered:\n{}", serve.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        services.shutdown();
+    });
+    assert_eq!(metric(&serve, "stormwatch_alert_delivery_failures_total "), 0);
+    assert_eq!(metric(&serve, "stormwatch_alert_sink_failing_since_seconds "), 0);
+    assert!(metric(&serve, "stormwatch_alert_sink_retries_total ") > 0);
+    assert_eq!(crate::support::http_get(serve.admin, "/readyz").as_deref(), Some("ok\n"));
+    let alerts = crate::support::consume_alerts_until(&bootstrap, &topic, Duration::from_secs(30), |alert| {
+        alert["kind"] == "fanout_amplification"
+    })
+    .await;
+    let kinds: Vec<&str> = alerts.iter().map(|(_, a)| a["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"n_plus_one") && kinds.contains(&"fanout_amplification"), "{kinds:?}");
+    serve.stop();
+}

@@ -84,6 +84,10 @@ metrics! {
     kafka_dead_letters_total: "counter",
     /// Offset commits of settled Kafka input messages.
     kafka_commits_total: "counter",
+    /// Unix seconds since which the alert sink has been failing to deliver (0: delivering).
+    alert_sink_failing_since_seconds: "gauge",
+    /// Delivery attempts of the alert sink that failed and were retried.
+    alert_sink_retries_total: "counter",
     /// Findings dropped by the tuning (overrides, allowlists, detectors off).
     findings_suppressed_total: "counter",
     /// Tuning file reloads that took effect.

@@ -105,6 +105,15 @@ impl AlertSink {
     }
 
     /// Flushes what is buffered (shutdown).
+    /// After a failed delivery: a Kafka sink starts over with a new producer.
+    pub fn renew(&mut self) {
+        if let AlertSink::Kafka(kafka) = self {
+            if let Err(error) = kafka.renew() {
+                tracing::warn!(%error, "cannot create a new Kafka producer; retrying with the old one");
+            }
+        }
+    }
+
     pub async fn close(&mut self) {
         match self {
             AlertSink::Kafka(kafka) => kafka.flush(Duration::from_secs(10)),

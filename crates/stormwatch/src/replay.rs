@@ -57,6 +57,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
             share_baselines: None,
             queries: None,
             tuning: crate::runtime::TuningOptions { initial: tuning, ..Default::default() },
+            deliver_until_acknowledged: false,
         },
     );
     let metrics = pipeline.metrics.clone();

@@ -44,8 +44,9 @@ impl Pipeline {
         let (queue, receiver) = span_queue(queue_capacity);
         let (alerts_tx, alerts_rx) = mpsc::channel(256);
         let commits = options.commits.clone();
+        let attempts = if options.deliver_until_acknowledged { u32::MAX } else { 5 };
         let engine = spawn_engine(config, store, receiver, alerts_tx, metrics.clone(), options);
-        let sink = tokio::spawn(run_sink(sink, alerts_rx, commits, metrics.clone()));
+        let sink = tokio::spawn(run_sink(sink, alerts_rx, commits, attempts, metrics.clone()));
         (Pipeline { metrics, engine, sink }, queue)
     }
 
@@ -113,6 +114,9 @@ pub(crate) struct EngineOptions {
     pub(crate) queries: Option<std::sync::mpsc::Receiver<stormwatch_io::admin::AdminQuery>>,
     /// The tuning in force at start, and the file to reload it from.
     pub(crate) tuning: TuningOptions,
+    /// Retry a failing alert delivery until it succeeds (serve: nothing accepted is lost, the
+    /// back-pressure reaches the inputs), rather than give up after a few attempts (replay).
+    pub(crate) deliver_until_acknowledged: bool,
 }
 
 /// The tuning at start, and how it is reloaded.
@@ -415,6 +419,7 @@ async fn run_sink(
     mut sink: AlertSink,
     mut items: mpsc::Receiver<SinkItem>,
     commits: Option<std::sync::mpsc::Sender<Vec<SourcePosition>>>,
+    attempts: u32,
     metrics: Arc<Metrics>,
 ) {
     // After an alert was given up on, nothing more is committed: the spans behind it are
@@ -424,13 +429,16 @@ async fn run_sink(
         let batch = match item {
             SinkItem::Alerts(batch) => batch,
             SinkItem::Partials { topic, key, payload } => {
-                if !deliver(&sink, &topic, &key, &payload, "window partials").await {
+                if !deliver(&mut sink, &topic, &key, &payload, Backoff::new("window partials", attempts, &metrics))
+                    .await
+                {
                     delivery_failed = true;
                 }
                 continue;
             }
             SinkItem::Snapshot { topic, key, payload } => {
-                deliver(&sink, &topic, &key, &payload, "baseline snapshot").await;
+                // A lost snapshot is replaced by the next one.
+                deliver(&mut sink, &topic, &key, &payload, Backoff::new("baseline snapshot", 5, &metrics)).await;
                 continue;
             }
             SinkItem::Settled(positions) => {
@@ -440,40 +448,89 @@ async fn run_sink(
                 continue;
             }
         };
-        let mut delay = Duration::from_millis(200);
-        for attempt in 1..=5 {
+        let mut backoff = Backoff::new("alert", attempts, &metrics);
+        let delivered = loop {
             match sink.emit(&batch, &metrics).await {
-                Ok(()) => break,
-                Err(error) if attempt < 5 => {
-                    tracing::warn!(%error, attempt, "alert delivery failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                Ok(()) => {
+                    backoff.succeeded();
+                    break true;
                 }
                 Err(error) => {
-                    delivery_failed = true;
-                    Metrics::add(&metrics.alert_delivery_failures_total, batch.len() as u64);
-                    tracing::error!(%error, alerts = batch.len(), "alert delivery failed; giving up on this batch");
+                    if !backoff.failed(&error).await {
+                        break false;
+                    }
+                    sink.renew();
                 }
             }
+        };
+        if !delivered {
+            delivery_failed = true;
+            Metrics::add(&metrics.alert_delivery_failures_total, batch.len() as u64);
+            tracing::error!(alerts = batch.len(), "alert delivery failed; gave up on this batch");
         }
     }
     sink.close().await;
 }
 
-/// Sends one message to an internal topic, retrying with backoff; `false` when given up.
-async fn deliver(sink: &AlertSink, topic: &str, key: &str, payload: &[u8], what: &str) -> bool {
-    let AlertSink::Kafka(kafka) = sink else { return true };
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1..=5 {
+/// Retry state of one delivery: exponential backoff (200 ms doubling, at most 30 s between
+/// tries) up to `attempts` tries, with the sink's state kept on `/metrics` (and `/healthz`).
+struct Backoff<'a> {
+    what: &'static str,
+    attempts: u32,
+    tried: u32,
+    delay: Duration,
+    metrics: &'a Metrics,
+}
+
+impl<'a> Backoff<'a> {
+    fn new(what: &'static str, attempts: u32, metrics: &'a Metrics) -> Self {
+        Backoff { what, attempts, tried: 0, delay: Duration::from_millis(200), metrics }
+    }
+
+    fn succeeded(&self) {
+        if self.tried > 0 {
+            tracing::info!(retries = self.tried, "{} delivered again", self.what);
+        }
+        Metrics::set(&self.metrics.alert_sink_failing_since_seconds, 0);
+    }
+
+    /// After a failed try: waits and returns `true` to try again, or `false` when given up.
+    async fn failed(&mut self, error: &(dyn std::fmt::Display + Sync)) -> bool {
+        self.tried += 1;
+        if self.tried >= self.attempts {
+            tracing::error!(%error, attempts = self.tried, "{} delivery failed; giving up", self.what);
+            return false;
+        }
+        if Metrics::get(&self.metrics.alert_sink_failing_since_seconds) == 0 {
+            Metrics::set(&self.metrics.alert_sink_failing_since_seconds, wall_clock_nanos() / 1_000_000_000);
+        }
+        Metrics::add(&self.metrics.alert_sink_retries_total, 1);
+        // Every try at first, then every tenth: an outage does not flood the log.
+        if self.tried <= 5 || self.tried.is_multiple_of(10) {
+            tracing::warn!(%error, attempt = self.tried, "{} delivery failed; held and retried", self.what);
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(30));
+        true
+    }
+}
+
+/// Sends one message to an internal topic (Kafka sinks only).
+/// `true` once delivered, `false` when given up.
+async fn deliver(sink: &mut AlertSink, topic: &str, key: &str, payload: &[u8], mut backoff: Backoff<'_>) -> bool {
+    loop {
+        let AlertSink::Kafka(kafka) = &*sink else { return true };
         match kafka.send_to(topic, key, payload).await {
-            Ok(()) => return true,
-            Err(error) if attempt < 5 => {
-                tracing::warn!(%error, attempt, "{what} delivery failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+            Ok(()) => {
+                backoff.succeeded();
+                return true;
             }
-            Err(error) => tracing::error!(%error, "{what} delivery failed; giving up"),
+            Err(error) => {
+                if !backoff.failed(&error).await {
+                    return false;
+                }
+                sink.renew();
+            }
         }
     }
-    false
 }

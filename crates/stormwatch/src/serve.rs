@@ -240,6 +240,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 watch: Some(crate::tuning::TuningWatch::new(tuning_path)),
                 reload,
             },
+            deliver_until_acknowledged: true,
         },
     );
     let metrics = pipeline.metrics.clone();

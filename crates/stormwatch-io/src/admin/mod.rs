@@ -46,6 +46,35 @@ struct AdminState {
     open_reads: bool,
 }
 
+/// How long the alert sink has been failing, if it is.
+fn sink_failing_for(metrics: &Metrics) -> Option<u64> {
+    let since = Metrics::get(&metrics.alert_sink_failing_since_seconds);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    (since > 0).then(|| now.saturating_sub(since))
+}
+
+/// Liveness: 200 while the process serves; says when alert delivery is failing (a restart
+/// would not help: alerts are held and retried).
+async fn healthz(State(state): State<AdminState>) -> String {
+    match sink_failing_for(&state.metrics) {
+        None => "ok\n".into(),
+        Some(seconds) => {
+            format!("degraded: alert delivery has been failing for {seconds} s; alerts are held and retried\n")
+        }
+    }
+}
+
+/// Readiness: 503 while alert delivery is failing.
+async fn readyz(State(state): State<AdminState>) -> axum::response::Response {
+    match sink_failing_for(&state.metrics) {
+        None => "ok\n".into_response(),
+        Some(seconds) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: alert delivery has been failing for {seconds} s\n"))
+                .into_response()
+        }
+    }
+}
+
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }
@@ -202,7 +231,8 @@ pub fn admin_router(
         .route("/api/snapshot", get(snapshot).post(import_snapshot))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard_reads));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(self::metrics))
         .merge(api)
         .with_state(state)
@@ -259,6 +289,13 @@ mod tests {
         assert!(status(router(true), "POST /api/tuning HTTP/1.1").await.contains("401"));
         let wrong = "POST /api/tuning HTTP/1.1\r\nAuthorization: Bearer s3cre7";
         assert!(status(router(true), wrong).await.contains("401"));
+        // The alert sink's state.
+        let metrics = Arc::new(Metrics::default());
+        Metrics::set(&metrics.alert_sink_failing_since_seconds, 1);
+        let failing = admin_router(metrics, None, None, true);
+        assert!(status(failing.clone(), "GET /readyz HTTP/1.1").await.contains("503"));
+        assert!(status(failing, "GET /healthz HTTP/1.1").await.contains("200"));
+        assert!(status(router(true), "GET /readyz HTTP/1.1").await.contains("200"));
         // Without a token, writes are disabled.
         let none = admin_router(Arc::new(Metrics::default()), None, None, true);
         assert!(status(none, "POST /api/snapshot HTTP/1.1").await.contains("403"));

@@ -60,6 +60,7 @@ pub enum KafkaError {
 /// Producer of alerts.
 pub struct KafkaAlertSink {
     producer: FutureProducer,
+    brokers: String,
     topic: String,
     delivery_timeout: Duration,
 }
@@ -68,16 +69,7 @@ impl KafkaAlertSink {
     /// Connects and checks that `topic` exists, so a typo fails at start, not at the first alert.
     pub async fn connect(brokers: &str, topic: &str) -> Result<KafkaAlertSink, KafkaError> {
         let delivery_timeout = Duration::from_secs(30);
-        let producer: FutureProducer = client_config()
-            .set("bootstrap.servers", brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
-            .set("client.id", "stormwatch")
-            // Baseline snapshots shared with the group can be large.
-            .set("message.max.bytes", baselines::MAX_SNAPSHOT_BYTES.to_string())
-            .create()
-            .map_err(|source| KafkaError::Client { brokers: brokers.into(), source })?;
+        let producer = Self::producer(brokers, delivery_timeout).map_err(|e| *e)?;
         let check = producer.clone();
         let topic_owned = topic.to_string();
         let metadata = tokio::task::spawn_blocking(move || {
@@ -91,7 +83,31 @@ impl KafkaAlertSink {
         if !exists {
             return Err(KafkaError::MissingTopic { brokers: brokers.into(), topic: topic.into() });
         }
-        Ok(KafkaAlertSink { producer, topic: topic.into(), delivery_timeout })
+        Ok(KafkaAlertSink { producer, brokers: brokers.into(), topic: topic.into(), delivery_timeout })
+    }
+
+    fn producer(brokers: &str, delivery_timeout: Duration) -> Result<FutureProducer, Box<KafkaError>> {
+        client_config()
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
+            .set("client.id", "stormwatch")
+            // Baseline snapshots shared with the group can be large.
+            .set("message.max.bytes", baselines::MAX_SNAPSHOT_BYTES.to_string())
+            .create()
+            .map_err(|source| Box::new(KafkaError::Client { brokers: brokers.into(), source }))
+    }
+
+    /// Replaces the producer with a new one (a new idempotent producer id). After a broker
+    /// restart, a broker that lost the producer's sequence state may refuse it for good; held
+    /// messages are re-sent by the caller.
+    pub fn renew(&mut self) -> Result<(), Box<KafkaError>> {
+        let producer = Self::producer(&self.brokers, self.delivery_timeout)?;
+        let old = std::mem::replace(&mut self.producer, producer);
+        // Dropping purges and flushes for up to 500 ms: not on the async runtime.
+        std::thread::spawn(move || drop(old));
+        Ok(())
     }
 
     pub fn topic(&self) -> &str {
