@@ -135,14 +135,10 @@ async fn baselines_are_listed_live_and_offline_shown_and_diffed() {
     assert!(!ok && err.contains("nowhere.json"), "{err}");
 }
 
-fn metric(serve: &Serve, line_start: &str) -> u64 {
-    serve.metrics().lines().find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok()).unwrap_or(0)
-}
-
-/// Waits until `metric` reaches `at_least` (the engine reloads the tuning within 2 s).
+/// Waits until a metric reaches `at_least` (the engine reloads the tuning within 2 s).
 fn wait_for(serve: &Serve, name: &str, at_least: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while metric(serve, name) < at_least {
+    while serve.metric(name) < at_least {
         assert!(std::time::Instant::now() < deadline, "{name} stayed below {at_least}:\n{}", serve.log());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -190,13 +186,13 @@ async fn the_tuning_file_puts_a_detector_in_shadow_refuses_a_bad_edit_and_reload
         )
         .unwrap();
         wait_for(&serve, "stormwatch_tuning_reloads_total ", 2);
-        assert_eq!(metric(&serve, "stormwatch_findings_suppressed_total "), 0);
+        assert_eq!(serve.metric("stormwatch_findings_suppressed_total "), 0);
         services.product_request(300, 1);
         services.flush();
         wait_for(&serve, "stormwatch_findings_suppressed_total ", 1);
         services.shutdown();
     });
-    assert_eq!(metric(&serve, shadowed), 2);
+    assert_eq!(serve.metric(shadowed), 2);
     let stdout = serve.stop();
     let alerts: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(alerts.iter().filter(|a| a["kind"] == "n_plus_one").count(), 1, "{stdout}");
@@ -346,7 +342,7 @@ async fn an_engineer_raises_an_edges_threshold_and_allowlists_a_job_on_a_running
         wait_for(&serve, "stormwatch_findings_suppressed_total ", 1);
         services.shutdown();
     });
-    assert_eq!(metric(&serve, emitted), 1);
+    assert_eq!(serve.metric(emitted), 1);
 
     // Shadow mode through the CLI: the detector's findings are counted, on /metrics and the API.
     let (ok, out, err) = stormwatch(&["shadow", "fanout_amplification", "--engine", &engine, "--models", &models_arg]);
@@ -360,7 +356,7 @@ async fn an_engineer_raises_an_edges_threshold_and_allowlists_a_job_on_a_running
     });
     let tuning: Value = serde_json::from_str(&http_get(serve.admin, "/api/tuning").unwrap()).unwrap();
     assert_eq!(tuning["shadowed"]["fanout_amplification"], 1, "{tuning}");
-    assert_eq!(metric(&serve, "stormwatch_alerts_emitted_total{kind=\"fanout_amplification\"} "), 0);
+    assert_eq!(serve.metric("stormwatch_alerts_emitted_total{kind=\"fanout_amplification\"} "), 0);
     serve.stop();
 
     // The tuning survives a restart.

@@ -67,11 +67,7 @@ fn sections(bootstrap: &str, alerts: &str, input: &str, group: &str, kafka: &str
 
 /// `stormwatch_kafka_messages_total` of an engine.
 fn messages_consumed(engine: &Serve) -> i64 {
-    engine
-        .metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix("stormwatch_kafka_messages_total ")?.trim().parse().ok())
-        .unwrap_or(0)
+    engine.metric("stormwatch_kafka_messages_total ") as i64
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -387,15 +383,12 @@ async fn three_engines_in_a_group_alert_like_one_and_survive_a_kill() {
     }
     // The window detectors judged the group's merged windows: the owner of input partition 0
     // received every engine's partials and merged them.
-    let metric = |engine: &Serve, name: &str| -> u64 {
-        engine.metrics().lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0)
-    };
-    let merged: Vec<u64> = engines.iter().map(|e| metric(e, "stormwatch_windows_merged_total ")).collect();
+    let merged: Vec<u64> = engines.iter().map(|e| e.metric("stormwatch_windows_merged_total ")).collect();
     assert_eq!(merged.iter().filter(|m| **m > 0).count(), 1, "one merger: {merged:?}");
     for (engine, merged) in engines.iter().zip(&merged) {
-        assert!(metric(engine, "stormwatch_window_partials_sent_total ") > 0, "{}", engine.log());
+        assert!(engine.metric("stormwatch_window_partials_sent_total ") > 0, "{}", engine.log());
         // Only merged windows are judged: no engine judges its own share alone.
-        assert_eq!(metric(engine, "stormwatch_windows_closed_total "), *merged);
+        assert_eq!(engine.metric("stormwatch_windows_closed_total "), *merged);
     }
     for engine in engines {
         engine.stop();

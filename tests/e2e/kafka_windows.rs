@@ -122,11 +122,8 @@ async fn three_engines_judge_the_merged_windows_like_one_engine() {
     for (_, alert) in &seen {
         assert_valid_alert(alert);
     }
-    let metric = |engine: &Serve, name: &str| -> u64 {
-        engine.metrics().lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0)
-    };
-    let merged: u64 = engines.iter().map(|e| metric(e, "stormwatch_windows_merged_total ")).sum();
-    let timeouts: u64 = engines.iter().map(|e| metric(e, "stormwatch_window_merge_timeouts_total ")).sum();
+    let merged: u64 = engines.iter().map(|e| e.metric("stormwatch_windows_merged_total ")).sum();
+    let timeouts: u64 = engines.iter().map(|e| e.metric("stormwatch_window_merge_timeouts_total ")).sum();
     assert!(merged >= 50, "windows merged: {merged}");
     assert_eq!(timeouts, 0, "every window was whole");
     for engine in engines {

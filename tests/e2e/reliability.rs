@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{binary, Serve, Services, Transport};
+use crate::support::{binary, wait_until, Serve, Services, Transport};
 
 /// The author lookups' learned calls per parent, from the snapshot on disk (`None`: no
 /// snapshot yet). Panics when the snapshot does not load: a torn file.
@@ -127,18 +127,6 @@ impl Drop for Broker {
     }
 }
 
-fn metric(serve: &Serve, name: &str) -> u64 {
-    serve.metrics().lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0)
-}
-
-fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "{what} within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The alert broker goes down during an attack and comes back 40 s later: the alert raised
 /// meanwhile is held and retried (the sink reports it on /metrics, /healthz and /readyz), then
 /// delivered; nothing is given up.
@@ -157,7 +145,7 @@ async fn an_alert_raised_while_the_broker_is_down_is_delivered_when_it_is_back()
         }
         services.product_request(300, 1);
         services.flush();
-        wait_until("the first alert", Duration::from_secs(30), || metric(&serve, &emitted("n_plus_one")) == 1);
+        wait_until("the first alert", Duration::from_secs(30), || serve.metric(&emitted("n_plus_one")) == 1);
 
         // The broker dies; an attack of another kind follows.
         broker.stop();
@@ -165,7 +153,7 @@ async fn an_alert_raised_while_the_broker_is_down_is_delivered_when_it_is_back()
         services.flush();
         // librdkafka itself retries for its 30 s message timeout; then the sink holds the alert.
         wait_until("the sink to report failing", Duration::from_secs(60), || {
-            metric(&serve, "stormwatch_alert_sink_failing_since_seconds ") > 0
+            serve.metric("stormwatch_alert_sink_failing_since_seconds ") > 0
         });
         assert!(crate::support::http_get(serve.admin, "/readyz").is_none(), "not ready while failing");
         let health = crate::support::http_get(serve.admin, "/healthz").unwrap();
@@ -173,15 +161,15 @@ async fn an_alert_raised_while_the_broker_is_down_is_delivered_when_it_is_back()
 
         broker.restart();
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        while metric(&serve, &emitted("fanout_amplification")) != 1 {
+        while serve.metric(&emitted("fanout_amplification")) != 1 {
             assert!(std::time::Instant::now() < deadline, "the held alert was not delivered:\n{}", serve.log());
             std::thread::sleep(Duration::from_millis(200));
         }
         services.shutdown();
     });
-    assert_eq!(metric(&serve, "stormwatch_alert_delivery_failures_total "), 0);
-    assert_eq!(metric(&serve, "stormwatch_alert_sink_failing_since_seconds "), 0);
-    assert!(metric(&serve, "stormwatch_alert_sink_retries_total ") > 0);
+    assert_eq!(serve.metric("stormwatch_alert_delivery_failures_total "), 0);
+    assert_eq!(serve.metric("stormwatch_alert_sink_failing_since_seconds "), 0);
+    assert!(serve.metric("stormwatch_alert_sink_retries_total ") > 0);
     assert_eq!(crate::support::http_get(serve.admin, "/readyz").as_deref(), Some("ok\n"));
     let alerts = crate::support::consume_alerts_until(&bootstrap, &topic, Duration::from_secs(30), |alert| {
         alert["kind"] == "fanout_amplification"

@@ -206,6 +206,12 @@ impl Serve {
         http_get(self.admin, "/metrics").unwrap_or_default()
     }
 
+    /// The value of the metric line starting with `line_start` (name and labels, then a
+    /// space), 0 when absent.
+    pub(crate) fn metric(&self, line_start: &str) -> u64 {
+        self.metrics().lines().find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok()).unwrap_or(0)
+    }
+
     /// kill -9: no flush, no snapshot, no commit.
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
@@ -382,5 +388,14 @@ impl Services {
         for (_, provider) in self.providers {
             let _ = provider.shutdown();
         }
+    }
+}
+
+/// Polls `done` every 200 ms; fails naming `what` after `timeout`.
+pub(crate) fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
