@@ -15,8 +15,8 @@ mod subspace;
 pub use distribution::Distribution;
 pub use seasonal::DailyProfile;
 pub use snapshot::{
-    decode_snapshot, encode_snapshot, load_snapshot, write_snapshot, SnapshotError, SNAPSHOT_FILE, SNAPSHOT_FORMAT,
-    SNAPSHOT_VERSION,
+    decode_snapshot, encode_snapshot, load_snapshot, write_snapshot, write_snapshot_document, SnapshotError,
+    SNAPSHOT_FILE, SNAPSHOT_FORMAT, SNAPSHOT_VERSION,
 };
 pub use store::{BaselineStore, RequestMetric, StoreStats, WindowMetric};
 pub use subspace::SubspaceModel;

@@ -178,14 +178,19 @@ fn class_of(doc: &ClassDoc) -> RootClass {
 /// Writes `store` to `dir/baselines.json` atomically. Entries are sorted so that two
 /// snapshots of the same state are byte-identical.
 pub fn write_snapshot(dir: &Path, store: &BaselineStore) -> Result<PathBuf, SnapshotError> {
+    write_snapshot_document(dir, &encode_snapshot(store))
+}
+
+/// Writes an encoded snapshot document ([`encode_snapshot`]) to `dir/baselines.json`
+/// atomically: for callers that also send the same bytes elsewhere.
+pub fn write_snapshot_document(dir: &Path, bytes: &[u8]) -> Result<PathBuf, SnapshotError> {
     let path = dir.join(SNAPSHOT_FILE);
     let write_error = |source| SnapshotError::Write { path: path.clone(), source };
-    let bytes = encode_snapshot(store);
     fs::create_dir_all(dir).map_err(write_error)?;
     let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     let file = File::create(&temporary).map_err(write_error)?;
     let mut writer = BufWriter::new(file);
-    writer.write_all(&bytes).map_err(write_error)?;
+    writer.write_all(bytes).map_err(write_error)?;
     writer.write_all(b"\n").map_err(write_error)?;
     let file = writer.into_inner().map_err(|e| write_error(e.into_error()))?;
     file.sync_all().map_err(write_error)?;

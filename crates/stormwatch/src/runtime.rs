@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::path::Path;
 
-use stormwatch_baseline::{load_snapshot, write_snapshot, BaselineStore};
+use stormwatch_baseline::{encode_snapshot, load_snapshot, write_snapshot_document, BaselineStore};
 use stormwatch_detect::{Engine, EngineConfig, EngineStats};
 use stormwatch_io::kafka::KafkaAlertSink;
 use stormwatch_io::sink::AlertSink;
@@ -182,8 +182,9 @@ fn publish(engine: &Engine, receiver: &SpanReceiver, metrics: &Metrics) {
     }
 }
 
-fn snapshot(engine: &Engine, dir: &std::path::Path, metrics: &Metrics) -> Result<(), String> {
-    match write_snapshot(dir, engine.store()) {
+/// Writes an encoded snapshot of `engine`'s baselines to the models directory.
+fn snapshot(engine: &Engine, document: &[u8], dir: &std::path::Path, metrics: &Metrics) -> Result<(), String> {
+    match write_snapshot_document(dir, document) {
         Ok(path) => {
             Metrics::add(&metrics.snapshots_written_total, 1);
             tracing::debug!(path = %path.display(), edges = engine.store().edges_tracked(), "baseline snapshot written");
@@ -247,11 +248,19 @@ fn run_engine(
             }
         }
     };
-    let share_snapshot = |engine: &Engine| {
-        if let Some((topic, key)) = &options.share_baselines {
-            let payload = stormwatch_baseline::encode_snapshot(engine.store());
-            let _ = alerts_tx.blocking_send(SinkItem::Snapshot { topic: topic.clone(), key: key.clone(), payload });
+    // The baselines encoded once, then written to the models directory and, in a Kafka group,
+    // shared. `None` when neither is configured.
+    let save = |engine: &Engine, dir: Option<&std::path::Path>| -> Option<Result<(), String>> {
+        if dir.is_none() && options.share_baselines.is_none() {
+            return None;
         }
+        let document = encode_snapshot(engine.store());
+        let written = dir.map(|dir| snapshot(engine, &document, dir, &metrics));
+        if let Some((topic, key)) = &options.share_baselines {
+            let (topic, key) = (topic.clone(), key.clone());
+            let _ = alerts_tx.blocking_send(SinkItem::Snapshot { topic, key, payload: document });
+        }
+        written
     };
     let mut alerts = Vec::new();
     // The last alerts, for the admin API's /api/alerts and /api/explain.
@@ -382,8 +391,7 @@ fn run_engine(
         }
         if let Some((dir, Some(interval))) = &options.snapshot {
             if last_snapshot.elapsed() >= *interval {
-                snapshot_error = snapshot(&engine, dir, &metrics).err();
-                share_snapshot(&engine);
+                snapshot_error = save(&engine, Some(dir)).and_then(Result::err);
                 last_snapshot = Instant::now();
             }
         }
@@ -396,10 +404,10 @@ fn run_engine(
     if !pending.is_empty() {
         let _ = alerts_tx.blocking_send(SinkItem::Settled(pending.drain(..).map(|(p, _)| p).collect()));
     }
-    if let Some((dir, _)) = &options.snapshot {
-        snapshot_error = snapshot(&engine, dir, &metrics).err();
+    let dir = options.snapshot.as_ref().map(|(dir, _)| dir.as_path());
+    if let Some(written) = save(&engine, dir) {
+        snapshot_error = written.err();
     }
-    share_snapshot(&engine);
     publish(&engine, &receiver, &metrics);
     let assembler = engine.assembler_stats();
     EngineReport {
