@@ -1,6 +1,16 @@
 //! A bounded streaming distribution of non-negative counts: a sparse log-bucket histogram
 //! (exact up to 63, then eight buckets per power of two, so quantiles are within 12.5%) and
 //! exponentially weighted mean and variance. A few hundred bytes per baseline.
+//!
+//! **The tail guard.** Anomalous values are never learned, but values just under the
+//! threshold are, and a flood of them would move the tail, then the threshold, then the tail
+//! again: three bursts of fake "normal" traffic could teach a baseline to accept a 10x storm.
+//! So the quantiles a baseline reports are held under a *ceiling* that follows the learned
+//! p99.9 freely while nothing pushes it, and otherwise rises at most [`TAIL_GROWTH_PER_DAY`]
+//! times a day of event time. A young baseline (up to [`TAIL_STABLE_SAMPLES`] samples, while a
+//! heavy tail's p99.9 still rises as the sample grows) follows its tail freely. A legitimate
+//! change of a tail is accepted within days; a poisoning campaign must last as long, in event
+//! time.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +21,13 @@ const DECAY_AT: u64 = 100_000;
 const EWMA_ALPHA: f64 = 0.01;
 const EXACT_BUCKETS: u64 = 64;
 const SUB_BUCKET_BITS: u32 = 3;
+/// The quantile the tail ceiling follows.
+const TAIL_QUANTILE: f64 = 0.999;
+/// How far the tail ceiling may rise per day of event time under pressure.
+pub const TAIL_GROWTH_PER_DAY: f64 = 2.0;
+/// Up to this many samples the ceiling follows the tail freely.
+pub const TAIL_STABLE_SAMPLES: u64 = 1_000;
+const DAY_NANOS: f64 = 86_400e9;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Distribution {
@@ -26,6 +43,19 @@ pub struct Distribution {
     ewma_variance: f64,
     /// Event time of the first observation, Unix nanoseconds.
     since_unix_nano: u64,
+    /// The tail guard (absent in snapshots written before it existed: set at the next
+    /// observation from what was learned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tail_ceiling: Option<TailCeiling>,
+}
+
+/// Quantiles never report more than `value`. It was last raised, or last unpressed, at
+/// `since_unix_nano` with `samples` learned; growth beyond it is allowed from there.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TailCeiling {
+    pub value: f64,
+    pub since_unix_nano: u64,
+    pub samples: u64,
 }
 
 fn bucket_of(value: u64) -> u16 {
@@ -57,6 +87,13 @@ impl Distribution {
             self.since_unix_nano = at_unix_nano;
             self.ewma_mean = value as f64;
         }
+        // Only a value above the ceiling can push the tail past it: look at the tail then.
+        let pressed_before = match self.tail_ceiling {
+            Some(ceiling) if value as f64 > ceiling.value => {
+                Some(self.raw_quantile(TAIL_QUANTILE) as f64 > ceiling.value)
+            }
+            _ => None,
+        };
         self.samples += 1;
         self.weight += 1;
         self.max = self.max.max(value);
@@ -77,6 +114,35 @@ impl Distribution {
         self.ewma_variance = (1.0 - EWMA_ALPHA) * (self.ewma_variance + EWMA_ALPHA * delta * delta);
         if self.weight >= DECAY_AT {
             self.decay();
+        }
+        match (self.tail_ceiling, pressed_before) {
+            (None, _) => {
+                self.tail_ceiling = Some(TailCeiling {
+                    value: self.raw_quantile(TAIL_QUANTILE) as f64,
+                    since_unix_nano: at_unix_nano,
+                    samples: self.samples,
+                })
+            }
+            (Some(_), None) => {}
+            (Some(mut ceiling), Some(pressed)) => {
+                if !pressed {
+                    // Pressure starts now: growth is counted from here, never banked.
+                    ceiling.since_unix_nano = at_unix_nano;
+                    ceiling.samples = self.samples - 1;
+                }
+                let raw = self.raw_quantile(TAIL_QUANTILE) as f64;
+                let days = at_unix_nano.saturating_sub(ceiling.since_unix_nano) as f64 / DAY_NANOS;
+                let allowed = if self.samples <= TAIL_STABLE_SAMPLES {
+                    f64::INFINITY
+                } else {
+                    ceiling.value.max(1.0) * TAIL_GROWTH_PER_DAY.powf(days)
+                };
+                let raised = raw.min(allowed);
+                if raised > ceiling.value {
+                    ceiling = TailCeiling { value: raised, since_unix_nano: at_unix_nano, samples: self.samples };
+                }
+                self.tail_ceiling = Some(ceiling);
+            }
         }
     }
 
@@ -106,8 +172,29 @@ impl Distribution {
         self.ewma_mean
     }
 
-    /// The `q` quantile (0..=1), rounded up to its bucket's upper bound; 0 when empty.
+    /// The `q` quantile (0..=1), rounded up to its bucket's upper bound, held under the tail
+    /// ceiling; 0 when empty.
     pub fn quantile(&self, q: f64) -> u64 {
+        let raw = self.raw_quantile(q);
+        match self.tail_ceiling {
+            Some(ceiling) => raw.min(ceiling.value as u64),
+            None => raw,
+        }
+    }
+
+    /// The tail guard, once anything was learned.
+    pub fn tail_ceiling(&self) -> Option<TailCeiling> {
+        self.tail_ceiling
+    }
+
+    /// Whether the learned tail stands above the ceiling: the baseline is being pushed up
+    /// faster than it may follow.
+    pub fn tail_held(&self) -> bool {
+        self.tail_ceiling.is_some_and(|ceiling| self.raw_quantile(TAIL_QUANTILE) as f64 > ceiling.value)
+    }
+
+    /// The `q` quantile of what was learned, ignoring the ceiling.
+    pub fn raw_quantile(&self, q: f64) -> u64 {
         if self.weight == 0 {
             return 0;
         }
@@ -164,6 +251,72 @@ mod tests {
         assert_eq!(d.quantile(0.99), 2);
     }
 
+    const HOUR: u64 = 3_600_000_000_000;
+
+    /// 2,000 requests of a loop of 1-5, an hour apart in total.
+    fn loop_1_to_5() -> Distribution {
+        let mut d = Distribution::default();
+        for i in 0..2_000u64 {
+            d.observe(1 + i % 5, i * HOUR / 2_000);
+        }
+        d
+    }
+
+    #[test]
+    fn bursts_just_under_the_threshold_do_not_move_the_tail() {
+        let mut d = loop_1_to_5();
+        assert_eq!(d.quantile(0.99), 5);
+        // Three bursts of 300, each at the threshold the last one would have made (3x p99).
+        for (burst, value) in [12u64, 30, 80].into_iter().enumerate() {
+            for i in 0..300u64 {
+                d.observe(value, HOUR + burst as u64 * HOUR / 10 + i);
+            }
+        }
+        assert!(d.raw_quantile(0.99) >= 30, "what was learned moved");
+        assert!(d.tail_held());
+        assert_eq!(d.quantile(0.99), 5, "what is judged did not: {:?}", d.tail_ceiling());
+    }
+
+    #[test]
+    fn a_lasting_change_is_accepted_within_days() {
+        let mut d = loop_1_to_5();
+        // From now on the loop is 10-20, for a week.
+        let mut days_to_accept = None;
+        for i in 0..7 * 24 * 60u64 {
+            let at = HOUR + i * 60_000_000_000;
+            d.observe(10 + i % 11, at);
+            if days_to_accept.is_none() && d.quantile(0.99) >= 20 {
+                days_to_accept = Some((at - HOUR) as f64 / (24 * HOUR) as f64);
+            }
+        }
+        let days = days_to_accept.expect("the new loop was never accepted");
+        assert!((1.0..3.0).contains(&days), "accepted after {days:.2} days");
+    }
+
+    #[test]
+    fn a_young_heavy_tail_is_followed_as_it_fills_in() {
+        // A Pareto(1, 1.5) call count, by its quantile function over a scrambled grid, learned
+        // in one instant: a young ceiling follows the sample, not the clock.
+        let mut d = Distribution::default();
+        for i in 0..1_000u64 {
+            let u = ((i * 7_919) % 1_000) as f64 / 1_000.0;
+            d.observe((1.0 / (1.0 - u).powf(1.0 / 1.5)).floor() as u64, 0);
+        }
+        assert_eq!(d.quantile(0.99), d.raw_quantile(0.99));
+        assert!(!d.tail_held());
+    }
+
+    #[test]
+    fn snapshots_without_a_ceiling_still_load_and_get_one() {
+        let mut d = loop_1_to_5();
+        d.tail_ceiling = None;
+        let text = serde_json::to_string(&d).unwrap();
+        assert!(!text.contains("tail_ceiling"));
+        let mut back: Distribution = serde_json::from_str(&text).unwrap();
+        back.observe(3, 2 * HOUR);
+        assert_eq!(back.tail_ceiling().unwrap().value, 5.0);
+    }
+
     proptest::proptest! {
         #[test]
         fn quantile_brackets_the_data(values in proptest::collection::vec(0u64..1_000_000, 1..300)) {
@@ -171,8 +324,9 @@ mod tests {
             for v in &values { d.observe(*v, 0); }
             let max = *values.iter().max().unwrap();
             let min = *values.iter().min().unwrap();
-            proptest::prop_assert!(d.quantile(1.0) == max);
-            proptest::prop_assert!(d.quantile(0.0) >= min);
+            proptest::prop_assert!(d.raw_quantile(1.0) == max);
+            proptest::prop_assert!(d.quantile(1.0) <= max);
+            proptest::prop_assert!(d.quantile(0.0) >= min.min(d.quantile(1.0)));
             proptest::prop_assert!(d.quantile(0.5) <= d.quantile(0.99));
         }
     }

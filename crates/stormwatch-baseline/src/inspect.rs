@@ -32,6 +32,11 @@ pub struct BaselineRow {
     pub p999: f64,
     pub samples: u64,
     pub since_unix_nano: u64,
+    /// Present when the learned p99.9 is being pushed up faster than the tail guard lets the
+    /// baseline follow (twice a day): what was learned, while the quantiles above are what is
+    /// judged. A sign of poisoning, or of a lasting change that will be accepted within days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learned_p999: Option<f64>,
     /// Window calls per entry request: the last judged windows' values, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent: Vec<f64>,
@@ -53,6 +58,7 @@ impl BaselineRow {
             p999: d.quantile(0.999) as f64 / scale,
             samples: d.samples(),
             since_unix_nano: d.since_unix_nano(),
+            learned_p999: d.tail_held().then(|| d.raw_quantile(0.999) as f64 / scale),
             recent: Vec::new(),
             score: None,
         }

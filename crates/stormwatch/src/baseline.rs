@@ -573,11 +573,20 @@ fn print_rows(rows: &[BaselineRow], total: usize, json: bool) -> anyhow::Result<
             row.table,
             trim(row.median),
             trim(row.p99),
-            trim(row.p999),
+            match row.learned_p999 {
+                // The tail guard holds what is judged under what was learned.
+                Some(learned) => format!("{}^{}", trim(row.p999), trim(learned)),
+                None => trim(row.p999),
+            },
             row.samples,
             since
         );
     }
     println!("{} of {total} baselines", rows.len());
+    if rows.iter().any(|row| row.learned_p999.is_some()) {
+        println!(
+            "a^b: the learned p99.9 (b) is rising faster than the baseline may follow; judged against a (at most 2x a day)"
+        );
+    }
     Ok(())
 }

@@ -290,3 +290,47 @@ fn the_last_judged_windows_are_kept_for_the_api() {
     let (_, rates) = recent.last().unwrap();
     assert!(rates.iter().any(|(edge, rate)| edge.to.operation.as_str().contains("FROM users") && *rate > 1.0));
 }
+
+/// Poisoning: after 2,000 ordinary requests (author lookups 1-5, alert above 15), an attacker
+/// sends three bursts of 300 fake "normal" requests, each just under the threshold the
+/// previous burst would have taught (14, 41, 122 lookups), then ramps the loop slowly from 5
+/// to 45 over an hour, interleaved with ordinary traffic. A 10x storm (50 lookups) still
+/// alerts, and the judged p99 has not moved.
+#[test]
+fn bursts_and_a_ramp_of_fake_normal_traffic_do_not_teach_a_10x_storm() {
+    let mut engine = engine();
+    learn_normal(&mut engine, 0, 2_000);
+    let lookups = *engine.store().fanout.keys().find(|e| e.to.operation.as_str().contains("FROM users")).unwrap();
+    assert_eq!(engine.store().fanout[&lookups].quantile(0.99), 5);
+
+    let mut out = Vec::new();
+    let mut seed = 2_000u64;
+    let mut at = T0 + 200 * SEC;
+    for loop_size in [14usize, 41, 122] {
+        for _ in 0..300 {
+            engine.push(product_trace(seed, at, loop_size), &mut out);
+            seed += 1;
+            at += SEC / 10;
+        }
+        at += 60 * SEC;
+    }
+    for step in 0..6_000u64 {
+        let loop_size = if step % 2 == 0 { 5 + (40 * step / 6_000) as usize } else { 1 + (step % 5) as usize };
+        engine.push(product_trace(seed, at, loop_size), &mut out);
+        seed += 1;
+        at += 600 * SEC / 1_000; // 6,000 requests in an hour
+    }
+    engine.advance_to(at + 3_600 * SEC, &mut out);
+    let learned = &engine.store().fanout[&lookups];
+    assert!(learned.tail_held(), "the campaign pushed the learned tail: {:?}", learned.tail_ceiling());
+    assert_eq!(learned.quantile(0.99), 5, "and what is judged did not move");
+
+    let mut storm = Vec::new();
+    let at = at + 3_600 * SEC;
+    engine.push(product_trace(seed, at, 50), &mut storm);
+    engine.advance_to(at + 20 * SEC, &mut storm);
+    assert!(
+        storm.iter().any(|a| a.kind == AlertKind::NPlusOne && a.observed == 50.0),
+        "a 10x storm after the campaign went unnoticed: {storm:#?}"
+    );
+}
