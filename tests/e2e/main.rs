@@ -10,5 +10,6 @@ mod kafka_windows;
 mod reliability;
 mod replay;
 mod scenarios;
+mod security;
 mod serve;
 mod support;

@@ -179,3 +179,53 @@ async fn an_alert_raised_while_the_broker_is_down_is_delivered_when_it_is_back()
     assert!(kinds.contains(&"n_plus_one") && kinds.contains(&"fanout_amplification"), "{kinds:?}");
     serve.stop();
 }
+
+/// A cardinality flood: 400 requests over OTLP/HTTP, each under a new invented path, against
+/// `limits.operations = 40`. The operation names interned stop at the limit, the rest are
+/// counted as folded into `<overflow>`, and one `cardinality_flood` alert (schema-valid) names
+/// the dimension with flood traces as exemplars.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_invented_names_is_capped_counted_and_alerted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let sections = "[assemble]\ntrace_idle = \"1s\"\ntrace_max_wait = \"20s\"\n[limits]\noperations = 40\n";
+    let serve = Serve::start_with(dir.path(), sections, &[]);
+    let services = Services::new(&serve, Transport::Http, &["frontend"]);
+    let flood_alerts = "stormwatch_alerts_emitted_total{kind=\"cardinality_flood\"} ";
+    let mut sent = std::collections::HashSet::new();
+    tokio::task::block_in_place(|| {
+        for i in 0..400u64 {
+            let path = format!("/wp-admin/{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            sent.insert(services.unrouted_request(&path));
+        }
+        services.flush();
+        wait_until("the flood alert", Duration::from_secs(30), || serve.metric(flood_alerts) >= 1);
+    });
+    let names = serve.metric("stormwatch_cardinality_names{dimension=\"operations\"} ");
+    let folded = serve.metric("stormwatch_cardinality_overflow_total{dimension=\"operations\"} ");
+    assert!(names <= 40, "{names} operation names interned past the limit of 40");
+    assert!(folded >= 360, "only {folded} names folded");
+    assert_eq!(serve.metric("stormwatch_cardinality_overflow_total{dimension=\"services\"} "), 0);
+    services.shutdown();
+    serve.stop();
+
+    let file = std::fs::read_to_string(dir.path().join("stormwatch-alerts.jsonl")).unwrap();
+    let floods: Vec<Value> = file
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|alert| alert["kind"] == "cardinality_flood")
+        .collect();
+    assert!(!floods.is_empty());
+    for alert in &floods {
+        crate::support::assert_valid_alert(alert);
+        assert_eq!(alert["fingerprint"], floods[0]["fingerprint"], "one incident: {floods:#?}");
+        for id in alert["exemplar_trace_ids"].as_array().unwrap() {
+            assert!(sent.contains(id.as_str().unwrap()), "exemplar {id} is not a flood trace");
+        }
+    }
+    // The first alert, then at most its summary at shutdown.
+    assert_eq!(floods[0]["count"], 1);
+    assert!(floods.len() <= 2, "{floods:#?}");
+    let first = &floods[0];
+    assert_eq!(first["contributors"][0]["name"], "names operations");
+    assert!(first["explanation"].as_str().unwrap().contains("past its limit of 40"), "{first}");
+}

@@ -124,6 +124,17 @@ impl Serve {
     /// Like [`Serve::start`] with `sections` of TOML (including an `[assemble]` section) in
     /// the config file.
     pub(crate) fn start_with(work_dir: &Path, sections: &str, extra: &[&str]) -> Serve {
+        Serve::start_checked(work_dir, sections, extra, &|admin| http_get(admin, "/healthz").is_some())
+    }
+
+    /// Like [`Serve::start_with`], ready when `ready(admin address)` says so (e.g. /healthz
+    /// over TLS).
+    pub(crate) fn start_checked(
+        work_dir: &Path,
+        sections: &str,
+        extra: &[&str],
+        ready: &dyn Fn(SocketAddr) -> bool,
+    ) -> Serve {
         let config = work_dir.join("stormwatch.toml");
         // Quick learning unless the sections set their own baseline settings.
         let baseline = if sections.contains("[baseline]") {
@@ -141,7 +152,7 @@ impl Serve {
                 args.extend([flag.to_string(), addr.to_string()]);
             }
             args.extend(extra.iter().map(|a| a.to_string()));
-            match Serve::try_spawn(work_dir, &args, grpc, http, admin) {
+            match Serve::try_spawn(work_dir, &args, grpc, http, admin, ready) {
                 Ok(serve) => return serve,
                 Err(log) if attempt < 5 && log.contains("Address already in use") => continue,
                 Err(log) => panic!("serve did not start:\n{log}"),
@@ -157,7 +168,8 @@ impl Serve {
     }
 
     fn spawn(work_dir: &Path, args: &[String], grpc: SocketAddr, http: SocketAddr, admin: SocketAddr) -> Serve {
-        Serve::try_spawn(work_dir, args, grpc, http, admin).unwrap_or_else(|log| panic!("serve did not start:\n{log}"))
+        Serve::try_spawn(work_dir, args, grpc, http, admin, &|admin| http_get(admin, "/healthz").is_some())
+            .unwrap_or_else(|log| panic!("serve did not start:\n{log}"))
     }
 
     /// Starts serve and waits for /healthz; `Err(its log)` when it exits or never gets healthy.
@@ -167,6 +179,7 @@ impl Serve {
         grpc: SocketAddr,
         http: SocketAddr,
         admin: SocketAddr,
+        ready: &dyn Fn(SocketAddr) -> bool,
     ) -> Result<Serve, String> {
         let stderr_path = work_dir.join(format!("serve-{}.log", grpc.port()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
@@ -186,7 +199,7 @@ impl Serve {
             .expect("start stormwatch serve");
         let mut serve = Serve { child, grpc, http, admin, stderr_path };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while http_get(admin, "/healthz").is_none() {
+        while !ready(admin) {
             if let Ok(Some(status)) = serve.child.try_wait() {
                 return Err(format!("serve exited with {status}:\n{}", serve.log()));
             }
@@ -289,9 +302,24 @@ pub(crate) struct Services {
 }
 
 impl Services {
+    /// Services exporting through exporters built by the caller (TLS, headers, ...).
+    pub(crate) fn with_exporters(exporters: Vec<(&'static str, opentelemetry_otlp::SpanExporter)>) -> Services {
+        let providers = exporters
+            .into_iter()
+            .map(|(name, exporter)| {
+                let provider = SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(Resource::builder().with_service_name(name).build())
+                    .build();
+                (name, provider)
+            })
+            .collect();
+        Services { providers }
+    }
+
     pub(crate) fn new(serve: &Serve, transport: Transport, names: &[&'static str]) -> Services {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
-        let providers = names
+        let exporters = names
             .iter()
             .map(|name| {
                 let exporter = match transport {
@@ -308,14 +336,10 @@ impl Services {
                         .build(),
                 }
                 .expect("OTLP exporter");
-                let provider = SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_resource(Resource::builder().with_service_name(*name).build())
-                    .build();
-                (*name, provider)
+                (*name, exporter)
             })
             .collect();
-        Services { providers }
+        Services::with_exporters(exporters)
     }
 
     fn tracer(&self, name: &str) -> opentelemetry_sdk::trace::SdkTracer {
@@ -378,6 +402,30 @@ impl Services {
         trace_id
     }
 
+    /// A `frontend` entry request without a route, named by its raw `path` (as an
+    /// uninstrumented router or a 404 handler reports it), with one catalog lookup.
+    pub(crate) fn unrouted_request(&self, path: &str) -> String {
+        let frontend = self.tracer("frontend");
+        let root = frontend
+            .span_builder(format!("GET {path}"))
+            .with_kind(SpanKind::Server)
+            .with_attributes([KeyValue::new("http.request.method", "GET"), KeyValue::new("url.path", path.to_string())])
+            .start(&frontend);
+        let root_cx = Context::current_with_span(root);
+        let lookup = frontend
+            .span_builder("SELECT shop.pages")
+            .with_kind(SpanKind::Client)
+            .with_attributes([
+                KeyValue::new("db.system.name", "postgresql"),
+                KeyValue::new("db.query.text", "SELECT body FROM pages WHERE path = $1"),
+            ])
+            .start_with_context(&frontend, &root_cx);
+        drop(lookup);
+        let trace_id = root_cx.span().span_context().trace_id().to_string();
+        root_cx.span().end();
+        trace_id
+    }
+
     pub(crate) fn flush(&self) {
         for (name, provider) in &self.providers {
             provider.force_flush().unwrap_or_else(|e| panic!("flushing {name}: {e}"));
@@ -398,4 +446,77 @@ pub(crate) fn wait_until(what: &str, timeout: Duration, done: impl Fn() -> bool)
         assert!(Instant::now() < deadline, "{what} within {timeout:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Test certificates: a CA, a server certificate for 127.0.0.1 and localhost, and a client
+/// certificate, all signed by the CA; and a client certificate from another CA. PEM files in
+/// `dir`: ca.pem, server.pem, server.key, client.pem, client.key, rogue.pem, rogue.key.
+pub(crate) fn make_certificates(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "stormwatch test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let signed = |names: Vec<String>, name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    };
+    signed(vec!["127.0.0.1".into(), "localhost".into()], "server");
+    signed(vec!["collector.fleet".into()], "client");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let rogue_key = KeyPair::generate().unwrap();
+    let rogue = CertificateParams::new(vec!["collector.fleet".to_string()]).unwrap().self_signed(&rogue_key).unwrap();
+    std::fs::write(dir.join("rogue.pem"), rogue.pem()).unwrap();
+    std::fs::write(dir.join("rogue.key"), rogue_key.serialize_pem()).unwrap();
+}
+
+/// One HTTP/1.1 request over TLS, trusting the CA in `ca_pem`, presenting `client` (a
+/// certificate and key PEM pair) when given. The whole response, or the error.
+pub(crate) fn https_request(
+    addr: SocketAddr,
+    ca_pem: &Path,
+    client: Option<(&Path, &Path)>,
+    request: &str,
+    body: &[u8],
+) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_pem).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+    };
+    let server_name = ServerName::from(addr.ip());
+    let connection =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), server_name).map_err(|e| e.to_string())?;
+    let socket = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    let head = format!("{request}\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());
+    tls.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
+    tls.write_all(body).map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    match tls.read_to_end(&mut response) {
+        Ok(_) => {}
+        // Some servers close without close_notify; what arrived is the response.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(String::from_utf8_lossy(&response).into_owned())
 }

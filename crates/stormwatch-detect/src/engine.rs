@@ -4,7 +4,7 @@
 
 use stormwatch_assemble::{Assembler, AssemblerConfig, AssemblerStats, CompletedTrace};
 use stormwatch_baseline::BaselineStore;
-use stormwatch_model::{Alert, AlertKind, Span};
+use stormwatch_model::{Alert, AlertKind, Dimension, DimensionState, Span, Sym, OVERFLOW};
 
 use crate::correlated::{Correlated, CorrelatedConfig};
 use crate::detectors::{detect, learn};
@@ -81,6 +81,11 @@ pub struct Engine {
     tuning: Tuning,
     /// The last judged windows: (window end, calls per entry request on every edge).
     recent_windows: std::collections::VecDeque<(u64, Vec<(stormwatch_model::Edge, f64)>)>,
+    /// Names folded into `<overflow>` so far, per dimension, as last reported.
+    overflow_seen: [u64; Dimension::ALL.len()],
+    /// The last traces that carried an `<overflow>` name (exemplars of a flood).
+    overflow_traces: std::collections::VecDeque<stormwatch_model::TraceId>,
+    overflow: Sym,
 }
 
 /// Judged windows kept for the admin API (a minute at the default 10 s windows).
@@ -104,7 +109,75 @@ impl Engine {
             flushed: false,
             tuning: Tuning::default(),
             recent_windows: std::collections::VecDeque::new(),
+            overflow_seen: [0; Dimension::ALL.len()],
+            overflow_traces: std::collections::VecDeque::new(),
+            overflow: Sym::new(OVERFLOW),
         }
+    }
+
+    /// Reports a cardinality flood: when names of a structural dimension (services,
+    /// operations, statements, peers, query shapes) were folded into `<overflow>` since the
+    /// last call, one `cardinality_flood` finding, throttled like any other (one alert, then
+    /// counted summaries). `state` is [`stormwatch_model::Cardinality::state`]; the caller
+    /// decides how often to look (the runtime: after every batch).
+    pub fn note_cardinality(&mut self, state: &[DimensionState], out: &mut Vec<Alert>) {
+        let grown: Vec<(DimensionState, u64)> = state
+            .iter()
+            .filter(|d| d.dimension.is_structural())
+            .filter_map(|d| {
+                let seen = self.overflow_seen[d.dimension as usize];
+                (d.overflowed > seen).then(|| (*d, d.overflowed - seen))
+            })
+            .collect();
+        // Exemplars are the traces that carried the folded names: until one completes, the
+        // folding waits to be reported.
+        if grown.is_empty() || self.overflow_traces.is_empty() {
+            return;
+        }
+        for (d, _) in &grown {
+            self.overflow_seen[d.dimension as usize] = d.overflowed;
+        }
+        let before = out.len();
+        let now = (self.clock)();
+        let at = match self.assembler.watermark() {
+            0 => now,
+            watermark => watermark,
+        };
+        let folded: u64 = grown.iter().map(|(_, n)| n).sum();
+        let named: Vec<String> = grown
+            .iter()
+            .map(|(d, n)| format!("{n} new {} past its limit of {}", d.dimension.as_str(), d.limit))
+            .collect();
+        let finding = crate::Finding {
+            kind: AlertKind::CardinalityFlood,
+            edge: None,
+            entry: None,
+            metric: None,
+            observed: folded as f64,
+            expected: 0.0,
+            threshold: 0.0,
+            unit: "names_folded",
+            score: 1.0,
+            severity: stormwatch_model::Severity::Warning,
+            exemplars: self.overflow_traces.iter().rev().copied().collect(),
+            contributors: grown
+                .iter()
+                .map(|(d, n)| stormwatch_model::Contributor {
+                    name: format!("names {}", d.dimension.as_str()),
+                    share: ((*n as f64 / folded as f64) * 1000.0).round() / 1000.0,
+                })
+                .collect(),
+            start_unix_nano: at,
+            end_unix_nano: at,
+            baseline_samples: 0,
+            baseline_since_unix_nano: at,
+            explanation: format!(
+                "The traffic is inventing names faster than stormwatch's cardinality limits allow: {}, folded into `{OVERFLOW}` (a flood of invented names is itself an attack signal; raise `limits.*` if the growth is legitimate).",
+                named.join(", ")
+            ),
+        };
+        self.offer(finding, now, out);
+        self.count_alerts(&out[before..]);
     }
 
     pub fn store(&self) -> &BaselineStore {
@@ -241,6 +314,12 @@ impl Engine {
             self.stats.traces_checked += 1;
             self.stats.orphan_spans += features.orphan_spans;
             self.stats.traces_with_cycles += u64::from(features.has_cycle);
+            if self.carries_overflow(&features) {
+                if self.overflow_traces.len() == crate::window::MAX_EXEMPLARS {
+                    self.overflow_traces.pop_front();
+                }
+                self.overflow_traces.push_back(features.trace_id);
+            }
             let (findings, anomalies) = detect(&features, &self.store, &self.detect);
             // Work a per-trace detector reported is not window evidence; a new-edge note (info)
             // explains no excess.
@@ -312,6 +391,14 @@ impl Engine {
             Verdict::Shadow(finding) => self.stats.shadowed[finding.kind.index()] += 1,
             Verdict::Suppressed(_) => self.stats.suppressed += 1,
         }
+    }
+
+    /// Whether a trace names a node `<overflow>`.
+    fn carries_overflow(&self, features: &crate::TraceFeatures) -> bool {
+        let o = self.overflow;
+        let node = |n: &stormwatch_model::Node| n.service == o || n.operation == o;
+        features.root_class.is_some_and(|c| c.service == o || c.operation == o || c.query_shape == Some(o))
+            || features.edges.iter().any(|e| node(&e.edge.from) || node(&e.edge.to))
     }
 
     fn count_alerts(&mut self, alerts: &[Alert]) {

@@ -35,7 +35,7 @@ use crate::detectors::{judge, DetectConfig, Finding, Judgement};
 use crate::features::TraceFeatures;
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
-const MAX_EXEMPLARS: usize = 5;
+pub(crate) const MAX_EXEMPLARS: usize = 5;
 /// Heaviest traces per edge left out of aggregate evidence.
 const HEAVIEST_TRACES: usize = 3;
 
@@ -183,22 +183,19 @@ mod pairs {
     }
 }
 
-/// The client population of an address: /16 for IPv4, /64 for IPv6.
-pub fn client_population(address: &str) -> String {
-    if let Ok(v4) = address.parse::<std::net::Ipv4Addr>() {
-        let [a, b, _, _] = v4.octets();
-        return format!("{a}.{b}.0.0/16");
-    }
-    if let Ok(v6) = address.parse::<std::net::Ipv6Addr>() {
-        let s = v6.segments();
-        return format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]);
-    }
-    address.to_string()
-}
+/// The client population of an address (decoders already intern populations; spans built
+/// otherwise may carry addresses).
+pub use stormwatch_model::client_population;
 
 impl Window {
     fn new(start: u64, length: u64) -> Window {
-        Window { start, end: start + length, entry_requests: 0, edges: HashMap::new(), caches: HashMap::new() }
+        Window {
+            start,
+            end: start.saturating_add(length),
+            entry_requests: 0,
+            edges: HashMap::new(),
+            caches: HashMap::new(),
+        }
     }
 
     /// Folds in the same window as seen by another engine (its share of the partitions), so

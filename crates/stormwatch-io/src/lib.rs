@@ -13,6 +13,7 @@ mod metrics;
 pub mod otlp;
 mod queue;
 pub mod sink;
+pub mod tls;
 
 pub use metrics::Metrics;
 pub use queue::{span_queue, Batch, Disconnected, QueueFull, SourcePosition, SourceTopic, SpanQueue, SpanReceiver};

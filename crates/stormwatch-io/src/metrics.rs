@@ -39,10 +39,35 @@ macro_rules! metrics {
                 for (kind, count) in AlertKind::ALL.iter().zip(&self.alerts_shadowed) {
                     let _ = writeln!(out, "stormwatch_alerts_shadowed_total{{kind=\"{}\"}} {}", kind.as_str(), count.load(Ordering::Relaxed));
                 }
+                render_cardinality(&mut out, &stormwatch_model::Cardinality::global().state());
                 out
             }
         }
     };
+}
+
+/// Names interned per dimension (`limits.*`), the limit, and names folded into `<overflow>`.
+fn render_cardinality(out: &mut String, state: &[stormwatch_model::DimensionState]) {
+    type Value = fn(&stormwatch_model::DimensionState) -> u64;
+    let series: [(&str, &str, &str, Value); 3] = [
+        ("stormwatch_cardinality_names", "gauge", "Distinct names interned, by dimension.", |d| d.distinct as u64),
+        ("stormwatch_cardinality_limit", "gauge", "Most distinct names kept, by dimension (limits.*).", |d| {
+            d.limit as u64
+        }),
+        (
+            "stormwatch_cardinality_overflow_total",
+            "counter",
+            "New names past the limit, folded into <overflow>, by dimension.",
+            |d| d.overflowed,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for d in state {
+            let _ = writeln!(out, "{name}{{dimension=\"{}\"}} {}", d.dimension.as_str(), value(d));
+        }
+    }
 }
 
 metrics! {
@@ -56,6 +81,10 @@ metrics! {
     requests_refused_total: "counter",
     /// Export requests rejected as undecodable or too large.
     requests_invalid_total: "counter",
+    /// Export requests refused for a missing or wrong bearer token (server.ingest_token).
+    requests_unauthenticated_total: "counter",
+    /// TLS handshakes that failed or timed out (no client certificate, wrong CA, plain HTTP).
+    tls_handshake_failures_total: "counter",
     /// Spans that arrived after their trace had completed.
     late_spans_total: "counter",
     /// Spans with a zero timestamp or an end before their start.

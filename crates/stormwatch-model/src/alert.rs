@@ -26,6 +26,9 @@ pub enum AlertKind {
     NewEdge,
     /// Window level: many edges moved together in a way no learned traffic pattern explains.
     CorrelatedStorm,
+    /// The traffic invents service, operation, statement or peer names faster than the
+    /// engine's cardinality limits allow: new names are being folded into `<overflow>`.
+    CardinalityFlood,
 }
 
 impl AlertKind {
@@ -39,10 +42,11 @@ impl AlertKind {
             AlertKind::CacheBypass => "cache_bypass",
             AlertKind::NewEdge => "new_edge",
             AlertKind::CorrelatedStorm => "correlated_storm",
+            AlertKind::CardinalityFlood => "cardinality_flood",
         }
     }
 
-    pub const ALL: [AlertKind; 8] = [
+    pub const ALL: [AlertKind; 9] = [
         AlertKind::FanoutAmplification,
         AlertKind::RequestAmplification,
         AlertKind::NPlusOne,
@@ -51,6 +55,7 @@ impl AlertKind {
         AlertKind::CacheBypass,
         AlertKind::NewEdge,
         AlertKind::CorrelatedStorm,
+        AlertKind::CardinalityFlood,
     ];
 
     /// Where this kind's alert counts go in `[u64; AlertKind::ALL.len()]` arrays.

@@ -18,7 +18,7 @@ pub use alert::{
 pub use graph::{Edge, Node, NodeKind, RootClass};
 pub use ids::{IdError, SpanId, TraceId};
 pub use span::{Remote, Span, SpanKind};
-pub use symbol::Sym;
+pub use symbol::{Cardinality, Dimension, DimensionState, Sym, OVERFLOW};
 pub use time::{parse_rfc3339, rfc3339};
 
 /// A stable 64-bit FNV-1a hash, used where a hash must not change between runs or releases
@@ -35,4 +35,18 @@ pub fn stable_hash(parts: &[&[u8]]) -> u64 {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     hash
+}
+
+/// The client population of an address: /16 for IPv4, /64 for IPv6; anything else (already a
+/// population, or not an address) unchanged.
+pub fn client_population(address: &str) -> String {
+    if let Ok(v4) = address.parse::<std::net::Ipv4Addr>() {
+        let [a, b, _, _] = v4.octets();
+        return format!("{a}.{b}.0.0/16");
+    }
+    if let Ok(v6) = address.parse::<std::net::Ipv6Addr>() {
+        let s = v6.segments();
+        return format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]);
+    }
+    address.to_string()
 }

@@ -61,7 +61,8 @@ pub struct Span {
     /// Where a client span goes when no server span answers it: a database, cache, queue or
     /// uninstrumented peer.
     pub remote: Option<Remote>,
-    /// Client address of an entry span (`client.address`, `net.peer.ip`, ...).
+    /// Client of an entry span (`client.address`, `net.peer.ip`, ...): decoders keep its
+    /// population ([`crate::client_population`]).
     pub client_address: Option<Sym>,
     /// Authenticated user of an entry span (`enduser.id`, `user.id`).
     pub user: Option<Sym>,

@@ -1,10 +1,14 @@
 //! Interned strings. Service names, operations and statements repeat millions of times; each
 //! is stored once and spans carry a 4-byte [`Sym`].
 //!
-//! The interner is process-wide and append-only. Unbounded cardinality is the callers' concern:
-//! decoders normalise statements and cap what they intern before it reaches here.
+//! The interner is process-wide and append-only, so what reaches it must be bounded: decoders
+//! normalise statements, and intern names that come from the traffic through
+//! [`Sym::bounded`], which holds each [`Dimension`] (services, operations, statements, ...) to a
+//! limit. Past it, new names of that dimension become one overflow symbol,
+//! [`OVERFLOW`], and are counted: a flood of invented names costs nothing, and is reported.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use lasso::{Spur, ThreadedRodeo};
@@ -44,6 +48,12 @@ impl Sym {
             resolved[index] = Some(text);
             text
         })
+    }
+
+    /// Interns `text` as a name of `dimension`, unless that dimension is at its limit of
+    /// distinct names: then [`OVERFLOW`] (counted). Names already interned cost nothing.
+    pub fn bounded(dimension: Dimension, text: &str) -> Sym {
+        CARDINALITY.intern(dimension, text)
     }
 
     /// The interning key: equal for equal text and cheap to compare, but ordered by first
@@ -103,9 +113,161 @@ impl<'de> serde::Deserialize<'de> for Sym {
     }
 }
 
+/// What new names of a dimension at its limit become.
+pub const OVERFLOW: &str = "<overflow>";
+
+/// What the traffic names, each held to its own limit of distinct values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dimension {
+    /// `service.name`.
+    Service,
+    /// Span names and routes: the operations of services, queues and peers.
+    Operation,
+    /// Normalised database and cache statements.
+    Statement,
+    /// Remote systems: database systems and names, queues, peer hosts.
+    Peer,
+    /// Entry query shapes (`?a=&b=`).
+    QueryShape,
+    /// Client populations (/16, /64) of entry requests.
+    Client,
+    /// `enduser.id` of entry requests.
+    User,
+}
+
+const DEFAULT_LIMITS: [usize; 7] = [10_000, 100_000, 100_000, 10_000, 10_000, 100_000, 100_000];
+
+impl Dimension {
+    pub const ALL: [Dimension; 7] = [
+        Dimension::Service,
+        Dimension::Operation,
+        Dimension::Statement,
+        Dimension::Peer,
+        Dimension::QueryShape,
+        Dimension::Client,
+        Dimension::User,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Service => "services",
+            Dimension::Operation => "operations",
+            Dimension::Statement => "statements",
+            Dimension::Peer => "peers",
+            Dimension::QueryShape => "query_shapes",
+            Dimension::Client => "clients",
+            Dimension::User => "users",
+        }
+    }
+
+    /// The default limit of distinct names.
+    pub fn default_limit(self) -> usize {
+        DEFAULT_LIMITS[self as usize]
+    }
+
+    /// Whether names of this dimension shape the call graph: a flood of them is an attack on
+    /// the engine (clients and users are many by nature, and only counted).
+    pub fn is_structural(self) -> bool {
+        !matches!(self, Dimension::Client | Dimension::User)
+    }
+}
+
+/// Distinct names interned and names folded into [`OVERFLOW`], per dimension.
+pub struct Cardinality {
+    limits: [AtomicUsize; 7],
+    distinct: [AtomicUsize; 7],
+    overflowed: [AtomicU64; 7],
+}
+
+/// One dimension's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DimensionState {
+    pub dimension: Dimension,
+    pub limit: usize,
+    pub distinct: usize,
+    pub overflowed: u64,
+}
+
+static CARDINALITY: Cardinality = Cardinality::new();
+
+impl Cardinality {
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Cardinality {
+        Cardinality {
+            limits: [
+                AtomicUsize::new(DEFAULT_LIMITS[0]),
+                AtomicUsize::new(DEFAULT_LIMITS[1]),
+                AtomicUsize::new(DEFAULT_LIMITS[2]),
+                AtomicUsize::new(DEFAULT_LIMITS[3]),
+                AtomicUsize::new(DEFAULT_LIMITS[4]),
+                AtomicUsize::new(DEFAULT_LIMITS[5]),
+                AtomicUsize::new(DEFAULT_LIMITS[6]),
+            ],
+            distinct: [const { AtomicUsize::new(0) }; 7],
+            overflowed: [const { AtomicU64::new(0) }; 7],
+        }
+    }
+
+    /// The process-wide state [`Sym::bounded`] uses.
+    pub fn global() -> &'static Cardinality {
+        &CARDINALITY
+    }
+
+    pub fn set_limit(&self, dimension: Dimension, limit: usize) {
+        self.limits[dimension as usize].store(limit, Ordering::Relaxed);
+    }
+
+    pub fn intern(&self, dimension: Dimension, text: &str) -> Sym {
+        if let Some(key) = interner().get(text) {
+            return Sym(key);
+        }
+        let index = dimension as usize;
+        // Two threads interning the same new name may both count it: the limit errs low.
+        if self.distinct[index].fetch_add(1, Ordering::Relaxed) < self.limits[index].load(Ordering::Relaxed) {
+            Sym::new(text)
+        } else {
+            self.distinct[index].fetch_sub(1, Ordering::Relaxed);
+            self.overflowed[index].fetch_add(1, Ordering::Relaxed);
+            Sym::new(OVERFLOW)
+        }
+    }
+
+    pub fn state(&self) -> Vec<DimensionState> {
+        Dimension::ALL
+            .into_iter()
+            .map(|dimension| DimensionState {
+                dimension,
+                limit: self.limits[dimension as usize].load(Ordering::Relaxed),
+                distinct: self.distinct[dimension as usize].load(Ordering::Relaxed),
+                overflowed: self.overflowed[dimension as usize].load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_dimension_is_held_to_its_limit() {
+        let cardinality = Cardinality::new();
+        cardinality.set_limit(Dimension::Operation, 3);
+        let names: Vec<Sym> =
+            (0..10).map(|i| cardinality.intern(Dimension::Operation, &format!("GET /flood-test/{i}"))).collect();
+        assert_eq!(names[2].as_str(), "GET /flood-test/2");
+        assert!(names[3..].iter().all(|s| s.as_str() == OVERFLOW));
+        // Known names still resolve, in any dimension; other dimensions are not affected.
+        assert_eq!(cardinality.intern(Dimension::Operation, "GET /flood-test/1").as_str(), "GET /flood-test/1");
+        assert_eq!(cardinality.intern(Dimension::Service, "flood-test-svc").as_str(), "flood-test-svc");
+        let state = cardinality.state();
+        let operations = state.iter().find(|s| s.dimension == Dimension::Operation).unwrap();
+        assert_eq!((operations.limit, operations.distinct, operations.overflowed), (3, 3, 7));
+        for dimension in Dimension::ALL {
+            let limit = state.iter().find(|s| s.dimension == dimension).unwrap().limit;
+            assert_eq!(limit, if dimension == Dimension::Operation { 3 } else { dimension.default_limit() });
+        }
+    }
 
     #[test]
     fn same_text_same_symbol() {

@@ -6,7 +6,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use stormwatch_model::{NodeKind, Remote, Span, SpanId, SpanKind, Sym, TraceId};
+use stormwatch_model::{
+    client_population, Dimension, NodeKind, Remote, Span, SpanId, SpanKind, Sym, TraceId, OVERFLOW,
+};
 
 use crate::normalize::normalize_statement;
 
@@ -29,7 +31,7 @@ fn normalized_statement(raw: &str) -> Sym {
         if let Some(sym) = cache.get(raw) {
             return *sym;
         }
-        let sym = Sym::new(&normalize_statement(raw));
+        let sym = Sym::bounded(Dimension::Statement, &normalize_statement(raw));
         if raw.len() <= MAX_CACHED_STATEMENT {
             if cache.len() >= CACHE_ENTRIES {
                 cache.clear();
@@ -40,15 +42,19 @@ fn normalized_statement(raw: &str) -> Sym {
     })
 }
 
-/// `a{separator}b`, interned, without allocating when seen before.
-fn joined(a: &str, separator: char, b: &str) -> Sym {
-    let key = (Sym::new(a), separator, Sym::new(b));
+/// `a{separator}b`, interned as a name of `dimension`, without allocating when seen before.
+fn joined(dimension: Dimension, a: &str, separator: char, b: &str) -> Sym {
+    let key = (Sym::bounded(dimension, a), separator, Sym::bounded(dimension, b));
+    if key.0.as_str() == OVERFLOW || key.2.as_str() == OVERFLOW {
+        // Not a key: every overflowed part is the same symbol.
+        return Sym::bounded(dimension, &format!("{a}{separator}{b}"));
+    }
     JOINED.with(|cache| {
         let mut cache = cache.borrow_mut();
         if let Some(sym) = cache.get(&key) {
             return *sym;
         }
-        let sym = Sym::new(&format!("{a}{separator}{b}"));
+        let sym = Sym::bounded(dimension, &format!("{a}{separator}{b}"));
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();
         }
@@ -165,34 +171,42 @@ impl<'s> AttrView<'s> {
         if let Some(system) = self.db_system.or(self.db_system_old) {
             let kind = if is_cache_system(system) { NodeKind::Cache } else { NodeKind::Database };
             let name = match self.db_namespace.or(self.db_namespace_old) {
-                Some(namespace) if !namespace.is_empty() => joined(system, ':', namespace),
-                _ => Sym::new(system),
+                Some(namespace) if !namespace.is_empty() => joined(Dimension::Peer, system, ':', namespace),
+                _ => Sym::bounded(Dimension::Peer, system),
             };
             let operation = if let Some(statement) = self.db_statement.or(self.db_statement_old) {
                 normalized_statement(statement)
             } else if let Some(operation) = self.db_operation.or(self.db_operation_old) {
                 match self.db_collection.or(self.db_collection_old) {
-                    Some(collection) => joined(operation, ' ', collection),
-                    None => Sym::new(operation),
+                    Some(collection) => joined(Dimension::Statement, operation, ' ', collection),
+                    None => Sym::bounded(Dimension::Statement, operation),
                 }
             } else {
-                Sym::new(span_name)
+                Sym::bounded(Dimension::Operation, span_name)
             };
             return Some(Remote { kind, name, operation });
         }
         if let Some(system) = self.messaging_system {
             let name = match self.messaging_destination.or(self.messaging_destination_old) {
-                Some(destination) => joined(system, ':', destination),
-                None => Sym::new(system),
+                Some(destination) => joined(Dimension::Peer, system, ':', destination),
+                None => Sym::bounded(Dimension::Peer, system),
             };
-            return Some(Remote { kind: NodeKind::Queue, name, operation: Sym::new(span_name) });
+            return Some(Remote {
+                kind: NodeKind::Queue,
+                name,
+                operation: Sym::bounded(Dimension::Operation, span_name),
+            });
         }
         let peer = self
             .peer_service
             .or(self.server_address)
             .or(self.server_address_old)
             .or_else(|| self.url_full().and_then(url_host))?;
-        Some(Remote { kind: NodeKind::Peer, name: Sym::new(peer), operation: Sym::new(span_name) })
+        Some(Remote {
+            kind: NodeKind::Peer,
+            name: Sym::bounded(Dimension::Peer, peer),
+            operation: Sym::bounded(Dimension::Operation, span_name),
+        })
     }
 }
 
@@ -323,16 +337,32 @@ fn build_span(
     let entry_like = kind.is_entry() || parent_span_id.is_none();
     let operation = match (attrs.http_route, entry_like) {
         (Some(route), true) if !raw.name.contains(route) => match attrs.method() {
-            Some(method) => joined(method, ' ', route),
-            None => Sym::new(route),
+            Some(method) => joined(Dimension::Operation, method, ' ', route),
+            None => Sym::bounded(Dimension::Operation, route),
         },
-        _ => Sym::new(raw.name),
+        _ => Sym::bounded(Dimension::Operation, raw.name),
     };
-    let query_shape = if entry_like { attrs.query().and_then(query_shape).map(|shape| Sym::new(&shape)) } else { None };
+    let query_shape = if entry_like {
+        attrs.query().and_then(query_shape).map(|shape| Sym::bounded(Dimension::QueryShape, &shape))
+    } else {
+        None
+    };
     let remote = if kind.is_outgoing() { attrs.remote(raw.name) } else { None };
-    let client_address =
-        if entry_like { attrs.client_address.or(attrs.client_address_old).map(Sym::new) } else { None };
-    let user = if entry_like { attrs.user.filter(|user| !user.is_empty()).map(Sym::new) } else { None };
+    // Clients are kept as their population (/16, /64): what window detectors attribute to, and
+    // far fewer names than addresses.
+    let client_address = if entry_like {
+        attrs
+            .client_address
+            .or(attrs.client_address_old)
+            .map(|address| Sym::bounded(Dimension::Client, &client_population(address)))
+    } else {
+        None
+    };
+    let user = if entry_like {
+        attrs.user.filter(|user| !user.is_empty()).map(|user| Sym::bounded(Dimension::User, user))
+    } else {
+        None
+    };
     Span {
         trace_id,
         span_id,

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
-use stormwatch_model::Sym;
+use stormwatch_model::{Dimension, Sym};
 
 use crate::conventions::{push_span, service_name, AttrView, RawSpan, WireId};
 use crate::{Decoded, Result};
@@ -201,7 +201,10 @@ pub fn decode_json(bytes: &[u8]) -> Result<Decoded> {
     let mut decoded = Decoded::default();
     for resource_spans in &request.resource_spans {
         let names = resource_spans.resource.iter().flat_map(|resource| &resource.attributes);
-        let service = Sym::new(service_name(names.filter(|kv| kv.key == "service.name").map(string_value)));
+        let service = Sym::bounded(
+            Dimension::Service,
+            service_name(names.filter(|kv| kv.key == "service.name").map(string_value)),
+        );
         for scope_spans in &resource_spans.scope_spans {
             decoded.spans.reserve(scope_spans.spans.len());
             for span in &scope_spans.spans {

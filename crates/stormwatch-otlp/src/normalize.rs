@@ -40,6 +40,12 @@ pub fn normalize_statement(statement: &str) -> String {
                     i += 1;
                 }
                 i = (i + 2).min(bytes.len());
+                // A comment separates like a space: `a/**/b` is `a b`, and what is left on
+                // either side cannot join into a new comment (found by fuzzing).
+                if !last_was_space {
+                    out.push(' ');
+                    last_was_space = true;
+                }
                 continue;
             }
             b'0'..=b'9' if !out.chars().next_back().is_some_and(is_ident_char) => {
@@ -65,7 +71,16 @@ pub fn normalize_statement(statement: &str) -> String {
         }
         last_was_space = false;
     }
-    let collapsed = collapse_lists(out.trim_end());
+    // Until nothing collapses: `(?, ?), (?, ?)` becomes `(?), (?)` in one pass and `(?)` in the
+    // next, so bulk inserts of any row count are one statement (found by fuzzing).
+    let mut collapsed = collapse_lists(out.trim_end());
+    loop {
+        let again = collapse_lists(&collapsed);
+        if again.len() == collapsed.len() {
+            break;
+        }
+        collapsed = again;
+    }
     truncate_at_char(collapsed, MAX_STATEMENT_LEN)
 }
 
@@ -150,6 +165,8 @@ fn truncate_at_char(mut text: String, max: usize) -> String {
             end -= 1;
         }
         text.truncate(end);
+        // A cut after a space leaves one at the end, which normalising again would trim.
+        text.truncate(text.trim_end().len());
     }
     text
 }
@@ -173,12 +190,22 @@ mod tests {
         assert_eq!(n("SELECT * FROM t WHERE id IN (1,2)"), n("SELECT * FROM t WHERE id IN (9)"));
         assert_eq!(n("INSERT INTO t VALUES (1), (2), (3)"), "INSERT INTO t VALUES (?)");
         assert_eq!(n("INSERT INTO t VALUES (?,?,?)"), "INSERT INTO t VALUES (?)");
+        // Rows of several values, however many rows: one statement.
+        assert_eq!(n("INSERT INTO t (a, b) VALUES (1, 'x'), (2, 'y'), (3, 'z')"), "INSERT INTO t (a, b) VALUES (?)");
+        assert_eq!(n("INSERT INTO t VALUES (?, ?, ?), (?, ?, ?)"), "INSERT INTO t VALUES (?)");
     }
 
     #[test]
     fn whitespace_and_comments() {
         assert_eq!(n("  SELECT\n\t*   FROM t -- trailing\n"), "SELECT * FROM t");
         assert_eq!(n("SELECT /* hint */ 1"), "SELECT ?");
+        assert_eq!(n("SELECT a/**/FROM t"), "SELECT a FROM t");
+        // What is left around a comment never joins into a new one.
+        let once = n("R / //* */* ***R");
+        assert_eq!(n(&once), once);
+        // Cut at the limit right after a space: no trailing space.
+        let long = format!("SELECT {} FROM t", "a".repeat(super::MAX_STATEMENT_LEN - 8));
+        assert!(!n(&long).ends_with(' '));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use stormwatch_model::Sym;
+use stormwatch_model::{Dimension, Sym};
 
 use crate::conventions::{push_span, service_name, AttrView, RawSpan, WireId};
 use crate::Decoded;
@@ -21,7 +21,10 @@ pub fn from_request(request: &ExportTraceServiceRequest) -> Decoded {
     let mut decoded = Decoded::default();
     for resource_spans in &request.resource_spans {
         let names = resource_spans.resource.iter().flat_map(|resource| &resource.attributes);
-        let service = Sym::new(service_name(names.filter(|kv| kv.key == "service.name").map(string_value)));
+        let service = Sym::bounded(
+            Dimension::Service,
+            service_name(names.filter(|kv| kv.key == "service.name").map(string_value)),
+        );
         for scope_spans in &resource_spans.scope_spans {
             decoded.spans.reserve(scope_spans.spans.len());
             for span in &scope_spans.spans {

@@ -4,7 +4,7 @@
 //! Unknown fields are skipped, as protobuf requires. The result must equal prost's decoding
 //! followed by [`crate::from_request`]; a property test holds the two together.
 
-use stormwatch_model::Sym;
+use stormwatch_model::{Dimension, Sym};
 
 use crate::conventions::{push_span, AttrView, RawSpan, WireId, UNKNOWN_SERVICE};
 use crate::{DecodeError, Decoded, Result};
@@ -204,7 +204,7 @@ pub fn decode_protobuf(bytes: &[u8]) -> Result<Decoded> {
             Some(resource) => service_name(resource)?,
             None => None,
         };
-        let service = Sym::new(service.unwrap_or(UNKNOWN_SERVICE));
+        let service = Sym::bounded(Dimension::Service, service.unwrap_or(UNKNOWN_SERVICE));
         let mut fields = Fields::new(resource_spans, "ResourceSpans");
         while let Some((number, field)) = fields.next()? {
             let (2, Value::Bytes(scope_spans)) = (number, field) else { continue };

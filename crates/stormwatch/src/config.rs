@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -20,6 +21,66 @@ pub(crate) struct Config {
     pub(crate) assemble: AssembleConfig,
     pub(crate) baseline: BaselineConfig,
     pub(crate) detect: DetectSection,
+    pub(crate) limits: LimitsConfig,
+}
+
+/// Most distinct names kept per dimension. New names past a limit become `<overflow>`, are
+/// counted (`stormwatch_cardinality_overflow_total`), and for all but clients and users raise
+/// one `cardinality_flood` alert: memory stays bounded whatever the traffic invents.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LimitsConfig {
+    /// `service.name` values.
+    pub(crate) services: usize,
+    /// Span names and routes.
+    pub(crate) operations: usize,
+    /// Normalised database and cache statements.
+    pub(crate) statements: usize,
+    /// Database systems and namespaces, queues, peer hosts.
+    pub(crate) peers: usize,
+    /// Entry query shapes.
+    pub(crate) query_shapes: usize,
+    /// Client populations (/16, /64) of entry requests.
+    pub(crate) clients: usize,
+    /// `enduser.id` values of entry requests.
+    pub(crate) users: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        use stormwatch_model::Dimension;
+        LimitsConfig {
+            services: Dimension::Service.default_limit(),
+            operations: Dimension::Operation.default_limit(),
+            statements: Dimension::Statement.default_limit(),
+            peers: Dimension::Peer.default_limit(),
+            query_shapes: Dimension::QueryShape.default_limit(),
+            clients: Dimension::Client.default_limit(),
+            users: Dimension::User.default_limit(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn each(&self) -> [(stormwatch_model::Dimension, usize); 7] {
+        use stormwatch_model::Dimension;
+        [
+            (Dimension::Service, self.services),
+            (Dimension::Operation, self.operations),
+            (Dimension::Statement, self.statements),
+            (Dimension::Peer, self.peers),
+            (Dimension::QueryShape, self.query_shapes),
+            (Dimension::Client, self.clients),
+            (Dimension::User, self.users),
+        ]
+    }
+
+    /// Sets the process-wide limits the decoders intern under.
+    pub(crate) fn apply(&self) {
+        for (dimension, limit) in self.each() {
+            stormwatch_model::Cardinality::global().set_limit(dimension, limit);
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -38,6 +99,52 @@ pub(crate) struct ServerConfig {
     /// Bearer token for admin API writes (or env STORMWATCH_ADMIN_TOKEN). Empty: the token in
     /// `<models>/admin.token`, generated at first start.
     pub(crate) admin_token: String,
+    /// Bearer token OTLP exporters must send (or env STORMWATCH_INGEST_TOKEN). Empty: any
+    /// client that reaches the OTLP ports may export.
+    pub(crate) ingest_token: String,
+    /// TLS for the OTLP receivers and the admin API.
+    pub(crate) tls: TlsConfig,
+}
+
+/// TLS (rustls). Off unless `cert_file` and `key_file` are set.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TlsConfig {
+    /// The server's certificate chain (PEM, leaf first).
+    pub(crate) cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub(crate) key_file: PathBuf,
+    /// When set, OTLP clients must present a certificate signed by a CA in this PEM file
+    /// (mutual TLS). The admin API does not ask for client certificates.
+    pub(crate) client_ca_file: PathBuf,
+    /// Whether the admin API is served over TLS too (with the same certificate).
+    pub(crate) admin: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig { cert_file: PathBuf::new(), key_file: PathBuf::new(), client_ca_file: PathBuf::new(), admin: true }
+    }
+}
+
+impl TlsConfig {
+    pub(crate) fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
+
+    /// The rustls configurations: (OTLP gRPC, OTLP HTTP, admin). Errors name the file.
+    pub(crate) fn server_configs(&self) -> anyhow::Result<Option<[Arc<rustls::ServerConfig>; 3]>> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let client_ca = (!self.client_ca_file.as_os_str().is_empty()).then_some(self.client_ca_file.as_path());
+        let otlp = stormwatch_io::tls::TlsFiles { cert: &self.cert_file, key: &self.key_file, client_ca };
+        let admin = stormwatch_io::tls::TlsFiles { client_ca: None, ..otlp.clone() };
+        let config = |files, alpn: &[&[u8]]| {
+            stormwatch_io::tls::server_config(files, alpn).map_err(|e| anyhow::anyhow!("server.tls: {e}"))
+        };
+        Ok(Some([config(&otlp, &[b"h2"])?, config(&otlp, &[b"http/1.1"])?, config(&admin, &[b"http/1.1"])?]))
+    }
 }
 
 impl Default for ServerConfig {
@@ -49,6 +156,8 @@ impl Default for ServerConfig {
             max_message_bytes: stormwatch_io::otlp::DEFAULT_MAX_MESSAGE_BYTES,
             queue_capacity: 1024,
             admin_token: String::new(),
+            ingest_token: String::new(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -294,8 +403,21 @@ impl Config {
         if self.baseline.snapshot_interval.is_zero() {
             bail!("baseline.snapshot_interval: must be longer than zero");
         }
+        let tls = &self.server.tls;
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        if set(&tls.cert_file) != set(&tls.key_file) {
+            bail!("server.tls: set both cert_file and key_file (or neither, for no TLS)");
+        }
+        if set(&tls.client_ca_file) && !tls.enabled() {
+            bail!("server.tls.client_ca_file needs cert_file and key_file: client certificates are checked over TLS");
+        }
         if self.baseline.max_keys == 0 {
             bail!("baseline.max_keys: must be at least 1");
+        }
+        for (dimension, limit) in self.limits.each() {
+            if limit == 0 {
+                bail!("limits.{}: must be at least 1", dimension.as_str());
+            }
         }
         if !(self.detect.quantile > 0.0 && self.detect.quantile <= 1.0) {
             bail!("detect.quantile: must be in (0, 1], got {}", self.detect.quantile);

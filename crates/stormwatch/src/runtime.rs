@@ -342,6 +342,7 @@ fn run_engine(
             && engine.open_windows() == 0
             && options.idle_fallback.is_some_and(|idle| last_activity.elapsed() >= idle);
         ship(&mut engine, &mut sharing, idle);
+        engine.note_cardinality(&stormwatch_model::Cardinality::global().state(), &mut alerts);
         send(&mut alerts, &mut recent);
         // Settled: everything they fed has completed and been judged, and no open incident
         // may still summarise evidence from them. Behind the alerts just sent.

@@ -125,13 +125,19 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.kafka.instance_id = id.clone();
     }
     config.validate()?;
+    config.limits.apply();
     if let Ok(token) = std::env::var("STORMWATCH_ADMIN_TOKEN") {
         config.server.admin_token = token;
     }
+    if let Ok(token) = std::env::var("STORMWATCH_INGEST_TOKEN") {
+        config.server.ingest_token = token;
+    }
     if args.print_config {
         let mut shown = config.clone();
-        if !shown.server.admin_token.is_empty() {
-            shown.server.admin_token = "<set; not shown>".into();
+        for secret in [&mut shown.server.admin_token, &mut shown.server.ingest_token] {
+            if !secret.is_empty() {
+                *secret = "<set; not shown>".into();
+            }
         }
         for (key, value) in shown.kafka.client.iter_mut() {
             if ["password", "secret", "key", "token"].iter().any(|s| key.contains(s)) && !key.ends_with(".location") {
@@ -149,6 +155,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let admin_addr: SocketAddr = config.server.admin.parse()?;
     let mut store = restore(&config.baseline.models_dir, &config)?;
     let admin_token = admin_token(&config)?;
+    let tls = config.server.tls.server_configs()?;
     // The security engineers' tuning: a bad file stops the start; a bad edit later is refused.
     let tuning_path = config.baseline.models_dir.join(crate::tuning::TUNING_FILE);
     let tuning = crate::tuning::load(&tuning_path).map_err(anyhow::Error::msg)?.unwrap_or_default();
@@ -302,18 +309,28 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let receivers_stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
-    let ingest = Ingest { queue, metrics: metrics.clone(), max_message_bytes: config.server.max_message_bytes };
+    let ingest = Ingest {
+        queue,
+        metrics: metrics.clone(),
+        max_message_bytes: config.server.max_message_bytes,
+        token: (!config.server.ingest_token.is_empty()).then(|| config.server.ingest_token.as_str().into()),
+    };
+    let [grpc_tls, http_tls, admin_tls] = match tls {
+        Some([grpc, http, admin]) => [Some(grpc), Some(http), config.server.tls.admin.then_some(admin)],
+        None => [None, None, None],
+    };
     let mut receivers = tokio::task::JoinSet::new();
     receivers.spawn({
         let (ingest, stop) = (ingest.clone(), receivers_stop.clone());
-        async move { serve_grpc(grpc_listener, ingest, stop).await.context("OTLP/gRPC receiver failed") }
+        async move { serve_grpc(grpc_listener, grpc_tls, ingest, stop).await.context("OTLP/gRPC receiver failed") }
     });
     receivers.spawn({
         let stop = receivers_stop.clone();
-        async move { serve_http(http_listener, ingest, stop).await.context("OTLP/HTTP receiver failed") }
+        async move { serve_http(http_listener, http_tls, ingest, stop).await.context("OTLP/HTTP receiver failed") }
     });
     let admin = tokio::spawn(serve_admin(
         admin_listener,
+        admin_tls,
         metrics.clone(),
         Some(queries_tx),
         Some(admin_token),

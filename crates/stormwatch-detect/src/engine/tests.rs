@@ -334,3 +334,128 @@ fn bursts_and_a_ramp_of_fake_normal_traffic_do_not_teach_a_10x_storm() {
         "a 10x storm after the campaign went unnoticed: {storm:#?}"
     );
 }
+
+/// Names folded into `<overflow>` raise one `cardinality_flood` alert, with the traces that
+/// carried them as exemplars; more folding within the throttle window is counted, not
+/// re-alerted; clients past their limit are counted but are no flood.
+#[test]
+fn a_flood_of_invented_names_is_one_alert() {
+    use stormwatch_model::{Dimension, DimensionState, Sym, OVERFLOW};
+    let state = |dimension: Dimension, overflowed: u64| {
+        Dimension::ALL
+            .map(|d| DimensionState {
+                dimension: d,
+                limit: 10,
+                distinct: 10,
+                overflowed: if d == dimension { overflowed } else { 0 },
+            })
+            .to_vec()
+    };
+    let mut engine = engine();
+    learn_normal(&mut engine, 0, 50);
+    let mut out = Vec::new();
+    engine.note_cardinality(&state(Dimension::Operation, 0), &mut out);
+    assert!(out.is_empty());
+
+    let mut flooded = product_trace(100, T0 + 10 * SEC, 2);
+    flooded[0].operation = Sym::new(OVERFLOW);
+    let flooded_id = flooded[0].trace_id;
+    engine.push(flooded, &mut out);
+    settle(&mut engine, 100, &mut out);
+    engine.note_cardinality(&state(Dimension::Client, 500), &mut out);
+    assert!(out.is_empty(), "clients past their limit are no flood: {out:#?}");
+
+    engine.note_cardinality(&state(Dimension::Operation, 40), &mut out);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    let alert = &out[0];
+    assert_eq!(alert.kind, AlertKind::CardinalityFlood);
+    assert_eq!(alert.exemplar_trace_ids, vec![flooded_id.to_string()]);
+    assert_eq!(alert.observed, 40.0);
+    assert!(alert.explanation.contains("40 new operations past its limit of 10"), "{}", alert.explanation);
+    assert_eq!(alert.contributors[0].name, "names operations");
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../../../schemas/alert.v1.schema.json")).unwrap();
+    let kinds = schema["properties"]["kind"]["enum"].as_array().unwrap();
+    assert!(kinds.iter().any(|k| k == "cardinality_flood"), "the schema names the kind");
+
+    // More folding inside the throttle window: no second alert.
+    engine.note_cardinality(&state(Dimension::Operation, 90), &mut out);
+    engine.note_cardinality(&state(Dimension::Operation, 90), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(engine.stats().findings[AlertKind::CardinalityFlood.index()], 2);
+}
+
+/// Timestamps a hostile or broken exporter sends: 1970, 2200, and the ends of the range.
+const EXTREME_TIMES: [u64; 5] = [0, 1, T0, 7_258_118_400 * SEC, u64::MAX];
+
+proptest::proptest! {
+    /// Whatever shape a trace has — parents pointing anywhere (cycles, self-parents, missing
+    /// spans), duplicate span ids, no root, timestamps in 1970, 2200 or at the ends of the
+    /// range, ends before starts — the engine assembles, judges and learns it without panicking.
+    #[test]
+    fn any_trace_shape_passes_the_engine(
+        spans in 1usize..40,
+        parents in proptest::collection::vec((0usize..64, 0usize..64), 0..20),
+        duplicates in proptest::collection::vec((0usize..64, 0usize..64), 0..5),
+        times in proptest::collection::vec((0usize..64, 0usize..5, 0usize..5), 0..10),
+        drop_root in proptest::bool::ANY,
+    ) {
+        let mut t = TraceBuilder::new(7, T0);
+        let root = t.server("gateway", "GET /", None);
+        let mut ids = vec![root];
+        for i in 1..spans {
+            let parent = ids[i / 2];
+            ids.push(match i % 3 {
+                0 => t.db("gateway", "postgresql", "SELECT 1", parent),
+                1 => t.client("gateway", "GET", parent),
+                _ => t.server("catalog", "GET /items", Some(parent)),
+            });
+        }
+        let mut trace: Vec<Span> = t.build();
+        let n = trace.len();
+        for (child, parent) in parents {
+            let parent = trace[parent % n].span_id;
+            trace[child % n].parent_span_id = Some(parent);
+        }
+        for (a, b) in duplicates {
+            trace[a % n].span_id = trace[b % n].span_id;
+        }
+        for (i, start, end) in times {
+            trace[i % n].start_unix_nano = EXTREME_TIMES[start];
+            trace[i % n].end_unix_nano = EXTREME_TIMES[end];
+        }
+        if drop_root && n > 1 {
+            trace.remove(0);
+        }
+        let config = EngineConfig {
+            detect: crate::DetectConfig { learning_min_samples: 1, ..crate::DetectConfig::default() },
+            ..EngineConfig::default()
+        };
+        let mut engine = Engine::new(config, BaselineStore::new(1_000), || 42);
+        let mut out = Vec::new();
+        // Twice, so the second copy is judged against what the first taught.
+        engine.push(trace.clone(), &mut out);
+        engine.advance_to(u64::MAX, &mut out);
+        engine.push(trace, &mut out);
+        engine.flush(&mut out);
+    }
+}
+
+/// One trace of 1,000,000 spans (a runaway loop): assembled, judged and learned, once.
+#[test]
+fn a_million_span_trace_passes_the_engine() {
+    let mut t = TraceBuilder::new(9, T0);
+    let root = t.server("gateway", "GET /export", None);
+    for _ in 0..999_999 {
+        t.db("gateway", "postgresql", "SELECT * FROM rows WHERE id = ?", root);
+    }
+    let trace = t.build();
+    assert_eq!(trace.len(), 1_000_000);
+    let mut engine = engine();
+    let mut out = Vec::new();
+    engine.push(trace, &mut out);
+    engine.flush(&mut out);
+    assert_eq!(engine.stats().traces_checked, 1);
+    let lookups = engine.store().fanout.values().next().expect("learned");
+    assert_eq!(lookups.max(), 999_999);
+}

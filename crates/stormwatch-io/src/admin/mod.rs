@@ -142,7 +142,8 @@ async fn tuning(State(state): State<AdminState>) -> axum::response::Response {
 
 /// Compares without stopping at the first difference, so the time taken says nothing about
 /// how much of a guess was right.
-fn same(a: &[u8], b: &[u8]) -> bool {
+/// Equal bytes, compared in constant time (for secrets).
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
@@ -238,17 +239,24 @@ pub fn admin_router(
         .with_state(state)
 }
 
+/// Serves the admin API on `listener`; with `tls` (offering `http/1.1`), over TLS.
 pub async fn serve_admin(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     metrics: Arc<Metrics>,
     queries: Option<AdminQueries>,
     token: Option<String>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let open_reads = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
-    axum::serve(listener, admin_router(metrics, queries, token, open_reads))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let router = admin_router(metrics.clone(), queries, token, open_reads);
+    match tls {
+        None => axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await,
+        Some(config) => {
+            let listener = crate::tls::TlsListener::new(listener, config, metrics)?;
+            axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+        }
+    }
 }
 
 #[cfg(test)]

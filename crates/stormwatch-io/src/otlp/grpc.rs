@@ -6,6 +6,7 @@
 //! threads. Framing, compression and the size limit are still tonic's.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -19,7 +20,7 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use super::{Ingest, QUEUE_FULL_MESSAGE};
+use super::{Ingest, QUEUE_FULL_MESSAGE, UNAUTHENTICATED_MESSAGE};
 use crate::Metrics;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -123,6 +124,10 @@ where
                 async move { Ok(Status::unimplemented("only TraceService/Export is served").into_http()) },
             );
         }
+        let authorization = request.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+        if !self.export.ingest.authorized(authorization) {
+            return Box::pin(async move { Ok(Status::unauthenticated(UNAUTHENTICATED_MESSAGE).into_http()) });
+        }
         let export = self.export.clone();
         let max = self.max_message_bytes;
         Box::pin(async move {
@@ -139,18 +144,29 @@ where
 /// Serves OTLP/gRPC on `listener` until `shutdown` is cancelled. Requests may be gzip
 /// compressed; larger than `max_message_bytes` they are refused with `OUT_OF_RANGE` naming
 /// the limit.
+///
+/// With `tls` (offering `h2`), connections are TLS ([`crate::tls`]).
 pub async fn serve_grpc(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     ingest: Ingest,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    let metrics = ingest.metrics.clone();
     let server = TraceServer { max_message_bytes: ingest.max_message_bytes, export: Export { ingest } };
     // Export requests are often hundreds of kilobytes: HTTP/2's default 64 KiB windows would
     // cost several round trips per request.
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20))
-        .add_service(server)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned())
-        .await
+        .add_service(server);
+    match tls {
+        None => router.serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned()).await,
+        Some(config) => {
+            let incoming = crate::tls::TlsListener::new(listener, config, metrics)
+                .expect("a bound listener has an address")
+                .into_stream();
+            router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await
+        }
+    }
 }

@@ -14,7 +14,7 @@ use stormwatch_otlp::collector::{ExportTracePartialSuccess, ExportTraceServiceRe
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ingest, QUEUE_FULL_MESSAGE};
+use super::{Ingest, QUEUE_FULL_MESSAGE, UNAUTHENTICATED_MESSAGE};
 use crate::Metrics;
 
 /// `google.rpc.Status`, the body of OTLP/HTTP error responses.
@@ -60,6 +60,11 @@ fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, String> {
 }
 
 async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -> Response {
+    if !ingest.authorized(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
+        let mut response = error(Encoding::Json, StatusCode::UNAUTHORIZED, 16, UNAUTHENTICATED_MESSAGE.into());
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let encoding = match media_type.as_str() {
@@ -160,7 +165,20 @@ pub fn http_router(ingest: Ingest) -> Router {
     )
 }
 
-/// Serves OTLP/HTTP on `listener` until `shutdown` is cancelled.
-pub async fn serve_http(listener: TcpListener, ingest: Ingest, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, http_router(ingest)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+/// Serves OTLP/HTTP on `listener` until `shutdown` is cancelled; with `tls` (offering
+/// `http/1.1`), over TLS.
+pub async fn serve_http(
+    listener: TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    ingest: Ingest,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let router = http_router(ingest.clone());
+    match tls {
+        None => axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await,
+        Some(config) => {
+            let listener = crate::tls::TlsListener::new(listener, config, ingest.metrics)?;
+            axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+        }
+    }
 }

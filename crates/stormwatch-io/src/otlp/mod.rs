@@ -30,13 +30,32 @@ pub struct Ingest {
     pub queue: SpanQueue,
     pub metrics: Arc<Metrics>,
     pub max_message_bytes: usize,
+    /// When set, export requests must carry `Authorization: Bearer <token>`.
+    pub token: Option<Arc<str>>,
 }
+
+/// What an exporter without the right token is told (never the token itself).
+pub(crate) const UNAUTHENTICATED_MESSAGE: &str = "stormwatch needs the ingest token: send the header \
+    `authorization: Bearer <token>` (the exporter's headers, or the collector's bearertokenauth extension; \
+    the engine's server.ingest_token)";
 
 /// The engine's queue is full: the client should retry with backoff.
 pub(crate) const QUEUE_FULL_MESSAGE: &str =
     "stormwatch is behind: its span queue is full; retry with backoff (no data of this request was kept)";
 
 impl Ingest {
+    /// Whether a request with this `authorization` header may export (always, without a
+    /// token configured). Compared in constant time.
+    pub(crate) fn authorized(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(token) = &self.token else { return true };
+        let presented = authorization.and_then(|v| v.strip_prefix(b"Bearer ")).unwrap_or(b"");
+        let ok = crate::admin::same(presented, token.as_bytes());
+        if !ok {
+            Metrics::add(&self.metrics.requests_unauthenticated_total, 1);
+        }
+        ok
+    }
+
     /// Hands decoded spans to the engine. On success returns what `partial_success` reports:
     /// (rejected spans, message).
     pub(crate) fn submit(&self, decoded: Decoded) -> Result<(i64, String), QueueFull> {

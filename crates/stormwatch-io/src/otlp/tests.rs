@@ -41,13 +41,13 @@ async fn start(
 ) -> (std::net::SocketAddr, std::net::SocketAddr, SpanReceiver, Arc<Metrics>, CancellationToken) {
     let (queue, receiver) = span_queue(capacity);
     let metrics = Arc::new(Metrics::default());
-    let ingest = Ingest { queue, metrics: metrics.clone(), max_message_bytes };
+    let ingest = Ingest { queue, metrics: metrics.clone(), max_message_bytes, token: None };
     let shutdown = CancellationToken::new();
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
-    tokio::spawn(serve_http(http, ingest.clone(), shutdown.clone()));
-    tokio::spawn(serve_grpc(grpc, ingest, shutdown.clone()));
+    tokio::spawn(serve_http(http, None, ingest.clone(), shutdown.clone()));
+    tokio::spawn(serve_grpc(grpc, None, ingest, shutdown.clone()));
     (http_addr, grpc_addr, receiver, metrics, shutdown)
 }
 
