@@ -26,7 +26,7 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-co
 # An explicit --target keeps the instrumentation out of build scripts and proc macros.
 host=$(rustc -vV | sed -n 's/^host: //p')
 cargo build --release --locked --bins --target "$host"
-bin="target/$host/release"
+bin="${CARGO_TARGET_DIR:-target}/$host/release"
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
@@ -35,6 +35,10 @@ for target in "${targets[@]}"; do
   cp -r "corpus/$target/." "$scratch/$target/"
   echo "fuzz.sh: $target for ${seconds}s" >&2
   log="$scratch/$target.log"
+  if [ ! -x "$bin/$target" ]; then
+    echo "fuzz.sh: $bin/$target was not built" >&2
+    exit 1
+  fi
   if ! "$bin/$target" -max_total_time="$seconds" -max_len=262144 -rss_limit_mb=2048 \
       -artifact_prefix="artifacts/$target/" -print_final_stats=1 "$scratch/$target" >"$log" 2>&1; then
     tail -n 60 "$log" >&2

@@ -13,6 +13,7 @@ mod metrics;
 pub mod otlp;
 mod queue;
 pub mod sink;
+pub mod spool;
 pub mod tls;
 
 pub use metrics::Metrics;

@@ -117,6 +117,12 @@ metrics! {
     alert_sink_failing_since_seconds: "gauge",
     /// Delivery attempts of the alert sink that failed and were retried.
     alert_sink_retries_total: "counter",
+    /// Alerts held in the alert spool on disk, waiting for the broker.
+    alert_spool_alerts: "gauge",
+    /// Bytes of the alert spool on disk.
+    alert_spool_bytes: "gauge",
+    /// Spans waiting in the queue to the engine.
+    queue_spans: "gauge",
     /// Findings dropped by the tuning (overrides, allowlists, detectors off).
     findings_suppressed_total: "counter",
     /// Tuning file reloads that took effect.

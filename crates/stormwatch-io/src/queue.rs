@@ -1,6 +1,9 @@
 //! The bounded queue from the receivers to the engine thread. When it is full, receivers
 //! refuse the request with a retryable error instead of buffering without limit: the
 //! exporter keeps the data and retries, so nothing already accepted is lost.
+//!
+//! It is bounded twice: in batches, and in spans, so that a few huge export requests cannot
+//! hold more memory than many small ones (a batch always fits into an empty queue).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
@@ -51,19 +54,27 @@ pub struct Batch {
 pub struct SpanQueue {
     sender: SyncSender<Batch>,
     depth: Arc<AtomicUsize>,
+    spans: Arc<AtomicUsize>,
+    max_spans: usize,
 }
 
 /// The engine's side.
 pub struct SpanReceiver {
     receiver: mpsc::Receiver<Batch>,
     depth: Arc<AtomicUsize>,
+    spans: Arc<AtomicUsize>,
 }
 
-/// A queue of at most `capacity` span batches.
-pub fn span_queue(capacity: usize) -> (SpanQueue, SpanReceiver) {
+/// A queue of at most `capacity` span batches and, for what receivers offer without waiting,
+/// at most `max_spans` spans.
+pub fn span_queue(capacity: usize, max_spans: usize) -> (SpanQueue, SpanReceiver) {
     let (sender, receiver) = mpsc::sync_channel(capacity);
     let depth = Arc::new(AtomicUsize::new(0));
-    (SpanQueue { sender, depth: depth.clone() }, SpanReceiver { receiver, depth })
+    let spans = Arc::new(AtomicUsize::new(0));
+    (
+        SpanQueue { sender, depth: depth.clone(), spans: spans.clone(), max_spans },
+        SpanReceiver { receiver, depth, spans },
+    )
 }
 
 impl SpanQueue {
@@ -72,11 +83,18 @@ impl SpanQueue {
         if spans.is_empty() {
             return Ok(());
         }
+        let count = spans.len();
+        let queued = self.spans.fetch_add(count, Ordering::Relaxed);
+        if queued > 0 && queued + count > self.max_spans {
+            self.spans.fetch_sub(count, Ordering::Relaxed);
+            return Err(QueueFull);
+        }
         self.depth.fetch_add(1, Ordering::Relaxed);
         match self.sender.try_send(Batch { spans, ..Batch::default() }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.depth.fetch_sub(1, Ordering::Relaxed);
+                self.spans.fetch_sub(count, Ordering::Relaxed);
                 Err(QueueFull)
             }
         }
@@ -90,9 +108,12 @@ impl SpanQueue {
     /// Enqueues a batch with its source position, waiting for room. Sent even when it has no
     /// spans (a malformed message), so its offset is committed in order.
     pub fn send_batch(&self, batch: Batch) -> Result<(), QueueFull> {
+        let count = batch.spans.len();
         self.depth.fetch_add(1, Ordering::Relaxed);
+        self.spans.fetch_add(count, Ordering::Relaxed);
         self.sender.send(batch).map_err(|_| {
             self.depth.fetch_sub(1, Ordering::Relaxed);
+            self.spans.fetch_sub(count, Ordering::Relaxed);
             QueueFull
         })
     }
@@ -104,7 +125,7 @@ impl SpanReceiver {
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Batch>, Disconnected> {
         match self.receiver.recv_timeout(timeout) {
             Ok(batch) => {
-                self.depth.fetch_sub(1, Ordering::Relaxed);
+                self.taken(&batch);
                 Ok(Some(batch))
             }
             Err(RecvTimeoutError::Timeout) => Ok(None),
@@ -117,11 +138,21 @@ impl SpanReceiver {
         self.depth.load(Ordering::Relaxed)
     }
 
+    /// Spans waiting.
+    pub fn spans(&self) -> usize {
+        self.spans.load(Ordering::Relaxed)
+    }
+
     /// A batch if one is waiting right now.
     pub fn try_recv(&self) -> Option<Batch> {
         let batch = self.receiver.try_recv().ok()?;
-        self.depth.fetch_sub(1, Ordering::Relaxed);
+        self.taken(&batch);
         Some(batch)
+    }
+
+    fn taken(&self, batch: &Batch) {
+        self.depth.fetch_sub(1, Ordering::Relaxed);
+        self.spans.fetch_sub(batch.spans.len(), Ordering::Relaxed);
     }
 }
 
@@ -131,7 +162,7 @@ mod tests {
 
     #[test]
     fn depth_follows_sends_and_receives() {
-        let (queue, receiver) = span_queue(2);
+        let (queue, receiver) = span_queue(2, 1_000);
         assert!(queue.try_send(Vec::new()).is_ok(), "empty batches are not queued");
         assert_eq!(receiver.depth(), 0);
         let mut builder = stormwatch_model::builder::TraceBuilder::new(1, 1);
@@ -143,5 +174,26 @@ mod tests {
         assert_eq!(receiver.depth(), 2);
         receiver.try_recv().unwrap();
         assert_eq!(receiver.depth(), 1);
+    }
+
+    #[test]
+    fn spans_are_bounded_too_but_any_batch_fits_an_empty_queue() {
+        let (queue, receiver) = span_queue(100, 10);
+        let batch = |n: usize| {
+            let mut builder = stormwatch_model::builder::TraceBuilder::new(n as u64, 1);
+            let root = builder.server("a", "b", None);
+            for _ in 1..n {
+                builder.internal("a", "c", root);
+            }
+            builder.build()
+        };
+        queue.try_send(batch(25)).unwrap();
+        assert!(queue.try_send(batch(1)).is_err(), "over the span budget");
+        assert_eq!(receiver.spans(), 25);
+        receiver.try_recv().unwrap();
+        queue.try_send(batch(6)).unwrap();
+        queue.try_send(batch(4)).unwrap();
+        assert!(queue.try_send(batch(1)).is_err());
+        assert_eq!((receiver.depth(), receiver.spans()), (2, 10));
     }
 }

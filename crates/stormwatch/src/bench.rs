@@ -192,10 +192,21 @@ async fn spawn_listening(
     args_for: impl Fn(&Listeners) -> anyhow::Result<Vec<String>>,
     wait_for: impl Fn(&Listeners) -> Vec<SocketAddr>,
 ) -> anyhow::Result<(Target, Listeners)> {
+    spawn_listening_with(Target::spawn, name, dir, args_for, wait_for).await
+}
+
+/// [`spawn_listening`] with another way to start the child.
+async fn spawn_listening_with(
+    spawn: fn(&'static str, &[String], &Path) -> anyhow::Result<Target>,
+    name: &'static str,
+    dir: &Path,
+    args_for: impl Fn(&Listeners) -> anyhow::Result<Vec<String>>,
+    wait_for: impl Fn(&Listeners) -> Vec<SocketAddr>,
+) -> anyhow::Result<(Target, Listeners)> {
     let mut attempt = 1;
     loop {
         let listeners = Listeners::free()?;
-        let mut target = Target::spawn(name, &args_for(&listeners)?, dir)?;
+        let mut target = spawn(name, &args_for(&listeners)?, dir)?;
         let mut failure = None;
         for address in wait_for(&listeners) {
             if let Err(error) = target.wait_listening(address).await {
@@ -251,9 +262,27 @@ struct Target {
 impl Target {
     fn spawn(name: &'static str, args: &[String], dir: &Path) -> anyhow::Result<Target> {
         let exe = std::env::current_exe().context("cannot find the stormwatch binary")?;
+        Target::spawn_command(std::process::Command::new(exe), name, args, dir)
+    }
+
+    /// Under `taskset`, whose arguments (the CPU list) lead `args`; taskset execs the binary,
+    /// so the child's pid is the engine's.
+    fn spawn_pinned(name: &'static str, args: &[String], dir: &Path) -> anyhow::Result<Target> {
+        let exe = std::env::current_exe().context("cannot find the stormwatch binary")?;
+        let (cpus, rest) = args.split_at(2);
+        let mut command = std::process::Command::new("taskset");
+        command.args(cpus).arg(exe);
+        Target::spawn_command(command, name, rest, dir)
+    }
+
+    fn spawn_command(
+        mut command: std::process::Command,
+        name: &'static str,
+        args: &[String],
+        dir: &Path,
+    ) -> anyhow::Result<Target> {
         let log = dir.join(format!("{name}.log"));
         let stderr = std::fs::File::create(&log)?;
-        let mut command = std::process::Command::new(exe);
         command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         for (key, _) in std::env::vars() {
             if key.starts_with("STORMWATCH_") {
@@ -313,18 +342,40 @@ async fn send(
     rate: Option<f64>,
     acked: Arc<Vec<AtomicU64>>,
 ) -> anyhow::Result<(Instant, u64)> {
+    let sent = send_retrying(endpoint, batches, connections, rate, acked, Duration::from_millis(10)).await?;
+    Ok((sent.started, sent.refused_exports))
+}
+
+/// What a send achieved.
+struct Sent {
+    started: Instant,
+    refused_exports: u64,
+    /// Spans in the refused exports (each refusal counts its spans again).
+    refused_spans: u64,
+}
+
+/// [`send`], retrying refused exports after `first_backoff` (doubling to 500 ms).
+async fn send_retrying(
+    endpoint: &str,
+    batches: Arc<Vec<Batch>>,
+    connections: usize,
+    rate: Option<f64>,
+    acked: Arc<Vec<AtomicU64>>,
+    first_backoff: Duration,
+) -> anyhow::Result<Sent> {
     let mut clients = Vec::new();
     for _ in 0..connections {
         clients.push(OtlpClient::connect(endpoint).await?);
     }
     let next = Arc::new(AtomicUsize::new(0));
     let retries = Arc::new(AtomicU64::new(0));
+    let refused_spans = Arc::new(AtomicU64::new(0));
     let sent_spans = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for mut client in clients {
-        let (batches, next, retries, sent_spans, acked) =
-            (batches.clone(), next.clone(), retries.clone(), sent_spans.clone(), acked.clone());
+        let (batches, next, retries, refused_spans, sent_spans, acked) =
+            (batches.clone(), next.clone(), retries.clone(), refused_spans.clone(), sent_spans.clone(), acked.clone());
         tasks.spawn(async move {
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
@@ -333,12 +384,13 @@ async fn send(
                     let scheduled = sent_spans.fetch_add(batch.spans, Ordering::Relaxed) + batch.spans;
                     tokio::time::sleep_until((started + Duration::from_secs_f64(scheduled as f64 / rate)).into()).await;
                 }
-                let mut backoff = Duration::from_millis(10);
+                let mut backoff = first_backoff;
                 loop {
                     match client.export(batch.body.clone()).await? {
                         Export::Accepted => break,
                         Export::RetryLater(_) => {
                             retries.fetch_add(1, Ordering::Relaxed);
+                            refused_spans.fetch_add(batch.spans, Ordering::Relaxed);
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(Duration::from_millis(500));
                         }
@@ -353,7 +405,93 @@ async fn send(
     while let Some(result) = tasks.join_next().await {
         result.context("a sender panicked")??;
     }
-    Ok((started, retries.load(Ordering::Relaxed)))
+    Ok(Sent {
+        started,
+        refused_exports: retries.load(Ordering::Relaxed),
+        refused_spans: refused_spans.load(Ordering::Relaxed),
+    })
+}
+
+/// Overload: the engine pinned to one CPU (`taskset -c 1`) and fed over gRPC by 8 connections
+/// that retry a refusal after 1 ms, so it is offered far more than it can take. What is offered
+/// counts every attempt, refused ones included. The engine's peak RSS must stay under the bound
+/// its settings imply: its idle RSS, plus the span queue (`server.queue_max_spans` decoded
+/// spans), plus the assembler (`assemble.max_in_flight_spans` at the measured bytes per
+/// in-flight span), plus its baselines; otherwise the bench fails.
+async fn overload(
+    setup: &Setup,
+    batches: &Arc<Vec<Batch>>,
+    spans: u64,
+    bytes_per_in_flight_span: f64,
+    bytes_per_edge: f64,
+) -> anyhow::Result<()> {
+    const QUEUE_MAX_SPANS: u64 = 200_000;
+    const MAX_IN_FLIGHT_SPANS: u64 = 1_000_000;
+    let pinned = std::process::Command::new("taskset").args(["-c", "1", "true"]).status().is_ok_and(|s| s.success());
+    eprintln!("bench: overload ({}) ...", if pinned { "engine on CPU 1" } else { "taskset unavailable: unpinned" });
+    let config = format!(
+        "[output]\nstdout = false\n\n[server]\nqueue_max_spans = {QUEUE_MAX_SPANS}\n\n\
+         [assemble]\nmax_in_flight_spans = {MAX_IN_FLIGHT_SPANS}\n"
+    );
+    let alerts = setup.dir.join("overload-alerts.jsonl").display().to_string();
+    let args_for = |l: &Listeners| {
+        let args = serve_args(&setup.dir, "overload", &config, l, &["--alerts-file", &alerts])?;
+        Ok(if pinned { ["-c", "1"].iter().map(|s| s.to_string()).chain(args).collect() } else { args })
+    };
+    let spawn = if pinned { Target::spawn_pinned } else { Target::spawn };
+    let (mut target, listeners) =
+        spawn_listening_with(spawn, "engine", &setup.dir, args_for, |l| vec![l.grpc, l.admin]).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = target.pid().to_string();
+    let idle_rss = status_bytes(&pid, "VmRSS:").unwrap_or(0);
+    let acked = Arc::new(Vec::new());
+    let endpoint = format!("grpc://{}", listeners.grpc);
+    let sent = match send_retrying(&endpoint, batches.clone(), 8, None, acked, Duration::from_millis(1)).await {
+        Ok(sent) => sent,
+        Err(error) => return Err(target.failure(&format!("{error:#}"))),
+    };
+    let sending = sent.started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while metric(listeners.admin, "stormwatch_spans_processed_total").await.unwrap_or(0.0) < spans as f64 {
+        if Instant::now() > deadline || target.child.try_wait()?.is_some() {
+            return Err(target.failure("did not process every span"));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let processing = sent.started.elapsed().as_secs_f64();
+    let edges = metric(listeners.admin, "stormwatch_edges_tracked").await.unwrap_or(0.0);
+    let peak_rss = status_bytes(&pid, "VmHWM:").unwrap_or(0);
+    target.stop();
+    let queue = QUEUE_MAX_SPANS * std::mem::size_of::<stormwatch_model::Span>() as u64;
+    let in_flight = (MAX_IN_FLIGHT_SPANS as f64 * bytes_per_in_flight_span) as u64;
+    let baselines = (edges * bytes_per_edge) as u64;
+    let bound = idle_rss + queue + in_flight + baselines;
+    let offered = (spans + sent.refused_spans) as f64 / sending.max(1e-9);
+    let processed = spans as f64 / processing.max(1e-9);
+    println!(
+        "overload{}: offered {} spans/s, processed {} ({:.1}x overload), {} exports refused with UNAVAILABLE and retried, none lost",
+        if pinned { " (engine on 1 CPU)" } else { "" },
+        human(offered),
+        human(processed),
+        offered / processed.max(1e-9),
+        human(sent.refused_exports as f64)
+    );
+    println!(
+        "  peak RSS {} under the bound {} = idle {} + queue {} ({} spans) + in flight {} ({} spans) + baselines {} ({} edges)",
+        mb(peak_rss),
+        mb(bound),
+        mb(idle_rss),
+        mb(queue),
+        human(QUEUE_MAX_SPANS as f64),
+        mb(in_flight),
+        human(MAX_IN_FLIGHT_SPANS as f64),
+        mb(baselines),
+        human(edges)
+    );
+    if peak_rss > bound {
+        bail!("overload: peak RSS {} exceeded the bound {}", mb(peak_rss), mb(bound));
+    }
+    Ok(())
 }
 
 /// One measured run of one target.
@@ -423,7 +561,7 @@ async fn run_server(
     let pid = target.pid();
     let cpu_before = cpu_seconds(pid, setup.ticks).unwrap_or(0.0);
     let acked = Arc::new(Vec::new());
-    let (started, _retries) = match send(&endpoint, traffic.clone(), setup.connections, None, acked).await {
+    let (started, _refused) = match send(&endpoint, traffic.clone(), setup.connections, None, acked).await {
         Ok(result) => result,
         Err(error) => return Err(target.failure(&format!("{error:#}"))),
     };
@@ -614,6 +752,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     let _ = std::fs::remove_file(&file);
+    // Memory per in-flight span and per tracked edge, in a fresh process: reported below, and
+    // the overload run's bound uses it.
+    // Half the bench's spans buffered, and a tenth as many edges (at most 500,000 and 100,000).
+    let report = memory_report((spans / 2).min(500_000), (spans / 10).min(100_000)).await?;
+    if !args.no_overload {
+        overload(&setup, &batches, spans, report.bytes_per_in_flight_span, report.bytes_per_edge).await?;
+    }
     if let Some(brokers) = &args.kafka {
         eprintln!("bench: kafka: writing the traffic to a topic on {brokers} ...");
         let runs = run_kafka(&setup, &batches, spans, brokers).await?;
@@ -633,9 +778,6 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     drop(batches);
     drop(traffic);
 
-    // Memory per in-flight span and per tracked edge, in a fresh process.
-    // Half the bench's spans buffered, and a tenth as many edges (at most 500,000 and 100,000).
-    let report = memory_report((spans / 2).min(500_000), (spans / 10).min(100_000)).await?;
     println!();
     println!(
         "memory: {:.0} bytes per in-flight span ({} spans buffered), {:.0} bytes per tracked edge with all its baselines ({} edges)",

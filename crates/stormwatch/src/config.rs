@@ -96,6 +96,9 @@ pub(crate) struct ServerConfig {
     pub(crate) max_message_bytes: usize,
     /// Span batches waiting for the engine before receivers answer "retry later".
     pub(crate) queue_capacity: usize,
+    /// Spans waiting for the engine before OTLP receivers answer "retry later" (a request
+    /// larger than this is still taken when the queue is empty).
+    pub(crate) queue_max_spans: usize,
     /// Bearer token for admin API writes (or env STORMWATCH_ADMIN_TOKEN). Empty: the token in
     /// `<models>/admin.token`, generated at first start.
     pub(crate) admin_token: String,
@@ -155,6 +158,7 @@ impl Default for ServerConfig {
             admin: "127.0.0.1:9464".into(),
             max_message_bytes: stormwatch_io::otlp::DEFAULT_MAX_MESSAGE_BYTES,
             queue_capacity: 1024,
+            queue_max_spans: 1_000_000,
             admin_token: String::new(),
             ingest_token: String::new(),
             tls: TlsConfig::default(),
@@ -235,11 +239,21 @@ pub(crate) struct OutputConfig {
     pub(crate) stdout: bool,
     /// Without Kafka: append alerts as JSON lines to this file. Empty disables it.
     pub(crate) alerts_file: String,
+    /// With Kafka: where alerts the broker does not take wait, on disk, so the engine keeps
+    /// judging through an outage and a restart delivers them. Empty: `<models_dir>/alert-spool`.
+    pub(crate) spool_dir: PathBuf,
+    /// Most bytes the spool holds; once full, back-pressure reaches the inputs.
+    pub(crate) spool_max_bytes: u64,
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
-        OutputConfig { stdout: true, alerts_file: "stormwatch-alerts.jsonl".into() }
+        OutputConfig {
+            stdout: true,
+            alerts_file: "stormwatch-alerts.jsonl".into(),
+            spool_dir: PathBuf::new(),
+            spool_max_bytes: 1 << 30,
+        }
     }
 }
 
@@ -386,6 +400,12 @@ impl Config {
         }
         if self.server.queue_capacity == 0 {
             bail!("server.queue_capacity: must be at least 1");
+        }
+        if self.output.spool_max_bytes == 0 {
+            bail!("output.spool_max_bytes: must be at least 1");
+        }
+        if self.server.queue_max_spans == 0 {
+            bail!("server.queue_max_spans: must be at least 1");
         }
         if self.assemble.trace_idle.is_zero() {
             bail!("assemble.trace_idle: must be longer than zero");

@@ -363,6 +363,10 @@ pub struct BenchArgs {
     /// Its traffic is encoded ahead: about 350 bytes per span in memory.
     #[arg(long, value_name = "SECONDS", default_value_t = 12)]
     pub latency_seconds: u64,
+    /// Skip the overload run (the engine pinned to one CPU, offered far more than it takes;
+    /// its peak RSS is checked against the bound its settings imply).
+    #[arg(long)]
+    pub no_overload: bool,
 }
 
 /// How `bench` feeds its targets.

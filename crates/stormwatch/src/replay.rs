@@ -49,7 +49,8 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         config.engine(),
         store,
         sink,
-        64,
+        // Replay waits for room: only the batch bound applies.
+        (64, usize::MAX),
         EngineOptions {
             idle_fallback: None,
             snapshot: args.models.clone().map(|dir| (dir, None)),
@@ -59,6 +60,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
             queries: None,
             tuning: crate::runtime::TuningOptions { initial: tuning, ..Default::default() },
             deliver_until_acknowledged: false,
+            spool: None,
         },
     );
     let metrics = pipeline.metrics.clone();

@@ -36,17 +36,18 @@ impl Pipeline {
         mut config: EngineConfig,
         store: BaselineStore,
         sink: AlertSink,
-        queue_capacity: usize,
-        options: EngineOptions,
+        (queue_capacity, queue_max_spans): (usize, usize),
+        mut options: EngineOptions,
     ) -> (Pipeline, SpanQueue) {
         let metrics = Arc::new(Metrics::default());
         config.share_windows = options.sharing.is_some();
-        let (queue, receiver) = span_queue(queue_capacity);
+        let (queue, receiver) = span_queue(queue_capacity, queue_max_spans);
         let (alerts_tx, alerts_rx) = mpsc::channel(256);
         let commits = options.commits.clone();
         let attempts = if options.deliver_until_acknowledged { u32::MAX } else { 5 };
+        let spool = options.spool.take();
         let engine = spawn_engine(config, store, receiver, alerts_tx, metrics.clone(), options);
-        let sink = tokio::spawn(run_sink(sink, alerts_rx, commits, attempts, metrics.clone()));
+        let sink = tokio::spawn(run_sink(sink, alerts_rx, commits, attempts, spool, metrics.clone()));
         (Pipeline { metrics, engine, sink }, queue)
     }
 
@@ -117,6 +118,9 @@ pub(crate) struct EngineOptions {
     /// Retry a failing alert delivery until it succeeds (serve: nothing accepted is lost, the
     /// back-pressure reaches the inputs), rather than give up after a few attempts (replay).
     pub(crate) deliver_until_acknowledged: bool,
+    /// Alerts the broker does not take go to this spool on disk (serve with Kafka), so the
+    /// engine keeps judging through an outage and a restart delivers them.
+    pub(crate) spool: Option<stormwatch_io::spool::AlertSpool>,
 }
 
 /// The tuning at start, and how it is reloaded.
@@ -161,6 +165,7 @@ pub(crate) struct EngineReport {
 
 fn publish(engine: &Engine, receiver: &SpanReceiver, metrics: &Metrics) {
     Metrics::set(&metrics.queue_depth, receiver.depth() as u64);
+    Metrics::set(&metrics.queue_spans, receiver.spans() as u64);
     let a = engine.assembler_stats();
     Metrics::set(&metrics.late_spans_total, a.late_spans);
     Metrics::set(&metrics.bad_timestamp_spans_total, a.bad_timestamp_spans);
@@ -423,18 +428,38 @@ fn run_engine(
 
 /// Writes alert batches to the sink until the engine closes the channel. A failed delivery
 /// is retried with backoff; after the last retry it is logged and counted, and the engine
-/// goes on.
+/// goes on. With a spool, an alert the broker does not take is written to disk instead, and
+/// so is every alert after it until the spool is delivered (oldest first, with backoff).
 async fn run_sink(
     mut sink: AlertSink,
     mut items: mpsc::Receiver<SinkItem>,
     commits: Option<std::sync::mpsc::Sender<Vec<SourcePosition>>>,
     attempts: u32,
+    mut spool: Option<stormwatch_io::spool::AlertSpool>,
     metrics: Arc<Metrics>,
 ) {
     // After an alert was given up on, nothing more is committed: the spans behind it are
     // re-read after a restart rather than lost.
     let mut delivery_failed = false;
-    while let Some(item) = items.recv().await {
+    let mut drain = SpoolDrain::new(spool.as_ref(), &metrics);
+    loop {
+        let pending = spool.as_ref().is_some_and(|s| !s.is_empty());
+        let full = spool.as_ref().is_some_and(|s| s.is_full());
+        let item = if pending {
+            tokio::select! {
+                // A full spool takes nothing more: back-pressure, as without one.
+                item = items.recv(), if !full => item,
+                _ = tokio::time::sleep_until(drain.next_try) => {
+                    if let Some(spool) = &mut spool {
+                        drain.try_front(&mut sink, spool, &metrics).await;
+                    }
+                    continue;
+                }
+            }
+        } else {
+            items.recv().await
+        };
+        let Some(item) = item else { break };
         let batch = match item {
             SinkItem::Alerts(batch) => batch,
             SinkItem::Partials { topic, key, payload } => {
@@ -457,6 +482,30 @@ async fn run_sink(
                 continue;
             }
         };
+        if let Some(spool) = &mut spool {
+            // Behind what is spooled, or refused now: to the spool, in order.
+            let refused = if spool.is_empty() {
+                match sink.emit(&batch, &metrics).await {
+                    Ok(()) => continue,
+                    Err(error) => Some(error),
+                }
+            } else {
+                None
+            };
+            match tokio::task::block_in_place(|| spool.push(&batch)) {
+                Ok(()) => {
+                    if let Some(error) = refused {
+                        drain.started(&error, spool, &metrics);
+                        sink.renew();
+                    }
+                    drain.publish(spool, &metrics);
+                    continue;
+                }
+                Err(error) => {
+                    tracing::error!(%error, dir = %spool.dir().display(), "cannot spool alerts; holding them in memory");
+                }
+            }
+        }
         let mut backoff = Backoff::new("alert", attempts, &metrics);
         let delivered = loop {
             match sink.emit(&batch, &metrics).await {
@@ -478,7 +527,105 @@ async fn run_sink(
             tracing::error!(alerts = batch.len(), "alert delivery failed; gave up on this batch");
         }
     }
+    // Shutting down: a last while to deliver what is spooled; the rest waits on disk.
+    if let Some(spool) = &mut spool {
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !spool.is_empty() && tokio::time::Instant::now() < until {
+            tokio::time::sleep_until(drain.next_try.min(until)).await;
+            drain.try_front(&mut sink, spool, &metrics).await;
+        }
+        if !spool.is_empty() {
+            tracing::warn!(
+                alerts = spool.alerts(),
+                dir = %spool.dir().display(),
+                "undelivered alerts stay in the spool; they are delivered at the next start"
+            );
+        }
+    }
     sink.close().await;
+}
+
+/// Delivery of the spool, oldest batch first, with backoff between failed tries.
+struct SpoolDrain {
+    next_try: tokio::time::Instant,
+    delay: Duration,
+    tries: u64,
+}
+
+impl SpoolDrain {
+    fn new(spool: Option<&stormwatch_io::spool::AlertSpool>, metrics: &Metrics) -> SpoolDrain {
+        if let Some(spool) = spool.filter(|s| !s.is_empty()) {
+            tracing::info!(
+                alerts = spool.alerts(),
+                dir = %spool.dir().display(),
+                "alerts held in the spool by an earlier run; delivering them first"
+            );
+        }
+        let drain = SpoolDrain { next_try: tokio::time::Instant::now(), delay: Duration::from_millis(200), tries: 0 };
+        if let Some(spool) = spool {
+            drain.publish(spool, metrics);
+        }
+        drain
+    }
+
+    fn publish(&self, spool: &stormwatch_io::spool::AlertSpool, metrics: &Metrics) {
+        Metrics::set(&metrics.alert_spool_alerts, spool.alerts() as u64);
+        Metrics::set(&metrics.alert_spool_bytes, spool.bytes());
+    }
+
+    /// The broker refused an alert: it was spooled, and delivery of the spool is retried.
+    fn started(&mut self, error: &dyn std::fmt::Display, spool: &stormwatch_io::spool::AlertSpool, metrics: &Metrics) {
+        tracing::warn!(%error, dir = %spool.dir().display(), "alert delivery failed; spooling alerts to disk and retrying");
+        if Metrics::get(&metrics.alert_sink_failing_since_seconds) == 0 {
+            Metrics::set(&metrics.alert_sink_failing_since_seconds, wall_clock_nanos() / 1_000_000_000);
+        }
+        self.delay = Duration::from_millis(200);
+        self.next_try = tokio::time::Instant::now() + self.delay;
+    }
+
+    /// Tries to deliver the oldest spooled batch once.
+    async fn try_front(
+        &mut self,
+        sink: &mut AlertSink,
+        spool: &mut stormwatch_io::spool::AlertSpool,
+        metrics: &Metrics,
+    ) {
+        let front = match tokio::task::block_in_place(|| spool.front()) {
+            Ok(Some(front)) => front,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(%error, "a spooled batch was set aside");
+                Metrics::add(&metrics.alert_delivery_failures_total, 1);
+                self.publish(spool, metrics);
+                return;
+            }
+        };
+        match sink.emit(&front, metrics).await {
+            Ok(()) => {
+                if let Err(error) = tokio::task::block_in_place(|| spool.pop()) {
+                    tracing::error!(%error, "cannot remove a delivered batch from the spool; it may be sent twice");
+                }
+                self.delay = Duration::from_millis(200);
+                self.next_try = tokio::time::Instant::now();
+                if spool.is_empty() {
+                    tracing::info!(retries = self.tries, "spooled alerts delivered");
+                    Metrics::set(&metrics.alert_sink_failing_since_seconds, 0);
+                    self.tries = 0;
+                }
+            }
+            Err(error) => {
+                self.tries += 1;
+                Metrics::add(&metrics.alert_sink_retries_total, 1);
+                if self.tries <= 5 || self.tries.is_multiple_of(10) {
+                    tracing::warn!(%error, attempt = self.tries, spooled = spool.alerts(), "spooled alert delivery failed; retrying");
+                }
+                sink.renew();
+                self.delay = (self.delay * 2).min(Duration::from_secs(30));
+                self.next_try = tokio::time::Instant::now() + self.delay;
+            }
+        }
+        self.publish(spool, metrics);
+    }
 }
 
 /// Retry state of one delivery: exponential backoff (200 ms doubling, at most 30 s between

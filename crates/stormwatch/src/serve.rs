@@ -228,13 +228,25 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
+    // With Kafka, alerts the broker does not take wait on disk.
+    let spool = if config.kafka.brokers.is_empty() {
+        None
+    } else {
+        let dir = match &config.output.spool_dir {
+            dir if dir.as_os_str().is_empty() => config.baseline.models_dir.join("alert-spool"),
+            dir => dir.clone(),
+        };
+        let spool = stormwatch_io::spool::AlertSpool::open(&dir, config.output.spool_max_bytes)
+            .with_context(|| format!("cannot open the alert spool {} (output.spool_dir)", dir.display()))?;
+        Some(spool)
+    };
     let (commits_tx, commits_rx) = std::sync::mpsc::channel();
     let (queries_tx, queries_rx) = std::sync::mpsc::channel();
     let (pipeline, queue) = Pipeline::start(
         config.engine(),
         store,
         sink,
-        config.server.queue_capacity,
+        (config.server.queue_capacity, config.server.queue_max_spans),
         EngineOptions {
             idle_fallback: Some(config.assemble.trace_idle),
             snapshot: Some((config.baseline.models_dir.clone(), Some(config.baseline.snapshot_interval))),
@@ -248,6 +260,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 reload,
             },
             deliver_until_acknowledged: true,
+            spool,
         },
     );
     let metrics = pipeline.metrics.clone();

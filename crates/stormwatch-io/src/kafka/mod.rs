@@ -68,7 +68,16 @@ pub struct KafkaAlertSink {
 impl KafkaAlertSink {
     /// Connects and checks that `topic` exists, so a typo fails at start, not at the first alert.
     pub async fn connect(brokers: &str, topic: &str) -> Result<KafkaAlertSink, KafkaError> {
-        let delivery_timeout = Duration::from_secs(30);
+        Self::connect_with_timeout(brokers, topic, Duration::from_secs(30)).await
+    }
+
+    /// [`KafkaAlertSink::connect`], a send failing after `delivery_timeout` (librdkafka's
+    /// `message.timeout.ms`; it retries within it).
+    pub async fn connect_with_timeout(
+        brokers: &str,
+        topic: &str,
+        delivery_timeout: Duration,
+    ) -> Result<KafkaAlertSink, KafkaError> {
         let producer = Self::producer(brokers, delivery_timeout).map_err(|e| *e)?;
         let check = producer.clone();
         let topic_owned = topic.to_string();
@@ -229,3 +238,6 @@ pub async fn create_and_fill_topic(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -88,7 +88,7 @@ impl UnaryService<Bytes> for Export {
                         .then_some(ExportTracePartialSuccess { rejected_spans, error_message });
                     Ok(Response::new(ExportTraceServiceResponse { partial_success }))
                 }
-                Err(_queue_full) => Err(Status::unavailable(QUEUE_FULL_MESSAGE)),
+                Err(_queue_full) => Err(retry_later()),
             }
         })
     }
@@ -139,6 +139,53 @@ where
             Ok(grpc.unary(export, request).await)
         })
     }
+}
+
+/// `google.rpc.Status` with one `google.rpc.RetryInfo`: the retry hint the OTLP
+/// specification asks throttling servers for (the HTTP receiver sends `Retry-After`).
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    pub(crate) code: i32,
+    #[prost(string, tag = "2")]
+    pub(crate) message: String,
+    #[prost(message, repeated, tag = "3")]
+    pub(crate) details: Vec<ProtoAny>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct ProtoAny {
+    #[prost(string, tag = "1")]
+    pub(crate) type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub(crate) value: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    pub(crate) retry_delay: Option<ProtoDuration>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    pub(crate) seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub(crate) nanos: i32,
+}
+
+pub(crate) const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
+
+/// UNAVAILABLE, retry in a second: the engine's queue is full.
+fn retry_later() -> Status {
+    let retry = RetryInfo { retry_delay: Some(ProtoDuration { seconds: 1, nanos: 0 }) };
+    let details = RpcStatus {
+        code: tonic::Code::Unavailable as i32,
+        message: QUEUE_FULL_MESSAGE.into(),
+        details: vec![ProtoAny { type_url: RETRY_INFO_TYPE.into(), value: retry.encode_to_vec() }],
+    };
+    Status::with_details(tonic::Code::Unavailable, QUEUE_FULL_MESSAGE, Bytes::from(details.encode_to_vec()))
 }
 
 /// Serves OTLP/gRPC on `listener` until `shutdown` is cancelled. Requests may be gzip

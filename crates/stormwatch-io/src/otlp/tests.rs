@@ -39,7 +39,7 @@ async fn start(
     capacity: usize,
     max_message_bytes: usize,
 ) -> (std::net::SocketAddr, std::net::SocketAddr, SpanReceiver, Arc<Metrics>, CancellationToken) {
-    let (queue, receiver) = span_queue(capacity);
+    let (queue, receiver) = span_queue(capacity, 1_000_000);
     let metrics = Arc::new(Metrics::default());
     let ingest = Ingest { queue, metrics: metrics.clone(), max_message_bytes, token: None };
     let shutdown = CancellationToken::new();
@@ -145,6 +145,11 @@ async fn full_queue_is_retryable_on_both_transports() {
     let error = client.export(request(&[vec![9; 16]])).await.unwrap_err();
     assert_eq!(error.code(), tonic::Code::Unavailable);
     assert!(error.message().contains("retry"));
+    // With the retry hint the OTLP specification asks for: RetryInfo, 1 s.
+    let details = super::grpc::RpcStatus::decode(error.details()).unwrap();
+    assert_eq!(details.details[0].type_url, super::grpc::RETRY_INFO_TYPE);
+    let retry = super::grpc::RetryInfo::decode(details.details[0].value.as_slice()).unwrap();
+    assert_eq!(retry.retry_delay.unwrap().seconds, 1);
     assert_eq!(Metrics::get(&metrics.requests_refused_total), 2);
     // Once the engine catches up, the retry is accepted.
     assert!(receiver.try_recv().is_some());
