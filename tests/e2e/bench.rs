@@ -39,6 +39,10 @@ fn bench_measures_every_transport_memory_and_latency() {
     let memory = stdout.lines().find(|l| l.starts_with("memory: ")).expect("memory line");
     let per_span: f64 = memory["memory: ".len()..].split_whitespace().next().unwrap().parse().unwrap();
     assert!((40.0..1_000.0).contains(&per_span), "{memory}");
+    // Overload: every span processed, and the peak RSS under the bound (the bench fails otherwise).
+    let overload = stdout.lines().find(|l| l.starts_with("overload")).expect("overload line");
+    assert!(overload.contains("none lost"), "{overload}");
+    assert!(stdout.contains(" under the bound "), "{stdout}");
     assert!(stdout.contains("last span acknowledged -> alert written: p50 "), "{stdout}");
     // Every attacked request of the steady part of the stream was alerted.
     let alerted = stdout.lines().find(|l| l.starts_with("alert latency")).expect("latency line");
