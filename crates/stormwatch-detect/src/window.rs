@@ -631,6 +631,11 @@ pub fn judge_window(
 impl Window {
     /// Calls per entry request on every edge, without traces a per-trace detector reported:
     /// the row of this window in the correlated detector's matrix.
+    /// Every edge's calls in this window, flagged ones included: its load.
+    pub(crate) fn calls(&self) -> impl Iterator<Item = (Edge, u64)> + '_ {
+        self.edges.iter().map(|(edge, counts)| (*edge, counts.calls))
+    }
+
     pub(crate) fn rates(&self) -> Vec<(Edge, f64)> {
         let entries = self.entry_requests.max(1) as f64;
         let mut rates: Vec<(Edge, f64)> = self

@@ -16,7 +16,7 @@ pub mod sink;
 pub mod spool;
 pub mod tls;
 
-pub use metrics::Metrics;
+pub use metrics::{EdgeSeries, Metrics};
 pub use queue::{span_queue, Batch, Disconnected, QueueFull, SourcePosition, SourceTopic, SpanQueue, SpanReceiver};
 
 /// I/O errors that the binary reports to the user.

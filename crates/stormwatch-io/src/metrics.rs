@@ -16,6 +16,12 @@ macro_rules! metrics {
             pub alerts_emitted: [AtomicU64; AlertKind::ALL.len()],
             /// Findings of detectors in shadow mode, by kind: what they would have alerted.
             pub alerts_shadowed: [AtomicU64; AlertKind::ALL.len()],
+            /// Findings of the detectors before throttling and tuning, by kind.
+            pub findings: [AtomicU64; AlertKind::ALL.len()],
+            /// The top edges of the last judged window (bounded: see [`EdgeSeries`]).
+            pub edges: std::sync::Mutex<Vec<EdgeSeries>>,
+            /// The end of the window `edges` come from (not rendered).
+            pub edges_window_end: AtomicU64,
         }
 
         impl Metrics {
@@ -39,11 +45,79 @@ macro_rules! metrics {
                 for (kind, count) in AlertKind::ALL.iter().zip(&self.alerts_shadowed) {
                     let _ = writeln!(out, "stormwatch_alerts_shadowed_total{{kind=\"{}\"}} {}", kind.as_str(), count.load(Ordering::Relaxed));
                 }
+                let _ = writeln!(out, "# HELP stormwatch_findings_total Findings of the detectors before throttling and tuning, by kind.");
+                let _ = writeln!(out, "# TYPE stormwatch_findings_total counter");
+                for (kind, count) in AlertKind::ALL.iter().zip(&self.findings) {
+                    let _ = writeln!(out, "stormwatch_findings_total{{kind=\"{}\"}} {}", kind.as_str(), count.load(Ordering::Relaxed));
+                }
                 render_cardinality(&mut out, &stormwatch_model::Cardinality::global().state());
+                render_edges(&mut out, &self.edges.lock().unwrap_or_else(|e| e.into_inner()));
                 out
             }
         }
     };
+}
+
+/// One edge of the last judged window, as `/metrics` shows it: the top
+/// `server.metrics_top_edges` by calls per second and the top as many by anomaly score, so at
+/// most twice that many series per metric, whatever the traffic.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EdgeSeries {
+    pub from_service: String,
+    pub from_operation: String,
+    pub to_service: String,
+    pub to_operation: String,
+    pub to_kind: String,
+    pub calls_per_second: f64,
+    pub calls_per_entry: f64,
+    pub p99_per_entry: f64,
+    pub score: f64,
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn render_edges(out: &mut String, edges: &[EdgeSeries]) {
+    type Value = fn(&EdgeSeries) -> f64;
+    let series: [(&str, &str, Value); 4] = [
+        ("stormwatch_edge_calls_per_second", "Calls per second on the edge in the last judged window.", |e| {
+            e.calls_per_second
+        }),
+        (
+            "stormwatch_edge_calls_per_entry",
+            "Calls on the edge per entry request, network-wide, in the last judged window.",
+            |e| e.calls_per_entry,
+        ),
+        (
+            "stormwatch_edge_baseline_p99_per_entry",
+            "The edge's learned p99 of calls per entry request (0: none yet).",
+            |e| e.p99_per_entry,
+        ),
+        (
+            "stormwatch_edge_anomaly_score",
+            "Calls per entry request over the learned p99 (1 = at the p99; 0: no baseline yet).",
+            |e| e.score,
+        ),
+    ];
+    for (name, help, value) in series {
+        let _ =
+            writeln!(out, "# HELP {name} {help} Top edges by load and by score only (server.metrics_top_edges each).");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for e in edges {
+            let _ = writeln!(
+                out,
+                "{name}{{from_service=\"{}\",from_operation=\"{}\",to_service=\"{}\",to_operation=\"{}\",to_kind=\"{}\"}} {}",
+                label(&e.from_service),
+                label(&e.from_operation),
+                label(&e.to_service),
+                label(&e.to_operation),
+                label(&e.to_kind),
+                value(e)
+            );
+        }
+    }
 }
 
 /// Names interned per dimension (`limits.*`), the limit, and names folded into `<overflow>`.
@@ -182,5 +256,23 @@ mod tests {
         assert!(text.contains("# TYPE stormwatch_spans_received_total counter\nstormwatch_spans_received_total 7\n"));
         assert!(text.contains("# HELP stormwatch_queue_depth Span batches waiting for the engine."));
         assert!(text.contains("stormwatch_alerts_emitted_total{kind=\"n_plus_one\"} 1"));
+    }
+
+    #[test]
+    fn edge_labels_are_escaped() {
+        let metrics = Metrics::default();
+        metrics.edges.lock().unwrap().push(EdgeSeries {
+            from_service: "gate\"way".into(),
+            from_operation: "GET /a\\b\nc".into(),
+            to_service: "db".into(),
+            to_operation: "SELECT 1".into(),
+            to_kind: "database".into(),
+            calls_per_second: 2.5,
+            ..EdgeSeries::default()
+        });
+        let text = metrics.render();
+        let line = "stormwatch_edge_calls_per_second{from_service=\"gate\\\"way\",from_operation=\"GET /a\\\\b\\nc\",\
+                    to_service=\"db\",to_operation=\"SELECT 1\",to_kind=\"database\"} 2.5\n";
+        assert!(text.contains(line), "{text}");
     }
 }

@@ -99,6 +99,10 @@ pub(crate) struct ServerConfig {
     /// Spans waiting for the engine before OTLP receivers answer "retry later" (a request
     /// larger than this is still taken when the queue is empty).
     pub(crate) queue_max_spans: usize,
+    /// `/metrics` shows per-edge series for this many edges with the most calls and as many
+    /// with the highest anomaly score (of the last judged window): at most twice this many
+    /// series per edge metric. 0 turns them off.
+    pub(crate) metrics_top_edges: usize,
     /// Bearer token for admin API writes (or env STORMWATCH_ADMIN_TOKEN). Empty: the token in
     /// `<models>/admin.token`, generated at first start.
     pub(crate) admin_token: String,
@@ -159,6 +163,7 @@ impl Default for ServerConfig {
             max_message_bytes: stormwatch_io::otlp::DEFAULT_MAX_MESSAGE_BYTES,
             queue_capacity: 1024,
             queue_max_spans: 1_000_000,
+            metrics_top_edges: 20,
             admin_token: String::new(),
             ingest_token: String::new(),
             tls: TlsConfig::default(),

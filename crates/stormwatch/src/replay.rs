@@ -61,6 +61,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
             tuning: crate::runtime::TuningOptions { initial: tuning, ..Default::default() },
             deliver_until_acknowledged: false,
             spool: None,
+            metrics_top_edges: 0,
         },
     );
     let metrics = pipeline.metrics.clone();

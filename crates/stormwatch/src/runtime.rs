@@ -121,6 +121,8 @@ pub(crate) struct EngineOptions {
     /// Alerts the broker does not take go to this spool on disk (serve with Kafka), so the
     /// engine keeps judging through an outage and a restart delivers them.
     pub(crate) spool: Option<stormwatch_io::spool::AlertSpool>,
+    /// `/metrics` shows this many top edges by load and as many by anomaly (0: none).
+    pub(crate) metrics_top_edges: usize,
 }
 
 /// The tuning at start, and how it is reloaded.
@@ -163,7 +165,30 @@ pub(crate) struct EngineReport {
     pub(crate) snapshot_error: Option<String>,
 }
 
-fn publish(engine: &Engine, receiver: &SpanReceiver, metrics: &Metrics) {
+fn publish(engine: &Engine, receiver: &SpanReceiver, metrics: &Metrics, top_edges: usize) {
+    for (counter, count) in metrics.findings.iter().zip(engine.stats().findings) {
+        Metrics::set(counter, count);
+    }
+    // The dashboard's edges, when a new window was judged.
+    if top_edges > 0 && engine.last_window_end() != Metrics::get(&metrics.edges_window_end) {
+        let series = engine
+            .edge_gauges(top_edges)
+            .into_iter()
+            .map(|g| stormwatch_io::EdgeSeries {
+                from_service: g.edge.from.service.to_string(),
+                from_operation: g.edge.from.operation.to_string(),
+                to_service: g.edge.to.service.to_string(),
+                to_operation: g.edge.to.operation.to_string(),
+                to_kind: g.edge.to.kind.as_str().to_string(),
+                calls_per_second: (g.calls_per_second * 1000.0).round() / 1000.0,
+                calls_per_entry: (g.calls_per_entry * 1000.0).round() / 1000.0,
+                p99_per_entry: (g.p99_per_entry * 1000.0).round() / 1000.0,
+                score: (g.score * 1000.0).round() / 1000.0,
+            })
+            .collect();
+        *metrics.edges.lock().unwrap_or_else(|e| e.into_inner()) = series;
+        Metrics::set(&metrics.edges_window_end, engine.last_window_end());
+    }
     Metrics::set(&metrics.queue_depth, receiver.depth() as u64);
     Metrics::set(&metrics.queue_spans, receiver.spans() as u64);
     let a = engine.assembler_stats();
@@ -392,7 +417,7 @@ fn run_engine(
             }
         }
         if last_publish.elapsed() >= Duration::from_millis(200) {
-            publish(&engine, &receiver, &metrics);
+            publish(&engine, &receiver, &metrics, options.metrics_top_edges);
             last_publish = Instant::now();
         }
         if let Some((dir, Some(interval))) = &options.snapshot {
@@ -414,7 +439,7 @@ fn run_engine(
     if let Some(written) = save(&engine, dir) {
         snapshot_error = written.err();
     }
-    publish(&engine, &receiver, &metrics);
+    publish(&engine, &receiver, &metrics, options.metrics_top_edges);
     let assembler = engine.assembler_stats();
     EngineReport {
         stats: engine.stats().clone(),

@@ -261,6 +261,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             },
             deliver_until_acknowledged: true,
             spool,
+            metrics_top_edges: config.server.metrics_top_edges,
         },
     );
     let metrics = pipeline.metrics.clone();

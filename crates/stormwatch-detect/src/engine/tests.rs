@@ -459,3 +459,22 @@ fn a_million_span_trace_passes_the_engine() {
     let lookups = engine.store().fanout.values().next().expect("learned");
     assert_eq!(lookups.max(), 999_999);
 }
+
+/// The dashboard's edges: the busiest and the most anomalous of the last judged window, at
+/// most `2 k`, each with its load, calls per entry request and score against the p99.
+#[test]
+fn edge_gauges_are_the_top_edges_by_load_and_by_anomaly() {
+    let mut engine = engine();
+    assert!(engine.edge_gauges(3).is_empty(), "no window judged yet");
+    learn_normal(&mut engine, 0, 2_000);
+    settle(&mut engine, 2_000, &mut Vec::new());
+    let gauges = engine.edge_gauges(1);
+    assert!(!gauges.is_empty() && gauges.len() <= 2, "{gauges:#?}");
+    let all = engine.edge_gauges(100);
+    let busiest = all.iter().map(|g| g.calls_per_second).fold(0.0, f64::max);
+    assert_eq!(gauges[0].calls_per_second, busiest, "busiest first");
+    let lookups = all.iter().find(|g| g.edge.to.operation.as_str().contains("FROM users")).expect("the lookups");
+    assert!(lookups.calls_per_entry > 1.0 && lookups.p99_per_entry > 0.0, "{lookups:?}");
+    assert!((lookups.score - lookups.calls_per_entry / lookups.p99_per_entry).abs() < 1e-9);
+    assert!(engine.last_window_end() > T0);
+}
