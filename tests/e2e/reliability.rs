@@ -127,6 +127,40 @@ impl Drop for Broker {
     }
 }
 
+fn emitted(kind: &str) -> String {
+    format!("stormwatch_alerts_emitted_total{{kind=\"{kind}\"}} ")
+}
+
+/// Learns 60 ordinary requests and raises an N+1 alert (delivered), then stops the broker and
+/// raises a fan-out attack: the alert the outage tests follow.
+fn first_alert_then_an_outage(serve: &Serve, services: &Services, broker: &mut Broker) {
+    for i in 0..60 {
+        services.product_request(1 + i % 3, 1);
+    }
+    services.product_request(300, 1);
+    services.flush();
+    wait_until("the first alert", Duration::from_secs(30), || serve.metric(&emitted("n_plus_one")) == 1);
+    broker.stop();
+    services.product_request(2, 400);
+    services.flush();
+}
+
+/// Both outage tests' alerts as they reached the topic, every one schema-valid. Alerts are
+/// keyed by fingerprint over 3 partitions: read until both kinds are in.
+async fn both_alerts_on(bootstrap: &str, topic: &str) {
+    let kinds_seen = std::cell::RefCell::new(std::collections::HashSet::new());
+    let alerts = crate::support::consume_alerts_until(bootstrap, topic, Duration::from_secs(30), |alert| {
+        kinds_seen.borrow_mut().insert(alert["kind"].as_str().unwrap_or("").to_string());
+        ["n_plus_one", "fanout_amplification"].iter().all(|kind| kinds_seen.borrow().contains(*kind))
+    })
+    .await;
+    let kinds: Vec<&str> = alerts.iter().map(|(_, a)| a["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"n_plus_one") && kinds.contains(&"fanout_amplification"), "{kinds:?}");
+    for (_, alert) in &alerts {
+        crate::support::assert_valid_alert(alert);
+    }
+}
+
 /// The alert broker goes down during an attack and comes back: the alert raised meanwhile is
 /// spooled and retried (the sink reports it on /metrics, /healthz and /readyz), then
 /// delivered; nothing is given up.
@@ -138,19 +172,8 @@ async fn an_alert_raised_while_the_broker_is_down_is_delivered_when_it_is_back()
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start(dir.path(), &["--kafka-brokers", &bootstrap, "--alert-topic", &topic]);
     let services = Services::new(&serve, Transport::Grpc, &["frontend", "catalog"]);
-    let emitted = |kind: &str| format!("stormwatch_alerts_emitted_total{{kind=\"{kind}\"}} ");
     tokio::task::block_in_place(|| {
-        for i in 0..60 {
-            services.product_request(1 + i % 3, 1);
-        }
-        services.product_request(300, 1);
-        services.flush();
-        wait_until("the first alert", Duration::from_secs(30), || serve.metric(&emitted("n_plus_one")) == 1);
-
-        // The broker dies; an attack of another kind follows.
-        broker.stop();
-        services.product_request(2, 400);
-        services.flush();
+        first_alert_then_an_outage(&serve, &services, &mut broker);
         // librdkafka itself retries for its 30 s message timeout; then the sink holds the alert.
         wait_until("the sink to report failing", Duration::from_secs(60), || {
             serve.metric("stormwatch_alert_sink_failing_since_seconds ") > 0
@@ -172,15 +195,7 @@ async fn an_alert_raised_while_the_broker_is_down_is_delivered_when_it_is_back()
     assert_eq!(serve.metric("stormwatch_alert_sink_failing_since_seconds "), 0);
     assert_eq!(serve.metric("stormwatch_alert_spool_alerts "), 0);
     assert_eq!(crate::support::http_get(serve.admin, "/readyz").as_deref(), Some("ok\n"));
-    // Alerts are keyed by fingerprint over 3 partitions: read until both kinds are in.
-    let kinds_seen = std::cell::RefCell::new(std::collections::HashSet::new());
-    let alerts = crate::support::consume_alerts_until(&bootstrap, &topic, Duration::from_secs(30), |alert| {
-        kinds_seen.borrow_mut().insert(alert["kind"].as_str().unwrap_or("").to_string());
-        ["n_plus_one", "fanout_amplification"].iter().all(|kind| kinds_seen.borrow().contains(*kind))
-    })
-    .await;
-    let kinds: Vec<&str> = alerts.iter().map(|(_, a)| a["kind"].as_str().unwrap()).collect();
-    assert!(kinds.contains(&"n_plus_one") && kinds.contains(&"fanout_amplification"), "{kinds:?}");
+    both_alerts_on(&bootstrap, &topic).await;
     serve.stop();
 }
 
@@ -196,20 +211,10 @@ async fn spooled_alerts_survive_a_kill_and_are_delivered_by_the_next_start() {
     let args = ["--kafka-brokers", bootstrap.as_str(), "--alert-topic", topic.as_str()];
     let mut serve = Serve::start(dir.path(), &args);
     let services = Services::new(&serve, Transport::Grpc, &["frontend", "catalog"]);
-    let emitted = |kind: &str| format!("stormwatch_alerts_emitted_total{{kind=\"{kind}\"}} ");
     let spool = dir.path().join("models").join("alert-spool");
     let spooled_files = || std::fs::read_dir(&spool).map_or(0, |d| d.filter(|e| e.is_ok()).count());
     tokio::task::block_in_place(|| {
-        for i in 0..60 {
-            services.product_request(1 + i % 3, 1);
-        }
-        services.product_request(300, 1);
-        services.flush();
-        wait_until("the first alert", Duration::from_secs(30), || serve.metric(&emitted("n_plus_one")) == 1);
-
-        broker.stop();
-        services.product_request(2, 400);
-        services.flush();
+        first_alert_then_an_outage(&serve, &services, &mut broker);
         // librdkafka tries for its 30 s message timeout; then the alert is spooled.
         wait_until("the alert spooled", Duration::from_secs(60), || {
             serve.metric("stormwatch_alert_spool_alerts ") == 1
@@ -236,18 +241,7 @@ async fn spooled_alerts_survive_a_kill_and_are_delivered_by_the_next_start() {
         assert_eq!(spooled_files(), 0, "the spool is empty once delivered");
         services.shutdown();
     });
-    // Alerts are keyed by fingerprint over 3 partitions: read until both kinds are in.
-    let kinds_seen = std::cell::RefCell::new(std::collections::HashSet::new());
-    let alerts = crate::support::consume_alerts_until(&bootstrap, &topic, Duration::from_secs(30), |alert| {
-        kinds_seen.borrow_mut().insert(alert["kind"].as_str().unwrap_or("").to_string());
-        ["n_plus_one", "fanout_amplification"].iter().all(|kind| kinds_seen.borrow().contains(*kind))
-    })
-    .await;
-    let kinds: Vec<&str> = alerts.iter().map(|(_, a)| a["kind"].as_str().unwrap()).collect();
-    assert!(kinds.contains(&"n_plus_one") && kinds.contains(&"fanout_amplification"), "{kinds:?}");
-    for (_, alert) in &alerts {
-        crate::support::assert_valid_alert(alert);
-    }
+    both_alerts_on(&bootstrap, &topic).await;
     serve.stop();
 }
 

@@ -131,18 +131,21 @@ impl AlertSpool {
     }
 }
 
+/// An alert for tests: the first golden alert, with `id`.
+#[cfg(test)]
+pub(crate) fn test_alert(id: &str) -> Alert {
+    let text = include_str!("../../../tests/golden/flask-amplified.alerts.jsonl").lines().next().unwrap();
+    // Golden alerts leave out the wall time of detection.
+    let mut value: serde_json::Value = serde_json::from_str(text).unwrap();
+    value["detected_at"] = "2026-11-29T00:00:00.000Z".into();
+    value["id"] = id.into();
+    serde_json::from_value(value).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_alert as alert;
     use super::*;
-
-    fn alert(id: &str) -> Alert {
-        let text = include_str!("../../../tests/golden/flask-amplified.alerts.jsonl").lines().next().unwrap();
-        // Golden alerts leave out the wall time of detection.
-        let mut value: serde_json::Value = serde_json::from_str(text).unwrap();
-        value["detected_at"] = "2026-11-29T00:00:00.000Z".into();
-        value["id"] = id.into();
-        serde_json::from_value(value).unwrap()
-    }
 
     #[test]
     fn batches_come_back_in_order_and_survive_a_reopen() {

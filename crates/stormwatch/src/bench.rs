@@ -304,19 +304,8 @@ async fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// Sends every batch over `connections` connections, paced at `rate` spans/s when given;
-/// records when each batch was acknowledged (nanoseconds since `started`) in `acked`.
-async fn send(
-    endpoint: &str,
-    batches: Arc<Vec<Batch>>,
-    connections: usize,
-    rate: Option<f64>,
-    acked: Arc<Vec<AtomicU64>>,
-) -> anyhow::Result<(Instant, u64)> {
-    let backoff = (Duration::from_millis(10), Duration::from_millis(500));
-    let sent = send_retrying(endpoint, batches, connections, rate, acked, backoff).await?;
-    Ok((sent.started, sent.refused_exports))
-}
+/// How a well-behaved exporter backs off a refusal: 10 ms, doubling to 500 ms.
+const EXPORTER_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(500));
 
 /// What a send achieved.
 struct Sent {
@@ -326,8 +315,10 @@ struct Sent {
     refused_spans: u64,
 }
 
-/// [`send`], retrying refused exports after a backoff from `first` doubling to `most`.
-async fn send_retrying(
+/// Sends every batch over `connections` connections, paced at `rate` spans/s when given,
+/// retrying refused exports after a backoff from `first` doubling to `most`; records when each
+/// batch was acknowledged (nanoseconds since `started`) in `acked`.
+async fn send(
     endpoint: &str,
     batches: Arc<Vec<Batch>>,
     connections: usize,
@@ -448,7 +439,7 @@ async fn overload(
     let acked = Arc::new(Vec::new());
     let endpoint = format!("grpc://{}", listeners.grpc);
     let backoff = (Duration::from_millis(2), Duration::from_millis(2));
-    let sent = match send_retrying(&endpoint, batches.clone(), 8, None, acked, backoff).await {
+    let sent = match send(&endpoint, batches.clone(), 8, None, acked, backoff).await {
         Ok(sent) => sent,
         Err(error) => {
             stop_hogs(&mut hogs);
@@ -568,8 +559,8 @@ async fn run_server(
     let pid = target.pid();
     let cpu_before = cpu_seconds(pid, setup.ticks).unwrap_or(0.0);
     let acked = Arc::new(Vec::new());
-    let (started, _refused) = match send(&endpoint, traffic.clone(), setup.connections, None, acked).await {
-        Ok(result) => result,
+    let started = match send(&endpoint, traffic.clone(), setup.connections, None, acked, EXPORTER_BACKOFF).await {
+        Ok(sent) => sent.started,
         Err(error) => return Err(target.failure(&format!("{error:#}"))),
     };
     if engine {
@@ -917,9 +908,10 @@ async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans: usize) -> 
     let acked: Arc<Vec<AtomicU64>> = Arc::new((0..batches.len()).map(|_| AtomicU64::new(0)).collect());
     let stop = CancellationToken::new();
     let watcher = tokio::spawn(watch_alerts(alerts_file.clone(), traffic.attacked.clone(), stop.clone()));
-    let sent = send(&format!("grpc://{grpc}"), batches.clone(), setup.connections, Some(rate), acked.clone()).await;
+    let endpoint = format!("grpc://{grpc}");
+    let sent = send(&endpoint, batches.clone(), setup.connections, Some(rate), acked.clone(), EXPORTER_BACKOFF).await;
     let (started, retries) = match sent {
-        Ok(sent) => sent,
+        Ok(sent) => (sent.started, sent.refused_exports),
         Err(error) => return Err(target.failure(&format!("{error:#}"))),
     };
     let sending = started.elapsed().as_secs_f64();

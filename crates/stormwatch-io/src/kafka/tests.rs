@@ -10,15 +10,7 @@ use rdkafka::Message;
 use stormwatch_model::Alert;
 
 use super::KafkaAlertSink;
-use crate::spool::AlertSpool;
-
-fn alert(id: &str) -> Alert {
-    let text = include_str!("../../../../tests/golden/flask-amplified.alerts.jsonl").lines().next().unwrap();
-    let mut value: serde_json::Value = serde_json::from_str(text).unwrap();
-    value["detected_at"] = "2026-11-29T00:00:00.000Z".into();
-    value["id"] = id.into();
-    serde_json::from_value(value).unwrap()
-}
+use crate::spool::{test_alert as alert, AlertSpool};
 
 /// Every alert id on `topic`, in the order read.
 fn ids_on(bootstrap: &str, topic: &str) -> Vec<String> {
