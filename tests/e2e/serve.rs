@@ -5,8 +5,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    assert_valid_alert, consume_alerts_until, create_topic, http_post, kafka_bootstrap, repo_path, wait_until, Serve,
-    Services, Transport,
+    assert_valid_alert, consume_alerts_until, create_topic, http_get, http_post, kafka_bootstrap, repo_path,
+    wait_until, Serve, Services, Transport,
 };
 
 /// 60 normal product requests (1-3 author lookups), a pause so they complete and train, then
@@ -233,6 +233,40 @@ async fn edge_metrics_are_bounded_and_the_dashboard_queries_real_metrics() {
     }
     let busiest = &edge_lines("stormwatch_edge_calls_per_second")[0];
     assert!(busiest.contains("to_kind=\"database\""), "the author lookups are the busiest edge: {busiest}");
+
+    // The console's graph: services and the database, the lookups busiest, an N+1 counted on
+    // its edge; bounded by limit; bad parameters named.
+    tokio::task::block_in_place(|| {
+        services.product_request(300, 1);
+        services.flush();
+        wait_until("the N+1 alert", Duration::from_secs(30), || {
+            serve.metric("stormwatch_alerts_emitted_total{kind=\"n_plus_one\"} ") == 1
+        });
+    });
+    let graph: Value = serde_json::from_str(&http_get(serve.admin, "/api/graph").expect("/api/graph")).unwrap();
+    let nodes: Vec<(&str, &str)> = graph["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap(), n["kind"].as_str().unwrap()))
+        .collect();
+    assert!(nodes.contains(&("catalog", "service")) && nodes.contains(&("postgresql:shop", "database")), "{graph}");
+    let lookups = &graph["edges"][0];
+    assert_eq!(
+        (lookups["from"].as_str(), lookups["to"].as_str()),
+        (Some("catalog"), Some("postgresql:shop")),
+        "{graph}"
+    );
+    assert!(lookups["calls_per_second"].as_f64().unwrap() > 0.0 && lookups["alerts"] == 1, "{graph}");
+    assert!(lookups["operations"][0].as_str().unwrap().contains("SELECT name FROM users"), "{graph}");
+    assert!(graph["window_end"].as_str().is_some_and(|t| t.ends_with('Z')), "{graph}");
+    let one: Value = serde_json::from_str(&http_get(serve.admin, "/api/graph?limit=1").unwrap()).unwrap();
+    assert_eq!(one["edges"].as_array().unwrap().len(), 1);
+    assert!(one["edges_total"].as_u64().unwrap() >= 2, "{one}");
+    let bad = crate::support::http_status(serve.admin, "/api/graph?limit=0");
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    let bad = crate::support::http_status(serve.admin, "/api/graph?depth=2");
+    assert!(bad.starts_with("HTTP/1.1 400") && bad.contains("depth"), "{bad}");
 
     let dashboard = std::fs::read_to_string(repo_path("dashboards/stormwatch.json")).unwrap();
     let parsed: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");

@@ -278,15 +278,24 @@ pub(crate) fn http_post(addr: SocketAddr, path: &str, content_type: &str, body: 
 
 /// A plain HTTP/1.1 GET; the body on 200.
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
+    let response = http_status(addr, path);
     if !response.starts_with("HTTP/1.1 200") {
         return None;
     }
     response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// A plain HTTP/1.1 GET: the whole response, status line first (empty when unreachable).
+pub(crate) fn http_status(addr: SocketAddr, path: &str) -> String {
+    let get = || -> Option<String> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        Some(response)
+    };
+    get().unwrap_or_default()
 }
 
 /// Which OTLP transport the SDK exports with.

@@ -176,8 +176,9 @@ impl Engine {
             ranked.into_iter().take(k).cloned().collect::<Vec<_>>()
         };
         let mut chosen = top(|g| g.calls_per_second);
+        let mut seen: std::collections::HashSet<stormwatch_model::Edge> = chosen.iter().map(|g| g.edge).collect();
         for gauge in top(|g| g.score) {
-            if !chosen.iter().any(|c| c.edge == gauge.edge) {
+            if seen.insert(gauge.edge) {
                 chosen.push(gauge);
             }
         }

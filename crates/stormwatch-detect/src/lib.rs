@@ -14,6 +14,7 @@ pub mod correlated;
 pub mod detectors;
 mod engine;
 pub mod features;
+pub mod graph;
 pub mod merge;
 pub mod throttle;
 pub mod tuning;

@@ -146,6 +146,43 @@ pub(crate) const RECENT_ALERTS: usize = 1000;
 pub(crate) const TOKEN_FILE: &str = "admin.token";
 
 /// Answers an admin API question on the engine thread.
+/// `GET /api/graph?limit=N`: the last judged window's call graph at service level, at most
+/// `limit` edges (default 200; the busiest half and the most anomalous half), each with the
+/// recent alerts on it.
+fn graph(
+    engine: &Engine,
+    params: &BTreeMap<String, String>,
+    recent: &std::collections::VecDeque<serde_json::Value>,
+) -> (u16, String) {
+    let error = |message: String| (400, serde_json::json!({ "error": message }).to_string());
+    if let Some(unknown) = params.keys().find(|k| k.as_str() != "limit") {
+        return error(format!("unknown parameter {unknown:?}: /api/graph takes limit"));
+    }
+    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => 200,
+        Some(Ok(limit)) if (1..=10_000).contains(&limit) => limit,
+        Some(_) => return error("limit must be a number from 1 to 10000".into()),
+    };
+    let mut graph = stormwatch_detect::graph::service_graph(&engine.edge_gauges(usize::MAX), limit);
+    for edge in &mut graph.edges {
+        edge.alerts = recent
+            .iter()
+            .filter(|a| {
+                a["edge"]["from"]["service"] == edge.from.as_str()
+                    && a["edge"]["to"]["service"] == edge.to.as_str()
+                    && a["edge"]["to"]["kind"] == edge.to_kind.as_str()
+            })
+            .count();
+    }
+    let window_end = match engine.last_window_end() {
+        0 => serde_json::Value::Null,
+        end => stormwatch_model::rfc3339(end).into(),
+    };
+    let mut body = serde_json::to_value(&graph).unwrap_or_default();
+    body["window_end"] = window_end;
+    (200, body.to_string())
+}
+
 pub(crate) fn answer(
     engine: &mut Engine,
     query: AdminQuery,
@@ -176,6 +213,7 @@ pub(crate) fn answer(
                 Err(e) => error(400, e.to_string()),
             }
         }
+        ("/api/graph", _, _) => graph(engine, &query.params, recent),
         ("/api/alerts", _, _) => {
             let limit = query.params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
             let matching: Vec<&serde_json::Value> = recent

@@ -125,6 +125,13 @@ async fn alerts(
     ask(&state, "/api/alerts", params, None, String::new()).await
 }
 
+async fn graph(
+    State(state): State<AdminState>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> axum::response::Response {
+    ask(&state, "/api/graph", params, None, String::new()).await
+}
+
 async fn explain(
     State(state): State<AdminState>,
     Query(params): Query<BTreeMap<String, String>>,
@@ -227,6 +234,7 @@ pub fn admin_router(
     let api = Router::new()
         .route("/api/baselines", get(baselines))
         .route("/api/alerts", get(alerts))
+        .route("/api/graph", get(graph))
         .route("/api/explain", get(explain))
         .route("/api/tuning", get(tuning).post(change_tuning))
         .route("/api/snapshot", get(snapshot).post(import_snapshot))
