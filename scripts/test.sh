@@ -5,6 +5,9 @@
 # Otherwise this script installs tansu (once; about 10 minutes on 2 cores), starts it on a
 # free loopback port with SQLite storage in a temporary directory, runs the tests, and stops
 # it. Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p stormwatch-detect`).
+#
+# The web console's test drives Debian's headless `chromium`: installed here when missing
+# (as root with apt-get; otherwise it says how).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,6 +50,16 @@ if [ -z "${KAFKA_BOOTSTRAP:-}" ]; then
   fi
   export KAFKA_BOOTSTRAP="127.0.0.1:${port}"
   echo "test.sh: tansu broker on ${KAFKA_BOOTSTRAP}" >&2
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing Debian's chromium for the console test (once)..." >&2
+    apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+  else
+    echo "test.sh: the console test needs Debian's chromium: sudo apt-get install chromium" >&2
+    exit 1
+  fi
 fi
 
 cargo test --workspace --locked "$@"

@@ -5,6 +5,7 @@
 mod baseline;
 mod bench;
 mod compose;
+mod console;
 mod kafka_input;
 mod kafka_windows;
 mod reliability;

@@ -103,6 +103,9 @@ pub(crate) struct ServerConfig {
     /// with the highest anomaly score (of the last judged window): at most twice this many
     /// series per edge metric. 0 turns them off.
     pub(crate) metrics_top_edges: usize,
+    /// The console links exemplar trace ids to the tracing UI with this, `{trace_id}` replaced
+    /// (e.g. `http://jaeger:16686/trace/{trace_id}`). Empty: ids are shown as text.
+    pub(crate) trace_url_template: String,
     /// Bearer token for admin API writes (or env STORMWATCH_ADMIN_TOKEN). Empty: the token in
     /// `<models>/admin.token`, generated at first start.
     pub(crate) admin_token: String,
@@ -164,6 +167,7 @@ impl Default for ServerConfig {
             queue_capacity: 1024,
             queue_max_spans: 1_000_000,
             metrics_top_edges: 20,
+            trace_url_template: String::new(),
             admin_token: String::new(),
             ingest_token: String::new(),
             tls: TlsConfig::default(),

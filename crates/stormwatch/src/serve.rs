@@ -194,6 +194,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         otlp_grpc = %grpc_listener.local_addr()?,
         otlp_http = %http_listener.local_addr()?,
         admin = %admin_listener.local_addr()?,
+        console = %format!(
+            "{}://{}/",
+            if config.server.tls.enabled() && config.server.tls.admin { "https" } else { "http" },
+            admin_listener.local_addr()?
+        ),
         alerts = %sink.describe(),
         learning_min_samples = config.baseline.learning_min_samples,
         "stormwatch serving"
@@ -348,6 +353,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics.clone(),
         Some(queries_tx),
         Some(admin_token),
+        config.server.trace_url_template.clone(),
         admin_stop.clone(),
     ));
 

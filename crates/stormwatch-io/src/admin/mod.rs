@@ -44,6 +44,21 @@ struct AdminState {
     token: Option<Arc<str>>,
     /// API reads without the token (the admin API listens on loopback).
     open_reads: bool,
+    /// The console's link to a trace in the user's tracing UI, `{trace_id}` replaced.
+    trace_url_template: Arc<str>,
+}
+
+/// The web console: one page, no external assets, embedded in the binary.
+const CONSOLE: &str = include_str!("console.html");
+
+async fn console() -> axum::response::Html<&'static str> {
+    axum::response::Html(CONSOLE)
+}
+
+/// What the console needs to know of the settings.
+async fn console_settings(State(state): State<AdminState>) -> axum::response::Response {
+    let body = serde_json::json!({ "trace_url_template": &*state.trace_url_template });
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 /// How long the alert sink has been failing, if it is.
@@ -229,9 +244,17 @@ pub fn admin_router(
     queries: Option<AdminQueries>,
     token: Option<String>,
     open_reads: bool,
+    trace_url_template: &str,
 ) -> Router {
-    let state = AdminState { metrics, queries, token: token.map(Arc::from), open_reads };
+    let state = AdminState {
+        metrics,
+        queries,
+        token: token.map(Arc::from),
+        open_reads,
+        trace_url_template: trace_url_template.into(),
+    };
     let api = Router::new()
+        .route("/api/console", get(console_settings))
         .route("/api/baselines", get(baselines))
         .route("/api/alerts", get(alerts))
         .route("/api/graph", get(graph))
@@ -240,6 +263,7 @@ pub fn admin_router(
         .route("/api/snapshot", get(snapshot).post(import_snapshot))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard_reads));
     Router::new()
+        .route("/", get(console))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(self::metrics))
@@ -254,10 +278,11 @@ pub async fn serve_admin(
     metrics: Arc<Metrics>,
     queries: Option<AdminQueries>,
     token: Option<String>,
+    trace_url_template: String,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let open_reads = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
-    let router = admin_router(metrics.clone(), queries, token, open_reads);
+    let router = admin_router(metrics.clone(), queries, token, open_reads, &trace_url_template);
     match tls {
         None => axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await,
         Some(config) => {
@@ -292,7 +317,8 @@ mod tests {
 
     #[tokio::test]
     async fn api_reads_off_loopback_and_every_write_need_the_token() {
-        let router = |open_reads| admin_router(Arc::new(Metrics::default()), None, Some("s3cret".into()), open_reads);
+        let router =
+            |open_reads| admin_router(Arc::new(Metrics::default()), None, Some("s3cret".into()), open_reads, "");
         // Off loopback: probes and scrapes stay open, API reads need the token.
         assert!(status(router(false), "GET /metrics HTTP/1.1").await.contains("200"));
         assert!(status(router(false), "GET /healthz HTTP/1.1").await.contains("200"));
@@ -308,12 +334,12 @@ mod tests {
         // The alert sink's state.
         let metrics = Arc::new(Metrics::default());
         Metrics::set(&metrics.alert_sink_failing_since_seconds, 1);
-        let failing = admin_router(metrics, None, None, true);
+        let failing = admin_router(metrics, None, None, true, "");
         assert!(status(failing.clone(), "GET /readyz HTTP/1.1").await.contains("503"));
         assert!(status(failing, "GET /healthz HTTP/1.1").await.contains("200"));
         assert!(status(router(true), "GET /readyz HTTP/1.1").await.contains("200"));
         // Without a token, writes are disabled.
-        let none = admin_router(Arc::new(Metrics::default()), None, None, true);
+        let none = admin_router(Arc::new(Metrics::default()), None, None, true, "");
         assert!(status(none, "POST /api/snapshot HTTP/1.1").await.contains("403"));
     }
 }
