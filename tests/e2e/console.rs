@@ -1,6 +1,7 @@
 //! The web console in a real browser: headless Chromium (Debian's `chromium`) loads the page
 //! from a running engine, runs its script against the API, and the DOM it leaves is checked.
-//! A screenshot is saved as an artefact (`target/console.png`).
+//! A screenshot is saved as an artefact: `console.png` in the target directory
+//! (`CARGO_TARGET_DIR`, else `target/`).
 
 use std::path::Path;
 use std::process::Command;
@@ -58,7 +59,9 @@ async fn the_console_shows_the_graph_an_attack_and_its_alert() {
         });
         attack
     });
-    let screenshot = repo_path("target/console.png");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_path("target"), std::path::PathBuf::from);
+    std::fs::create_dir_all(&target).unwrap();
+    let screenshot = target.join("console.png");
     let dom = chromium(&format!("http://{}/", serve.admin), 5_000, &screenshot);
     for node in ["frontend", "catalog", "postgresql:shop"] {
         assert!(dom.contains(&format!("data-node=\"{node}\"")), "node {node} not drawn:\n{dom}");
