@@ -520,7 +520,7 @@ async fn run_sink(
             match tokio::task::block_in_place(|| spool.push(&batch)) {
                 Ok(()) => {
                     if let Some(error) = refused {
-                        drain.started(&error, spool, &metrics);
+                        drain.started(&error, spool);
                         sink.renew();
                     }
                     drain.publish(spool, &metrics);
@@ -570,15 +570,15 @@ async fn run_sink(
     sink.close().await;
 }
 
-/// Delivery of the spool, oldest batch first, with backoff between failed tries.
-struct SpoolDrain {
+/// Delivery of the spool, oldest batch first, with [`Backoff`] between failed tries (timed by
+/// the sink's loop, which keeps taking alerts meanwhile, rather than slept).
+struct SpoolDrain<'a> {
     next_try: tokio::time::Instant,
-    delay: Duration,
-    tries: u64,
+    backoff: Backoff<'a>,
 }
 
-impl SpoolDrain {
-    fn new(spool: Option<&stormwatch_io::spool::AlertSpool>, metrics: &Metrics) -> SpoolDrain {
+impl<'a> SpoolDrain<'a> {
+    fn new(spool: Option<&stormwatch_io::spool::AlertSpool>, metrics: &'a Metrics) -> SpoolDrain<'a> {
         if let Some(spool) = spool.filter(|s| !s.is_empty()) {
             tracing::info!(
                 alerts = spool.alerts(),
@@ -586,7 +586,7 @@ impl SpoolDrain {
                 "alerts held in the spool by an earlier run; delivering them first"
             );
         }
-        let drain = SpoolDrain { next_try: tokio::time::Instant::now(), delay: Duration::from_millis(200), tries: 0 };
+        let drain = SpoolDrain { next_try: tokio::time::Instant::now(), backoff: Backoff::spool(metrics) };
         if let Some(spool) = spool {
             drain.publish(spool, metrics);
         }
@@ -599,13 +599,11 @@ impl SpoolDrain {
     }
 
     /// The broker refused an alert: it was spooled, and delivery of the spool is retried.
-    fn started(&mut self, error: &dyn std::fmt::Display, spool: &stormwatch_io::spool::AlertSpool, metrics: &Metrics) {
+    fn started(&mut self, error: &dyn std::fmt::Display, spool: &stormwatch_io::spool::AlertSpool) {
         tracing::warn!(%error, dir = %spool.dir().display(), "alert delivery failed; spooling alerts to disk and retrying");
-        if Metrics::get(&metrics.alert_sink_failing_since_seconds) == 0 {
-            Metrics::set(&metrics.alert_sink_failing_since_seconds, wall_clock_nanos() / 1_000_000_000);
-        }
-        self.delay = Duration::from_millis(200);
-        self.next_try = tokio::time::Instant::now() + self.delay;
+        self.backoff = Backoff::spool(self.backoff.metrics);
+        self.backoff.mark_failing();
+        self.next_try = tokio::time::Instant::now() + self.backoff.delay;
     }
 
     /// Tries to deliver the oldest spooled batch once.
@@ -630,23 +628,19 @@ impl SpoolDrain {
                 if let Err(error) = tokio::task::block_in_place(|| spool.pop()) {
                     tracing::error!(%error, "cannot remove a delivered batch from the spool; it may be sent twice");
                 }
-                self.delay = Duration::from_millis(200);
                 self.next_try = tokio::time::Instant::now();
                 if spool.is_empty() {
-                    tracing::info!(retries = self.tries, "spooled alerts delivered");
-                    Metrics::set(&metrics.alert_sink_failing_since_seconds, 0);
-                    self.tries = 0;
+                    self.backoff.succeeded();
+                    self.backoff = Backoff::spool(self.backoff.metrics);
+                } else {
+                    self.backoff.delay = Backoff::FIRST_DELAY;
                 }
             }
             Err(error) => {
-                self.tries += 1;
-                Metrics::add(&metrics.alert_sink_retries_total, 1);
-                if self.tries <= 5 || self.tries.is_multiple_of(10) {
-                    tracing::warn!(%error, attempt = self.tries, spooled = spool.alerts(), "spooled alert delivery failed; retrying");
-                }
+                // Spooled alerts are never given up: the delay is always there.
+                let delay = self.backoff.note_failure(&error).unwrap_or(Backoff::MOST_DELAY);
                 sink.renew();
-                self.delay = (self.delay * 2).min(Duration::from_secs(30));
-                self.next_try = tokio::time::Instant::now() + self.delay;
+                self.next_try = tokio::time::Instant::now() + delay;
             }
         }
         self.publish(spool, metrics);
@@ -664,8 +658,23 @@ struct Backoff<'a> {
 }
 
 impl<'a> Backoff<'a> {
+    const FIRST_DELAY: Duration = Duration::from_millis(200);
+    const MOST_DELAY: Duration = Duration::from_secs(30);
+
     fn new(what: &'static str, attempts: u32, metrics: &'a Metrics) -> Self {
-        Backoff { what, attempts, tried: 0, delay: Duration::from_millis(200), metrics }
+        Backoff { what, attempts, tried: 0, delay: Self::FIRST_DELAY, metrics }
+    }
+
+    /// The spool's: retried without end.
+    fn spool(metrics: &'a Metrics) -> Self {
+        Backoff::new("spooled alert", u32::MAX, metrics)
+    }
+
+    /// The sink is failing (`/metrics`, `/healthz`, `/readyz`), since now unless already.
+    fn mark_failing(&self) {
+        if Metrics::get(&self.metrics.alert_sink_failing_since_seconds) == 0 {
+            Metrics::set(&self.metrics.alert_sink_failing_since_seconds, wall_clock_nanos() / 1_000_000_000);
+        }
     }
 
     fn succeeded(&self) {
@@ -677,22 +686,31 @@ impl<'a> Backoff<'a> {
 
     /// After a failed try: waits and returns `true` to try again, or `false` when given up.
     async fn failed(&mut self, error: &(dyn std::fmt::Display + Sync)) -> bool {
+        match self.note_failure(error) {
+            Some(delay) => {
+                tokio::time::sleep(delay).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Counts and logs a failed try; the delay before the next one, or `None` when given up.
+    fn note_failure(&mut self, error: &(dyn std::fmt::Display + Sync)) -> Option<Duration> {
         self.tried += 1;
         if self.tried >= self.attempts {
             tracing::error!(%error, attempts = self.tried, "{} delivery failed; giving up", self.what);
-            return false;
+            return None;
         }
-        if Metrics::get(&self.metrics.alert_sink_failing_since_seconds) == 0 {
-            Metrics::set(&self.metrics.alert_sink_failing_since_seconds, wall_clock_nanos() / 1_000_000_000);
-        }
+        self.mark_failing();
         Metrics::add(&self.metrics.alert_sink_retries_total, 1);
         // Every try at first, then every tenth: an outage does not flood the log.
         if self.tried <= 5 || self.tried.is_multiple_of(10) {
             tracing::warn!(%error, attempt = self.tried, "{} delivery failed; held and retried", self.what);
         }
-        tokio::time::sleep(self.delay).await;
-        self.delay = (self.delay * 2).min(Duration::from_secs(30));
-        true
+        let delay = self.delay;
+        self.delay = (self.delay * 2).min(Self::MOST_DELAY);
+        Some(delay)
     }
 }
 
