@@ -4,6 +4,7 @@
 
 mod baseline;
 mod bench;
+mod browser;
 mod compose;
 mod console;
 mod kafka_input;

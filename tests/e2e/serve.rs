@@ -263,6 +263,15 @@ async fn edge_metrics_are_bounded_and_the_dashboard_queries_real_metrics() {
     let one: Value = serde_json::from_str(&http_get(serve.admin, "/api/graph?limit=1").unwrap()).unwrap();
     assert_eq!(one["edges"].as_array().unwrap().len(), 1);
     assert!(one["edges_total"].as_u64().unwrap() >= 2, "{one}");
+    let focused: Value = serde_json::from_str(&http_get(serve.admin, "/api/graph?focus=POSTGRES").unwrap()).unwrap();
+    let pairs: Vec<(&str, &str)> = focused["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["from"].as_str().unwrap(), e["to"].as_str().unwrap()))
+        .collect();
+    assert_eq!(pairs, [("catalog", "postgresql:shop")], "{focused}");
+    assert_eq!(focused["edges_matching"], 1, "{focused}");
     let bad = crate::support::http_status(serve.admin, "/api/graph?limit=0");
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
     let bad = crate::support::http_status(serve.admin, "/api/graph?depth=2");

@@ -5,7 +5,9 @@
 //! Per-operation edges are folded into one edge per (caller service, callee, callee kind):
 //! calls add up, the score is the highest of the folded operations. A large system is never
 //! drawn whole: the `limit` edges kept are half the busiest and half the most anomalous, and
-//! the rest are counted, so a thousand services stay readable.
+//! the rest are counted, so a thousand services stay readable. A focus narrows the graph to the
+//! edges of the services whose name contains it, before the limit, so any part of a large
+//! system can be looked at.
 
 use std::collections::BTreeMap;
 
@@ -43,8 +45,10 @@ pub struct GraphEdge {
 pub struct Graph {
     pub nodes: Vec<GraphNode>,
     pub edges: Vec<GraphEdge>,
-    /// Edges in the window, before the limit.
+    /// Edges in the window, before the focus and the limit.
     pub edges_total: usize,
+    /// Edges the focus selected, before the limit (`edges_total` without a focus).
+    pub edges_matching: usize,
 }
 
 /// Most operations listed per folded edge.
@@ -54,8 +58,9 @@ const OPERATIONS_LISTED: usize = 5;
 type ServiceEdge = (String, String, String);
 
 /// Folds `gauges` (every edge of the window) into service-level edges and keeps at most
-/// `limit`: the busiest half and the most anomalous half.
-pub fn service_graph(gauges: &[EdgeGauge], limit: usize) -> Graph {
+/// `limit`: the busiest half and the most anomalous half. With a `focus`, only the edges from
+/// or to a node whose name contains it (ignoring case) are considered.
+pub fn service_graph(gauges: &[EdgeGauge], limit: usize, focus: Option<&str>) -> Graph {
     // Each folded edge with its operations' (calls per second, name).
     let mut folded: BTreeMap<ServiceEdge, (GraphEdge, Vec<(f64, String)>)> = BTreeMap::new();
     for gauge in gauges {
@@ -89,6 +94,10 @@ pub fn service_graph(gauges: &[EdgeGauge], limit: usize) -> Graph {
         })
         .collect();
     let edges_total = edges.len();
+    if let Some(focus) = focus.map(str::to_lowercase).filter(|f| !f.is_empty()) {
+        edges.retain(|e| e.from.to_lowercase().contains(&focus) || e.to.to_lowercase().contains(&focus));
+    }
+    let edges_matching = edges.len();
     if edges.len() > limit {
         let by = |key: fn(&GraphEdge) -> f64, edges: &mut Vec<GraphEdge>| {
             edges.sort_by(|a, b| key(b).total_cmp(&key(a)).then_with(|| (&a.from, &a.to).cmp(&(&b.from, &b.to))));
@@ -110,7 +119,7 @@ pub fn service_graph(gauges: &[EdgeGauge], limit: usize) -> Graph {
         }
     }
     let nodes = nodes.into_iter().map(|(id, kind)| GraphNode { id, kind }).collect();
-    Graph { nodes, edges, edges_total }
+    Graph { nodes, edges, edges_total, edges_matching }
 }
 
 #[cfg(test)]
@@ -139,8 +148,9 @@ mod tests {
                 gauge(("gateway", "GET /"), ("catalog", "GET /items", NodeKind::Service), 5.0, 0.1),
             ],
             100,
+            None,
         );
-        assert_eq!(graph.edges_total, 2);
+        assert_eq!((graph.edges_total, graph.edges_matching), (2, 2));
         let db = &graph.edges[0];
         assert_eq!((db.from.as_str(), db.to.as_str(), db.to_kind.as_str()), ("catalog", "postgresql:shop", "database"));
         assert_eq!((db.calls_per_second, db.score), (40.0, 2.0));
@@ -160,10 +170,15 @@ mod tests {
             })
             .collect();
         gauges[900].score = 9.0;
-        let graph = service_graph(&gauges, 10);
+        let graph = service_graph(&gauges, 10, None);
         assert_eq!((graph.edges_total, graph.edges.len()), (1_000, 10));
         assert_eq!(graph.edges[0].from, "svc0000", "busiest first");
         assert!(graph.edges.iter().any(|e| e.from == "svc0900" && e.score == 9.0), "the anomaly is kept");
         assert!(graph.nodes.len() <= 20);
+        // A focus finds a quiet service the limit left out: its edge in and its edge out.
+        let focused = service_graph(&gauges, 10, Some("SVC0500"));
+        assert_eq!((focused.edges_total, focused.edges_matching), (1_000, 2));
+        let pairs: Vec<(&str, &str)> = focused.edges.iter().map(|e| (e.from.as_str(), e.to.as_str())).collect();
+        assert_eq!(pairs, [("svc0499", "svc0500"), ("svc0500", "svc0501")]);
     }
 }

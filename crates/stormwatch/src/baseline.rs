@@ -146,24 +146,28 @@ pub(crate) const RECENT_ALERTS: usize = 1000;
 pub(crate) const TOKEN_FILE: &str = "admin.token";
 
 /// Answers an admin API question on the engine thread.
-/// `GET /api/graph?limit=N`: the last judged window's call graph at service level, at most
-/// `limit` edges (default 200; the busiest half and the most anomalous half), each with the
-/// recent alerts on it.
+/// `GET /api/graph?limit=N&focus=TEXT`: the last judged window's call graph at service level,
+/// at most `limit` edges (default 200; the busiest half and the most anomalous half), each with
+/// the recent alerts on it; with `focus`, only the edges of the nodes whose name contains it.
 fn graph(
     engine: &Engine,
     params: &BTreeMap<String, String>,
     recent: &std::collections::VecDeque<serde_json::Value>,
 ) -> (u16, String) {
     let error = |message: String| (400, serde_json::json!({ "error": message }).to_string());
-    if let Some(unknown) = params.keys().find(|k| k.as_str() != "limit") {
-        return error(format!("unknown parameter {unknown:?}: /api/graph takes limit"));
+    if let Some(unknown) = params.keys().find(|k| !["limit", "focus"].contains(&k.as_str())) {
+        return error(format!("unknown parameter {unknown:?}: /api/graph takes limit and focus"));
     }
     let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
         None => 200,
         Some(Ok(limit)) if (1..=10_000).contains(&limit) => limit,
         Some(_) => return error("limit must be a number from 1 to 10000".into()),
     };
-    let mut graph = stormwatch_detect::graph::service_graph(&engine.edge_gauges(usize::MAX), limit);
+    let mut graph = stormwatch_detect::graph::service_graph(
+        &engine.edge_gauges(usize::MAX),
+        limit,
+        params.get("focus").map(String::as_str),
+    );
     for edge in &mut graph.edges {
         edge.alerts = recent
             .iter()

@@ -62,6 +62,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
             deliver_until_acknowledged: false,
             spool: None,
             metrics_top_edges: 0,
+            live: None,
         },
     );
     let metrics = pipeline.metrics.clone();

@@ -123,6 +123,8 @@ pub(crate) struct EngineOptions {
     pub(crate) spool: Option<stormwatch_io::spool::AlertSpool>,
     /// `/metrics` shows this many top edges by load and as many by anomaly (0: none).
     pub(crate) metrics_top_edges: usize,
+    /// Each alert and each judged window, for the admin API's `/api/events` streams.
+    pub(crate) live: Option<stormwatch_io::admin::LiveEvents>,
 }
 
 /// The tuning at start, and how it is reloaded.
@@ -301,13 +303,20 @@ fn run_engine(
     let mut last_publish = Instant::now();
     let mut snapshot_error = None;
     let keep = options.queries.is_some();
+    let live = options.live.clone();
+    // The last judged window the live streams were told of.
+    let mut window_told = 0;
     let send = |alerts: &mut Vec<Alert>, recent: &mut std::collections::VecDeque<serde_json::Value>| {
         if keep {
             for alert in alerts.iter() {
                 if recent.len() == crate::baseline::RECENT_ALERTS {
                     recent.pop_front();
                 }
-                recent.push_back(serde_json::to_value(alert).unwrap_or_default());
+                let value = serde_json::to_value(alert).unwrap_or_default();
+                if let Some(live) = live.as_ref().filter(|l| l.receiver_count() > 0) {
+                    let _ = live.send(stormwatch_io::admin::LiveEvent { name: "alert", data: value.to_string() });
+                }
+                recent.push_back(value);
             }
         }
         if !alerts.is_empty() {
@@ -374,6 +383,14 @@ fn run_engine(
         ship(&mut engine, &mut sharing, idle);
         engine.note_cardinality(&stormwatch_model::Cardinality::global().state(), &mut alerts);
         send(&mut alerts, &mut recent);
+        if let Some(live) = &options.live {
+            let end = engine.last_window_end();
+            if end != window_told {
+                window_told = end;
+                let data = serde_json::json!({ "window_end": stormwatch_model::rfc3339(end) }).to_string();
+                let _ = live.send(stormwatch_io::admin::LiveEvent { name: "window", data });
+            }
+        }
         // Settled: everything they fed has completed and been judged, and no open incident
         // may still summarise evidence from them. Behind the alerts just sent.
         let watermark = engine.assembler().watermark();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use stormwatch_io::admin::serve_admin;
+use stormwatch_io::admin::{serve_admin, AdminApi};
 use stormwatch_io::kafka::source::GroupState;
 use stormwatch_io::otlp::{serve_grpc, serve_http, Ingest};
 use stormwatch_io::{bind, SourcePosition};
@@ -247,6 +247,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let (commits_tx, commits_rx) = std::sync::mpsc::channel();
     let (queries_tx, queries_rx) = std::sync::mpsc::channel();
+    let live = stormwatch_io::admin::live_events();
     let (pipeline, queue) = Pipeline::start(
         config.engine(),
         store,
@@ -267,6 +268,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             deliver_until_acknowledged: true,
             spool,
             metrics_top_edges: config.server.metrics_top_edges,
+            live: Some(live.clone()),
         },
     );
     let metrics = pipeline.metrics.clone();
@@ -347,15 +349,14 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let stop = receivers_stop.clone();
         async move { serve_http(http_listener, http_tls, ingest, stop).await.context("OTLP/HTTP receiver failed") }
     });
-    let admin = tokio::spawn(serve_admin(
-        admin_listener,
-        admin_tls,
-        metrics.clone(),
-        Some(queries_tx),
-        Some(admin_token),
-        config.server.trace_url_template.clone(),
-        admin_stop.clone(),
-    ));
+    let api = AdminApi {
+        metrics: metrics.clone(),
+        queries: Some(queries_tx),
+        token: Some(admin_token),
+        trace_url_template: config.server.trace_url_template.clone(),
+        live: Some(live),
+    };
+    let admin = tokio::spawn(serve_admin(admin_listener, admin_tls, api, admin_stop.clone()));
 
     let mut failure = None;
     tokio::select! {

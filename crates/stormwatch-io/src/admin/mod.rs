@@ -4,6 +4,9 @@
 //! answers between two batches. Writes need `Authorization: Bearer <token>`; API reads are open
 //! when the admin API listens on loopback, and need the token too otherwise (`/healthz` and
 //! `/metrics` stay open for probes and scrapers).
+//!
+//! The engine also tells what happens as it happens: every alert and every judged window is a
+//! server-sent event on `GET /api/events`, which the web console at `/` listens to.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,6 +39,40 @@ pub struct AdminQuery {
 /// The admin API's side of the engine thread's question channel.
 pub type AdminQueries = std::sync::mpsc::Sender<AdminQuery>;
 
+/// Something that happened in the engine, for the open `/api/events` streams: `alert` (the
+/// alert's JSON) or `window` (a window was judged: `{"window_end": ...}`).
+#[derive(Clone, Debug)]
+pub struct LiveEvent {
+    pub name: &'static str,
+    pub data: String,
+}
+
+/// The engine's side of the live events: a send reaches every open stream, and costs nothing
+/// when none is open. A stream that falls more than [`LIVE_BACKLOG`] events behind is told
+/// `lagged` and resynchronises from the API.
+pub type LiveEvents = tokio::sync::broadcast::Sender<LiveEvent>;
+
+/// Events an `/api/events` stream may fall behind by.
+pub const LIVE_BACKLOG: usize = 1024;
+
+/// A new live event channel.
+pub fn live_events() -> LiveEvents {
+    tokio::sync::broadcast::channel(LIVE_BACKLOG).0
+}
+
+/// What the admin API serves.
+pub struct AdminApi {
+    pub metrics: Arc<Metrics>,
+    /// The engine thread's question channel; `None`: API questions get 503s.
+    pub queries: Option<AdminQueries>,
+    /// Writes need it; `None`: writes are refused.
+    pub token: Option<String>,
+    /// The console's link to a trace in the user's tracing UI, `{trace_id}` replaced.
+    pub trace_url_template: String,
+    /// The engine's live events; `None`: `/api/events` answers 503.
+    pub live: Option<LiveEvents>,
+}
+
 #[derive(Clone)]
 struct AdminState {
     metrics: Arc<Metrics>,
@@ -46,6 +83,9 @@ struct AdminState {
     open_reads: bool,
     /// The console's link to a trace in the user's tracing UI, `{trace_id}` replaced.
     trace_url_template: Arc<str>,
+    live: Option<LiveEvents>,
+    /// Ends the live event streams, so a graceful shutdown does not wait on them.
+    shutdown: CancellationToken,
 }
 
 /// The web console: one page, no external assets, embedded in the binary.
@@ -124,6 +164,32 @@ async fn ask(
         Ok(Err(_)) => error(503, "the engine is shutting down"),
         Err(_) => error(503, "the engine did not answer within 30 s; it may be overloaded, retry later"),
     }
+}
+
+/// `GET /api/events`: server-sent events, `ready` first, then each `alert` and `window` as the
+/// engine sends them (`lagged` when this stream fell behind: re-read the API), with a comment
+/// every 15 s to keep proxies from closing the stream. Ends when the engine shuts down.
+async fn events(State(state): State<AdminState>) -> axum::response::Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(live) = &state.live else {
+        return error(503, "no engine sends live events in this process");
+    };
+    let ready = futures::stream::once(async { Event::default().event("ready").data("{}") });
+    let happenings = futures::stream::unfold((live.subscribe(), state.shutdown.clone()), |(mut events, stop)| async {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return None,
+            received = events.recv() => match received {
+                Ok(happened) => Event::default().event(happened.name).data(happened.data),
+                Err(RecvError::Lagged(missed)) => Event::default().event("lagged").data(missed.to_string()),
+                Err(RecvError::Closed) => return None,
+            },
+        };
+        Some((event, (events, stop)))
+    });
+    let stream = ready.chain(happenings).map(Ok::<_, std::convert::Infallible>);
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }
 
 async fn baselines(
@@ -238,23 +304,21 @@ async fn write(
     ask(&state, path, BTreeMap::new(), Some(body), who).await
 }
 
-/// `open_reads`: API reads without the token (listening on loopback).
-pub fn admin_router(
-    metrics: Arc<Metrics>,
-    queries: Option<AdminQueries>,
-    token: Option<String>,
-    open_reads: bool,
-    trace_url_template: &str,
-) -> Router {
+/// `open_reads`: API reads without the token (listening on loopback). `shutdown` ends the
+/// live event streams.
+pub fn admin_router(api: AdminApi, open_reads: bool, shutdown: CancellationToken) -> Router {
     let state = AdminState {
-        metrics,
-        queries,
-        token: token.map(Arc::from),
+        metrics: api.metrics,
+        queries: api.queries,
+        token: api.token.map(Arc::from),
         open_reads,
-        trace_url_template: trace_url_template.into(),
+        trace_url_template: api.trace_url_template.into(),
+        live: api.live,
+        shutdown,
     };
     let api = Router::new()
         .route("/api/console", get(console_settings))
+        .route("/api/events", get(events))
         .route("/api/baselines", get(baselines))
         .route("/api/alerts", get(alerts))
         .route("/api/graph", get(graph))
@@ -275,14 +339,12 @@ pub fn admin_router(
 pub async fn serve_admin(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    metrics: Arc<Metrics>,
-    queries: Option<AdminQueries>,
-    token: Option<String>,
-    trace_url_template: String,
+    api: AdminApi,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let open_reads = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
-    let router = admin_router(metrics.clone(), queries, token, open_reads, &trace_url_template);
+    let metrics = api.metrics.clone();
+    let router = admin_router(api, open_reads, shutdown.clone());
     match tls {
         None => axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await,
         Some(config) => {
@@ -297,6 +359,16 @@ mod tests {
     use std::io::{Read, Write};
 
     use super::*;
+
+    fn api(metrics: Arc<Metrics>, token: Option<&str>) -> AdminApi {
+        AdminApi {
+            metrics,
+            queries: None,
+            token: token.map(String::from),
+            trace_url_template: String::new(),
+            live: Some(live_events()),
+        }
+    }
 
     /// Serves the router on a loopback socket and makes one request: the status line.
     async fn status(router: Router, request: &str) -> String {
@@ -317,8 +389,9 @@ mod tests {
 
     #[tokio::test]
     async fn api_reads_off_loopback_and_every_write_need_the_token() {
-        let router =
-            |open_reads| admin_router(Arc::new(Metrics::default()), None, Some("s3cret".into()), open_reads, "");
+        let router = |open_reads| {
+            admin_router(api(Arc::new(Metrics::default()), Some("s3cret")), open_reads, CancellationToken::new())
+        };
         // Off loopback: probes and scrapes stay open, API reads need the token.
         assert!(status(router(false), "GET /metrics HTTP/1.1").await.contains("200"));
         assert!(status(router(false), "GET /healthz HTTP/1.1").await.contains("200"));
@@ -334,12 +407,48 @@ mod tests {
         // The alert sink's state.
         let metrics = Arc::new(Metrics::default());
         Metrics::set(&metrics.alert_sink_failing_since_seconds, 1);
-        let failing = admin_router(metrics, None, None, true, "");
+        let failing = admin_router(api(metrics, None), true, CancellationToken::new());
         assert!(status(failing.clone(), "GET /readyz HTTP/1.1").await.contains("503"));
         assert!(status(failing, "GET /healthz HTTP/1.1").await.contains("200"));
         assert!(status(router(true), "GET /readyz HTTP/1.1").await.contains("200"));
         // Without a token, writes are disabled.
-        let none = admin_router(Arc::new(Metrics::default()), None, None, true, "");
+        let none = admin_router(api(Arc::new(Metrics::default()), None), true, CancellationToken::new());
         assert!(status(none, "POST /api/snapshot HTTP/1.1").await.contains("403"));
+    }
+
+    #[tokio::test]
+    async fn live_events_reach_every_stream_and_end_at_shutdown() {
+        let live = live_events();
+        let stop = CancellationToken::new();
+        let mut with_live = api(Arc::new(Metrics::default()), None);
+        with_live.live = Some(live.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = admin_router(with_live, true, stop.clone());
+        let shutdown = stop.clone().cancelled_owned();
+        let server = tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(shutdown).await });
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            write!(stream, "GET /api/events HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            let mut response = String::new();
+            // Until the server ends the stream (chunked: the last chunk, then EOF).
+            stream.read_to_string(&mut response).unwrap();
+            response
+        });
+        // Sent once the stream is open (it announces itself with `ready`).
+        while live.receiver_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        live.send(LiveEvent { name: "alert", data: "{\"kind\":\"n_plus_one\"}".into() }).unwrap();
+        live.send(LiveEvent { name: "window", data: "{\"window_end\":1}".into() }).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.cancel();
+        let response = tokio::time::timeout(Duration::from_secs(10), reader).await.expect("the stream ended").unwrap();
+        assert!(response.contains("content-type: text/event-stream"), "{response}");
+        let ready = response.find("event: ready").expect("ready first");
+        let alert = response.find("event: alert\ndata: {\"kind\":\"n_plus_one\"}").expect("the alert");
+        let window = response.find("event: window\ndata: {\"window_end\":1}").expect("the window");
+        assert!(ready < alert && alert < window, "{response}");
+        server.await.unwrap().unwrap();
     }
 }
