@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::browser::{artefact, Browser};
-use crate::support::{http_get, http_post, wait_until, Serve, Services, Transport};
+use crate::support::{binary, http_get, http_post, repo_path, wait_until, Serve, Services, Transport};
 
 /// An engine fed over OTLP, the console open before the attack: the services and the
 /// database are drawn; the N+1 attack's alert arrives over the live event stream (no poll)
@@ -258,5 +258,58 @@ async fn the_console_stays_responsive_with_a_thousand_services() {
         assert!(draw_200 < 2_000.0 && draw_1000 < 5_000.0, "drawing stalls: {draw_200} ms, {draw_1000} ms");
         assert!(shown_1000 < Duration::from_secs(10), "1,000 edges took {shown_1000:?}");
     });
+    serve.stop();
+}
+
+/// The console open while `stormwatch loadgen --send` plays the shop scenario into an engine
+/// over OTLP/gRPC: the shop's services, database and cache are drawn, the attacked edges are
+/// red, and the N+1 and fan-out alerts arrive in the feed with exemplars that are the
+/// scenario's labelled attack traces.
+#[test]
+fn the_console_shows_a_loadgen_scenario_and_its_attacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--alerts-file", ""]);
+    let mut browser = Browser::launch();
+    let mut page = browser.open(&format!("http://{}/", serve.admin));
+    page.wait_for("the live stream", Duration::from_secs(20), "stormwatch.live");
+    let labels = dir.path().join("shop.labels.json");
+    let output = std::process::Command::new(binary())
+        .args(["loadgen", "--send", &format!("grpc://{}", serve.grpc), "--rate", "0", "-q", "--labels"])
+        .arg(&labels)
+        .arg(repo_path("tests/scenarios/shop.toml"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "loadgen: {}", String::from_utf8_lossy(&output.stderr));
+    let labels: Value = serde_json::from_str(&std::fs::read_to_string(&labels).unwrap()).unwrap();
+    for (kind, edge) in [("n_plus_one", "reviews->postgresql:shop"), ("fanout_amplification", "gateway->reviews")] {
+        let exemplars = page.wait_for(
+            &format!("the {kind} alert"),
+            Duration::from_secs(60),
+            &format!(
+                "(() => {{ const a = stormwatch.alerts.find(a => a.kind === '{kind}'); \
+                 return a && document.querySelector('#feed li[data-id=\"' + a.id + '\"]') && a.exemplar_trace_ids; }})()"
+            ),
+        );
+        let change = labels["changes"].as_array().unwrap().iter().find(|c| c["kind"] == kind).unwrap();
+        let attack: Vec<&Value> = change["trace_ids"].as_array().unwrap().iter().collect();
+        for id in exemplars.as_array().unwrap() {
+            assert!(attack.contains(&id), "{kind}: exemplar {id} is not one of the attack's traces {attack:?}");
+        }
+        page.wait_for(
+            &format!("{edge} to turn red"),
+            Duration::from_secs(30),
+            &format!("(() => {{ const e = document.querySelector('path[data-edge=\"{edge}\"]'); return e && e.classList.contains('anomalous'); }})()"),
+        );
+    }
+    let nodes = page.eval("[...document.querySelectorAll('g.node')].map(n => n.dataset.node).sort()");
+    for node in ["gateway", "catalog", "reviews", "postgresql:shop"] {
+        assert!(nodes.as_array().unwrap().contains(&Value::from(node)), "{node} not drawn: {nodes}");
+    }
+    assert!(
+        nodes.as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains("redis")),
+        "the cache is not drawn: {nodes}"
+    );
+    assert_eq!(page.eval("stormwatch.polls"), 0, "the console fell back to polling");
+    drop(browser);
     serve.stop();
 }
