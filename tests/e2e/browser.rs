@@ -181,6 +181,28 @@ impl Page<'_> {
         }
     }
 
+    /// Types `text` into the input `selector` selects, replacing what it held, as a user would
+    /// (trusted key input: the page's input handlers run).
+    pub(crate) fn type_into(&mut self, selector: &str, text: &str) {
+        let script = format!(
+            "(() => {{ const e = document.querySelector({0}); if (!e) return false; e.focus(); e.select(); return true; }})()",
+            serde_json::to_string(selector).unwrap()
+        );
+        assert_eq!(self.eval(&script), Value::Bool(true), "nothing to type into at {selector}");
+        self.call("Input.insertText", json!({ "text": text }));
+    }
+
+    /// Chooses `value` in the select `selector` selects (its change handlers run).
+    pub(crate) fn choose(&mut self, selector: &str, value: &str) {
+        let script = format!(
+            "(() => {{ const e = document.querySelector({0}); if (!e) return false; e.value = {1}; \
+             e.dispatchEvent(new Event('change', {{ bubbles: true }})); return e.value === {1}; }})()",
+            serde_json::to_string(selector).unwrap(),
+            serde_json::to_string(value).unwrap()
+        );
+        assert_eq!(self.eval(&script), Value::Bool(true), "no option {value:?} at {selector}");
+    }
+
     /// Saves a PNG of the viewport.
     pub(crate) fn screenshot(&mut self, path: &Path) {
         let shot = self.call("Page.captureScreenshot", json!({ "format": "png" }));

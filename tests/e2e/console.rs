@@ -8,8 +8,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::browser::{artefact, Browser};
+use crate::browser::{artefact, Browser, Page};
 use crate::support::{binary, http_get, http_post, repo_path, wait_until, Serve, Services, Transport};
+
+/// Types `text` into the focus box and waits for the graph note to say `matching`: the edges
+/// drawn then.
+fn focus(page: &mut Page<'_>, text: &str, matching: &str) -> Vec<String> {
+    page.type_into("#focus", text);
+    let note = format!("document.getElementById('graph-note').textContent.includes({})", Value::from(matching));
+    page.wait_for(&format!("the graph focused on {text}"), Duration::from_secs(30), &note);
+    let drawn = page.eval("[...document.querySelectorAll('path.edge')].map(p => p.dataset.edge)");
+    drawn.as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_string()).collect()
+}
 
 /// An engine fed over OTLP, the console open before the attack: the services and the
 /// database are drawn; the N+1 attack's alert arrives over the live event stream (no poll)
@@ -106,14 +116,7 @@ async fn the_console_shows_the_graph_an_attack_and_its_alert_live() {
         page.screenshot(&artefact("console.png"));
 
         // A focus: only the database's edge is left.
-        page.eval("(() => { const f = document.getElementById('focus'); f.value = 'postgres'; f.dispatchEvent(new Event('input')); })()");
-        page.wait_for(
-            "the focused graph",
-            Duration::from_secs(10),
-            "document.getElementById('graph-note').textContent.includes('matching')",
-        );
-        let drawn = page.eval("[...document.querySelectorAll('path.edge')].map(p => p.dataset.edge)");
-        assert_eq!(drawn, serde_json::json!(["catalog->postgresql:shop"]));
+        assert_eq!(focus(&mut page, "postgres", "1 matching"), ["catalog->postgresql:shop"]);
         assert_eq!(page.eval("!!document.querySelector('[data-node=\"frontend\"]')"), Value::Bool(false));
 
         // The tuning form: refused with a wrong token, applied with the right one.
@@ -210,12 +213,12 @@ async fn the_console_stays_responsive_with_a_thousand_services() {
         });
         let mut browser = Browser::launch();
         let mut page = browser.open(&format!("http://{}/", serve.admin));
-        let count = |page: &mut crate::browser::Page<'_>, what: &str| {
+        let count = |page: &mut Page<'_>, what: &str| {
             page.eval(&format!("document.querySelectorAll('{what}').length")).as_u64().unwrap()
         };
         page.wait_for("the graph", Duration::from_secs(30), "document.querySelectorAll('path.edge').length > 0");
         let (edges, nodes) = (count(&mut page, "path.edge"), count(&mut page, "g.node"));
-        let timing = |page: &mut crate::browser::Page<'_>| {
+        let timing = |page: &mut Page<'_>| {
             let t = page.eval("[stormwatch.graphMs, stormwatch.drawMs]");
             (t[0].as_f64().unwrap(), t[1].as_f64().unwrap())
         };
@@ -228,22 +231,15 @@ async fn the_console_stays_responsive_with_a_thousand_services() {
 
         // 1,000 edges on request.
         let started = Instant::now();
-        page.eval("(() => { const l = document.getElementById('limit'); l.value = '1000'; l.dispatchEvent(new Event('change')); })()");
+        page.choose("#limit", "1000");
         page.wait_for("1,000 edges", Duration::from_secs(30), "document.querySelectorAll('path.edge').length === 1000");
         let shown_1000 = started.elapsed();
         let (fetch_1000, draw_1000) = timing(&mut page);
 
         // One service among a thousand: its ten callees and its ten callers.
-        page.eval("(() => { const f = document.getElementById('focus'); f.value = 'svc-0042'; f.dispatchEvent(new Event('input')); })()");
-        page.wait_for(
-            "the focused graph",
-            Duration::from_secs(30),
-            "document.getElementById('graph-note').textContent.includes('20 matching')",
-        );
-        let focused = page.eval("[...document.querySelectorAll('path.edge')].map(p => p.dataset.edge)");
-        let focused = focused.as_array().unwrap();
+        let focused = focus(&mut page, "svc-0042", "20 matching");
         assert_eq!(focused.len(), 20, "{focused:?}");
-        assert!(focused.iter().all(|e| e.as_str().unwrap().contains("svc-0042")), "{focused:?}");
+        assert!(focused.iter().all(|e| e.contains("svc-0042")), "{focused:?}");
         // Clicking a node focuses on it.
         page.click("g.node[data-node=\"svc-0043\"]");
         page.wait_for(

@@ -145,7 +145,6 @@ pub(crate) const RECENT_ALERTS: usize = 1000;
 /// The admin token file in a models directory.
 pub(crate) const TOKEN_FILE: &str = "admin.token";
 
-/// Answers an admin API question on the engine thread.
 /// `GET /api/graph?limit=N&focus=TEXT`: the last judged window's call graph at service level,
 /// at most `limit` edges (default 200; the busiest half and the most anomalous half), each with
 /// the recent alerts on it; with `focus`, only the edges of the nodes whose name contains it.
@@ -187,6 +186,7 @@ fn graph(
     (200, body.to_string())
 }
 
+/// Answers an admin API question on the engine thread.
 pub(crate) fn answer(
     engine: &mut Engine,
     query: AdminQuery,
