@@ -181,9 +181,9 @@ fn stages(c: &mut Criterion) {
         let mut detector = stormwatch_detect::correlated::Correlated::new(Default::default());
         let mut model = None;
         for _ in 0..200 {
-            detector.observe(&mut model, &rows(), 1_000, 0);
+            detector.observe(&mut model, &rows(), 1_000, 0, &|_| false);
         }
-        b.iter(|| detector.observe(&mut model, &rows(), 1_000, 0).is_some())
+        b.iter(|| detector.observe(&mut model, &rows(), 1_000, 0, &|_| false).is_some())
     });
     group.finish();
 

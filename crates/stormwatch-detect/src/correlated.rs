@@ -96,15 +96,23 @@ impl Correlated {
     /// Judges one window's edge rates (calls per entry request; the window had `entries`
     /// entry requests and ends at event time `at`) against `model`; learns the window if
     /// normal, fitting or refitting `model` when due. `Some` when it is off-pattern.
+    ///
+    /// `frozen` says which edges' learning is frozen (the tuning). The model learns joint
+    /// patterns, so it cannot leave one edge out: a window in which a frozen edge it watches
+    /// (before the first fit: any frozen edge) has calls is judged but not learned, and
+    /// freezing every baseline freezes the model.
     pub fn observe(
         &mut self,
         model: &mut Option<SubspaceModel>,
         rates: &[(Edge, f64)],
         entries: u64,
         at: u64,
+        frozen: &dyn Fn(&Edge) -> bool,
     ) -> Option<Residual> {
         let verdict = model.as_ref().and_then(|model| judge(model, rates));
-        if verdict.is_none() {
+        let watched = |edge: &Edge| model.as_ref().is_none_or(|m| m.edges.contains(edge));
+        let paused = rates.iter().any(|(edge, rate)| *rate > 0.0 && frozen(edge) && watched(edge));
+        if verdict.is_none() && !paused {
             self.history.push_back((entries, rates.iter().copied().collect()));
             if self.history.len() > self.config.history {
                 self.history.pop_front();
@@ -348,7 +356,7 @@ mod tests {
 
     impl Trained {
         fn observe(&mut self, rates: &[(Edge, f64)]) -> Option<Residual> {
-            self.detector.observe(&mut self.model, rates, 1_000, 0)
+            self.detector.observe(&mut self.model, rates, 1_000, 0, &|_| false)
         }
     }
 
@@ -442,5 +450,35 @@ mod tests {
         // A restarted engine (no history, the model restored from the snapshot) judges at once.
         let mut restarted = Trained { detector: Correlated::new(CorrelatedConfig::default()), model: detector.model };
         assert_eq!(restarted.observe(&window).map(|r| r.spe), Some(residual.spe));
+    }
+
+    #[test]
+    fn frozen_edges_pause_the_models_learning() {
+        let fresh = || Trained { detector: Correlated::new(CorrelatedConfig::default()), model: None };
+        let mut traffic = Traffic(7);
+        // Every baseline frozen: no model is ever fitted.
+        let mut all = fresh();
+        for _ in 0..200 {
+            all.detector.observe(&mut all.model, &traffic.window(), 1_000, 0, &|_| true);
+        }
+        assert!(all.model.is_none() && all.detector.history.is_empty());
+        // One watched edge frozen after the fit: the model keeps judging, and stops refitting.
+        let (mut trained, mut traffic) = trained();
+        let fitted = trained.model.as_ref().unwrap().fitted_unix_nano;
+        let watched = trained.model.as_ref().unwrap().edges[0];
+        let history = trained.detector.history.len();
+        for at in 1..=500 {
+            let window = traffic.window();
+            trained.detector.observe(&mut trained.model, &window, 1_000, at, &|e| *e == watched);
+        }
+        assert_eq!(trained.detector.history.len(), history, "frozen windows were learned");
+        assert_eq!(trained.model.as_ref().unwrap().fitted_unix_nano, fitted, "the model was refitted");
+        // A frozen edge the model does not watch does not pause it.
+        let unwatched = edge(99);
+        for at in 501..=1_000 {
+            let window = traffic.window();
+            trained.detector.observe(&mut trained.model, &window, 1_000, at, &|e| *e == unwatched);
+        }
+        assert!(trained.model.as_ref().unwrap().fitted_unix_nano > fitted, "an unwatched freeze paused the model");
     }
 }

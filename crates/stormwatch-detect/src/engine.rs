@@ -442,12 +442,15 @@ impl Engine {
             // are learned as normal).
             let mut findings = findings;
             if findings.is_empty() && window.entry_requests >= self.windows.config().min_entry_requests {
-                if let Some(residual) = self.correlated.observe(
-                    &mut self.store.correlated,
-                    &window.rates(),
-                    window.entry_requests,
-                    window.end,
-                ) {
+                // Out of the store while it is judged, so the store can say what is frozen.
+                let mut model = self.store.correlated.take();
+                let store = &self.store;
+                let residual =
+                    self.correlated.observe(&mut model, &window.rates(), window.entry_requests, window.end, &|edge| {
+                        store.is_frozen(edge)
+                    });
+                self.store.correlated = model;
+                if let Some(residual) = residual {
                     findings.push(correlated_finding(&window, residual, &self.detect));
                 }
             }
