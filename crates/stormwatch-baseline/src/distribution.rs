@@ -43,6 +43,10 @@ pub struct Distribution {
     ewma_variance: f64,
     /// Event time of the first observation, Unix nanoseconds.
     since_unix_nano: u64,
+    /// Event time of the latest observation (absent in snapshots written before it existed:
+    /// `since_unix_nano` stands in).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    last_unix_nano: u64,
     /// The tail guard (absent in snapshots written before it existed: set at the next
     /// observation from what was learned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,6 +60,10 @@ pub struct TailCeiling {
     pub value: f64,
     pub since_unix_nano: u64,
     pub samples: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 fn bucket_of(value: u64) -> u16 {
@@ -87,6 +95,7 @@ impl Distribution {
             self.since_unix_nano = at_unix_nano;
             self.ewma_mean = value as f64;
         }
+        self.last_unix_nano = self.last_unix_nano.max(at_unix_nano);
         // Only a value above the ceiling can push the tail past it: look at the tail then.
         let pressed_before = match self.tail_ceiling {
             Some(ceiling) if value as f64 > ceiling.value => {
@@ -162,6 +171,11 @@ impl Distribution {
     /// Event time of the first observation.
     pub fn since_unix_nano(&self) -> u64 {
         self.since_unix_nano
+    }
+
+    /// Event time of the latest observation, Unix nanoseconds.
+    pub fn last_seen_unix_nano(&self) -> u64 {
+        self.last_unix_nano.max(self.since_unix_nano)
     }
 
     pub fn max(&self) -> u64 {

@@ -1,5 +1,10 @@
 //! The baselines of one engine, keyed by edge and root class, with a bound on how many keys
 //! it holds so that an attacker who invents operations cannot exhaust memory.
+//!
+//! A table at its bound makes room for a new key by evicting young baselines (fewer samples
+//! than the learning minimum, so never judged on) that have been idle for an hour of event
+//! time: a flood of invented names that stops cannot keep the store full for ever, and
+//! nothing a detector relies on is ever evicted.
 
 use std::collections::{HashMap, HashSet};
 
@@ -65,6 +70,24 @@ impl WindowMetric {
 pub struct StoreStats {
     /// Observations not learned because the store was at its key limit.
     pub capped_observations: u64,
+    /// Young, idle baselines evicted to make room for new keys.
+    pub evicted_young: u64,
+}
+
+/// A young baseline idle this long (event time) may be evicted from a full table.
+pub const EVICT_IDLE_NANOS: u64 = 3_600 * 1_000_000_000;
+
+/// A full table is swept for young, idle baselines at most this often (event time), so a
+/// flood of new keys costs one scan a minute, not one per key.
+const SWEEP_EVERY_NANOS: u64 = 60 * 1_000_000_000;
+
+/// The key bound of one table, and when it was last swept.
+#[derive(Clone, Copy, Debug)]
+struct Capacity {
+    max_keys: usize,
+    /// Baselines with fewer samples are young (the learning minimum); 0: never evict.
+    young_below: u64,
+    last_sweep_unix_nano: u64,
 }
 
 /// All baselines. Keys beyond `max_keys` (per table) are not created; the observations are
@@ -94,6 +117,9 @@ pub struct BaselineStore {
     /// Edges whose baselines are frozen, as `Edge` displays them (tuning).
     pub frozen_edges: HashSet<String>,
     max_keys: usize,
+    /// Per table with distributions (fanout, request_edges, request_totals, windows,
+    /// window_classes): its bound and last sweep.
+    capacity: [Capacity; 5],
     stats: StoreStats,
 }
 
@@ -111,7 +137,16 @@ impl BaselineStore {
             freeze_all: false,
             frozen_edges: HashSet::new(),
             max_keys,
+            capacity: [Capacity { max_keys, young_below: 0, last_sweep_unix_nano: 0 }; 5],
             stats: StoreStats::default(),
+        }
+    }
+
+    /// Lets a full table evict baselines with fewer than `samples` samples (the learning
+    /// minimum) idle for [`EVICT_IDLE_NANOS`]; 0 (the default) never evicts.
+    pub fn evict_young_below(&mut self, samples: u64) {
+        for capacity in &mut self.capacity {
+            capacity.young_below = samples;
         }
     }
 
@@ -152,28 +187,34 @@ impl BaselineStore {
         if self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.fanout, edge, calls, at, self.max_keys, &mut self.stats);
+        observe(&mut self.fanout, edge, calls, at, &mut self.capacity[0], &mut self.stats);
     }
 
     pub fn observe_request_edge(&mut self, class: RootClass, edge: Edge, calls: u64, at: u64) {
         if self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.request_edges, (class, edge), calls, at, self.max_keys, &mut self.stats);
+        observe(&mut self.request_edges, (class, edge), calls, at, &mut self.capacity[1], &mut self.stats);
     }
 
     pub fn observe_request_total(&mut self, class: RootClass, metric: RequestMetric, value: u64, at: u64) {
         if self.freeze_all {
             return;
         }
-        observe(&mut self.request_totals, (class, metric), value, at, self.max_keys, &mut self.stats);
+        observe(&mut self.request_totals, (class, metric), value, at, &mut self.capacity[2], &mut self.stats);
     }
 
     pub fn observe_window(&mut self, metric: WindowMetric, edge: Edge, thousandths: u64, at: u64) {
         if self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.windows, (metric, edge), thousandths, at, self.max_keys, &mut self.stats);
+        let evicted = self.stats.evicted_young;
+        observe(&mut self.windows, (metric, edge), thousandths, at, &mut self.capacity[3], &mut self.stats);
+        if self.stats.evicted_young > evicted {
+            // The hour-of-day profiles go with their window baselines.
+            let windows = &self.windows;
+            self.seasonal.retain(|key, _| windows.contains_key(key));
+        }
     }
 
     /// Learns a window metric's value into its hour-of-day profile (thousandths, as the
@@ -197,7 +238,7 @@ impl BaselineStore {
         if self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.window_classes, (class, edge), per_thousand, at, self.max_keys, &mut self.stats);
+        observe(&mut self.window_classes, (class, edge), per_thousand, at, &mut self.capacity[4], &mut self.stats);
     }
 }
 
@@ -206,14 +247,97 @@ fn observe<K: std::hash::Hash + Eq>(
     key: K,
     value: u64,
     at: u64,
-    max_keys: usize,
+    capacity: &mut Capacity,
     stats: &mut StoreStats,
 ) {
     if let Some(distribution) = table.get_mut(&key) {
         distribution.observe(value, at);
-    } else if table.len() < max_keys {
+        return;
+    }
+    if table.len() >= capacity.max_keys {
+        sweep(table, at, capacity, stats);
+    }
+    if table.len() < capacity.max_keys {
         table.entry(key).or_default().observe(value, at);
     } else {
         stats.capped_observations += 1;
+    }
+}
+
+/// Evicts the young baselines of a full `table` idle for [`EVICT_IDLE_NANOS`] before `now`,
+/// at most once per [`SWEEP_EVERY_NANOS`].
+fn sweep<K>(table: &mut HashMap<K, Distribution>, now: u64, capacity: &mut Capacity, stats: &mut StoreStats) {
+    let due = capacity.last_sweep_unix_nano.saturating_add(SWEEP_EVERY_NANOS);
+    if capacity.young_below == 0 || now < due {
+        return;
+    }
+    capacity.last_sweep_unix_nano = now;
+    let idle_before = now.saturating_sub(EVICT_IDLE_NANOS);
+    let before = table.len();
+    table.retain(|_, d| d.samples() >= capacity.young_below || d.last_seen_unix_nano() >= idle_before);
+    stats.evicted_young += (before - table.len()) as u64;
+}
+
+#[cfg(test)]
+mod tests {
+    use stormwatch_model::{Node, NodeKind, Sym};
+
+    use super::*;
+
+    const MINUTE: u64 = 60 * 1_000_000_000;
+
+    fn edge(i: usize) -> Edge {
+        Edge {
+            from: Node { service: Sym::new("gateway"), operation: Sym::new("GET /"), kind: NodeKind::Service },
+            to: Node { service: Sym::new(&format!("svc{i}")), operation: Sym::new("GET /x"), kind: NodeKind::Service },
+        }
+    }
+
+    #[test]
+    fn a_full_table_evicts_only_young_idle_baselines() {
+        let mut store = BaselineStore::new(10);
+        store.evict_young_below(5);
+        // Two mature baselines (5 samples), seen at 0; eight young ones (2 samples) from a
+        // flood at 0, one of them seen again at 50 minutes.
+        for i in 0..10 {
+            for _ in 0..if i < 2 { 5 } else { 2 } {
+                store.observe_fanout(edge(i), 1, 0);
+            }
+        }
+        store.observe_fanout(edge(9), 1, 50 * MINUTE);
+        // Full, and nothing idle for an hour yet: refused.
+        store.observe_fanout(edge(10), 1, 30 * MINUTE);
+        assert_eq!((store.fanout.len(), store.stats().capped_observations), (10, 1));
+        // Swept less than a minute ago: refused without another scan.
+        store.observe_fanout(edge(11), 1, 30 * MINUTE + MINUTE / 2);
+        assert_eq!(store.stats().capped_observations, 2);
+        // Past an hour: the seven idle young ones go, the new key is learned.
+        store.observe_fanout(edge(12), 1, 61 * MINUTE);
+        assert_eq!(store.stats().evicted_young, 7);
+        let kept: Vec<usize> = (0..13).filter(|i| store.fanout.contains_key(&edge(*i))).collect();
+        assert_eq!(kept, [0, 1, 9, 12], "the mature, the recently seen young one, the new one");
+        // Mature baselines are never evicted, however idle.
+        store.observe_fanout(edge(13), 1, 1_000 * MINUTE);
+        assert!(store.fanout.contains_key(&edge(0)) && store.fanout.contains_key(&edge(1)));
+    }
+
+    #[test]
+    fn without_a_learning_minimum_nothing_is_evicted() {
+        let mut store = BaselineStore::new(2);
+        store.observe_fanout(edge(0), 1, 0);
+        store.observe_fanout(edge(1), 1, 0);
+        store.observe_fanout(edge(2), 1, 1_000 * MINUTE);
+        assert_eq!((store.fanout.len(), store.stats().evicted_young, store.stats().capped_observations), (2, 0, 1));
+    }
+
+    #[test]
+    fn evicted_window_baselines_take_their_daily_profiles_along() {
+        let mut store = BaselineStore::new(1);
+        store.evict_young_below(5);
+        store.observe_window(WindowMetric::WorkPerEntry, edge(0), 1_000, 0);
+        store.observe_seasonal(WindowMetric::WorkPerEntry, edge(0), 1_000, 0);
+        store.observe_window(WindowMetric::WorkPerEntry, edge(1), 1_000, 120 * MINUTE);
+        assert!(store.windows.contains_key(&(WindowMetric::WorkPerEntry, edge(1))));
+        assert!(store.seasonal.is_empty(), "the evicted baseline's profile stayed");
     }
 }

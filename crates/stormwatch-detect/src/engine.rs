@@ -115,7 +115,9 @@ pub(crate) const RECENT_WINDOWS: usize = 6;
 
 impl Engine {
     /// `clock` returns wall time in Unix nanoseconds, used only for `detected_at`.
-    pub fn new(config: EngineConfig, store: BaselineStore, clock: fn() -> u64) -> Engine {
+    pub fn new(config: EngineConfig, mut store: BaselineStore, clock: fn() -> u64) -> Engine {
+        // A full table may evict what was never judged on.
+        store.evict_young_below(config.detect.learning_min_samples);
         Engine {
             assembler: Assembler::new(config.assemble),
             store,
@@ -276,6 +278,7 @@ impl Engine {
     pub fn replace_store(&mut self, store: BaselineStore) {
         let (freeze_all, frozen) = (self.store.freeze_all, std::mem::take(&mut self.store.frozen_edges));
         self.store = store;
+        self.store.evict_young_below(self.detect.learning_min_samples);
         self.store.freeze_all = freeze_all;
         self.store.frozen_edges = frozen;
     }

@@ -217,6 +217,9 @@ metrics! {
     snapshots_written_total: "counter",
     /// Observations not learned because the baseline store was at its key limit.
     baseline_capped_observations_total: "counter",
+    /// Young baselines (under the learning minimum) idle for an hour, evicted from a full
+    /// table to make room for new keys.
+    baseline_evicted_total: "counter",
     /// Span batches waiting for the engine.
     queue_depth: "gauge",
     /// Spans buffered in traces not yet complete.

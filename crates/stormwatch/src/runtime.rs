@@ -207,6 +207,7 @@ fn publish(engine: &Engine, receiver: &SpanReceiver, metrics: &Metrics, top_edge
     Metrics::set(&metrics.in_flight_traces, engine.assembler().in_flight_traces() as u64);
     Metrics::set(&metrics.edges_tracked, engine.store().edges_tracked() as u64);
     Metrics::set(&metrics.baseline_capped_observations_total, engine.store().stats().capped_observations);
+    Metrics::set(&metrics.baseline_evicted_total, engine.store().stats().evicted_young);
     Metrics::set(&metrics.watermark_seconds, engine.assembler().watermark() / 1_000_000_000);
     Metrics::set(&metrics.findings_suppressed_total, engine.stats().suppressed);
     for (gauge, count) in metrics.alerts_shadowed.iter().zip(engine.stats().shadowed) {
