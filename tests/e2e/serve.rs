@@ -295,6 +295,12 @@ async fn edge_metrics_are_bounded_and_the_dashboard_queries_real_metrics() {
     for name in queried {
         assert!(metrics.contains(&format!("# TYPE {name} ")), "the dashboard queries {name}, which /metrics lacks");
     }
+    // The alert feed reads every partition of the default alert topic: alerts are keyed by
+    // fingerprint, so they spread over the partitions.
+    let panels = parsed["panels"].as_array().unwrap();
+    let feed = panels.iter().find(|p| p["datasource"]["type"] == "hamedkarbasi93-kafka-datasource");
+    let feed = &feed.expect("the alert-feed panel")["targets"][0];
+    assert_eq!((&feed["topicName"], &feed["partition"]), (&Value::from("stormwatch.alerts"), &Value::from("all")));
     services.shutdown();
     serve.stop();
 }
