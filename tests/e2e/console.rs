@@ -314,3 +314,37 @@ fn the_console_shows_a_loadgen_scenario_and_its_attacks() {
     drop(browser);
     serve.stop();
 }
+
+/// Off loopback every API read needs the admin token: the console asks for it, and once it is
+/// given reads the API and opens the live stream with it.
+#[test]
+fn the_console_asks_for_the_admin_token_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start_with_public_admin(dir.path(), "[assemble]\ntrace_idle = \"1s\"\n");
+    let mut browser = Browser::launch();
+    let mut page = browser.open(&format!("http://{}/", serve.admin));
+    page.wait_for(
+        "the token prompt",
+        Duration::from_secs(20),
+        "getComputedStyle(document.getElementById('token-box')).display !== 'none'",
+    );
+    let status = page.eval("document.getElementById('status').textContent");
+    assert!(status.as_str().unwrap().contains("401"), "{status}");
+    assert_eq!(page.eval("stormwatch.live"), Value::Bool(false), "the stream opened without the token");
+    let token = std::fs::read_to_string(dir.path().join("models/admin.token")).unwrap();
+    page.type_into("#token", token.trim());
+    page.click("#save-token");
+    page.wait_for("the live stream, with the token", Duration::from_secs(20), "stormwatch.live");
+    page.wait_for(
+        "the API read with the token",
+        Duration::from_secs(20),
+        "document.getElementById('graph-note').textContent.includes('edges')",
+    );
+    assert_eq!(
+        page.eval("getComputedStyle(document.getElementById('token-box')).display"),
+        Value::from("none"),
+        "the prompt stayed"
+    );
+    drop(browser);
+    serve.stop();
+}

@@ -135,6 +135,22 @@ impl Serve {
         extra: &[&str],
         ready: &dyn Fn(SocketAddr) -> bool,
     ) -> Serve {
+        Serve::start_bound(work_dir, sections, extra, ready, false)
+    }
+
+    /// Like [`Serve::start_with`], the admin API listening on every interface (off loopback:
+    /// API reads need the token); `admin` is still its loopback address, for the tests.
+    pub(crate) fn start_with_public_admin(work_dir: &Path, sections: &str) -> Serve {
+        Serve::start_bound(work_dir, sections, &[], &|admin| http_get(admin, "/healthz").is_some(), true)
+    }
+
+    fn start_bound(
+        work_dir: &Path,
+        sections: &str,
+        extra: &[&str],
+        ready: &dyn Fn(SocketAddr) -> bool,
+        public_admin: bool,
+    ) -> Serve {
         let config = work_dir.join("stormwatch.toml");
         // Quick learning unless the sections set their own baseline settings.
         let baseline = if sections.contains("[baseline]") {
@@ -148,7 +164,11 @@ impl Serve {
         for attempt in 1..=5 {
             let (grpc, http, admin) = (free_addr(), free_addr(), free_addr());
             let mut args = vec!["serve".to_string(), "--config".into(), config.to_str().unwrap().into()];
-            for (flag, addr) in [("--otlp-grpc", grpc), ("--otlp-http", http), ("--admin", admin)] {
+            let admin_bind = match public_admin {
+                true => SocketAddr::from(([0, 0, 0, 0], admin.port())),
+                false => admin,
+            };
+            for (flag, addr) in [("--otlp-grpc", grpc), ("--otlp-http", http), ("--admin", admin_bind)] {
                 args.extend([flag.to_string(), addr.to_string()]);
             }
             args.extend(extra.iter().map(|a| a.to_string()));
