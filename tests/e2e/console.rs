@@ -228,6 +228,14 @@ async fn the_console_stays_responsive_with_a_thousand_services() {
         let note = page.eval("document.getElementById('graph-note').textContent").to_string();
         assert!(note.contains("200 of 10000 edges"), "{note}");
         page.screenshot(&artefact("console-large.png"));
+        // Zoom: the picture grows (the panel scrolls), and "fit" brings it back.
+        let width = |page: &mut Page<'_>| page.eval("Number(document.getElementById('graph').getAttribute('width'))");
+        let fitted = width(&mut page).as_f64().unwrap();
+        page.click("#zoom-in");
+        let zoomed = width(&mut page).as_f64().unwrap();
+        assert!((zoomed - fitted * 1.5).abs() <= 1.0, "zoom in: {fitted} px to {zoomed} px");
+        page.click("#zoom-fit");
+        assert_eq!(width(&mut page).as_f64().unwrap(), fitted, "fit");
 
         // 1,000 edges on request.
         let started = Instant::now();
