@@ -57,8 +57,10 @@ baselines and emits alerts: to the Kafka topic stormwatch.alerts when --kafka-br
 JSON lines to stdout and stormwatch-alerts.jsonl. Baselines are restored from and snapshotted to --models \
 (default models/). With --kafka-input it also consumes spans from the Kafka topic otlp_spans (as the \
 OpenTelemetry Collector's kafka exporter writes them) in a consumer group, committing offsets once the alerts \
-they caused are acknowledged. Admin API on 127.0.0.1:9464: /healthz, /metrics. Ctrl-C flushes traces, alerts and the \
-snapshot; a second Ctrl-C exits at once.\n\nSettings come from embedded defaults < --config FILE < environment < flags; \
+they caused are acknowledged. The admin address (127.0.0.1:9464) serves the web console at / (the live call \
+graph, the alert feed, the tuning), /healthz, /readyz, /metrics (Prometheus) and the API under /api/ (baselines, \
+alerts, explain, graph, events, tuning, snapshot). Ctrl-C flushes traces, alerts and the snapshot; a second \
+Ctrl-C exits at once.\n\nSettings come from embedded defaults < --config FILE < environment < flags; \
 `stormwatch serve --print-config` shows the result.")]
     Serve(ServeArgs),
     /// Feed recorded OTLP files through the same pipeline, as fast as possible.
@@ -498,7 +500,8 @@ pub struct ServeArgs {
     /// OTLP/HTTP listen address [default: 127.0.0.1:4318].
     #[arg(long, value_name = "ADDR", env = "STORMWATCH_OTLP_HTTP")]
     pub otlp_http: Option<String>,
-    /// Admin HTTP listen address for /healthz and /metrics [default: 127.0.0.1:9464].
+    /// Admin HTTP listen address: the web console, /healthz, /metrics and the API [default:
+    /// 127.0.0.1:9464]. Off loopback, API reads need the admin token too.
     #[arg(long, value_name = "ADDR", env = "STORMWATCH_ADMIN")]
     pub admin: Option<String>,
     /// Directory of the baseline snapshot [default: models].
