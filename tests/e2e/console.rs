@@ -113,6 +113,26 @@ async fn the_console_shows_the_graph_an_attack_and_its_alert_live() {
             std::thread::sleep(Duration::from_millis(100));
         }
         page.click("#feed li[data-kind=\"n_plus_one\"] summary");
+        // Why did this fire: the engine's explanation, as `stormwatch baseline explain` gives it.
+        page.click("#feed li[data-kind=\"n_plus_one\"] button");
+        let why = page.wait_for(
+            "the explanation",
+            Duration::from_secs(10),
+            "(() => { const w = document.querySelector('#feed li[data-kind=\"n_plus_one\"] .why').textContent; \
+             return w.includes('rule:') && w; })()",
+        );
+        let why = why.as_str().unwrap();
+        assert!(why.starts_with("n_plus_one: observed 300"), "{why}");
+        assert!(
+            why.contains("tuning: detector on, edge learning") && why.contains("baseline now: calls_per_parent"),
+            "{why}"
+        );
+        // A redraw of the feed (as when the next alert arrives) keeps it open, with its answer.
+        let kept = page.eval(
+            "drawFeed(); (() => { const li = document.querySelector('#feed li[data-kind=\"n_plus_one\"]'); \
+             return li.querySelector('details').open && li.querySelector('.why').textContent.includes('rule:'); })()",
+        );
+        assert_eq!(kept, Value::Bool(true), "the redraw closed the alert or lost its explanation");
         page.screenshot(&artefact("console.png"));
 
         // A focus: only the database's edge is left.
