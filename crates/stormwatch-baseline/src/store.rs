@@ -81,13 +81,15 @@ pub const EVICT_IDLE_NANOS: u64 = 3_600 * 1_000_000_000;
 /// flood of new keys costs one scan a minute, not one per key.
 const SWEEP_EVERY_NANOS: u64 = 60 * 1_000_000_000;
 
-/// The key bound of one table, and when it was last swept.
+/// The key bound of every table, what may be evicted to keep within it, and when each table
+/// with distributions (fanout, request_edges, request_totals, windows, window_classes, in
+/// that order) was last swept.
 #[derive(Clone, Copy, Debug)]
-struct Capacity {
+struct Room {
     max_keys: usize,
     /// Baselines with fewer samples are young (the learning minimum); 0: never evict.
     young_below: u64,
-    last_sweep_unix_nano: u64,
+    last_sweeps_unix_nano: [u64; 5],
 }
 
 /// All baselines. Keys beyond `max_keys` (per table) are not created; the observations are
@@ -116,10 +118,7 @@ pub struct BaselineStore {
     pub freeze_all: bool,
     /// Edges whose baselines are frozen, as `Edge` displays them (tuning).
     pub frozen_edges: HashSet<String>,
-    max_keys: usize,
-    /// Per table with distributions (fanout, request_edges, request_totals, windows,
-    /// window_classes): its bound and last sweep.
-    capacity: [Capacity; 5],
+    room: Room,
     stats: StoreStats,
 }
 
@@ -136,8 +135,7 @@ impl BaselineStore {
             watermark_unix_nano: 0,
             freeze_all: false,
             frozen_edges: HashSet::new(),
-            max_keys,
-            capacity: [Capacity { max_keys, young_below: 0, last_sweep_unix_nano: 0 }; 5],
+            room: Room { max_keys, young_below: 0, last_sweeps_unix_nano: [0; 5] },
             stats: StoreStats::default(),
         }
     }
@@ -145,9 +143,7 @@ impl BaselineStore {
     /// Lets a full table evict baselines with fewer than `samples` samples (the learning
     /// minimum) idle for [`EVICT_IDLE_NANOS`]; 0 (the default) never evicts.
     pub fn evict_young_below(&mut self, samples: u64) {
-        for capacity in &mut self.capacity {
-            capacity.young_below = samples;
-        }
+        self.room.young_below = samples;
     }
 
     pub fn stats(&self) -> &StoreStats {
@@ -155,7 +151,7 @@ impl BaselineStore {
     }
 
     pub fn max_keys(&self) -> usize {
-        self.max_keys
+        self.room.max_keys
     }
 
     /// Distinct edges with a fan-out baseline.
@@ -187,21 +183,21 @@ impl BaselineStore {
         if self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.fanout, edge, calls, at, &mut self.capacity[0], &mut self.stats);
+        observe(&mut self.fanout, edge, calls, at, &mut self.room, 0, &mut self.stats);
     }
 
     pub fn observe_request_edge(&mut self, class: RootClass, edge: Edge, calls: u64, at: u64) {
         if self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.request_edges, (class, edge), calls, at, &mut self.capacity[1], &mut self.stats);
+        observe(&mut self.request_edges, (class, edge), calls, at, &mut self.room, 1, &mut self.stats);
     }
 
     pub fn observe_request_total(&mut self, class: RootClass, metric: RequestMetric, value: u64, at: u64) {
         if self.freeze_all {
             return;
         }
-        observe(&mut self.request_totals, (class, metric), value, at, &mut self.capacity[2], &mut self.stats);
+        observe(&mut self.request_totals, (class, metric), value, at, &mut self.room, 2, &mut self.stats);
     }
 
     pub fn observe_window(&mut self, metric: WindowMetric, edge: Edge, thousandths: u64, at: u64) {
@@ -209,7 +205,7 @@ impl BaselineStore {
             return;
         }
         let evicted = self.stats.evicted_young;
-        observe(&mut self.windows, (metric, edge), thousandths, at, &mut self.capacity[3], &mut self.stats);
+        observe(&mut self.windows, (metric, edge), thousandths, at, &mut self.room, 3, &mut self.stats);
         if self.stats.evicted_young > evicted {
             // The hour-of-day profiles go with their window baselines.
             let windows = &self.windows;
@@ -227,7 +223,7 @@ impl BaselineStore {
         }
         if let Some(profile) = self.seasonal.get_mut(&(metric, edge)) {
             profile.observe(thousandths as f64, at);
-        } else if self.seasonal.len() < self.max_keys {
+        } else if self.seasonal.len() < self.room.max_keys {
             self.seasonal.entry((metric, edge)).or_default().observe(thousandths as f64, at);
         } else {
             self.stats.capped_observations += 1;
@@ -238,7 +234,7 @@ impl BaselineStore {
         if self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.window_classes, (class, edge), per_thousand, at, &mut self.capacity[4], &mut self.stats);
+        observe(&mut self.window_classes, (class, edge), per_thousand, at, &mut self.room, 4, &mut self.stats);
     }
 }
 
@@ -247,17 +243,18 @@ fn observe<K: std::hash::Hash + Eq>(
     key: K,
     value: u64,
     at: u64,
-    capacity: &mut Capacity,
+    room: &mut Room,
+    table_index: usize,
     stats: &mut StoreStats,
 ) {
     if let Some(distribution) = table.get_mut(&key) {
         distribution.observe(value, at);
         return;
     }
-    if table.len() >= capacity.max_keys {
-        sweep(table, at, capacity, stats);
+    if table.len() >= room.max_keys {
+        sweep(table, at, room.young_below, &mut room.last_sweeps_unix_nano[table_index], stats);
     }
-    if table.len() < capacity.max_keys {
+    if table.len() < room.max_keys {
         table.entry(key).or_default().observe(value, at);
     } else {
         stats.capped_observations += 1;
@@ -266,15 +263,20 @@ fn observe<K: std::hash::Hash + Eq>(
 
 /// Evicts the young baselines of a full `table` idle for [`EVICT_IDLE_NANOS`] before `now`,
 /// at most once per [`SWEEP_EVERY_NANOS`].
-fn sweep<K>(table: &mut HashMap<K, Distribution>, now: u64, capacity: &mut Capacity, stats: &mut StoreStats) {
-    let due = capacity.last_sweep_unix_nano.saturating_add(SWEEP_EVERY_NANOS);
-    if capacity.young_below == 0 || now < due {
+fn sweep<K>(
+    table: &mut HashMap<K, Distribution>,
+    now: u64,
+    young_below: u64,
+    last_sweep_unix_nano: &mut u64,
+    stats: &mut StoreStats,
+) {
+    if young_below == 0 || now < last_sweep_unix_nano.saturating_add(SWEEP_EVERY_NANOS) {
         return;
     }
-    capacity.last_sweep_unix_nano = now;
+    *last_sweep_unix_nano = now;
     let idle_before = now.saturating_sub(EVICT_IDLE_NANOS);
     let before = table.len();
-    table.retain(|_, d| d.samples() >= capacity.young_below || d.last_seen_unix_nano() >= idle_before);
+    table.retain(|_, d| d.samples() >= young_below || d.last_seen_unix_nano() >= idle_before);
     stats.evicted_young += (before - table.len()) as u64;
 }
 

@@ -384,7 +384,7 @@ fn run_engine(
         ship(&mut engine, &mut sharing, idle);
         engine.note_cardinality(&stormwatch_model::Cardinality::global().state(), &mut alerts);
         send(&mut alerts, &mut recent);
-        if let Some(live) = &options.live {
+        if let Some(live) = &live {
             let end = engine.last_window_end();
             if end != window_told {
                 window_told = end;
