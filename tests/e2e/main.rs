@@ -7,6 +7,7 @@ mod bench;
 mod browser;
 mod compose;
 mod console;
+mod hardening;
 mod kafka_input;
 mod kafka_windows;
 mod reliability;

@@ -292,5 +292,5 @@ async fn a_flood_of_invented_names_is_capped_counted_and_alerted_once() {
     assert!(floods.len() <= 2, "{floods:#?}");
     let first = &floods[0];
     assert_eq!(first["contributors"][0]["name"], "names operations");
-    assert!(first["explanation"].as_str().unwrap().contains("past its limit of 40"), "{first}");
+    assert!(first["explanation"].as_str().unwrap().contains("past its limit of 40 names"), "{first}");
 }

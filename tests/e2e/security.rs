@@ -110,7 +110,7 @@ async fn tls_client_certificates_and_the_ingest_token_keep_strangers_out() {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(serve.http).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let _ = stream.write_all(b"POST /v1/traces HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}");
+        let _ = stream.write_all(b"POST /v1/traces HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}");
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer);
         answer

@@ -235,6 +235,19 @@ impl Serve {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Resident memory now and at its peak (VmRSS, VmHWM), in MiB.
+    pub(crate) fn memory_mib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+                / 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
     pub(crate) fn metrics(&self) -> String {
         http_get(self.admin, "/metrics").unwrap_or_default()
     }
@@ -285,7 +298,7 @@ pub(crate) fn http_post(addr: SocketAddr, path: &str, content_type: &str, body: 
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -310,7 +323,7 @@ pub(crate) fn http_status(addr: SocketAddr, path: &str) -> String {
     let get = || -> Option<String> {
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         Some(response)

@@ -28,6 +28,12 @@ pub const TAIL_GROWTH_PER_DAY: f64 = 2.0;
 /// Up to this many samples the ceiling follows the tail freely.
 pub const TAIL_STABLE_SAMPLES: u64 = 1_000;
 const DAY_NANOS: f64 = 86_400e9;
+/// The latest event time a snapshot may hold (2200-01-01T00:00:00Z): later is an absurd
+/// timestamp, refused.
+pub const LATEST_UNIX_NANO: u64 = 7_258_118_400 * 1_000_000_000;
+/// The most observations a snapshot may claim for one baseline (a million a second for thirty
+/// years).
+const MOST_SAMPLES: u64 = 1 << 50;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Distribution {
@@ -163,6 +169,53 @@ impl Distribution {
         self.weight = self.buckets.iter().map(|(_, weight)| u64::from(*weight)).sum();
     }
 
+    /// Whether this distribution (read from a snapshot) is one that learning can build: buckets
+    /// in order and in range, their weights adding up, finite non-negative moments, times no
+    /// later than [`LATEST_UNIX_NANO`]. The error says what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        let last_bucket = bucket_of(u64::MAX);
+        let mut previous: Option<u16> = None;
+        let mut sum = 0u64;
+        for &(index, weight) in &self.buckets {
+            if index > last_bucket {
+                return Err(format!("bucket {index} does not exist (the last is {last_bucket})"));
+            }
+            if previous.is_some_and(|p| index <= p) {
+                return Err("buckets are not in increasing order".into());
+            }
+            if weight == 0 || u64::from(weight) > DECAY_AT {
+                return Err(format!("bucket {index} has weight {weight} (1 to {DECAY_AT})"));
+            }
+            sum += u64::from(weight);
+            previous = Some(index);
+        }
+        if sum != self.weight {
+            return Err(format!("weight {} is not the sum of its buckets ({sum})", self.weight));
+        }
+        if self.samples > MOST_SAMPLES || self.weight > self.samples {
+            return Err(format!("samples {} for a weight of {}", self.samples, self.weight));
+        }
+        for (name, value) in [("ewma_mean", self.ewma_mean), ("ewma_variance", self.ewma_variance)] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(format!("{name} is {value}, not a finite number of at least 0"));
+            }
+        }
+        for (name, at) in [("since_unix_nano", self.since_unix_nano), ("last_unix_nano", self.last_unix_nano)] {
+            if at > LATEST_UNIX_NANO {
+                return Err(format!("{name} {at} is after the year 2200"));
+            }
+        }
+        if let Some(ceiling) = self.tail_ceiling {
+            if !(ceiling.value.is_finite() && ceiling.value >= 0.0) {
+                return Err(format!("tail_ceiling.value is {}", ceiling.value));
+            }
+            if ceiling.since_unix_nano > LATEST_UNIX_NANO || ceiling.samples > self.samples {
+                return Err("tail_ceiling is later, or has more samples, than its distribution".into());
+            }
+        }
+        Ok(())
+    }
+
     /// Observations ever learned.
     pub fn samples(&self) -> u64 {
         self.samples
@@ -238,6 +291,29 @@ mod tests {
             assert!(upper >= v && (upper as f64) < v as f64 * 1.13, "{v} -> {upper}");
         }
         assert!(bucket_of(u64::MAX) > bucket_of(1 << 62));
+    }
+
+    #[test]
+    fn learned_distributions_pass_their_check_and_absurd_ones_do_not() {
+        let mut d = Distribution::default();
+        for i in 0..5_000u64 {
+            d.observe(i % 700, 1_000 + i);
+        }
+        assert_eq!(d.check(), Ok(()));
+        assert_eq!(Distribution::default().check(), Ok(()));
+        let broken = |change: fn(&mut Distribution)| {
+            let mut copy = d.clone();
+            change(&mut copy);
+            copy.check().unwrap_err()
+        };
+        assert!(broken(|d| d.ewma_variance = -1.0).contains("ewma_variance"));
+        assert!(broken(|d| d.ewma_mean = f64::NAN).contains("ewma_mean"));
+        assert!(broken(|d| d.since_unix_nano = u64::MAX).contains("2200"));
+        assert!(broken(|d| d.weight += 1).contains("sum of its buckets"));
+        assert!(broken(|d| d.buckets.reverse()).contains("order"));
+        assert!(broken(|d| d.buckets[0].0 = u16::MAX).contains("does not exist"));
+        assert!(broken(|d| d.samples = u64::MAX).contains("samples"));
+        assert!(broken(|d| d.tail_ceiling.as_mut().unwrap().value = f64::INFINITY).contains("tail_ceiling"));
     }
 
     #[test]

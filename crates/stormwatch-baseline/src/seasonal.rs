@@ -81,6 +81,17 @@ impl DailyProfile {
         (slot.days >= MIN_DAYS).then_some(f64::from(slot.level))
     }
 
+    /// Whether this profile (read from a snapshot) has its 24 hours and finite levels.
+    pub fn check(&self) -> Result<(), String> {
+        if self.hours.len() != HOURS {
+            return Err(format!("{} hours, not {HOURS}", self.hours.len()));
+        }
+        if self.hours.iter().any(|h| !(h.sum.is_finite() && h.level.is_finite())) {
+            return Err("an hour's sum or level is not a finite number".into());
+        }
+        Ok(())
+    }
+
     /// Hours with enough history to be used.
     pub fn mature_hours(&self) -> usize {
         self.hours.iter().filter(|h| h.days >= MIN_DAYS).count()

@@ -10,9 +10,9 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use stormwatch_model::{Edge, Node, NodeKind, RootClass, Sym};
+use stormwatch_model::{clean_name, Dimension, Edge, Node, NodeKind, RootClass, Sym};
 
-use crate::{BaselineStore, DailyProfile, Distribution, RequestMetric, SubspaceModel, WindowMetric};
+use crate::{BaselineStore, DailyProfile, Distribution, RequestMetric, SubspaceModel, WindowMetric, LATEST_UNIX_NANO};
 
 pub const SNAPSHOT_FILE: &str = "baselines.json";
 pub const SNAPSHOT_FORMAT: &str = "stormwatch.baselines";
@@ -158,9 +158,21 @@ fn class_doc(class: &RootClass) -> ClassDoc {
     }
 }
 
+/// A name from a snapshot, held to what ingest would have kept of it: escaped, and cut to
+/// its dimension's length. Snapshots are written from such names; this keeps a hand-made or
+/// older one from bringing in what ingest never would.
+fn name(text: &str, dimension: Dimension) -> Sym {
+    Sym::new(&clean_name(text, dimension.max_name_bytes()).0)
+}
+
 fn node_of(doc: &NodeDoc) -> Result<Node, String> {
     let kind = NodeKind::parse(&doc.kind).ok_or_else(|| format!("unknown node kind {:?}", doc.kind))?;
-    Ok(Node { service: Sym::new(&doc.service), operation: Sym::new(&doc.operation), kind })
+    let operations = match kind {
+        NodeKind::Database | NodeKind::Cache => Dimension::Statement,
+        _ => Dimension::Operation,
+    };
+    let services = if kind == NodeKind::Service { Dimension::Service } else { Dimension::Peer };
+    Ok(Node { service: name(&doc.service, services), operation: name(&doc.operation, operations), kind })
 }
 
 fn edge_of(doc: &EdgeDoc) -> Result<Edge, String> {
@@ -169,10 +181,27 @@ fn edge_of(doc: &EdgeDoc) -> Result<Edge, String> {
 
 fn class_of(doc: &ClassDoc) -> RootClass {
     RootClass {
-        service: Sym::new(&doc.service),
-        operation: Sym::new(&doc.operation),
-        query_shape: doc.query_shape.as_deref().map(Sym::new),
+        service: name(&doc.service, Dimension::Service),
+        operation: name(&doc.operation, Dimension::Operation),
+        query_shape: doc.query_shape.as_deref().map(|shape| name(shape, Dimension::QueryShape)),
     }
+}
+
+/// A distribution from a snapshot, if learning could have built it.
+fn checked(distribution: Distribution, table: &str, index: usize) -> Result<Distribution, String> {
+    distribution.check().map_err(|reason| format!("{table}[{index}]: {reason}"))?;
+    Ok(distribution)
+}
+
+/// A table of the snapshot holds at most `max_keys` baselines, as the store does.
+fn fits(table: &str, entries: usize, max_keys: usize) -> Result<(), String> {
+    if entries > max_keys {
+        return Err(format!(
+            "{table} holds {entries} baselines, more than baseline.max_keys ({max_keys}); raise baseline.max_keys to \
+             load it"
+        ));
+    }
+    Ok(())
 }
 
 /// Writes `store` to `dir/baselines.json` atomically. Entries are sorted so that two
@@ -305,32 +334,50 @@ pub fn decode_snapshot(bytes: &[u8], max_keys: usize, origin: &Path) -> Result<B
         return Err(SnapshotError::Version { path, found: header.version });
     }
     let doc: SnapshotDoc = serde_json::from_reader(BufReader::new(bytes)).map_err(|e| corrupt(e.to_string()))?;
+    if doc.watermark_unix_nano > LATEST_UNIX_NANO {
+        return Err(corrupt(format!("watermark_unix_nano {} is after the year 2200", doc.watermark_unix_nano)));
+    }
+    for (table, entries) in [
+        ("fanout", doc.fanout.len()),
+        ("request_edges", doc.request_edges.len()),
+        ("request_totals", doc.request_totals.len()),
+        ("windows", doc.windows.len()),
+        ("window_classes", doc.window_classes.len()),
+        ("seasonal", doc.seasonal.len()),
+    ] {
+        fits(table, entries, max_keys).map_err(corrupt)?;
+    }
     let mut store = BaselineStore::new(max_keys);
     store.watermark_unix_nano = doc.watermark_unix_nano;
-    for entry in doc.fanout {
-        store.fanout.insert(edge_of(&entry.edge).map_err(corrupt)?, entry.calls_per_parent);
+    for (i, entry) in doc.fanout.into_iter().enumerate() {
+        let distribution = checked(entry.calls_per_parent, "fanout", i).map_err(corrupt)?;
+        store.fanout.insert(edge_of(&entry.edge).map_err(corrupt)?, distribution);
     }
-    for entry in doc.request_edges {
+    for (i, entry) in doc.request_edges.into_iter().enumerate() {
         let key = (class_of(&entry.entry), edge_of(&entry.edge).map_err(corrupt)?);
-        store.request_edges.insert(key, entry.calls_per_request);
+        store.request_edges.insert(key, checked(entry.calls_per_request, "request_edges", i).map_err(corrupt)?);
     }
-    for entry in doc.request_totals {
+    for (i, entry) in doc.request_totals.into_iter().enumerate() {
         let metric =
             RequestMetric::parse(&entry.metric).ok_or_else(|| corrupt(format!("unknown metric {:?}", entry.metric)))?;
-        store.request_totals.insert((class_of(&entry.entry), metric), entry.per_request);
+        let distribution = checked(entry.per_request, "request_totals", i).map_err(corrupt)?;
+        store.request_totals.insert((class_of(&entry.entry), metric), distribution);
     }
-    for entry in doc.windows {
+    for (i, entry) in doc.windows.into_iter().enumerate() {
         let metric = WindowMetric::parse(&entry.metric)
             .ok_or_else(|| corrupt(format!("unknown window metric {:?}", entry.metric)))?;
-        store.windows.insert((metric, edge_of(&entry.edge).map_err(corrupt)?), entry.thousandths);
+        let distribution = checked(entry.thousandths, "windows", i).map_err(corrupt)?;
+        store.windows.insert((metric, edge_of(&entry.edge).map_err(corrupt)?), distribution);
     }
-    for entry in doc.window_classes {
+    for (i, entry) in doc.window_classes.into_iter().enumerate() {
         let key = (class_of(&entry.entry), edge_of(&entry.edge).map_err(corrupt)?);
-        store.window_classes.insert(key, entry.per_thousand_entries);
+        let distribution = checked(entry.per_thousand_entries, "window_classes", i).map_err(corrupt)?;
+        store.window_classes.insert(key, distribution);
     }
-    for entry in doc.seasonal {
+    for (i, entry) in doc.seasonal.into_iter().enumerate() {
         let metric = WindowMetric::parse(&entry.metric)
             .ok_or_else(|| corrupt(format!("unknown window metric {:?}", entry.metric)))?;
+        entry.hours.check().map_err(|reason| corrupt(format!("seasonal[{i}]: {reason}")))?;
         store.seasonal.insert((metric, edge_of(&entry.edge).map_err(corrupt)?), entry.hours);
     }
     if let Some(doc) = doc.correlated {
@@ -345,7 +392,7 @@ pub fn decode_snapshot(bytes: &[u8], max_keys: usize, origin: &Path) -> Result<B
             samples: doc.samples,
             fitted_unix_nano: doc.fitted_unix_nano,
         };
-        if !model.is_consistent() {
+        if !model.is_consistent() || model.fitted_unix_nano > LATEST_UNIX_NANO {
             return Err(corrupt("the correlated model's dimensions or numbers are inconsistent".into()));
         }
         store.correlated = Some(model);
@@ -447,6 +494,43 @@ mod tests {
         let store = load_snapshot(dir.path(), 10).unwrap().unwrap();
         assert_eq!(store.watermark_unix_nano, 5);
         assert!(store.windows.is_empty() && store.window_classes.is_empty());
+    }
+
+    /// Well-formed but absurd documents are refused, naming what is wrong; names are held to
+    /// what ingest keeps (escaped, cut to length), never refused for their text.
+    #[test]
+    fn absurd_snapshots_are_refused_and_names_are_kept_as_ingest_keeps_them() {
+        let origin = Path::new("the imported snapshot");
+        let good: serde_json::Value = serde_json::from_slice(&encode_snapshot(&sample_store())).unwrap();
+        let refused = |change: &dyn Fn(&mut serde_json::Value)| {
+            let mut doc = good.clone();
+            change(&mut doc);
+            decode_snapshot(&serde_json::to_vec(&doc).unwrap(), 100, origin).err().map(|e| e.to_string())
+        };
+        assert!(refused(&|_| {}).is_none());
+        type Change<'a> = &'a dyn Fn(&mut serde_json::Value);
+        let cases: [(Change<'_>, &str); 6] = [
+            (&|d| d["fanout"][0]["calls_per_parent"]["ewma_variance"] = (-4.0).into(), "fanout[0]: ewma_variance"),
+            (&|d| d["watermark_unix_nano"] = u64::MAX.into(), "after the year 2200"),
+            (&|d| d["windows"][0]["thousandths"]["since_unix_nano"] = u64::MAX.into(), "windows[0]: since_unix_nano"),
+            (&|d| d["request_edges"][0]["calls_per_request"]["weight"] = 7.into(), "sum of its buckets"),
+            (&|d| d["seasonal"][0]["hours"]["hours"] = serde_json::json!([]), "seasonal[0]: 0 hours"),
+            (&|d| d["correlated"]["fitted_unix_nano"] = u64::MAX.into(), "correlated model"),
+        ];
+        for (change, words) in cases {
+            let error = refused(change).unwrap_or_else(|| panic!("accepted; expected {words:?}"));
+            assert!(error.contains(words) && error.contains("imported snapshot"), "{error}");
+        }
+        let error = decode_snapshot(&encode_snapshot(&sample_store()), 0, origin).unwrap_err().to_string();
+        assert!(error.contains("baseline.max_keys"), "{error}");
+
+        let mut doc = good.clone();
+        doc["fanout"][0]["edge"]["from"]["service"] = "../../etc\n[[override]]".into();
+        doc["fanout"][0]["edge"]["to"]["operation"] = "x".repeat(100_000).into();
+        let store = decode_snapshot(&serde_json::to_vec(&doc).unwrap(), 100, origin).unwrap();
+        let edge = store.fanout.keys().next().unwrap();
+        assert_eq!(edge.from.service.as_str(), "../../etc\\n[[override]]");
+        assert_eq!(edge.to.operation.as_str().len(), Dimension::Statement.max_name_bytes());
     }
 
     #[test]

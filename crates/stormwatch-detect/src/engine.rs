@@ -218,7 +218,14 @@ impl Engine {
         let folded: u64 = grown.iter().map(|(_, n)| n).sum();
         let named: Vec<String> = grown
             .iter()
-            .map(|(d, n)| format!("{n} new {} past its limit of {}", d.dimension.as_str(), d.limit))
+            .map(|(d, n)| {
+                let limit = if d.distinct >= d.limit {
+                    format!("its limit of {} names", d.limit)
+                } else {
+                    format!("its limit of {} bytes", d.byte_limit)
+                };
+                format!("{n} new {} past {limit}", d.dimension.as_str())
+            })
             .collect();
         let finding = crate::Finding {
             kind: AlertKind::CardinalityFlood,

@@ -22,6 +22,8 @@ macro_rules! metrics {
             pub edges: std::sync::Mutex<Vec<EdgeSeries>>,
             /// The end of the window `edges` come from (not rendered).
             pub edges_window_end: AtomicU64,
+            /// Connections of each listener (index of [`crate::server::Listener::ALL`]).
+            pub listeners: [ListenerMetrics; 3],
         }
 
         impl Metrics {
@@ -51,11 +53,63 @@ macro_rules! metrics {
                     let _ = writeln!(out, "stormwatch_findings_total{{kind=\"{}\"}} {}", kind.as_str(), count.load(Ordering::Relaxed));
                 }
                 render_cardinality(&mut out, &stormwatch_model::Cardinality::global().state());
+                render_listeners(&mut out, &self.listeners);
                 render_edges(&mut out, &self.edges.lock().unwrap_or_else(|e| e.into_inner()));
                 out
             }
         }
     };
+}
+
+/// What one listener's connections did.
+#[derive(Default)]
+pub struct ListenerMetrics {
+    /// Open now.
+    pub connections: AtomicU64,
+    /// Closed at once: the listener held `server.max_connections` busy ones.
+    pub refused: AtomicU64,
+    /// Closed to make room for a new connection (the longest idle).
+    pub evicted: AtomicU64,
+    /// Closed for silence: idle past `server.idle_timeout`, or no request head within
+    /// `server.header_timeout`.
+    pub timed_out: AtomicU64,
+}
+
+fn render_listeners(out: &mut String, listeners: &[ListenerMetrics; 3]) {
+    type Value = fn(&ListenerMetrics) -> &AtomicU64;
+    let series: [(&str, &str, &str, Value); 4] = [
+        ("stormwatch_connections", "gauge", "Connections open, by listener.", |l| &l.connections),
+        (
+            "stormwatch_connections_refused_total",
+            "counter",
+            "Connections closed at once because the listener held server.max_connections busy ones, by listener.",
+            |l| &l.refused,
+        ),
+        (
+            "stormwatch_connections_evicted_total",
+            "counter",
+            "Idle connections closed to make room for a new one at server.max_connections, by listener.",
+            |l| &l.evicted,
+        ),
+        (
+            "stormwatch_connections_timed_out_total",
+            "counter",
+            "Connections closed for silence (server.idle_timeout, server.header_timeout), by listener.",
+            |l| &l.timed_out,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (listener, metrics) in crate::server::Listener::ALL.iter().zip(listeners) {
+            let _ = writeln!(
+                out,
+                "{name}{{listener=\"{}\"}} {}",
+                listener.as_str(),
+                value(metrics).load(Ordering::Relaxed)
+            );
+        }
+    }
 }
 
 /// One edge of the last judged window, as `/metrics` shows it: the top
@@ -120,19 +174,44 @@ fn render_edges(out: &mut String, edges: &[EdgeSeries]) {
     }
 }
 
-/// Names interned per dimension (`limits.*`), the limit, and names folded into `<overflow>`.
+/// Names interned per dimension (`limits.*`), the bytes they take, the limits, and names
+/// folded into `<overflow>`, truncated or escaped.
 fn render_cardinality(out: &mut String, state: &[stormwatch_model::DimensionState]) {
     type Value = fn(&stormwatch_model::DimensionState) -> u64;
-    let series: [(&str, &str, &str, Value); 3] = [
+    let series: [(&str, &str, &str, Value); 7] = [
         ("stormwatch_cardinality_names", "gauge", "Distinct names interned, by dimension.", |d| d.distinct as u64),
         ("stormwatch_cardinality_limit", "gauge", "Most distinct names kept, by dimension (limits.*).", |d| {
             d.limit as u64
         }),
         (
+            "stormwatch_cardinality_bytes",
+            "gauge",
+            "Bytes the interned names take, bookkeeping included, by dimension.",
+            |d| d.bytes as u64,
+        ),
+        (
+            "stormwatch_cardinality_bytes_limit",
+            "gauge",
+            "Most bytes the names may take, by dimension (limits.*_bytes).",
+            |d| d.byte_limit as u64,
+        ),
+        (
             "stormwatch_cardinality_overflow_total",
             "counter",
-            "New names past the limit, folded into <overflow>, by dimension.",
+            "New names past either limit, folded into <overflow>, by dimension.",
             |d| d.overflowed,
+        ),
+        (
+            "stormwatch_names_truncated_total",
+            "counter",
+            "Names longer than their dimension allows, cut to end in an ellipsis, by dimension.",
+            |d| d.truncated,
+        ),
+        (
+            "stormwatch_names_escaped_total",
+            "counter",
+            "Names whose control or text-reordering characters were written as escapes, by dimension.",
+            |d| d.escaped,
         ),
     ];
     for (name, kind, help, value) in series {
@@ -157,6 +236,15 @@ metrics! {
     requests_invalid_total: "counter",
     /// Export requests refused for a missing or wrong bearer token (server.ingest_token).
     requests_unauthenticated_total: "counter",
+    /// Export requests refused because server.max_receiving_bytes of bodies were being received
+    /// and decoded already (retryable).
+    requests_busy_total: "counter",
+    /// Requests whose body came too slowly (server.body_timeout, server.min_body_rate), refused.
+    requests_body_timeout_total: "counter",
+    /// Requests refused for a Host header the listener does not serve, or a cross-origin Origin.
+    requests_misdirected_total: "counter",
+    /// Bytes of request bodies being received and decoded now (bounded by server.max_receiving_bytes).
+    receiving_bytes: "gauge",
     /// TLS handshakes that failed or timed out (no client certificate, wrong CA, plain HTTP).
     tls_handshake_failures_total: "counter",
     /// Spans that arrived after their trace had completed.

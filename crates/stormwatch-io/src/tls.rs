@@ -2,27 +2,18 @@
 //! PEM files, and optionally client certificates signed by a given CA (mutual TLS), so only the
 //! fleet's collectors can feed the engine.
 //!
-//! Handshakes run in their own tasks, so a client that connects and stalls holds up no one;
-//! one that does not finish within [`HANDSHAKE_TIMEOUT`] is dropped and counted
-//! (`stormwatch_tls_handshake_failures_total`).
+//! Handshakes run in each connection's task ([`crate::server`]), so a client that connects and
+//! stalls holds up no one; one that does not finish within [`HANDSHAKE_TIMEOUT`] is dropped and
+//! counted (`stormwatch_tls_handshake_failures_total`).
 
-use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-
-use crate::Metrics;
 
 /// Longest a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,119 +79,4 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         return Err(format!("{}: holds no CERTIFICATE block", path.display()));
     }
     Ok(certs)
-}
-
-/// One accepted TLS connection.
-pub struct TlsConn(tokio_rustls::server::TlsStream<TcpStream>);
-
-impl AsyncRead for TlsConn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-}
-
-impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.get_ref().0.connect_info()
-    }
-}
-
-/// A listener that hands out connections once their TLS handshake is done.
-pub struct TlsListener {
-    accepted: mpsc::Receiver<(TlsConn, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    /// Accepts on `listener` in a task of its own, which ends when this listener is dropped.
-    pub fn new(listener: TcpListener, config: Arc<ServerConfig>, metrics: Arc<Metrics>) -> io::Result<TlsListener> {
-        let local = listener.local_addr()?;
-        let (tx, accepted) = mpsc::channel(64);
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    _ = tx.closed() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            // Out of file descriptors and the like: back off, as axum does.
-                            tracing::warn!(%error, "accepting a connection failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                };
-                let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((TlsConn(tls), peer)).await;
-                        }
-                        Ok(Err(error)) => {
-                            Metrics::add(&metrics.tls_handshake_failures_total, 1);
-                            tracing::debug!(%peer, %error, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            Metrics::add(&metrics.tls_handshake_failures_total, 1);
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                        }
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { accepted, local })
-    }
-
-    /// The connections, as the stream tonic serves from.
-    pub fn into_stream(self) -> impl futures::Stream<Item = io::Result<TlsConn>> {
-        futures::stream::unfold(self.accepted, |mut accepted| async move {
-            accepted.recv().await.map(|(conn, _)| (Ok(conn), accepted))
-        })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsConn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
-            Some(accepted) => accepted,
-            // The accept task is gone (it ends only with this listener): nothing more comes.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }

@@ -18,7 +18,10 @@ pub use alert::{
 pub use graph::{Edge, Node, NodeKind, RootClass};
 pub use ids::{IdError, SpanId, TraceId};
 pub use span::{Remote, Span, SpanKind};
-pub use symbol::{Cardinality, Dimension, DimensionState, Sym, OVERFLOW};
+pub use symbol::{
+    clean_name, is_unsafe_char, Cardinality, Cleaned, Dimension, DimensionState, Sym, NAME_OVERHEAD, OVERFLOW,
+    TRUNCATED,
+};
 pub use time::{parse_rfc3339, rfc3339};
 
 /// A stable 64-bit FNV-1a hash, used where a hash must not change between runs or releases

@@ -321,7 +321,11 @@ pub(crate) fn push_span(decoded: &mut crate::Decoded, raw: RawSpan<'_>, attrs: &
         Ok((trace_id, span_id, parent_span_id)) => {
             decoded.spans.push(build_span(trace_id, span_id, parent_span_id, &raw, attrs));
         }
-        Err(reason) => decoded.reject(|| format!("span {:?}: {reason}", raw.name)),
+        Err(reason) => decoded.reject(|| {
+            // Both come from the sender: at most a line of each goes back in the response.
+            let name = stormwatch_model::clean_name(raw.name, 128).0;
+            format!("span {name:?}: {}", stormwatch_model::clean_name(&reason, 256).0)
+        }),
     }
 }
 

@@ -41,13 +41,36 @@ fn query_of(params: &BTreeMap<String, String>) -> Result<Query, String> {
     })
 }
 
-/// The rows of `store` that `params` select, as the API's JSON body, or a 400 naming the
-/// parameter.
-fn list(store: &BaselineStore, recent: &[BTreeMap<String, f64>], params: &BTreeMap<String, String>) -> (u16, String) {
+/// Most rows one `/api/baselines` answer holds, and how many without `limit`.
+const API_MAX_ROWS: usize = 10_000;
+const API_DEFAULT_ROWS: usize = 1_000;
+
+/// The rows of `store` that `params` select (at most `max_rows`: [`API_MAX_ROWS`] for the
+/// API), as the API's JSON body, or a 400 naming the parameter.
+fn list(
+    store: &BaselineStore,
+    recent: &[BTreeMap<String, f64>],
+    params: &BTreeMap<String, String>,
+    max_rows: usize,
+) -> (u16, String) {
+    let mut params = params.clone();
+    match params.get("limit").map(|text| text.parse::<usize>()) {
+        Some(Ok(limit)) if (1..=max_rows).contains(&limit) => {}
+        Some(_) => {
+            let message = format!(
+                "limit must be a number of rows from 1 to {max_rows} (total says how many match; narrow with \
+                 service, to_kind, table or match)"
+            );
+            return (400, serde_json::json!({ "error": message }).to_string());
+        }
+        None => {
+            params.insert("limit".into(), API_DEFAULT_ROWS.to_string());
+        }
+    }
     let mut rows = inspect::rows(store);
     inspect::annotate(&mut rows, recent);
     let total = rows.len();
-    match query_of(params).and_then(|query| query.apply(rows)) {
+    match query_of(&params).and_then(|query| query.apply(rows)) {
         Ok(rows) => (200, serde_json::json!({ "total": total, "rows": rows }).to_string()),
         Err(error) => (400, serde_json::json!({ "error": error }).to_string()),
     }
@@ -200,7 +223,7 @@ pub(crate) fn answer(
                 .recent_windows()
                 .map(|(_, rates)| rates.iter().map(|(edge, rate)| (edge.to_string(), *rate)).collect())
                 .collect();
-            list(engine.store(), &recent, &query.params)
+            list(engine.store(), &recent, &query.params, API_MAX_ROWS)
         }
         ("/api/snapshot", None, _) => {
             (200, String::from_utf8(stormwatch_baseline::encode_snapshot(engine.store())).unwrap_or_default())
@@ -509,7 +532,7 @@ fn fetch(source: &BaselineSource, params: &BTreeMap<String, String>) -> anyhow::
         Some(url) => http_request(url, "GET", "/api/baselines", params, None)?,
         None => {
             let path = source.snapshot.clone().unwrap_or_else(|| source.models.join(SNAPSHOT_FILE));
-            let (status, body) = list(&load(&path)?, &[], params);
+            let (status, body) = list(&load(&path)?, &[], params, usize::MAX);
             if status != 200 {
                 bail!("{}", error_of(&body));
             }

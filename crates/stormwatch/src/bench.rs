@@ -298,7 +298,7 @@ impl Target {
 /// One value of the engine's Prometheus metrics.
 async fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
     let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").await.ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).await.ok()?;
     text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())

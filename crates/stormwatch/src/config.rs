@@ -24,9 +24,11 @@ pub(crate) struct Config {
     pub(crate) limits: LimitsConfig,
 }
 
-/// Most distinct names kept per dimension. New names past a limit become `<overflow>`, are
-/// counted (`stormwatch_cardinality_overflow_total`), and for all but clients and users raise
-/// one `cardinality_flood` alert: memory stays bounded whatever the traffic invents.
+/// Most distinct names kept per dimension, and most bytes they may take. New names past a
+/// limit become `<overflow>`, are counted (`stormwatch_cardinality_overflow_total`), and for all
+/// but clients and users raise one `cardinality_flood` alert: memory stays bounded whatever the
+/// traffic invents. (Each name is also cut to its dimension's length, see
+/// [`stormwatch_model::Dimension::max_name_bytes`].)
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct LimitsConfig {
@@ -44,6 +46,15 @@ pub(crate) struct LimitsConfig {
     pub(crate) clients: usize,
     /// `enduser.id` values of entry requests.
     pub(crate) users: usize,
+    /// Bytes the names of each dimension may take in all (32 bytes of bookkeeping each
+    /// included).
+    pub(crate) services_bytes: usize,
+    pub(crate) operations_bytes: usize,
+    pub(crate) statements_bytes: usize,
+    pub(crate) peers_bytes: usize,
+    pub(crate) query_shapes_bytes: usize,
+    pub(crate) clients_bytes: usize,
+    pub(crate) users_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -57,28 +68,37 @@ impl Default for LimitsConfig {
             query_shapes: Dimension::QueryShape.default_limit(),
             clients: Dimension::Client.default_limit(),
             users: Dimension::User.default_limit(),
+            services_bytes: Dimension::Service.default_byte_limit(),
+            operations_bytes: Dimension::Operation.default_byte_limit(),
+            statements_bytes: Dimension::Statement.default_byte_limit(),
+            peers_bytes: Dimension::Peer.default_byte_limit(),
+            query_shapes_bytes: Dimension::QueryShape.default_byte_limit(),
+            clients_bytes: Dimension::Client.default_byte_limit(),
+            users_bytes: Dimension::User.default_byte_limit(),
         }
     }
 }
 
 impl LimitsConfig {
-    fn each(&self) -> [(stormwatch_model::Dimension, usize); 7] {
+    /// (dimension, most names, most bytes).
+    fn each(&self) -> [(stormwatch_model::Dimension, usize, usize); 7] {
         use stormwatch_model::Dimension;
         [
-            (Dimension::Service, self.services),
-            (Dimension::Operation, self.operations),
-            (Dimension::Statement, self.statements),
-            (Dimension::Peer, self.peers),
-            (Dimension::QueryShape, self.query_shapes),
-            (Dimension::Client, self.clients),
-            (Dimension::User, self.users),
+            (Dimension::Service, self.services, self.services_bytes),
+            (Dimension::Operation, self.operations, self.operations_bytes),
+            (Dimension::Statement, self.statements, self.statements_bytes),
+            (Dimension::Peer, self.peers, self.peers_bytes),
+            (Dimension::QueryShape, self.query_shapes, self.query_shapes_bytes),
+            (Dimension::Client, self.clients, self.clients_bytes),
+            (Dimension::User, self.users, self.users_bytes),
         ]
     }
 
     /// Sets the process-wide limits the decoders intern under.
     pub(crate) fn apply(&self) {
-        for (dimension, limit) in self.each() {
+        for (dimension, limit, bytes) in self.each() {
             stormwatch_model::Cardinality::global().set_limit(dimension, limit);
+            stormwatch_model::Cardinality::global().set_byte_limit(dimension, bytes);
         }
     }
 }
@@ -112,6 +132,38 @@ pub(crate) struct ServerConfig {
     /// Bearer token OTLP exporters must send (or env STORMWATCH_INGEST_TOKEN). Empty: any
     /// client that reaches the OTLP ports may export.
     pub(crate) ingest_token: String,
+    /// Most connections open at once on each listener (OTLP gRPC, OTLP HTTP, admin). At the
+    /// limit a new connection closes the longest-idle one, or is closed when all are busy.
+    /// Lowered at start to fit the open-files limit, keeping descriptors in reserve.
+    pub(crate) max_connections: usize,
+    /// HTTP/1.1: the time a request's head may take, from the connection or from the previous
+    /// response (so also how long a keep-alive connection may sit idle).
+    #[serde(with = "humantime_serde")]
+    pub(crate) header_timeout: Duration,
+    /// A connection on which nothing moves this long is closed (gracefully where it can be).
+    #[serde(with = "humantime_serde")]
+    pub(crate) idle_timeout: Duration,
+    /// The time a request body may take, from its headers; a slower one is refused (408).
+    #[serde(with = "humantime_serde")]
+    pub(crate) body_timeout: Duration,
+    /// Bytes per second a request body must keep up after its first 5 s.
+    pub(crate) min_body_rate: u64,
+    /// HTTP/2 (OTLP gRPC): concurrent streams per connection.
+    pub(crate) max_concurrent_streams: u32,
+    /// Bytes of export bodies being received and decoded at once, over both OTLP receivers;
+    /// past it exports are refused as retryable (UNAVAILABLE / 503).
+    pub(crate) max_receiving_bytes: u64,
+    /// Largest snapshot `POST /api/snapshot` (`stormwatch baseline import --engine`) takes.
+    pub(crate) max_import_bytes: usize,
+    /// Most `/api/events` streams open at once.
+    pub(crate) max_event_streams: usize,
+    /// Host names the OTLP/HTTP port and the admin API answer besides IP addresses and
+    /// `localhost` (exact, or `.example.com` for a domain and its subdomains; "*": any).
+    pub(crate) allowed_hosts: Vec<String>,
+    /// The most a shutdown (SIGTERM, Ctrl-C) takes: what cannot be delivered by then is
+    /// spooled, and nothing unsettled is committed.
+    #[serde(with = "humantime_serde")]
+    pub(crate) shutdown_timeout: Duration,
     /// TLS for the OTLP receivers and the admin API.
     pub(crate) tls: TlsConfig,
 }
@@ -170,6 +222,17 @@ impl Default for ServerConfig {
             trace_url_template: String::new(),
             admin_token: String::new(),
             ingest_token: String::new(),
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            min_body_rate: 16 * 1024,
+            max_concurrent_streams: 64,
+            max_receiving_bytes: 64 * 1024 * 1024,
+            max_import_bytes: 256 * 1024 * 1024,
+            max_event_streams: 32,
+            allowed_hosts: Vec::new(),
+            shutdown_timeout: Duration::from_secs(30),
             tls: TlsConfig::default(),
         }
     }
@@ -443,9 +506,54 @@ impl Config {
         if self.baseline.max_keys == 0 {
             bail!("baseline.max_keys: must be at least 1");
         }
-        for (dimension, limit) in self.limits.each() {
+        let server = &self.server;
+        for (field, value) in [
+            ("server.max_connections", server.max_connections as u64),
+            ("server.max_concurrent_streams", u64::from(server.max_concurrent_streams)),
+            ("server.max_event_streams", server.max_event_streams as u64),
+            ("server.min_body_rate", server.min_body_rate),
+        ] {
+            if value == 0 {
+                bail!("{field}: must be at least 1");
+            }
+        }
+        for (field, value) in [
+            ("server.header_timeout", server.header_timeout),
+            ("server.idle_timeout", server.idle_timeout),
+            ("server.body_timeout", server.body_timeout),
+            ("server.shutdown_timeout", server.shutdown_timeout),
+        ] {
+            if value < Duration::from_secs(1) {
+                bail!("{field}: must be at least 1s, got {}", humantime::format_duration(value));
+            }
+        }
+        if server.max_receiving_bytes < server.max_message_bytes as u64 {
+            bail!(
+                "server.max_receiving_bytes ({}) must be at least server.max_message_bytes ({}): one export of the \
+                 largest size must fit",
+                server.max_receiving_bytes,
+                server.max_message_bytes
+            );
+        }
+        if let Some(bad) = server
+            .allowed_hosts
+            .iter()
+            .find(|h| h.trim().is_empty() || h.chars().any(|c| c == '/' || c.is_whitespace() || c.is_control()))
+        {
+            bail!("server.allowed_hosts: {bad:?} is not a host name (e.g. \"stormwatch.internal\", \".corp.example\" or \"*\")");
+        }
+        for (dimension, limit, bytes) in self.limits.each() {
             if limit == 0 {
                 bail!("limits.{}: must be at least 1", dimension.as_str());
+            }
+            let smallest = dimension.max_name_bytes() + stormwatch_model::NAME_OVERHEAD;
+            if bytes < smallest {
+                bail!(
+                    "limits.{}_bytes: must be at least {smallest} (room for one name of the longest kept, {} bytes, \
+                     and its bookkeeping), got {bytes}",
+                    dimension.as_str(),
+                    dimension.max_name_bytes()
+                );
             }
         }
         if !(self.detect.quantile > 0.0 && self.detect.quantile <= 1.0) {

@@ -9,6 +9,9 @@ use anyhow::Context;
 use stormwatch_io::admin::{serve_admin, AdminApi};
 use stormwatch_io::kafka::source::GroupState;
 use stormwatch_io::otlp::{serve_grpc, serve_http, Ingest};
+use stormwatch_io::server::body::Intake;
+use stormwatch_io::server::host::AllowedHosts;
+use stormwatch_io::server::ConnectionLimits;
 use stormwatch_io::{bind, SourcePosition};
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +35,43 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Descriptors kept beyond the listeners' connections: snapshots, the alert spool, the tuning
+/// file, Kafka clients, the runtime's own.
+const FD_RESERVE: u64 = 256;
+
+/// Connections per listener that the open-files limit leaves room for, with [`FD_RESERVE`]
+/// descriptors kept aside: `max_connections`, or fewer (with a warning) when the limit is
+/// lower than they need. The soft limit is raised to the hard one first, as servers do.
+fn fit_connections(max_connections: usize) -> anyhow::Result<usize> {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-files limit; assuming 1024");
+            1024
+        }
+    };
+    let listeners = stormwatch_io::server::Listener::ALL.len() as u64;
+    let per_listener = limit.saturating_sub(FD_RESERVE) / listeners;
+    let room = per_listener.saturating_sub(stormwatch_io::server::MOST_CLOSING as u64) as usize;
+    if room >= max_connections {
+        return Ok(max_connections);
+    }
+    if room < 16 {
+        anyhow::bail!(
+            "the open-files limit ({limit}) leaves room for {room} connections per listener after {FD_RESERVE} kept \
+             in reserve: raise it (ulimit -n, or LimitNOFILE= in a systemd unit)"
+        );
+    }
+    tracing::warn!(
+        open_files_limit = limit,
+        server.max_connections = max_connections,
+        connections = room,
+        "the open-files limit does not leave room for server.max_connections on each listener; serving fewer \
+         (raise it with ulimit -n, or lower server.max_connections)"
+    );
+    Ok(room)
 }
 
 /// The token admin API writes need: configured, or read from (first generated into)
@@ -330,33 +370,55 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let receivers_stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
+    let server = &config.server;
+    let intake = Intake::new(server.max_receiving_bytes, server.body_timeout, server.min_body_rate, metrics.clone());
     let ingest = Ingest {
         queue,
         metrics: metrics.clone(),
-        max_message_bytes: config.server.max_message_bytes,
-        token: (!config.server.ingest_token.is_empty()).then(|| config.server.ingest_token.as_str().into()),
+        max_message_bytes: server.max_message_bytes,
+        token: (!server.ingest_token.is_empty()).then(|| server.ingest_token.as_str().into()),
+        intake,
     };
+    let limits = ConnectionLimits {
+        max_connections: fit_connections(server.max_connections)?,
+        header_timeout: server.header_timeout,
+        idle_timeout: server.idle_timeout,
+        max_streams: server.max_concurrent_streams,
+    };
+    let hosts = AllowedHosts::new(&server.allowed_hosts);
     let [grpc_tls, http_tls, admin_tls] = match tls {
         Some([grpc, http, admin]) => [Some(grpc), Some(http), config.server.tls.admin.then_some(admin)],
         None => [None, None, None],
     };
     let mut receivers = tokio::task::JoinSet::new();
     receivers.spawn({
-        let (ingest, stop) = (ingest.clone(), receivers_stop.clone());
-        async move { serve_grpc(grpc_listener, grpc_tls, ingest, stop).await.context("OTLP/gRPC receiver failed") }
+        let (ingest, limits, stop) = (ingest.clone(), limits.clone(), receivers_stop.clone());
+        async move {
+            serve_grpc(grpc_listener, grpc_tls, ingest, &limits, stop).await.context("OTLP/gRPC receiver failed")
+        }
     });
     receivers.spawn({
-        let stop = receivers_stop.clone();
-        async move { serve_http(http_listener, http_tls, ingest, stop).await.context("OTLP/HTTP receiver failed") }
+        let (hosts, limits, stop) = (hosts.clone(), limits.clone(), receivers_stop.clone());
+        async move {
+            serve_http(http_listener, http_tls, ingest, hosts, &limits, stop).await.context("OTLP/HTTP receiver failed")
+        }
     });
     let api = AdminApi {
         metrics: metrics.clone(),
         queries: Some(queries_tx),
         token: Some(admin_token),
-        trace_url_template: config.server.trace_url_template.clone(),
+        trace_url_template: server.trace_url_template.clone(),
         live: Some(live),
+        hosts,
+        max_import_bytes: server.max_import_bytes,
+        max_event_streams: server.max_event_streams,
+        body_timeout: server.body_timeout,
+        min_body_rate: server.min_body_rate,
     };
-    let admin = tokio::spawn(serve_admin(admin_listener, admin_tls, api, admin_stop.clone()));
+    let admin = tokio::spawn({
+        let stop = admin_stop.clone();
+        async move { serve_admin(admin_listener, admin_tls, api, &limits, stop).await }
+    });
 
     let mut failure = None;
     tokio::select! {

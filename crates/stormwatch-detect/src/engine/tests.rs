@@ -346,8 +346,12 @@ fn a_flood_of_invented_names_is_one_alert() {
             .map(|d| DimensionState {
                 dimension: d,
                 limit: 10,
+                byte_limit: 1 << 20,
                 distinct: 10,
+                bytes: 400,
                 overflowed: if d == dimension { overflowed } else { 0 },
+                truncated: 0,
+                escaped: 0,
             })
             .to_vec()
     };
@@ -371,7 +375,7 @@ fn a_flood_of_invented_names_is_one_alert() {
     assert_eq!(alert.kind, AlertKind::CardinalityFlood);
     assert_eq!(alert.exemplar_trace_ids, vec![flooded_id.to_string()]);
     assert_eq!(alert.observed, 40.0);
-    assert!(alert.explanation.contains("40 new operations past its limit of 10"), "{}", alert.explanation);
+    assert!(alert.explanation.contains("40 new operations past its limit of 10 names"), "{}", alert.explanation);
     assert_eq!(alert.contributors[0].name, "names operations");
     let schema: serde_json::Value =
         serde_json::from_str(include_str!("../../../../schemas/alert.v1.schema.json")).unwrap();

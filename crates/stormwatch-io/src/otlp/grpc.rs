@@ -1,9 +1,10 @@
 //! OTLP/gRPC receiver (`opentelemetry.proto.collector.trace.v1.TraceService/Export`).
 //!
 //! The generated tonic server decodes protobuf inside the request task, on the async runtime.
-//! This receiver instead takes the (decompressed, size-checked) message as raw bytes and
-//! decodes it on a blocking worker thread, so a burst of large exports cannot stall the I/O
-//! threads. Framing, compression and the size limit are still tonic's.
+//! This receiver instead reads the request body whole within the bounds of
+//! [`crate::server::body`] (the receive budget, the body timeouts), lets tonic deframe, inflate
+//! and size-check it, and decodes the message on a blocking worker thread, so a burst of large
+//! exports cannot stall the I/O threads.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder};
 use tonic::codegen::{http, Body, BoxFuture, Service, StdError};
 use tonic::server::{NamedService, UnaryService};
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use super::{Ingest, QUEUE_FULL_MESSAGE, UNAUTHENTICATED_MESSAGE};
+use super::{Ingest, MESSAGE_LIMIT_SETTING, QUEUE_FULL_MESSAGE, UNAUTHENTICATED_MESSAGE};
+use crate::server::body::{BodyError, Lease};
+use crate::server::{ConnectionLimits, Listener};
 use crate::Metrics;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -74,21 +76,35 @@ impl UnaryService<Bytes> for Export {
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let ingest = self.ingest.clone();
         Box::pin(async move {
+            // The body's share of the receive budget, held until it is decoded; a compressed
+            // message's inflated bytes are charged to it too.
+            let lease = request.extensions().get::<Arc<Lease>>().cloned();
+            let compressed = request.metadata().get("grpc-encoding").is_some_and(|e| e != "identity");
             let body = request.into_inner();
-            let decoded = tokio::task::spawn_blocking(move || stormwatch_otlp::decode_protobuf(&body))
-                .await
-                .map_err(|error| Status::internal(format!("decoding failed: {error}")))?
-                .map_err(|error| {
-                    Metrics::add(&ingest.metrics.requests_invalid_total, 1);
-                    Status::invalid_argument(error.to_string())
+            if let (Some(lease), true) = (&lease, compressed) {
+                lease.charge(body.len() as u64).map_err(|error| {
+                    Metrics::add(&ingest.metrics.requests_busy_total, 1);
+                    retry_later(&error.to_string())
                 })?;
+            }
+            let decoded = tokio::task::spawn_blocking(move || {
+                let decoded = stormwatch_otlp::decode_protobuf(&body);
+                drop(lease);
+                decoded
+            })
+            .await
+            .map_err(|error| Status::internal(format!("decoding failed: {error}")))?
+            .map_err(|error| {
+                Metrics::add(&ingest.metrics.requests_invalid_total, 1);
+                Status::invalid_argument(error.to_string())
+            })?;
             match ingest.submit(decoded) {
                 Ok((rejected_spans, error_message)) => {
                     let partial_success = (rejected_spans > 0 || !error_message.is_empty())
                         .then_some(ExportTracePartialSuccess { rejected_spans, error_message });
                     Ok(Response::new(ExportTraceServiceResponse { partial_success }))
                 }
-                Err(_queue_full) => Err(retry_later()),
+                Err(_queue_full) => Err(retry_later(QUEUE_FULL_MESSAGE)),
             }
         })
     }
@@ -107,7 +123,7 @@ impl NamedService for TraceServer {
 
 impl<B> Service<http::Request<B>> for TraceServer
 where
-    B: Body + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
@@ -131,6 +147,16 @@ where
         let export = self.export.clone();
         let max = self.max_message_bytes;
         Box::pin(async move {
+            // Read whole first, within the receive budget and the body's time limits; tonic
+            // then deframes, inflates and checks the size of what is already here.
+            let (parts, body) = request.into_parts();
+            let wire_limit = max.saturating_add(GRPC_FRAME_HEADER);
+            let (bytes, lease) = match export.ingest.intake.read(body, wire_limit, MESSAGE_LIMIT_SETTING).await {
+                Ok(read) => read,
+                Err(error) => return Ok(body_refused(&export.ingest, error).into_http()),
+            };
+            let mut request = http::Request::from_parts(parts, http_body_util::Full::new(bytes));
+            request.extensions_mut().insert(Arc::new(lease));
             let mut gzip = EnabledCompressionEncodings::default();
             gzip.enable(CompressionEncoding::Gzip);
             let mut grpc = tonic::server::Grpc::new(RawRequestCodec)
@@ -177,43 +203,53 @@ pub(crate) struct ProtoDuration {
 
 pub(crate) const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
 
-/// UNAVAILABLE, retry in a second: the engine's queue is full.
-fn retry_later() -> Status {
+/// UNAVAILABLE, retry in a second: the engine's queue is full, or its receive budget spent.
+fn retry_later(message: &str) -> Status {
     let retry = RetryInfo { retry_delay: Some(ProtoDuration { seconds: 1, nanos: 0 }) };
     let details = RpcStatus {
         code: tonic::Code::Unavailable as i32,
-        message: QUEUE_FULL_MESSAGE.into(),
+        message: message.into(),
         details: vec![ProtoAny { type_url: RETRY_INFO_TYPE.into(), value: retry.encode_to_vec() }],
     };
-    Status::with_details(tonic::Code::Unavailable, QUEUE_FULL_MESSAGE, Bytes::from(details.encode_to_vec()))
+    Status::with_details(tonic::Code::Unavailable, message, Bytes::from(details.encode_to_vec()))
+}
+
+/// The 5 bytes before a gRPC message: compressed flag and length.
+const GRPC_FRAME_HEADER: usize = 5;
+
+/// The status of a request whose body was not read: `OUT_OF_RANGE` when too large (as tonic
+/// says it), `UNAVAILABLE` with a retry hint when the receive budget is spent,
+/// `DEADLINE_EXCEEDED` when too slow, `INVALID_ARGUMENT` otherwise.
+fn body_refused(ingest: &Ingest, error: BodyError) -> Status {
+    match &error {
+        BodyError::Busy { .. } => retry_later(&error.to_string()),
+        BodyError::TooLarge { .. } => {
+            Metrics::add(&ingest.metrics.requests_invalid_total, 1);
+            Status::out_of_range(error.to_string())
+        }
+        BodyError::TooSlow { .. } => {
+            Metrics::add(&ingest.metrics.requests_invalid_total, 1);
+            Status::deadline_exceeded(error.to_string())
+        }
+        BodyError::Broken(_) => {
+            Metrics::add(&ingest.metrics.requests_invalid_total, 1);
+            Status::invalid_argument(error.to_string())
+        }
+    }
 }
 
 /// Serves OTLP/gRPC on `listener` until `shutdown` is cancelled. Requests may be gzip
 /// compressed; larger than `max_message_bytes` they are refused with `OUT_OF_RANGE` naming
-/// the limit.
-///
-/// With `tls` (offering `h2`), connections are TLS ([`crate::tls`]).
+/// the limit. With `tls` (offering `h2`), connections are TLS.
 pub async fn serve_grpc(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     ingest: Ingest,
+    limits: &ConnectionLimits,
     shutdown: CancellationToken,
-) -> Result<(), tonic::transport::Error> {
+) -> std::io::Result<()> {
     let metrics = ingest.metrics.clone();
     let server = TraceServer { max_message_bytes: ingest.max_message_bytes, export: Export { ingest } };
-    // Export requests are often hundreds of kilobytes: HTTP/2's default 64 KiB windows would
-    // cost several round trips per request.
-    let router = tonic::transport::Server::builder()
-        .initial_stream_window_size(Some(4 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .add_service(server);
-    match tls {
-        None => router.serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled_owned()).await,
-        Some(config) => {
-            let incoming = crate::tls::TlsListener::new(listener, config, metrics)
-                .expect("a bound listener has an address")
-                .into_stream();
-            router.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await
-        }
-    }
+    crate::server::serve(listener, tls, Listener::OtlpGrpc, server, limits, metrics, shutdown).await;
+    Ok(())
 }

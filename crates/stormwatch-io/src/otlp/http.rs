@@ -1,10 +1,11 @@
 //! OTLP/HTTP receiver: `POST /v1/traces` with `application/x-protobuf` or `application/json`
-//! bodies, optionally `Content-Encoding: gzip`. Answers in the request's content type.
+//! bodies, optionally `Content-Encoding: gzip`. Answers in the request's content type, errors
+//! included. The host, the token and the headers are checked before any of the body is read;
+//! the body is read within the bounds of [`crate::server::body`].
 
 use std::io::Read;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -14,7 +15,10 @@ use stormwatch_otlp::collector::{ExportTracePartialSuccess, ExportTraceServiceRe
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ingest, QUEUE_FULL_MESSAGE, UNAUTHENTICATED_MESSAGE};
+use super::{Ingest, MESSAGE_LIMIT_SETTING, QUEUE_FULL_MESSAGE, UNAUTHENTICATED_MESSAGE};
+use crate::server::body::{BodyError, Lease};
+use crate::server::host::AllowedHosts;
+use crate::server::{ConnectionLimits, Listener};
 use crate::Metrics;
 
 /// `google.rpc.Status`, the body of OTLP/HTTP error responses.
@@ -40,7 +44,7 @@ fn reply(encoding: Encoding, status: StatusCode, body: Vec<u8>) -> Response {
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response()
 }
 
-fn error(encoding: Encoding, status: StatusCode, grpc_code: i32, message: String) -> Response {
+fn error_response(encoding: Encoding, status: StatusCode, grpc_code: i32, message: String) -> Response {
     let body = match encoding {
         Encoding::Protobuf => RpcStatus { code: grpc_code, message }.encode_to_vec(),
         Encoding::Json => serde_json::json!({ "code": grpc_code, "message": message }).to_string().into_bytes(),
@@ -48,36 +52,93 @@ fn error(encoding: Encoding, status: StatusCode, grpc_code: i32, message: String
     reply(encoding, status, body)
 }
 
-/// Inflates a gzip body, refusing to produce more than `limit` bytes (a gzip bomb).
-fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    let mut decoder = flate2::read::GzDecoder::new(body).take(limit as u64 + 1);
-    decoder.read_to_end(&mut out).map_err(|e| format!("body is not valid gzip: {e}"))?;
-    if out.len() > limit {
-        return Err(format!("decompressed body exceeds the {limit}-byte limit (server.max_message_bytes)"));
-    }
-    Ok(out)
+/// Why a request was refused after its headers were accepted.
+enum Refusal {
+    Body(BodyError),
+    /// Not a valid export request: 400 / `INVALID_ARGUMENT`.
+    Invalid(String),
 }
 
-async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -> Response {
+impl From<BodyError> for Refusal {
+    fn from(error: BodyError) -> Self {
+        Refusal::Body(error)
+    }
+}
+
+/// The answer to a refused body, in the request's encoding: 413 for too large, 503 with a retry
+/// hint when the receive budget is spent, 408 (and the connection closed) when it came too
+/// slowly, 400 otherwise.
+fn body_refused(encoding: Encoding, refusal: Refusal) -> Response {
+    let (status, code, message) = match refusal {
+        Refusal::Invalid(message) => (StatusCode::BAD_REQUEST, 3, message),
+        Refusal::Body(error) => match &error {
+            BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 8, error.to_string()),
+            BodyError::Busy { .. } => {
+                let mut response = error_response(encoding, StatusCode::SERVICE_UNAVAILABLE, 14, error.to_string());
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+            BodyError::TooSlow { .. } => {
+                let mut response = error_response(encoding, StatusCode::REQUEST_TIMEOUT, 4, error.to_string());
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return response;
+            }
+            BodyError::Broken(_) => (StatusCode::BAD_REQUEST, 3, error.to_string()),
+        },
+    };
+    error_response(encoding, status, code, message)
+}
+
+/// Inflates a gzip body, refusing to produce more than `limit` bytes (a gzip bomb), and
+/// charging what it inflates to the request's lease (the receive budget).
+fn gunzip(body: &[u8], limit: usize, lease: &Lease) -> Result<Vec<u8>, Refusal> {
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut decoder = flate2::read::GzDecoder::new(body);
+    loop {
+        let read = decoder.read(&mut chunk).map_err(|e| Refusal::Invalid(format!("body is not valid gzip: {e}")))?;
+        if read == 0 {
+            return Ok(out);
+        }
+        if out.len() + read > limit {
+            return Err(BodyError::TooLarge { limit, setting: MESSAGE_LIMIT_SETTING }.into());
+        }
+        lease.charge(read as u64)?;
+        out.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// The encoding a request asks to be answered in: its `Content-Type`'s.
+fn encoding_of(headers: &HeaderMap) -> Result<Encoding, String> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match media_type.as_str() {
+        "application/x-protobuf" | "application/protobuf" => Ok(Encoding::Protobuf),
+        "application/json" => Ok(Encoding::Json),
+        _ => Err(format!(
+            "unsupported Content-Type {:?}: send application/x-protobuf or application/json",
+            stormwatch_model::clean_name(content_type, 100).0
+        )),
+    }
+}
+
+/// `POST /v1/traces`. The token and the headers are checked before a byte of the body is read.
+async fn export(State(ingest): State<Ingest>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    // Answered in the request's encoding wherever it can be told.
+    let encoding = encoding_of(&headers);
+    let answer_in = *encoding.as_ref().unwrap_or(&Encoding::Json);
     if !ingest.authorized(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
-        let mut response = error(Encoding::Json, StatusCode::UNAUTHORIZED, 16, UNAUTHENTICATED_MESSAGE.into());
+        let mut response = error_response(answer_in, StatusCode::UNAUTHORIZED, 16, UNAUTHENTICATED_MESSAGE.into());
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return response;
     }
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let media_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let encoding = match media_type.as_str() {
-        "application/x-protobuf" | "application/protobuf" => Encoding::Protobuf,
-        "application/json" => Encoding::Json,
-        _ => {
+    let encoding = match encoding {
+        Ok(encoding) => encoding,
+        Err(message) => {
             Metrics::add(&ingest.metrics.requests_invalid_total, 1);
-            return error(
-                Encoding::Json,
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                3,
-                format!("unsupported Content-Type {content_type:?}: send application/x-protobuf or application/json"),
-            );
+            return error_response(Encoding::Json, StatusCode::UNSUPPORTED_MEDIA_TYPE, 3, message);
         }
     };
     let gzip = match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
@@ -85,7 +146,8 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -
         Some("gzip") => true,
         Some(other) => {
             Metrics::add(&ingest.metrics.requests_invalid_total, 1);
-            return error(
+            let other = stormwatch_model::clean_name(other, 100).0;
+            return error_response(
                 encoding,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 3,
@@ -94,24 +156,37 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -
         }
     };
     let limit = ingest.max_message_bytes;
+    let (body, lease) = match ingest.intake.read(body, limit, MESSAGE_LIMIT_SETTING).await {
+        Ok(read) => read,
+        Err(error) => {
+            if !matches!(error, BodyError::Busy { .. }) {
+                Metrics::add(&ingest.metrics.requests_invalid_total, 1);
+            }
+            return body_refused(encoding, error.into());
+        }
+    };
     let decoded = tokio::task::spawn_blocking(move || {
-        let body = if gzip { gunzip(&body, limit)?.into() } else { body };
-        match encoding {
+        let body = if gzip { gunzip(&body, limit, &lease)?.into() } else { body };
+        let decoded = match encoding {
             Encoding::Protobuf => stormwatch_otlp::decode_protobuf(&body),
             Encoding::Json => stormwatch_otlp::decode_json(&body),
-        }
-        .map_err(|e| e.to_string())
+        };
+        // The budget is held until the body is decoded.
+        drop(lease);
+        decoded.map_err(|e| Refusal::Invalid(e.to_string()))
     })
     .await;
     let decoded = match decoded {
         Ok(Ok(decoded)) => decoded,
-        Ok(Err(message)) => {
-            Metrics::add(&ingest.metrics.requests_invalid_total, 1);
-            let status =
-                if message.contains("limit") { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
-            return error(encoding, status, 3, message);
+        Ok(Err(refusal)) => {
+            if !matches!(refusal, Refusal::Body(BodyError::Busy { .. })) {
+                Metrics::add(&ingest.metrics.requests_invalid_total, 1);
+            }
+            return body_refused(encoding, refusal);
         }
-        Err(join) => return error(encoding, StatusCode::INTERNAL_SERVER_ERROR, 13, format!("decoding failed: {join}")),
+        Err(join) => {
+            return error_response(encoding, StatusCode::INTERNAL_SERVER_ERROR, 13, format!("decoding failed: {join}"))
+        }
     };
     match ingest.submit(decoded) {
         Ok((rejected_spans, error_message)) => {
@@ -130,39 +205,37 @@ async fn export(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -
             reply(encoding, StatusCode::OK, body)
         }
         Err(_queue_full) => {
-            let mut response = error(encoding, StatusCode::SERVICE_UNAVAILABLE, 14, QUEUE_FULL_MESSAGE.into());
+            let mut response = error_response(encoding, StatusCode::SERVICE_UNAVAILABLE, 14, QUEUE_FULL_MESSAGE.into());
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             response
         }
     }
 }
 
-async fn too_large_or_other(status: StatusCode, limit: usize) -> Response {
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        return error(
-            Encoding::Json,
-            status,
-            8,
-            format!("request body exceeds the {limit}-byte limit (server.max_message_bytes)"),
-        );
+/// Every route, the unknown ones included, answers only the hosts it serves.
+async fn check_host(
+    State((hosts, metrics)): State<(AllowedHosts, std::sync::Arc<Metrics>)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match hosts.refusal(request.headers()) {
+        None => next.run(request).await,
+        Some(refusal) => {
+            Metrics::add(&metrics.requests_misdirected_total, 1);
+            let encoding = encoding_of(request.headers()).unwrap_or(Encoding::Json);
+            error_response(encoding, StatusCode::FORBIDDEN, 7, refusal)
+        }
     }
-    error(Encoding::Json, status, 3, format!("request failed: {status}"))
 }
 
-/// The OTLP/HTTP routes, for embedding or testing.
-pub fn http_router(ingest: Ingest) -> Router {
-    let limit = ingest.max_message_bytes;
-    Router::new().route("/v1/traces", post(export)).with_state(ingest).layer(DefaultBodyLimit::max(limit)).layer(
-        axum::middleware::map_response(move |response: Response| async move {
-            // axum answers an oversized body with a bare 413; give it an OTLP error body.
-            if response.status() == StatusCode::PAYLOAD_TOO_LARGE
-                && response.headers().get(header::CONTENT_TYPE).is_none_or(|v| v.as_bytes().starts_with(b"text/plain"))
-            {
-                return too_large_or_other(response.status(), limit).await;
-            }
-            response
-        }),
-    )
+/// The OTLP/HTTP routes, for embedding or testing: `POST /v1/traces`, for the hosts `hosts`
+/// allows.
+pub fn http_router(ingest: Ingest, hosts: AllowedHosts) -> Router {
+    let metrics = ingest.metrics.clone();
+    Router::new()
+        .route("/v1/traces", post(export))
+        .with_state(ingest)
+        .layer(axum::middleware::from_fn_with_state((hosts, metrics), check_host))
 }
 
 /// Serves OTLP/HTTP on `listener` until `shutdown` is cancelled; with `tls` (offering
@@ -171,14 +244,12 @@ pub async fn serve_http(
     listener: TcpListener,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     ingest: Ingest,
+    hosts: AllowedHosts,
+    limits: &ConnectionLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let router = http_router(ingest.clone());
-    match tls {
-        None => axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await,
-        Some(config) => {
-            let listener = crate::tls::TlsListener::new(listener, config, ingest.metrics)?;
-            axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
-        }
-    }
+    let metrics = ingest.metrics.clone();
+    let router = http_router(ingest, hosts);
+    crate::server::serve(listener, tls, Listener::OtlpHttp, router, limits, metrics, shutdown).await;
+    Ok(())
 }

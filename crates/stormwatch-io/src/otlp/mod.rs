@@ -24,7 +24,8 @@ use crate::{Metrics, QueueFull, SpanQueue};
 /// Default largest accepted export request, after decompression.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-/// What both receivers share: the queue into the engine and the metrics.
+/// What both receivers share: the queue into the engine, the metrics, and the budget of bytes
+/// being received.
 #[derive(Clone)]
 pub struct Ingest {
     pub queue: SpanQueue,
@@ -32,12 +33,17 @@ pub struct Ingest {
     pub max_message_bytes: usize,
     /// When set, export requests must carry `Authorization: Bearer <token>`.
     pub token: Option<Arc<str>>,
+    /// Bodies being received and decoded, by both receivers (`server.max_receiving_bytes`).
+    pub intake: Arc<crate::server::body::Intake>,
 }
 
 /// What an exporter without the right token is told (never the token itself).
 pub(crate) const UNAUTHENTICATED_MESSAGE: &str = "stormwatch needs the ingest token: send the header \
     `authorization: Bearer <token>` (the exporter's headers, or the collector's bearertokenauth extension; \
     the engine's server.ingest_token)";
+
+/// The setting a too-large export request is refused by.
+pub(crate) const MESSAGE_LIMIT_SETTING: &str = "server.max_message_bytes";
 
 /// The engine's queue is full: the client should retry with backoff.
 pub(crate) const QUEUE_FULL_MESSAGE: &str =

@@ -41,21 +41,32 @@ async fn start(
 ) -> (std::net::SocketAddr, std::net::SocketAddr, SpanReceiver, Arc<Metrics>, CancellationToken) {
     let (queue, receiver) = span_queue(capacity, 1_000_000);
     let metrics = Arc::new(Metrics::default());
-    let ingest = Ingest { queue, metrics: metrics.clone(), max_message_bytes, token: None };
+    let intake = crate::server::body::Intake::new(64 << 20, std::time::Duration::from_secs(30), 1024, metrics.clone());
+    let ingest = Ingest { queue, metrics: metrics.clone(), max_message_bytes, token: None, intake };
     let shutdown = CancellationToken::new();
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
-    tokio::spawn(serve_http(http, None, ingest.clone(), shutdown.clone()));
-    tokio::spawn(serve_grpc(grpc, None, ingest, shutdown.clone()));
+    let limits = crate::server::ConnectionLimits::default();
+    let hosts = crate::server::host::AllowedHosts::default();
+    tokio::spawn({
+        let (ingest, limits, shutdown) = (ingest.clone(), limits.clone(), shutdown.clone());
+        async move { serve_http(http, None, ingest, hosts, &limits, shutdown).await }
+    });
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { serve_grpc(grpc, None, ingest, &limits, shutdown).await }
+    });
     (http_addr, grpc_addr, receiver, metrics, shutdown)
 }
 
 /// One HTTP/1.1 request; returns (status, headers, body).
 async fn post(addr: std::net::SocketAddr, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, Vec<u8>) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut head =
-        format!("POST /v1/traces HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -127,8 +138,25 @@ async fn http_bad_input_gets_clear_errors() {
     let gz = gz.finish().unwrap();
     let (status, _, _) = post(http, &[("Content-Type", "application/json"), ("Content-Encoding", "gzip")], &gz).await;
     assert_eq!(status, 413);
+    // A protobuf client is told in protobuf (google.rpc.Status), as OTLP/HTTP asks.
+    let (status, head, body) = post(http, &[("Content-Type", "application/x-protobuf")], &big).await;
+    assert_eq!(status, 413);
+    assert!(head.to_ascii_lowercase().contains("content-type: application/x-protobuf"), "{head}");
+    let status_message = super::grpc::RpcStatus::decode(body.as_slice()).unwrap();
+    assert!(status_message.message.contains("4096-byte limit"), "{status_message:?}");
+    // A foreign Host (DNS rebinding) is refused on every route, before anything else.
+    for path in ["/v1/traces", "/v1/metrics", "/"] {
+        let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+        let head = format!("POST {path} HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response).await;
+        assert!(response.starts_with("HTTP/1.1 403"), "{path}: {response}");
+        assert!(response.contains("server.allowed_hosts"), "{response}");
+    }
     assert!(receiver.try_recv().is_none());
-    assert_eq!(Metrics::get(&metrics.requests_invalid_total), 3);
+    assert_eq!(Metrics::get(&metrics.requests_invalid_total), 5);
+    assert_eq!(Metrics::get(&metrics.requests_misdirected_total), 3);
     shutdown.cancel();
 }
 
