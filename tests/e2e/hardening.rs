@@ -428,3 +428,136 @@ async fn foreign_hosts_get_nothing_from_any_route() {
     assert!(serve.metric("stormwatch_requests_misdirected_total ") >= 11);
     serve.stop();
 }
+
+fn stormwatch_baseline(args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(crate::support::binary()).arg("baseline").args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// A line break and a block that turns `retry_storm` off, as an attacker would put it in a
+/// name or a field.
+const INJECTION: &str = "\n[[override]]\nkind = \"retry_storm\"\nmode = \"off\"\n#";
+
+/// Finding 4: the injection, through every field of the API's changes and through a service
+/// name from telemetry that an engineer then freezes, leaves every detector on: now, and after
+/// a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn injections_into_the_tuning_file_turn_no_detector_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let token = std::fs::read_to_string(dir.path().join("models/admin.token")).unwrap().trim().to_string();
+    let edge = format!("gateway `GET /x{INJECTION}` -> postgresql `SELECT 1`");
+    let changes = [
+        json!({"action": "freeze", "edge": edge, "reason": "r"}),
+        json!({"action": "unfreeze", "edge": edge}),
+        json!({"action": "set", "edge": edge, "threshold_factor": 2.0}),
+        json!({"action": "set", "entry": format!("gateway `GET /x{INJECTION}`"), "limit": 5.0}),
+        json!({"action": "allow", "entry": format!("gateway `GET /x{INJECTION}`"), "until": "2027-01-01T00:00:00Z"}),
+        json!({"action": "allow", "clients": format!("10.0.0.0/8{INJECTION}"), "until": "2027-01-01T00:00:00Z"}),
+        json!({"action": "allow", "user": format!("bob{INJECTION}"), "until": "2027-01-01T00:00:00Z"}),
+        json!({"action": "freeze", "reason": format!("incident{INJECTION}")}),
+    ];
+    tokio::task::block_in_place(|| {
+        for change in &changes {
+            let body = change.to_string();
+            let mut stream = TcpStream::connect(serve.admin).unwrap();
+            let head = format!(
+                "POST /api/tuning HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            assert!(
+                response.starts_with("HTTP/1.1 400") && response.contains("control character"),
+                "{change}: {response}"
+            );
+        }
+        // A service named by an attacker, learned, then frozen by an engineer.
+        let end = now_nanos();
+        let export = json!({"resourceSpans": [{
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": format!("svc{INJECTION}")}}]},
+            "scopeSpans": [{"spans": [
+                {"traceId": hex(77, 16), "spanId": hex(1, 8), "name": "GET /x", "kind": 2,
+                 "startTimeUnixNano": (end - 2_000_000).to_string(), "endTimeUnixNano": end.to_string()},
+                {"traceId": hex(77, 16), "spanId": hex(2, 8), "parentSpanId": hex(1, 8), "name": "SELECT", "kind": 3,
+                 "startTimeUnixNano": (end - 1_000_000).to_string(), "endTimeUnixNano": (end - 500_000).to_string(),
+                 "attributes": [{"key": "db.system.name", "value": {"stringValue": "postgresql"}},
+                                {"key": "db.query.text", "value": {"stringValue": "SELECT 1"}}]}
+            ]}]
+        }]});
+        let (status, body) =
+            crate::support::http_post(serve.http, "/v1/traces", "application/json", export.to_string().as_bytes());
+        assert!(status.contains("200"), "{status} {body}");
+        let engine = format!("http://{}", serve.admin);
+        let learned = std::cell::RefCell::new(String::new());
+        wait_until("the attacker's edge learned", Duration::from_secs(30), || {
+            let (_, out) = stormwatch_baseline(&["list", "--engine", &engine, "--match", "override", "--json"]);
+            let rows: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+            let row = rows.as_array().and_then(|r| r.iter().find(|r| r["table"] == "calls_per_parent").cloned());
+            row.map(|row| *learned.borrow_mut() = row["edge"].as_str().unwrap().to_string()).is_some()
+        });
+        let learned = learned.into_inner();
+        // Ingest wrote the line breaks as escapes: one line of text.
+        assert!(learned.starts_with("svc\\n[[override]]") && !learned.contains('\n'), "{learned:?}");
+        let (ok, out) =
+            stormwatch_baseline(&["freeze", &learned, "--engine", &engine, "--token", &token, "--reason", "noisy"]);
+        assert!(ok, "{out}");
+    });
+    let tuning = std::fs::read_to_string(dir.path().join("models/tuning.toml")).unwrap();
+    assert!(!tuning.lines().any(|l| l.trim() == "mode = \"off\""), "{tuning}");
+    let answer: Value = serde_json::from_str(&http_get(serve.admin, "/api/tuning").unwrap()).unwrap();
+    let summary = answer["summary"].as_str().unwrap().to_string();
+    assert!(summary.contains("1 frozen edges") && summary.contains(" 0 off"), "{summary}");
+    serve.stop();
+    let serve = Serve::start(dir.path(), &[]);
+    let answer: Value = serde_json::from_str(&http_get(serve.admin, "/api/tuning").unwrap()).unwrap();
+    assert_eq!(answer["summary"].as_str().unwrap(), summary, "after a restart");
+    serve.stop();
+}
+
+/// A real snapshot of a few megabytes imports over the API (it was refused at a 2 MB body
+/// limit), and one past `server.max_import_bytes` is refused naming the setting.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_of_megabytes_imports_over_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve =
+        Serve::start_with(dir.path(), "[assemble]\ntrace_idle = \"1s\"\n[server]\nmax_import_bytes = 4000000\n", &[]);
+    let token = std::fs::read_to_string(dir.path().join("models/admin.token")).unwrap().trim().to_string();
+    let node = |service: String, operation: String, kind: &str| json!({"service": service, "operation": operation, "kind": kind});
+    let distribution = json!({"buckets": [[1, 40], [2, 30], [3, 20]], "weight": 90, "samples": 90, "max": 3,
+        "ewma_mean": 1.8, "ewma_variance": 0.6, "since_unix_nano": 1_700_000_000_000_000_000u64});
+    let snapshot = |edges: usize| {
+        let fanout: Vec<Value> = (0..edges)
+            .map(|i| json!({
+                "edge": {"from": node(format!("service-{i}"), format!("GET /route/{i}"), "service"),
+                         "to": node("postgresql:shop".into(), format!("SELECT name FROM table_{i} WHERE id = ?"), "database")},
+                "calls_per_parent": distribution}))
+            .collect();
+        json!({"format": "stormwatch.baselines", "version": 1, "watermark_unix_nano": 1_700_000_000_000_000_000u64,
+               "fanout": fanout, "request_edges": [], "request_totals": []})
+        .to_string()
+    };
+    let (fits, too_large) = (snapshot(11_000), snapshot(17_000));
+    assert!(
+        fits.len() > 2_800_000 && fits.len() < 4_000_000 && too_large.len() > 4_000_000,
+        "{} {}",
+        fits.len(),
+        too_large.len()
+    );
+    let engine = format!("http://{}", serve.admin);
+    tokio::task::block_in_place(|| {
+        for (name, document) in [("fits.json", &fits), ("too-large.json", &too_large)] {
+            std::fs::write(dir.path().join(name), document).unwrap();
+        }
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let (ok, out) = stormwatch_baseline(&["import", &path("fits.json"), "--engine", &engine, "--token", &token]);
+        assert!(ok && out.contains("11000 edges imported"), "{out}");
+        let (ok, out) =
+            stormwatch_baseline(&["import", &path("too-large.json"), "--engine", &engine, "--token", &token]);
+        assert!(!ok && out.contains("413") && out.contains("server.max_import_bytes"), "{out}");
+    });
+    serve.stop();
+}

@@ -204,6 +204,19 @@ fn fits(table: &str, entries: usize, max_keys: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Creates `path` readable by its owner only (mode 0600): what the engine learned about the
+/// system's traffic is not for every local user.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(path)?;
+    #[cfg(unix)]
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(file)
+}
+
 /// Writes `store` to `dir/baselines.json` atomically. Entries are sorted so that two
 /// snapshots of the same state are byte-identical.
 pub fn write_snapshot(dir: &Path, store: &BaselineStore) -> Result<PathBuf, SnapshotError> {
@@ -217,7 +230,7 @@ pub fn write_snapshot_document(dir: &Path, bytes: &[u8]) -> Result<PathBuf, Snap
     let write_error = |source| SnapshotError::Write { path: path.clone(), source };
     fs::create_dir_all(dir).map_err(write_error)?;
     let temporary = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let file = File::create(&temporary).map_err(write_error)?;
+    let file = create_private(&temporary).map_err(write_error)?;
     let mut writer = BufWriter::new(file);
     writer.write_all(bytes).map_err(write_error)?;
     writer.write_all(b"\n").map_err(write_error)?;
@@ -457,6 +470,11 @@ mod tests {
         assert_eq!(restored.watermark_unix_nano, 99);
         write_snapshot(dir.path(), &restored).unwrap();
         assert_eq!(fs::read(&path).unwrap(), first, "same state, same bytes");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "owner only");
+        }
         assert!(!dir.path().join("baselines.json.tmp").exists());
     }
 

@@ -27,12 +27,13 @@ impl AlertSink {
                         .await
                         .map_err(|source| IoError::AlertFile { path: path.into(), source })?;
                 }
-                let file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .await
-                    .map_err(|source| IoError::AlertFile { path: path.into(), source })?;
+                let mut options = OpenOptions::new();
+                options.create(true).append(true);
+                // New files are the owner's only; an existing file keeps the mode it was given.
+                #[cfg(unix)]
+                options.mode(0o600);
+                let file =
+                    options.open(path).await.map_err(|source| IoError::AlertFile { path: path.into(), source })?;
                 Some((path.to_path_buf(), file))
             }
             None => None,

@@ -83,7 +83,7 @@ impl AlertSpool {
         }
         let path = self.path(self.next);
         let temporary = path.with_extension("tmp");
-        let mut file = File::create(&temporary)?;
+        let mut file = crate::create_private_file(&temporary)?;
         file.write_all(&text)?;
         file.sync_all()?;
         fs::rename(&temporary, &path)?;

@@ -333,7 +333,7 @@ pub(crate) fn run(args: BaselineArgs) -> anyhow::Result<()> {
             };
             match &output {
                 Some(path) => {
-                    std::fs::write(path, document.trim_end().to_string() + "\n")
+                    stormwatch_io::write_private_file(path, (document.trim_end().to_string() + "\n").as_bytes())
                         .with_context(|| format!("cannot write {}", path.display()))?;
                     eprintln!("baselines written to {}", path.display());
                 }
@@ -469,9 +469,21 @@ pub(crate) fn run(args: BaselineArgs) -> anyhow::Result<()> {
 }
 
 /// Who makes a change, for the audit trail.
+/// Who the audit trail names: `--who`, else `$USER`, else "cli"; held to what the admin API
+/// takes (letters, digits, `.-_@+` and spaces, 64 bytes).
 fn who_of(target: &TuningTarget) -> String {
     let who = target.who.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
-    who.replace(['\r', '\n'], " ")
+    let who: String = who
+        .trim()
+        .chars()
+        .map(|c| if stormwatch_io::admin::user_char(c) { c } else { '_' })
+        .take(stormwatch_io::admin::MAX_USER_BYTES)
+        .collect();
+    if who.is_empty() {
+        "cli".into()
+    } else {
+        who
+    }
 }
 
 /// The admin token for a write through `--engine`.
@@ -582,16 +594,26 @@ fn http_request(
     let mut stream = std::net::TcpStream::connect(address)
         .with_context(|| format!("cannot reach the engine's admin API at {address} (--engine, serve --admin)"))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut early = Vec::new();
     match write {
         None => write!(stream, "{method} {target} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")?,
-        Some((body, token, who)) => write!(
-            stream,
-            "{method} {target} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
-             X-Stormwatch-User: {who}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?,
+        Some((body, token, who)) => {
+            // `Expect: 100-continue`: a refusal (401, 413) comes before the body is sent, so a
+            // large snapshot is not sent for nothing, and the answer is not lost to a reset.
+            write!(
+                stream,
+                "{method} {target} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+                 X-Stormwatch-User: {who}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Expect: 100-continue\r\n\r\n",
+                body.len()
+            )?;
+            early = interim_answer(&mut stream)?;
+            if early.is_empty() {
+                stream.write_all(body.as_bytes()).context("sending the request to the admin API")?;
+            }
+        }
     }
-    let mut response = String::new();
+    let mut response = String::from_utf8_lossy(&early).into_owned();
     stream.read_to_string(&mut response).context("reading the admin API's answer")?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -599,6 +621,30 @@ fn http_request(
         bail!("the engine at {address} answered {status}: {}", error_of(body));
     }
     Ok(body.to_string())
+}
+
+/// After a request head with `Expect: 100-continue`: empty when the server said `100
+/// Continue` (or nothing within 2 s: send the body anyway), else the start of its final answer.
+fn interim_answer(stream: &mut std::net::TcpStream) -> anyhow::Result<Vec<u8>> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => head.push(byte[0]),
+            Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                head.clear();
+                break;
+            }
+            Err(error) => return Err(error).context("reading the admin API's answer"),
+        }
+    }
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    if head.starts_with(b"HTTP/1.1 100") {
+        head.clear();
+    }
+    Ok(head)
 }
 
 fn percent_encode(text: &str) -> String {

@@ -82,7 +82,20 @@ fn admin_token(config: &Config) -> anyhow::Result<String> {
     }
     let path = config.baseline.models_dir.join(crate::baseline::TOKEN_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
+        Ok(token) if !token.trim().is_empty() => {
+            #[cfg(unix)]
+            if let Ok(metadata) = std::fs::metadata(&path) {
+                let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        mode = %format!("{mode:o}"),
+                        "the admin token file can be read by other users: chmod 600 it (or set server.admin_token)"
+                    );
+                }
+            }
+            return Ok(token.trim().to_string());
+        }
         Ok(_) => anyhow::bail!("{} is empty: delete it to generate a new token", path.display()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),

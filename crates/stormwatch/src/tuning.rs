@@ -345,9 +345,68 @@ pub(crate) enum Change {
     },
 }
 
+/// Longest text of one field of a change (an edge, a reason, ...).
+pub(crate) const MAX_FIELD_BYTES: usize = 4096;
+
 impl Change {
-    /// The block appended to the tuning file.
-    fn block(&self) -> (String, String) {
+    /// Each text field, by name.
+    fn fields(&self) -> Vec<(&'static str, &str)> {
+        let mut fields: Vec<(&'static str, Option<&str>)> = Vec::new();
+        match self {
+            Change::Set { edge, entry, kind, severity, reason, .. } => {
+                fields.extend([
+                    ("edge", edge.as_deref()),
+                    ("entry", entry.as_deref()),
+                    ("kind", kind.as_deref()),
+                    ("severity", severity.as_deref()),
+                    ("reason", Some(reason)),
+                ]);
+            }
+            Change::Freeze { edge, reason } | Change::Unfreeze { edge, reason } => {
+                fields.extend([("edge", edge.as_deref()), ("reason", Some(reason))]);
+            }
+            Change::Mode { kind, mode, reason } => {
+                fields.extend([
+                    ("kind", Some(kind.as_str())),
+                    ("mode", Some(mode.as_str())),
+                    ("reason", Some(reason.as_str())),
+                ]);
+            }
+            Change::Allow { entry, clients, user, until, reason } => {
+                fields.extend([
+                    ("entry", entry.as_deref()),
+                    ("clients", clients.as_deref()),
+                    ("user", user.as_deref()),
+                    ("until", Some(until)),
+                    ("reason", Some(reason)),
+                ]);
+            }
+        }
+        fields.into_iter().filter_map(|(name, value)| Some((name, value?))).collect()
+    }
+
+    /// Refuses a change whose text could not be one line of the file: a control character, a
+    /// character that reorders or hides text, or more than [`MAX_FIELD_BYTES`]. Names the field.
+    /// (Names from telemetry never hold such characters: ingest writes them as escapes.)
+    pub(crate) fn check(&self) -> Result<(), String> {
+        for (field, text) in self.fields() {
+            if text.len() > MAX_FIELD_BYTES {
+                return Err(format!("{field} is {} bytes long; at most {MAX_FIELD_BYTES}", text.len()));
+            }
+            if let Some((at, c)) = text.char_indices().find(|(_, c)| stormwatch_model::is_unsafe_char(*c)) {
+                return Err(format!(
+                    "{field} holds the control character {:?} at byte {at}: names and reasons are one line of text \
+                     (copy edges from `stormwatch baseline list` or an alert)",
+                    c
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry the change appends: its array (`override` or `allow`), the table, and a
+    /// summary for the comment that heads it.
+    fn entry(&self) -> (&'static str, toml::Table, String) {
         use toml::Value;
         let mut table = toml::Table::new();
         let mut put = |key: &str, value: Option<Value>| {
@@ -396,36 +455,69 @@ impl Change {
         if !reason.is_empty() {
             table.insert("reason".into(), Value::String(reason.clone()));
         }
-        let mut doc = toml::Table::new();
-        doc.insert(array.to_string(), Value::Array(vec![Value::Table(table)]));
-        (toml::to_string(&doc).expect("a tuning block always serialises"), summary)
+        (array, table, summary)
     }
 }
 
+/// A comment line's text: one line (escaped), at most `max` bytes.
+fn comment_text(text: &str, max: usize) -> String {
+    stormwatch_model::clean_name(text, max).0.into_owned()
+}
+
 /// Appends `change` to the tuning file at `path` (created when missing) if the result
-/// validates; the file is replaced atomically. Returns the new tuning.
+/// validates; the file is replaced atomically (mode 0600). Returns the new tuning.
+///
+/// The change's text is checked first ([`Change::check`]), its comment header is escaped, and
+/// the new file is parsed again before it is written: it must hold exactly what the old one
+/// held plus the one entry the change asked for, or nothing is written.
 pub(crate) fn append(path: &Path, change: &Change, who: &str, now_unix_nano: u64) -> Result<Tuning, String> {
+    change.check()?;
     let current = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
     };
-    let (block, summary) = change.block();
-    let who = who.replace(['\n', '\r'], " ");
-    let mut text = current;
+    let (array, entry, summary) = change.entry();
+    let mut doc = toml::Table::new();
+    doc.insert(array.to_string(), toml::Value::Array(vec![toml::Value::Table(entry.clone())]));
+    let block = toml::to_string(&doc).expect("a tuning block always serialises");
+    let mut text = current.clone();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
-    text.push_str(&format!("\n# {} by {who}: {summary}\n{block}", stormwatch_model::rfc3339(now_unix_nano)));
+    text.push_str(&format!(
+        "\n# {} by {}: {}\n{block}",
+        stormwatch_model::rfc3339(now_unix_nano),
+        comment_text(who, 64),
+        comment_text(&summary, 300)
+    ));
     let tuning = parse(&text, path)?;
+    exactly_one_more(&current, &text, array, &entry)
+        .map_err(|why| format!("{}: the change was not written: {why}", path.display()))?;
     let write_error = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(write_error)?;
     }
     let temporary = path.with_extension("toml.tmp");
-    std::fs::write(&temporary, &text).map_err(write_error)?;
+    stormwatch_io::write_private_file(&temporary, text.as_bytes()).map_err(write_error)?;
     std::fs::rename(&temporary, path).map_err(write_error)?;
     Ok(tuning)
+}
+
+/// Whether `after` is `before` with `entry` appended to its `array` and nothing else changed.
+fn exactly_one_more(before: &str, after: &str, array: &str, entry: &toml::Table) -> Result<(), String> {
+    let before: toml::Table = toml::from_str(before).map_err(|e| format!("the file does not parse: {e}"))?;
+    let after: toml::Table = toml::from_str(after).map_err(|e| format!("the new file does not parse: {e}"))?;
+    let mut expected = before;
+    let entries = expected.entry(array.to_string()).or_insert_with(|| toml::Value::Array(Vec::new()));
+    match entries {
+        toml::Value::Array(entries) => entries.push(toml::Value::Table(entry.clone())),
+        _ => return Err(format!("`{array}` is not an array of tables")),
+    }
+    if after != expected {
+        return Err("it would change more than the one entry it adds".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -533,5 +625,91 @@ reason = "nightly reindex"
         assert!(error.contains("\"loud\""), "{error}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
         assert_eq!(load(&path).unwrap().unwrap().rules.len(), 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
+
+    /// TOML injection: text that would end the comment header or the entry (a newline and a
+    /// block that turns a detector off) is refused in every field of every change, and the
+    /// file is left as it was; a name that ingest escaped is written as the text it is.
+    #[test]
+    fn injected_lines_never_reach_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TUNING_FILE);
+        let at = stormwatch_model::parse_rfc3339("2026-11-29T10:00:00Z").unwrap();
+        append(
+            &path,
+            &Change::Mode { kind: "n_plus_one".into(), mode: "on".into(), reason: "start".into() },
+            "alice",
+            at,
+        )
+        .unwrap();
+        let before = std::fs::read_to_string(&path).unwrap();
+        let payload = "a `b` -> c `d`\n[[override]]\nkind = \"retry_storm\"\nmode = \"off\"\n# ";
+        let text = || Some(payload.to_string());
+        let reason = || payload.to_string();
+        let set = |edge, entry| Change::Set {
+            edge,
+            entry,
+            kind: None,
+            threshold_factor: Some(2.0),
+            limit: None,
+            min_samples: None,
+            severity: None,
+            enabled: None,
+            reason: String::new(),
+        };
+        let allow = |entry, clients, user| Change::Allow {
+            entry,
+            clients,
+            user,
+            until: "2027-01-01T00:00:00Z".into(),
+            reason: String::new(),
+        };
+        let changes = [
+            (Change::Freeze { edge: text(), reason: String::new() }, "edge"),
+            (Change::Unfreeze { edge: text(), reason: String::new() }, "edge"),
+            (Change::Freeze { edge: None, reason: reason() }, "reason"),
+            (set(text(), None), "edge"),
+            (set(None, text()), "entry"),
+            (allow(text(), None, None), "entry"),
+            (allow(None, text(), None), "clients"),
+            (allow(None, None, text()), "user"),
+            (Change::Mode { kind: "retry_storm\u{202e}".into(), mode: "on".into(), reason: String::new() }, "kind"),
+        ];
+        for (change, field) in changes {
+            let error = append(&path, &change, "alice", at).unwrap_err();
+            assert!(error.starts_with(field) && error.contains("control character"), "{error}");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+        }
+        // The same text as ingest keeps it (escaped): written, and read back as that text.
+        let escaped = stormwatch_model::clean_name(payload, 4096).0.into_owned();
+        let tuning =
+            append(&path, &Change::Freeze { edge: Some(escaped.clone()), reason: String::new() }, "bob\nx", at)
+                .unwrap();
+        assert!(tuning.frozen_edges.contains(&escaped));
+        assert!(!tuning.detectors.contains_key(&AlertKind::RetryStorm));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("# 2026-11-29T10:00:00.000Z by bob\\nx: freeze a `b` -> c `d`\\n[[override]]"), "{text}");
+        assert_eq!(text.lines().filter(|l| l.trim() == "[[override]]").count(), 2, "{text}");
+    }
+
+    /// After a change is written, the file holds exactly one entry more: a file whose last
+    /// line would swallow the new block (an open multi-line string) is not written to.
+    #[test]
+    fn a_change_adds_exactly_its_entry() {
+        let before = "[[override]]\nkind = \"n_plus_one\"\nmode = \"on\"\n";
+        let mut entry = toml::Table::new();
+        entry.insert("kind".into(), toml::Value::String("retry_storm".into()));
+        entry.insert("mode".into(), toml::Value::String("shadow".into()));
+        let good = format!("{before}\n[[override]]\nkind = \"retry_storm\"\nmode = \"shadow\"\n");
+        assert_eq!(exactly_one_more(before, &good, "override", &entry), Ok(()));
+        let more = format!("{good}\n[detectors]\ncache_bypass = \"off\"\n");
+        assert!(exactly_one_more(before, &more, "override", &entry).unwrap_err().contains("more than the one entry"));
+        let other = good.replace("n_plus_one", "cache_bypass");
+        assert!(exactly_one_more(before, &other, "override", &entry).is_err());
     }
 }

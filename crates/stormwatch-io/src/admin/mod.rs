@@ -329,16 +329,21 @@ async fn guard_reads(
     next.run(request).await
 }
 
+/// Whether `c` may be part of an `X-Stormwatch-User` name: ASCII letters, digits, `.-_@+` and
+/// spaces.
+pub fn user_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || ".-_@+ ".contains(c)
+}
+
 /// Who made a write, for the audit trail: `X-Stormwatch-User` (a name of up to
-/// [`MAX_USER_BYTES`] letters, digits and `.-_@+`), else "api".
+/// [`MAX_USER_BYTES`] [`user_char`]s), else "api".
 fn who_of(headers: &axum::http::HeaderMap) -> Result<String, String> {
     let Some(value) = headers.get("x-stormwatch-user") else { return Ok("api".into()) };
-    let text = value.to_str().unwrap_or("");
-    let valid = |c: char| c.is_ascii_alphanumeric() || ".-_@+".contains(c);
-    if text.is_empty() || text.len() > MAX_USER_BYTES || !text.chars().all(valid) {
+    let text = value.to_str().unwrap_or("").trim();
+    if text.is_empty() || text.len() > MAX_USER_BYTES || !text.chars().all(user_char) {
         return Err(format!(
-            "X-Stormwatch-User must be a name of 1 to {MAX_USER_BYTES} letters, digits and .-_@+ (it goes into the \
-             tuning file's audit trail)"
+            "X-Stormwatch-User must be a name of 1 to {MAX_USER_BYTES} letters, digits, spaces and .-_@+ (it goes \
+             into the tuning file's audit trail)"
         ));
     }
     Ok(text.to_string())
