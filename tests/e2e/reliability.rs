@@ -245,6 +245,45 @@ async fn spooled_alerts_survive_a_kill_and_are_delivered_by_the_next_start() {
     serve.stop();
 }
 
+/// Shutdown while the broker is down, with Kafka input: SIGTERM ends the engine within
+/// `server.shutdown_timeout` (10 s here; it took more than 90 s), with the alert the broker did
+/// not take in the spool for the next start, nothing unsettled committed, and the broker's
+/// absence logged a few times, not every 300 ms.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_with_the_broker_down_is_bounded_and_spools_what_is_held() {
+    let mut broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let alerts = crate::support::create_topic(&bootstrap, "alerts").await;
+    let input = crate::support::create_topic(&bootstrap, "otlp-spans").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[assemble]\ntrace_idle = \"1s\"\ntrace_max_wait = \"20s\"\n[server]\nshutdown_timeout = \"10s\"\n\
+         [kafka]\nbrokers = \"{bootstrap}\"\nalert_topic = \"{alerts}\"\ninput_topic = \"{input}\"\n\
+         input_encoding = \"otlp_json\"\ngroup_id = \"stormwatch-{input}\"\n"
+    );
+    let serve = Serve::start_with(dir.path(), &config, &["--kafka-input"]);
+    let services = Services::new(&serve, Transport::Grpc, &["frontend", "catalog"]);
+    let spool = dir.path().join("models").join("alert-spool");
+    let spooled = || std::fs::read_dir(&spool).map_or(0, |d| d.filter(|e| e.is_ok()).count());
+    tokio::task::block_in_place(|| {
+        first_alert_then_an_outage(&serve, &services, &mut broker);
+        wait_until("the fan-out found", Duration::from_secs(30), || {
+            serve.metric("stormwatch_findings_total{kind=\"fanout_amplification\"} ") >= 1
+        });
+        // Down for a while: librdkafka's reconnects would log an error every few hundred ms.
+        std::thread::sleep(Duration::from_secs(8));
+        services.shutdown();
+    });
+    let (elapsed, log) = serve.terminate();
+    eprintln!("shutdown with the broker down took {elapsed:?}; its log:\n{log}");
+    assert!(elapsed < Duration::from_secs(25), "shutdown took {elapsed:?} (shutdown_timeout 10 s):\n{log}");
+    assert_eq!(spooled(), 1, "the held alert waits in the spool:\n{log}");
+    let batch = std::fs::read_dir(&spool).unwrap().next().unwrap().unwrap().path();
+    assert!(std::fs::read_to_string(batch).unwrap().contains("fanout_amplification"));
+    let errors = log.lines().filter(|l| l.contains("ERROR") || l.contains("WARN")).count();
+    assert!(errors < 40, "{errors} error and warning lines:\n{log}");
+}
+
 /// A cardinality flood: 400 requests over OTLP/HTTP, each under a new invented path, against
 /// `limits.operations = 40`. The operation names interned stop at the limit, the rest are
 /// counted as folded into `<overflow>`, and one `cardinality_flood` alert (schema-valid) names

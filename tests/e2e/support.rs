@@ -264,6 +264,22 @@ impl Serve {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, then waits (up to 120 s) for a clean exit: how long it took, and the log.
+    pub(crate) fn terminate(mut self) -> (Duration, String) {
+        let started = Instant::now();
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = started + Duration::from_secs(120);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "serve exited with {status}:\n{}", self.log());
+                return (started.elapsed(), self.log());
+            }
+            assert!(Instant::now() < deadline, "serve did not stop on SIGTERM within 120 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Ctrl-C, then waits for a clean exit; returns what it wrote to stdout.
     pub(crate) fn stop(mut self) -> String {
         let status = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();

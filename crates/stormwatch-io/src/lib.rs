@@ -31,6 +31,8 @@ pub enum IoError {
     AlertFile { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot write alerts to stdout: {0}")]
     Stdout(std::io::Error),
+    #[error("the shutdown deadline (server.shutdown_timeout) passed before the delivery was confirmed")]
+    ShutdownDeadline,
 }
 
 pub type Result<T, E = IoError> = std::result::Result<T, E>;

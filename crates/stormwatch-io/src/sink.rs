@@ -105,7 +105,6 @@ impl AlertSink {
         result
     }
 
-    /// Flushes what is buffered (shutdown).
     /// After a failed delivery: a Kafka sink starts over with a new producer.
     pub fn renew(&mut self) {
         if let AlertSink::Kafka(kafka) = self {
@@ -115,9 +114,10 @@ impl AlertSink {
         }
     }
 
-    pub async fn close(&mut self) {
+    /// Flushes what is buffered, waiting at most `timeout` for the broker.
+    pub async fn close(&mut self, timeout: Duration) {
         match self {
-            AlertSink::Kafka(kafka) => kafka.flush(Duration::from_secs(10)),
+            AlertSink::Kafka(kafka) => tokio::task::block_in_place(|| kafka.flush(timeout)),
             AlertSink::Lines { file, .. } => {
                 if let Some((_, file)) = file {
                     let _ = file.sync_all().await;

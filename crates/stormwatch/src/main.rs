@@ -59,8 +59,11 @@ JSON lines to stdout and stormwatch-alerts.jsonl. Baselines are restored from an
 OpenTelemetry Collector's kafka exporter writes them) in a consumer group, committing offsets once the alerts \
 they caused are acknowledged. The admin address (127.0.0.1:9464) serves the web console at / (the live call \
 graph, the alert feed, the tuning), /healthz, /readyz, /metrics (Prometheus) and the API under /api/ (baselines, \
-alerts, explain, graph, events, tuning, snapshot). Ctrl-C flushes traces, alerts and the snapshot; a second \
-Ctrl-C exits at once.\n\nSettings come from embedded defaults < --config FILE < environment < flags; \
+alerts, explain, graph, events, tuning, snapshot). Ctrl-C (or SIGTERM) flushes traces, alerts and the \
+snapshot within server.shutdown_timeout (30 s): alerts a broker that is down has not confirmed by then wait in \
+the spool for the next start; a second Ctrl-C exits at once. Every listener bounds its connections, request heads \
+and bodies ([server] max_connections, header_timeout, idle_timeout, body_timeout, max_receiving_bytes) and \
+answers only the hosts it serves (addresses, localhost, server.allowed_hosts).\n\nSettings come from embedded defaults < --config FILE < environment < flags; \
 `stormwatch serve --print-config` shows the result.")]
     Serve(ServeArgs),
     /// Feed recorded OTLP files through the same pipeline, as fast as possible.
@@ -587,6 +590,9 @@ fn main() -> ExitCode {
             Command::BenchMemory(args) => tokio::task::spawn_blocking(move || bench::memory_probe(args)).await?,
         }
     });
+    // A Kafka client stuck on a broker that is down must not hold the exit (serve's shutdown
+    // already gave up on it at its deadline).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

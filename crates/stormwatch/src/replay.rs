@@ -102,7 +102,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let read_result = tokio::task::spawn_blocking(move || reader.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the decode thread panicked"))?;
-    let report = pipeline.finish().await?;
+    let report = pipeline.finish(None).await?;
 
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
     let spans = progress.spans.load(Ordering::Relaxed);

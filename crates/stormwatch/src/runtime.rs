@@ -19,6 +19,7 @@ use stormwatch_io::sink::AlertSink;
 use stormwatch_io::{span_queue, Metrics, SourcePosition, SpanQueue, SpanReceiver};
 use stormwatch_model::Alert;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::sharing::{SharingOptions, WindowSharing};
@@ -29,6 +30,8 @@ pub(crate) struct Pipeline {
     pub(crate) metrics: Arc<Metrics>,
     engine: std::thread::JoinHandle<EngineReport>,
     sink: tokio::task::JoinHandle<()>,
+    /// Cancelled when a shutdown's deadline passes: the sink stops waiting on the broker.
+    give_up: CancellationToken,
 }
 
 impl Pipeline {
@@ -47,13 +50,24 @@ impl Pipeline {
         let attempts = if options.deliver_until_acknowledged { u32::MAX } else { 5 };
         let spool = options.spool.take();
         let engine = spawn_engine(config, store, receiver, alerts_tx, metrics.clone(), options);
-        let sink = tokio::spawn(run_sink(sink, alerts_rx, commits, attempts, spool, metrics.clone()));
-        (Pipeline { metrics, engine, sink }, queue)
+        let give_up = CancellationToken::new();
+        let sink = tokio::spawn(run_sink(sink, alerts_rx, commits, attempts, spool, metrics.clone(), give_up.clone()));
+        (Pipeline { metrics, engine, sink, give_up }, queue)
     }
 
     /// Waits until the engine drained the queue (every sender must be gone), flushed and
-    /// snapshotted, and the sink wrote the last alerts.
-    pub(crate) async fn finish(self) -> anyhow::Result<EngineReport> {
+    /// snapshotted, and the sink wrote the last alerts. With `give_up_at`, the sink stops
+    /// waiting on the broker then: alerts it does not hold confirmed go to the spool (or are
+    /// counted as failed without one), window partials and shared snapshots are dropped, and
+    /// nothing after them is committed.
+    pub(crate) async fn finish(self, give_up_at: Option<tokio::time::Instant>) -> anyhow::Result<EngineReport> {
+        if let Some(at) = give_up_at {
+            let give_up = self.give_up.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                give_up.cancel();
+            });
+        }
         let engine = self.engine;
         let report = tokio::task::spawn_blocking(move || engine.join())
             .await?
@@ -480,11 +494,14 @@ async fn run_sink(
     attempts: u32,
     mut spool: Option<stormwatch_io::spool::AlertSpool>,
     metrics: Arc<Metrics>,
+    give_up: CancellationToken,
 ) {
     // After an alert was given up on, nothing more is committed: the spans behind it are
     // re-read after a restart rather than lost.
     let mut delivery_failed = false;
-    let mut drain = SpoolDrain::new(spool.as_ref(), &metrics);
+    // Internal messages not sent because the shutdown deadline had passed.
+    let mut dropped_at_deadline = 0usize;
+    let mut drain = SpoolDrain::new(spool.as_ref(), &metrics, &give_up);
     loop {
         let pending = spool.as_ref().is_some_and(|s| !s.is_empty());
         let full = spool.as_ref().is_some_and(|s| s.is_full());
@@ -492,7 +509,7 @@ async fn run_sink(
             tokio::select! {
                 // A full spool takes nothing more: back-pressure, as without one.
                 item = items.recv(), if !full => item,
-                _ = tokio::time::sleep_until(drain.next_try) => {
+                _ = tokio::time::sleep_until(drain.next_try), if !give_up.is_cancelled() => {
                     if let Some(spool) = &mut spool {
                         drain.try_front(&mut sink, spool, &metrics).await;
                     }
@@ -505,17 +522,24 @@ async fn run_sink(
         let Some(item) = item else { break };
         let batch = match item {
             SinkItem::Alerts(batch) => batch,
+            // Past the shutdown deadline, internal messages are not tried: their input is read
+            // again at the next start (nothing after them is committed).
+            SinkItem::Partials { .. } | SinkItem::Snapshot { .. } if give_up.is_cancelled() => {
+                delivery_failed |= matches!(item, SinkItem::Partials { .. });
+                dropped_at_deadline += 1;
+                continue;
+            }
             SinkItem::Partials { topic, key, payload } => {
-                if !deliver(&mut sink, &topic, &key, &payload, Backoff::new("window partials", attempts, &metrics))
-                    .await
-                {
+                let backoff = Backoff::new("window partials", attempts, &metrics, &give_up);
+                if !deliver(&mut sink, &topic, &key, &payload, backoff).await {
                     delivery_failed = true;
                 }
                 continue;
             }
             SinkItem::Snapshot { topic, key, payload } => {
                 // A lost snapshot is replaced by the next one.
-                deliver(&mut sink, &topic, &key, &payload, Backoff::new("baseline snapshot", 5, &metrics)).await;
+                deliver(&mut sink, &topic, &key, &payload, Backoff::new("baseline snapshot", 5, &metrics, &give_up))
+                    .await;
                 continue;
             }
             SinkItem::Settled(positions) => {
@@ -528,7 +552,7 @@ async fn run_sink(
         if let Some(spool) = &mut spool {
             // Behind what is spooled, or refused now: to the spool, in order.
             let refused = if spool.is_empty() {
-                match sink.emit(&batch, &metrics).await {
+                match until_given_up(&give_up, sink.emit(&batch, &metrics)).await {
                     Ok(()) => continue,
                     Err(error) => Some(error),
                 }
@@ -539,7 +563,9 @@ async fn run_sink(
                 Ok(()) => {
                     if let Some(error) = refused {
                         drain.started(&error, spool);
-                        sink.renew();
+                        if !give_up.is_cancelled() {
+                            sink.renew();
+                        }
                     }
                     drain.publish(spool, &metrics);
                     continue;
@@ -549,9 +575,9 @@ async fn run_sink(
                 }
             }
         }
-        let mut backoff = Backoff::new("alert", attempts, &metrics);
+        let mut backoff = Backoff::new("alert", attempts, &metrics, &give_up);
         let delivered = loop {
-            match sink.emit(&batch, &metrics).await {
+            match until_given_up(&give_up, sink.emit(&batch, &metrics)).await {
                 Ok(()) => {
                     backoff.succeeded();
                     break true;
@@ -570,11 +596,15 @@ async fn run_sink(
             tracing::error!(alerts = batch.len(), "alert delivery failed; gave up on this batch");
         }
     }
-    // Shutting down: a last while to deliver what is spooled; the rest waits on disk.
+    // Shutting down: a last while to deliver what is spooled (up to 10 s, and never past the
+    // shutdown deadline); the rest waits on disk.
     if let Some(spool) = &mut spool {
         let until = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !spool.is_empty() && tokio::time::Instant::now() < until {
-            tokio::time::sleep_until(drain.next_try.min(until)).await;
+        while !spool.is_empty() && tokio::time::Instant::now() < until && !give_up.is_cancelled() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(drain.next_try.min(until)) => {}
+                _ = give_up.cancelled() => break,
+            }
             drain.try_front(&mut sink, spool, &metrics).await;
         }
         if !spool.is_empty() {
@@ -585,7 +615,30 @@ async fn run_sink(
             );
         }
     }
-    sink.close().await;
+    if dropped_at_deadline > 0 {
+        tracing::warn!(
+            messages = dropped_at_deadline,
+            "window partials and shared snapshots not sent by the shutdown deadline; the input behind them is not \
+             committed and is read again at the next start"
+        );
+    }
+    let flush = if give_up.is_cancelled() { Duration::ZERO } else { Duration::from_secs(10) };
+    sink.close(flush).await;
+}
+
+/// `delivery`, unless the shutdown deadline passes first: then an error, and what it was
+/// sending is the caller's to spool.
+async fn until_given_up(
+    give_up: &CancellationToken,
+    delivery: impl std::future::Future<Output = Result<(), stormwatch_io::IoError>>,
+) -> Result<(), stormwatch_io::IoError> {
+    if give_up.is_cancelled() {
+        return Err(stormwatch_io::IoError::ShutdownDeadline);
+    }
+    tokio::select! {
+        delivered = delivery => delivered,
+        _ = give_up.cancelled() => Err(stormwatch_io::IoError::ShutdownDeadline),
+    }
 }
 
 /// Delivery of the spool, oldest batch first, with [`Backoff`] between failed tries (timed by
@@ -596,7 +649,11 @@ struct SpoolDrain<'a> {
 }
 
 impl<'a> SpoolDrain<'a> {
-    fn new(spool: Option<&stormwatch_io::spool::AlertSpool>, metrics: &'a Metrics) -> SpoolDrain<'a> {
+    fn new(
+        spool: Option<&stormwatch_io::spool::AlertSpool>,
+        metrics: &'a Metrics,
+        give_up: &'a CancellationToken,
+    ) -> SpoolDrain<'a> {
         if let Some(spool) = spool.filter(|s| !s.is_empty()) {
             tracing::info!(
                 alerts = spool.alerts(),
@@ -604,7 +661,7 @@ impl<'a> SpoolDrain<'a> {
                 "alerts held in the spool by an earlier run; delivering them first"
             );
         }
-        let drain = SpoolDrain { next_try: tokio::time::Instant::now(), backoff: Backoff::spool(metrics) };
+        let drain = SpoolDrain { next_try: tokio::time::Instant::now(), backoff: Backoff::spool(metrics, give_up) };
         if let Some(spool) = spool {
             drain.publish(spool, metrics);
         }
@@ -618,8 +675,12 @@ impl<'a> SpoolDrain<'a> {
 
     /// The broker refused an alert: it was spooled, and delivery of the spool is retried.
     fn started(&mut self, error: &dyn std::fmt::Display, spool: &stormwatch_io::spool::AlertSpool) {
-        tracing::warn!(%error, dir = %spool.dir().display(), "alert delivery failed; spooling alerts to disk and retrying");
-        self.backoff = Backoff::spool(self.backoff.metrics);
+        if self.backoff.give_up.is_cancelled() {
+            tracing::warn!(dir = %spool.dir().display(), "alert not confirmed by the shutdown deadline; spooled for the next start");
+        } else {
+            tracing::warn!(%error, dir = %spool.dir().display(), "alert delivery failed; spooling alerts to disk and retrying");
+        }
+        self.backoff = Backoff::spool(self.backoff.metrics, self.backoff.give_up);
         self.backoff.mark_failing();
         self.next_try = tokio::time::Instant::now() + self.backoff.delay;
     }
@@ -641,7 +702,7 @@ impl<'a> SpoolDrain<'a> {
                 return;
             }
         };
-        match sink.emit(&front, metrics).await {
+        match until_given_up(self.backoff.give_up, sink.emit(&front, metrics)).await {
             Ok(()) => {
                 if let Err(error) = tokio::task::block_in_place(|| spool.pop()) {
                     tracing::error!(%error, "cannot remove a delivered batch from the spool; it may be sent twice");
@@ -649,7 +710,7 @@ impl<'a> SpoolDrain<'a> {
                 self.next_try = tokio::time::Instant::now();
                 if spool.is_empty() {
                     self.backoff.succeeded();
-                    self.backoff = Backoff::spool(self.backoff.metrics);
+                    self.backoff = Backoff::spool(self.backoff.metrics, self.backoff.give_up);
                 } else {
                     self.backoff.delay = Backoff::FIRST_DELAY;
                 }
@@ -673,19 +734,21 @@ struct Backoff<'a> {
     tried: u32,
     delay: Duration,
     metrics: &'a Metrics,
+    /// The shutdown deadline passed: no more tries, no more waiting.
+    give_up: &'a CancellationToken,
 }
 
 impl<'a> Backoff<'a> {
     const FIRST_DELAY: Duration = Duration::from_millis(200);
     const MOST_DELAY: Duration = Duration::from_secs(30);
 
-    fn new(what: &'static str, attempts: u32, metrics: &'a Metrics) -> Self {
-        Backoff { what, attempts, tried: 0, delay: Self::FIRST_DELAY, metrics }
+    fn new(what: &'static str, attempts: u32, metrics: &'a Metrics, give_up: &'a CancellationToken) -> Self {
+        Backoff { what, attempts, tried: 0, delay: Self::FIRST_DELAY, metrics, give_up }
     }
 
-    /// The spool's: retried without end.
-    fn spool(metrics: &'a Metrics) -> Self {
-        Backoff::new("spooled alert", u32::MAX, metrics)
+    /// The spool's: retried without end (until the shutdown deadline: it stays on disk).
+    fn spool(metrics: &'a Metrics, give_up: &'a CancellationToken) -> Self {
+        Backoff::new("spooled alert", u32::MAX, metrics, give_up)
     }
 
     /// The sink is failing (`/metrics`, `/healthz`, `/readyz`), since now unless already.
@@ -702,13 +765,18 @@ impl<'a> Backoff<'a> {
         Metrics::set(&self.metrics.alert_sink_failing_since_seconds, 0);
     }
 
-    /// After a failed try: waits and returns `true` to try again, or `false` when given up.
+    /// After a failed try: waits and returns `true` to try again, or `false` when given up
+    /// (out of attempts, or past the shutdown deadline).
     async fn failed(&mut self, error: &(dyn std::fmt::Display + Sync)) -> bool {
+        if self.give_up.is_cancelled() {
+            tracing::warn!(%error, "{} delivery given up at the shutdown deadline (server.shutdown_timeout)", self.what);
+            return false;
+        }
         match self.note_failure(error) {
-            Some(delay) => {
-                tokio::time::sleep(delay).await;
-                true
-            }
+            Some(delay) => tokio::select! {
+                _ = tokio::time::sleep(delay) => true,
+                _ = self.give_up.cancelled() => false,
+            },
             None => false,
         }
     }
@@ -737,7 +805,8 @@ impl<'a> Backoff<'a> {
 async fn deliver(sink: &mut AlertSink, topic: &str, key: &str, payload: &[u8], mut backoff: Backoff<'_>) -> bool {
     loop {
         let AlertSink::Kafka(kafka) = &*sink else { return true };
-        match kafka.send_to(topic, key, payload).await {
+        let sent = until_given_up(backoff.give_up, async { Ok(kafka.send_to(topic, key, payload).await?) }).await;
+        match sent {
             Ok(()) => {
                 backoff.succeeded();
                 return true;

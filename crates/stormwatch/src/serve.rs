@@ -451,20 +451,38 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         eprintln!("stormwatch: second signal: exiting without flushing");
         std::process::exit(130);
     });
+    // The shutdown is bounded (server.shutdown_timeout): a second before its deadline the sink
+    // stops waiting on the broker (what it holds goes to the spool, nothing unsettled is
+    // committed), and what has not closed by the deadline is left behind.
+    let timeout = config.server.shutdown_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let give_up_at = deadline - Duration::from_secs(1).min(timeout / 4);
     // Stop accepting; once the receivers (and the Kafka source) are gone the queue closes and
     // the engine drains it.
     receivers_stop.cancel();
-    while receivers.join_next().await.is_some() {}
+    let closed = tokio::time::timeout_at(give_up_at, async { while receivers.join_next().await.is_some() {} }).await;
+    if closed.is_err() {
+        tracing::warn!("connections still open at the shutdown deadline were dropped");
+        receivers.abort_all();
+        while receivers.join_next().await.is_some() {}
+    }
     for source in &sources {
         source.stop();
     }
-    let report = pipeline.finish().await?;
-    // The sink is done, so the source has received the last settled positions.
+    let report = pipeline.finish(Some(give_up_at)).await?;
+    // The sink is done, so the source has received the last settled positions: it commits them,
+    // unless the broker does not answer by the deadline (they are read again at the next start).
     for source in sources {
-        tokio::task::spawn_blocking(move || source.join()).await?;
+        let closed = tokio::task::spawn_blocking(move || source.join());
+        if tokio::time::timeout_at(deadline, closed).await.is_err() {
+            tracing::warn!(
+                "the Kafka input did not close by the shutdown deadline (server.shutdown_timeout); what it did not \
+                 commit is read again at the next start"
+            );
+        }
     }
     admin_stop.cancel();
-    let _ = admin.await;
+    let _ = tokio::time::timeout_at(deadline.max(tokio::time::Instant::now() + Duration::from_secs(1)), admin).await;
     tracing::info!(
         spans = report.spans_accepted,
         traces = report.stats.traces_checked,

@@ -540,6 +540,38 @@ mod tests {
         assert!(status(router(), &named("alice@corp.example")).await.contains("503"));
     }
 
+    /// At most `max_event_streams` (2 here) are open at once; a closed one frees its place.
+    #[tokio::test]
+    async fn event_streams_are_capped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = admin_router(api(Arc::new(Metrics::default()), None), true, CancellationToken::new());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let open = || async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.write_all(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+            let mut head = vec![0u8; 12];
+            stream.read_exact(&mut head).await.unwrap();
+            (String::from_utf8_lossy(&head).to_string(), stream)
+        };
+        let (first, first_stream) = open().await;
+        let (second, _second_stream) = open().await;
+        let (third, _) = open().await;
+        assert_eq!((first.as_str(), second.as_str(), third.as_str()), ("HTTP/1.1 200", "HTTP/1.1 200", "HTTP/1.1 503"));
+        drop(first_stream);
+        // The server notices the closed stream at its next write (a keep-alive or an event).
+        let mut again = String::new();
+        for _ in 0..100 {
+            again = open().await.0;
+            if again == "HTTP/1.1 200" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(again, "HTTP/1.1 200");
+    }
+
     #[tokio::test]
     async fn live_events_reach_every_stream_and_end_at_shutdown() {
         let live = live_events();

@@ -30,6 +30,78 @@ pub fn client_config() -> ClientConfig {
     config
 }
 
+/// librdkafka's own logs and errors, for every Kafka client of the process: a broker that is
+/// down makes each client log a failed connect every few hundred milliseconds, so each kind of
+/// line (a log facility, an error code) goes through at most once per [`QUIET_PERIOD`], saying
+/// how many like it were held back.
+pub const QUIET_PERIOD: Duration = Duration::from_secs(30);
+
+fn quiet_kinds() -> &'static std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<crate::Throttled>>> {
+    static KINDS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<crate::Throttled>>>,
+    > = std::sync::OnceLock::new();
+    KINDS.get_or_init(Default::default)
+}
+
+/// `Some(lines held back)` when a line of `kind` may be logged now.
+pub(crate) fn quiet(kind: &str) -> Option<u64> {
+    let throttled = {
+        let mut kinds = quiet_kinds().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A bounded set: librdkafka's facilities and error codes are few.
+        if kinds.len() > 256 && !kinds.contains_key(kind) {
+            kinds.clear();
+        }
+        kinds
+            .entry(kind.to_string())
+            .or_insert_with(|| std::sync::Arc::new(crate::Throttled::new(QUIET_PERIOD)))
+            .clone()
+    };
+    throttled.allow()
+}
+
+/// librdkafka's log line, through [`quiet`].
+pub(crate) fn quiet_log(level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as Level;
+    let Some(held_back) = quiet(&format!("log {facility} {}", level as i32)) else { return };
+    match level {
+        Level::Emerg | Level::Alert | Level::Critical | Level::Error => {
+            tracing::error!(target: "librdkafka", held_back, "{facility} {message}")
+        }
+        Level::Warning => tracing::warn!(target: "librdkafka", held_back, "{facility} {message}"),
+        Level::Notice | Level::Info => tracing::info!(target: "librdkafka", held_back, "{facility} {message}"),
+        Level::Debug => tracing::debug!(target: "librdkafka", held_back, "{facility} {message}"),
+    }
+}
+
+/// librdkafka's global error, through [`quiet`].
+pub(crate) fn quiet_error(error: &rdkafka::error::KafkaError, reason: &str) {
+    let kind = format!("error {:?}", error.rdkafka_error_code());
+    if let Some(held_back) = quiet(&kind) {
+        tracing::error!(target: "librdkafka", held_back, "{error}: {reason}");
+    }
+}
+
+/// The context of the engine's Kafka clients: librdkafka's logs and errors through [`quiet`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QuietContext;
+
+impl rdkafka::ClientContext for QuietContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        quiet_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        quiet_error(&error, reason);
+    }
+}
+
+/// Delivery reports are awaited where messages are sent, not here.
+impl rdkafka::producer::ProducerContext for QuietContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
+}
+
 /// Default alert topic.
 pub const DEFAULT_ALERT_TOPIC: &str = "stormwatch.alerts";
 
@@ -59,7 +131,7 @@ pub enum KafkaError {
 
 /// Producer of alerts.
 pub struct KafkaAlertSink {
-    producer: FutureProducer,
+    producer: FutureProducer<QuietContext>,
     brokers: String,
     topic: String,
     delivery_timeout: Duration,
@@ -95,7 +167,7 @@ impl KafkaAlertSink {
         Ok(KafkaAlertSink { producer, brokers: brokers.into(), topic: topic.into(), delivery_timeout })
     }
 
-    fn producer(brokers: &str, delivery_timeout: Duration) -> Result<FutureProducer, Box<KafkaError>> {
+    fn producer(brokers: &str, delivery_timeout: Duration) -> Result<FutureProducer<QuietContext>, Box<KafkaError>> {
         client_config()
             .set("bootstrap.servers", brokers)
             .set("acks", "all")
@@ -104,7 +176,7 @@ impl KafkaAlertSink {
             .set("client.id", "stormwatch")
             // Baseline snapshots shared with the group can be large.
             .set("message.max.bytes", baselines::MAX_SNAPSHOT_BYTES.to_string())
-            .create()
+            .create_with_context(QuietContext)
             .map_err(|source| Box::new(KafkaError::Client { brokers: brokers.into(), source }))
     }
 
@@ -148,7 +220,7 @@ impl KafkaAlertSink {
         }
     }
 
-    /// Waits for in-flight messages (shutdown).
+    /// Waits for in-flight messages (shutdown), at most `timeout`.
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(timeout);
     }
@@ -164,11 +236,10 @@ pub async fn ensure_topic(
     settings: &[(&str, &str)],
 ) -> Result<(), String> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
-    let admin: AdminClient<DefaultClientContext> = client_config()
+    let admin: AdminClient<QuietContext> = client_config()
         .set("bootstrap.servers", brokers)
-        .create()
+        .create_with_context(QuietContext)
         .map_err(|e| format!("cannot reach Kafka at {brokers}: {e}"))?;
     let metadata = admin
         .inner()

@@ -108,7 +108,15 @@ struct Context {
 /// The input partition whose owner merges the group's windows.
 const MERGER_PARTITION: i32 = 0;
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        super::quiet_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        super::quiet_error(&error, reason);
+    }
+}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -201,7 +209,7 @@ impl KafkaSource {
                     .set("bootstrap.servers", &config.brokers)
                     .set("client.id", "stormwatch-dead-letters")
                     .set("acks", "all")
-                    .create::<BaseProducer>()
+                    .create_with_context::<_, BaseProducer<super::QuietContext>>(super::QuietContext)
                     .map_err(|source| Box::new(KafkaError::Client { brokers: brokers.clone(), source }))?,
             ),
             None => None,
@@ -238,7 +246,7 @@ impl KafkaSource {
 fn run(
     config: SourceConfig,
     consumer: BaseConsumer<Context>,
-    dead_letters: Option<BaseProducer>,
+    dead_letters: Option<BaseProducer<super::QuietContext>>,
     queue: SpanQueue,
     commits: Receiver<Vec<SourcePosition>>,
     metrics: Arc<Metrics>,
@@ -270,7 +278,9 @@ fn run(
         let message = match result {
             Ok(message) => message,
             Err(error) => {
-                tracing::warn!(%error, topic = %config.topic, "Kafka input: consumer error; retrying");
+                if let Some(held_back) = super::quiet(&format!("consumer {:?}", error.rdkafka_error_code())) {
+                    tracing::warn!(%error, topic = %config.topic, held_back, "Kafka input: consumer error; retrying");
+                }
                 continue;
             }
         };
