@@ -276,10 +276,10 @@ fn counted(answers: &[(String, Duration)]) -> std::collections::BTreeMap<String,
     counts
 }
 
-/// Finding 2, over gRPC: one connection opens 100 streams of a declared 16 MB message, each
-/// holding a kilobyte: the server runs at most `max_concurrent_streams` (64) at once (its
+/// Finding 2, over gRPC: one connection opens up to 100 streams of a declared 16 MB message,
+/// each holding a kilobyte: the server runs at most `max_concurrent_streams` (64) at once (its
 /// SETTINGS; it refuses streams past them), and each ends with DEADLINE_EXCEEDED at the body
-/// timeout, the last 36 only after the first 64 did. Two more connections hold 1 MB in each of
+/// timeout, those past the 64th only after the first 64 did. Two more connections hold 1 MB in each of
 /// 60 streams: past the receive budget (32 MiB here) streams are refused at once (UNAVAILABLE).
 #[tokio::test(flavor = "multi_thread")]
 async fn half_sent_grpc_streams_are_bounded_and_ended() {
@@ -294,17 +294,26 @@ async fn half_sent_grpc_streams_are_bounded_and_ended() {
     let (during, _) = serve.memory_mib();
     let (many, large) = tokio::join!(answers(many, started), answers(large, started));
     let (_, peak) = serve.memory_mib();
-    let first_round = many.iter().filter(|(_, at)| *at < Duration::from_millis(7_500)).count();
-    let last = many.iter().map(|(_, at)| *at).max().unwrap_or_default();
+    let mut times: Vec<Duration> = many.iter().map(|(_, at)| *at).collect();
+    times.sort();
+    // The client may stop short of 100 when it waits for a slot for the 65th: 65 are enough.
+    assert!(times.len() >= 65, "{} streams sent", times.len());
     eprintln!(
-        "gRPC: 100 streams on one connection: {first_round} answered in the first 7.5 s, the last after {last:?}, \
-         {:?}; 120 streams holding 1 MB of 16 each: {:?}; RSS {before} -> {during} MiB (peak {peak})",
+        "gRPC: {} streams on one connection: the first answered after {:?}, the 64th after {:?}, the 65th after \
+         {:?}, the last after {:?}, {:?}; 120 streams holding 1 MB of 16 each: {:?}; RSS {before} -> {during} MiB \
+         (peak {peak})",
+        times.len(),
+        times[0],
+        times[63],
+        times[64],
+        times[times.len() - 1],
         counted(&many),
         counted(&large)
     );
-    assert!((1..=64).contains(&first_round), "{first_round} streams ran at once");
-    assert_eq!(counted(&many).get("4"), Some(&100), "{:?}", counted(&many));
-    assert!(last >= Duration::from_secs(10), "the queued streams waited for a slot: {last:?}");
+    assert_eq!(counted(&many).get("4"), Some(&times.len()), "{:?}", counted(&many));
+    // 64 ran at once: the 65th was opened only when they ended, and then waited its own body
+    // timeout (5 s) before its answer.
+    assert!(times[64] >= times[0] + Duration::from_secs(4), "{times:?}");
     let large = counted(&large);
     assert!(large.get("4").copied().unwrap_or(0) >= 1, "{large:?}");
     assert!(large.get("14").copied().unwrap_or(0) >= 60, "{large:?}");
@@ -317,28 +326,29 @@ fn closed_after(stream: TcpStream, within: Duration) -> Duration {
     answer(stream, within).1
 }
 
+/// 150 idle connections to `addr`, left a second to become the idlest.
+fn flood(addr: SocketAddr) -> Vec<TcpStream> {
+    let flood = (0..150).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(1_200));
+    flood
+}
+
 /// Finding 3: 150 idle connections on each listener, beyond their limit of 50. The engine keeps
-/// serving (health checks, exports over both transports) and snapshotting; the idle ones are
-/// closed on time, and an idle one, a half-sent head and a half-sent body are closed within
-/// their timeouts.
+/// serving (health checks, exports over both transports: a new client's connection makes room)
+/// and snapshotting; the idle ones are closed on time, and an idle one, a half-sent head and a
+/// half-sent body are closed within their timeouts.
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_floods_are_bounded_and_idle_connections_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let sections = "[assemble]\ntrace_idle = \"1s\"\n[server]\nmax_connections = 50\nheader_timeout = \"2s\"\n\
-        idle_timeout = \"3s\"\nbody_timeout = \"4s\"\n";
+    let sections = "[assemble]\ntrace_idle = \"1s\"\n[server]\nmax_connections = 50\nheader_timeout = \"6s\"\n\
+        idle_timeout = \"8s\"\nbody_timeout = \"8s\"\n";
     let serve = Serve::start_with(dir.path(), sections, &[]);
     tokio::task::block_in_place(|| {
-        let mut flood = Vec::new();
-        for addr in [serve.grpc, serve.http, serve.admin] {
-            for _ in 0..150 {
-                flood.push(TcpStream::connect(addr).unwrap());
-            }
-        }
-        // Idle for a second and more: a new client's connection makes room.
-        std::thread::sleep(Duration::from_millis(1_200));
-        assert!(http_get(serve.admin, "/healthz").is_some(), "the health check got through");
         let snapshots = serve.metric("stormwatch_snapshots_written_total ");
-        for transport in [Transport::Grpc, Transport::Http] {
+        let mut flooded = flood(serve.admin);
+        assert!(http_get(serve.admin, "/healthz").is_some(), "the health check got through");
+        for (transport, addr) in [(Transport::Grpc, serve.grpc), (Transport::Http, serve.http)] {
+            flooded.extend(flood(addr));
             let services = Services::new(&serve, transport, &["frontend", "catalog"]);
             services.product_request(1, 1);
             services.flush();
@@ -357,31 +367,43 @@ async fn connection_floods_are_bounded_and_idle_connections_closed() {
         }
         // Every flood connection is closed by the server within its timeout.
         let started = Instant::now();
-        for stream in flood {
-            closed_after(stream, Duration::from_secs(15));
+        for stream in flooded {
+            closed_after(stream, Duration::from_secs(20));
         }
         eprintln!("the flood of 450 connections was closed within {:?}", started.elapsed());
         assert!(serve.metric("stormwatch_connections_timed_out_total{listener=\"admin\"} ") >= 1);
 
-        let idle_http = closed_after(TcpStream::connect(serve.http).unwrap(), Duration::from_secs(15));
-        let idle_grpc = closed_after(TcpStream::connect(serve.grpc).unwrap(), Duration::from_secs(15));
-        let mut half_head = TcpStream::connect(serve.http).unwrap();
-        half_head.write_all(b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty").unwrap();
-        let half_head = closed_after(half_head, Duration::from_secs(15));
-        let mut half_body = TcpStream::connect(serve.http).unwrap();
-        half_body.write_all(HALF_SENT_HEAD.as_bytes()).unwrap();
-        half_body.write_all(&[0u8; 4096]).unwrap();
-        let half_body = closed_after(half_body, Duration::from_secs(15));
+        let probes = std::thread::scope(|scope| {
+            let idle_http =
+                scope.spawn(|| closed_after(TcpStream::connect(serve.http).unwrap(), Duration::from_secs(20)));
+            let idle_grpc =
+                scope.spawn(|| closed_after(TcpStream::connect(serve.grpc).unwrap(), Duration::from_secs(20)));
+            let half_head = scope.spawn(|| {
+                let mut stream = TcpStream::connect(serve.http).unwrap();
+                stream.write_all(b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty").unwrap();
+                closed_after(stream, Duration::from_secs(20))
+            });
+            let half_body = scope.spawn(|| {
+                let mut stream = TcpStream::connect(serve.http).unwrap();
+                stream.write_all(HALF_SENT_HEAD.as_bytes()).unwrap();
+                stream.write_all(&[0u8; 4096]).unwrap();
+                closed_after(stream, Duration::from_secs(20))
+            });
+            [idle_http, idle_grpc, half_head, half_body].map(|probe| probe.join().unwrap())
+        });
+        let [idle_http, idle_grpc, half_head, half_body] = probes;
         eprintln!(
             "closed after: idle HTTP {idle_http:?}, idle gRPC {idle_grpc:?}, half a head {half_head:?}, half a body \
              {half_body:?}"
         );
+        // header_timeout 6 s; idle_timeout 8 s (+1 s to say goodbye); a body of 4 KiB is below
+        // the minimum rate after 5 s (and its 0.25 s of credit).
         assert!(
-            idle_http < Duration::from_secs(5) && half_head < Duration::from_secs(5),
+            idle_http < Duration::from_secs(9) && half_head < Duration::from_secs(9),
             "{idle_http:?} {half_head:?}"
         );
-        assert!(idle_grpc < Duration::from_secs(8), "{idle_grpc:?}");
-        assert!(half_body < Duration::from_secs(8), "{half_body:?}");
+        assert!(idle_grpc < Duration::from_secs(12), "{idle_grpc:?}");
+        assert!(half_body < Duration::from_secs(9), "{half_body:?}");
     });
     serve.stop();
 }
