@@ -243,7 +243,8 @@ metrics! {
     requests_body_timeout_total: "counter",
     /// Requests refused for a Host header the listener does not serve, or a cross-origin Origin.
     requests_misdirected_total: "counter",
-    /// Bytes of request bodies being received and decoded now (bounded by server.max_receiving_bytes).
+    /// Bytes of request bodies being received and decoded now: exports (at most
+    /// server.max_receiving_bytes) and admin writes (at most server.max_import_bytes).
     receiving_bytes: "gauge",
     /// TLS handshakes that failed or timed out (no client certificate, wrong CA, plain HTTP).
     tls_handshake_failures_total: "counter",

@@ -7,6 +7,10 @@
 //!
 //! The engine also tells what happens as it happens: every alert and every judged window is a
 //! server-sent event on `GET /api/events`, which the web console at `/` listens to.
+//!
+//! Every route answers only the hosts it serves and pages of its own origin
+//! ([`crate::server::host`]); write bodies are read after the token is checked, within their
+//! size limit and the body timeouts ([`crate::server::body`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -287,7 +291,7 @@ pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn change_tuning(State(state): State<AdminState>, request: axum::extract::Request) -> axum::response::Response {
-    write(state, request, "/api/tuning", MAX_TUNING_CHANGE_BYTES, "a tuning change's limit").await
+    write(state, request, "/api/tuning", MAX_TUNING_CHANGE_BYTES, "tuning changes are at most 64 KiB").await
 }
 
 async fn import_snapshot(State(state): State<AdminState>, request: axum::extract::Request) -> axum::response::Response {

@@ -179,9 +179,11 @@ async fn export(State(ingest): State<Ingest>, request: axum::extract::Request) -
     let decoded = match decoded {
         Ok(Ok(decoded)) => decoded,
         Ok(Err(refusal)) => {
-            if !matches!(refusal, Refusal::Body(BodyError::Busy { .. })) {
-                Metrics::add(&ingest.metrics.requests_invalid_total, 1);
-            }
+            let counter = match refusal {
+                Refusal::Body(BodyError::Busy { .. }) => &ingest.metrics.requests_busy_total,
+                _ => &ingest.metrics.requests_invalid_total,
+            };
+            Metrics::add(counter, 1);
             return body_refused(encoding, refusal);
         }
         Err(join) => {
