@@ -546,6 +546,21 @@ until = "2027-01-31T00:00:00Z"
 reason = "nightly reindex"
 "#;
 
+    /// `set` with a threshold factor of 2 for an edge or an entry.
+    fn doubled_threshold(edge: Option<String>, entry: Option<String>, reason: &str) -> Change {
+        Change::Set {
+            edge,
+            entry,
+            kind: None,
+            threshold_factor: Some(2.0),
+            limit: None,
+            min_samples: None,
+            severity: None,
+            enabled: None,
+            reason: reason.into(),
+        }
+    }
+
     #[test]
     fn the_documented_example_parses() {
         let tuning = parse(EXAMPLE, Path::new("models/tuning.toml")).unwrap();
@@ -589,17 +604,7 @@ reason = "nightly reindex"
         let path = dir.path().join("models").join(TUNING_FILE);
         let edge = "reviews `GET /reviews` -> postgresql `SELECT 1`".to_string();
         let at = stormwatch_model::parse_rfc3339("2026-11-29T10:00:00Z").unwrap();
-        let set = Change::Set {
-            edge: Some(edge.clone()),
-            entry: None,
-            kind: None,
-            threshold_factor: Some(2.0),
-            limit: None,
-            min_samples: None,
-            severity: None,
-            enabled: None,
-            reason: "a long page".into(),
-        };
+        let set = doubled_threshold(Some(edge.clone()), None, "a long page");
         append(&path, &set, "alice", at).unwrap();
         append(&path, &Change::Freeze { edge: Some(edge.clone()), reason: String::new() }, "alice", at).unwrap();
         let shadow = Change::Mode { kind: "retry_storm".into(), mode: "shadow".into(), reason: "trial".into() };
@@ -651,17 +656,7 @@ reason = "nightly reindex"
         let payload = "a `b` -> c `d`\n[[override]]\nkind = \"retry_storm\"\nmode = \"off\"\n# ";
         let text = || Some(payload.to_string());
         let reason = || payload.to_string();
-        let set = |edge, entry| Change::Set {
-            edge,
-            entry,
-            kind: None,
-            threshold_factor: Some(2.0),
-            limit: None,
-            min_samples: None,
-            severity: None,
-            enabled: None,
-            reason: String::new(),
-        };
+        let set = |edge, entry| doubled_threshold(edge, entry, "");
         let allow = |entry, clients, user| Change::Allow {
             entry,
             clients,
