@@ -145,6 +145,11 @@ fn first_alert_then_an_outage(serve: &Serve, services: &Services, broker: &mut B
     services.flush();
 }
 
+/// Batches (files) in the alert spool `dir`.
+fn spooled_batches(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.filter(|e| e.is_ok()).count())
+}
+
 /// Both outage tests' alerts as they reached the topic, every one schema-valid. Alerts are
 /// keyed by fingerprint over 3 partitions: read until both kinds are in.
 async fn both_alerts_on(bootstrap: &str, topic: &str) {
@@ -212,7 +217,7 @@ async fn spooled_alerts_survive_a_kill_and_are_delivered_by_the_next_start() {
     let mut serve = Serve::start(dir.path(), &args);
     let services = Services::new(&serve, Transport::Grpc, &["frontend", "catalog"]);
     let spool = dir.path().join("models").join("alert-spool");
-    let spooled_files = || std::fs::read_dir(&spool).map_or(0, |d| d.filter(|e| e.is_ok()).count());
+    let spooled_files = || spooled_batches(&spool);
     tokio::task::block_in_place(|| {
         first_alert_then_an_outage(&serve, &services, &mut broker);
         // librdkafka tries for its 30 s message timeout; then the alert is spooled.
@@ -264,7 +269,7 @@ async fn shutdown_with_the_broker_down_is_bounded_and_spools_what_is_held() {
     let serve = Serve::start_with(dir.path(), &config, &["--kafka-input"]);
     let services = Services::new(&serve, Transport::Grpc, &["frontend", "catalog"]);
     let spool = dir.path().join("models").join("alert-spool");
-    let spooled = || std::fs::read_dir(&spool).map_or(0, |d| d.filter(|e| e.is_ok()).count());
+    let spooled = || spooled_batches(&spool);
     tokio::task::block_in_place(|| {
         first_alert_then_an_outage(&serve, &services, &mut broker);
         wait_until("the fan-out found", Duration::from_secs(30), || {

@@ -297,28 +297,23 @@ pub struct DimensionState {
 
 static CARDINALITY: Cardinality = Cardinality::new();
 
+/// One atomic per dimension, starting at `values`.
+const fn atomics(values: [usize; 7]) -> [AtomicUsize; 7] {
+    let mut atomics = [const { AtomicUsize::new(0) }; 7];
+    let mut i = 0;
+    while i < atomics.len() {
+        atomics[i] = AtomicUsize::new(values[i]);
+        i += 1;
+    }
+    atomics
+}
+
 impl Cardinality {
     #[allow(clippy::new_without_default)]
     pub const fn new() -> Cardinality {
         Cardinality {
-            limits: [
-                AtomicUsize::new(DEFAULT_LIMITS[0]),
-                AtomicUsize::new(DEFAULT_LIMITS[1]),
-                AtomicUsize::new(DEFAULT_LIMITS[2]),
-                AtomicUsize::new(DEFAULT_LIMITS[3]),
-                AtomicUsize::new(DEFAULT_LIMITS[4]),
-                AtomicUsize::new(DEFAULT_LIMITS[5]),
-                AtomicUsize::new(DEFAULT_LIMITS[6]),
-            ],
-            byte_limits: [
-                AtomicUsize::new(DEFAULT_BYTE_LIMITS[0]),
-                AtomicUsize::new(DEFAULT_BYTE_LIMITS[1]),
-                AtomicUsize::new(DEFAULT_BYTE_LIMITS[2]),
-                AtomicUsize::new(DEFAULT_BYTE_LIMITS[3]),
-                AtomicUsize::new(DEFAULT_BYTE_LIMITS[4]),
-                AtomicUsize::new(DEFAULT_BYTE_LIMITS[5]),
-                AtomicUsize::new(DEFAULT_BYTE_LIMITS[6]),
-            ],
+            limits: atomics(DEFAULT_LIMITS),
+            byte_limits: atomics(DEFAULT_BYTE_LIMITS),
             distinct: [const { AtomicUsize::new(0) }; 7],
             bytes: [const { AtomicUsize::new(0) }; 7],
             overflowed: [const { AtomicU64::new(0) }; 7],

@@ -349,61 +349,6 @@ pub(crate) enum Change {
 pub(crate) const MAX_FIELD_BYTES: usize = 4096;
 
 impl Change {
-    /// Each text field, by name.
-    fn fields(&self) -> Vec<(&'static str, &str)> {
-        let mut fields: Vec<(&'static str, Option<&str>)> = Vec::new();
-        match self {
-            Change::Set { edge, entry, kind, severity, reason, .. } => {
-                fields.extend([
-                    ("edge", edge.as_deref()),
-                    ("entry", entry.as_deref()),
-                    ("kind", kind.as_deref()),
-                    ("severity", severity.as_deref()),
-                    ("reason", Some(reason)),
-                ]);
-            }
-            Change::Freeze { edge, reason } | Change::Unfreeze { edge, reason } => {
-                fields.extend([("edge", edge.as_deref()), ("reason", Some(reason))]);
-            }
-            Change::Mode { kind, mode, reason } => {
-                fields.extend([
-                    ("kind", Some(kind.as_str())),
-                    ("mode", Some(mode.as_str())),
-                    ("reason", Some(reason.as_str())),
-                ]);
-            }
-            Change::Allow { entry, clients, user, until, reason } => {
-                fields.extend([
-                    ("entry", entry.as_deref()),
-                    ("clients", clients.as_deref()),
-                    ("user", user.as_deref()),
-                    ("until", Some(until)),
-                    ("reason", Some(reason)),
-                ]);
-            }
-        }
-        fields.into_iter().filter_map(|(name, value)| Some((name, value?))).collect()
-    }
-
-    /// Refuses a change whose text could not be one line of the file: a control character, a
-    /// character that reorders or hides text, or more than [`MAX_FIELD_BYTES`]. Names the field.
-    /// (Names from telemetry never hold such characters: ingest writes them as escapes.)
-    pub(crate) fn check(&self) -> Result<(), String> {
-        for (field, text) in self.fields() {
-            if text.len() > MAX_FIELD_BYTES {
-                return Err(format!("{field} is {} bytes long; at most {MAX_FIELD_BYTES}", text.len()));
-            }
-            if let Some((at, c)) = text.char_indices().find(|(_, c)| stormwatch_model::is_unsafe_char(*c)) {
-                return Err(format!(
-                    "{field} holds the control character {:?} at byte {at}: names and reasons are one line of text \
-                     (copy edges from `stormwatch baseline list` or an alert)",
-                    c
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// The entry the change appends: its array (`override` or `allow`), the table, and a
     /// summary for the comment that heads it.
     fn entry(&self) -> (&'static str, toml::Table, String) {
@@ -464,20 +409,39 @@ fn comment_text(text: &str, max: usize) -> String {
     stormwatch_model::clean_name(text, max).0.into_owned()
 }
 
+/// Refuses an entry whose text could not be one line of the file: a control character, a
+/// character that reorders or hides text, or more than [`MAX_FIELD_BYTES`]. Names the field.
+/// (Names from telemetry never hold such characters: ingest writes them as escapes.)
+fn check_entry(entry: &toml::Table) -> Result<(), String> {
+    for (field, value) in entry {
+        let Some(text) = value.as_str() else { continue };
+        if text.len() > MAX_FIELD_BYTES {
+            return Err(format!("{field} is {} bytes long; at most {MAX_FIELD_BYTES}", text.len()));
+        }
+        if let Some((at, c)) = text.char_indices().find(|(_, c)| stormwatch_model::is_unsafe_char(*c)) {
+            return Err(format!(
+                "{field} holds the control character {c:?} at byte {at}: names and reasons are one line of text \
+                 (copy edges from `stormwatch baseline list` or an alert)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Appends `change` to the tuning file at `path` (created when missing) if the result
 /// validates; the file is replaced atomically (mode 0600). Returns the new tuning.
 ///
-/// The change's text is checked first ([`Change::check`]), its comment header is escaped, and
-/// the new file is parsed again before it is written: it must hold exactly what the old one
+/// The text of the change's entry is checked first ([`check_entry`]), its comment header is
+/// escaped, and the new file is parsed again before it is written: it must hold exactly what the old one
 /// held plus the one entry the change asked for, or nothing is written.
 pub(crate) fn append(path: &Path, change: &Change, who: &str, now_unix_nano: u64) -> Result<Tuning, String> {
-    change.check()?;
+    let (array, entry, summary) = change.entry();
+    check_entry(&entry)?;
     let current = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
     };
-    let (array, entry, summary) = change.entry();
     let mut doc = toml::Table::new();
     doc.insert(array.to_string(), toml::Value::Array(vec![toml::Value::Table(entry.clone())]));
     let block = toml::to_string(&doc).expect("a tuning block always serialises");
