@@ -1,16 +1,18 @@
 //! Configuration: embedded defaults < TOML file (`--config`) < environment < flags.
-//! Every field is documented here, every default lives here, and [`Config::validate`] runs
-//! once at start with errors that name the field.
+//! Every field is documented here (`[server]` in [`server`]), every default lives beside its
+//! field, and [`Config::validate`] runs once at start with errors that name the field.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use stormwatch_assemble::AssemblerConfig;
 use stormwatch_detect::{DetectConfig, EngineConfig};
+
+mod server;
+
+pub(crate) use server::ServerConfig;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -99,141 +101,6 @@ impl LimitsConfig {
         for (dimension, limit, bytes) in self.each() {
             stormwatch_model::Cardinality::global().set_limit(dimension, limit);
             stormwatch_model::Cardinality::global().set_byte_limit(dimension, bytes);
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct ServerConfig {
-    /// OTLP/gRPC listen address.
-    pub(crate) otlp_grpc: String,
-    /// OTLP/HTTP listen address (`POST /v1/traces`).
-    pub(crate) otlp_http: String,
-    /// Admin HTTP listen address (`/healthz`, `/metrics`).
-    pub(crate) admin: String,
-    /// Largest accepted export request in bytes, after decompression.
-    pub(crate) max_message_bytes: usize,
-    /// Span batches waiting for the engine before receivers answer "retry later".
-    pub(crate) queue_capacity: usize,
-    /// Spans waiting for the engine before OTLP receivers answer "retry later" (a request
-    /// larger than this is still taken when the queue is empty).
-    pub(crate) queue_max_spans: usize,
-    /// `/metrics` shows per-edge series for this many edges with the most calls and as many
-    /// with the highest anomaly score (of the last judged window): at most twice this many
-    /// series per edge metric. 0 turns them off.
-    pub(crate) metrics_top_edges: usize,
-    /// The console links exemplar trace ids to the tracing UI with this, `{trace_id}` replaced
-    /// (e.g. `http://jaeger:16686/trace/{trace_id}`). Empty: ids are shown as text.
-    pub(crate) trace_url_template: String,
-    /// Bearer token for admin API writes (or env STORMWATCH_ADMIN_TOKEN). Empty: the token in
-    /// `<models>/admin.token`, generated at first start.
-    pub(crate) admin_token: String,
-    /// Bearer token OTLP exporters must send (or env STORMWATCH_INGEST_TOKEN). Empty: any
-    /// client that reaches the OTLP ports may export.
-    pub(crate) ingest_token: String,
-    /// Most connections open at once on each listener (OTLP gRPC, OTLP HTTP, admin). At the
-    /// limit a new connection closes the longest-idle one, or is closed when all are busy.
-    /// Lowered at start to fit the open-files limit, keeping descriptors in reserve.
-    pub(crate) max_connections: usize,
-    /// HTTP/1.1: the time a request's head may take, from the connection or from the previous
-    /// response (so also how long a keep-alive connection may sit idle).
-    #[serde(with = "humantime_serde")]
-    pub(crate) header_timeout: Duration,
-    /// A connection on which nothing moves this long is closed (gracefully where it can be).
-    #[serde(with = "humantime_serde")]
-    pub(crate) idle_timeout: Duration,
-    /// The time a request body may take, from its headers; a slower one is refused (408).
-    #[serde(with = "humantime_serde")]
-    pub(crate) body_timeout: Duration,
-    /// Bytes per second a request body must keep up after its first 5 s.
-    pub(crate) min_body_rate: u64,
-    /// HTTP/2 (OTLP gRPC): concurrent streams per connection.
-    pub(crate) max_concurrent_streams: u32,
-    /// Bytes of export bodies being received and decoded at once, over both OTLP receivers;
-    /// past it exports are refused as retryable (UNAVAILABLE / 503).
-    pub(crate) max_receiving_bytes: u64,
-    /// Largest snapshot `POST /api/snapshot` (`stormwatch baseline import --engine`) takes.
-    pub(crate) max_import_bytes: usize,
-    /// Most `/api/events` streams open at once.
-    pub(crate) max_event_streams: usize,
-    /// Host names the OTLP/HTTP port and the admin API answer besides IP addresses and
-    /// `localhost` (exact, or `.example.com` for a domain and its subdomains; "*": any).
-    pub(crate) allowed_hosts: Vec<String>,
-    /// The most a shutdown (SIGTERM, Ctrl-C) takes: what cannot be delivered by then is
-    /// spooled, and nothing unsettled is committed.
-    #[serde(with = "humantime_serde")]
-    pub(crate) shutdown_timeout: Duration,
-    /// TLS for the OTLP receivers and the admin API.
-    pub(crate) tls: TlsConfig,
-}
-
-/// TLS (rustls). Off unless `cert_file` and `key_file` are set.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(crate) struct TlsConfig {
-    /// The server's certificate chain (PEM, leaf first).
-    pub(crate) cert_file: PathBuf,
-    /// Its private key (PEM).
-    pub(crate) key_file: PathBuf,
-    /// When set, OTLP clients must present a certificate signed by a CA in this PEM file
-    /// (mutual TLS). The admin API does not ask for client certificates.
-    pub(crate) client_ca_file: PathBuf,
-    /// Whether the admin API is served over TLS too (with the same certificate).
-    pub(crate) admin: bool,
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        TlsConfig { cert_file: PathBuf::new(), key_file: PathBuf::new(), client_ca_file: PathBuf::new(), admin: true }
-    }
-}
-
-impl TlsConfig {
-    pub(crate) fn enabled(&self) -> bool {
-        !self.cert_file.as_os_str().is_empty()
-    }
-
-    /// The rustls configurations: (OTLP gRPC, OTLP HTTP, admin). Errors name the file.
-    pub(crate) fn server_configs(&self) -> anyhow::Result<Option<[Arc<rustls::ServerConfig>; 3]>> {
-        if !self.enabled() {
-            return Ok(None);
-        }
-        let client_ca = (!self.client_ca_file.as_os_str().is_empty()).then_some(self.client_ca_file.as_path());
-        let otlp = stormwatch_io::tls::TlsFiles { cert: &self.cert_file, key: &self.key_file, client_ca };
-        let admin = stormwatch_io::tls::TlsFiles { client_ca: None, ..otlp.clone() };
-        let config = |files, alpn: &[&[u8]]| {
-            stormwatch_io::tls::server_config(files, alpn).map_err(|e| anyhow::anyhow!("server.tls: {e}"))
-        };
-        Ok(Some([config(&otlp, &[b"h2"])?, config(&otlp, &[b"http/1.1"])?, config(&admin, &[b"http/1.1"])?]))
-    }
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            otlp_grpc: "127.0.0.1:4317".into(),
-            otlp_http: "127.0.0.1:4318".into(),
-            admin: "127.0.0.1:9464".into(),
-            max_message_bytes: stormwatch_io::otlp::DEFAULT_MAX_MESSAGE_BYTES,
-            queue_capacity: 1024,
-            queue_max_spans: 1_000_000,
-            metrics_top_edges: 20,
-            trace_url_template: String::new(),
-            admin_token: String::new(),
-            ingest_token: String::new(),
-            max_connections: 1024,
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            body_timeout: Duration::from_secs(30),
-            min_body_rate: 16 * 1024,
-            max_concurrent_streams: 64,
-            max_receiving_bytes: 64 * 1024 * 1024,
-            max_import_bytes: 256 * 1024 * 1024,
-            max_event_streams: 32,
-            allowed_hosts: Vec::new(),
-            shutdown_timeout: Duration::from_secs(30),
-            tls: TlsConfig::default(),
         }
     }
 }
@@ -425,11 +292,6 @@ impl Default for DetectSection {
     }
 }
 
-/// A validated listen address.
-fn address(field: &str, value: &str) -> anyhow::Result<SocketAddr> {
-    value.parse().with_context(|| format!("{field}: {value:?} is not a listen address like 127.0.0.1:4317"))
-}
-
 impl Config {
     /// Reads a TOML file; unknown fields and bad values are errors that name the field.
     pub(crate) fn from_file(path: &Path) -> anyhow::Result<Config> {
@@ -458,26 +320,15 @@ impl Config {
 
     /// Checks every field once; the error names the field and the accepted range.
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
-        address("server.otlp_grpc", &self.server.otlp_grpc)?;
-        address("server.otlp_http", &self.server.otlp_http)?;
-        address("server.admin", &self.server.admin)?;
+        self.server.validate()?;
         let positive = |field: &str, value: f64| -> anyhow::Result<()> {
             if !(value.is_finite() && value > 0.0) {
                 bail!("{field}: must be a positive number, got {value}");
             }
             Ok(())
         };
-        if self.server.max_message_bytes < 1024 {
-            bail!("server.max_message_bytes: must be at least 1024, got {}", self.server.max_message_bytes);
-        }
-        if self.server.queue_capacity == 0 {
-            bail!("server.queue_capacity: must be at least 1");
-        }
         if self.output.spool_max_bytes == 0 {
             bail!("output.spool_max_bytes: must be at least 1");
-        }
-        if self.server.queue_max_spans == 0 {
-            bail!("server.queue_max_spans: must be at least 1");
         }
         if self.assemble.trace_idle.is_zero() {
             bail!("assemble.trace_idle: must be longer than zero");
@@ -495,52 +346,8 @@ impl Config {
         if self.baseline.snapshot_interval.is_zero() {
             bail!("baseline.snapshot_interval: must be longer than zero");
         }
-        let tls = &self.server.tls;
-        let set = |p: &PathBuf| !p.as_os_str().is_empty();
-        if set(&tls.cert_file) != set(&tls.key_file) {
-            bail!("server.tls: set both cert_file and key_file (or neither, for no TLS)");
-        }
-        if set(&tls.client_ca_file) && !tls.enabled() {
-            bail!("server.tls.client_ca_file needs cert_file and key_file: client certificates are checked over TLS");
-        }
         if self.baseline.max_keys == 0 {
             bail!("baseline.max_keys: must be at least 1");
-        }
-        let server = &self.server;
-        for (field, value) in [
-            ("server.max_connections", server.max_connections as u64),
-            ("server.max_concurrent_streams", u64::from(server.max_concurrent_streams)),
-            ("server.max_event_streams", server.max_event_streams as u64),
-            ("server.min_body_rate", server.min_body_rate),
-        ] {
-            if value == 0 {
-                bail!("{field}: must be at least 1");
-            }
-        }
-        for (field, value) in [
-            ("server.header_timeout", server.header_timeout),
-            ("server.idle_timeout", server.idle_timeout),
-            ("server.body_timeout", server.body_timeout),
-            ("server.shutdown_timeout", server.shutdown_timeout),
-        ] {
-            if value < Duration::from_secs(1) {
-                bail!("{field}: must be at least 1s, got {}", humantime::format_duration(value));
-            }
-        }
-        if server.max_receiving_bytes < server.max_message_bytes as u64 {
-            bail!(
-                "server.max_receiving_bytes ({}) must be at least server.max_message_bytes ({}): one export of the \
-                 largest size must fit",
-                server.max_receiving_bytes,
-                server.max_message_bytes
-            );
-        }
-        if let Some(bad) = server
-            .allowed_hosts
-            .iter()
-            .find(|h| h.trim().is_empty() || h.chars().any(|c| c == '/' || c.is_whitespace() || c.is_control()))
-        {
-            bail!("server.allowed_hosts: {bad:?} is not a host name (e.g. \"stormwatch.internal\", \".corp.example\" or \"*\")");
         }
         for (dimension, limit, bytes) in self.limits.each() {
             if limit == 0 {
