@@ -37,6 +37,10 @@ pub struct BaselineRow {
     /// judged. A sign of poisoning, or of a lasting change that will be accepted within days.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learned_p999: Option<f64>,
+    /// Values this young baseline held back, not learned: beyond anything it learned, they
+    /// wait to recur in four different hours (absent when none are).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held: u64,
     /// Window calls per entry request: the last judged windows' values, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent: Vec<f64>,
@@ -44,6 +48,10 @@ pub struct BaselineRow {
     /// request only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl BaselineRow {
@@ -59,6 +67,7 @@ impl BaselineRow {
             samples: d.samples(),
             since_unix_nano: d.since_unix_nano(),
             learned_p999: d.tail_held().then(|| d.raw_quantile(0.999) as f64 / scale),
+            held: d.held(),
             recent: Vec::new(),
             score: None,
         }
@@ -215,8 +224,10 @@ mod tests {
             store.observe_fanout(svc, 1, 1_000 + i);
         }
         for i in 0..40 {
-            store.observe_window(WindowMetric::WorkPerEntry, db, 2_500 + i, 5_000 + i);
+            store.observe_window(WindowMetric::WorkPerEntry, db, 2_500 + i % 10, 5_000 + i);
         }
+        // Beyond anything the young window baseline learned: held back.
+        store.observe_window(WindowMetric::WorkPerEntry, db, 9_000, 5_100);
         store
     }
 
@@ -228,7 +239,7 @@ mod tests {
         assert_eq!(window.edge.as_deref(), Some("reviews `GET /x` -> postgresql `SELECT ?`"));
         assert_eq!(window.to_kind.as_deref(), Some("database"));
         assert!((2.5..=2.6).contains(&window.median), "thousandths are shown as calls: {window:?}");
-        assert_eq!(window.samples, 40);
+        assert_eq!((window.samples, window.held), (40, 1));
         let fanout = rows.iter().find(|r| r.table == "calls_per_parent" && r.to_kind.as_deref() == Some("database"));
         let fanout = fanout.unwrap();
         assert_eq!((fanout.median, fanout.p99, fanout.samples, fanout.since_unix_nano), (3.0, 5.0, 200, 1_000));

@@ -12,7 +12,10 @@ mod snapshot;
 mod store;
 mod subspace;
 
-pub use distribution::{Distribution, TailCeiling, LATEST_UNIX_NANO, TAIL_GROWTH_PER_DAY, TAIL_STABLE_SAMPLES};
+pub use distribution::{
+    Distribution, TailCeiling, HOLD_FROM_SAMPLES, LATEST_UNIX_NANO, RELEASE_HOURS, TAIL_GROWTH_PER_DAY,
+    TAIL_STABLE_SAMPLES,
+};
 pub use seasonal::DailyProfile;
 pub use snapshot::{
     decode_snapshot, encode_snapshot, load_snapshot, write_snapshot, write_snapshot_document, SnapshotError,

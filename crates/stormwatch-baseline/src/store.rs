@@ -81,15 +81,16 @@ pub const EVICT_IDLE_NANOS: u64 = 3_600 * 1_000_000_000;
 /// flood of new keys costs one scan a minute, not one per key.
 const SWEEP_EVERY_NANOS: u64 = 60 * 1_000_000_000;
 
-/// The key bound of every table, what may be evicted to keep within it, and when each table
+/// The key bound of every table, what may be evicted to keep within it, when each table
 /// with distributions (fanout, request_edges, request_totals, windows, window_classes, in
-/// that order) was last swept.
-#[derive(Clone, Copy, Debug)]
+/// that order) was last swept, and what the bound refused and evicted.
+#[derive(Clone, Debug)]
 struct Room {
     max_keys: usize,
     /// Baselines with fewer samples are young (the learning minimum); 0: never evict.
     young_below: u64,
     last_sweeps_unix_nano: [u64; 5],
+    stats: StoreStats,
 }
 
 /// All baselines. Keys beyond `max_keys` (per table) are not created; the observations are
@@ -119,7 +120,6 @@ pub struct BaselineStore {
     /// Edges whose baselines are frozen, as `Edge` displays them (tuning).
     pub frozen_edges: HashSet<String>,
     room: Room,
-    stats: StoreStats,
 }
 
 impl BaselineStore {
@@ -135,8 +135,7 @@ impl BaselineStore {
             watermark_unix_nano: 0,
             freeze_all: false,
             frozen_edges: HashSet::new(),
-            room: Room { max_keys, young_below: 0, last_sweeps_unix_nano: [0; 5] },
-            stats: StoreStats::default(),
+            room: Room { max_keys, young_below: 0, last_sweeps_unix_nano: [0; 5], stats: StoreStats::default() },
         }
     }
 
@@ -147,7 +146,7 @@ impl BaselineStore {
     }
 
     pub fn stats(&self) -> &StoreStats {
-        &self.stats
+        &self.room.stats
     }
 
     pub fn max_keys(&self) -> usize {
@@ -183,30 +182,30 @@ impl BaselineStore {
         if self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.fanout, edge, calls, at, &mut self.room, 0, &mut self.stats);
+        observe(&mut self.fanout, edge, calls, at, &mut self.room, 0, Distribution::observe);
     }
 
     pub fn observe_request_edge(&mut self, class: RootClass, edge: Edge, calls: u64, at: u64) {
         if self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.request_edges, (class, edge), calls, at, &mut self.room, 1, &mut self.stats);
+        observe(&mut self.request_edges, (class, edge), calls, at, &mut self.room, 1, Distribution::observe);
     }
 
     pub fn observe_request_total(&mut self, class: RootClass, metric: RequestMetric, value: u64, at: u64) {
         if self.freeze_all {
             return;
         }
-        observe(&mut self.request_totals, (class, metric), value, at, &mut self.room, 2, &mut self.stats);
+        observe(&mut self.request_totals, (class, metric), value, at, &mut self.room, 2, Distribution::observe);
     }
 
     pub fn observe_window(&mut self, metric: WindowMetric, edge: Edge, thousandths: u64, at: u64) {
         if self.is_frozen(&edge) {
             return;
         }
-        let evicted = self.stats.evicted_young;
-        observe(&mut self.windows, (metric, edge), thousandths, at, &mut self.room, 3, &mut self.stats);
-        if self.stats.evicted_young > evicted {
+        let evicted = self.room.stats.evicted_young;
+        observe(&mut self.windows, (metric, edge), thousandths, at, &mut self.room, 3, Distribution::observe_guarded);
+        if self.room.stats.evicted_young > evicted {
             // The hour-of-day profiles go with their window baselines.
             let windows = &self.windows;
             self.seasonal.retain(|key, _| windows.contains_key(key));
@@ -226,7 +225,7 @@ impl BaselineStore {
         } else if self.seasonal.len() < self.room.max_keys {
             self.seasonal.entry((metric, edge)).or_default().observe(thousandths as f64, at);
         } else {
-            self.stats.capped_observations += 1;
+            self.room.stats.capped_observations += 1;
         }
     }
 
@@ -234,7 +233,7 @@ impl BaselineStore {
         if self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.window_classes, (class, edge), per_thousand, at, &mut self.room, 4, &mut self.stats);
+        observe(&mut self.window_classes, (class, edge), per_thousand, at, &mut self.room, 4, Distribution::observe);
     }
 }
 
@@ -245,19 +244,19 @@ fn observe<K: std::hash::Hash + Eq>(
     at: u64,
     room: &mut Room,
     table_index: usize,
-    stats: &mut StoreStats,
+    learn: fn(&mut Distribution, u64, u64),
 ) {
     if let Some(distribution) = table.get_mut(&key) {
-        distribution.observe(value, at);
+        learn(distribution, value, at);
         return;
     }
     if table.len() >= room.max_keys {
-        sweep(table, at, room.young_below, &mut room.last_sweeps_unix_nano[table_index], stats);
+        sweep(table, at, room.young_below, &mut room.last_sweeps_unix_nano[table_index], &mut room.stats);
     }
     if table.len() < room.max_keys {
-        table.entry(key).or_default().observe(value, at);
+        learn(table.entry(key).or_default(), value, at);
     } else {
-        stats.capped_observations += 1;
+        room.stats.capped_observations += 1;
     }
 }
 

@@ -22,7 +22,10 @@
 //! noise does not fire. Aggregate amplification also needs breadth and significance: calls of
 //! traces a per-trace detector reported are not its evidence, the excess must stand without
 //! the three heaviest traces, and it must exceed the compound-Poisson noise of the window. Windows with too few entry requests are neither judged nor learned;
-//! metrics judged anomalous are not learned. Pure: values in, values out.
+//! metrics judged anomalous are not learned (whether they alerted, were throttled, or were
+//! dropped as the consequence of another edge), and a young window baseline holds back what
+//! it has never seen the like of ([`stormwatch_baseline::Distribution::observe_guarded`]), so
+//! a surge cannot teach itself. Pure: values in, values out.
 
 use std::collections::{BTreeMap, HashMap};
 

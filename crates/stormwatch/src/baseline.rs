@@ -689,11 +689,16 @@ fn print_rows(rows: &[BaselineRow], total: usize, json: bool) -> anyhow::Result<
                 Some(learned) => format!("{}^{}", trim(row.p999), trim(learned)),
                 None => trim(row.p999),
             },
-            row.samples,
+            if row.held > 0 { format!("{}+{}", row.samples, row.held) } else { row.samples.to_string() },
             since
         );
     }
     println!("{} of {total} baselines", rows.len());
+    if rows.iter().any(|row| row.held > 0) {
+        println!(
+            "n+h: n values learned, h held back (beyond anything this young baseline learned; learned once they recur in 4 different hours)"
+        );
+    }
     if rows.iter().any(|row| row.learned_p999.is_some()) {
         println!(
             "a^b: the learned p99.9 (b) is rising faster than the baseline may follow; judged against a (at most 2x a day)"

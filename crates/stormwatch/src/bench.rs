@@ -897,7 +897,7 @@ async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans: usize) -> 
     let alerts_file = setup.dir.join("latency-alerts.jsonl");
     let alerts = alerts_file.display().to_string();
     let args_for = |l: &Listeners| serve_args(&setup.dir, "latency", &config, l, &["--alerts-file", &alerts]);
-    let (mut target, listeners) = spawn_listening("engine", &setup.dir, args_for, |l| vec![l.grpc]).await?;
+    let (mut target, listeners) = spawn_listening("engine", &setup.dir, args_for, |l| vec![l.grpc, l.admin]).await?;
     let grpc = listeners.grpc;
     // Start when the traffic's event time begins.
     let start_at = UNIX_EPOCH + Duration::from_secs(scenario.start_unix_seconds);
@@ -915,8 +915,20 @@ async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans: usize) -> 
         Err(error) => return Err(target.failure(&format!("{error:#}"))),
     };
     let sending = started.elapsed().as_secs_f64();
-    // The last traces complete after assemble.trace_idle (5 s) of quiet; then their alerts.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Wait on the engine, not the clock (a busy machine may leave it behind the stream): every
+    // span processed, then every trace completed (after assemble.trace_idle, 5 s, of quiet)
+    // and a second for their alerts to be written.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let admin = listeners.admin;
+    while metric(admin, "stormwatch_spans_processed_total").await.unwrap_or(0.0) < spans_sent(&batches) as f64
+        || metric(admin, "stormwatch_in_flight_traces").await.unwrap_or(1.0) > 0.0
+    {
+        if Instant::now() >= deadline {
+            return Err(target.failure("the engine did not process and complete every trace within 10 minutes"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     stop.cancel();
     let seen = watcher.await?;
     target.stop();
@@ -936,7 +948,7 @@ async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans: usize) -> 
         .collect();
     latencies.sort_by(f64::total_cmp);
     let quantile = |q: f64| latencies.get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
-    let spans: u64 = batches.iter().map(|b| b.spans).sum();
+    let spans = spans_sent(&batches);
     println!(
         "alert latency at 70% of the engine's gRPC throughput ({} spans/s offered, {} achieved, {} retried exports): \
          {} of {} attacked requests alerted (those sent before the last 6 s of the stream)",
@@ -957,6 +969,10 @@ async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans: usize) -> 
         _ => bail!("no alert arrived for the attacked requests; see the engine log in {}", setup.dir.display()),
     }
     Ok(())
+}
+
+fn spans_sent(batches: &[Batch]) -> u64 {
+    batches.iter().map(|b| b.spans).sum()
 }
 
 /// Tails the alerts file until `stop`: (exemplar trace id, when its alert was seen) for every

@@ -20,21 +20,39 @@ use crate::runtime::{open_sink, restore, EngineOptions, Pipeline};
 use crate::sharing::SharingOptions;
 use crate::ServeArgs;
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from the first moment of `serve`: a signal that
+/// arrives while the engine is still starting (restoring baselines, joining a group) asks it to
+/// stop like any other, instead of killing it with nothing flushed.
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn listen() -> anyhow::Result<ShutdownSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+            let terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+            Ok(ShutdownSignals { interrupt, terminate })
         }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignals {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// The next SIGINT or SIGTERM (one that came before this call included).
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Descriptors kept beyond the listeners' connections: snapshots, the alert spool, the tuning
@@ -155,6 +173,7 @@ fn log_restored(
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut signals = ShutdownSignals::listen()?;
     let mut config = Config::load(&args.common)?;
     if let Some(addr) = &args.otlp_grpc {
         config.server.otlp_grpc = addr.clone();
@@ -435,7 +454,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let mut failure = None;
     tokio::select! {
-        _ = shutdown_signal() => tracing::info!("shutting down: flushing traces, alerts and the baseline snapshot"),
+        _ = signals.recv() => tracing::info!("shutting down: flushing traces, alerts and the baseline snapshot"),
         Some(result) = receivers.join_next() => {
             failure = Some(match result {
                 Ok(Ok(())) => anyhow::anyhow!("a receiver stopped unexpectedly"),
@@ -446,8 +465,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     // A second Ctrl-C (or SIGTERM) skips the flush, e.g. when the alert broker is down and
     // delivery is still being retried.
-    tokio::spawn(async {
-        shutdown_signal().await;
+    tokio::spawn(async move {
+        signals.recv().await;
         eprintln!("stormwatch: second signal: exiting without flushing");
         std::process::exit(130);
     });
