@@ -164,11 +164,18 @@ fn bad_config_names_the_field() {
         std::process::Command::new(crate::support::binary()).args(["serve", "--config"]).arg(&config).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("detect.ratio"));
+    std::fs::write(&config, "[attribution]\ntrusted_proxies = [\"10.0.0.0/8\", \"lb.internal\"]\n").unwrap();
+    let output =
+        std::process::Command::new(crate::support::binary()).args(["serve", "--config"]).arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("attribution.trusted_proxies") && stderr.contains("\"lb.internal\""), "{stderr}");
     let output =
         std::process::Command::new(crate::support::binary()).args(["serve", "--print-config"]).output().unwrap();
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("otlp_grpc = \"127.0.0.1:4317\"") && text.contains("trace_idle = \"5s\""), "{text}");
+    assert!(text.contains("[attribution]") && text.contains("\"192.168.0.0/16\""), "{text}");
 }
 
 /// The README's first command: `stormwatch serve` with no arguments listens on the default

@@ -87,9 +87,16 @@ impl Tuning {
                 continue;
             }
             let by_entry = allowance.entry.is_some() && allowance.entry == entry;
+            // A client population may carry where its addresses came from: `clients
+            // 198.51.0.0/16 (x-forwarded-for)` is the population `198.51.0.0/16`.
             let leads = |prefix: &str, name: &Option<String>| {
                 name.as_ref().is_some_and(|name| {
-                    finding.contributors.iter().any(|c| c.name == format!("{prefix} {name}") && c.share >= 0.5)
+                    let exact = format!("{prefix} {name}");
+                    let sourced = format!("{exact} (");
+                    finding
+                        .contributors
+                        .iter()
+                        .any(|c| (c.name == exact || c.name.starts_with(&sourced)) && c.share >= 0.5)
                 })
             };
             // A population or user counts when it made at least half the excess.
@@ -168,7 +175,7 @@ mod tests {
             score: observed / 15.0,
             severity: Severity::Warning,
             exemplars: Vec::new(),
-            contributors: vec![Contributor { name: "clients 10.1.0.0/16".into(), share: 0.8 }],
+            contributors: vec![Contributor { name: "clients 10.1.0.0/16 (x-forwarded-for)".into(), share: 0.8 }],
             start_unix_nano: 0,
             end_unix_nano: 0,
             baseline_samples: 300,

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
 
@@ -55,6 +55,9 @@ fn attribute(key: &str, value: impl Into<String>) -> KeyValue {
         ..Default::default()
     }
 }
+
+/// The reverse proxy of a scenario `behind_proxy`.
+const PROXY_ADDRESS: &str = "10.0.0.2";
 
 fn int_attribute(key: &str, value: i64) -> KeyValue {
     KeyValue {
@@ -324,8 +327,23 @@ impl<'s> Generator<'s> {
         if let Some(query) = query.filter(|q| !q.is_empty()) {
             attributes.push(attribute("url.query", query));
         }
-        if parent.is_none() {
+        if parent.is_none() && self.scenario.behind_proxy {
+            attributes.push(attribute("network.peer.address", PROXY_ADDRESS));
+            attributes.push(KeyValue {
+                key: "http.request.header.x-forwarded-for".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::ArrayValue(ArrayValue {
+                        values: vec![AnyValue {
+                            value: Some(any_value::Value::StringValue(build.client_address.clone())),
+                        }],
+                    })),
+                }),
+                ..Default::default()
+            });
+        } else if parent.is_none() {
             attributes.push(attribute("client.address", build.client_address.as_str()));
+        }
+        if parent.is_none() {
             if let Some(user) = &build.user {
                 attributes.push(attribute("enduser.id", user.as_str()));
             }

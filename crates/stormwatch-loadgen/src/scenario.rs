@@ -29,6 +29,11 @@ pub struct Scenario {
     /// Distinct client addresses of ordinary traffic.
     #[serde(default = "default_clients")]
     pub clients: u32,
+    /// The entry services sit behind a reverse proxy (10.0.0.2): an entry span's network peer
+    /// is the proxy, and the client's address is in the captured `X-Forwarded-For` header
+    /// (`http.request.header.x-forwarded-for`) instead of `client.address`.
+    #[serde(default)]
+    pub behind_proxy: bool,
     /// Event time of the first request, Unix seconds.
     #[serde(default = "default_start")]
     pub start_unix_seconds: u64,

@@ -245,3 +245,30 @@ fn scoring_counts_detections_misses_and_false_alerts() {
     let report = eval::score(&labels, &scenario.eval, &alerts[..1], 10, 100);
     assert!(report.passed(), "{}", report.render());
 }
+
+/// Behind a proxy, an entry span's peer is the proxy and the client is only in the captured
+/// `X-Forwarded-For` header (an array, as SDKs record captured headers); inner spans carry
+/// neither.
+#[test]
+fn behind_a_proxy_the_client_is_in_the_forwarding_header() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let mut scenario = tiny();
+    scenario.behind_proxy = true;
+    let trace = Generator::new(&scenario).next().unwrap();
+    let spans: Vec<_> =
+        trace.request.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).collect();
+    let attribute = |span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
+        span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.clone()).and_then(|v| v.value)
+    };
+    let root = spans.iter().find(|s| s.parent_span_id.is_empty()).unwrap();
+    assert_eq!(attribute(root, "network.peer.address"), Some(Value::StringValue("10.0.0.2".into())));
+    assert!(attribute(root, "client.address").is_none());
+    let Some(Value::ArrayValue(forwarded)) = attribute(root, "http.request.header.x-forwarded-for") else {
+        panic!("no captured header on {root:?}")
+    };
+    let Some(Value::StringValue(client)) = forwarded.values[0].value.clone() else { panic!("{forwarded:?}") };
+    assert!(client.starts_with("10."), "{client}");
+    for inner in spans.iter().filter(|s| !s.parent_span_id.is_empty()) {
+        assert!(attribute(inner, "http.request.header.x-forwarded-for").is_none());
+    }
+}

@@ -10,6 +10,7 @@ use stormwatch_model::{
     client_population, Dimension, NodeKind, Remote, Span, SpanId, SpanKind, Sym, TraceId, OVERFLOW,
 };
 
+use crate::client::{ClientEvidence, ClientSource, TrustedProxies};
 use crate::normalize::normalize_statement;
 
 /// Entries per decoding thread in each cache below; a full cache is cleared, so an attacker
@@ -94,16 +95,32 @@ pub(crate) struct AttrView<'s> {
     messaging_system: Option<&'s str>,
     messaging_destination: Option<&'s str>,
     messaging_destination_old: Option<&'s str>,
-    client_address: Option<&'s str>,
-    client_address_old: Option<&'s str>,
+    /// The client: forwarding headers, `client.address`, `http.client_ip`, the peer.
+    client: ClientEvidence<'s>,
+    /// `network.peer.address` (current) and its older names.
+    peer: Option<&'s str>,
+    peer_old: Option<&'s str>,
     user: Option<&'s str>,
     resend_count: Option<i64>,
     bytes: Option<i64>,
 }
 
 impl<'s> AttrView<'s> {
-    /// Records one string attribute if the engine uses it.
+    /// Records one string attribute if the engine uses it (for a captured request header, one
+    /// line of it: an array's strings are recorded one by one).
     pub(crate) fn set(&mut self, key: &str, value: &'s str) {
+        let header = match key {
+            "http.request.header.forwarded" => Some(&mut self.client.forwarded),
+            "http.request.header.x-forwarded-for" | "http.request.header.x_forwarded_for" => {
+                Some(&mut self.client.x_forwarded_for)
+            }
+            "http.request.header.x-real-ip" | "http.request.header.x_real_ip" => Some(&mut self.client.x_real_ip),
+            _ => None,
+        };
+        if let Some(lines) = header {
+            lines.push(value);
+            return;
+        }
         let slot = match key {
             "http.request.method" => &mut self.http_method,
             "http.method" => &mut self.http_method_old,
@@ -128,8 +145,10 @@ impl<'s> AttrView<'s> {
             "messaging.system" => &mut self.messaging_system,
             "messaging.destination.name" => &mut self.messaging_destination,
             "messaging.destination" => &mut self.messaging_destination_old,
-            "client.address" => &mut self.client_address,
-            "net.peer.ip" | "net.sock.peer.addr" | "network.peer.address" => &mut self.client_address_old,
+            "client.address" => &mut self.client.client_address,
+            "http.client_ip" => &mut self.client.http_client_ip,
+            "network.peer.address" => &mut self.peer,
+            "net.sock.peer.addr" | "net.peer.ip" => &mut self.peer_old,
             "enduser.id" | "user.id" => &mut self.user,
             _ => return,
         };
@@ -147,6 +166,21 @@ impl<'s> AttrView<'s> {
             }
             _ => {}
         }
+    }
+
+    /// Whether `key` is a captured request header the engine reads (decoders pass each string
+    /// of an array value of such a key to [`AttrView::set`]).
+    pub(crate) fn reads_array(key: &str) -> bool {
+        key.starts_with("http.request.header.")
+    }
+
+    /// Who sent the request (entry spans): see [`crate::client`].
+    fn client(&self) -> Option<(std::net::IpAddr, ClientSource)> {
+        let mut evidence = self.client;
+        // The peer vouches for forwarding headers; SDKs that record no peer attribute put the
+        // socket's address in `client.address`.
+        evidence.peer = self.peer.or(self.peer_old).or(evidence.client_address);
+        evidence.resolve(&TrustedProxies::global())
     }
 
     fn method(&self) -> Option<&'s str> {
@@ -352,13 +386,13 @@ fn build_span(
         None
     };
     let remote = if kind.is_outgoing() { attrs.remote(raw.name) } else { None };
-    // Clients are kept as their population (/16, /64): what window detectors attribute to, and
-    // far fewer names than addresses.
+    // Clients are kept as their population (/16, /64), with where the address came from: what
+    // window detectors attribute to, and far fewer names than addresses.
     let client_address = if entry_like {
-        attrs
-            .client_address
-            .or(attrs.client_address_old)
-            .map(|address| Sym::bounded(Dimension::Client, &client_population(address)))
+        attrs.client().map(|(address, source)| {
+            let population = client_population(&address.to_string());
+            Sym::bounded(Dimension::Client, &format!("{population} ({})", source.as_str()))
+        })
     } else {
         None
     };

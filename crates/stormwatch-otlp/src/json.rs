@@ -74,6 +74,14 @@ struct AnyValue<'a> {
     string_value: Option<Cow<'a, str>>,
     #[serde(default, rename = "intValue", alias = "int_value")]
     int_value: Option<I64Value>,
+    #[serde(borrow, default, rename = "arrayValue", alias = "array_value")]
+    array_value: Option<ArrayValue<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ArrayValue<'a> {
+    #[serde(borrow, default)]
+    values: Vec<AnyValue<'a>>,
 }
 
 /// A signed 64-bit integer written as a JSON string (the mapping's rule) or number.
@@ -214,6 +222,12 @@ pub fn decode_json(bytes: &[u8]) -> Result<Decoded> {
                         attrs.set(&kv.key, value);
                     } else if let Some(value) = kv.value.as_ref().and_then(|v| v.int_value.as_ref()) {
                         attrs.set_int(&kv.key, value.0);
+                    } else if let Some(array) = kv.value.as_ref().and_then(|v| v.array_value.as_ref()) {
+                        if AttrView::reads_array(&kv.key) {
+                            for value in array.values.iter().filter_map(|v| v.string_value.as_deref()) {
+                                attrs.set(&kv.key, value);
+                            }
+                        }
                     }
                 }
                 let raw = RawSpan {
@@ -298,5 +312,55 @@ mod tests {
         let shaped =
             spans.iter().filter(|s| s.query_shape.is_some_and(|q| q.as_str() == "expand&page&page_size")).count();
         assert!(shaped > 0, "some /products requests carry expand=reviews");
+    }
+
+    /// The Python SDK behind a reverse proxy, capturing X-Forwarded-For (recorded by
+    /// `scripts/record_proxy_fixture.py`): every request to the edge service names its real
+    /// client, never the proxy, and a forged leftmost entry is not believed.
+    #[test]
+    fn python_sdk_behind_a_proxy_names_the_real_clients() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/python-sdk-behind-proxy.otlp.jsonl.gz");
+        let file = std::fs::File::open(path).expect("fixture missing");
+        let reader = BufReader::new(flate2::read::GzDecoder::new(file));
+        let mut clients = std::collections::BTreeMap::new();
+        for line in reader.lines() {
+            let decoded = decode_json(line.unwrap().as_bytes()).unwrap();
+            assert_eq!(decoded.rejected_spans, 0);
+            for span in decoded.spans.iter().filter(|s| s.parent_span_id.is_none() && s.service.as_str() == "gateway") {
+                let client = span.client_address.map_or("none", |c| c.as_str());
+                *clients.entry((client.to_string(), span.query_shape.map(|q| q.as_str().to_string()))).or_insert(0) +=
+                    1;
+            }
+        }
+        let count = |client: &str, shape: &str| clients.get(&(client.to_string(), Some(shape.to_string()))).copied();
+        // 120 ordinary requests, 25 of the rare class, 5 with a forged leftmost entry.
+        assert_eq!(count("203.0.0.0/16 (x-forwarded-for)", "page"), Some(125), "{clients:?}");
+        assert_eq!(count("198.51.0.0/16 (x-forwarded-for)", "expand&page_size"), Some(25), "{clients:?}");
+        assert_eq!(clients.len(), 2, "the proxy or a forged address was named: {clients:?}");
+    }
+
+    #[test]
+    fn captured_headers_as_arrays_or_strings_in_either_spelling() {
+        let request = |attributes: &str| {
+            format!(
+                r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"0102030405060708090a0b0c0d0e0f10",
+                "spanId":"0102030405060708","name":"GET /","kind":2,"attributes":[{attributes}]}}]}}]}}]}}"#
+            )
+        };
+        let client = |attributes: &str| {
+            let text = request(attributes);
+            let decoded = decode_json(text.as_bytes()).unwrap_or_else(|e| panic!("{e}: {text}"));
+            decoded.spans[0].client_address.map(|c| c.as_str().to_string())
+        };
+        let peer = r#"{"key":"network.peer.address","value":{"stringValue":"10.0.0.9"}}"#;
+        let spec = r#"{"key":"http.request.header.x-forwarded-for","value":{"arrayValue":{"values":[{"stringValue":"198.51.100.4"},{"stringValue":"10.0.0.8"}]}}}"#;
+        assert_eq!(client(&format!("{peer},{spec}")).as_deref(), Some("198.51.0.0/16 (x-forwarded-for)"));
+        let plain = r#"{"key":"http.request.header.x_real_ip","value":{"stringValue":"203.0.113.9"}}"#;
+        assert_eq!(client(&format!("{peer},{plain}")).as_deref(), Some("203.0.0.0/16 (x-real-ip)"));
+        let forwarded = r#"{"key":"http.request.header.forwarded","value":{"arrayValue":{"values":[{"stringValue":"for=\"[2001:db8::7]:443\""}]}}}"#;
+        assert_eq!(client(&format!("{peer},{forwarded}")).as_deref(), Some("2001:db8:0:0::/64 (forwarded)"));
+        // From a peer that is no proxy, the header is a claim: the peer is the client.
+        let stranger = r#"{"key":"network.peer.address","value":{"stringValue":"198.51.100.77"}}"#;
+        assert_eq!(client(&format!("{stranger},{spec}")).as_deref(), Some("198.51.0.0/16 (network peer)"));
     }
 }

@@ -4,6 +4,7 @@
 //! model, and statement normalisation. It is pure: bytes in, spans out. It must never do I/O
 //! or block; callers run it on worker threads, off the async runtime.
 
+pub mod client;
 mod conventions;
 mod json;
 mod normalize;
@@ -12,6 +13,7 @@ mod wire;
 
 use stormwatch_model::Span;
 
+pub use client::TrustedProxies;
 pub use conventions::query_shape;
 pub use json::decode_json;
 pub use normalize::normalize_statement;

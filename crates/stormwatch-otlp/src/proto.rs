@@ -33,6 +33,13 @@ pub fn from_request(request: &ExportTraceServiceRequest) -> Decoded {
                     match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
                         Some(any_value::Value::StringValue(value)) => attrs.set(&kv.key, value),
                         Some(any_value::Value::IntValue(value)) => attrs.set_int(&kv.key, *value),
+                        Some(any_value::Value::ArrayValue(array)) if AttrView::reads_array(&kv.key) => {
+                            for value in &array.values {
+                                if let Some(any_value::Value::StringValue(value)) = &value.value {
+                                    attrs.set(&kv.key, value);
+                                }
+                            }
+                        }
                         _ => {}
                     }
                 }

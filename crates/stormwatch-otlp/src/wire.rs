@@ -92,7 +92,24 @@ fn utf8<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str> {
 enum Attribute<'a> {
     String(&'a str),
     Int(i64),
+    /// An `ArrayValue`, undecoded.
+    Array(&'a [u8]),
     Other,
+}
+
+/// The strings of an `ArrayValue` (other members are skipped), each passed to `each`.
+fn array_strings<'a>(array: &'a [u8], mut each: impl FnMut(&'a str)) -> Result<()> {
+    let mut values = Fields::new(array, "ArrayValue");
+    while let Some((number, field)) = values.next()? {
+        let (1, Value::Bytes(any)) = (number, field) else { continue };
+        let mut any = Fields::new(any, "AnyValue");
+        while let Some((number, field)) = any.next()? {
+            if let (1, Value::Bytes(s)) = (number, field) {
+                each(utf8(s, "AnyValue.string_value")?);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// (key, value) of a `KeyValue`.
@@ -110,6 +127,7 @@ fn key_value(bytes: &[u8]) -> Result<(&str, Attribute<'_>)> {
                     match (number, field) {
                         (1, Value::Bytes(s)) => value = Attribute::String(utf8(s, "AnyValue.string_value")?),
                         (3, Value::Varint(v)) => value = Attribute::Int(v as i64),
+                        (5, Value::Bytes(array)) => value = Attribute::Array(array),
                         // Another member of the oneof.
                         (2..=8, _) => value = Attribute::Other,
                         _ => {}
@@ -157,7 +175,10 @@ fn decode_span(bytes: &[u8], service: Sym, decoded: &mut Decoded) -> Result<()> 
             (9, Value::Bytes(b)) => match key_value(b)? {
                 (key, Attribute::String(value)) => attrs.set(key, value),
                 (key, Attribute::Int(value)) => attrs.set_int(key, value),
-                (_, Attribute::Other) => {}
+                (key, Attribute::Array(array)) if AttrView::reads_array(key) => {
+                    array_strings(array, |value| attrs.set(key, value))?;
+                }
+                (_, Attribute::Array(_) | Attribute::Other) => {}
             },
             (15, Value::Bytes(b)) => {
                 let mut status = Fields::new(b, "Status");
@@ -328,6 +349,43 @@ mod tests {
             if !bytes.is_empty() {
                 let _ = decode_protobuf(&bytes[..cut.index(bytes.len())]);
             }
+        }
+    }
+
+    /// A captured header's array value (the Python SDK's shape) reaches the client.
+    #[test]
+    fn captured_header_arrays_are_read() {
+        let text = |value: &str| AnyValue { value: Some(any_value::Value::StringValue(value.into())) };
+        let attribute =
+            |key: &str, value: AnyValue| KeyValue { key: key.into(), value: Some(value), ..Default::default() };
+        let forwarded_for = AnyValue {
+            value: Some(any_value::Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
+                values: vec![text("198.51.100.23, 127.0.0.1")],
+            })),
+        };
+        let span = Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            kind: 2,
+            name: "GET /products".into(),
+            attributes: vec![
+                attribute("net.peer.ip", text("127.0.0.1")),
+                attribute("http.request.header.x_forwarded_for", forwarded_for),
+            ],
+            ..Default::default()
+        };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        let bytes = request.encode_to_vec();
+        let wire = decode_protobuf(&bytes).unwrap();
+        let typed = crate::from_request(&request);
+        for decoded in [wire, typed] {
+            let client = decoded.spans[0].client_address.map(|c| c.as_str().to_string());
+            assert_eq!(client.as_deref(), Some("198.51.0.0/16 (x-forwarded-for)"));
         }
     }
 

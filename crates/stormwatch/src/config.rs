@@ -24,6 +24,41 @@ pub(crate) struct Config {
     pub(crate) baseline: BaselineConfig,
     pub(crate) detect: DetectSection,
     pub(crate) limits: LimitsConfig,
+    pub(crate) attribution: AttributionConfig,
+}
+
+/// Who sent a request: the real client behind the proxies (see [`stormwatch_otlp::client`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AttributionConfig {
+    /// Address ranges (`10.0.0.0/8`, `fd00::/8`, or one address) of the proxies and load
+    /// balancers in front of the services: the forwarding headers an entry span captured
+    /// (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`) are believed only when its network peer
+    /// is one of them, and the client is the rightmost address in them that is not. Default:
+    /// loopback, the private ranges, carrier-grade NAT and IPv6 unique local addresses. Empty:
+    /// never believe a forwarding header.
+    pub(crate) trusted_proxies: Vec<String>,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        AttributionConfig {
+            trusted_proxies: stormwatch_otlp::client::DEFAULT_TRUSTED_PROXIES.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+}
+
+impl AttributionConfig {
+    fn trusted(&self) -> anyhow::Result<stormwatch_otlp::TrustedProxies> {
+        stormwatch_otlp::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|error| anyhow::anyhow!("attribution.trusted_proxies: {error}"))
+    }
+
+    /// Sets the process-wide trusted proxies the decoders read clients with.
+    pub(crate) fn apply(&self) -> anyhow::Result<()> {
+        self.trusted()?.set_global();
+        Ok(())
+    }
 }
 
 /// Most distinct names kept per dimension, and most bytes they may take. New names past a
@@ -321,6 +356,7 @@ impl Config {
     /// Checks every field once; the error names the field and the accepted range.
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
         self.server.validate()?;
+        self.attribution.trusted()?;
         let positive = |field: &str, value: f64| -> anyhow::Result<()> {
             if !(value.is_finite() && value > 0.0) {
                 bail!("{field}: must be a positive number, got {value}");

@@ -24,6 +24,7 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
     config.assemble.trace_max_wait = config.assemble.trace_max_wait.max(scenario.eval.trace_idle);
     config.validate().context("the scenario's [eval] settings")?;
     config.limits.apply();
+    config.attribution.apply()?;
     let mut engine = Engine::new(config.engine(), BaselineStore::new(config.baseline.max_keys), wall_clock_nanos);
     if let Some(path) = &args.tuning {
         let tuning = crate::tuning::load(path)

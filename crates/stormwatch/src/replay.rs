@@ -28,6 +28,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.common)?;
     config.validate()?;
     config.limits.apply();
+    config.attribution.apply()?;
     stormwatch_io::kafka::set_client_settings(config.kafka.client.clone().into_iter().collect());
     // Open every file first: a typo in the last name fails before minutes of work.
     let readers = args.files.iter().map(|path| files::open(path)).collect::<Result<Vec<_>, _>>()?;

@@ -198,6 +198,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.validate()?;
     config.limits.apply();
+    config.attribution.apply()?;
     if let Ok(token) = std::env::var("STORMWATCH_ADMIN_TOKEN") {
         config.server.admin_token = token;
     }
