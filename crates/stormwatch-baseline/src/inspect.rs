@@ -8,14 +8,17 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use stormwatch_model::{Edge, RootClass};
 
-use crate::{BaselineStore, Distribution};
+use crate::{BaselineStore, ClassScope, Distribution};
 
 /// One learned baseline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BaselineRow {
     /// What is measured: `calls_per_parent` (per edge), `calls_per_request` (per entry and
-    /// edge), `per_request:<metric>` (per entry), `window:<metric>` (per edge, per window),
-    /// `window_share` (an entry's calls on an edge per entry request, per window).
+    /// edge), `per_request:<metric>` (per entry), `route_per_request:<metric>`,
+    /// `service_per_request:<metric>` and `system_per_request:<metric>` (every request to a
+    /// route, to a service, of the system: what a young entry is judged against),
+    /// `window:<metric>` (per edge, per window), `window_share` (an entry's calls on an edge per
+    /// entry request, per window).
     pub table: String,
     /// `caller service `operation` -> callee service `operation``, when per edge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,6 +102,16 @@ pub fn rows(store: &BaselineStore) -> Vec<BaselineRow> {
     }
     for ((class, metric), d) in &store.request_totals {
         rows.push(BaselineRow::new(format!("per_request:{}", metric.as_str()), None, Some(class), d, 1.0));
+    }
+    for ((scope, metric), d) in &store.class_scopes {
+        let mut row =
+            BaselineRow::new(format!("{}_per_request:{}", scope.level(), metric.as_str()), None, None, d, 1.0);
+        row.entry = match scope {
+            ClassScope::Route { service, operation } => Some(format!("{service} `{operation}`")),
+            ClassScope::Service(service) => Some(service.to_string()),
+            ClassScope::System => None,
+        };
+        rows.push(row);
     }
     for ((metric, edge), d) in &store.windows {
         rows.push(BaselineRow::new(format!("window:{}", metric.as_str()), Some(edge), None, d, 1000.0));

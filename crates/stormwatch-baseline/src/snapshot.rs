@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use stormwatch_model::{clean_name, Dimension, Edge, Node, NodeKind, RootClass, Sym};
 
-use crate::{BaselineStore, DailyProfile, Distribution, RequestMetric, SubspaceModel, WindowMetric, LATEST_UNIX_NANO};
+use crate::{
+    BaselineStore, ClassScope, DailyProfile, Distribution, RequestMetric, SubspaceModel, WindowMetric, LATEST_UNIX_NANO,
+};
 
 pub const SNAPSHOT_FILE: &str = "baselines.json";
 pub const SNAPSHOT_FORMAT: &str = "stormwatch.baselines";
@@ -78,6 +80,19 @@ struct RequestTotalDoc {
     per_request: Distribution,
 }
 
+/// A request total above root classes: `level` is `route` (service and operation), `service`
+/// (service) or `system` (neither).
+#[derive(Serialize, Deserialize)]
+struct ClassScopeDoc {
+    level: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    operation: Option<String>,
+    metric: String,
+    per_request: Distribution,
+}
+
 #[derive(Serialize, Deserialize)]
 struct WindowDoc {
     metric: String,
@@ -120,7 +135,10 @@ struct SnapshotDoc {
     fanout: Vec<FanoutDoc>,
     request_edges: Vec<RequestEdgeDoc>,
     request_totals: Vec<RequestTotalDoc>,
-    /// Added after version 1 first shipped; absent in older files, which still load.
+    /// Added after version 1 first shipped; absent in older files, which still load (and
+    /// learn these again as traffic comes).
+    #[serde(default)]
+    class_scopes: Vec<ClassScopeDoc>,
     #[serde(default)]
     windows: Vec<WindowDoc>,
     #[serde(default)]
@@ -253,6 +271,8 @@ pub fn encode_snapshot(store: &BaselineStore) -> Vec<u8> {
     request_edges.sort_by(|a, b| a.0.cmp(b.0));
     let mut request_totals: Vec<_> = store.request_totals.iter().collect();
     request_totals.sort_by(|a, b| a.0.cmp(b.0));
+    let mut class_scopes: Vec<_> = store.class_scopes.iter().collect();
+    class_scopes.sort_by(|a, b| a.0.cmp(b.0));
     let mut windows: Vec<_> = store.windows.iter().collect();
     windows.sort_by(|a, b| a.0.cmp(b.0));
     let mut window_classes: Vec<_> = store.window_classes.iter().collect();
@@ -281,6 +301,25 @@ pub fn encode_snapshot(store: &BaselineStore) -> Vec<u8> {
                 entry: class_doc(class),
                 metric: metric.as_str().into(),
                 per_request: d.clone(),
+            })
+            .collect(),
+        class_scopes: class_scopes
+            .into_iter()
+            .map(|((scope, metric), d)| {
+                let (service, operation) = match scope {
+                    ClassScope::Route { service, operation } => {
+                        (Some(service.to_string()), Some(operation.to_string()))
+                    }
+                    ClassScope::Service(service) => (Some(service.to_string()), None),
+                    ClassScope::System => (None, None),
+                };
+                ClassScopeDoc {
+                    level: scope.level().into(),
+                    service,
+                    operation,
+                    metric: metric.as_str().into(),
+                    per_request: d.clone(),
+                }
             })
             .collect(),
         windows: windows
@@ -354,6 +393,7 @@ pub fn decode_snapshot(bytes: &[u8], max_keys: usize, origin: &Path) -> Result<B
         ("fanout", doc.fanout.len()),
         ("request_edges", doc.request_edges.len()),
         ("request_totals", doc.request_totals.len()),
+        ("class_scopes", doc.class_scopes.len()),
         ("windows", doc.windows.len()),
         ("window_classes", doc.window_classes.len()),
         ("seasonal", doc.seasonal.len()),
@@ -375,6 +415,26 @@ pub fn decode_snapshot(bytes: &[u8], max_keys: usize, origin: &Path) -> Result<B
             RequestMetric::parse(&entry.metric).ok_or_else(|| corrupt(format!("unknown metric {:?}", entry.metric)))?;
         let distribution = checked(entry.per_request, "request_totals", i).map_err(corrupt)?;
         store.request_totals.insert((class_of(&entry.entry), metric), distribution);
+    }
+    for (i, entry) in doc.class_scopes.into_iter().enumerate() {
+        let metric =
+            RequestMetric::parse(&entry.metric).ok_or_else(|| corrupt(format!("unknown metric {:?}", entry.metric)))?;
+        let scope = match (entry.level.as_str(), &entry.service, &entry.operation) {
+            ("route", Some(service), Some(operation)) => ClassScope::Route {
+                service: name(service, Dimension::Service),
+                operation: name(operation, Dimension::Operation),
+            },
+            ("service", Some(service), None) => ClassScope::Service(name(service, Dimension::Service)),
+            ("system", None, None) => ClassScope::System,
+            (level, _, _) => {
+                return Err(corrupt(format!(
+                    "class_scopes[{i}]: level {level:?} with that service and operation (route: both; service: a \
+                     service; system: neither)"
+                )))
+            }
+        };
+        let distribution = checked(entry.per_request, "class_scopes", i).map_err(corrupt)?;
+        store.class_scopes.insert((scope, metric), distribution);
     }
     for (i, entry) in doc.windows.into_iter().enumerate() {
         let metric = WindowMetric::parse(&entry.metric)
@@ -462,6 +522,8 @@ mod tests {
         assert_eq!(restored.fanout, store.fanout);
         assert_eq!(restored.request_edges, store.request_edges);
         assert_eq!(restored.request_totals, store.request_totals);
+        assert_eq!(restored.class_scopes, store.class_scopes);
+        assert_eq!(restored.class_scopes.len(), 3, "route, service and system");
         assert_eq!(restored.windows, store.windows);
         assert_eq!(restored.window_classes, store.window_classes);
         assert_eq!(restored.seasonal, store.seasonal);
@@ -527,8 +589,10 @@ mod tests {
         };
         assert!(refused(&|_| {}).is_none());
         type Change<'a> = &'a dyn Fn(&mut serde_json::Value);
-        let cases: [(Change<'_>, &str); 6] = [
+        let cases: [(Change<'_>, &str); 8] = [
             (&|d| d["fanout"][0]["calls_per_parent"]["ewma_variance"] = (-4.0).into(), "fanout[0]: ewma_variance"),
+            (&|d| d["class_scopes"][2]["level"] = "galaxy".into(), "class_scopes[2]: level \"galaxy\""),
+            (&|d| d["class_scopes"][0]["per_request"]["weight"] = 7.into(), "class_scopes[0]: weight"),
             (&|d| d["watermark_unix_nano"] = u64::MAX.into(), "after the year 2200"),
             (&|d| d["windows"][0]["thousandths"]["since_unix_nano"] = u64::MAX.into(), "windows[0]: since_unix_nano"),
             (&|d| d["request_edges"][0]["calls_per_request"]["weight"] = 7.into(), "sum of its buckets"),

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use stormwatch_model::{Edge, RootClass};
+use stormwatch_model::{Edge, RootClass, Sym};
 
 use crate::{DailyProfile, Distribution, SubspaceModel};
 
@@ -33,6 +33,46 @@ impl RequestMetric {
 
     pub fn parse(text: &str) -> Option<RequestMetric> {
         RequestMetric::ALL.into_iter().find(|metric| metric.as_str() == text)
+    }
+}
+
+/// What a young root class is judged against until it has its own history, nearest first:
+/// its entry route (every query shape), its entry service (every route), the whole system.
+/// Each learns every request of the classes under it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClassScope {
+    Route { service: Sym, operation: Sym },
+    Service(Sym),
+    System,
+}
+
+impl ClassScope {
+    /// The scopes above `class`, nearest first.
+    pub fn above(class: &RootClass) -> [ClassScope; 3] {
+        [
+            ClassScope::Route { service: class.service, operation: class.operation },
+            ClassScope::Service(class.service),
+            ClassScope::System,
+        ]
+    }
+
+    /// `route`, `service` or `system` (snapshots, `baseline list`).
+    pub fn level(&self) -> &'static str {
+        match self {
+            ClassScope::Route { .. } => "route",
+            ClassScope::Service(_) => "service",
+            ClassScope::System => "system",
+        }
+    }
+}
+
+impl std::fmt::Display for ClassScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClassScope::Route { service, operation } => write!(f, "every request to {service} `{operation}`"),
+            ClassScope::Service(service) => write!(f, "every request to {service}"),
+            ClassScope::System => f.write_str("every request of the system"),
+        }
     }
 }
 
@@ -82,14 +122,14 @@ pub const EVICT_IDLE_NANOS: u64 = 3_600 * 1_000_000_000;
 const SWEEP_EVERY_NANOS: u64 = 60 * 1_000_000_000;
 
 /// The key bound of every table, what may be evicted to keep within it, when each table
-/// with distributions (fanout, request_edges, request_totals, windows, window_classes, in
-/// that order) was last swept, and what the bound refused and evicted.
+/// with distributions (fanout, request_edges, request_totals, windows, window_classes,
+/// class_scopes, in that order) was last swept, and what the bound refused and evicted.
 #[derive(Clone, Debug)]
 struct Room {
     max_keys: usize,
     /// Baselines with fewer samples are young (the learning minimum); 0: never evict.
     young_below: u64,
-    last_sweeps_unix_nano: [u64; 5],
+    last_sweeps_unix_nano: [u64; 6],
     stats: StoreStats,
 }
 
@@ -103,6 +143,9 @@ pub struct BaselineStore {
     pub request_edges: HashMap<(RootClass, Edge), Distribution>,
     /// Spans, DB calls and services per root request, per root class.
     pub request_totals: HashMap<(RootClass, RequestMetric), Distribution>,
+    /// The same per entry route, entry service and for the whole system: what a young root
+    /// class is judged against.
+    pub class_scopes: HashMap<(ClassScope, RequestMetric), Distribution>,
     /// Window level, per edge: work per entry request, retry ratio, cache miss ratio
     /// (thousandths).
     pub windows: HashMap<(WindowMetric, Edge), Distribution>,
@@ -128,6 +171,7 @@ impl BaselineStore {
             fanout: HashMap::new(),
             request_edges: HashMap::new(),
             request_totals: HashMap::new(),
+            class_scopes: HashMap::new(),
             windows: HashMap::new(),
             window_classes: HashMap::new(),
             seasonal: HashMap::new(),
@@ -135,7 +179,7 @@ impl BaselineStore {
             watermark_unix_nano: 0,
             freeze_all: false,
             frozen_edges: HashSet::new(),
-            room: Room { max_keys, young_below: 0, last_sweeps_unix_nano: [0; 5], stats: StoreStats::default() },
+            room: Room { max_keys, young_below: 0, last_sweeps_unix_nano: [0; 6], stats: StoreStats::default() },
         }
     }
 
@@ -192,11 +236,24 @@ impl BaselineStore {
         observe(&mut self.request_edges, (class, edge), calls, at, &mut self.room, 1, Distribution::observe);
     }
 
+    /// Learns a request total of `class`, and of the scopes above it.
     pub fn observe_request_total(&mut self, class: RootClass, metric: RequestMetric, value: u64, at: u64) {
         if self.freeze_all {
             return;
         }
         observe(&mut self.request_totals, (class, metric), value, at, &mut self.room, 2, Distribution::observe);
+        for scope in ClassScope::above(&class) {
+            observe(&mut self.class_scopes, (scope, metric), value, at, &mut self.room, 5, Distribution::observe);
+        }
+    }
+
+    /// Holds back a request total of a young `class` (see [`Distribution::hold`]): beyond
+    /// what it was judged against, it is learned nowhere until it recurs over hours.
+    pub fn hold_request_total(&mut self, class: RootClass, metric: RequestMetric, value: u64, at: u64) {
+        if self.freeze_all {
+            return;
+        }
+        observe(&mut self.request_totals, (class, metric), value, at, &mut self.room, 2, Distribution::hold);
     }
 
     pub fn observe_window(&mut self, metric: WindowMetric, edge: Edge, thousandths: u64, at: u64) {

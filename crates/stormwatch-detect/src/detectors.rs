@@ -23,7 +23,7 @@
 
 use std::collections::HashSet;
 
-use stormwatch_baseline::{BaselineStore, Distribution, RequestMetric};
+use stormwatch_baseline::{BaselineStore, ClassScope, Distribution, RequestMetric};
 use stormwatch_model::{AlertKind, Contributor, Edge, Node, RootClass, Severity, TraceId};
 
 use crate::features::TraceFeatures;
@@ -81,6 +81,8 @@ pub struct Finding {
     pub end_unix_nano: u64,
     pub baseline_samples: u64,
     pub baseline_since_unix_nano: u64,
+    /// Judged against a scope above a young key: which (the baseline numbers are its).
+    pub baseline_from: Option<String>,
     pub explanation: String,
 }
 
@@ -89,21 +91,74 @@ pub(crate) struct Judgement {
     pub(crate) threshold: f64,
     pub(crate) samples: u64,
     pub(crate) since: u64,
+    /// Judged against an ancestor's baseline, this key being young: what it was and how many
+    /// samples the key has of its own.
+    pub(crate) borrowed: Option<(ClassScope, u64)>,
 }
+
+/// A young root class (under `learning_min_samples`) judged against a scope above it alerts
+/// only beyond this multiple of that scope's threshold: a class that is merely rarer or a bit
+/// heavier than its route stays quiet, a storm does not.
+pub const BORROWED_FACTOR: f64 = 2.0;
 
 pub(crate) fn judge(distribution: Option<&Distribution>, observed: u64, config: &DetectConfig) -> Option<Judgement> {
     let distribution = distribution?;
     if distribution.samples() < config.learning_min_samples {
         return None;
     }
-    let high = distribution.quantile(config.quantile) as f64;
-    let threshold = (high * config.ratio).max(high + config.min_excess).max(tail_threshold(distribution, high, config));
+    let threshold = threshold_of(distribution, config);
     (observed as f64 > threshold).then(|| Judgement {
         expected: distribution.quantile(0.5) as f64,
         threshold,
         samples: distribution.samples(),
         since: distribution.since_unix_nano(),
+        borrowed: None,
     })
+}
+
+/// `max(q * ratio, q + min_excess, tail)` of a baseline (see the module's documentation).
+fn threshold_of(distribution: &Distribution, config: &DetectConfig) -> f64 {
+    let high = distribution.quantile(config.quantile) as f64;
+    (high * config.ratio).max(high + config.min_excess).max(tail_threshold(distribution, high, config))
+}
+
+/// A request total of `class` judged against its own baseline, or, while that is young,
+/// against the nearest scope above it that has enough history (its threshold times
+/// [`BORROWED_FACTOR`]) unless the class has already learned as much itself. `None` when nothing judges it or it is within bounds; the second
+/// value says whether a judge was borrowed (what was judged against).
+fn judge_total(
+    store: &BaselineStore,
+    class: RootClass,
+    metric: RequestMetric,
+    observed: u64,
+    config: &DetectConfig,
+) -> (Option<Judgement>, bool) {
+    let own = store.request_totals.get(&(class, metric));
+    let own_samples = own.map_or(0, Distribution::samples);
+    if own_samples >= config.learning_min_samples {
+        return (judge(own, observed, config), false);
+    }
+    // Within what the class itself learned (its ordinary requests, and what it held back and
+    // learned once it recurred over hours): its own level, not a storm.
+    if own.is_some_and(|own| own_samples > 0 && observed <= own.max()) {
+        return (None, true);
+    }
+    for scope in ClassScope::above(&class) {
+        let Some(ancestor) = store.class_scopes.get(&(scope, metric)) else { continue };
+        if ancestor.samples() < config.learning_min_samples {
+            continue;
+        }
+        let threshold = threshold_of(ancestor, config) * BORROWED_FACTOR;
+        let judged = (observed as f64 > threshold).then(|| Judgement {
+            expected: ancestor.quantile(0.5) as f64,
+            threshold,
+            samples: ancestor.samples(),
+            since: ancestor.since_unix_nano(),
+            borrowed: Some((scope, own_samples)),
+        });
+        return (judged, true);
+    }
+    (None, false)
 }
 
 /// The value the baseline's own tail reaches with probability `false_alarm_rate`: the tail
@@ -152,10 +207,18 @@ struct Pending {
 
 impl Pending {
     fn finish(self, features: &TraceFeatures, config: &DetectConfig) -> Finding {
-        let Judgement { expected, threshold, samples, since } = self.judgement;
+        let Judgement { expected, threshold, samples, since, borrowed } = self.judgement;
         let observed = self.observed as f64;
         let entry = features.root_class;
-        let limits = format!("normally {}, alert above {}", number(expected), number(threshold));
+        let limits = match borrowed {
+            None => format!("normally {}, alert above {}", number(expected), number(threshold)),
+            Some((scope, own)) => format!(
+                "judged against {scope}, as this entry has only {own} requests of history: normally {}, alert above \
+                 {} ({BORROWED_FACTOR}x its threshold)",
+                number(expected),
+                number(threshold)
+            ),
+        };
         let explanation = match (self.kind, self.edge, self.metric) {
             (AlertKind::NPlusOne, Some(edge), _) => format!(
                 "{} ran `{}` on {} {} times under one `{}` span ({limits}){}.",
@@ -211,6 +274,7 @@ impl Pending {
             end_unix_nano: features.end_unix_nano,
             baseline_samples: samples,
             baseline_since_unix_nano: since,
+            baseline_from: borrowed.map(|(scope, _)| scope.to_string()),
             explanation,
         }
     }
@@ -261,7 +325,11 @@ pub fn detect(features: &TraceFeatures, store: &BaselineStore, config: &DetectCo
         }
         for metric in RequestMetric::ALL {
             let observed = total(features, metric);
-            if let Some(judgement) = judge(store.request_totals.get(&(class, metric)), observed, config) {
+            let (judged, borrowed) = judge_total(store, class, metric, observed, config);
+            if borrowed {
+                anomalies.borrowed.insert(metric);
+            }
+            if let Some(judgement) = judged {
                 // A request-wide total made large only by edges that sit in their own learned
                 // tails (a heavy-tailed loop doing what it now and then does) is not an
                 // anomaly: remove that tail work and judge again.
@@ -340,6 +408,7 @@ fn new_edges(features: &TraceFeatures, store: &BaselineStore, config: &DetectCon
             end_unix_nano: features.end_unix_nano,
             baseline_samples: history.samples(),
             baseline_since_unix_nano: history.since_unix_nano(),
+            baseline_from: None,
             explanation: format!(
                 "Requests entering at {class} reached {} -> {} for the first time in {} requests ({} calls in this one{}).",
                 edge.edge.from,
@@ -400,6 +469,8 @@ pub struct Anomalies {
     fanout: HashSet<Edge>,
     request_edges: HashSet<Edge>,
     totals: HashSet<RequestMetric>,
+    /// Totals of a young class judged against a scope above it.
+    borrowed: HashSet<RequestMetric>,
 }
 
 /// Learns a complete trace's observations, except the anomalous ones.
@@ -422,8 +493,14 @@ pub fn learn(features: &TraceFeatures, store: &mut BaselineStore, anomalies: &An
             }
         }
         for metric in RequestMetric::ALL {
-            if !anomalies.totals.contains(&metric) {
-                store.observe_request_total(class, metric, total(features, metric), at);
+            let value = total(features, metric);
+            match (anomalies.totals.contains(&metric), anomalies.borrowed.contains(&metric)) {
+                (false, _) => store.observe_request_total(class, metric, value, at),
+                // Beyond a borrowed threshold: the young class holds it back (learned only if the
+                // same recurs over hours: it may be the class's own level, not an incident).
+                (true, true) => store.hold_request_total(class, metric, value, at),
+                // Beyond its own threshold: never learned.
+                (true, false) => {}
             }
         }
     }

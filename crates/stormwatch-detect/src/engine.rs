@@ -250,6 +250,7 @@ impl Engine {
             end_unix_nano: at,
             baseline_samples: 0,
             baseline_since_unix_nano: at,
+            baseline_from: None,
             explanation: format!(
                 "The traffic is inventing names faster than stormwatch's cardinality limits allow: {}, folded into `{OVERFLOW}` (a flood of invented names is itself an attack signal; raise `limits.*` if the growth is legitimate).",
                 named.join(", ")

@@ -203,6 +203,10 @@ fn to_alert(finding: &Finding, fingerprint: String, count: u64, exemplars: Vec<T
         exemplar_trace_ids: exemplars.iter().map(|t| t.to_string()).collect(),
         contributors: finding.contributors.clone(),
         explanation: finding.explanation.clone(),
-        baseline: AlertBaseline { samples: finding.baseline_samples, since: rfc3339(finding.baseline_since_unix_nano) },
+        baseline: AlertBaseline {
+            samples: finding.baseline_samples,
+            since: rfc3339(finding.baseline_since_unix_nano),
+            from: finding.baseline_from.clone(),
+        },
     }
 }

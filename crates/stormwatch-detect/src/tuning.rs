@@ -180,6 +180,7 @@ mod tests {
             end_unix_nano: 0,
             baseline_samples: 300,
             baseline_since_unix_nano: 0,
+            baseline_from: None,
             explanation: "reviews ran it 40 times.".into(),
         }
     }

@@ -692,6 +692,7 @@ pub(crate) fn correlated_finding(
         end_unix_nano: window.end,
         baseline_samples: residual.samples as u64,
         baseline_since_unix_nano: window.start,
+        baseline_from: None,
         explanation: format!(
             "Edges moved together in a way no learned traffic pattern explains (residual {:.1}, normally {:.1}, alert above {:.1}); most off-pattern: {}.",
             residual.spe,
@@ -827,7 +828,7 @@ fn attribute(
 
 impl Pending {
     fn finish(self, window: &Window, detect: &DetectConfig) -> Finding {
-        let Judgement { expected, threshold, samples, since } = self.judgement;
+        let Judgement { expected, threshold, samples, since, .. } = self.judgement;
         let observed = self.value as f64 / 1000.0;
         let (expected, threshold) = (expected / 1000.0, threshold / 1000.0);
         let unit = match self.metric {
@@ -864,6 +865,7 @@ impl Pending {
             end_unix_nano: window.end,
             baseline_samples: samples,
             baseline_since_unix_nano: since,
+            baseline_from: None,
             explanation: format!("{} ({limits}).", self.sentence),
         }
     }

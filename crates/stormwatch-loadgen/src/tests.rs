@@ -219,7 +219,7 @@ fn scoring_counts_detections_misses_and_false_alerts() {
         exemplar_trace_ids: vec![exemplar.into()],
         contributors: vec![],
         explanation: "x".into(),
-        baseline: AlertBaseline { samples: 300, since: stormwatch_model::rfc3339(0) },
+        baseline: AlertBaseline { samples: 300, since: stormwatch_model::rfc3339(0), from: None },
     };
     let during = attack.start_unix_nano + 2_000_000_000;
     let before = labels.start_unix_nano + 40_000_000_000; // during the flash crowd

@@ -117,6 +117,11 @@ pub struct AlertBaseline {
     pub samples: u64,
     /// RFC 3339 event time of the first observation.
     pub since: String,
+    /// Present when the alert's own baseline was too young to judge and a wider one judged
+    /// instead (e.g. `every request to gateway `GET /products``): `samples` and `since` are
+    /// that one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// One alert message. Serialized as one JSON object per Kafka message / JSON line.

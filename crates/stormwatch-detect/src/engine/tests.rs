@@ -486,8 +486,13 @@ fn edge_gauges_are_the_top_edges_by_load_and_by_anomaly() {
 /// A shop's listing: `GET /products` reads a page from catalog; the rare class
 /// (`expand&page_size`) also calls reviews once per listed item, `expanded` times.
 fn listing(seed: u64, at: u64, expanded: usize, client: &str) -> Vec<Span> {
+    listing_shaped(seed, at, if expanded > 0 { "expand&page_size" } else { "page" }, expanded, client)
+}
+
+/// [`listing`] with the query shape of its class given.
+fn listing_shaped(seed: u64, at: u64, shape: &str, expanded: usize, client: &str) -> Vec<Span> {
     let mut t = TraceBuilder::new(seed, at);
-    let root = t.root_with_query("gateway", "GET /products", if expanded > 0 { "expand&page_size" } else { "page" });
+    let root = t.root_with_query("gateway", "GET /products", shape);
     t.client_last(client);
     let call = t.client("gateway", "GET", root);
     let items = t.server("catalog", "GET /items", Some(call));
@@ -593,4 +598,86 @@ fn a_surge_lasting_half_an_hour_keeps_alerting_and_teaches_nothing() {
     assert_eq!(after, before, "the surge taught the window baseline");
     let held = engine.store().windows[&(WindowMetric::WorkPerEntry, reviews)].held();
     assert!(held > 0, "the windows under the threshold were held back");
+}
+
+/// `count` ordinary listings (shape `page`), one every `every` nanoseconds from `at`.
+fn ordinary_listings(engine: &mut Engine, seed: &mut u64, at: u64, count: u64, every: u64, out: &mut Vec<Alert>) {
+    for i in 0..count {
+        *seed += 1;
+        engine.push(listing_shaped(*seed, at + i * every, "page", 0, "10.1.0.1"), out);
+    }
+}
+
+fn class(shape: &str) -> stormwatch_model::RootClass {
+    stormwatch_model::RootClass {
+        service: stormwatch_model::Sym::new("gateway"),
+        operation: stormwatch_model::Sym::new("GET /products"),
+        query_shape: Some(stormwatch_model::Sym::new(shape)),
+    }
+}
+
+/// Issue 17, finding 1: a class with fewer than `learning_min_samples` requests is judged
+/// against its route (every query shape), so a storm among its first requests alerts, saying
+/// what judged it, and is held back, not learned; its ordinary requests are learned.
+#[test]
+fn a_storm_in_the_first_requests_of_a_class_is_caught_and_not_learned() {
+    use stormwatch_baseline::RequestMetric;
+    let mut engine = engine();
+    let mut out = Vec::new();
+    let mut seed = 0;
+    ordinary_listings(&mut engine, &mut seed, T0, 300, SEC / 10, &mut out);
+    let mut at = T0 + 30 * SEC;
+    // The new class: 50 ordinary requests (3 reviews each), then one of 200, then 30 more.
+    for i in 0..81u64 {
+        seed += 1;
+        let expanded = if i == 50 { 200 } else { 3 };
+        engine.push(listing_shaped(seed, at, "expand&page_size", expanded, "198.51.100.7"), &mut out);
+        ordinary_listings(&mut engine, &mut seed, at + SEC / 20, 1, SEC, &mut out);
+        at += SEC / 10;
+    }
+    engine.advance_to(at + 20 * SEC, &mut out);
+    let storms: Vec<&Alert> = out.iter().filter(|a| a.kind != AlertKind::NewEdge).collect();
+    assert_eq!(storms.len(), 1, "{out:#?}");
+    let storm = storms[0];
+    assert_eq!((storm.kind, storm.unit.as_str()), (AlertKind::RequestAmplification, "spans_per_request"));
+    assert_eq!(storm.observed, 604.0);
+    assert_eq!(storm.baseline.from.as_deref(), Some("every request to gateway `GET /products`"));
+    assert!(storm.explanation.contains("only 50 requests of history"), "{}", storm.explanation);
+    let own = &engine.store().request_totals[&(class("expand&page_size"), RequestMetric::Spans)];
+    assert_eq!((own.samples(), own.held(), own.max()), (80, 1, 13), "the storm was learned");
+}
+
+/// A new class legitimately heavier than its route (a bulk export: 25 reviews a request, where
+/// a listing makes none) alerts while it borrows its route's baseline, throttled, and holds
+/// those requests back; once they have recurred in four different hours they are learned, the
+/// class judges on its own history, and it is quiet.
+#[test]
+fn a_heavier_class_becomes_quiet_once_it_has_its_own_history() {
+    use stormwatch_baseline::RequestMetric;
+    const MINUTE: u64 = 60 * SEC;
+    let mut engine = engine();
+    let mut out = Vec::new();
+    let mut seed = 0;
+    ordinary_listings(&mut engine, &mut seed, T0, 300, SEC / 10, &mut out);
+    let mut alerted_at = Vec::new();
+    // One export a minute for six hours, among ordinary listings.
+    for minute in 1..=360u64 {
+        let at = T0 + minute * MINUTE;
+        let before = out.len();
+        seed += 1;
+        engine.push(listing_shaped(seed, at, "bulk&format", 25, "10.2.0.1"), &mut out);
+        ordinary_listings(&mut engine, &mut seed, at + SEC, 2, 20 * SEC, &mut out);
+        if out[before..].iter().any(|a| a.kind == AlertKind::RequestAmplification) {
+            alerted_at.push(minute);
+        }
+    }
+    let own = &engine.store().request_totals[&(class("bulk&format"), RequestMetric::Spans)];
+    let last = alerted_at.last().copied().unwrap_or(0);
+    eprintln!("alerts (throttled) at minutes {alerted_at:?}; the class now has {} samples", own.samples());
+    for alert in out.iter().rev().take(2) {
+        eprintln!("{} {:?} {}", alert.explanation, alert.baseline, alert.unit);
+    }
+    assert!(!alerted_at.is_empty(), "a class 15 times its route's size passed unnoticed at first");
+    assert!(last <= 240, "still alerting after four hours: minute {last}");
+    assert!(own.samples() >= 200 && own.held() < 60, "{own:?}");
 }
