@@ -45,7 +45,7 @@ pub const TAIL_STABLE_SAMPLES: u64 = 1_000;
 const DAY_NANOS: f64 = 86_400e9;
 /// From this many samples (until [`TAIL_STABLE_SAMPLES`]) values beyond the largest learned
 /// are held back.
-pub const HOLD_FROM_SAMPLES: u64 = 30;
+pub const HOLD_FROM_SAMPLES: u64 = 12;
 /// A young baseline learns values up to this multiple of its median even beyond its largest,
 /// so a tight distribution's tail can still fill in (a median moves only when half the
 /// samples do: this bounds what a surge can teach to one step).

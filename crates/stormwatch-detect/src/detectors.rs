@@ -13,6 +13,9 @@
 //! p99, is extrapolated to the value that normal traffic exceeds with probability
 //! `false_alarm_rate` per observation. For light tails (p90 close to p99) it stays below the
 //! other two terms; for a Pareto tail it rises as far as the tail does, and no further. A baseline judges only after `learning_min_samples` observations.
+//! Until then a root class's request totals are judged against the nearest wider baseline
+//! that has them (every request to its route, its service, the system; [`BORROWED_FACTOR`]),
+//! and what is beyond that is held back from the young class, not learned.
 //! Anomalous observations never train the baseline, so an attacker cannot teach it the attack;
 //! incomplete traces never train it either.
 //!
@@ -23,7 +26,7 @@
 
 use std::collections::HashSet;
 
-use stormwatch_baseline::{BaselineStore, ClassScope, Distribution, RequestMetric};
+use stormwatch_baseline::{BaselineStore, ClassScope, Distribution, RequestMetric, HOLD_FROM_SAMPLES};
 use stormwatch_model::{AlertKind, Contributor, Edge, Node, RootClass, Severity, TraceId};
 
 use crate::features::TraceFeatures;
@@ -97,13 +100,18 @@ pub(crate) struct Judgement {
 }
 
 /// A young root class (under `learning_min_samples`) judged against a scope above it alerts
-/// only beyond this multiple of that scope's threshold: a class that is merely rarer or a bit
-/// heavier than its route stays quiet, a storm does not.
+/// only beyond this multiple of that scope's threshold (at its p99.9): a class that is merely
+/// rarer or a bit heavier than its route stays quiet, a storm does not.
 pub const BORROWED_FACTOR: f64 = 2.0;
 
 pub(crate) fn judge(distribution: Option<&Distribution>, observed: u64, config: &DetectConfig) -> Option<Judgement> {
     let distribution = distribution?;
-    if distribution.samples() < config.learning_min_samples {
+    // Values a young baseline held back count as history it has been through (a surge that
+    // started before the baseline could judge must not keep it from judging), as long as what
+    // it judges by, what it learned, is more than a handful.
+    if distribution.samples() + distribution.held() < config.learning_min_samples
+        || distribution.samples() < HOLD_FROM_SAMPLES.min(config.learning_min_samples)
+    {
         return None;
     }
     let threshold = threshold_of(distribution, config);
@@ -116,6 +124,15 @@ pub(crate) fn judge(distribution: Option<&Distribution>, observed: u64, config: 
     })
 }
 
+/// The threshold a young key is held to by a wider baseline: `max(q * ratio, q + min_excess)`
+/// at the wider one's p99.9 (or `quantile`, if higher), times [`BORROWED_FACTOR`]. A wider
+/// baseline mixes classes, so its tail is their mix, not a power law to extrapolate; its p99.9
+/// is the heaviest of what it has seen often enough.
+fn borrowed_threshold(distribution: &Distribution, config: &DetectConfig) -> f64 {
+    let high = distribution.quantile(config.quantile.max(0.999)) as f64;
+    (high * config.ratio).max(high + config.min_excess) * BORROWED_FACTOR
+}
+
 /// `max(q * ratio, q + min_excess, tail)` of a baseline (see the module's documentation).
 fn threshold_of(distribution: &Distribution, config: &DetectConfig) -> f64 {
     let high = distribution.quantile(config.quantile) as f64;
@@ -123,8 +140,8 @@ fn threshold_of(distribution: &Distribution, config: &DetectConfig) -> f64 {
 }
 
 /// A request total of `class` judged against its own baseline, or, while that is young,
-/// against the nearest scope above it that has enough history (its threshold times
-/// [`BORROWED_FACTOR`]) unless the class has already learned as much itself. `None` when nothing judges it or it is within bounds; the second
+/// against the nearest scope above it that has enough history ([`borrowed_threshold`]) unless
+/// the class has already learned as much itself. `None` when nothing judges it or it is within bounds; the second
 /// value says whether a judge was borrowed (what was judged against).
 fn judge_total(
     store: &BaselineStore,
@@ -148,7 +165,7 @@ fn judge_total(
         if ancestor.samples() < config.learning_min_samples {
             continue;
         }
-        let threshold = threshold_of(ancestor, config) * BORROWED_FACTOR;
+        let threshold = borrowed_threshold(ancestor, config);
         let judged = (observed as f64 > threshold).then(|| Judgement {
             expected: ancestor.quantile(0.5) as f64,
             threshold,

@@ -70,7 +70,8 @@ fn int_attribute(key: &str, value: i64) -> KeyValue {
 /// Per-request state while a trace is built.
 struct Build<'a> {
     trace_id: [u8; 16],
-    entry: String,
+    /// The entry's index in the scenario's entries.
+    entry_index: usize,
     /// service -> spans
     spans: BTreeMap<String, Vec<Span>>,
     /// Order services were first seen in, reversed at the end (callees export first).
@@ -153,18 +154,28 @@ impl<'s> Generator<'s> {
         // Entry mix, shifted by active mix-shift changes.
         let mut weights: Vec<f64> = self.scenario.entries.iter().map(|e| e.weight).collect();
         let mut shifted = None;
+        let mut new_entries = Vec::new();
+        // A new entry has no traffic outside its change.
+        for change in self.scenario.changes.iter().filter(|c| c.kind == ChangeKind::NewEntry) {
+            let entry = change.entry.as_deref().unwrap_or("");
+            if let Some(position) = self.scenario.entries.iter().position(|e| e.matches(entry)) {
+                weights[position] = 0.0;
+            }
+        }
         for (index, change) in &active {
-            if change.kind != ChangeKind::MixShift {
+            if !matches!(change.kind, ChangeKind::MixShift | ChangeKind::NewEntry) {
                 continue;
             }
             let entry = change.entry.as_deref().unwrap_or("");
-            if let Some(position) =
-                self.scenario.entries.iter().position(|e| format!("{} {}", e.service, e.operation) == entry)
-            {
+            if let Some(position) = self.scenario.entries.iter().position(|e| e.matches(entry)) {
                 let others: f64 = weights.iter().enumerate().filter(|(i, _)| *i != position).map(|(_, w)| w).sum();
                 let share = change.weight.clamp(0.0, 0.99);
                 weights[position] = share / (1.0 - share) * others;
-                shifted = Some((position, *index, change.clients.max(1), change.users));
+                if change.kind == ChangeKind::MixShift {
+                    shifted = Some((position, *index, change.clients.max(1), change.users));
+                } else {
+                    new_entries.push((position, *index));
+                }
             }
         }
         let entry_index = self.rng.weighted(&weights);
@@ -172,8 +183,8 @@ impl<'s> Generator<'s> {
         let mut trace_id = [0u8; 16];
         trace_id[..8].copy_from_slice(&self.rng.next_u64().to_be_bytes());
         trace_id[8..].copy_from_slice(&self.rng.next_u64().to_be_bytes());
-        let entry_name = format!("{} {}", entry.service, entry.operation);
-        let mut touched = Vec::new();
+        let mut touched: Vec<usize> =
+            new_entries.iter().filter(|(position, _)| *position == entry_index).map(|(_, change)| *change).collect();
         let (client_address, user) = match shifted {
             Some((position, change_index, clients, users)) if position == entry_index => {
                 touched.push(change_index);
@@ -192,7 +203,7 @@ impl<'s> Generator<'s> {
             active.into_iter().map(|(i, c)| (i, c, self.rng.chance(c.share))).collect();
         let mut build = Build {
             trace_id,
-            entry: entry_name,
+            entry_index,
             spans: BTreeMap::new(),
             service_order: Vec::new(),
             active: active_with_coins,
@@ -372,7 +383,7 @@ impl<'s> Generator<'s> {
             let applies = matches!(change.kind, ChangeKind::FanoutAmplification | ChangeKind::NPlusOne)
                 && *coin
                 && change.call.as_deref() == Some(label.as_str())
-                && change.entry.as_deref().is_none_or(|entry| entry == build.entry);
+                && change.entry.as_deref().is_none_or(|entry| self.scenario.entries[build.entry_index].matches(entry));
             if applies {
                 if let Some(count) = &change.count {
                     build.touched.push(*index);

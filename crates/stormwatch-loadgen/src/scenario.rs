@@ -76,6 +76,15 @@ pub struct Entry {
     pub query: Vec<String>,
 }
 
+impl Entry {
+    /// Whether a change's `entry` names this one: `service operation`, or, to tell apart
+    /// entries of one operation, `service operation?key&key` (its query keys, as listed).
+    pub fn matches(&self, wanted: &str) -> bool {
+        let plain = format!("{} {}", self.service, self.operation);
+        wanted == plain || (!self.query.is_empty() && wanted == format!("{plain}?{}", self.query.join("&")))
+    }
+}
+
 /// What an operation does when called.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,6 +178,9 @@ pub enum ChangeKind {
     Diurnal,
     /// Legitimate: a deploy adds one cheap call (`add`) to `operation`.
     NewCall,
+    /// Legitimate: `entry` (no traffic before `start`) takes `weight` of traffic from then on:
+    /// a new page or feature, a rare class the engine has never seen.
+    NewEntry,
 }
 
 impl ChangeKind {
@@ -191,6 +203,7 @@ impl ChangeKind {
             ChangeKind::RetryStorm => "retry_storm",
             ChangeKind::CacheBypass => "cache_bypass",
             ChangeKind::MixShift => "mix_shift",
+            ChangeKind::NewEntry => "new_entry",
             ChangeKind::CorrelatedShift => "correlated_shift",
             ChangeKind::FlashCrowd => "flash_crowd",
             ChangeKind::Diurnal => "diurnal",
@@ -392,7 +405,7 @@ impl Scenario {
                 }
                 ChangeKind::RetryStorm => needs("operation", change.operation.is_some())?,
                 ChangeKind::CacheBypass => needs("call", change.call.is_some())?,
-                ChangeKind::MixShift => needs("entry", change.entry.is_some())?,
+                ChangeKind::MixShift | ChangeKind::NewEntry => needs("entry", change.entry.is_some())?,
                 ChangeKind::CorrelatedShift => {
                     needs("calls", !change.calls.is_empty())?;
                     let mut labels = Vec::new();
@@ -415,7 +428,7 @@ impl Scenario {
                 ChangeKind::FlashCrowd | ChangeKind::Diurnal => {}
             }
             if let Some(entry) = &change.entry {
-                let known = self.entries.iter().any(|e| format!("{} {}", e.service, e.operation) == *entry);
+                let known = self.entries.iter().any(|e| e.matches(entry));
                 if !known {
                     return Err(format!("{at}.entry: {entry:?} is not one of the entries"));
                 }
