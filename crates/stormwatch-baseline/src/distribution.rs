@@ -373,7 +373,11 @@ impl Distribution {
 
     /// Event time of the first observation.
     pub fn since_unix_nano(&self) -> u64 {
-        self.since_unix_nano
+        match &self.held {
+            // Nothing learned yet, only held: history starts with the first held value.
+            Some(held) if self.samples == 0 => held.first_unix_nano,
+            _ => self.since_unix_nano,
+        }
     }
 
     /// Event time of the latest observation, Unix nanoseconds.
@@ -623,6 +627,10 @@ mod tests {
             d.observe_guarded(300 + i % 7 * 50, 30 * HOUR + i);
         }
         assert_eq!((d.held(), d.max()), (0, 600));
+        // Held before anything was learned: its history starts with what it held.
+        let mut fresh = Distribution::default();
+        fresh.hold(5_000, 7 * HOUR);
+        assert_eq!((fresh.samples(), fresh.held(), fresh.since_unix_nano()), (0, 1, 7 * HOUR));
         // Unguarded learning never holds.
         let mut plain = young_window();
         plain.observe(5_000, HOUR);

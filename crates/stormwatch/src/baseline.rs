@@ -115,12 +115,39 @@ fn explanation(alert: &serde_json::Value, rows: &[BaselineRow], tuning: &Tuning)
     };
     let edge =
         alert.get("edge").filter(|e| !e.is_null()).map(|e| format!("{} -> {}", node(&e["from"]), node(&e["to"])));
-    let entry = alert.get("entry").filter(|e| !e.is_null()).map(node);
+    // The entry as baselines name it: with its query shape (`service `operation?keys``).
+    let entry = alert.get("entry").filter(|e| !e.is_null()).map(|e| {
+        let keys: Vec<&str> =
+            e["query_keys"].as_array().map_or(Vec::new(), |k| k.iter().filter_map(|k| k.as_str()).collect());
+        match keys.is_empty() {
+            true => node(e),
+            false => format!(
+                "{} `{}?{}`",
+                e["service"].as_str().unwrap_or(""),
+                e["operation"].as_str().unwrap_or(""),
+                keys.join("&")
+            ),
+        }
+    });
     let kind = alert["kind"].as_str().unwrap_or("");
+    // A young entry's totals were judged against a wider baseline: `baseline.from` says which.
+    let from = alert["baseline"]["from"].as_str();
+    let judged_by = |r: &BaselineRow| {
+        from.is_some_and(|from| match (r.table.split(':').next(), &r.entry) {
+            (Some("route_per_request" | "service_per_request"), Some(scope)) => {
+                from == format!("every request to {scope}")
+            }
+            (Some("system_per_request"), None) => from == "every request of the system",
+            _ => false,
+        })
+    };
     let baselines: Vec<&BaselineRow> = rows
         .iter()
-        .filter(|r| edge.is_some() && r.edge == edge)
-        .filter(|r| r.entry.is_none() || r.entry == entry)
+        .filter(|r| {
+            let on_edge = edge.is_some() && r.edge == edge && (r.entry.is_none() || r.entry == entry);
+            let on_entry = edge.is_none() && r.edge.is_none() && entry.is_some() && r.entry == entry;
+            on_edge || on_entry || judged_by(r)
+        })
         .collect();
     let rules: Vec<String> = tuning
         .rules
@@ -136,8 +163,13 @@ fn explanation(alert: &serde_json::Value, rows: &[BaselineRow], tuning: &Tuning)
         .and_then(|k| tuning.detectors.get(&k))
         .map_or("on".to_string(), |m| format!("{m:?}").to_lowercase());
     let frozen = edge.as_ref().is_some_and(|e| tuning.frozen_edges.contains(e));
+    let borrowed = from.map_or(String::new(), |from| {
+        format!(
+            " of {from} (the entry's own baseline was too young to judge; a wider one judges at half the sensitivity)"
+        )
+    });
     let why = format!(
-        "{kind}: observed {} {} against an expected {} and a threshold of {} (score {}), from a baseline of {} samples.",
+        "{kind}: observed {} {} against an expected {} and a threshold of {} (score {}), from a baseline of {} samples{borrowed}.",
         alert["observed"], alert["unit"].as_str().unwrap_or(""), alert["expected"], alert["threshold"], alert["score"],
         alert["baseline"]["samples"]
     );
@@ -705,4 +737,45 @@ fn print_rows(rows: &[BaselineRow], total: usize, json: bool) -> anyhow::Result<
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use stormwatch_baseline::RequestMetric;
+    use stormwatch_model::{RootClass, Sym};
+
+    use super::*;
+
+    /// A young entry judged against its route: `explain` says what judged it and lists that
+    /// baseline with the entry's own.
+    #[test]
+    fn a_borrowed_judgement_names_the_baseline_that_judged() {
+        let class = |shape: &str| RootClass {
+            service: Sym::new("gateway"),
+            operation: Sym::new("GET /products"),
+            query_shape: Some(Sym::new(shape)),
+        };
+        let mut store = BaselineStore::new(100);
+        for i in 0..300 {
+            store.observe_request_total(class("page"), RequestMetric::Spans, 10, i);
+        }
+        for i in 0..40 {
+            store.observe_request_total(class("expand"), RequestMetric::Spans, 40, 300 + i);
+        }
+        let alert = serde_json::json!({
+            "kind": "request_amplification", "observed": 900.0, "unit": "spans_per_request", "expected": 10.0,
+            "threshold": 180.0, "score": 5.0, "edge": null,
+            "entry": {"service": "gateway", "operation": "GET /products", "query_keys": ["expand"]},
+            "baseline": {"samples": 340, "since": "2027-01-15T08:00:00.000Z", "from": "every request to gateway `GET /products`"},
+            "explanation": "One request ...",
+        });
+        let explained = explanation(&alert, &inspect::rows(&store), &Tuning::default());
+        let why = explained["why"].as_str().unwrap();
+        assert!(why.contains("340 samples of every request to gateway `GET /products` (the entry's own"), "{why}");
+        let tables: Vec<&str> =
+            explained["baselines_now"].as_array().unwrap().iter().map(|r| r["table"].as_str().unwrap()).collect();
+        assert!(tables.contains(&"route_per_request:spans"), "{tables:?}");
+        assert!(tables.contains(&"per_request:spans"), "the entry's own: {tables:?}");
+        assert!(!tables.contains(&"service_per_request:spans"), "{tables:?}");
+    }
 }
