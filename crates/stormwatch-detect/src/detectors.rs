@@ -141,8 +141,9 @@ fn threshold_of(distribution: &Distribution, config: &DetectConfig) -> f64 {
 
 /// A request total of `class` judged against its own baseline, or, while that is young,
 /// against the nearest scope above it that has enough history ([`borrowed_threshold`]) unless
-/// the class has already learned as much itself. `None` when nothing judges it or it is within bounds; the second
-/// value says whether a judge was borrowed (what was judged against).
+/// the class has already learned as much itself. The judgement is `None` when nothing judges
+/// the total or it is within bounds; the flag says whether the class was young (so a total
+/// beyond the bounds is held back rather than dropped).
 fn judge_total(
     store: &BaselineStore,
     class: RootClass,
