@@ -174,13 +174,25 @@ impl<'s> AttrView<'s> {
         key.starts_with("http.request.header.")
     }
 
-    /// Who sent the request (entry spans): see [`crate::client`].
-    fn client(&self) -> Option<(std::net::IpAddr, ClientSource)> {
+    /// Who sent the request (entry spans), as a client population with where it came from:
+    /// see [`crate::client`]. A client known only by a name (`client.address` may be a domain
+    /// name or a socket path) is kept as that name.
+    fn client(&self) -> Option<String> {
         let mut evidence = self.client;
         // The peer vouches for forwarding headers; SDKs that record no peer attribute put the
         // socket's address in `client.address`.
         evidence.peer = self.peer.or(self.peer_old).or(evidence.client_address);
-        evidence.resolve(&TrustedProxies::global())
+        if let Some((address, source)) = evidence.resolve(&TrustedProxies::global()) {
+            return Some(format!("{} ({})", client_population(&address.to_string()), source.as_str()));
+        }
+        let named = [
+            (evidence.client_address, ClientSource::ClientAddress),
+            (evidence.http_client_ip, ClientSource::HttpClientIp),
+            (evidence.peer, ClientSource::Peer),
+        ];
+        named.into_iter().find_map(|(name, source)| {
+            name.filter(|name| !name.trim().is_empty()).map(|name| format!("{name} ({})", source.as_str()))
+        })
     }
 
     fn method(&self) -> Option<&'s str> {
@@ -388,14 +400,8 @@ fn build_span(
     let remote = if kind.is_outgoing() { attrs.remote(raw.name) } else { None };
     // Clients are kept as their population (/16, /64), with where the address came from: what
     // window detectors attribute to, and far fewer names than addresses.
-    let client_address = if entry_like {
-        attrs.client().map(|(address, source)| {
-            let population = client_population(&address.to_string());
-            Sym::bounded(Dimension::Client, &format!("{population} ({})", source.as_str()))
-        })
-    } else {
-        None
-    };
+    let client_address =
+        if entry_like { attrs.client().map(|client| Sym::bounded(Dimension::Client, &client)) } else { None };
     let user = if entry_like {
         attrs.user.filter(|user| !user.is_empty()).map(|user| Sym::bounded(Dimension::User, user))
     } else {

@@ -359,6 +359,9 @@ mod tests {
         assert_eq!(client(&format!("{peer},{plain}")).as_deref(), Some("203.0.0.0/16 (x-real-ip)"));
         let forwarded = r#"{"key":"http.request.header.forwarded","value":{"arrayValue":{"values":[{"stringValue":"for=\"[2001:db8::7]:443\""}]}}}"#;
         assert_eq!(client(&format!("{peer},{forwarded}")).as_deref(), Some("2001:db8:0:0::/64 (forwarded)"));
+        // A client known only by name is kept as that name.
+        let named = r#"{"key":"client.address","value":{"stringValue":"kiosk-7.shop.internal"}}"#;
+        assert_eq!(client(named).as_deref(), Some("kiosk-7.shop.internal (client.address)"));
         // From a peer that is no proxy, the header is a claim: the peer is the client.
         let stranger = r#"{"key":"network.peer.address","value":{"stringValue":"198.51.100.77"}}"#;
         assert_eq!(client(&format!("{stranger},{spec}")).as_deref(), Some("198.51.0.0/16 (network peer)"));
