@@ -674,9 +674,6 @@ fn a_heavier_class_becomes_quiet_once_it_has_its_own_history() {
     let own = &engine.store().request_totals[&(class("bulk&format"), RequestMetric::Spans)];
     let last = alerted_at.last().copied().unwrap_or(0);
     eprintln!("alerts (throttled) at minutes {alerted_at:?}; the class now has {} samples", own.samples());
-    for alert in out.iter().rev().take(2) {
-        eprintln!("{} {:?} {}", alert.explanation, alert.baseline, alert.unit);
-    }
     assert!(!alerted_at.is_empty(), "a class 15 times its route's size passed unnoticed at first");
     assert!(last <= 240, "still alerting after four hours: minute {last}");
     assert!(own.samples() >= 200 && own.held() < 60, "{own:?}");
