@@ -79,6 +79,7 @@ async fn the_console_shows_the_graph_an_attack_and_its_alert_live() {
         let link = format!("href=\"http://jaeger.example:16686/trace/{attack}\"");
         assert!(alert.contains(&link), "the exemplar is not the attack's trace ({attack}), linked: {alert}");
         assert!(alert.contains("class=\"fresh\""), "not marked as new: {alert}");
+        assert!(alert.contains("judged against its own baseline ("), "which baseline judged: {alert}");
         assert_eq!(page.eval("stormwatch.polls"), polls, "the alert came by polling, not live");
         let edge = "path[data-edge=\"catalog->postgresql:shop\"]";
         page.wait_for(

@@ -17,10 +17,13 @@ pub struct BaselineRow {
     /// edge), `per_request:<metric>` (per entry), `route_per_request:<metric>`,
     /// `service_per_request:<metric>` and `system_per_request:<metric>` (every request to a
     /// route, to a service, of the system: what a young entry is judged against),
+    /// `pair_per_parent` and `kind_per_parent` (calls per parent span from a service to
+    /// another, and to any callee of a kind: what a young edge is judged against),
     /// `window:<metric>` (per edge, per window), `window_share` (an entry's calls on an edge per
     /// entry request, per window).
     pub table: String,
-    /// `caller service `operation` -> callee service `operation``, when per edge.
+    /// `caller service `operation` -> callee service `operation``, when per edge; `caller ->
+    /// callee` or `caller -> any <kind>` for the scopes above edges.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edge: Option<String>,
     /// The callee's kind (`service`, `database`, `cache`, `queue`, `peer`), when per edge.
@@ -87,6 +90,9 @@ impl BaselineRow {
         let entry = self.entry.as_deref().unwrap_or("");
         edge.starts_with(&format!("{service} `"))
             || edge.contains(&format!("-> {service} `"))
+            // The scopes above edges: `caller -> callee`, `caller -> any <kind>`.
+            || edge.starts_with(&format!("{service} -> "))
+            || edge.ends_with(&format!(" -> {service}"))
             || entry.starts_with(&format!("{service} `"))
     }
 }
@@ -111,6 +117,12 @@ pub fn rows(store: &BaselineStore) -> Vec<BaselineRow> {
             ClassScope::Service(service) => Some(service.to_string()),
             ClassScope::System => None,
         };
+        rows.push(row);
+    }
+    for (scope, d) in &store.edge_scopes {
+        let mut row = BaselineRow::new(format!("{}_per_parent", scope.level()), None, None, d, 1.0);
+        row.edge = Some(scope.name());
+        row.to_kind = Some(scope.kind().as_str().into());
         rows.push(row);
     }
     for ((metric, edge), d) in &store.windows {
@@ -247,7 +259,11 @@ mod tests {
     #[test]
     fn rows_say_what_was_learned_in_its_unit() {
         let rows = rows(&store());
-        assert_eq!(rows.len(), 3);
+        assert_eq!(rows.len(), 7, "2 edges, a window and each edge's 2 scopes: {rows:#?}");
+        let pair = rows.iter().find(|r| r.table == "pair_per_parent" && r.to_kind.as_deref() == Some("database"));
+        assert_eq!(pair.unwrap().edge.as_deref(), Some("reviews -> postgresql"));
+        let kind = rows.iter().find(|r| r.table == "kind_per_parent" && r.to_kind.as_deref() == Some("service"));
+        assert_eq!((kind.unwrap().edge.as_deref(), kind.unwrap().samples), (Some("gateway -> any service"), 200));
         let window = rows.iter().find(|r| r.table == "window:work_per_entry").unwrap();
         assert_eq!(window.edge.as_deref(), Some("reviews `GET /x` -> postgresql `SELECT ?`"));
         assert_eq!(window.to_kind.as_deref(), Some("database"));
@@ -262,11 +278,12 @@ mod tests {
     fn queries_filter_sort_and_limit_and_name_bad_sort_keys() {
         let rows = rows(&store());
         let q = |query: Query| query.apply(rows.clone()).unwrap();
-        assert_eq!(q(Query { service: Some("postgresql".into()), ..Query::default() }).len(), 2);
-        assert_eq!(q(Query { service: Some("gateway".into()), ..Query::default() }).len(), 1);
-        assert_eq!(q(Query { to_kind: Some("database".into()), ..Query::default() }).len(), 2);
+        // The edge, its window and its service pair; the other scope names no callee.
+        assert_eq!(q(Query { service: Some("postgresql".into()), ..Query::default() }).len(), 3);
+        assert_eq!(q(Query { service: Some("gateway".into()), ..Query::default() }).len(), 3);
+        assert_eq!(q(Query { to_kind: Some("database".into()), ..Query::default() }).len(), 4);
         assert_eq!(q(Query { table: Some("window".into()), ..Query::default() }).len(), 1);
-        assert_eq!(q(Query { matching: Some("-> reviews".into()), ..Query::default() }).len(), 1);
+        assert_eq!(q(Query { matching: Some("-> reviews".into()), ..Query::default() }).len(), 2);
         let by_p99 = q(Query { sort: Some("p99".into()), limit: Some(1), ..Query::default() });
         assert_eq!(by_p99[0].p99, 5.0);
         let by_samples = q(Query::default());
@@ -299,7 +316,13 @@ mod tests {
         }
         after.observe_fanout(edge("gateway", "redis", NodeKind::Cache), 2, 9_000);
         after.windows.clear();
-        let changes = diff(&rows(&before), &rows(&after));
+        // The scopes above the edges move with them; this is about the edges' own rows.
+        let own = |store: &BaselineStore| {
+            let mut rows = rows(store);
+            rows.retain(|row| !["pair_per_parent", "kind_per_parent"].contains(&row.table.as_str()));
+            rows
+        };
+        let changes = diff(&own(&before), &own(&after));
         let summary: Vec<(bool, bool, &str)> =
             changes.iter().map(|c| (c.before.is_some(), c.after.is_some(), c.key.split(' ').next().unwrap())).collect();
         assert_eq!(

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use stormwatch_model::{Edge, RootClass, Sym};
+use stormwatch_model::{Edge, NodeKind, RootClass, Sym};
 
 use crate::{DailyProfile, Distribution, SubspaceModel};
 
@@ -76,6 +76,58 @@ impl std::fmt::Display for ClassScope {
     }
 }
 
+/// What a young edge's calls per parent span are judged against until it has its own
+/// history, nearest first: every call from its caller's service to its callee's (any
+/// operations), then every call from its caller's service to any callee of its kind (any
+/// database, any cache, any service). Each learns every call of the edges under it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EdgeScope {
+    ServicePair { from: Sym, to: Sym, kind: NodeKind },
+    CallerToKind { from: Sym, kind: NodeKind },
+}
+
+impl EdgeScope {
+    /// The scopes above `edge`, nearest first.
+    pub fn above(edge: &Edge) -> [EdgeScope; 2] {
+        [
+            EdgeScope::ServicePair { from: edge.from.service, to: edge.to.service, kind: edge.to.kind },
+            EdgeScope::CallerToKind { from: edge.from.service, kind: edge.to.kind },
+        ]
+    }
+
+    /// `pair` or `kind` (snapshots, `baseline list`).
+    pub fn level(&self) -> &'static str {
+        match self {
+            EdgeScope::ServicePair { .. } => "pair",
+            EdgeScope::CallerToKind { .. } => "kind",
+        }
+    }
+
+    /// The caller's service and what it calls: `from -> to`, `from -> any database`.
+    pub fn name(&self) -> String {
+        match self {
+            EdgeScope::ServicePair { from, to, .. } => format!("{from} -> {to}"),
+            EdgeScope::CallerToKind { from, kind } => format!("{from} -> any {}", kind.as_str()),
+        }
+    }
+
+    /// The callee's kind.
+    pub fn kind(&self) -> NodeKind {
+        match self {
+            EdgeScope::ServicePair { kind, .. } | EdgeScope::CallerToKind { kind, .. } => *kind,
+        }
+    }
+}
+
+impl std::fmt::Display for EdgeScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EdgeScope::ServicePair { from, to, .. } => write!(f, "every call from {from} to {to}"),
+            EdgeScope::CallerToKind { from, kind } => write!(f, "every call from {from} to a {}", kind.as_str()),
+        }
+    }
+}
+
 /// What window-level baselines measure, per edge, per window (in thousandths, so the
 /// integer histograms keep three decimals).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,13 +175,13 @@ const SWEEP_EVERY_NANOS: u64 = 60 * 1_000_000_000;
 
 /// The key bound of every table, what may be evicted to keep within it, when each table
 /// with distributions (fanout, request_edges, request_totals, windows, window_classes,
-/// class_scopes, in that order) was last swept, and what the bound refused and evicted.
+/// class_scopes, edge_scopes, in that order) was last swept, and what the bound refused and evicted.
 #[derive(Clone, Debug)]
 struct Room {
     max_keys: usize,
     /// Baselines with fewer samples are young (the learning minimum); 0: never evict.
     young_below: u64,
-    last_sweeps_unix_nano: [u64; 6],
+    last_sweeps_unix_nano: [u64; 7],
     stats: StoreStats,
 }
 
@@ -146,6 +198,9 @@ pub struct BaselineStore {
     /// The same per entry route, entry service and for the whole system: what a young root
     /// class is judged against.
     pub class_scopes: HashMap<(ClassScope, RequestMetric), Distribution>,
+    /// Calls per parent span from a service to another, and to any callee of a kind: what a
+    /// young edge is judged against.
+    pub edge_scopes: HashMap<EdgeScope, Distribution>,
     /// Window level, per edge: work per entry request, retry ratio, cache miss ratio
     /// (thousandths).
     pub windows: HashMap<(WindowMetric, Edge), Distribution>,
@@ -172,6 +227,7 @@ impl BaselineStore {
             request_edges: HashMap::new(),
             request_totals: HashMap::new(),
             class_scopes: HashMap::new(),
+            edge_scopes: HashMap::new(),
             windows: HashMap::new(),
             window_classes: HashMap::new(),
             seasonal: HashMap::new(),
@@ -179,7 +235,7 @@ impl BaselineStore {
             watermark_unix_nano: 0,
             freeze_all: false,
             frozen_edges: HashSet::new(),
-            room: Room { max_keys, young_below: 0, last_sweeps_unix_nano: [0; 6], stats: StoreStats::default() },
+            room: Room { max_keys, young_below: 0, last_sweeps_unix_nano: [0; 7], stats: StoreStats::default() },
         }
     }
 
@@ -222,11 +278,24 @@ impl BaselineStore {
         self.freeze_all || (!self.frozen_edges.is_empty() && self.frozen_edges.contains(&edge.to_string()))
     }
 
+    /// Learns the calls of one parent span on `edge`, and in the scopes above it.
     pub fn observe_fanout(&mut self, edge: Edge, calls: u64, at: u64) {
         if self.is_frozen(&edge) {
             return;
         }
         observe(&mut self.fanout, edge, calls, at, &mut self.room, 0, Distribution::observe);
+        for scope in EdgeScope::above(&edge) {
+            observe(&mut self.edge_scopes, scope, calls, at, &mut self.room, 6, Distribution::observe);
+        }
+    }
+
+    /// Holds back the calls of one parent span on a young `edge` (see [`Distribution::hold`]):
+    /// beyond what it was judged against, they are learned nowhere until they recur over hours.
+    pub fn hold_fanout(&mut self, edge: Edge, calls: u64, at: u64) {
+        if self.is_frozen(&edge) {
+            return;
+        }
+        observe(&mut self.fanout, edge, calls, at, &mut self.room, 0, Distribution::hold);
     }
 
     pub fn observe_request_edge(&mut self, class: RootClass, edge: Edge, calls: u64, at: u64) {
@@ -234,6 +303,15 @@ impl BaselineStore {
             return;
         }
         observe(&mut self.request_edges, (class, edge), calls, at, &mut self.room, 1, Distribution::observe);
+    }
+
+    /// Holds back the calls of one request of a young `class` on `edge` (see
+    /// [`Distribution::hold`]): a request found beyond a borrowed threshold.
+    pub fn hold_request_edge(&mut self, class: RootClass, edge: Edge, calls: u64, at: u64) {
+        if self.is_frozen(&edge) {
+            return;
+        }
+        observe(&mut self.request_edges, (class, edge), calls, at, &mut self.room, 1, Distribution::hold);
     }
 
     /// Learns a request total of `class`, and of the scopes above it.
@@ -344,10 +422,11 @@ mod tests {
 
     const MINUTE: u64 = 60 * 1_000_000_000;
 
+    /// Edges to different operations of one service: their scopes above are two keys.
     fn edge(i: usize) -> Edge {
         Edge {
             from: Node { service: Sym::new("gateway"), operation: Sym::new("GET /"), kind: NodeKind::Service },
-            to: Node { service: Sym::new(&format!("svc{i}")), operation: Sym::new("GET /x"), kind: NodeKind::Service },
+            to: Node { service: Sym::new("svc"), operation: Sym::new(&format!("GET /x{i}")), kind: NodeKind::Service },
         }
     }
 
@@ -386,6 +465,29 @@ mod tests {
         store.observe_fanout(edge(1), 1, 0);
         store.observe_fanout(edge(2), 1, 1_000 * MINUTE);
         assert_eq!((store.fanout.len(), store.stats().evicted_young, store.stats().capped_observations), (2, 0, 1));
+    }
+
+    #[test]
+    fn calls_per_parent_are_learned_by_the_scopes_above_the_edge_and_held_ones_are_not() {
+        let mut store = BaselineStore::new(10);
+        let db = Edge {
+            from: edge(0).to,
+            to: Node { service: Sym::new("postgres"), operation: Sym::new("SELECT ?"), kind: NodeKind::Database },
+        };
+        store.observe_fanout(edge(0), 1, 0);
+        store.observe_fanout(edge(1), 3, 0);
+        store.observe_fanout(db, 5, 0);
+        store.hold_fanout(edge(2), 400, 0);
+        let pair = EdgeScope::ServicePair { from: Sym::new("gateway"), to: Sym::new("svc"), kind: NodeKind::Service };
+        let kind = EdgeScope::CallerToKind { from: Sym::new("gateway"), kind: NodeKind::Service };
+        assert_eq!(EdgeScope::above(&edge(7)), [pair, kind]);
+        assert_eq!((store.edge_scopes[&pair].samples(), store.edge_scopes[&pair].max()), (2, 3));
+        assert_eq!(store.edge_scopes[&kind].samples(), 2);
+        assert_eq!(store.edge_scopes.len(), 4, "gateway's two and svc's two");
+        assert_eq!((store.fanout[&edge(2)].samples(), store.fanout[&edge(2)].held()), (0, 1));
+        assert_eq!(pair.to_string(), "every call from gateway to svc");
+        assert_eq!(EdgeScope::above(&db)[1].name(), "svc -> any database");
+        assert_eq!(EdgeScope::above(&db)[1].to_string(), "every call from svc to a database");
     }
 
     #[test]

@@ -24,9 +24,9 @@
 //! tier, an edge whose caller is the callee of another anomalous edge is a consequence and is
 //! left out.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use stormwatch_baseline::{BaselineStore, ClassScope, Distribution, RequestMetric, HOLD_FROM_SAMPLES};
+use stormwatch_baseline::{BaselineStore, ClassScope, Distribution, EdgeScope, RequestMetric, HOLD_FROM_SAMPLES};
 use stormwatch_model::{AlertKind, Contributor, Edge, Node, RootClass, Severity, TraceId};
 
 use crate::features::TraceFeatures;
@@ -94,15 +94,48 @@ pub(crate) struct Judgement {
     pub(crate) threshold: f64,
     pub(crate) samples: u64,
     pub(crate) since: u64,
-    /// Judged against an ancestor's baseline, this key being young: what it was and how many
-    /// samples the key has of its own.
-    pub(crate) borrowed: Option<(ClassScope, u64)>,
+    /// Which baseline judged.
+    pub(crate) basis: Basis,
 }
 
-/// A young root class (under `learning_min_samples`) judged against a scope above it alerts
-/// only beyond this multiple of that scope's threshold (at its p99.9): a class that is merely
-/// rarer or a bit heavier than its route stays quiet, a storm does not.
+/// Which baseline a judgement was made against.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Basis {
+    /// The key's own.
+    Own,
+    /// An ancestor's, the key being young: which, and how many samples the key has itself.
+    Borrowed(Ancestor, u64),
+    /// The whole system's: a request total beyond [`NEVER_SEEN_FACTOR`] times its largest.
+    Unprecedented,
+}
+
+/// The wider baseline a young key is judged against: above a root class, or above an edge.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ancestor {
+    Class(ClassScope),
+    Edge(EdgeScope),
+}
+
+impl std::fmt::Display for Ancestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ancestor::Class(scope) => scope.fmt(f),
+            Ancestor::Edge(scope) => scope.fmt(f),
+        }
+    }
+}
+
+/// A young root class or edge (under `learning_min_samples`) judged against a scope above it
+/// alerts only beyond this multiple of that scope's threshold (at its p99.9): a class that is
+/// merely rarer or a bit heavier than its route, or an edge that loops a little more than its
+/// caller's other calls, stays quiet; a storm does not.
 pub const BORROWED_FACTOR: f64 = 2.0;
+
+/// A request total beyond this multiple of the largest the whole system has learned (spans,
+/// database calls or services per request, over every class) alerts whatever its class's own
+/// baseline allows: a heavy-tailed class extrapolates its threshold far out, and nothing the
+/// system ever did normally comes near this.
+pub const NEVER_SEEN_FACTOR: f64 = 4.0;
 
 pub(crate) fn judge(distribution: Option<&Distribution>, observed: u64, config: &DetectConfig) -> Option<Judgement> {
     let distribution = distribution?;
@@ -120,7 +153,7 @@ pub(crate) fn judge(distribution: Option<&Distribution>, observed: u64, config: 
         threshold,
         samples: distribution.samples(),
         since: distribution.since_unix_nano(),
-        borrowed: None,
+        basis: Basis::Own,
     })
 }
 
@@ -140,10 +173,7 @@ fn threshold_of(distribution: &Distribution, config: &DetectConfig) -> f64 {
 }
 
 /// A request total of `class` judged against its own baseline, or, while that is young,
-/// against the nearest scope above it that has enough history ([`borrowed_threshold`]) unless
-/// the class has already learned as much itself. The judgement is `None` when nothing judges
-/// the total or it is within bounds; the flag says whether the class was young (so a total
-/// beyond the bounds is held back rather than dropped).
+/// against the nearest scope above it (its route, its service, the system).
 fn judge_total(
     store: &BaselineStore,
     class: RootClass,
@@ -151,28 +181,76 @@ fn judge_total(
     observed: u64,
     config: &DetectConfig,
 ) -> (Option<Judgement>, bool) {
-    let own = store.request_totals.get(&(class, metric));
+    let ancestors =
+        ClassScope::above(&class).map(|scope| (Ancestor::Class(scope), store.class_scopes.get(&(scope, metric))));
+    match judge_young(store.request_totals.get(&(class, metric)), observed, ancestors, config) {
+        (None, false) => (unprecedented(store, metric, observed, config), false),
+        judged => judged,
+    }
+}
+
+/// A request total beyond [`NEVER_SEEN_FACTOR`] times the largest the whole system learned,
+/// once the system-wide baseline has `learning_min_samples`.
+fn unprecedented(
+    store: &BaselineStore,
+    metric: RequestMetric,
+    observed: u64,
+    config: &DetectConfig,
+) -> Option<Judgement> {
+    let system = store.class_scopes.get(&(ClassScope::System, metric))?;
+    if system.samples() < config.learning_min_samples {
+        return None;
+    }
+    let threshold = NEVER_SEEN_FACTOR * system.max() as f64;
+    (observed as f64 > threshold).then(|| Judgement {
+        expected: system.quantile(0.5) as f64,
+        threshold,
+        samples: system.samples(),
+        since: system.since_unix_nano(),
+        basis: Basis::Unprecedented,
+    })
+}
+
+/// The largest calls per parent span of one trace on `edge`, judged against the edge's own
+/// baseline or, while that is young, against the scopes above it (every call from its
+/// caller's service to its callee's service, then to any callee of its kind).
+fn judge_fanout(store: &BaselineStore, edge: Edge, observed: u64, config: &DetectConfig) -> (Option<Judgement>, bool) {
+    let ancestors = EdgeScope::above(&edge).map(|scope| (Ancestor::Edge(scope), store.edge_scopes.get(&scope)));
+    judge_young(store.fanout.get(&edge), observed, ancestors, config)
+}
+
+/// A key judged against its own baseline once it has `learning_min_samples`; until then
+/// against the nearest of `ancestors` that has ([`borrowed_threshold`]), unless the key has
+/// already learned as much itself. The judgement is `None` when nothing judges the value or
+/// it is within bounds; the flag says whether the key was young and judged by an ancestor
+/// (so a value beyond the bounds is held back rather than dropped).
+fn judge_young<'a>(
+    own: Option<&Distribution>,
+    observed: u64,
+    ancestors: impl IntoIterator<Item = (Ancestor, Option<&'a Distribution>)>,
+    config: &DetectConfig,
+) -> (Option<Judgement>, bool) {
     let own_samples = own.map_or(0, Distribution::samples);
     if own_samples >= config.learning_min_samples {
         return (judge(own, observed, config), false);
     }
-    // Within what the class itself learned (its ordinary requests, and what it held back and
+    // Within what the key itself learned (its ordinary values, and what it held back and
     // learned once it recurred over hours): its own level, not a storm.
     if own.is_some_and(|own| own_samples > 0 && observed <= own.max()) {
         return (None, true);
     }
-    for scope in ClassScope::above(&class) {
-        let Some(ancestor) = store.class_scopes.get(&(scope, metric)) else { continue };
-        if ancestor.samples() < config.learning_min_samples {
+    for (ancestor, distribution) in ancestors {
+        let Some(distribution) = distribution else { continue };
+        if distribution.samples() < config.learning_min_samples {
             continue;
         }
-        let threshold = borrowed_threshold(ancestor, config);
+        let threshold = borrowed_threshold(distribution, config);
         let judged = (observed as f64 > threshold).then(|| Judgement {
-            expected: ancestor.quantile(0.5) as f64,
+            expected: distribution.quantile(0.5) as f64,
             threshold,
-            samples: ancestor.samples(),
-            since: ancestor.since_unix_nano(),
-            borrowed: Some((scope, own_samples)),
+            samples: distribution.samples(),
+            since: distribution.since_unix_nano(),
+            basis: Basis::Borrowed(ancestor, own_samples),
         });
         return (judged, true);
     }
@@ -225,14 +303,29 @@ struct Pending {
 
 impl Pending {
     fn finish(self, features: &TraceFeatures, config: &DetectConfig) -> Finding {
-        let Judgement { expected, threshold, samples, since, borrowed } = self.judgement;
+        let Judgement { expected, threshold, samples, since, basis } = self.judgement;
         let observed = self.observed as f64;
         let entry = features.root_class;
-        let limits = match borrowed {
-            None => format!("normally {}, alert above {}", number(expected), number(threshold)),
-            Some((scope, own)) => format!(
-                "judged against {scope}, as this entry has only {own} requests of history: normally {}, alert above \
-                 {} ({BORROWED_FACTOR}x its threshold)",
+        let limits = match basis {
+            Basis::Own => format!("normally {}, alert above {}", number(expected), number(threshold)),
+            Basis::Unprecedented => format!(
+                "never seen in the whole system: every request of the system, normally {}, never more than {} in {} \
+                 requests; alert above {NEVER_SEEN_FACTOR}x that",
+                number(expected),
+                number(threshold / NEVER_SEEN_FACTOR),
+                samples
+            ),
+            Basis::Borrowed(scope, own) => format!(
+                "judged against {scope}, as this {} has only {own} {} of history: normally {}, alert above {} \
+                 ({BORROWED_FACTOR}x its threshold)",
+                match scope {
+                    Ancestor::Class(_) => "entry",
+                    Ancestor::Edge(_) => "edge",
+                },
+                match scope {
+                    Ancestor::Class(_) => "requests",
+                    Ancestor::Edge(_) => "parent spans",
+                },
                 number(expected),
                 number(threshold)
             ),
@@ -292,7 +385,11 @@ impl Pending {
             end_unix_nano: features.end_unix_nano,
             baseline_samples: samples,
             baseline_since_unix_nano: since,
-            baseline_from: borrowed.map(|(scope, _)| scope.to_string()),
+            baseline_from: match basis {
+                Basis::Own => None,
+                Basis::Borrowed(scope, _) => Some(scope.to_string()),
+                Basis::Unprecedented => Some(ClassScope::System.to_string()),
+            },
             explanation,
         }
     }
@@ -311,8 +408,13 @@ pub fn detect(features: &TraceFeatures, store: &BaselineStore, config: &DetectCo
     let mut anomalies = Anomalies::default();
     let mut per_parent = Vec::new();
     for edge in &features.edges {
-        if let Some(judgement) = judge(store.fanout.get(&edge.edge), edge.max_calls_per_parent, config) {
-            anomalies.fanout.insert(edge.edge);
+        let (judged, young) = judge_fanout(store, edge.edge, edge.max_calls_per_parent, config);
+        if let Some(judgement) = judged {
+            if young {
+                anomalies.fanout_held.insert(edge.edge, judgement.threshold);
+            } else {
+                anomalies.fanout.insert(edge.edge);
+            }
             let kind =
                 if edge.edge.to.kind.is_datastore() { AlertKind::NPlusOne } else { AlertKind::FanoutAmplification };
             per_parent.push(Pending {
@@ -368,6 +470,18 @@ pub fn detect(features: &TraceFeatures, store: &BaselineStore, config: &DetectCo
                     },
                     judgement,
                 });
+            }
+        }
+    }
+    // A request a borrowed baseline found beyond its bounds is held back from its young
+    // keys on every edge it did more on than they ever learned: the storm teaches none of them.
+    let borrowed_storm =
+        !anomalies.fanout_held.is_empty() || anomalies.totals.iter().any(|m| anomalies.borrowed.contains(m));
+    if let (true, Some(class)) = (borrowed_storm, features.root_class) {
+        for edge in &features.edges {
+            let own = store.request_edges.get(&(class, edge.edge));
+            if own.is_none_or(|own| own.samples() < config.learning_min_samples && edge.calls > own.max()) {
+                anomalies.request_edges_held.insert(edge.edge);
             }
         }
     }
@@ -485,7 +599,12 @@ fn total(features: &TraceFeatures, metric: RequestMetric) -> u64 {
 #[derive(Debug, Default)]
 pub struct Anomalies {
     fanout: HashSet<Edge>,
+    /// Young edges beyond a borrowed threshold, with it: their parent spans beyond it are
+    /// held back, the others learned.
+    fanout_held: HashMap<Edge, f64>,
     request_edges: HashSet<Edge>,
+    /// Young per-request edge counts of a request beyond a borrowed threshold: held back.
+    request_edges_held: HashSet<Edge>,
     totals: HashSet<RequestMetric>,
     /// Totals of a young class judged against a scope above it.
     borrowed: HashSet<RequestMetric>,
@@ -498,15 +617,23 @@ pub fn learn(features: &TraceFeatures, store: &mut BaselineStore, anomalies: &An
     }
     let at = features.end_unix_nano;
     for edge in &features.edges {
-        if !anomalies.fanout.contains(&edge.edge) {
-            for calls in &edge.calls_per_parent {
-                store.observe_fanout(edge.edge, *calls, at);
+        if anomalies.fanout.contains(&edge.edge) {
+            continue;
+        }
+        let held = anomalies.fanout_held.get(&edge.edge);
+        for &calls in &edge.calls_per_parent {
+            match held {
+                // Beyond a borrowed threshold: the young edge holds it back.
+                Some(&threshold) if calls as f64 > threshold => store.hold_fanout(edge.edge, calls, at),
+                _ => store.observe_fanout(edge.edge, calls, at),
             }
         }
     }
     if let Some(class) = features.root_class {
         for edge in &features.edges {
-            if !anomalies.request_edges.contains(&edge.edge) {
+            if anomalies.request_edges_held.contains(&edge.edge) {
+                store.hold_request_edge(class, edge.edge, edge.calls, at);
+            } else if !anomalies.request_edges.contains(&edge.edge) {
                 store.observe_request_edge(class, edge.edge, edge.calls, at);
             }
         }
@@ -563,5 +690,33 @@ mod tests {
         // Values the edge produces now and then do not fire; a storm far past them does.
         assert!(judge(Some(&pareto), 61, &config).is_none());
         assert!(judge(Some(&pareto), 5_000, &config).is_some());
+    }
+
+    #[test]
+    fn a_request_far_beyond_anything_the_system_did_alerts_whatever_its_class_allows() {
+        let config = DetectConfig::default();
+        let class = RootClass {
+            service: stormwatch_model::Sym::new("gateway"),
+            operation: stormwatch_model::Sym::new("GET /search"),
+            query_shape: None,
+        };
+        let mut store = BaselineStore::new(100);
+        // A heavy-tailed class (Pareto spans per request, the system's only traffic): its own
+        // threshold is extrapolated far beyond its largest request.
+        for i in 1..=10_000u64 {
+            let quantile = (i * 7_919 % 10_000 + 1) as f64 / 10_001.0;
+            let spans = (1.0 / (1.0 - quantile)).powf(1.0 / 1.8) as u64;
+            store.observe_request_total(class, RequestMetric::Spans, spans, i);
+        }
+        let largest = store.class_scopes[&(ClassScope::System, RequestMetric::Spans)].max();
+        let beyond = (NEVER_SEEN_FACTOR * largest as f64) as u64 + 1;
+        let own = store.request_totals.get(&(class, RequestMetric::Spans));
+        assert!(judge(own, beyond, &config).is_none(), "its own tail allows {beyond}");
+        let (judged, young) = judge_total(&store, class, RequestMetric::Spans, beyond, &config);
+        let judged = judged.expect("never seen in the system");
+        assert!(!young && matches!(judged.basis, Basis::Unprecedented), "{:?}", judged.basis);
+        assert_eq!(judged.threshold, NEVER_SEEN_FACTOR * largest as f64);
+        let (within, _) = judge_total(&store, class, RequestMetric::Spans, beyond - 2, &config);
+        assert!(within.is_none());
     }
 }

@@ -130,14 +130,21 @@ fn explanation(alert: &serde_json::Value, rows: &[BaselineRow], tuning: &Tuning)
         }
     });
     let kind = alert["kind"].as_str().unwrap_or("");
-    // A young entry's totals were judged against a wider baseline: `baseline.from` says which.
+    // A young entry's totals or a young edge's calls per parent were judged against a wider
+    // baseline (or a request against the whole system's): `baseline.from` says which.
     let from = alert["baseline"]["from"].as_str();
     let judged_by = |r: &BaselineRow| {
-        from.is_some_and(|from| match (r.table.split(':').next(), &r.entry) {
-            (Some("route_per_request" | "service_per_request"), Some(scope)) => {
+        from.is_some_and(|from| match (r.table.split(':').next(), &r.entry, &r.edge) {
+            (Some("route_per_request" | "service_per_request"), Some(scope), _) => {
                 from == format!("every request to {scope}")
             }
-            (Some("system_per_request"), None) => from == "every request of the system",
+            (Some("system_per_request"), None, _) => from == "every request of the system",
+            (Some("pair_per_parent"), _, Some(pair)) => pair
+                .split_once(" -> ")
+                .is_some_and(|(caller, callee)| from == format!("every call from {caller} to {callee}")),
+            (Some("kind_per_parent"), _, Some(scope)) => scope
+                .split_once(" -> any ")
+                .is_some_and(|(caller, kind)| from == format!("every call from {caller} to a {kind}")),
             _ => false,
         })
     };
@@ -163,10 +170,15 @@ fn explanation(alert: &serde_json::Value, rows: &[BaselineRow], tuning: &Tuning)
         .and_then(|k| tuning.detectors.get(&k))
         .map_or("on".to_string(), |m| format!("{m:?}").to_lowercase());
     let frozen = edge.as_ref().is_some_and(|e| tuning.frozen_edges.contains(e));
-    let borrowed = from.map_or(String::new(), |from| {
-        format!(
-            " of {from} (the entry's own baseline was too young to judge; a wider one judges at half the sensitivity)"
-        )
+    let unprecedented = alert["explanation"].as_str().is_some_and(|e| e.contains("never seen in the whole system"));
+    let young = if alert["unit"] == "calls_per_parent" { "edge" } else { "entry" };
+    let borrowed = from.map_or(String::new(), |from| match unprecedented {
+        true => {
+            format!(" of {from} (far beyond anything the whole system did, whatever the entry's own baseline allows)")
+        }
+        false => format!(
+            " of {from} (the {young}'s own baseline was too young to judge; a wider one judges at half the sensitivity)"
+        ),
     });
     let why = format!(
         "{kind}: observed {} {} against an expected {} and a threshold of {} (score {}), from a baseline of {} samples{borrowed}.",
@@ -777,5 +789,42 @@ mod tests {
         assert!(tables.contains(&"route_per_request:spans"), "{tables:?}");
         assert!(tables.contains(&"per_request:spans"), "the entry's own: {tables:?}");
         assert!(!tables.contains(&"service_per_request:spans"), "{tables:?}");
+    }
+
+    /// A young edge judged against every call its caller makes to that kind of callee.
+    #[test]
+    fn a_young_edge_names_the_scope_that_judged_it() {
+        use stormwatch_model::{Edge, Node, NodeKind};
+        let node = |s: &str, o: &str, kind| Node { service: Sym::new(s), operation: Sym::new(o), kind };
+        let catalog = Edge {
+            from: node("gateway", "GET /products", NodeKind::Service),
+            to: node("catalog", "GET /items", NodeKind::Service),
+        };
+        let reviews = Edge { from: catalog.from, to: node("reviews", "GET /reviews", NodeKind::Service) };
+        let mut store = BaselineStore::new(100);
+        for i in 0..300 {
+            store.observe_fanout(catalog, 1, i);
+        }
+        for i in 0..40 {
+            store.observe_fanout(reviews, 20, 300 + i);
+        }
+        let alert = serde_json::json!({
+            "kind": "fanout_amplification", "observed": 200.0, "unit": "calls_per_parent", "expected": 1.0,
+            "threshold": 22.0, "score": 9.09,
+            "edge": {"from": {"service": "gateway", "operation": "GET /products"},
+                     "to": {"service": "reviews", "operation": "GET /reviews"}},
+            "entry": null,
+            "baseline": {"samples": 340, "since": "2027-01-15T08:00:00.000Z", "from": "every call from gateway to a service"},
+            "explanation": "gateway `GET /products` called reviews `GET /reviews` 200 times ...",
+        });
+        let explained = explanation(&alert, &inspect::rows(&store), &Tuning::default());
+        let why = explained["why"].as_str().unwrap();
+        assert!(
+            why.contains("of every call from gateway to a service (the edge's own baseline was too young"),
+            "{why}"
+        );
+        let tables: Vec<&str> =
+            explained["baselines_now"].as_array().unwrap().iter().map(|r| r["table"].as_str().unwrap()).collect();
+        assert_eq!(tables, ["calls_per_parent", "kind_per_parent"], "the edge's own and the scope that judged");
     }
 }

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use stormwatch_model::{clean_name, Dimension, Edge, Node, NodeKind, RootClass, Sym};
 
 use crate::{
-    BaselineStore, ClassScope, DailyProfile, Distribution, RequestMetric, SubspaceModel, WindowMetric, LATEST_UNIX_NANO,
+    BaselineStore, ClassScope, DailyProfile, Distribution, EdgeScope, RequestMetric, SubspaceModel, WindowMetric,
+    LATEST_UNIX_NANO,
 };
 
 pub const SNAPSHOT_FILE: &str = "baselines.json";
@@ -93,6 +94,18 @@ struct ClassScopeDoc {
     per_request: Distribution,
 }
 
+/// A scope above edges: `pair` (every call from `from` to the service `to`) or `kind` (every
+/// call from `from` to any callee of `kind`).
+#[derive(Serialize, Deserialize)]
+struct EdgeScopeDoc {
+    level: String,
+    from: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    to: Option<String>,
+    kind: String,
+    calls_per_parent: Distribution,
+}
+
 #[derive(Serialize, Deserialize)]
 struct WindowDoc {
     metric: String,
@@ -139,6 +152,8 @@ struct SnapshotDoc {
     /// learn these again as traffic comes).
     #[serde(default)]
     class_scopes: Vec<ClassScopeDoc>,
+    #[serde(default)]
+    edge_scopes: Vec<EdgeScopeDoc>,
     #[serde(default)]
     windows: Vec<WindowDoc>,
     #[serde(default)]
@@ -273,6 +288,8 @@ pub fn encode_snapshot(store: &BaselineStore) -> Vec<u8> {
     request_totals.sort_by(|a, b| a.0.cmp(b.0));
     let mut class_scopes: Vec<_> = store.class_scopes.iter().collect();
     class_scopes.sort_by(|a, b| a.0.cmp(b.0));
+    let mut edge_scopes: Vec<_> = store.edge_scopes.iter().collect();
+    edge_scopes.sort_by(|a, b| a.0.cmp(b.0));
     let mut windows: Vec<_> = store.windows.iter().collect();
     windows.sort_by(|a, b| a.0.cmp(b.0));
     let mut window_classes: Vec<_> = store.window_classes.iter().collect();
@@ -320,6 +337,21 @@ pub fn encode_snapshot(store: &BaselineStore) -> Vec<u8> {
                     metric: metric.as_str().into(),
                     per_request: d.clone(),
                 }
+            })
+            .collect(),
+        edge_scopes: edge_scopes
+            .into_iter()
+            .map(|(scope, d)| EdgeScopeDoc {
+                level: scope.level().into(),
+                from: match scope {
+                    EdgeScope::ServicePair { from, .. } | EdgeScope::CallerToKind { from, .. } => from.to_string(),
+                },
+                to: match scope {
+                    EdgeScope::ServicePair { to, .. } => Some(to.to_string()),
+                    EdgeScope::CallerToKind { .. } => None,
+                },
+                kind: scope.kind().as_str().into(),
+                calls_per_parent: d.clone(),
             })
             .collect(),
         windows: windows
@@ -394,6 +426,7 @@ pub fn decode_snapshot(bytes: &[u8], max_keys: usize, origin: &Path) -> Result<B
         ("request_edges", doc.request_edges.len()),
         ("request_totals", doc.request_totals.len()),
         ("class_scopes", doc.class_scopes.len()),
+        ("edge_scopes", doc.edge_scopes.len()),
         ("windows", doc.windows.len()),
         ("window_classes", doc.window_classes.len()),
         ("seasonal", doc.seasonal.len()),
@@ -435,6 +468,23 @@ pub fn decode_snapshot(bytes: &[u8], max_keys: usize, origin: &Path) -> Result<B
         };
         let distribution = checked(entry.per_request, "class_scopes", i).map_err(corrupt)?;
         store.class_scopes.insert((scope, metric), distribution);
+    }
+    for (i, entry) in doc.edge_scopes.into_iter().enumerate() {
+        let kind = NodeKind::parse(&entry.kind)
+            .ok_or_else(|| corrupt(format!("edge_scopes[{i}]: unknown node kind {:?}", entry.kind)))?;
+        let from = name(&entry.from, Dimension::Service);
+        let callees = if kind == NodeKind::Service { Dimension::Service } else { Dimension::Peer };
+        let scope = match (entry.level.as_str(), &entry.to) {
+            ("pair", Some(to)) => EdgeScope::ServicePair { from, to: name(to, callees), kind },
+            ("kind", None) => EdgeScope::CallerToKind { from, kind },
+            (level, _) => {
+                return Err(corrupt(format!(
+                    "edge_scopes[{i}]: level {level:?} with that callee (pair: a callee service `to`; kind: none)"
+                )))
+            }
+        };
+        let distribution = checked(entry.calls_per_parent, "edge_scopes", i).map_err(corrupt)?;
+        store.edge_scopes.insert(scope, distribution);
     }
     for (i, entry) in doc.windows.into_iter().enumerate() {
         let metric = WindowMetric::parse(&entry.metric)

@@ -47,6 +47,8 @@ fn round_trip_is_exact_and_stable() {
     assert_eq!(restored.request_totals, store.request_totals);
     assert_eq!(restored.class_scopes, store.class_scopes);
     assert_eq!(restored.class_scopes.len(), 3, "route, service and system");
+    assert_eq!(restored.edge_scopes, store.edge_scopes);
+    assert_eq!(restored.edge_scopes.len(), 2, "service pair and caller to kind");
     assert_eq!(restored.windows, store.windows);
     assert_eq!(restored.window_classes, store.window_classes);
     assert_eq!(restored.seasonal, store.seasonal);
@@ -112,10 +114,13 @@ fn absurd_snapshots_are_refused_and_names_are_kept_as_ingest_keeps_them() {
     };
     assert!(refused(&|_| {}).is_none());
     type Change<'a> = &'a dyn Fn(&mut serde_json::Value);
-    let cases: [(Change<'_>, &str); 8] = [
+    let cases: [(Change<'_>, &str); 11] = [
         (&|d| d["fanout"][0]["calls_per_parent"]["ewma_variance"] = (-4.0).into(), "fanout[0]: ewma_variance"),
         (&|d| d["class_scopes"][2]["level"] = "galaxy".into(), "class_scopes[2]: level \"galaxy\""),
         (&|d| d["class_scopes"][0]["per_request"]["weight"] = 7.into(), "class_scopes[0]: weight"),
+        (&|d| d["edge_scopes"][0]["to"] = serde_json::Value::Null, "edge_scopes[0]: level \"pair\""),
+        (&|d| d["edge_scopes"][1]["kind"] = "nebula".into(), "edge_scopes[1]: unknown node kind"),
+        (&|d| d["edge_scopes"][1]["calls_per_parent"]["weight"] = 7.into(), "edge_scopes[1]: weight"),
         (&|d| d["watermark_unix_nano"] = u64::MAX.into(), "after the year 2200"),
         (&|d| d["windows"][0]["thousandths"]["since_unix_nano"] = u64::MAX.into(), "windows[0]: since_unix_nano"),
         (&|d| d["request_edges"][0]["calls_per_request"]["weight"] = 7.into(), "sum of its buckets"),
