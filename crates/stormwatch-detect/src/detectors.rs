@@ -131,6 +131,27 @@ impl std::fmt::Display for Ancestor {
 /// caller's other calls, stays quiet; a storm does not.
 pub const BORROWED_FACTOR: f64 = 2.0;
 
+/// A per-trace baseline with this many samples, under `learning_min_samples` and judged by no
+/// wider baseline either (the whole system being young), holds back a value beyond
+/// [`YOUNG_HOLD_FACTOR`] times the largest it learned (and `min_excess` beyond it): a storm in
+/// the system's first minutes is not learned, though nothing can judge it yet.
+pub const YOUNG_HOLD_FROM_SAMPLES: u64 = 30;
+/// See [`YOUNG_HOLD_FROM_SAMPLES`]. Per-trace counts are heavy-tailed: a few dozen samples'
+/// largest value lies well below their p99, so only a value far beyond it is held.
+pub const YOUNG_HOLD_FACTOR: u64 = 4;
+
+/// The limit beyond which a young key that nothing judges holds a value back, if `observed`
+/// is beyond it (see [`YOUNG_HOLD_FROM_SAMPLES`]).
+fn far_beyond_young(own: Option<&Distribution>, observed: u64, config: &DetectConfig) -> Option<f64> {
+    let own = own?;
+    if !(YOUNG_HOLD_FROM_SAMPLES..config.learning_min_samples).contains(&own.samples()) {
+        return None;
+    }
+    let largest = own.max() as f64;
+    let limit = (largest * YOUNG_HOLD_FACTOR as f64).max(largest + config.min_excess);
+    (observed as f64 > limit).then_some(limit)
+}
+
 /// A request total beyond this multiple of the largest the whole system has learned (spans,
 /// database calls or services per request, over every class) alerts whatever its class's own
 /// baseline allows: a heavy-tailed class extrapolates its threshold far out, and nothing the
@@ -409,6 +430,11 @@ pub fn detect(features: &TraceFeatures, store: &BaselineStore, config: &DetectCo
     let mut per_parent = Vec::new();
     for edge in &features.edges {
         let (judged, young) = judge_fanout(store, edge.edge, edge.max_calls_per_parent, config);
+        if let (None, false) = (&judged, young) {
+            if let Some(limit) = far_beyond_young(store.fanout.get(&edge.edge), edge.max_calls_per_parent, config) {
+                anomalies.fanout_held.insert(edge.edge, limit);
+            }
+        }
         if let Some(judgement) = judged {
             if young {
                 anomalies.fanout_held.insert(edge.edge, judgement.threshold);
@@ -448,6 +474,12 @@ pub fn detect(features: &TraceFeatures, store: &BaselineStore, config: &DetectCo
             let (judged, borrowed) = judge_total(store, class, metric, observed, config);
             if borrowed {
                 anomalies.borrowed.insert(metric);
+            } else if judged.is_none()
+                && far_beyond_young(store.request_totals.get(&(class, metric)), observed, config).is_some()
+            {
+                // Nothing judges it, and the young class never saw anything like it: held.
+                anomalies.totals.insert(metric);
+                anomalies.borrowed.insert(metric);
             }
             if let Some(judgement) = judged {
                 // A request-wide total made large only by edges that sit in their own learned
@@ -473,8 +505,9 @@ pub fn detect(features: &TraceFeatures, store: &BaselineStore, config: &DetectCo
             }
         }
     }
-    // A request a borrowed baseline found beyond its bounds is held back from its young
-    // keys on every edge it did more on than they ever learned: the storm teaches none of them.
+    // A request a borrowed baseline found beyond its bounds (or that went far beyond young
+    // keys nothing judges yet) is held back from its young keys on every edge it did more on
+    // than they ever learned: the storm teaches none of them.
     let borrowed_storm =
         !anomalies.fanout_held.is_empty() || anomalies.totals.iter().any(|m| anomalies.borrowed.contains(m));
     if let (true, Some(class)) = (borrowed_storm, features.root_class) {
@@ -599,14 +632,16 @@ fn total(features: &TraceFeatures, metric: RequestMetric) -> u64 {
 #[derive(Debug, Default)]
 pub struct Anomalies {
     fanout: HashSet<Edge>,
-    /// Young edges beyond a borrowed threshold, with it: their parent spans beyond it are
-    /// held back, the others learned.
+    /// Young edges beyond a borrowed threshold (or far beyond their own few dozen values when
+    /// nothing judges them), with it: their parent spans beyond it are held back, the others
+    /// learned.
     fanout_held: HashMap<Edge, f64>,
     request_edges: HashSet<Edge>,
     /// Young per-request edge counts of a request beyond a borrowed threshold: held back.
     request_edges_held: HashSet<Edge>,
     totals: HashSet<RequestMetric>,
-    /// Totals of a young class judged against a scope above it.
+    /// Totals of a young class judged against a scope above it (or, nothing judging them,
+    /// checked against its own few dozen values): beyond that, held back rather than dropped.
     borrowed: HashSet<RequestMetric>,
 }
 

@@ -659,6 +659,33 @@ fn a_storm_in_the_first_requests_of_a_class_is_caught_and_not_learned() {
     assert!(store.edge_scopes.values().all(|scope| scope.max() < 200), "a scope learned the storm");
 }
 
+/// In the system's first minutes nothing can judge yet (no baseline, not even the whole
+/// system's, has its learning minimum), but a young key holds back a value far beyond the few
+/// dozen it learned: the first storm is not learned as the class's normal.
+#[test]
+fn a_storm_before_anything_can_judge_is_held_back_not_learned() {
+    use stormwatch_baseline::RequestMetric;
+    let mut engine = engine();
+    let mut out = Vec::new();
+    let mut at = T0;
+    for seed in 0..61u64 {
+        let expanded = if seed == 40 { 200 } else { 3 };
+        engine.push(listing_shaped(seed, at, "expand&page_size", expanded, "198.51.100.7"), &mut out);
+        at += SEC / 10;
+    }
+    engine.advance_to(at + 20 * SEC, &mut out);
+    assert!(out.iter().all(|a| a.kind == AlertKind::NewEdge), "nothing judges yet: {out:#?}");
+    let store = engine.store();
+    let own = &store.request_totals[&(class("expand&page_size"), RequestMetric::Spans)];
+    assert_eq!((own.samples(), own.held(), own.max()), (60, 1, 13), "the storm was learned");
+    let (edge, loop_) = store.fanout.iter().find(|(e, _)| e.to.operation.as_str() == "GET /reviews").unwrap();
+    assert_eq!((loop_.samples(), loop_.held(), loop_.max()), (60, 1, 3), "the edge learned the storm");
+    let per_request = &store.request_edges[&(class("expand&page_size"), *edge)];
+    assert_eq!((per_request.held(), per_request.max()), (1, 3));
+    assert!(store.class_scopes.values().all(|scope| scope.max() < 200), "a wider baseline learned the storm");
+    assert!(store.edge_scopes.values().all(|scope| scope.max() < 200), "a wider baseline learned the storm");
+}
+
 /// A new class legitimately heavier than its route (a bulk export: 25 reviews a request, where
 /// a listing makes none) alerts while it borrows its route's baseline, throttled, and holds
 /// those requests back; once they have recurred in four different hours they are learned, the
