@@ -245,8 +245,8 @@ mod tests {
         let db = edge("reviews", "postgresql", NodeKind::Database);
         let svc = edge("gateway", "reviews", NodeKind::Service);
         for i in 0..200 {
-            store.observe_fanout(db, 1 + i % 5, 1_000 + i);
-            store.observe_fanout(svc, 1, 1_000 + i);
+            store.observe_fanout(db, &[1 + i % 5], 1_000 + i);
+            store.observe_fanout(svc, &[1], 1_000 + i);
         }
         for i in 0..40 {
             store.observe_window(WindowMetric::WorkPerEntry, db, 2_500 + i % 10, 5_000 + i);
@@ -310,11 +310,11 @@ mod tests {
         let before = store();
         let mut after = before.clone();
         let db = edge("reviews", "postgresql", NodeKind::Database);
-        after.observe_fanout(edge("gateway", "reviews", NodeKind::Service), 1, 9_000);
+        after.observe_fanout(edge("gateway", "reviews", NodeKind::Service), &[1], 9_000);
         for i in 0..400 {
-            after.observe_fanout(db, 40, 9_000 + i);
+            after.observe_fanout(db, &[40], 9_000 + i);
         }
-        after.observe_fanout(edge("gateway", "redis", NodeKind::Cache), 2, 9_000);
+        after.observe_fanout(edge("gateway", "redis", NodeKind::Cache), &[2], 9_000);
         after.windows.clear();
         // The scopes above the edges move with them; this is about the edges' own rows.
         let own = |store: &BaselineStore| {

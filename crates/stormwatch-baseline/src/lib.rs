@@ -21,5 +21,7 @@ pub use snapshot::{
     decode_snapshot, encode_snapshot, load_snapshot, write_snapshot, write_snapshot_document, SnapshotError,
     SNAPSHOT_FILE, SNAPSHOT_FORMAT, SNAPSHOT_VERSION,
 };
-pub use store::{BaselineStore, ClassScope, EdgeScope, RequestMetric, StoreStats, WindowMetric, EVICT_IDLE_NANOS};
+pub use store::{
+    BaselineStore, ClassScope, EdgeScope, RequestMetric, StoreStats, Table, WindowMetric, EVICT_IDLE_NANOS,
+};
 pub use subspace::SubspaceModel;

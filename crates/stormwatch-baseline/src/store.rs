@@ -12,6 +12,11 @@ use stormwatch_model::{Edge, NodeKind, RootClass, Sym};
 
 use crate::{DailyProfile, Distribution, SubspaceModel};
 
+/// The store's tables. Keys are interned ids ([`Sym`]s, numbered in order of first sight),
+/// which a sender cannot choose to collide, so the fast seeded hash of `foldhash` serves
+/// instead of SipHash: learning looks up several tables for every edge of every trace.
+pub type Table<K, V = Distribution> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Per-request totals learned for each root class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RequestMetric {
@@ -190,25 +195,25 @@ struct Room {
 #[derive(Clone, Debug)]
 pub struct BaselineStore {
     /// Calls per parent span, per edge.
-    pub fanout: HashMap<Edge, Distribution>,
+    pub fanout: Table<Edge>,
     /// Calls per root request, per (root class, edge).
-    pub request_edges: HashMap<(RootClass, Edge), Distribution>,
+    pub request_edges: Table<(RootClass, Edge)>,
     /// Spans, DB calls and services per root request, per root class.
-    pub request_totals: HashMap<(RootClass, RequestMetric), Distribution>,
+    pub request_totals: Table<(RootClass, RequestMetric)>,
     /// The same per entry route, entry service and for the whole system: what a young root
     /// class is judged against.
-    pub class_scopes: HashMap<(ClassScope, RequestMetric), Distribution>,
+    pub class_scopes: Table<(ClassScope, RequestMetric)>,
     /// Calls per parent span from a service to another, and to any callee of a kind: what a
     /// young edge is judged against.
-    pub edge_scopes: HashMap<EdgeScope, Distribution>,
+    pub edge_scopes: Table<EdgeScope>,
     /// Window level, per edge: work per entry request, retry ratio, cache miss ratio
     /// (thousandths).
-    pub windows: HashMap<(WindowMetric, Edge), Distribution>,
+    pub windows: Table<(WindowMetric, Edge)>,
     /// Window level: calls on an edge caused by one root class, per thousand entry requests
     /// of all classes. Its mean is the expected contribution when attributing an excess.
-    pub window_classes: HashMap<(RootClass, Edge), Distribution>,
+    pub window_classes: Table<(RootClass, Edge)>,
     /// Window level, per metric and edge: the usual level at each hour of the day.
-    pub seasonal: HashMap<(WindowMetric, Edge), DailyProfile>,
+    pub seasonal: Table<(WindowMetric, Edge), DailyProfile>,
     /// The correlated-storm detector's normal subspace, once fitted.
     pub correlated: Option<SubspaceModel>,
     /// Event time the store has learned up to.
@@ -223,14 +228,14 @@ pub struct BaselineStore {
 impl BaselineStore {
     pub fn new(max_keys: usize) -> BaselineStore {
         BaselineStore {
-            fanout: HashMap::new(),
-            request_edges: HashMap::new(),
-            request_totals: HashMap::new(),
-            class_scopes: HashMap::new(),
-            edge_scopes: HashMap::new(),
-            windows: HashMap::new(),
-            window_classes: HashMap::new(),
-            seasonal: HashMap::new(),
+            fanout: Table::default(),
+            request_edges: Table::default(),
+            request_totals: Table::default(),
+            class_scopes: Table::default(),
+            edge_scopes: Table::default(),
+            windows: Table::default(),
+            window_classes: Table::default(),
+            seasonal: Table::default(),
             correlated: None,
             watermark_unix_nano: 0,
             freeze_all: false,
@@ -278,14 +283,15 @@ impl BaselineStore {
         self.freeze_all || (!self.frozen_edges.is_empty() && self.frozen_edges.contains(&edge.to_string()))
     }
 
-    /// Learns the calls of one parent span on `edge`, and in the scopes above it.
-    pub fn observe_fanout(&mut self, edge: Edge, calls: u64, at: u64) {
-        if self.is_frozen(&edge) {
+    /// Learns the calls of each parent span of one trace on `edge` (`calls`: one value per
+    /// parent span), and in the scopes above it; each table is looked up once.
+    pub fn observe_fanout(&mut self, edge: Edge, calls: &[u64], at: u64) {
+        if calls.is_empty() || self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.fanout, edge, calls, at, &mut self.room, 0, Distribution::observe);
+        observe_all(&mut self.fanout, edge, calls, at, &mut self.room, 0);
         for scope in EdgeScope::above(&edge) {
-            observe(&mut self.edge_scopes, scope, calls, at, &mut self.room, 6, Distribution::observe);
+            observe_all(&mut self.edge_scopes, scope, calls, at, &mut self.room, 6);
         }
     }
 
@@ -372,8 +378,36 @@ impl BaselineStore {
     }
 }
 
+/// [`observe`] of several values of one key, with one lookup while the key exists.
+fn observe_all<K: std::hash::Hash + Eq + Copy>(
+    table: &mut Table<K>,
+    key: K,
+    values: &[u64],
+    at: u64,
+    room: &mut Room,
+    table_index: usize,
+) {
+    if let Some(distribution) = table.get_mut(&key) {
+        for &value in values {
+            distribution.observe(value, at);
+        }
+        return;
+    }
+    // A new key: made room for (or refused) as one observation makes it, then the rest.
+    let [first, rest @ ..] = values else { return };
+    observe(table, key, *first, at, room, table_index, Distribution::observe);
+    match table.get_mut(&key) {
+        Some(distribution) => {
+            for &value in rest {
+                distribution.observe(value, at);
+            }
+        }
+        None => room.stats.capped_observations += rest.len() as u64,
+    }
+}
+
 fn observe<K: std::hash::Hash + Eq>(
-    table: &mut HashMap<K, Distribution>,
+    table: &mut Table<K>,
     key: K,
     value: u64,
     at: u64,
@@ -397,13 +431,7 @@ fn observe<K: std::hash::Hash + Eq>(
 
 /// Evicts the young baselines of a full `table` idle for [`EVICT_IDLE_NANOS`] before `now`,
 /// at most once per [`SWEEP_EVERY_NANOS`].
-fn sweep<K>(
-    table: &mut HashMap<K, Distribution>,
-    now: u64,
-    young_below: u64,
-    last_sweep_unix_nano: &mut u64,
-    stats: &mut StoreStats,
-) {
+fn sweep<K>(table: &mut Table<K>, now: u64, young_below: u64, last_sweep_unix_nano: &mut u64, stats: &mut StoreStats) {
     if young_below == 0 || now < last_sweep_unix_nano.saturating_add(SWEEP_EVERY_NANOS) {
         return;
     }
@@ -438,32 +466,32 @@ mod tests {
         // flood at 0, one of them seen again at 50 minutes.
         for i in 0..10 {
             for _ in 0..if i < 2 { 5 } else { 2 } {
-                store.observe_fanout(edge(i), 1, 0);
+                store.observe_fanout(edge(i), &[1], 0);
             }
         }
-        store.observe_fanout(edge(9), 1, 50 * MINUTE);
+        store.observe_fanout(edge(9), &[1], 50 * MINUTE);
         // Full, and nothing idle for an hour yet: refused.
-        store.observe_fanout(edge(10), 1, 30 * MINUTE);
+        store.observe_fanout(edge(10), &[1], 30 * MINUTE);
         assert_eq!((store.fanout.len(), store.stats().capped_observations), (10, 1));
         // Swept less than a minute ago: refused without another scan.
-        store.observe_fanout(edge(11), 1, 30 * MINUTE + MINUTE / 2);
+        store.observe_fanout(edge(11), &[1], 30 * MINUTE + MINUTE / 2);
         assert_eq!(store.stats().capped_observations, 2);
         // Past an hour: the seven idle young ones go, the new key is learned.
-        store.observe_fanout(edge(12), 1, 61 * MINUTE);
+        store.observe_fanout(edge(12), &[1], 61 * MINUTE);
         assert_eq!(store.stats().evicted_young, 7);
         let kept: Vec<usize> = (0..13).filter(|i| store.fanout.contains_key(&edge(*i))).collect();
         assert_eq!(kept, [0, 1, 9, 12], "the mature, the recently seen young one, the new one");
         // Mature baselines are never evicted, however idle.
-        store.observe_fanout(edge(13), 1, 1_000 * MINUTE);
+        store.observe_fanout(edge(13), &[1], 1_000 * MINUTE);
         assert!(store.fanout.contains_key(&edge(0)) && store.fanout.contains_key(&edge(1)));
     }
 
     #[test]
     fn without_a_learning_minimum_nothing_is_evicted() {
         let mut store = BaselineStore::new(2);
-        store.observe_fanout(edge(0), 1, 0);
-        store.observe_fanout(edge(1), 1, 0);
-        store.observe_fanout(edge(2), 1, 1_000 * MINUTE);
+        store.observe_fanout(edge(0), &[1], 0);
+        store.observe_fanout(edge(1), &[1], 0);
+        store.observe_fanout(edge(2), &[1], 1_000 * MINUTE);
         assert_eq!((store.fanout.len(), store.stats().evicted_young, store.stats().capped_observations), (2, 0, 1));
     }
 
@@ -474,9 +502,9 @@ mod tests {
             from: edge(0).to,
             to: Node { service: Sym::new("postgres"), operation: Sym::new("SELECT ?"), kind: NodeKind::Database },
         };
-        store.observe_fanout(edge(0), 1, 0);
-        store.observe_fanout(edge(1), 3, 0);
-        store.observe_fanout(db, 5, 0);
+        store.observe_fanout(edge(0), &[1], 0);
+        store.observe_fanout(edge(1), &[3], 0);
+        store.observe_fanout(db, &[5], 0);
         store.hold_fanout(edge(2), 400, 0);
         let pair = EdgeScope::ServicePair { from: Sym::new("gateway"), to: Sym::new("svc"), kind: NodeKind::Service };
         let kind = EdgeScope::CallerToKind { from: Sym::new("gateway"), kind: NodeKind::Service };

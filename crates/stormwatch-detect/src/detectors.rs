@@ -202,8 +202,9 @@ fn judge_total(
     observed: u64,
     config: &DetectConfig,
 ) -> (Option<Judgement>, bool) {
-    let ancestors =
-        ClassScope::above(&class).map(|scope| (Ancestor::Class(scope), store.class_scopes.get(&(scope, metric))));
+    let ancestors = ClassScope::above(&class)
+        .into_iter()
+        .map(|scope| (Ancestor::Class(scope), store.class_scopes.get(&(scope, metric))));
     match judge_young(store.request_totals.get(&(class, metric)), observed, ancestors, config) {
         (None, false) => (unprecedented(store, metric, observed, config), false),
         judged => judged,
@@ -236,12 +237,14 @@ fn unprecedented(
 /// baseline or, while that is young, against the scopes above it (every call from its
 /// caller's service to its callee's service, then to any callee of its kind).
 fn judge_fanout(store: &BaselineStore, edge: Edge, observed: u64, config: &DetectConfig) -> (Option<Judgement>, bool) {
-    let ancestors = EdgeScope::above(&edge).map(|scope| (Ancestor::Edge(scope), store.edge_scopes.get(&scope)));
+    let ancestors =
+        EdgeScope::above(&edge).into_iter().map(|scope| (Ancestor::Edge(scope), store.edge_scopes.get(&scope)));
     judge_young(store.fanout.get(&edge), observed, ancestors, config)
 }
 
 /// A key judged against its own baseline once it has `learning_min_samples`; until then
-/// against the nearest of `ancestors` that has ([`borrowed_threshold`]), unless the key has
+/// against the nearest of `ancestors` (looked up lazily: a mature key costs no lookup of
+/// them) that has ([`borrowed_threshold`]), unless the key has
 /// already learned as much itself. The judgement is `None` when nothing judges the value or
 /// it is within bounds; the flag says whether the key was young and judged by an ancestor
 /// (so a value beyond the bounds is held back rather than dropped).
@@ -655,12 +658,16 @@ pub fn learn(features: &TraceFeatures, store: &mut BaselineStore, anomalies: &An
         if anomalies.fanout.contains(&edge.edge) {
             continue;
         }
-        let held = anomalies.fanout_held.get(&edge.edge);
-        for &calls in &edge.calls_per_parent {
-            match held {
-                // Beyond a borrowed threshold: the young edge holds it back.
-                Some(&threshold) if calls as f64 > threshold => store.hold_fanout(edge.edge, calls, at),
-                _ => store.observe_fanout(edge.edge, calls, at),
+        match anomalies.fanout_held.get(&edge.edge) {
+            None => store.observe_fanout(edge.edge, &edge.calls_per_parent, at),
+            // Beyond a borrowed threshold: the young edge holds it back.
+            Some(&threshold) => {
+                let (held, learned): (Vec<u64>, Vec<u64>) =
+                    edge.calls_per_parent.iter().partition(|&&calls| calls as f64 > threshold);
+                store.observe_fanout(edge.edge, &learned, at);
+                for calls in held {
+                    store.hold_fanout(edge.edge, calls, at);
+                }
             }
         }
     }

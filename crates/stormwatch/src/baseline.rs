@@ -803,10 +803,10 @@ mod tests {
         let reviews = Edge { from: catalog.from, to: node("reviews", "GET /reviews", NodeKind::Service) };
         let mut store = BaselineStore::new(100);
         for i in 0..300 {
-            store.observe_fanout(catalog, 1, i);
+            store.observe_fanout(catalog, &[1], i);
         }
         for i in 0..40 {
-            store.observe_fanout(reviews, 20, 300 + i);
+            store.observe_fanout(reviews, &[20], 300 + i);
         }
         let alert = serde_json::json!({
             "kind": "fanout_amplification", "observed": 200.0, "unit": "calls_per_parent", "expected": 1.0,

@@ -1075,7 +1075,7 @@ pub(crate) fn memory_probe(args: crate::MemoryArgs) -> anyhow::Result<()> {
         // for cache fallback edges and are left out.
         for k in 0..48u64 {
             let at = 1_800_000_000_000_000_000 + k * 3_600_000_000_000;
-            store.observe_fanout(edge, 1 + (k * 7 + i) % 9, at);
+            store.observe_fanout(edge, &[1 + (k * 7 + i) % 9], at);
             store.observe_request_edge(class, edge, 2 + (k * 3 + i) % 11, at);
             store.observe_window_class(class, edge, 900 + (k * 13) % 300, at);
             store.observe_window(WindowMetric::WorkPerEntry, edge, 100 + (k * 17 + i) % 400, at);

@@ -13,7 +13,7 @@ fn sample_store() -> BaselineStore {
     };
     let mut store = BaselineStore::new(100);
     for i in 0..300 {
-        store.observe_fanout(edge, 1 + i % 5, 1_000 + i);
+        store.observe_fanout(edge, &[1 + i % 5], 1_000 + i);
         store.observe_request_edge(class, edge, 3, 1_000 + i);
         store.observe_request_total(class, RequestMetric::Spans, 12, 1_000 + i);
         store.observe_window(WindowMetric::CacheMissRatio, edge, 100, 1_000 + i);
@@ -77,7 +77,7 @@ fn shared_documents_decode_and_window_baselines_are_adopted_alone() {
     assert_eq!(shared.window_samples(), store.window_samples());
 
     let mut merger = BaselineStore::new(100);
-    merger.observe_fanout(*store.fanout.keys().next().unwrap(), 7, 1);
+    merger.observe_fanout(*store.fanout.keys().next().unwrap(), &[7], 1);
     let own_fanout = merger.fanout.clone();
     merger.adopt_windows(shared);
     assert_eq!(merger.fanout, own_fanout, "per-trace baselines stay the merger's own");
