@@ -6,7 +6,7 @@ use stormwatch_model::builder::TraceBuilder;
 use stormwatch_model::{AlertKind, Span};
 
 use super::*;
-use crate::features::extract;
+use crate::features::{extract, TraceFeatures};
 
 const SEC: u64 = NANOS_PER_SEC;
 const T0: u64 = 1_800_000_000 * SEC;

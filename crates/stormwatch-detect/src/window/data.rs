@@ -1,0 +1,300 @@
+//! Window data: what a tumbling window counts per edge and per cache, how windows of several
+//! engines merge, and the open windows of one engine.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use stormwatch_model::{client_population, Edge, RootClass, Sym, TraceId};
+
+use super::{SpaceSaving, WindowConfig, HEAVIEST_TRACES, MAX_EXEMPLARS};
+use crate::features::TraceFeatures;
+
+/// One edge's counts in a window.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct EdgeWindow {
+    pub(super) calls: u64,
+    /// Calls from traces a per-trace detector already reported: not window-level evidence.
+    pub(super) flagged_calls: u64,
+    /// The largest per-trace call counts (unflagged traces): aggregate amplification needs
+    /// breadth, so these few heaviest traces are not counted as its evidence.
+    pub(super) heaviest: [u64; HEAVIEST_TRACES],
+    /// Unflagged traces that used the edge.
+    pub(super) traces: u64,
+    pub(super) retries: u64,
+    pub(super) errors: u64,
+    /// Payload bytes the calls reported.
+    pub(super) bytes: u64,
+    pub(super) by_class: SpaceSaving<RootClass>,
+    pub(super) by_client: SpaceSaving<Sym>,
+    /// Authenticated users (`enduser.id`) of the requests that made the calls.
+    pub(super) by_user: SpaceSaving<Sym>,
+    /// A few traces per class, for exemplars of the contributing class.
+    pub(super) examples: Vec<(RootClass, TraceId)>,
+    pub(super) retry_examples: Vec<TraceId>,
+}
+
+/// The database reads beside one cache in a window, keyed by the fallback database edge.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct CacheWindow {
+    /// Caller -> cache (the alert's edge).
+    pub(super) cache: Edge,
+    pub(super) database_calls: u64,
+    pub(super) miss_examples: Vec<TraceId>,
+    pub(super) by_class: Vec<(RootClass, u64)>,
+}
+
+/// One tumbling window of traffic. Serialisable, so engines sharing a consumer group can ship
+/// their share of a window to the one that judges the merged whole.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Window {
+    pub start: u64,
+    pub end: u64,
+    pub entry_requests: u64,
+    #[serde(with = "pairs")]
+    pub(super) edges: HashMap<Edge, EdgeWindow>,
+    #[serde(with = "pairs")]
+    pub(super) caches: HashMap<Edge, CacheWindow>,
+}
+
+/// Maps keyed by edges as lists of `[key, value]` pairs (JSON keys must be strings).
+mod pairs {
+    use std::collections::HashMap;
+    use std::hash::Hash;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// In key order, so one window always encodes to the same bytes.
+    pub(super) fn serialize<K: Serialize + Ord, V: Serialize, S: Serializer>(
+        map: &HashMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut pairs: Vec<(&K, &V)> = map.iter().collect();
+        pairs.sort_by(|a, b| a.0.cmp(b.0));
+        serializer.collect_seq(pairs)
+    }
+
+    pub(super) fn deserialize<'de, K, V, D>(deserializer: D) -> Result<HashMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Eq + Hash,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?.into_iter().collect())
+    }
+}
+
+impl Window {
+    fn new(start: u64, length: u64) -> Window {
+        Window {
+            start,
+            end: start.saturating_add(length),
+            entry_requests: 0,
+            edges: HashMap::new(),
+            caches: HashMap::new(),
+        }
+    }
+
+    /// Folds in the same window as seen by another engine (its share of the partitions), so
+    /// window detectors can judge the whole of the traffic: counts add, the heaviest traces of
+    /// both compete, sketches merge, exemplars are kept up to their limits.
+    pub fn merge(&mut self, other: Window, top_k: usize) {
+        debug_assert_eq!((self.start, self.end), (other.start, other.end), "merging different windows");
+        self.entry_requests += other.entry_requests;
+        for (edge, theirs) in other.edges {
+            let Some(ours) = self.edges.get_mut(&edge) else {
+                self.edges.insert(edge, theirs);
+                continue;
+            };
+            ours.calls += theirs.calls;
+            ours.flagged_calls += theirs.flagged_calls;
+            ours.traces += theirs.traces;
+            ours.retries += theirs.retries;
+            ours.errors += theirs.errors;
+            ours.bytes += theirs.bytes;
+            let mut heaviest: Vec<u64> = ours.heaviest.iter().chain(&theirs.heaviest).copied().collect();
+            heaviest.sort_unstable_by(|a, b| b.cmp(a));
+            ours.heaviest.copy_from_slice(&heaviest[..HEAVIEST_TRACES]);
+            ours.by_class.merge(&theirs.by_class);
+            ours.by_client.merge(&theirs.by_client);
+            ours.by_user.merge(&theirs.by_user);
+            for (class, trace) in theirs.examples {
+                let known = ours.examples.iter().filter(|(c, _)| *c == class).count();
+                if known < MAX_EXEMPLARS && ours.examples.len() < top_k * MAX_EXEMPLARS {
+                    ours.examples.push((class, trace));
+                }
+            }
+            let room = MAX_EXEMPLARS.saturating_sub(ours.retry_examples.len());
+            ours.retry_examples.extend(theirs.retry_examples.into_iter().take(room));
+        }
+        for (database, theirs) in other.caches {
+            let Some(ours) = self.caches.get_mut(&database) else {
+                self.caches.insert(database, theirs);
+                continue;
+            };
+            ours.database_calls += theirs.database_calls;
+            let room = MAX_EXEMPLARS.saturating_sub(ours.miss_examples.len());
+            ours.miss_examples.extend(theirs.miss_examples.into_iter().take(room));
+            for (class, calls) in theirs.by_class {
+                if let Some(entry) = ours.by_class.iter_mut().find(|(c, _)| *c == class) {
+                    entry.1 += calls;
+                } else if ours.by_class.len() < top_k {
+                    ours.by_class.push((class, calls));
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, features: &TraceFeatures, flagged: bool, top_k: usize) {
+        self.entry_requests += 1;
+        let class = features.root_class;
+        let population = features.client.map(|c| Sym::new(&client_population(c.as_str())));
+        for edge in &features.edges {
+            let window = self.edges.entry(edge.edge).or_insert_with(|| EdgeWindow {
+                calls: 0,
+                flagged_calls: 0,
+                heaviest: [0; HEAVIEST_TRACES],
+                traces: 0,
+                retries: 0,
+                errors: 0,
+                bytes: 0,
+                by_class: SpaceSaving::new(top_k),
+                by_client: SpaceSaving::new(top_k),
+                by_user: SpaceSaving::new(top_k),
+                examples: Vec::new(),
+                retry_examples: Vec::new(),
+            });
+            window.calls += edge.calls;
+            if flagged {
+                window.flagged_calls += edge.calls;
+            } else {
+                window.traces += 1;
+                // Keep the largest per-trace counts seen.
+                if let Some(lightest) = window.heaviest.iter_mut().min() {
+                    *lightest = (*lightest).max(edge.calls);
+                }
+            }
+            window.retries += edge.retries;
+            window.errors += edge.errors;
+            window.bytes += edge.bytes;
+            // Attribution sees the same evidence as the judgement: unflagged traces only.
+            if let (Some(class), false) = (class, flagged) {
+                window.by_class.add(&class, edge.calls);
+                let known = window.examples.iter().filter(|(c, _)| *c == class).count();
+                if known < MAX_EXEMPLARS && window.examples.len() < top_k * MAX_EXEMPLARS {
+                    window.examples.push((class, features.trace_id));
+                }
+            }
+            if let (Some(population), false) = (population, flagged) {
+                window.by_client.add(&population, edge.calls);
+            }
+            if let (Some(user), false) = (features.user, flagged) {
+                window.by_user.add(&user, edge.calls);
+            }
+            if edge.retries > 0 && window.retry_examples.len() < MAX_EXEMPLARS {
+                window.retry_examples.push(features.trace_id);
+            }
+        }
+        for cache in &features.caches {
+            let window = self.caches.entry(cache.database).or_insert_with(|| CacheWindow {
+                cache: cache.cache,
+                database_calls: 0,
+                miss_examples: Vec::new(),
+                by_class: Vec::new(),
+            });
+
+            window.database_calls += cache.database_calls;
+            if cache.database_calls > 0 && window.miss_examples.len() < MAX_EXEMPLARS {
+                window.miss_examples.push(features.trace_id);
+            }
+            if let Some(class) = class {
+                if let Some(entry) = window.by_class.iter_mut().find(|(c, _)| *c == class) {
+                    entry.1 += cache.database_calls;
+                } else if window.by_class.len() < top_k {
+                    window.by_class.push((class, cache.database_calls));
+                }
+            }
+        }
+    }
+}
+
+/// Open windows and the ones due to be judged.
+pub struct Windows {
+    config: WindowConfig,
+    open: BTreeMap<u64, Window>,
+    /// Traces whose window had already been judged.
+    pub late_traces: u64,
+    /// Start of the newest window judged; traces before it are late.
+    closed_before: u64,
+}
+
+impl Windows {
+    pub fn new(config: WindowConfig) -> Windows {
+        Windows { config, open: BTreeMap::new(), late_traces: 0, closed_before: 0 }
+    }
+
+    pub fn config(&self) -> &WindowConfig {
+        &self.config
+    }
+
+    pub fn open_windows(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Adds a completed trace to the window its root ended in. `flagged`: a per-trace
+    /// detector reported it, so its work is already explained.
+    pub fn add(&mut self, features: &TraceFeatures, flagged: bool) {
+        let length = self.config.window_nanos.max(1);
+        let start = features.end_unix_nano / length * length;
+        if start < self.closed_before {
+            self.late_traces += 1;
+            return;
+        }
+        let top_k = self.config.top_k;
+        self.open.entry(start).or_insert_with(|| Window::new(start, length)).add(features, flagged, top_k);
+    }
+
+    /// Windows whose traces have all had time to complete by event time `watermark`.
+    pub fn close_due(&mut self, watermark: u64) -> Vec<Window> {
+        let delay = self.config.close_delay_nanos;
+        let due: Vec<u64> =
+            self.open.values().filter(|w| w.end.saturating_add(delay) <= watermark).map(|w| w.start).collect();
+        self.take(due)
+    }
+
+    /// Every open window (shutdown, end of a replay).
+    pub fn close_all(&mut self) -> Vec<Window> {
+        let all: Vec<u64> = self.open.keys().copied().collect();
+        self.take(all)
+    }
+
+    fn take(&mut self, starts: Vec<u64>) -> Vec<Window> {
+        let mut closed = Vec::with_capacity(starts.len());
+        for start in starts {
+            if let Some(window) = self.open.remove(&start) {
+                self.closed_before = self.closed_before.max(window.end);
+                closed.push(window);
+            }
+        }
+        closed
+    }
+}
+
+impl Window {
+    /// Calls per entry request on every edge, without traces a per-trace detector reported:
+    /// the row of this window in the correlated detector's matrix.
+    /// Every edge's calls in this window, flagged ones included: its load.
+    pub(crate) fn calls(&self) -> impl Iterator<Item = (Edge, u64)> + '_ {
+        self.edges.iter().map(|(edge, counts)| (*edge, counts.calls))
+    }
+
+    pub(crate) fn rates(&self) -> Vec<(Edge, f64)> {
+        let entries = self.entry_requests.max(1) as f64;
+        let mut rates: Vec<(Edge, f64)> = self
+            .edges
+            .iter()
+            .map(|(edge, counts)| (*edge, counts.calls.saturating_sub(counts.flagged_calls) as f64 / entries))
+            .collect();
+        rates.sort_by_key(|(edge, _)| *edge);
+        rates
+    }
+}
