@@ -22,7 +22,7 @@ pub use symbol::{
     clean_name, is_unsafe_char, Cardinality, Cleaned, Dimension, DimensionState, Sym, NAME_OVERHEAD, OVERFLOW,
     TRUNCATED,
 };
-pub use time::{parse_rfc3339, rfc3339};
+pub use time::{parse_rfc3339, rfc3339, wall_clock_nanos};
 
 /// A stable 64-bit FNV-1a hash, used where a hash must not change between runs or releases
 /// (fingerprints, alert ids). `std`'s hasher is randomly seeded and may change.

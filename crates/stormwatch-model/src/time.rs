@@ -1,4 +1,12 @@
-//! RFC 3339 formatting of Unix nanoseconds, without a calendar dependency.
+//! RFC 3339 formatting of Unix nanoseconds, without a calendar dependency, and the wall clock
+//! in the same unit.
+
+/// The wall clock as Unix nanoseconds (0 before 1970): for `detected_at`, delivery retries and
+/// tuning records. Detection itself runs on event time and is handed this function, never
+/// calls it.
+pub fn wall_clock_nanos() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
 
 /// `2026-11-28T19:43:40.123Z` (UTC, millisecond precision).
 pub fn rfc3339(unix_nano: u64) -> String {

@@ -334,7 +334,7 @@ pub(crate) fn answer(
         ("/api/tuning", Some(body), Some(watch)) => match serde_json::from_str::<Change>(body) {
             Err(e) => error(400, format!("not a tuning change: {e}")),
             Ok(change) => {
-                match crate::tuning::append(watch.path(), &change, &query.who, crate::runtime::wall_clock_nanos()) {
+                match crate::tuning::append(watch.path(), &change, &query.who, stormwatch_model::wall_clock_nanos()) {
                     Ok(tuning) => {
                         tracing::info!(who = %query.who, change = ?change, tuning = %crate::tuning::describe(&tuning), "tuning changed through the admin API");
                         watch.mark_seen();
@@ -554,7 +554,7 @@ fn write(target: &TuningTarget, change: &Change) -> anyhow::Result<()> {
         }
         None => {
             let path = target.models.join(crate::tuning::TUNING_FILE);
-            let tuning = crate::tuning::append(&path, change, &who, crate::runtime::wall_clock_nanos())
+            let tuning = crate::tuning::append(&path, change, &who, stormwatch_model::wall_clock_nanos())
                 .map_err(anyhow::Error::msg)?;
             println!(
                 "written to {}: {} (a running engine on these models reloads it within 2 s)",

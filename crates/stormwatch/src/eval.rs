@@ -12,7 +12,7 @@ use stormwatch_loadgen::{eval, svg, Generator, Scenario};
 use stormwatch_model::AlertKind;
 
 use crate::config::Config;
-use crate::runtime::wall_clock_nanos;
+use stormwatch_model::wall_clock_nanos;
 use crate::EvalArgs;
 
 pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use std::path::Path;
 
@@ -17,7 +17,7 @@ use stormwatch_detect::{Engine, EngineConfig, EngineStats};
 use stormwatch_io::kafka::KafkaAlertSink;
 use stormwatch_io::sink::AlertSink;
 use stormwatch_io::{span_queue, Metrics, SourcePosition, SpanQueue, SpanReceiver};
-use stormwatch_model::Alert;
+use stormwatch_model::{wall_clock_nanos, Alert};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -102,11 +102,6 @@ pub(crate) fn restore(dir: &Path, config: &Config) -> anyhow::Result<BaselineSto
             Ok(BaselineStore::new(config.baseline.max_keys))
         }
     }
-}
-
-/// Wall clock for `detected_at`.
-pub(crate) fn wall_clock_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// How the engine thread runs.

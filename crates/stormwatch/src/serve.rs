@@ -234,7 +234,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let tuning = crate::tuning::load(&tuning_path).map_err(anyhow::Error::msg)?.unwrap_or_default();
     tracing::info!(path = %tuning_path.display(), tuning = %crate::tuning::describe(&tuning), "tuning in force");
     let engine_id = if config.kafka.instance_id.is_empty() {
-        format!("engine-{}-{:x}", std::process::id(), crate::runtime::wall_clock_nanos())
+        format!("engine-{}-{:x}", std::process::id(), stormwatch_model::wall_clock_nanos())
     } else {
         config.kafka.instance_id.clone()
     };

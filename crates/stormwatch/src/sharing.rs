@@ -19,7 +19,7 @@ use stormwatch_io::kafka::source::GroupState;
 use stormwatch_io::{Metrics, SourcePosition};
 use stormwatch_model::Alert;
 
-use crate::runtime::wall_clock_nanos;
+use stormwatch_model::wall_clock_nanos;
 
 /// Decodes the group's shared snapshots (engine id, document) read from `topic`; one that does
 /// not decode is skipped with a warning naming its engine.
