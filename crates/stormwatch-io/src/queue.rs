@@ -37,16 +37,27 @@ pub struct SourcePosition {
     pub offset: i64,
 }
 
-/// Spans for the engine, and the Kafka message they came from (`None` for OTLP and files).
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub spans: Vec<Span>,
-    pub position: Option<SourcePosition>,
+/// What the engine thread is sent.
+#[derive(Debug)]
+pub enum Batch {
+    /// Decoded spans, and the Kafka message they came from (`None` for OTLP and files). A
+    /// malformed message is sent with no spans, so its offset is committed in order.
+    Spans { spans: Vec<Span>, position: Option<SourcePosition> },
     /// A message of the windows topic (another engine's closed windows), undecoded.
-    pub windows: Option<Vec<u8>>,
+    Windows { payload: Vec<u8>, position: SourcePosition },
     /// This engine became its group's window merger: the group's shared baseline snapshots
     /// (engine, document), to continue from the previous merger's window baselines.
-    pub snapshots: Vec<(String, Vec<u8>)>,
+    Snapshots(Vec<(String, Vec<u8>)>),
+}
+
+impl Batch {
+    /// Spans it carries (what the queue's span bound counts).
+    pub fn span_count(&self) -> usize {
+        match self {
+            Batch::Spans { spans, .. } => spans.len(),
+            Batch::Windows { .. } | Batch::Snapshots(_) => 0,
+        }
+    }
 }
 
 /// The sending side, cloned into every receiver.
@@ -90,7 +101,7 @@ impl SpanQueue {
             return Err(QueueFull);
         }
         self.depth.fetch_add(1, Ordering::Relaxed);
-        match self.sender.try_send(Batch { spans, ..Batch::default() }) {
+        match self.sender.try_send(Batch::Spans { spans, position: None }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.depth.fetch_sub(1, Ordering::Relaxed);
@@ -102,13 +113,13 @@ impl SpanQueue {
 
     /// Enqueues a batch, waiting for room (replay and Kafka input: back-pressure, not refusal).
     pub fn send_blocking(&self, spans: Vec<Span>) -> Result<(), QueueFull> {
-        self.send_batch(Batch { spans, ..Batch::default() })
+        self.send_batch(Batch::Spans { spans, position: None })
     }
 
     /// Enqueues a batch with its source position, waiting for room. Sent even when it has no
     /// spans (a malformed message), so its offset is committed in order.
     pub fn send_batch(&self, batch: Batch) -> Result<(), QueueFull> {
-        let count = batch.spans.len();
+        let count = batch.span_count();
         self.depth.fetch_add(1, Ordering::Relaxed);
         self.spans.fetch_add(count, Ordering::Relaxed);
         self.sender.send(batch).map_err(|_| {
@@ -152,7 +163,7 @@ impl SpanReceiver {
 
     fn taken(&self, batch: &Batch) {
         self.depth.fetch_sub(1, Ordering::Relaxed);
-        self.spans.fetch_sub(batch.spans.len(), Ordering::Relaxed);
+        self.spans.fetch_sub(batch.span_count(), Ordering::Relaxed);
     }
 }
 

@@ -12,8 +12,8 @@ use stormwatch_loadgen::{eval, svg, Generator, Scenario};
 use stormwatch_model::AlertKind;
 
 use crate::config::Config;
-use stormwatch_model::wall_clock_nanos;
 use crate::EvalArgs;
+use stormwatch_model::wall_clock_nanos;
 
 pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
     let scenario = Scenario::from_file(&args.scenario)?;

@@ -16,7 +16,7 @@ use stormwatch_baseline::{encode_snapshot, load_snapshot, write_snapshot_documen
 use stormwatch_detect::{Engine, EngineConfig, EngineStats};
 use stormwatch_io::kafka::KafkaAlertSink;
 use stormwatch_io::sink::AlertSink;
-use stormwatch_io::{span_queue, Metrics, SourcePosition, SpanQueue, SpanReceiver};
+use stormwatch_io::{span_queue, Batch, Metrics, SourcePosition, SpanQueue, SpanReceiver};
 use stormwatch_model::{wall_clock_nanos, Alert};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -345,20 +345,25 @@ fn run_engine(
                 // Drain what is already waiting (up to 64 more) before doing periodic work.
                 let waiting = std::iter::from_fn(|| receiver.try_recv()).take(64);
                 for batch in std::iter::once(first).chain(waiting) {
-                    if !batch.snapshots.is_empty() {
-                        adopt_window_baselines(&mut engine, &batch.snapshots);
-                        continue;
-                    }
-                    if let (Some(payload), Some(position), Some(sharing)) =
-                        (&batch.windows, batch.position, &mut sharing)
-                    {
-                        sharing.receive(payload, position);
-                        continue;
-                    }
+                    let (spans, position) = match batch {
+                        Batch::Snapshots(snapshots) => {
+                            adopt_window_baselines(&mut engine, &snapshots);
+                            continue;
+                        }
+                        Batch::Windows { payload, position } => match &mut sharing {
+                            Some(sharing) => {
+                                sharing.receive(&payload, position);
+                                continue;
+                            }
+                            // Not sharing windows: settled in order like an empty input message.
+                            None => (Vec::new(), Some(position)),
+                        },
+                        Batch::Spans { spans, position } => (spans, position),
+                    };
                     input = true;
-                    processed += batch.spans.len() as u64;
-                    engine.push(batch.spans, &mut alerts);
-                    if let Some(position) = batch.position {
+                    processed += spans.len() as u64;
+                    engine.push(spans, &mut alerts);
+                    if let Some(position) = position {
                         pending.push_back((position, engine.assembler().watermark()));
                     }
                 }

@@ -264,7 +264,7 @@ fn run(
                 match super::baselines::read_snapshots(&config.brokers, topic, Duration::from_secs(30)) {
                     Ok(snapshots) if !snapshots.is_empty() => {
                         let Some(sender) = &queue else { break };
-                        if sender.send_batch(Batch { snapshots, ..Batch::default() }).is_err() {
+                        if sender.send_batch(Batch::Snapshots(snapshots)).is_err() {
                             break;
                         }
                     }
@@ -292,7 +292,7 @@ fn run(
                 partition: message.partition(),
                 offset: message.offset(),
             };
-            let batch = Batch { position: Some(position), windows: Some(payload.to_vec()), ..Batch::default() };
+            let batch = Batch::Windows { payload: payload.to_vec(), position };
             let Some(sender) = &queue else { break };
             if sender.send_batch(batch).is_err() {
                 break;
@@ -344,7 +344,7 @@ fn run(
         };
         // Waits while the engine is behind: back-pressure, and the poll loop keeps going.
         let Some(sender) = &queue else { break };
-        if sender.send_batch(Batch { spans, position: Some(position), ..Batch::default() }).is_err() {
+        if sender.send_batch(Batch::Spans { spans, position: Some(position) }).is_err() {
             break;
         }
     }
