@@ -53,17 +53,9 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         // Replay waits for room: only the batch bound applies.
         (64, usize::MAX),
         EngineOptions {
-            idle_fallback: None,
             snapshot: args.models.clone().map(|dir| (dir, None)),
-            commits: None,
-            sharing: None,
-            share_baselines: None,
-            queries: None,
             tuning: crate::runtime::TuningOptions { initial: tuning, ..Default::default() },
-            deliver_until_acknowledged: false,
-            spool: None,
-            metrics_top_edges: 0,
-            live: None,
+            ..EngineOptions::default()
         },
     );
     let metrics = pipeline.metrics.clone();

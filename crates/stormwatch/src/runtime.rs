@@ -104,7 +104,9 @@ pub(crate) fn restore(dir: &Path, config: &Config) -> anyhow::Result<BaselineSto
     }
 }
 
-/// How the engine thread runs.
+/// How the engine thread runs. The default is a replay's: no idle fallback, no snapshot, no
+/// Kafka, no admin queries, delivery that gives up after a few attempts.
+#[derive(Default)]
 pub(crate) struct EngineOptions {
     /// Live mode: when no span arrived for this long (wall clock), event time is advanced by
     /// the wall time that passed, so a quiet stream still completes its traces.
