@@ -9,11 +9,10 @@ use prost::Message;
 use stormwatch_baseline::BaselineStore;
 use stormwatch_detect::Engine;
 use stormwatch_loadgen::{eval, svg, Generator, Scenario};
-use stormwatch_model::AlertKind;
+use stormwatch_model::{wall_clock_nanos, AlertKind};
 
 use crate::config::Config;
 use crate::EvalArgs;
-use stormwatch_model::wall_clock_nanos;
 
 pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
     let scenario = Scenario::from_file(&args.scenario)?;
