@@ -23,6 +23,6 @@ pub mod window;
 pub use detectors::{DetectConfig, Finding};
 pub use engine::{EdgeGauge, Engine, EngineConfig, EngineStats};
 pub use features::{extract, CacheUse, EdgeFeatures, TraceFeatures};
-pub use merge::{Partials, WindowMerger};
+pub use merge::{Partials, PartialsError, WindowMerger};
 pub use throttle::Throttle;
 pub use window::{Window, WindowConfig, Windows};

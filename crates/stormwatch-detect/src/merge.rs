@@ -65,26 +65,36 @@ impl Partials {
     }
 
     /// Decodes a message, refusing other formats and versions by name.
-    pub fn decode(bytes: &[u8]) -> Result<Partials, String> {
+    pub fn decode(bytes: &[u8]) -> Result<Partials, PartialsError> {
         #[derive(Deserialize)]
         struct Header {
             format: String,
             version: u32,
         }
-        let header: Header =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a {PARTIALS_FORMAT} message: {e}"))?;
+        let header: Header = serde_json::from_slice(bytes).map_err(PartialsError::NotPartials)?;
         if header.format != PARTIALS_FORMAT {
-            return Err(format!("format {:?}, expected {PARTIALS_FORMAT:?}", header.format));
+            return Err(PartialsError::Format(header.format));
         }
         if header.version != PARTIALS_VERSION {
-            return Err(format!(
-                "{PARTIALS_FORMAT} version {}, this engine reads version {PARTIALS_VERSION}: run one release \
-                 across the group",
-                header.version
-            ));
+            return Err(PartialsError::Version(header.version));
         }
-        serde_json::from_slice(bytes).map_err(|e| format!("corrupt {PARTIALS_FORMAT} message: {e}"))
+        serde_json::from_slice(bytes).map_err(PartialsError::Corrupt)
     }
+}
+
+/// Why a windows-topic message is not window partials this engine reads.
+#[derive(Debug, thiserror::Error)]
+pub enum PartialsError {
+    #[error("not a {PARTIALS_FORMAT} message: {0}")]
+    NotPartials(serde_json::Error),
+    #[error("format {0:?}, expected {PARTIALS_FORMAT:?}")]
+    Format(String),
+    #[error(
+        "{PARTIALS_FORMAT} version {0}, this engine reads version {PARTIALS_VERSION}: run one release across the group"
+    )]
+    Version(u32),
+    #[error("corrupt {PARTIALS_FORMAT} message: {0}")]
+    Corrupt(serde_json::Error),
 }
 
 /// Counters of the merger, cumulative.

@@ -247,7 +247,6 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             &stormwatch_io::kafka::baselines::TOPIC_SETTINGS,
         )
         .await
-        .map_err(anyhow::Error::msg)
         .context("kafka.baselines_topic")?;
         if store.edges_tracked() == 0 && store.window_samples() == 0 {
             let (brokers, topic, max_keys) = (config.kafka.brokers.clone(), topic.clone(), config.baseline.max_keys);
@@ -282,7 +281,6 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let sharing = if let Some(topic) = &windows_topic {
         stormwatch_io::kafka::ensure_topic(&config.kafka.brokers, topic, 1, &[])
             .await
-            .map_err(anyhow::Error::msg)
             .context("kafka.windows_topic")?;
         Some(SharingOptions {
             sender: engine_id.clone(),

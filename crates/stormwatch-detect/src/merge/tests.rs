@@ -98,10 +98,11 @@ fn partials_round_trip_and_other_versions_are_refused_by_name() {
 
     let mut other = serde_json::to_value(&message).unwrap();
     other["version"] = 2.into();
-    let error = Partials::decode(other.to_string().as_bytes()).unwrap_err();
+    let error = Partials::decode(other.to_string().as_bytes()).unwrap_err().to_string();
     assert!(error.contains("version 2") && error.contains("version 1"), "{error}");
-    assert!(Partials::decode(b"{\"format\":\"x\",\"version\":1}").unwrap_err().contains("\"x\""));
-    assert!(Partials::decode(b"not json").unwrap_err().contains(PARTIALS_FORMAT));
+    let error = Partials::decode(b"{\"format\":\"x\",\"version\":1}").unwrap_err();
+    assert!(matches!(&error, PartialsError::Format(format) if format == "x"), "{error}");
+    assert!(Partials::decode(b"not json").unwrap_err().to_string().contains(PARTIALS_FORMAT));
 }
 
 const WINDOW_KINDS: [AlertKind; 4] =

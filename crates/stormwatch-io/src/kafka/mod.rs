@@ -226,6 +226,22 @@ impl KafkaAlertSink {
     }
 }
 
+/// Why an internal topic could not be made ready ([`ensure_topic`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("cannot reach Kafka at {brokers}: {source}")]
+    Client { brokers: String, source: rdkafka::error::KafkaError },
+    #[error("cannot reach Kafka at {brokers} to check topic {topic:?}: {source}")]
+    Unreachable { brokers: String, topic: String, source: rdkafka::error::KafkaError },
+    #[error("cannot create topic {topic:?} on {brokers}: {source}")]
+    Request { brokers: String, topic: String, source: rdkafka::error::KafkaError },
+    #[error(
+        "cannot create topic {topic:?} on {brokers}: {code}; create it yourself (kafka-topics.sh --create \
+         --topic {topic} --partitions {partitions})"
+    )]
+    Refused { brokers: String, topic: String, partitions: i32, code: rdkafka::types::RDKafkaErrorCode },
+}
+
 /// Creates an internal topic when it is missing (as Kafka Streams creates its own), with
 /// `partitions` partitions, the broker's default replication and `settings` (e.g.
 /// `cleanup.policy=compact`). A topic that already exists is left as it is.
@@ -234,17 +250,17 @@ pub async fn ensure_topic(
     topic: &str,
     partitions: i32,
     settings: &[(&str, &str)],
-) -> Result<(), String> {
+) -> Result<(), TopicError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::types::RDKafkaErrorCode;
     let admin: AdminClient<QuietContext> = client_config()
         .set("bootstrap.servers", brokers)
         .create_with_context(QuietContext)
-        .map_err(|e| format!("cannot reach Kafka at {brokers}: {e}"))?;
+        .map_err(|source| TopicError::Client { brokers: brokers.into(), source })?;
     let metadata = admin
         .inner()
         .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| format!("cannot reach Kafka at {brokers} to check topic {topic:?}: {e}"))?;
+        .map_err(|source| TopicError::Unreachable { brokers: brokers.into(), topic: topic.into(), source })?;
     if metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()) {
         return Ok(());
     }
@@ -255,15 +271,12 @@ pub async fn ensure_topic(
     let results = admin
         .create_topics(&[new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
         .await
-        .map_err(|e| format!("cannot create topic {topic:?} on {brokers}: {e}"))?;
+        .map_err(|source| TopicError::Request { brokers: brokers.into(), topic: topic.into(), source })?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
-                return Err(format!(
-                    "cannot create topic {name:?} on {brokers}: {code}; create it yourself (kafka-topics.sh \
-                     --create --topic {name} --partitions {partitions})"
-                ))
+                return Err(TopicError::Refused { brokers: brokers.into(), topic: name, partitions, code })
             }
         }
     }
