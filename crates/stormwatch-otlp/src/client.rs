@@ -93,6 +93,15 @@ pub struct TrustedProxies {
 pub const DEFAULT_TRUSTED_PROXIES: [&str; 7] =
     ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"];
 
+/// An entry of `trusted_proxies` that is not an address range.
+#[derive(Debug, thiserror::Error)]
+pub enum RangeError {
+    #[error("{0:?} is not an address range (write 10.0.0.0/8, fd00::/8 or one address)")]
+    NotARange(String),
+    #[error("{entry:?}: the prefix length must be 0 to {most}")]
+    PrefixLength { entry: String, most: u8 },
+}
+
 impl Default for TrustedProxies {
     fn default() -> Self {
         TrustedProxies::parse(&DEFAULT_TRUSTED_PROXIES).unwrap_or(TrustedProxies { ranges: Vec::new() })
@@ -102,7 +111,7 @@ impl Default for TrustedProxies {
 impl TrustedProxies {
     /// Ranges written as `10.0.0.0/8`, `2001:db8::/32` or a single address; the error names
     /// the entry that is neither.
-    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<TrustedProxies, String> {
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<TrustedProxies, RangeError> {
         let ranges = entries
             .iter()
             .map(|entry| {
@@ -111,9 +120,7 @@ impl TrustedProxies {
                     Some((address, bits)) => (address, Some(bits)),
                     None => (entry, None),
                 };
-                let address: IpAddr = address.parse().map_err(|_| {
-                    format!("{entry:?} is not an address range (write 10.0.0.0/8, fd00::/8 or one address)")
-                })?;
+                let address: IpAddr = address.parse().map_err(|_| RangeError::NotARange(entry.into()))?;
                 let address = canonical(address);
                 let most = if address.is_ipv4() { 32 } else { 128 };
                 let bits = match bits {
@@ -122,11 +129,11 @@ impl TrustedProxies {
                         .parse::<u8>()
                         .ok()
                         .filter(|bits| *bits <= most)
-                        .ok_or_else(|| format!("{entry:?}: the prefix length must be 0 to {most}"))?,
+                        .ok_or_else(|| RangeError::PrefixLength { entry: entry.into(), most })?,
                 };
                 Ok(Range { address, bits })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, RangeError>>()?;
         Ok(TrustedProxies { ranges })
     }
 
@@ -301,8 +308,10 @@ mod tests {
         for public in ["198.51.100.7", "172.32.0.1", "8.8.8.8", "2001:db8::1"] {
             assert!(!defaults.contains(ip(public)), "{public}");
         }
-        assert!(TrustedProxies::parse(&["10.0.0.0/33"]).unwrap_err().contains("0 to 32"));
-        assert!(TrustedProxies::parse(&["proxy.internal"]).unwrap_err().contains("\"proxy.internal\""));
+        assert!(TrustedProxies::parse(&["10.0.0.0/33"]).unwrap_err().to_string().contains("0 to 32"));
+        let error = TrustedProxies::parse(&["proxy.internal"]).unwrap_err();
+        assert!(matches!(&error, RangeError::NotARange(entry) if entry == "proxy.internal"), "{error}");
+        assert!(error.to_string().contains("\"proxy.internal\""));
         assert!(TrustedProxies::parse(&["0.0.0.0/0"]).unwrap().contains(ip("198.51.100.7")));
     }
 

@@ -13,7 +13,7 @@ mod wire;
 
 use stormwatch_model::Span;
 
-pub use client::TrustedProxies;
+pub use client::{RangeError, TrustedProxies};
 pub use conventions::query_shape;
 pub use json::decode_json;
 pub use normalize::normalize_statement;

@@ -50,8 +50,7 @@ impl Default for AttributionConfig {
 
 impl AttributionConfig {
     fn trusted(&self) -> anyhow::Result<stormwatch_otlp::TrustedProxies> {
-        stormwatch_otlp::TrustedProxies::parse(&self.trusted_proxies)
-            .map_err(|error| anyhow::anyhow!("attribution.trusted_proxies: {error}"))
+        stormwatch_otlp::TrustedProxies::parse(&self.trusted_proxies).context("attribution.trusted_proxies")
     }
 
     /// Sets the process-wide trusted proxies the decoders read clients with.
