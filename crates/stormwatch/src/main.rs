@@ -3,6 +3,7 @@
 //! The binary owns the command line and wires the stages together; all decisions live in
 //! the library crates.
 
+mod admin;
 mod baseline;
 mod bench;
 mod config;

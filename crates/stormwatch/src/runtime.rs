@@ -321,7 +321,7 @@ fn run_engine(
     let send = |alerts: &mut Vec<Alert>, recent: &mut std::collections::VecDeque<serde_json::Value>| {
         if keep {
             for alert in alerts.iter() {
-                if recent.len() == crate::baseline::RECENT_ALERTS {
+                if recent.len() == crate::admin::RECENT_ALERTS {
                     recent.pop_front();
                 }
                 let value = serde_json::to_value(alert).unwrap_or_default();
@@ -447,7 +447,7 @@ fn run_engine(
         }
         if let Some(queries) = &options.queries {
             while let Ok(query) = queries.try_recv() {
-                crate::baseline::answer(&mut engine, query, tuning_watch.as_mut(), &recent);
+                crate::admin::answer(&mut engine, query, tuning_watch.as_mut(), &recent);
             }
         }
         if last_publish.elapsed() >= Duration::from_millis(200) {

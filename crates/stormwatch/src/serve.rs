@@ -98,7 +98,7 @@ fn admin_token(config: &Config) -> anyhow::Result<String> {
     if !config.server.admin_token.is_empty() {
         return Ok(config.server.admin_token.clone());
     }
-    let path = config.baseline.models_dir.join(crate::baseline::TOKEN_FILE);
+    let path = config.baseline.models_dir.join(crate::admin::TOKEN_FILE);
     match std::fs::read_to_string(&path) {
         Ok(token) if !token.trim().is_empty() => {
             #[cfg(unix)]

@@ -1,0 +1,424 @@
+//! The engine thread's answers to the admin API: `/api/baselines` (what `stormwatch baseline
+//! list` shows), `/api/graph`, `/api/alerts`, `/api/explain` and tuning changes, computed
+//! between batches from the engine's own state.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use stormwatch_baseline::inspect::{self, BaselineRow, Query};
+use stormwatch_baseline::{decode_snapshot, BaselineStore};
+use stormwatch_detect::tuning::Tuning;
+use stormwatch_detect::Engine;
+use stormwatch_io::admin::AdminQuery;
+use stormwatch_model::AlertKind;
+
+use crate::tuning::{Change, TuningWatch};
+
+/// Parameters `/api/baselines` (and `baseline list`) take.
+const PARAMS: [&str; 6] = ["service", "to_kind", "table", "match", "sort", "limit"];
+
+fn query_of(params: &BTreeMap<String, String>) -> Result<Query, String> {
+    if let Some(unknown) = params.keys().find(|k| !PARAMS.contains(&k.as_str())) {
+        return Err(format!("unknown parameter {unknown:?}: use {}", PARAMS.join(", ")));
+    }
+    let limit = match params.get("limit") {
+        Some(text) => Some(text.parse().map_err(|_| format!("limit={text:?} is not a number of rows"))?),
+        None => None,
+    };
+    Ok(Query {
+        service: params.get("service").cloned(),
+        to_kind: params.get("to_kind").cloned(),
+        table: params.get("table").cloned(),
+        matching: params.get("match").cloned(),
+        sort: params.get("sort").cloned(),
+        limit,
+    })
+}
+
+/// Most rows one `/api/baselines` answer holds, and how many without `limit`.
+const API_MAX_ROWS: usize = 10_000;
+const API_DEFAULT_ROWS: usize = 1_000;
+
+/// The rows of `store` that `params` select (at most `max_rows`: [`API_MAX_ROWS`] for the
+/// API), as the API's JSON body, or a 400 naming the parameter.
+pub(crate) fn list(
+    store: &BaselineStore,
+    recent: &[BTreeMap<String, f64>],
+    params: &BTreeMap<String, String>,
+    max_rows: usize,
+) -> (u16, String) {
+    let mut params = params.clone();
+    match params.get("limit").map(|text| text.parse::<usize>()) {
+        Some(Ok(limit)) if (1..=max_rows).contains(&limit) => {}
+        Some(_) => {
+            let message = format!(
+                "limit must be a number of rows from 1 to {max_rows} (total says how many match; narrow with \
+                 service, to_kind, table or match)"
+            );
+            return (400, serde_json::json!({ "error": message }).to_string());
+        }
+        None => {
+            params.insert("limit".into(), API_DEFAULT_ROWS.to_string());
+        }
+    }
+    let mut rows = inspect::rows(store);
+    inspect::annotate(&mut rows, recent);
+    let total = rows.len();
+    match query_of(&params).and_then(|query| query.apply(rows)) {
+        Ok(rows) => (200, serde_json::json!({ "total": total, "rows": rows }).to_string()),
+        Err(error) => (400, serde_json::json!({ "error": error }).to_string()),
+    }
+}
+
+/// What each detector compares, in a sentence.
+fn rule_of(kind: &str) -> &'static str {
+    match kind {
+        "n_plus_one" => {
+            "calls of one statement under one parent span, against that edge's learned calls per parent: \
+            above p99 x detect.ratio (and the distribution's tail), by at least detect.min_excess calls"
+        }
+        "fanout_amplification" => {
+            "calls to one service under one parent span, against that edge's learned calls per \
+            parent: above p99 x detect.ratio, by at least detect.min_excess calls"
+        }
+        "request_amplification" => {
+            "work one request from this entry point caused (calls on the edge, database calls, \
+            spans or services), against what requests of that entry point learned"
+        }
+        "aggregate_amplification" => {
+            "calls on the edge per entry request in one window, against the edge's window \
+            baseline (and its level at this hour of day): above p99 x detect.ratio, broad (not a few heavy traces) \
+            and beyond chance"
+        }
+        "retry_storm" => "the share of calls on the edge that were retries in one window, against its window baseline",
+        "cache_bypass" => "database reads per cache lookup in one window (the miss ratio), against its window baseline",
+        "correlated_storm" => {
+            "the window's calls per entry request on every edge, projected off the learned normal \
+            traffic patterns (PCA): a residual beyond the fitted threshold"
+        }
+        "new_edge" => "an edge no trace had used before, with enough calls to matter",
+        _ => "unknown detector",
+    }
+}
+
+/// Why an alert fired: the alert, the rule, the baselines of its edge and entry as they are
+/// now, and the tuning that applies to it.
+pub(crate) fn explanation(alert: &serde_json::Value, rows: &[BaselineRow], tuning: &Tuning) -> serde_json::Value {
+    let node = |n: &serde_json::Value| {
+        format!("{} `{}`", n["service"].as_str().unwrap_or(""), n["operation"].as_str().unwrap_or(""))
+    };
+    let edge =
+        alert.get("edge").filter(|e| !e.is_null()).map(|e| format!("{} -> {}", node(&e["from"]), node(&e["to"])));
+    // The entry as baselines name it: with its query shape (`service `operation?keys``).
+    let entry = alert.get("entry").filter(|e| !e.is_null()).map(|e| {
+        let keys: Vec<&str> =
+            e["query_keys"].as_array().map_or(Vec::new(), |k| k.iter().filter_map(|k| k.as_str()).collect());
+        match keys.is_empty() {
+            true => node(e),
+            false => format!(
+                "{} `{}?{}`",
+                e["service"].as_str().unwrap_or(""),
+                e["operation"].as_str().unwrap_or(""),
+                keys.join("&")
+            ),
+        }
+    });
+    let kind = alert["kind"].as_str().unwrap_or("");
+    // A young entry's totals or a young edge's calls per parent were judged against a wider
+    // baseline (or a request against the whole system's): `baseline.from` says which.
+    let from = alert["baseline"]["from"].as_str();
+    let judged_by = |r: &BaselineRow| {
+        from.is_some_and(|from| match (r.table.split(':').next(), &r.entry, &r.edge) {
+            (Some("route_per_request" | "service_per_request"), Some(scope), _) => {
+                from == format!("every request to {scope}")
+            }
+            (Some("system_per_request"), None, _) => from == "every request of the system",
+            (Some("pair_per_parent"), _, Some(pair)) => pair
+                .split_once(" -> ")
+                .is_some_and(|(caller, callee)| from == format!("every call from {caller} to {callee}")),
+            (Some("kind_per_parent"), _, Some(scope)) => scope
+                .split_once(" -> any ")
+                .is_some_and(|(caller, kind)| from == format!("every call from {caller} to a {kind}")),
+            _ => false,
+        })
+    };
+    let baselines: Vec<&BaselineRow> = rows
+        .iter()
+        .filter(|r| {
+            let on_edge = edge.is_some() && r.edge == edge && (r.entry.is_none() || r.entry == entry);
+            let on_entry = edge.is_none() && r.edge.is_none() && entry.is_some() && r.entry == entry;
+            on_edge || on_entry || judged_by(r)
+        })
+        .collect();
+    let rules: Vec<String> = tuning
+        .rules
+        .iter()
+        .filter(|r| r.edge.is_none() || r.edge == edge)
+        .filter(|r| r.entry.is_none() || r.entry == entry)
+        .filter(|r| r.kind.is_none_or(|k| k.as_str() == kind))
+        .map(|r| format!("{r:?}"))
+        .collect();
+    let mode = AlertKind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == kind)
+        .and_then(|k| tuning.detectors.get(&k))
+        .map_or("on".to_string(), |m| format!("{m:?}").to_lowercase());
+    let frozen = edge.as_ref().is_some_and(|e| tuning.frozen_edges.contains(e));
+    let unprecedented = alert["explanation"].as_str().is_some_and(|e| e.contains("never seen in the whole system"));
+    let young = if alert["unit"] == "calls_per_parent" { "edge" } else { "entry" };
+    let borrowed = from.map_or(String::new(), |from| match unprecedented {
+        true => {
+            format!(" of {from} (far beyond anything the whole system did, whatever the entry's own baseline allows)")
+        }
+        false => format!(
+            " of {from} (the {young}'s own baseline was too young to judge; a wider one judges at half the sensitivity)"
+        ),
+    });
+    let why = format!(
+        "{kind}: observed {} {} against an expected {} and a threshold of {} (score {}), from a baseline of {} samples{borrowed}.",
+        alert["observed"], alert["unit"].as_str().unwrap_or(""), alert["expected"], alert["threshold"], alert["score"],
+        alert["baseline"]["samples"]
+    );
+    serde_json::json!({
+        "why": why,
+        "rule": rule_of(kind),
+        "explanation": alert["explanation"],
+        "edge": edge,
+        "entry": entry,
+        "exemplar_trace_ids": alert["exemplar_trace_ids"],
+        "baselines_now": baselines,
+        "tuning": { "detector_mode": mode, "edge_frozen": frozen, "overrides": rules },
+        "alert": alert,
+    })
+}
+
+/// Finds an alert by id or fingerprint (the newest with that fingerprint).
+pub(crate) fn find<'a>(
+    alerts: impl DoubleEndedIterator<Item = &'a serde_json::Value>,
+    wanted: &str,
+) -> Option<&'a serde_json::Value> {
+    alerts.rev().find(|a| a["id"] == wanted || a["fingerprint"] == wanted)
+}
+
+/// Alerts an engine keeps for `/api/alerts` and `/api/explain`.
+pub(crate) const RECENT_ALERTS: usize = 1000;
+
+/// The admin token file in a models directory.
+pub(crate) const TOKEN_FILE: &str = "admin.token";
+
+/// `GET /api/graph?limit=N&focus=TEXT`: the last judged window's call graph at service level,
+/// at most `limit` edges (default 200; the busiest half and the most anomalous half), each with
+/// the recent alerts on it; with `focus`, only the edges of the nodes whose name contains it.
+fn graph(
+    engine: &Engine,
+    params: &BTreeMap<String, String>,
+    recent: &std::collections::VecDeque<serde_json::Value>,
+) -> (u16, String) {
+    let error = |message: String| (400, serde_json::json!({ "error": message }).to_string());
+    if let Some(unknown) = params.keys().find(|k| !["limit", "focus"].contains(&k.as_str())) {
+        return error(format!("unknown parameter {unknown:?}: /api/graph takes limit and focus"));
+    }
+    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => 200,
+        Some(Ok(limit)) if (1..=10_000).contains(&limit) => limit,
+        Some(_) => return error("limit must be a number from 1 to 10000".into()),
+    };
+    let mut graph = stormwatch_detect::graph::service_graph(
+        &engine.edge_gauges(usize::MAX),
+        limit,
+        params.get("focus").map(String::as_str),
+    );
+    for edge in &mut graph.edges {
+        edge.alerts = recent
+            .iter()
+            .filter(|a| {
+                a["edge"]["from"]["service"] == edge.from.as_str()
+                    && a["edge"]["to"]["service"] == edge.to.as_str()
+                    && a["edge"]["to"]["kind"] == edge.to_kind.as_str()
+            })
+            .count();
+    }
+    let window_end = match engine.last_window_end() {
+        0 => serde_json::Value::Null,
+        end => stormwatch_model::rfc3339(end).into(),
+    };
+    let mut body = serde_json::to_value(&graph).unwrap_or_default();
+    body["window_end"] = window_end;
+    (200, body.to_string())
+}
+
+/// Answers an admin API question on the engine thread.
+pub(crate) fn answer(
+    engine: &mut Engine,
+    query: AdminQuery,
+    watch: Option<&mut TuningWatch>,
+    recent: &std::collections::VecDeque<serde_json::Value>,
+) {
+    let error = |status: u16, message: String| (status, serde_json::json!({ "error": message }).to_string());
+    let response = match (query.path.as_str(), &query.body, watch) {
+        ("/api/baselines", _, _) => {
+            let recent: Vec<BTreeMap<String, f64>> = engine
+                .recent_windows()
+                .map(|(_, rates)| rates.iter().map(|(edge, rate)| (edge.to_string(), *rate)).collect())
+                .collect();
+            list(engine.store(), &recent, &query.params, API_MAX_ROWS)
+        }
+        ("/api/snapshot", None, _) => {
+            (200, String::from_utf8(stormwatch_baseline::encode_snapshot(engine.store())).unwrap_or_default())
+        }
+        ("/api/snapshot", Some(body), _) => {
+            let origin = Path::new("the imported snapshot");
+            match decode_snapshot(body.as_bytes(), engine.store().max_keys(), origin) {
+                Ok(store) => {
+                    let edges = store.edges_tracked();
+                    tracing::info!(who = %query.who, edges, "baselines replaced by an imported snapshot");
+                    engine.replace_store(store);
+                    (200, serde_json::json!({ "summary": format!("{edges} edges imported") }).to_string())
+                }
+                Err(e) => error(400, e.to_string()),
+            }
+        }
+        ("/api/graph", _, _) => graph(engine, &query.params, recent),
+        ("/api/alerts", _, _) => {
+            let limit = query.params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+            let matching: Vec<&serde_json::Value> = recent
+                .iter()
+                .rev()
+                .filter(|a| query.params.get("kind").is_none_or(|k| a["kind"] == k.as_str()))
+                .filter(|a| {
+                    query.params.get("match").is_none_or(|m| {
+                        a["edge"].to_string().contains(m.as_str()) || a["entry"].to_string().contains(m.as_str())
+                    })
+                })
+                .take(limit)
+                .collect();
+            (200, serde_json::json!({ "alerts": matching }).to_string())
+        }
+        ("/api/explain", _, _) => match query.params.get("id") {
+            None => error(400, "explain needs ?id=ALERT_ID_OR_FINGERPRINT".into()),
+            Some(id) => match find(recent.iter(), id) {
+                None => error(
+                    404,
+                    format!(
+                        "no recent alert has id or fingerprint {id:?} (this engine keeps its last {RECENT_ALERTS})"
+                    ),
+                ),
+                Some(alert) => (200, explanation(alert, &inspect::rows(engine.store()), engine.tuning()).to_string()),
+            },
+        },
+        (_, _, None) => error(503, "this engine has no tuning file".into()),
+        ("/api/tuning", None, Some(watch)) => {
+            let text = std::fs::read_to_string(watch.path()).unwrap_or_default();
+            let stats = engine.stats();
+            let shadowed: BTreeMap<&str, u64> = AlertKind::ALL
+                .iter()
+                .zip(stats.shadowed)
+                .filter(|(_, n)| *n > 0)
+                .map(|(kind, n)| (kind.as_str(), n))
+                .collect();
+            let body = serde_json::json!({
+                "path": watch.path().display().to_string(),
+                "summary": crate::tuning::describe(engine.tuning()),
+                "shadowed": shadowed,
+                "suppressed": stats.suppressed,
+                "text": text,
+            });
+            (200, body.to_string())
+        }
+        ("/api/tuning", Some(body), Some(watch)) => match serde_json::from_str::<Change>(body) {
+            Err(e) => error(400, format!("not a tuning change: {e}")),
+            Ok(change) => {
+                match crate::tuning::append(watch.path(), &change, &query.who, stormwatch_model::wall_clock_nanos()) {
+                    Ok(tuning) => {
+                        tracing::info!(who = %query.who, change = ?change, tuning = %crate::tuning::describe(&tuning), "tuning changed through the admin API");
+                        watch.mark_seen();
+                        let summary = crate::tuning::describe(&tuning);
+                        engine.set_tuning(tuning);
+                        (200, serde_json::json!({ "summary": summary }).to_string())
+                    }
+                    Err(message) => error(400, message),
+                }
+            }
+        },
+        (other, _, _) => error(404, format!("no such API: {other}")),
+    };
+    let _ = query.reply.send(response);
+}
+
+#[cfg(test)]
+mod tests {
+    use stormwatch_baseline::RequestMetric;
+    use stormwatch_model::{RootClass, Sym};
+
+    use super::*;
+
+    /// A young entry judged against its route: `explain` says what judged it and lists that
+    /// baseline with the entry's own.
+    #[test]
+    fn a_borrowed_judgement_names_the_baseline_that_judged() {
+        let class = |shape: &str| RootClass {
+            service: Sym::new("gateway"),
+            operation: Sym::new("GET /products"),
+            query_shape: Some(Sym::new(shape)),
+        };
+        let mut store = BaselineStore::new(100);
+        for i in 0..300 {
+            store.observe_request_total(class("page"), RequestMetric::Spans, 10, i);
+        }
+        for i in 0..40 {
+            store.observe_request_total(class("expand"), RequestMetric::Spans, 40, 300 + i);
+        }
+        let alert = serde_json::json!({
+            "kind": "request_amplification", "observed": 900.0, "unit": "spans_per_request", "expected": 10.0,
+            "threshold": 180.0, "score": 5.0, "edge": null,
+            "entry": {"service": "gateway", "operation": "GET /products", "query_keys": ["expand"]},
+            "baseline": {"samples": 340, "since": "2027-01-15T08:00:00.000Z", "from": "every request to gateway `GET /products`"},
+            "explanation": "One request ...",
+        });
+        let explained = explanation(&alert, &inspect::rows(&store), &Tuning::default());
+        let why = explained["why"].as_str().unwrap();
+        assert!(why.contains("340 samples of every request to gateway `GET /products` (the entry's own"), "{why}");
+        let tables: Vec<&str> =
+            explained["baselines_now"].as_array().unwrap().iter().map(|r| r["table"].as_str().unwrap()).collect();
+        assert!(tables.contains(&"route_per_request:spans"), "{tables:?}");
+        assert!(tables.contains(&"per_request:spans"), "the entry's own: {tables:?}");
+        assert!(!tables.contains(&"service_per_request:spans"), "{tables:?}");
+    }
+
+    /// A young edge judged against every call its caller makes to that kind of callee.
+    #[test]
+    fn a_young_edge_names_the_scope_that_judged_it() {
+        use stormwatch_model::{Edge, Node, NodeKind};
+        let node = |s: &str, o: &str, kind| Node { service: Sym::new(s), operation: Sym::new(o), kind };
+        let catalog = Edge {
+            from: node("gateway", "GET /products", NodeKind::Service),
+            to: node("catalog", "GET /items", NodeKind::Service),
+        };
+        let reviews = Edge { from: catalog.from, to: node("reviews", "GET /reviews", NodeKind::Service) };
+        let mut store = BaselineStore::new(100);
+        for i in 0..300 {
+            store.observe_fanout(catalog, &[1], i);
+        }
+        for i in 0..40 {
+            store.observe_fanout(reviews, &[20], 300 + i);
+        }
+        let alert = serde_json::json!({
+            "kind": "fanout_amplification", "observed": 200.0, "unit": "calls_per_parent", "expected": 1.0,
+            "threshold": 22.0, "score": 9.09,
+            "edge": {"from": {"service": "gateway", "operation": "GET /products"},
+                     "to": {"service": "reviews", "operation": "GET /reviews"}},
+            "entry": null,
+            "baseline": {"samples": 340, "since": "2027-01-15T08:00:00.000Z", "from": "every call from gateway to a service"},
+            "explanation": "gateway `GET /products` called reviews `GET /reviews` 200 times ...",
+        });
+        let explained = explanation(&alert, &inspect::rows(&store), &Tuning::default());
+        let why = explained["why"].as_str().unwrap();
+        assert!(
+            why.contains("of every call from gateway to a service (the edge's own baseline was too young"),
+            "{why}"
+        );
+        let tables: Vec<&str> =
+            explained["baselines_now"].as_array().unwrap().iter().map(|r| r["table"].as_str().unwrap()).collect();
+        assert_eq!(tables, ["calls_per_parent", "kind_per_parent"], "the edge's own and the scope that judged");
+    }
+}
