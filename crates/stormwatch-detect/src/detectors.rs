@@ -49,6 +49,18 @@ pub struct DetectConfig {
     pub false_alarm_rate: f64,
 }
 
+impl DetectConfig {
+    /// The severity of an anomaly: critical at `critical_factor` times its threshold or more,
+    /// a warning below. The one rule every detector uses.
+    pub fn severity(&self, observed: f64, threshold: f64) -> Severity {
+        if observed >= threshold * self.critical_factor {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        }
+    }
+}
+
 impl Default for DetectConfig {
     fn default() -> Self {
         DetectConfig {
@@ -389,8 +401,7 @@ impl Pending {
                 }
             ),
         };
-        let severity =
-            if observed >= threshold * config.critical_factor { Severity::Critical } else { Severity::Warning };
+        let severity = config.severity(observed, threshold);
         Finding {
             kind: self.kind,
             edge: self.edge,

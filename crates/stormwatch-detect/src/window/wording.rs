@@ -2,7 +2,7 @@
 //! `correlated_storm` finding of a window's PCA residual.
 
 use stormwatch_baseline::WindowMetric;
-use stormwatch_model::{AlertKind, Contributor, Severity, TraceId};
+use stormwatch_model::{AlertKind, Contributor, TraceId};
 
 use super::{Pending, Window, MAX_EXEMPLARS};
 use crate::detectors::{DetectConfig, Finding, Judgement};
@@ -26,11 +26,7 @@ pub(crate) fn correlated_finding(
         .collect();
     let named: Vec<String> =
         residual.contributions.iter().take(3).map(|(edge, share)| format!("{edge} ({:.0}%)", share * 100.0)).collect();
-    let severity = if residual.spe >= residual.threshold * detect.critical_factor {
-        Severity::Critical
-    } else {
-        Severity::Warning
-    };
+    let severity = detect.severity(residual.spe, residual.threshold);
     Finding {
         kind: AlertKind::CorrelatedStorm,
         edge: top,
@@ -80,8 +76,7 @@ impl Pending {
                 threshold * 100.0
             ),
         };
-        let severity =
-            if observed >= threshold * detect.critical_factor { Severity::Critical } else { Severity::Warning };
+        let severity = detect.severity(observed, threshold);
         Finding {
             kind: self.kind,
             edge: Some(self.edge),
