@@ -1,0 +1,223 @@
+//! Judging one value against a baseline: its own once it has `learning_min_samples`, a wider
+//! one (a scope above the key) while it is young, or the whole system's for a request beyond
+//! anything it ever did; and when a young key that nothing judges holds a value back.
+
+use stormwatch_baseline::{BaselineStore, ClassScope, Distribution, EdgeScope, RequestMetric, HOLD_FROM_SAMPLES};
+use stormwatch_model::{Edge, RootClass};
+
+use super::DetectConfig;
+
+pub(crate) struct Judgement {
+    pub(crate) expected: f64,
+    pub(crate) threshold: f64,
+    pub(crate) samples: u64,
+    pub(crate) since: u64,
+    /// Which baseline judged.
+    pub(crate) basis: Basis,
+}
+
+/// Which baseline a judgement was made against.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Basis {
+    /// The key's own.
+    Own,
+    /// An ancestor's, the key being young: which, and how many samples the key has itself.
+    Borrowed(Ancestor, u64),
+    /// The whole system's: a request total beyond [`NEVER_SEEN_FACTOR`] times its largest.
+    Unprecedented,
+}
+
+/// The wider baseline a young key is judged against: above a root class, or above an edge.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ancestor {
+    Class(ClassScope),
+    Edge(EdgeScope),
+}
+
+impl std::fmt::Display for Ancestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ancestor::Class(scope) => scope.fmt(f),
+            Ancestor::Edge(scope) => scope.fmt(f),
+        }
+    }
+}
+
+/// A young root class or edge (under `learning_min_samples`) judged against a scope above it
+/// alerts only beyond this multiple of that scope's threshold (at its p99.9): a class that is
+/// merely rarer or a bit heavier than its route, or an edge that loops a little more than its
+/// caller's other calls, stays quiet; a storm does not.
+pub const BORROWED_FACTOR: f64 = 2.0;
+
+/// A per-trace baseline with this many samples, under `learning_min_samples` and judged by no
+/// wider baseline either (the whole system being young), holds back a value beyond
+/// [`YOUNG_HOLD_FACTOR`] times the largest it learned (and `min_excess` beyond it): a storm in
+/// the system's first minutes is not learned, though nothing can judge it yet.
+pub const YOUNG_HOLD_FROM_SAMPLES: u64 = 30;
+/// See [`YOUNG_HOLD_FROM_SAMPLES`]. Per-trace counts are heavy-tailed: a few dozen samples'
+/// largest value lies well below their p99, so only a value far beyond it is held.
+pub const YOUNG_HOLD_FACTOR: u64 = 4;
+
+/// The limit beyond which a young key that nothing judges holds a value back, if `observed`
+/// is beyond it (see [`YOUNG_HOLD_FROM_SAMPLES`]).
+pub(super) fn far_beyond_young(own: Option<&Distribution>, observed: u64, config: &DetectConfig) -> Option<f64> {
+    let own = own?;
+    if !(YOUNG_HOLD_FROM_SAMPLES..config.learning_min_samples).contains(&own.samples()) {
+        return None;
+    }
+    let largest = own.max() as f64;
+    let limit = (largest * YOUNG_HOLD_FACTOR as f64).max(largest + config.min_excess);
+    (observed as f64 > limit).then_some(limit)
+}
+
+/// A request total beyond this multiple of the largest the whole system has learned (spans,
+/// database calls or services per request, over every class) alerts whatever its class's own
+/// baseline allows: a heavy-tailed class extrapolates its threshold far out, and nothing the
+/// system ever did normally comes near this.
+pub const NEVER_SEEN_FACTOR: f64 = 4.0;
+
+pub(crate) fn judge(distribution: Option<&Distribution>, observed: u64, config: &DetectConfig) -> Option<Judgement> {
+    let distribution = distribution?;
+    // Values a young baseline held back count as history it has been through (a surge that
+    // started before the baseline could judge must not keep it from judging), as long as what
+    // it judges by, what it learned, is more than a handful.
+    if distribution.samples() + distribution.held() < config.learning_min_samples
+        || distribution.samples() < HOLD_FROM_SAMPLES.min(config.learning_min_samples)
+    {
+        return None;
+    }
+    let threshold = threshold_of(distribution, config);
+    (observed as f64 > threshold).then(|| Judgement {
+        expected: distribution.quantile(0.5) as f64,
+        threshold,
+        samples: distribution.samples(),
+        since: distribution.since_unix_nano(),
+        basis: Basis::Own,
+    })
+}
+
+/// The threshold a young key is held to by a wider baseline: `max(q * ratio, q + min_excess)`
+/// at the wider one's p99.9 (or `quantile`, if higher), times [`BORROWED_FACTOR`]. A wider
+/// baseline mixes classes, so its tail is their mix, not a power law to extrapolate; its p99.9
+/// is the heaviest of what it has seen often enough.
+fn borrowed_threshold(distribution: &Distribution, config: &DetectConfig) -> f64 {
+    let high = distribution.quantile(config.quantile.max(0.999)) as f64;
+    (high * config.ratio).max(high + config.min_excess) * BORROWED_FACTOR
+}
+
+/// `max(q * ratio, q + min_excess, tail)` of a baseline (see the module's documentation).
+fn threshold_of(distribution: &Distribution, config: &DetectConfig) -> f64 {
+    let high = distribution.quantile(config.quantile) as f64;
+    (high * config.ratio).max(high + config.min_excess).max(tail_threshold(distribution, high, config))
+}
+
+/// A request total of `class` judged against its own baseline, or, while that is young,
+/// against the nearest scope above it (its route, its service, the system).
+pub(super) fn judge_total(
+    store: &BaselineStore,
+    class: RootClass,
+    metric: RequestMetric,
+    observed: u64,
+    config: &DetectConfig,
+) -> (Option<Judgement>, bool) {
+    let ancestors = ClassScope::above(&class)
+        .into_iter()
+        .map(|scope| (Ancestor::Class(scope), store.class_scopes.get(&(scope, metric))));
+    match judge_young(store.request_totals.get(&(class, metric)), observed, ancestors, config) {
+        (None, false) => (unprecedented(store, metric, observed, config), false),
+        judged => judged,
+    }
+}
+
+/// A request total beyond [`NEVER_SEEN_FACTOR`] times the largest the whole system learned,
+/// once the system-wide baseline has `learning_min_samples`.
+fn unprecedented(
+    store: &BaselineStore,
+    metric: RequestMetric,
+    observed: u64,
+    config: &DetectConfig,
+) -> Option<Judgement> {
+    let system = store.class_scopes.get(&(ClassScope::System, metric))?;
+    if system.samples() < config.learning_min_samples {
+        return None;
+    }
+    let threshold = NEVER_SEEN_FACTOR * system.max() as f64;
+    (observed as f64 > threshold).then(|| Judgement {
+        expected: system.quantile(0.5) as f64,
+        threshold,
+        samples: system.samples(),
+        since: system.since_unix_nano(),
+        basis: Basis::Unprecedented,
+    })
+}
+
+/// The largest calls per parent span of one trace on `edge`, judged against the edge's own
+/// baseline or, while that is young, against the scopes above it (every call from its
+/// caller's service to its callee's service, then to any callee of its kind).
+pub(super) fn judge_fanout(
+    store: &BaselineStore,
+    edge: Edge,
+    observed: u64,
+    config: &DetectConfig,
+) -> (Option<Judgement>, bool) {
+    let ancestors =
+        EdgeScope::above(&edge).into_iter().map(|scope| (Ancestor::Edge(scope), store.edge_scopes.get(&scope)));
+    judge_young(store.fanout.get(&edge), observed, ancestors, config)
+}
+
+/// A key judged against its own baseline once it has `learning_min_samples`; until then
+/// against the nearest of `ancestors` (looked up lazily: a mature key costs no lookup of
+/// them) that has ([`borrowed_threshold`]), unless the key has
+/// already learned as much itself. The judgement is `None` when nothing judges the value or
+/// it is within bounds; the flag says whether the key was young and judged by an ancestor
+/// (so a value beyond the bounds is held back rather than dropped).
+fn judge_young<'a>(
+    own: Option<&Distribution>,
+    observed: u64,
+    ancestors: impl IntoIterator<Item = (Ancestor, Option<&'a Distribution>)>,
+    config: &DetectConfig,
+) -> (Option<Judgement>, bool) {
+    let own_samples = own.map_or(0, Distribution::samples);
+    if own_samples >= config.learning_min_samples {
+        return (judge(own, observed, config), false);
+    }
+    // Within what the key itself learned (its ordinary values, and what it held back and
+    // learned once it recurred over hours): its own level, not a storm.
+    if own.is_some_and(|own| own_samples > 0 && observed <= own.max()) {
+        return (None, true);
+    }
+    for (ancestor, distribution) in ancestors {
+        let Some(distribution) = distribution else { continue };
+        if distribution.samples() < config.learning_min_samples {
+            continue;
+        }
+        let threshold = borrowed_threshold(distribution, config);
+        let judged = (observed as f64 > threshold).then(|| Judgement {
+            expected: distribution.quantile(0.5) as f64,
+            threshold,
+            samples: distribution.samples(),
+            since: distribution.since_unix_nano(),
+            basis: Basis::Borrowed(ancestor, own_samples),
+        });
+        return (judged, true);
+    }
+    (None, false)
+}
+
+/// The value the baseline's own tail reaches with probability `false_alarm_rate`: the tail
+/// exponent is measured between p90 and `quantile` and extrapolated beyond `quantile`,
+/// as for a power law. Capped at one decade of value per decade of probability.
+pub(super) fn tail_threshold(distribution: &Distribution, high: f64, config: &DetectConfig) -> f64 {
+    let reference = 0.9_f64.min(config.quantile);
+    let low = (distribution.quantile(reference) as f64).max(1.0);
+    if high <= low || config.quantile >= 1.0 || config.false_alarm_rate <= 0.0 {
+        return high;
+    }
+    let measured_decades = ((1.0 - reference) / (1.0 - config.quantile)).log10();
+    if measured_decades <= 0.0 {
+        return high;
+    }
+    let exponent = ((high / low).log10() / measured_decades).min(1.0);
+    let remaining_decades = ((1.0 - config.quantile) / config.false_alarm_rate).log10().max(0.0);
+    high * 10f64.powf(exponent * remaining_decades)
+}

@@ -1,0 +1,130 @@
+//! A per-trace finding in words: the sentence, the limits it broke and which baseline set
+//! them.
+
+use stormwatch_baseline::{ClassScope, RequestMetric};
+use stormwatch_model::{AlertKind, Edge, Node, RootClass};
+
+use super::judge::{Ancestor, Basis, Judgement, BORROWED_FACTOR, NEVER_SEEN_FACTOR};
+use super::{DetectConfig, Finding};
+use crate::features::TraceFeatures;
+
+/// Where the request came in, unless the caller itself is the entry point.
+fn entry_suffix(entry: Option<RootClass>, caller: &Node) -> String {
+    match entry {
+        Some(class) if class.service == caller.service && class.operation == caller.operation => String::new(),
+        Some(class) => format!(", in a request entering at {class}"),
+        None => ", in a request with no known entry point".into(),
+    }
+}
+
+fn number(value: f64) -> String {
+    if value.fract() == 0.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    }
+}
+
+/// A finding of a per-trace detector, before the one-incident rule and its wording.
+pub(super) struct Pending {
+    pub(super) kind: AlertKind,
+    pub(super) edge: Option<Edge>,
+    pub(super) metric: Option<RequestMetric>,
+    pub(super) observed: u64,
+    pub(super) unit: &'static str,
+    pub(super) judgement: Judgement,
+}
+
+impl Pending {
+    /// The finding as reported, with its sentence and severity.
+    pub(super) fn finish(self, features: &TraceFeatures, config: &DetectConfig) -> Finding {
+        let Judgement { expected, threshold, samples, since, basis } = self.judgement;
+        let observed = self.observed as f64;
+        let entry = features.root_class;
+        let limits = match basis {
+            Basis::Own => format!("normally {}, alert above {}", number(expected), number(threshold)),
+            Basis::Unprecedented => format!(
+                "never seen in the whole system: every request of the system, normally {}, never more than {} in {} \
+                 requests; alert above {NEVER_SEEN_FACTOR}x that",
+                number(expected),
+                number(threshold / NEVER_SEEN_FACTOR),
+                samples
+            ),
+            Basis::Borrowed(scope, own) => format!(
+                "judged against {scope}, as this {} has only {own} {} of history: normally {}, alert above {} \
+                 ({BORROWED_FACTOR}x its threshold)",
+                match scope {
+                    Ancestor::Class(_) => "entry",
+                    Ancestor::Edge(_) => "edge",
+                },
+                match scope {
+                    Ancestor::Class(_) => "requests",
+                    Ancestor::Edge(_) => "parent spans",
+                },
+                number(expected),
+                number(threshold)
+            ),
+        };
+        let explanation = match (self.kind, self.edge, self.metric) {
+            (AlertKind::NPlusOne, Some(edge), _) => format!(
+                "{} ran `{}` on {} {} times under one `{}` span ({limits}){}.",
+                edge.from.service,
+                edge.to.operation,
+                edge.to.service,
+                self.observed,
+                edge.from.operation,
+                entry_suffix(entry, &edge.from)
+            ),
+            (AlertKind::FanoutAmplification, Some(edge), _) => format!(
+                "{} called {} {} times under one parent span ({limits}){}.",
+                edge.from,
+                edge.to,
+                self.observed,
+                entry_suffix(entry, &edge.from)
+            ),
+            (_, Some(edge), _) => format!(
+                "One request entering at {} made {} calls from {} to {} ({limits}).",
+                entry.map_or_else(|| "an unknown entry point".into(), |c| c.to_string()),
+                self.observed,
+                edge.from,
+                edge.to
+            ),
+            (_, None, metric) => format!(
+                "One request entering at {} caused {} {} ({limits}).",
+                entry.map_or_else(|| "an unknown entry point".into(), |c| c.to_string()),
+                self.observed,
+                match metric {
+                    Some(RequestMetric::DbCalls) => "database calls",
+                    Some(RequestMetric::Services) => "distinct services",
+                    _ => "spans",
+                }
+            ),
+        };
+        let severity = config.severity(observed, threshold);
+        Finding {
+            kind: self.kind,
+            edge: self.edge,
+            entry,
+            metric: self.metric,
+            observed,
+            expected,
+            // Extrapolated thresholds are not round; hundredths are plenty for people.
+            threshold: (threshold * 100.0).round() / 100.0,
+            unit: self.unit,
+            score: (observed / threshold * 100.0).round() / 100.0,
+            severity,
+            exemplars: vec![features.trace_id],
+            contributors: Vec::new(),
+            start_unix_nano: features.start_unix_nano,
+            end_unix_nano: features.end_unix_nano,
+            baseline_samples: samples,
+            baseline_since_unix_nano: since,
+            baseline_from: match basis {
+                Basis::Own => None,
+                Basis::Borrowed(scope, _) => Some(scope.to_string()),
+                Basis::Unprecedented => Some(ClassScope::System.to_string()),
+            },
+            explanation,
+        }
+    }
+}
