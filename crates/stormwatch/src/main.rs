@@ -7,6 +7,7 @@ mod admin;
 mod baseline;
 mod bench;
 mod config;
+mod delivery;
 mod eval;
 mod loadgen;
 mod replay;
