@@ -16,6 +16,19 @@ pub(crate) struct Judgement {
     pub(crate) basis: Basis,
 }
 
+impl Judgement {
+    /// A value beyond `threshold` of `distribution`, judged on `basis`.
+    fn against(distribution: &Distribution, threshold: f64, basis: Basis) -> Judgement {
+        Judgement {
+            expected: distribution.quantile(0.5) as f64,
+            threshold,
+            samples: distribution.samples(),
+            since: distribution.since_unix_nano(),
+            basis,
+        }
+    }
+}
+
 /// Which baseline a judgement was made against.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Basis {
@@ -87,13 +100,7 @@ pub(crate) fn judge(distribution: Option<&Distribution>, observed: u64, config: 
         return None;
     }
     let threshold = threshold_of(distribution, config);
-    (observed as f64 > threshold).then(|| Judgement {
-        expected: distribution.quantile(0.5) as f64,
-        threshold,
-        samples: distribution.samples(),
-        since: distribution.since_unix_nano(),
-        basis: Basis::Own,
-    })
+    (observed as f64 > threshold).then(|| Judgement::against(distribution, threshold, Basis::Own))
 }
 
 /// The threshold a young key is held to by a wider baseline: `max(q * ratio, q + min_excess)`
@@ -142,13 +149,7 @@ fn unprecedented(
         return None;
     }
     let threshold = NEVER_SEEN_FACTOR * system.max() as f64;
-    (observed as f64 > threshold).then(|| Judgement {
-        expected: system.quantile(0.5) as f64,
-        threshold,
-        samples: system.samples(),
-        since: system.since_unix_nano(),
-        basis: Basis::Unprecedented,
-    })
+    (observed as f64 > threshold).then(|| Judgement::against(system, threshold, Basis::Unprecedented))
 }
 
 /// The largest calls per parent span of one trace on `edge`, judged against the edge's own
@@ -192,13 +193,8 @@ fn judge_young<'a>(
             continue;
         }
         let threshold = borrowed_threshold(distribution, config);
-        let judged = (observed as f64 > threshold).then(|| Judgement {
-            expected: distribution.quantile(0.5) as f64,
-            threshold,
-            samples: distribution.samples(),
-            since: distribution.since_unix_nano(),
-            basis: Basis::Borrowed(ancestor, own_samples),
-        });
+        let basis = Basis::Borrowed(ancestor, own_samples);
+        let judged = (observed as f64 > threshold).then(|| Judgement::against(distribution, threshold, basis));
         return (judged, true);
     }
     (None, false)
