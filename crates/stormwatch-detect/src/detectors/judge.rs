@@ -7,6 +7,8 @@ use stormwatch_model::{Edge, RootClass};
 
 use super::DetectConfig;
 
+/// A value found beyond its threshold: the baseline's median and threshold, its history, and
+/// which baseline it was.
 pub(crate) struct Judgement {
     pub(crate) expected: f64,
     pub(crate) threshold: f64,
@@ -89,6 +91,8 @@ pub(super) fn far_beyond_young(own: Option<&Distribution>, observed: u64, config
 /// system ever did normally comes near this.
 pub const NEVER_SEEN_FACTOR: f64 = 4.0;
 
+/// A value judged against its own baseline: `None` while the baseline is too young to judge
+/// (see below) or when the value is within its threshold.
 pub(crate) fn judge(distribution: Option<&Distribution>, observed: u64, config: &DetectConfig) -> Option<Judgement> {
     let distribution = distribution?;
     // Values a young baseline held back count as history it has been through (a surge that
@@ -167,11 +171,11 @@ pub(super) fn judge_fanout(
 }
 
 /// A key judged against its own baseline once it has `learning_min_samples`; until then
-/// against the nearest of `ancestors` (looked up lazily: a mature key costs no lookup of
-/// them) that has ([`borrowed_threshold`]), unless the key has
-/// already learned as much itself. The judgement is `None` when nothing judges the value or
-/// it is within bounds; the flag says whether the key was young and judged by an ancestor
-/// (so a value beyond the bounds is held back rather than dropped).
+/// against the nearest of `ancestors` that has them ([`borrowed_threshold`]), unless the key
+/// has already learned as much itself. Ancestors are looked up lazily: a mature key costs no
+/// lookup of them. The judgement is `None` when nothing judges the value or it is within
+/// bounds; the flag says whether the key was young and judged by an ancestor (so a value
+/// beyond the bounds is held back rather than dropped).
 fn judge_young<'a>(
     own: Option<&Distribution>,
     observed: u64,
