@@ -180,7 +180,8 @@ const SWEEP_EVERY_NANOS: u64 = 60 * 1_000_000_000;
 
 /// The key bound of every table, what may be evicted to keep within it, when each table
 /// with distributions (fanout, request_edges, request_totals, windows, window_classes,
-/// class_scopes, edge_scopes, in that order) was last swept, and what the bound refused and evicted.
+/// class_scopes, edge_scopes, in that order) was last swept, and what the bound refused and
+/// evicted.
 #[derive(Clone, Debug)]
 struct Room {
     max_keys: usize,
