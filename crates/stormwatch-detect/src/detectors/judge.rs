@@ -58,6 +58,19 @@ impl std::fmt::Display for Ancestor {
     }
 }
 
+/// How a per-trace key's value was judged.
+pub(super) enum Outcome {
+    /// By the key's own baseline: `Some` when beyond its threshold (never learned).
+    Own(Option<Judgement>),
+    /// The key being young, by a wider baseline (or within what it learned itself): `Some`
+    /// when beyond the borrowed threshold (held back, not learned).
+    Borrowed(Option<Judgement>),
+    /// The key being young and no wider baseline having its minimum either, nothing judges
+    /// it: `Some(limit)` when the value is far beyond what the key learned (values beyond
+    /// `limit` are held back; see [`YOUNG_HOLD_FROM_SAMPLES`]).
+    Unjudged(Option<f64>),
+}
+
 /// A young root class or edge (under `learning_min_samples`) judged against a scope above it
 /// alerts only beyond this multiple of that scope's threshold (at its p99.9): a class that is
 /// merely rarer or a bit heavier than its route, or an edge that loops a little more than its
@@ -75,9 +88,9 @@ pub const YOUNG_HOLD_FACTOR: u64 = 4;
 
 /// The limit beyond which a young key that nothing judges holds a value back, if `observed`
 /// is beyond it (see [`YOUNG_HOLD_FROM_SAMPLES`]).
-pub(super) fn far_beyond_young(own: Option<&Distribution>, observed: u64, config: &DetectConfig) -> Option<f64> {
+fn far_beyond_young(own: Option<&Distribution>, observed: u64, config: &DetectConfig) -> Option<f64> {
     let own = own?;
-    if !(YOUNG_HOLD_FROM_SAMPLES..config.learning_min_samples).contains(&own.samples()) {
+    if own.samples() < YOUNG_HOLD_FROM_SAMPLES {
         return None;
     }
     let largest = own.max() as f64;
@@ -122,21 +135,22 @@ fn threshold_of(distribution: &Distribution, config: &DetectConfig) -> f64 {
     (high * config.ratio).max(high + config.min_excess).max(tail_threshold(distribution, high, config))
 }
 
-/// A request total of `class` judged against its own baseline, or, while that is young,
-/// against the nearest scope above it (its route, its service, the system).
+/// A request total of `class` judged against its own baseline (and, within it, against the
+/// whole system's for what it never did), or, while that is young, against the nearest scope
+/// above it (its route, its service, the system).
 pub(super) fn judge_total(
     store: &BaselineStore,
     class: RootClass,
     metric: RequestMetric,
     observed: u64,
     config: &DetectConfig,
-) -> (Option<Judgement>, bool) {
+) -> Outcome {
     let ancestors = ClassScope::above(&class)
         .into_iter()
         .map(|scope| (Ancestor::Class(scope), store.class_scopes.get(&(scope, metric))));
     match judge_young(store.request_totals.get(&(class, metric)), observed, ancestors, config) {
-        (None, false) => (unprecedented(store, metric, observed, config), false),
-        judged => judged,
+        Outcome::Own(None) => Outcome::Own(unprecedented(store, metric, observed, config)),
+        outcome => outcome,
     }
 }
 
@@ -159,12 +173,7 @@ fn unprecedented(
 /// The largest calls per parent span of one trace on `edge`, judged against the edge's own
 /// baseline or, while that is young, against the scopes above it (every call from its
 /// caller's service to its callee's service, then to any callee of its kind).
-pub(super) fn judge_fanout(
-    store: &BaselineStore,
-    edge: Edge,
-    observed: u64,
-    config: &DetectConfig,
-) -> (Option<Judgement>, bool) {
+pub(super) fn judge_fanout(store: &BaselineStore, edge: Edge, observed: u64, config: &DetectConfig) -> Outcome {
     let ancestors =
         EdgeScope::above(&edge).into_iter().map(|scope| (Ancestor::Edge(scope), store.edge_scopes.get(&scope)));
     judge_young(store.fanout.get(&edge), observed, ancestors, config)
@@ -172,24 +181,23 @@ pub(super) fn judge_fanout(
 
 /// A key judged against its own baseline once it has `learning_min_samples`; until then
 /// against the nearest of `ancestors` that has them ([`borrowed_threshold`]), unless the key
-/// has already learned as much itself. Ancestors are looked up lazily: a mature key costs no
-/// lookup of them. The judgement is `None` when nothing judges the value or it is within
-/// bounds; the flag says whether the key was young and judged by an ancestor (so a value
-/// beyond the bounds is held back rather than dropped).
+/// has already learned as much itself; and when none has, by nothing (but a value far beyond
+/// what the key learned is to be held back). Ancestors are looked up lazily: a mature key
+/// costs no lookup of them.
 fn judge_young<'a>(
     own: Option<&Distribution>,
     observed: u64,
     ancestors: impl IntoIterator<Item = (Ancestor, Option<&'a Distribution>)>,
     config: &DetectConfig,
-) -> (Option<Judgement>, bool) {
+) -> Outcome {
     let own_samples = own.map_or(0, Distribution::samples);
     if own_samples >= config.learning_min_samples {
-        return (judge(own, observed, config), false);
+        return Outcome::Own(judge(own, observed, config));
     }
     // Within what the key itself learned (its ordinary values, and what it held back and
     // learned once it recurred over hours): its own level, not a storm.
     if own.is_some_and(|own| own_samples > 0 && observed <= own.max()) {
-        return (None, true);
+        return Outcome::Borrowed(None);
     }
     for (ancestor, distribution) in ancestors {
         let Some(distribution) = distribution else { continue };
@@ -198,10 +206,11 @@ fn judge_young<'a>(
         }
         let threshold = borrowed_threshold(distribution, config);
         let basis = Basis::Borrowed(ancestor, own_samples);
-        let judged = (observed as f64 > threshold).then(|| Judgement::against(distribution, threshold, basis));
-        return (judged, true);
+        return Outcome::Borrowed(
+            (observed as f64 > threshold).then(|| Judgement::against(distribution, threshold, basis)),
+        );
     }
-    (None, false)
+    Outcome::Unjudged(far_beyond_young(own, observed, config))
 }
 
 /// The value the baseline's own tail reaches with probability `false_alarm_rate`: the tail

@@ -37,8 +37,8 @@ use crate::features::TraceFeatures;
 mod judge;
 mod wording;
 
-use judge::{far_beyond_young, judge_fanout, judge_total};
 pub(crate) use judge::{judge, Judgement};
+use judge::{judge_fanout, judge_total, Outcome};
 pub use judge::{BORROWED_FACTOR, NEVER_SEEN_FACTOR, YOUNG_HOLD_FACTOR, YOUNG_HOLD_FROM_SAMPLES};
 use wording::Pending;
 
@@ -160,18 +160,22 @@ fn judge_per_parent(
 ) -> Vec<Pending> {
     let mut per_parent = Vec::new();
     for edge in &features.edges {
-        let (judged, young) = judge_fanout(store, edge.edge, edge.max_calls_per_parent, config);
-        if let (None, false) = (&judged, young) {
-            if let Some(limit) = far_beyond_young(store.fanout.get(&edge.edge), edge.max_calls_per_parent, config) {
-                anomalies.fanout_held.insert(edge.edge, limit);
+        let judgement = match judge_fanout(store, edge.edge, edge.max_calls_per_parent, config) {
+            Outcome::Own(Some(judgement)) => {
+                anomalies.fanout.insert(edge.edge);
+                judgement
             }
-        }
-        let Some(judgement) = judged else { continue };
-        if young {
-            anomalies.fanout_held.insert(edge.edge, judgement.threshold);
-        } else {
-            anomalies.fanout.insert(edge.edge);
-        }
+            Outcome::Borrowed(Some(judgement)) => {
+                anomalies.fanout_held.insert(edge.edge, judgement.threshold);
+                judgement
+            }
+            // Nothing judges it, and the young edge never saw anything like it: held.
+            Outcome::Unjudged(Some(limit)) => {
+                anomalies.fanout_held.insert(edge.edge, limit);
+                continue;
+            }
+            Outcome::Own(None) | Outcome::Borrowed(None) | Outcome::Unjudged(None) => continue,
+        };
         let kind = if edge.edge.to.kind.is_datastore() { AlertKind::NPlusOne } else { AlertKind::FanoutAmplification };
         per_parent.push(Pending {
             kind,
@@ -222,16 +226,20 @@ fn judge_totals(
     let mut totals = Vec::new();
     for metric in RequestMetric::ALL {
         let observed = total(features, metric);
-        let (judged, borrowed) = judge_total(store, class, metric, observed, config);
-        if borrowed {
-            anomalies.borrowed.insert(metric);
-        } else if judged.is_none()
-            && far_beyond_young(store.request_totals.get(&(class, metric)), observed, config).is_some()
-        {
+        let judged = match judge_total(store, class, metric, observed, config) {
+            Outcome::Own(judged) => judged,
+            Outcome::Borrowed(judged) => {
+                anomalies.borrowed.insert(metric);
+                judged
+            }
             // Nothing judges it, and the young class never saw anything like it: held.
-            anomalies.totals.insert(metric);
-            anomalies.borrowed.insert(metric);
-        }
+            Outcome::Unjudged(Some(_)) => {
+                anomalies.totals.insert(metric);
+                anomalies.borrowed.insert(metric);
+                None
+            }
+            Outcome::Unjudged(None) => None,
+        };
         let Some(judgement) = judged else { continue };
         // A request-wide total made large only by edges that sit in their own learned tails (a
         // heavy-tailed loop doing what it now and then does) is not an anomaly: remove that

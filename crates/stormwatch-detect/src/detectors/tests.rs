@@ -59,10 +59,14 @@ fn a_request_far_beyond_anything_the_system_did_alerts_whatever_its_class_allows
     let beyond = (NEVER_SEEN_FACTOR * largest as f64) as u64 + 1;
     let own = store.request_totals.get(&(class, RequestMetric::Spans));
     assert!(judge(own, beyond, &config).is_none(), "its own tail allows {beyond}");
-    let (judged, young) = judge_total(&store, class, RequestMetric::Spans, beyond, &config);
+    let Outcome::Own(judged) = judge_total(&store, class, RequestMetric::Spans, beyond, &config) else {
+        panic!("a class with its own history is judged on it")
+    };
     let judged = judged.expect("never seen in the system");
-    assert!(!young && matches!(judged.basis, Basis::Unprecedented), "{:?}", judged.basis);
+    assert!(matches!(judged.basis, Basis::Unprecedented), "{:?}", judged.basis);
     assert_eq!(judged.threshold, NEVER_SEEN_FACTOR * largest as f64);
-    let (within, _) = judge_total(&store, class, RequestMetric::Spans, beyond - 2, &config);
+    let Outcome::Own(within) = judge_total(&store, class, RequestMetric::Spans, beyond - 2, &config) else {
+        panic!("a class with its own history is judged on it")
+    };
     assert!(within.is_none());
 }
