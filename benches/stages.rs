@@ -30,8 +30,7 @@ const SPANS: usize = 100_000;
 const BATCH_SPANS: usize = 512;
 
 fn traffic() -> Vec<ExportTraceServiceRequest> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/scenarios/large-generated.toml");
-    let scenario = Scenario::from_file(std::path::Path::new(path)).expect("scenario");
+    let scenario = Scenario::parse(stormwatch_loadgen::shipped::LARGE_GENERATED).expect("scenario");
     let mut requests = Vec::new();
     let mut batch = ExportTraceServiceRequest::default();
     let (mut in_batch, mut total) = (0, 0);

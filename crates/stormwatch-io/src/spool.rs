@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use stormwatch_model::Alert;
 
 /// Batches of undelivered alerts in a directory.
+#[derive(Debug)]
 pub struct AlertSpool {
     dir: PathBuf,
     /// (sequence, alerts, bytes) of each file, oldest first.
@@ -134,7 +135,10 @@ impl AlertSpool {
 /// An alert for tests: the first golden alert, with `id`.
 #[cfg(test)]
 pub(crate) fn test_alert(id: &str) -> Alert {
-    let text = include_str!("../../../tests/golden/flask-amplified.alerts.jsonl").lines().next().unwrap();
+    // Read where the tests run: the golden files are the repository's, not this crate's.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden/flask-amplified.alerts.jsonl");
+    let golden = std::fs::read_to_string(path).unwrap();
+    let text = golden.lines().next().unwrap();
     // Golden alerts leave out the wall time of detection.
     let mut value: serde_json::Value = serde_json::from_str(text).unwrap();
     value["detected_at"] = "2026-11-29T00:00:00.000Z".into();

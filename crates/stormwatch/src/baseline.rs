@@ -11,9 +11,9 @@ use anyhow::{bail, Context};
 use stormwatch_baseline::inspect::{self, BaselineRow};
 use stormwatch_baseline::{decode_snapshot, BaselineStore, SNAPSHOT_FILE};
 
-use crate::admin::{explanation, find, list, TOKEN_FILE};
-use crate::tuning::Change;
 use crate::{BaselineArgs, BaselineCommand, BaselineFilter, BaselineSource, TuningTarget};
+use stormwatch_engine::admin::{explanation, find, list, TOKEN_FILE};
+use stormwatch_engine::tuning::Change;
 
 /// `stormwatch baseline ...`.
 pub(crate) fn run(args: BaselineArgs) -> anyhow::Result<()> {
@@ -78,11 +78,11 @@ pub(crate) fn run(args: BaselineArgs) -> anyhow::Result<()> {
                 (None, Some(file)) => {
                     let text = std::fs::read_to_string(file)
                         .with_context(|| format!("cannot read the alerts file {}", file.display()))?;
-                    let all: Vec<serde_json::Value> =
+                    let all: Vec<stormwatch_model::Alert> =
                         text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
                     let found = find(all.iter(), &alert)
                         .with_context(|| format!("no alert in {} has id or fingerprint {alert:?}", file.display()))?;
-                    let tuning = crate::tuning::load(&models.join(crate::tuning::TUNING_FILE))
+                    let tuning = stormwatch_engine::tuning::load(&models.join(stormwatch_engine::tuning::TUNING_FILE))
                         .map_err(anyhow::Error::msg)?
                         .unwrap_or_default();
                     explanation(found, &inspect::rows(&load(&models)?), &tuning)
@@ -216,13 +216,13 @@ fn write(target: &TuningTarget, change: &Change) -> anyhow::Result<()> {
             println!("applied by the engine at {url}: {}", summary["summary"].as_str().unwrap_or(&answer));
         }
         None => {
-            let path = target.models.join(crate::tuning::TUNING_FILE);
-            let tuning = crate::tuning::append(&path, change, &who, stormwatch_model::wall_clock_nanos())
+            let path = target.models.join(stormwatch_engine::tuning::TUNING_FILE);
+            let tuning = stormwatch_engine::tuning::append(&path, change, &who, stormwatch_model::wall_clock_nanos())
                 .map_err(anyhow::Error::msg)?;
             println!(
                 "written to {}: {} (a running engine on these models reloads it within 2 s)",
                 path.display(),
-                crate::tuning::describe(&tuning)
+                stormwatch_engine::tuning::describe(&tuning)
             );
         }
     }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use stormwatch_bench::{BenchArgs, MemoryArgs, ReferenceArgs};
 
 #[derive(Parser)]
 #[command(
@@ -322,83 +323,6 @@ pub(crate) struct BaselineFilter {
     /// Rows shown.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub limit: usize,
-}
-
-#[derive(Args)]
-pub(crate) struct BenchArgs {
-    /// Scenario whose traffic is sent [default: the built-in large-generated scenario, 300
-    /// services in Alibaba-2021-shaped call graphs].
-    #[arg(long, value_name = "FILE")]
-    pub scenario: Option<PathBuf>,
-    /// Spans per run (encoded before the clock starts).
-    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
-    pub spans: u64,
-    /// Spans per export request (traces are never split).
-    #[arg(long, value_name = "N", default_value_t = 512)]
-    pub batch_spans: usize,
-    /// Concurrent client connections.
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    pub connections: usize,
-    /// Runs per target; medians are reported.
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    pub runs: usize,
-    /// Inputs to measure, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "grpc,http,file")]
-    pub transport: Vec<BenchTransport>,
-    /// Also measure the Kafka input on this broker: the traffic is written to a new topic of 4
-    /// partitions, then consumed by one engine and by two engines in one group.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub kafka: Option<String>,
-    /// Length of the alert-latency run at 70% of the gRPC throughput (0 skips it; needs grpc).
-    /// Its traffic is encoded ahead: about 350 bytes per span in memory.
-    #[arg(long, value_name = "SECONDS", default_value_t = 12)]
-    pub latency_seconds: u64,
-    /// Skip the overload run (the engine pinned to one CPU, offered far more than it takes;
-    /// its peak RSS is checked against the bound its settings imply).
-    #[arg(long)]
-    pub no_overload: bool,
-}
-
-/// How `bench` feeds its targets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub(crate) enum BenchTransport {
-    /// OTLP/gRPC.
-    Grpc,
-    /// OTLP/HTTP, protobuf.
-    Http,
-    /// A length-prefixed protobuf file: `stormwatch replay` against a read-and-decode loop.
-    File,
-}
-
-impl BenchTransport {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            BenchTransport::Grpc => "grpc",
-            BenchTransport::Http => "http",
-            BenchTransport::File => "file",
-        }
-    }
-}
-
-#[derive(Args)]
-pub(crate) struct ReferenceArgs {
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4317")]
-    pub otlp_grpc: String,
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4318")]
-    pub otlp_http: String,
-    /// Decode this length-prefixed protobuf file and exit instead of serving.
-    #[arg(long, value_name = "FILE")]
-    pub file: Option<PathBuf>,
-}
-
-#[derive(Args)]
-pub(crate) struct MemoryArgs {
-    /// Spans to buffer in flight.
-    #[arg(long, value_name = "N", default_value_t = 500_000)]
-    pub spans: u64,
-    /// Edges to give baselines.
-    #[arg(long, value_name = "N", default_value_t = 100_000)]
-    pub edges: u64,
 }
 
 #[derive(Args)]

@@ -11,8 +11,8 @@ use stormwatch_detect::Engine;
 use stormwatch_loadgen::{eval, svg, Generator, Scenario};
 use stormwatch_model::{wall_clock_nanos, AlertKind};
 
-use crate::config::Config;
 use crate::EvalArgs;
+use stormwatch_engine::config::Config;
 
 pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
     let scenario = Scenario::from_file(&args.scenario)?;
@@ -26,11 +26,11 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
     config.attribution.apply()?;
     let mut engine = Engine::new(config.engine(), BaselineStore::new(config.baseline.max_keys), wall_clock_nanos);
     if let Some(path) = &args.tuning {
-        let tuning = crate::tuning::load(path)
+        let tuning = stormwatch_engine::tuning::load(path)
             .map_err(anyhow::Error::msg)?
             .with_context(|| format!("--tuning {}: no such file", path.display()))?;
         if !args.quiet {
-            eprintln!("eval: tuning {}: {}", path.display(), crate::tuning::describe(&tuning));
+            eprintln!("eval: tuning {}: {}", path.display(), stormwatch_engine::tuning::describe(&tuning));
         }
         engine.set_tuning(tuning);
     }

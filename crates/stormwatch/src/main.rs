@@ -3,19 +3,12 @@
 //! The binary owns the command line and wires the stages together; all decisions live in
 //! the library crates.
 
-mod admin;
 mod baseline;
-mod bench;
 mod cli;
-mod config;
-mod delivery;
 mod eval;
 mod loadgen;
 mod replay;
-mod runtime;
 mod serve;
-mod sharing;
-mod tuning;
 
 use std::process::ExitCode;
 
@@ -53,9 +46,11 @@ fn main() -> ExitCode {
             Command::Loadgen(args) => loadgen::run(args).await,
             Command::Eval(args) => tokio::task::spawn_blocking(move || eval::run(args)).await?,
             Command::Baseline(args) => tokio::task::spawn_blocking(move || baseline::run(args)).await?,
-            Command::Bench(args) => bench::run(args).await,
-            Command::BenchReference(args) => bench::reference(args).await,
-            Command::BenchMemory(args) => tokio::task::spawn_blocking(move || bench::memory_probe(args)).await?,
+            Command::Bench(args) => stormwatch_bench::run(args).await,
+            Command::BenchReference(args) => stormwatch_bench::reference(args).await,
+            Command::BenchMemory(args) => {
+                tokio::task::spawn_blocking(move || stormwatch_bench::memory_probe(args)).await?
+            }
         }
     });
     // A Kafka client stuck on a broker that is down must not hold the exit (serve's shutdown

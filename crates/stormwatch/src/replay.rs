@@ -13,9 +13,8 @@ use stormwatch_io::files::{self, FileError};
 use stormwatch_io::Metrics;
 use stormwatch_model::AlertKind;
 
-use crate::config::Config;
-use crate::runtime::{open_sink, restore, EngineOptions, Pipeline};
 use crate::ReplayArgs;
+use stormwatch_engine::{open_sink, restore, EngineOptions, Pipeline};
 
 struct Progress {
     bytes: AtomicU64,
@@ -25,7 +24,7 @@ struct Progress {
 }
 
 pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.common)?;
+    let config = crate::serve::load_config(&args.common)?;
     config.validate()?;
     config.limits.apply();
     config.attribution.apply()?;
@@ -34,16 +33,20 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let readers = args.files.iter().map(|path| files::open(path)).collect::<Result<Vec<_>, _>>()?;
     let total_bytes: u64 = readers.iter().map(|r| r.size()).sum();
     let store = match &args.models {
-        Some(dir) => restore(dir, &config)?,
+        Some(dir) => restore(dir, config.baseline.max_keys)?,
         None => BaselineStore::new(config.baseline.max_keys),
     };
-    let sink = open_sink(&config, !args.no_stdout, args.alerts_file.as_deref()).await?;
+    let sink =
+        open_sink(&config.kafka.brokers, &config.kafka.alert_topic, !args.no_stdout, args.alerts_file.as_deref())
+            .await?;
 
     let started = Instant::now();
-    let tuning_path =
-        args.tuning.clone().or_else(|| args.models.as_ref().map(|dir| dir.join(crate::tuning::TUNING_FILE)));
+    let tuning_path = args
+        .tuning
+        .clone()
+        .or_else(|| args.models.as_ref().map(|dir| dir.join(stormwatch_engine::tuning::TUNING_FILE)));
     let tuning = match &tuning_path {
-        Some(path) => crate::tuning::load(path).map_err(anyhow::Error::msg)?.unwrap_or_default(),
+        Some(path) => stormwatch_engine::tuning::load(path).map_err(anyhow::Error::msg)?.unwrap_or_default(),
         None => Default::default(),
     };
     let (pipeline, queue) = Pipeline::start(
@@ -54,7 +57,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         (64, usize::MAX),
         EngineOptions {
             snapshot: args.models.clone().map(|dir| (dir, None)),
-            tuning: crate::runtime::TuningOptions { initial: tuning, ..Default::default() },
+            tuning: stormwatch_engine::TuningOptions { initial: tuning, ..Default::default() },
             ..EngineOptions::default()
         },
     );

@@ -128,8 +128,7 @@ fn window_alerts(alerts: &[Alert]) -> Vec<(String, String, String)> {
 /// alerts are the same, and a third of the traffic alone does not show them all.
 #[test]
 fn three_engines_sharing_windows_alert_like_one() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/scenarios/shop.toml");
-    let scenario = Scenario::from_file(std::path::Path::new(path)).expect("scenario");
+    let scenario = Scenario::parse(stormwatch_loadgen::shipped::SHOP).expect("scenario");
     let mut config = EngineConfig::default();
     config.detect.learning_min_samples = scenario.eval.learning_min_samples;
     config.window.window_nanos = scenario.eval.window.as_nanos() as u64;

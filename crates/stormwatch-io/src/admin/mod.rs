@@ -31,17 +31,101 @@ use crate::server::host::AllowedHosts;
 use crate::server::{ConnectionLimits, Listener};
 use crate::Metrics;
 
-/// A question for the engine thread: the API path, its query parameters, and where to send
-/// the answer (HTTP status, JSON body).
+/// A question for the engine thread: what is asked, who asked, and where to send the answer
+/// (HTTP status, JSON body).
 #[derive(Debug)]
 pub struct AdminQuery {
-    pub path: String,
-    pub params: BTreeMap<String, String>,
-    /// A write's JSON body (authenticated already).
-    pub body: Option<String>,
+    /// The route and its parameters, parsed once (here, in the API).
+    pub request: AdminRequest,
     /// Who asked (`X-Stormwatch-User`, else "api"), for the audit trail.
     pub who: String,
+    /// Where the answer goes: HTTP status and JSON body.
     pub reply: oneshot::Sender<(u16, String)>,
+}
+
+/// What the admin API asks the engine thread, one variant per route. Parameters the API can
+/// check on its own are checked before the question is put (a 400 never reaches the engine);
+/// `/api/baselines`' parameters are the query language of `stormwatch_baseline::inspect`, which
+/// the engine (and `stormwatch baseline list` offline) checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRequest {
+    /// `GET /api/baselines`: the rows these parameters select.
+    Baselines(BTreeMap<String, String>),
+    /// `GET /api/graph`: the last judged window's service graph, at most `limit` edges, only
+    /// those of nodes whose name contains `focus` when given.
+    Graph {
+        /// Most edges (1 to [`MAX_GRAPH_EDGES`]; [`DEFAULT_GRAPH_EDGES`] when not given).
+        limit: usize,
+        /// Text a node's name must contain.
+        focus: Option<String>,
+    },
+    /// `GET /api/alerts`: the newest recent alerts first.
+    Alerts {
+        /// Most alerts (100 when not given or not a number).
+        limit: usize,
+        /// Only this kind (`n_plus_one`, ...).
+        kind: Option<String>,
+        /// Only alerts whose edge or entry contains this text.
+        matching: Option<String>,
+    },
+    /// `GET /api/explain?id=`: why a recent alert (by id or fingerprint) fired.
+    Explain {
+        /// An alert id or fingerprint.
+        id: String,
+    },
+    /// `GET /api/snapshot`: the baselines as a snapshot document.
+    Snapshot,
+    /// `POST /api/snapshot`: replace the baselines (authenticated; the body within its limit).
+    Import {
+        /// The snapshot document.
+        document: String,
+    },
+    /// `GET /api/tuning`: the tuning file and what it does.
+    Tuning,
+    /// `POST /api/tuning`: one tuning change, JSON (authenticated).
+    ChangeTuning {
+        /// The change, as sent.
+        change: String,
+    },
+}
+
+/// Edges `/api/graph` shows when `limit` is not given.
+pub const DEFAULT_GRAPH_EDGES: usize = 200;
+/// Most edges one `/api/graph` answer may ask for.
+pub const MAX_GRAPH_EDGES: usize = 10_000;
+/// Alerts `/api/alerts` shows when `limit` is not given.
+pub const DEFAULT_ALERTS: usize = 100;
+
+impl AdminRequest {
+    /// `GET /api/graph?limit=N&focus=TEXT`, or the 400 message naming the bad parameter.
+    pub fn graph(params: &BTreeMap<String, String>) -> Result<AdminRequest, String> {
+        if let Some(unknown) = params.keys().find(|k| !["limit", "focus"].contains(&k.as_str())) {
+            return Err(format!("unknown parameter {unknown:?}: /api/graph takes limit and focus"));
+        }
+        let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+            None => DEFAULT_GRAPH_EDGES,
+            Some(Ok(limit)) if (1..=MAX_GRAPH_EDGES).contains(&limit) => limit,
+            Some(_) => return Err(format!("limit must be a number from 1 to {MAX_GRAPH_EDGES}")),
+        };
+        Ok(AdminRequest::Graph { limit, focus: params.get("focus").cloned() })
+    }
+
+    /// `GET /api/alerts?limit=N&kind=KIND&match=TEXT`.
+    pub fn alerts(params: &BTreeMap<String, String>) -> AdminRequest {
+        AdminRequest::Alerts {
+            limit: params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(DEFAULT_ALERTS),
+            kind: params.get("kind").cloned(),
+            matching: params.get("match").cloned(),
+        }
+    }
+
+    /// `GET /api/explain?id=ID`, or the 400 message when the id is missing.
+    pub fn explain(params: &BTreeMap<String, String>) -> Result<AdminRequest, String> {
+        match params.get("id") {
+            Some(id) => Ok(AdminRequest::Explain { id: id.clone() }),
+            None => Err("explain needs ?id=ALERT_ID_OR_FINGERPRINT".into()),
+        }
+    }
 }
 
 /// The admin API's side of the engine thread's question channel.
@@ -176,18 +260,12 @@ fn error(status: u16, message: &str) -> axum::response::Response {
 
 /// Asks the engine thread and waits (the engine answers within its next 100 ms tick unless a
 /// large batch is being processed).
-async fn ask(
-    state: &AdminState,
-    path: &str,
-    params: BTreeMap<String, String>,
-    body: Option<String>,
-    who: String,
-) -> axum::response::Response {
+async fn ask(state: &AdminState, request: AdminRequest, who: String) -> axum::response::Response {
     let Some(queries) = &state.queries else {
         return error(503, "no engine answers API queries in this process");
     };
     let (reply, answer) = oneshot::channel();
-    if queries.send(AdminQuery { path: path.to_string(), params, body, who, reply }).is_err() {
+    if queries.send(AdminQuery { request, who, reply }).is_err() {
         return error(503, "the engine is shutting down");
     }
     match tokio::time::timeout(Duration::from_secs(30), answer).await {
@@ -251,36 +329,42 @@ async fn baselines(
     State(state): State<AdminState>,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> axum::response::Response {
-    ask(&state, "/api/baselines", params, None, String::new()).await
+    ask(&state, AdminRequest::Baselines(params), String::new()).await
 }
 
 async fn alerts(
     State(state): State<AdminState>,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> axum::response::Response {
-    ask(&state, "/api/alerts", params, None, String::new()).await
+    ask(&state, AdminRequest::alerts(&params), String::new()).await
 }
 
 async fn graph(
     State(state): State<AdminState>,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> axum::response::Response {
-    ask(&state, "/api/graph", params, None, String::new()).await
+    match AdminRequest::graph(&params) {
+        Ok(request) => ask(&state, request, String::new()).await,
+        Err(message) => error(400, &message),
+    }
 }
 
 async fn explain(
     State(state): State<AdminState>,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> axum::response::Response {
-    ask(&state, "/api/explain", params, None, String::new()).await
+    match AdminRequest::explain(&params) {
+        Ok(request) => ask(&state, request, String::new()).await,
+        Err(message) => error(400, &message),
+    }
 }
 
 async fn snapshot(State(state): State<AdminState>) -> axum::response::Response {
-    ask(&state, "/api/snapshot", BTreeMap::new(), None, String::new()).await
+    ask(&state, AdminRequest::Snapshot, String::new()).await
 }
 
 async fn tuning(State(state): State<AdminState>) -> axum::response::Response {
-    ask(&state, "/api/tuning", BTreeMap::new(), None, String::new()).await
+    ask(&state, AdminRequest::Tuning, String::new()).await
 }
 
 /// Compares without stopping at the first difference, so the time taken says nothing about
@@ -291,12 +375,14 @@ pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn change_tuning(State(state): State<AdminState>, request: axum::extract::Request) -> axum::response::Response {
-    write(state, request, "/api/tuning", MAX_TUNING_CHANGE_BYTES, "tuning changes are at most 64 KiB").await
+    let change = |change| AdminRequest::ChangeTuning { change };
+    write(state, request, change, MAX_TUNING_CHANGE_BYTES, "tuning changes are at most 64 KiB").await
 }
 
 async fn import_snapshot(State(state): State<AdminState>, request: axum::extract::Request) -> axum::response::Response {
     let limit = state.max_import_bytes;
-    write(state, request, "/api/snapshot", limit, "server.max_import_bytes").await
+    let import = |document| AdminRequest::Import { document };
+    write(state, request, import, limit, "server.max_import_bytes").await
 }
 
 /// The 401 (or 403) when the request does not carry the admin token.
@@ -358,7 +444,7 @@ fn who_of(headers: &axum::http::HeaderMap) -> Result<String, String> {
 async fn write(
     state: AdminState,
     request: axum::extract::Request,
-    path: &str,
+    asked: impl FnOnce(String) -> AdminRequest,
     limit: usize,
     setting: &'static str,
 ) -> axum::response::Response {
@@ -385,7 +471,7 @@ async fn write(
     let Ok(body) = String::from_utf8(body.to_vec()) else {
         return error(400, "the request body is not UTF-8 text");
     };
-    ask(&state, path, BTreeMap::new(), Some(body), who).await
+    ask(&state, asked(body), who).await
 }
 
 /// Every route answers only the hosts it serves, and pages of its own origin.

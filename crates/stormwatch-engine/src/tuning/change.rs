@@ -14,7 +14,7 @@ use super::parse;
 /// by deleting its block (`git revert` when the file is versioned).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
-pub(crate) enum Change {
+pub enum Change {
     /// An override of an edge's, an entry's or a detector's judgement.
     Set {
         edge: Option<String>,
@@ -145,7 +145,7 @@ fn check_entry(entry: &toml::Table) -> Result<(), String> {
 /// The text of the change's entry is checked first ([`check_entry`]), its comment header is
 /// escaped, and the new file is parsed again before it is written: it must hold exactly what the old one
 /// held plus the one entry the change asked for, or nothing is written.
-pub(crate) fn append(path: &Path, change: &Change, who: &str, now_unix_nano: u64) -> Result<Tuning, String> {
+pub fn append(path: &Path, change: &Change, who: &str, now_unix_nano: u64) -> Result<Tuning, String> {
     let (array, entry, summary) = change.entry();
     check_entry(&entry)?;
     let current = match std::fs::read_to_string(path) {

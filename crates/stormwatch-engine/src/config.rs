@@ -12,32 +12,32 @@ use stormwatch_detect::{DetectConfig, EngineConfig};
 
 mod server;
 
-pub(crate) use server::ServerConfig;
+pub use server::ServerConfig;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct Config {
-    pub(crate) server: ServerConfig,
-    pub(crate) kafka: KafkaConfig,
-    pub(crate) output: OutputConfig,
-    pub(crate) assemble: AssembleConfig,
-    pub(crate) baseline: BaselineConfig,
-    pub(crate) detect: DetectSection,
-    pub(crate) limits: LimitsConfig,
-    pub(crate) attribution: AttributionConfig,
+pub struct Config {
+    pub server: ServerConfig,
+    pub kafka: KafkaConfig,
+    pub output: OutputConfig,
+    pub assemble: AssembleConfig,
+    pub baseline: BaselineConfig,
+    pub detect: DetectSection,
+    pub limits: LimitsConfig,
+    pub attribution: AttributionConfig,
 }
 
 /// Who sent a request: the real client behind the proxies (see [`stormwatch_otlp::client`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct AttributionConfig {
+pub struct AttributionConfig {
     /// Address ranges (`10.0.0.0/8`, `fd00::/8`, or one address) of the proxies and load
     /// balancers in front of the services: the forwarding headers an entry span captured
     /// (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`) are believed only when its network peer
     /// is one of them, and the client is the rightmost address in them that is not. Default:
     /// loopback, the private ranges, carrier-grade NAT and IPv6 unique local addresses. Empty:
     /// never believe a forwarding header.
-    pub(crate) trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for AttributionConfig {
@@ -54,7 +54,7 @@ impl AttributionConfig {
     }
 
     /// Sets the process-wide trusted proxies the decoders read clients with.
-    pub(crate) fn apply(&self) -> anyhow::Result<()> {
+    pub fn apply(&self) -> anyhow::Result<()> {
         self.trusted()?.set_global();
         Ok(())
     }
@@ -67,30 +67,30 @@ impl AttributionConfig {
 /// [`stormwatch_model::Dimension::max_name_bytes`].)
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct LimitsConfig {
+pub struct LimitsConfig {
     /// `service.name` values.
-    pub(crate) services: usize,
+    pub services: usize,
     /// Span names and routes.
-    pub(crate) operations: usize,
+    pub operations: usize,
     /// Normalised database and cache statements.
-    pub(crate) statements: usize,
+    pub statements: usize,
     /// Database systems and namespaces, queues, peer hosts.
-    pub(crate) peers: usize,
+    pub peers: usize,
     /// Entry query shapes.
-    pub(crate) query_shapes: usize,
+    pub query_shapes: usize,
     /// Client populations (/16, /64) of entry requests.
-    pub(crate) clients: usize,
+    pub clients: usize,
     /// `enduser.id` values of entry requests.
-    pub(crate) users: usize,
+    pub users: usize,
     /// Bytes the names of each dimension may take in all (32 bytes of bookkeeping each
     /// included).
-    pub(crate) services_bytes: usize,
-    pub(crate) operations_bytes: usize,
-    pub(crate) statements_bytes: usize,
-    pub(crate) peers_bytes: usize,
-    pub(crate) query_shapes_bytes: usize,
-    pub(crate) clients_bytes: usize,
-    pub(crate) users_bytes: usize,
+    pub services_bytes: usize,
+    pub operations_bytes: usize,
+    pub statements_bytes: usize,
+    pub peers_bytes: usize,
+    pub query_shapes_bytes: usize,
+    pub clients_bytes: usize,
+    pub users_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -131,7 +131,7 @@ impl LimitsConfig {
     }
 
     /// Sets the process-wide limits the decoders intern under.
-    pub(crate) fn apply(&self) {
+    pub fn apply(&self) {
         for (dimension, limit, bytes) in self.each() {
             stormwatch_model::Cardinality::global().set_limit(dimension, limit);
             stormwatch_model::Cardinality::global().set_byte_limit(dimension, bytes);
@@ -141,47 +141,47 @@ impl LimitsConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct KafkaConfig {
+pub struct KafkaConfig {
     /// Bootstrap brokers, `host:port,...`. Empty: alerts go to stdout and `output.alerts_file`.
-    pub(crate) brokers: String,
+    pub brokers: String,
     /// Topic alerts are produced to (key = fingerprint).
-    pub(crate) alert_topic: String,
+    pub alert_topic: String,
     /// `serve` also consumes spans from `input_topic` (needs `brokers`).
-    pub(crate) input: bool,
+    pub input: bool,
     /// Topic the OpenTelemetry Collector's kafka exporter writes spans to.
-    pub(crate) input_topic: String,
+    pub input_topic: String,
     /// Its encoding: `otlp_proto` (the exporter's default) or `otlp_json`.
-    pub(crate) input_encoding: String,
+    pub input_encoding: String,
     /// Consumer group of the engines sharing the input topic.
-    pub(crate) group_id: String,
+    pub group_id: String,
     /// Malformed input messages are copied here; empty: they are only counted and logged.
-    pub(crate) dead_letter_topic: String,
+    pub dead_letter_topic: String,
     /// Static membership id of this engine in the group (e.g. the pod name of a StatefulSet):
     /// restarted with the same id it takes its partitions back at once. Empty: dynamic.
-    pub(crate) instance_id: String,
+    pub instance_id: String,
     /// With `input`: the engines of the group ship their closed windows to `windows_topic`;
     /// the engine holding it merges and judges them, so an attack spread over every partition
     /// is seen whole. `false`: each engine judges only its own share of the traffic.
-    pub(crate) share_windows: bool,
+    pub share_windows: bool,
     /// The group's internal topic of window partials (one partition, created when missing).
     /// Empty: `<group_id>.windows`, so groups never mix.
-    pub(crate) windows_topic: String,
+    pub windows_topic: String,
     /// With `input`: every engine publishes its baseline snapshot to `baselines_topic`
     /// (compacted, keyed by engine); a new engine without a local snapshot starts from the
     /// newest, and a new window merger from the previous merger's window baselines.
-    pub(crate) share_baselines: bool,
+    pub share_baselines: bool,
     /// The group's compacted topic of baseline snapshots (created when missing). Empty:
     /// `<group_id>.baselines`.
-    pub(crate) baselines_topic: String,
+    pub baselines_topic: String,
     /// librdkafka properties for every Kafka client of the engine, passed unchanged: SASL and
     /// SSL (`security.protocol`, `sasl.mechanism`, `sasl.username`, `sasl.password`,
     /// `ssl.ca.location`, ...), timeouts, rack. What a client's role needs (acks, idempotence,
     /// group settings) is set after them. `--print-config` hides values of keys that look secret.
-    pub(crate) client: std::collections::BTreeMap<String, String>,
+    pub client: std::collections::BTreeMap<String, String>,
     /// How long a merged window waits for a partition no live engine accounts for (its engine
     /// died and Kafka has not reassigned it yet) before it is judged without it.
     #[serde(with = "humantime_serde")]
-    pub(crate) window_merge_timeout: Duration,
+    pub window_merge_timeout: Duration,
 }
 
 impl Default for KafkaConfig {
@@ -207,16 +207,16 @@ impl Default for KafkaConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct OutputConfig {
+pub struct OutputConfig {
     /// Without Kafka: write alerts as JSON lines to stdout.
-    pub(crate) stdout: bool,
+    pub stdout: bool,
     /// Without Kafka: append alerts as JSON lines to this file. Empty disables it.
-    pub(crate) alerts_file: String,
+    pub alerts_file: String,
     /// With Kafka: where alerts the broker does not take wait, on disk, so the engine keeps
     /// judging through an outage and a restart delivers them. Empty: `<models_dir>/alert-spool`.
-    pub(crate) spool_dir: PathBuf,
+    pub spool_dir: PathBuf,
     /// Most bytes the spool holds; once full, back-pressure reaches the inputs.
-    pub(crate) spool_max_bytes: u64,
+    pub spool_max_bytes: u64,
 }
 
 impl Default for OutputConfig {
@@ -232,17 +232,17 @@ impl Default for OutputConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct AssembleConfig {
+pub struct AssembleConfig {
     /// Event time a trace must be quiet (after its root arrived) to complete.
     #[serde(with = "humantime_serde")]
-    pub(crate) trace_idle: Duration,
+    pub trace_idle: Duration,
     /// Longest a trace is buffered, root or not.
     #[serde(with = "humantime_serde")]
-    pub(crate) trace_max_wait: Duration,
+    pub trace_max_wait: Duration,
     /// Most spans buffered at once; past it the oldest traces complete as incomplete. Size it
     /// for spans/s x (trace_idle + the longest trace): about 127 bytes each (`stormwatch
     /// bench`), so the default is about 760 MB at most, enough for 1M spans/s.
-    pub(crate) max_in_flight_spans: usize,
+    pub max_in_flight_spans: usize,
 }
 
 impl Default for AssembleConfig {
@@ -257,16 +257,16 @@ impl Default for AssembleConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct BaselineConfig {
+pub struct BaselineConfig {
     /// Where the baseline snapshot (`baselines.json`) is written and restored from.
-    pub(crate) models_dir: PathBuf,
+    pub models_dir: PathBuf,
     /// Observations a baseline needs before it may alert.
-    pub(crate) learning_min_samples: u64,
+    pub learning_min_samples: u64,
     /// How often the snapshot is written while serving (also written on shutdown).
     #[serde(with = "humantime_serde")]
-    pub(crate) snapshot_interval: Duration,
+    pub snapshot_interval: Duration,
     /// Most baseline keys per table (edges, root class x edge, root class x total).
-    pub(crate) max_keys: usize,
+    pub max_keys: usize,
 }
 
 impl Default for BaselineConfig {
@@ -282,30 +282,30 @@ impl Default for BaselineConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct DetectSection {
+pub struct DetectSection {
     /// Baseline quantile thresholds are built on.
-    pub(crate) quantile: f64,
+    pub quantile: f64,
     /// Alert above `quantile x ratio` ...
-    pub(crate) ratio: f64,
+    pub ratio: f64,
     /// ... and above `quantile + min_excess`.
-    pub(crate) min_excess: f64,
+    pub min_excess: f64,
     /// Critical at this multiple of the threshold.
-    pub(crate) critical_factor: f64,
+    pub critical_factor: f64,
     /// Heavy-tailed baselines: the per-observation false-alarm probability their tail is
     /// extrapolated to.
-    pub(crate) false_alarm_rate: f64,
+    pub false_alarm_rate: f64,
     /// Repeats of one incident within this event time are folded into one summary alert.
     #[serde(with = "humantime_serde")]
-    pub(crate) throttle: Duration,
+    pub throttle: Duration,
     /// Length of the tumbling event-time windows of the window-level detectors.
     #[serde(with = "humantime_serde")]
-    pub(crate) window: Duration,
+    pub window: Duration,
     /// Windows with fewer entry requests are neither judged nor learned.
-    pub(crate) window_min_requests: u64,
+    pub window_min_requests: u64,
     /// Smallest excess of calls (retries, database reads) in one window that alerts.
-    pub(crate) window_min_excess: u64,
+    pub window_min_excess: u64,
     /// Windows a window-level baseline needs before it judges.
-    pub(crate) window_min_windows: u64,
+    pub window_min_windows: u64,
 }
 
 impl Default for DetectSection {
@@ -328,32 +328,14 @@ impl Default for DetectSection {
 
 impl Config {
     /// Reads a TOML file; unknown fields and bad values are errors that name the field.
-    pub(crate) fn from_file(path: &Path) -> anyhow::Result<Config> {
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         toml::from_str(&text).map_err(|error| anyhow::anyhow!("config file {}: {error}", path.display()))
     }
 
-    /// Defaults < `--config` file < environment and flags (clap merged those two).
-    pub(crate) fn load(common: &crate::CommonArgs) -> anyhow::Result<Config> {
-        let mut config = match &common.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
-        if let Some(brokers) = &common.kafka_brokers {
-            config.kafka.brokers = brokers.clone();
-        }
-        if let Some(topic) = &common.alert_topic {
-            config.kafka.alert_topic = topic.clone();
-        }
-        if let Some(samples) = common.learning_min_samples {
-            config.baseline.learning_min_samples = samples;
-        }
-        Ok(config)
-    }
-
     /// Checks every field once; the error names the field and the accepted range.
-    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> anyhow::Result<()> {
         self.server.validate()?;
         self.attribution.trusted()?;
         let positive = |field: &str, value: f64| -> anyhow::Result<()> {
@@ -438,7 +420,7 @@ impl Config {
     }
 
     /// The windows topic when engines share windows (Kafka input), else `None`.
-    pub(crate) fn windows_topic(&self) -> Option<String> {
+    pub fn windows_topic(&self) -> Option<String> {
         let kafka = &self.kafka;
         match (kafka.input && kafka.share_windows, kafka.windows_topic.is_empty()) {
             (false, _) => None,
@@ -448,7 +430,7 @@ impl Config {
     }
 
     /// The baselines topic when engines share baselines (Kafka input), else `None`.
-    pub(crate) fn baselines_topic(&self) -> Option<String> {
+    pub fn baselines_topic(&self) -> Option<String> {
         let kafka = &self.kafka;
         match (kafka.input && kafka.share_baselines, kafka.baselines_topic.is_empty()) {
             (false, _) => None,
@@ -457,7 +439,7 @@ impl Config {
         }
     }
 
-    pub(crate) fn engine(&self) -> EngineConfig {
+    pub fn engine(&self) -> EngineConfig {
         EngineConfig {
             assemble: AssemblerConfig {
                 trace_idle_nanos: self.assemble.trace_idle.as_nanos() as u64,

@@ -11,82 +11,82 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct ServerConfig {
+pub struct ServerConfig {
     /// OTLP/gRPC listen address.
-    pub(crate) otlp_grpc: String,
+    pub otlp_grpc: String,
     /// OTLP/HTTP listen address (`POST /v1/traces`).
-    pub(crate) otlp_http: String,
+    pub otlp_http: String,
     /// Admin HTTP listen address (`/healthz`, `/metrics`).
-    pub(crate) admin: String,
+    pub admin: String,
     /// Largest accepted export request in bytes, after decompression.
-    pub(crate) max_message_bytes: usize,
+    pub max_message_bytes: usize,
     /// Span batches waiting for the engine before receivers answer "retry later".
-    pub(crate) queue_capacity: usize,
+    pub queue_capacity: usize,
     /// Spans waiting for the engine before OTLP receivers answer "retry later" (a request
     /// larger than this is still taken when the queue is empty).
-    pub(crate) queue_max_spans: usize,
+    pub queue_max_spans: usize,
     /// `/metrics` shows per-edge series for this many edges with the most calls and as many
     /// with the highest anomaly score (of the last judged window): at most twice this many
     /// series per edge metric. 0 turns them off.
-    pub(crate) metrics_top_edges: usize,
+    pub metrics_top_edges: usize,
     /// The console links exemplar trace ids to the tracing UI with this, `{trace_id}` replaced
     /// (e.g. `http://jaeger:16686/trace/{trace_id}`). Empty: ids are shown as text.
-    pub(crate) trace_url_template: String,
+    pub trace_url_template: String,
     /// Bearer token for admin API writes (or env STORMWATCH_ADMIN_TOKEN). Empty: the token in
     /// `<models>/admin.token`, generated at first start.
-    pub(crate) admin_token: String,
+    pub admin_token: String,
     /// Bearer token OTLP exporters must send (or env STORMWATCH_INGEST_TOKEN). Empty: any
     /// client that reaches the OTLP ports may export.
-    pub(crate) ingest_token: String,
+    pub ingest_token: String,
     /// Most connections open at once on each listener (OTLP gRPC, OTLP HTTP, admin). At the
     /// limit a new connection closes the longest-idle one, or is closed when all are busy.
     /// Lowered at start to fit the open-files limit, keeping descriptors in reserve.
-    pub(crate) max_connections: usize,
+    pub max_connections: usize,
     /// HTTP/1.1: the time a request's head may take, from the connection or from the previous
     /// response (so also how long a keep-alive connection may sit idle).
     #[serde(with = "humantime_serde")]
-    pub(crate) header_timeout: Duration,
+    pub header_timeout: Duration,
     /// A connection on which nothing moves this long is closed (gracefully where it can be).
     #[serde(with = "humantime_serde")]
-    pub(crate) idle_timeout: Duration,
+    pub idle_timeout: Duration,
     /// The time a request body may take, from its headers; a slower one is refused (408).
     #[serde(with = "humantime_serde")]
-    pub(crate) body_timeout: Duration,
+    pub body_timeout: Duration,
     /// Bytes per second a request body must keep up after its first 5 s.
-    pub(crate) min_body_rate: u64,
+    pub min_body_rate: u64,
     /// HTTP/2 (OTLP gRPC): concurrent streams per connection.
-    pub(crate) max_concurrent_streams: u32,
+    pub max_concurrent_streams: u32,
     /// Bytes of export bodies being received and decoded at once, over both OTLP receivers;
     /// past it exports are refused as retryable (UNAVAILABLE / 503).
-    pub(crate) max_receiving_bytes: u64,
+    pub max_receiving_bytes: u64,
     /// Largest snapshot `POST /api/snapshot` (`stormwatch baseline import --engine`) takes.
-    pub(crate) max_import_bytes: usize,
+    pub max_import_bytes: usize,
     /// Most `/api/events` streams open at once.
-    pub(crate) max_event_streams: usize,
+    pub max_event_streams: usize,
     /// Host names the OTLP/HTTP port and the admin API answer besides IP addresses and
     /// `localhost` (exact, or `.example.com` for a domain and its subdomains; "*": any).
-    pub(crate) allowed_hosts: Vec<String>,
+    pub allowed_hosts: Vec<String>,
     /// The most a shutdown (SIGTERM, Ctrl-C) takes: what cannot be delivered by then is
     /// spooled, and nothing unsettled is committed.
     #[serde(with = "humantime_serde")]
-    pub(crate) shutdown_timeout: Duration,
+    pub shutdown_timeout: Duration,
     /// TLS for the OTLP receivers and the admin API.
-    pub(crate) tls: TlsConfig,
+    pub tls: TlsConfig,
 }
 
 /// TLS (rustls). Off unless `cert_file` and `key_file` are set.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct TlsConfig {
+pub struct TlsConfig {
     /// The server's certificate chain (PEM, leaf first).
-    pub(crate) cert_file: PathBuf,
+    pub cert_file: PathBuf,
     /// Its private key (PEM).
-    pub(crate) key_file: PathBuf,
+    pub key_file: PathBuf,
     /// When set, OTLP clients must present a certificate signed by a CA in this PEM file
     /// (mutual TLS). The admin API does not ask for client certificates.
-    pub(crate) client_ca_file: PathBuf,
+    pub client_ca_file: PathBuf,
     /// Whether the admin API is served over TLS too (with the same certificate).
-    pub(crate) admin: bool,
+    pub admin: bool,
 }
 
 impl Default for TlsConfig {
@@ -96,12 +96,12 @@ impl Default for TlsConfig {
 }
 
 impl TlsConfig {
-    pub(crate) fn enabled(&self) -> bool {
+    pub fn enabled(&self) -> bool {
         !self.cert_file.as_os_str().is_empty()
     }
 
     /// The rustls configurations: (OTLP gRPC, OTLP HTTP, admin). Errors name the file.
-    pub(crate) fn server_configs(&self) -> anyhow::Result<Option<[Arc<rustls::ServerConfig>; 3]>> {
+    pub fn server_configs(&self) -> anyhow::Result<Option<[Arc<rustls::ServerConfig>; 3]>> {
         if !self.enabled() {
             return Ok(None);
         }
@@ -151,7 +151,7 @@ fn address(field: &str, value: &str) -> anyhow::Result<SocketAddr> {
 
 impl ServerConfig {
     /// Checks every field of `[server]`; the error names the field and the accepted range.
-    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> anyhow::Result<()> {
         address("server.otlp_grpc", &self.otlp_grpc)?;
         address("server.otlp_http", &self.otlp_http)?;
         address("server.admin", &self.admin)?;

@@ -44,10 +44,10 @@ mod change;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use change::{append, Change};
+pub use change::{append, Change};
 
 /// The tuning file in a models directory.
-pub(crate) const TUNING_FILE: &str = "tuning.toml";
+pub const TUNING_FILE: &str = "tuning.toml";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,7 +127,7 @@ fn named(name: &str) -> Result<(), String> {
 }
 
 /// Parses and validates tuning text; errors name `origin` and the line.
-pub(crate) fn parse(text: &str, origin: &Path) -> Result<Tuning, String> {
+pub fn parse(text: &str, origin: &Path) -> Result<Tuning, String> {
     let line = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
     let at = |offset: usize, message: String| format!("{} line {}: {message}", origin.display(), line(offset));
     let doc: Doc = toml::from_str(text).map_err(|e| {
@@ -236,7 +236,7 @@ pub(crate) fn parse(text: &str, origin: &Path) -> Result<Tuning, String> {
 }
 
 /// Reads and validates a tuning file; a missing file is no tuning.
-pub(crate) fn load(path: &Path) -> Result<Option<Tuning>, String> {
+pub fn load(path: &Path) -> Result<Option<Tuning>, String> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse(&text, path).map(Some),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -245,20 +245,21 @@ pub(crate) fn load(path: &Path) -> Result<Option<Tuning>, String> {
 }
 
 /// Watches a tuning file: reloads it when it changes (or on request, e.g. SIGHUP).
-pub(crate) struct TuningWatch {
+#[derive(Debug)]
+pub struct TuningWatch {
     path: PathBuf,
     seen: Option<SystemTime>,
 }
 
 impl TuningWatch {
-    pub(crate) fn new(path: PathBuf) -> TuningWatch {
+    pub fn new(path: PathBuf) -> TuningWatch {
         let seen = modified(&path);
         TuningWatch { path, seen }
     }
 
     /// `Some` with the new tuning (or the error that kept the old one) when the file changed
     /// since the last call, or `force`.
-    pub(crate) fn poll(&mut self, force: bool) -> Option<Result<Tuning, String>> {
+    pub fn poll(&mut self, force: bool) -> Option<Result<Tuning, String>> {
         let now = modified(&self.path);
         if now == self.seen && !force {
             return None;
@@ -267,12 +268,12 @@ impl TuningWatch {
         Some(load(&self.path).map(Option::unwrap_or_default))
     }
 
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// The file was just written by this engine: no reload needed.
-    pub(crate) fn mark_seen(&mut self) {
+    pub fn mark_seen(&mut self) {
         self.seen = modified(&self.path);
     }
 }
@@ -282,7 +283,7 @@ fn modified(path: &Path) -> Option<SystemTime> {
 }
 
 /// One line about what a tuning holds, for logs.
-pub(crate) fn describe(tuning: &Tuning) -> String {
+pub fn describe(tuning: &Tuning) -> String {
     let modes: HashMap<&str, usize> = tuning.detectors.values().fold(HashMap::new(), |mut m, mode| {
         *m.entry(match mode {
             Mode::On => "on",

@@ -23,11 +23,7 @@ use stormwatch_model::wall_clock_nanos;
 
 /// Decodes the group's shared snapshots (engine id, document) read from `topic`; one that does
 /// not decode is skipped with a warning naming its engine.
-pub(crate) fn decode_shared(
-    snapshots: &[(String, Vec<u8>)],
-    max_keys: usize,
-    topic: &str,
-) -> Vec<(String, BaselineStore)> {
+pub fn decode_shared(snapshots: &[(String, Vec<u8>)], max_keys: usize, topic: &str) -> Vec<(String, BaselineStore)> {
     snapshots
         .iter()
         .filter_map(|(engine, bytes)| {
@@ -47,15 +43,16 @@ pub(crate) fn decode_shared(
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Settings of window sharing.
-pub(crate) struct SharingOptions {
+#[derive(Debug)]
+pub struct SharingOptions {
     /// This engine's name in the partials (its static instance id, or a generated one).
-    pub(crate) sender: String,
-    pub(crate) group: Arc<GroupState>,
+    pub sender: String,
+    pub group: Arc<GroupState>,
     /// Where partials go.
-    pub(crate) topic: String,
+    pub topic: String,
     /// How long a window waits for a partition no live engine accounts for.
-    pub(crate) merge_timeout: Duration,
-    pub(crate) top_k: usize,
+    pub merge_timeout: Duration,
+    pub top_k: usize,
 }
 
 pub(crate) struct WindowSharing {
@@ -167,4 +164,39 @@ impl WindowSharing {
         }
         settled
     }
+}
+
+/// A new engine (nothing learned locally): the group's newest shared snapshot, with the window
+/// baselines of the one that has the most window history. `None` when there is none (or it
+/// cannot be read: the engine then learns from scratch, and says so).
+pub(crate) fn restore_shared(brokers: &str, topic: &str, max_keys: usize) -> Option<BaselineStore> {
+    let snapshots = match stormwatch_io::kafka::baselines::read_snapshots(brokers, topic, Duration::from_secs(60)) {
+        Ok(snapshots) => snapshots,
+        Err(error) => {
+            tracing::warn!(%error, "the group's shared baselines were not read; learning from scratch");
+            return None;
+        }
+    };
+    let mut stores = decode_shared(&snapshots, max_keys, topic);
+    let windows_from = stores.iter().enumerate().max_by_key(|(_, (_, s))| s.window_samples()).map(|(i, _)| i)?;
+    let windows = stores.remove(windows_from);
+    let newest = stores.iter().enumerate().max_by_key(|(_, (_, s))| s.watermark_unix_nano).map(|(i, _)| i);
+    let (from, mut store) = match newest {
+        Some(i) if stores[i].1.watermark_unix_nano > windows.1.watermark_unix_nano => stores.swap_remove(i),
+        _ => return Some(log_restored(topic, windows)),
+    };
+    tracing::info!(from = %windows.0, "window baselines restored from the group's topic");
+    store.adopt_windows(windows.1);
+    Some(log_restored(topic, (from, store)))
+}
+
+fn log_restored(topic: &str, (from, store): (String, BaselineStore)) -> BaselineStore {
+    tracing::info!(
+        %topic,
+        from = %from,
+        edges = store.edges_tracked(),
+        windows = store.window_samples(),
+        "no local snapshot: baselines restored from the group's shared snapshots"
+    );
+    store
 }

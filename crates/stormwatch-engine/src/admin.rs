@@ -2,15 +2,15 @@
 //! list` shows), `/api/graph`, `/api/alerts`, `/api/explain` and tuning changes, computed
 //! between batches from the engine's own state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use stormwatch_baseline::inspect::{self, BaselineRow, Query};
 use stormwatch_baseline::{decode_snapshot, BaselineStore};
 use stormwatch_detect::tuning::Tuning;
 use stormwatch_detect::Engine;
-use stormwatch_io::admin::AdminQuery;
-use stormwatch_model::AlertKind;
+use stormwatch_io::admin::{AdminQuery, AdminRequest};
+use stormwatch_model::{Alert, AlertKind};
 
 use crate::tuning::{Change, TuningWatch};
 
@@ -41,7 +41,7 @@ const API_DEFAULT_ROWS: usize = 1_000;
 
 /// The rows of `store` that `params` select (at most `max_rows`: [`API_MAX_ROWS`] for the
 /// API), as the API's JSON body, or a 400 naming the parameter.
-pub(crate) fn list(
+pub fn list(
     store: &BaselineStore,
     recent: &[BTreeMap<String, f64>],
     params: &BTreeMap<String, String>,
@@ -101,53 +101,32 @@ fn rule_of(kind: &str) -> &'static str {
     }
 }
 
+/// An alert's node as baselines name it (`service `operation``).
+fn node_name(service: &str, operation: &str) -> String {
+    format!("{service} `{operation}`")
+}
+
 /// Why an alert fired: the alert, the rule, the baselines of its edge and entry as they are
 /// now, and the tuning that applies to it.
-pub(crate) fn explanation(alert: &serde_json::Value, rows: &[BaselineRow], tuning: &Tuning) -> serde_json::Value {
-    let node = |n: &serde_json::Value| {
-        format!("{} `{}`", n["service"].as_str().unwrap_or(""), n["operation"].as_str().unwrap_or(""))
-    };
-    let edge =
-        alert.get("edge").filter(|e| !e.is_null()).map(|e| format!("{} -> {}", node(&e["from"]), node(&e["to"])));
-    // The entry as baselines name it: with its query shape (`service `operation?keys``).
-    let entry = alert.get("entry").filter(|e| !e.is_null()).map(|e| {
-        let keys: Vec<&str> =
-            e["query_keys"].as_array().map_or(Vec::new(), |k| k.iter().filter_map(|k| k.as_str()).collect());
-        match keys.is_empty() {
-            true => node(e),
-            false => format!(
-                "{} `{}?{}`",
-                e["service"].as_str().unwrap_or(""),
-                e["operation"].as_str().unwrap_or(""),
-                keys.join("&")
-            ),
-        }
+pub fn explanation(alert: &Alert, rows: &[BaselineRow], tuning: &Tuning) -> serde_json::Value {
+    let edge = alert.edge.as_ref().map(|e| {
+        format!("{} -> {}", node_name(&e.from.service, &e.from.operation), node_name(&e.to.service, &e.to.operation))
     });
-    let kind = alert["kind"].as_str().unwrap_or("");
+    // The entry as baselines name it: with its query shape (`service `operation?keys``).
+    let entry = alert.entry.as_ref().map(|e| match e.query_keys.is_empty() {
+        true => node_name(&e.service, &e.operation),
+        false => format!("{} `{}?{}`", e.service, e.operation, e.query_keys.join("&")),
+    });
+    let kind = alert.kind.as_str();
     // A young entry's totals or a young edge's calls per parent were judged against a wider
     // baseline (or a request against the whole system's): `baseline.from` says which.
-    let from = alert["baseline"]["from"].as_str();
-    let judged_by = |r: &BaselineRow| {
-        from.is_some_and(|from| match (r.table.split(':').next(), &r.entry, &r.edge) {
-            (Some("route_per_request" | "service_per_request"), Some(scope), _) => {
-                from == format!("every request to {scope}")
-            }
-            (Some("system_per_request"), None, _) => from == "every request of the system",
-            (Some("pair_per_parent"), _, Some(pair)) => pair
-                .split_once(" -> ")
-                .is_some_and(|(caller, callee)| from == format!("every call from {caller} to {callee}")),
-            (Some("kind_per_parent"), _, Some(scope)) => scope
-                .split_once(" -> any ")
-                .is_some_and(|(caller, kind)| from == format!("every call from {caller} to a {kind}")),
-            _ => false,
-        })
-    };
+    let from = alert.baseline.from.as_deref();
     let baselines: Vec<&BaselineRow> = rows
         .iter()
         .filter(|r| {
             let on_edge = edge.is_some() && r.edge == edge && (r.entry.is_none() || r.entry == entry);
             let on_entry = edge.is_none() && r.edge.is_none() && entry.is_some() && r.entry == entry;
-            on_edge || on_entry || judged_by(r)
+            on_edge || on_entry || from.is_some_and(|from| judged_by(r, from))
         })
         .collect();
     let rules: Vec<String> = tuning
@@ -155,87 +134,86 @@ pub(crate) fn explanation(alert: &serde_json::Value, rows: &[BaselineRow], tunin
         .iter()
         .filter(|r| r.edge.is_none() || r.edge == edge)
         .filter(|r| r.entry.is_none() || r.entry == entry)
-        .filter(|r| r.kind.is_none_or(|k| k.as_str() == kind))
+        .filter(|r| r.kind.is_none_or(|k| k == alert.kind))
         .map(|r| format!("{r:?}"))
         .collect();
-    let mode = AlertKind::ALL
-        .into_iter()
-        .find(|k| k.as_str() == kind)
-        .and_then(|k| tuning.detectors.get(&k))
-        .map_or("on".to_string(), |m| format!("{m:?}").to_lowercase());
+    let mode = tuning.detectors.get(&alert.kind).map_or("on".to_string(), |m| format!("{m:?}").to_lowercase());
     let frozen = edge.as_ref().is_some_and(|e| tuning.frozen_edges.contains(e));
-    let unprecedented = alert["explanation"].as_str().is_some_and(|e| e.contains("never seen in the whole system"));
-    let young = if alert["unit"] == "calls_per_parent" { "edge" } else { "entry" };
-    let borrowed = from.map_or(String::new(), |from| match unprecedented {
-        true => {
-            format!(" of {from} (far beyond anything the whole system did, whatever the entry's own baseline allows)")
-        }
-        false => format!(
-            " of {from} (the {young}'s own baseline was too young to judge; a wider one judges at half the sensitivity)"
-        ),
-    });
     let why = format!(
-        "{kind}: observed {} {} against an expected {} and a threshold of {} (score {}), from a baseline of {} samples{borrowed}.",
-        alert["observed"], alert["unit"].as_str().unwrap_or(""), alert["expected"], alert["threshold"], alert["score"],
-        alert["baseline"]["samples"]
+        "{kind}: observed {} {} against an expected {} and a threshold of {} (score {}), from a baseline of {} samples{}.",
+        serde_json::json!(alert.observed),
+        alert.unit,
+        serde_json::json!(alert.expected),
+        serde_json::json!(alert.threshold),
+        serde_json::json!(alert.score),
+        alert.baseline.samples,
+        borrowed(alert, from),
     );
     serde_json::json!({
         "why": why,
         "rule": rule_of(kind),
-        "explanation": alert["explanation"],
+        "explanation": alert.explanation,
         "edge": edge,
         "entry": entry,
-        "exemplar_trace_ids": alert["exemplar_trace_ids"],
+        "exemplar_trace_ids": alert.exemplar_trace_ids,
         "baselines_now": baselines,
         "tuning": { "detector_mode": mode, "edge_frozen": frozen, "overrides": rules },
         "alert": alert,
     })
 }
 
+/// Whether row `r` is the wider baseline an alert's `baseline.from` names.
+fn judged_by(r: &BaselineRow, from: &str) -> bool {
+    match (r.table.split(':').next(), &r.entry, &r.edge) {
+        (Some("route_per_request" | "service_per_request"), Some(scope), _) => {
+            from == format!("every request to {scope}")
+        }
+        (Some("system_per_request"), None, _) => from == "every request of the system",
+        (Some("pair_per_parent"), _, Some(pair)) => pair
+            .split_once(" -> ")
+            .is_some_and(|(caller, callee)| from == format!("every call from {caller} to {callee}")),
+        (Some("kind_per_parent"), _, Some(scope)) => scope
+            .split_once(" -> any ")
+            .is_some_and(|(caller, kind)| from == format!("every call from {caller} to a {kind}")),
+        _ => false,
+    }
+}
+
+/// What `explain` says of a wider baseline that judged: empty when the alert's own did.
+fn borrowed(alert: &Alert, from: Option<&str>) -> String {
+    let unprecedented = alert.explanation.contains("never seen in the whole system");
+    let young = if alert.unit == "calls_per_parent" { "edge" } else { "entry" };
+    from.map_or(String::new(), |from| match unprecedented {
+        true => {
+            format!(" of {from} (far beyond anything the whole system did, whatever the entry's own baseline allows)")
+        }
+        false => format!(
+            " of {from} (the {young}'s own baseline was too young to judge; a wider one judges at half the sensitivity)"
+        ),
+    })
+}
+
 /// Finds an alert by id or fingerprint (the newest with that fingerprint).
-pub(crate) fn find<'a>(
-    alerts: impl DoubleEndedIterator<Item = &'a serde_json::Value>,
-    wanted: &str,
-) -> Option<&'a serde_json::Value> {
-    alerts.rev().find(|a| a["id"] == wanted || a["fingerprint"] == wanted)
+pub fn find<'a>(alerts: impl DoubleEndedIterator<Item = &'a Alert>, wanted: &str) -> Option<&'a Alert> {
+    alerts.rev().find(|a| a.id == wanted || a.fingerprint == wanted)
 }
 
 /// Alerts an engine keeps for `/api/alerts` and `/api/explain`.
 pub(crate) const RECENT_ALERTS: usize = 1000;
 
 /// The admin token file in a models directory.
-pub(crate) const TOKEN_FILE: &str = "admin.token";
+pub const TOKEN_FILE: &str = "admin.token";
 
-/// `GET /api/graph?limit=N&focus=TEXT`: the last judged window's call graph at service level,
-/// at most `limit` edges (default 200; the busiest half and the most anomalous half), each with
-/// the recent alerts on it; with `focus`, only the edges of the nodes whose name contains it.
-fn graph(
-    engine: &Engine,
-    params: &BTreeMap<String, String>,
-    recent: &std::collections::VecDeque<serde_json::Value>,
-) -> (u16, String) {
-    let error = |message: String| (400, serde_json::json!({ "error": message }).to_string());
-    if let Some(unknown) = params.keys().find(|k| !["limit", "focus"].contains(&k.as_str())) {
-        return error(format!("unknown parameter {unknown:?}: /api/graph takes limit and focus"));
-    }
-    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
-        None => 200,
-        Some(Ok(limit)) if (1..=10_000).contains(&limit) => limit,
-        Some(_) => return error("limit must be a number from 1 to 10000".into()),
-    };
-    let mut graph = stormwatch_detect::graph::service_graph(
-        &engine.edge_gauges(usize::MAX),
-        limit,
-        params.get("focus").map(String::as_str),
-    );
+/// `GET /api/graph`: the last judged window's call graph at service level, at most `limit`
+/// edges (the busiest half and the most anomalous half), each with the recent alerts on it;
+/// with `focus`, only the edges of the nodes whose name contains it.
+fn graph(engine: &Engine, limit: usize, focus: Option<&str>, recent: &VecDeque<Alert>) -> (u16, String) {
+    let mut graph = stormwatch_detect::graph::service_graph(&engine.edge_gauges(usize::MAX), limit, focus);
     for edge in &mut graph.edges {
         edge.alerts = recent
             .iter()
-            .filter(|a| {
-                a["edge"]["from"]["service"] == edge.from.as_str()
-                    && a["edge"]["to"]["service"] == edge.to.as_str()
-                    && a["edge"]["to"]["kind"] == edge.to_kind.as_str()
-            })
+            .filter_map(|a| a.edge.as_ref())
+            .filter(|e| e.from.service == edge.from && e.to.service == edge.to && e.to.kind == edge.to_kind)
             .count();
     }
     let window_end = match engine.last_window_end() {
@@ -247,102 +225,112 @@ fn graph(
     (200, body.to_string())
 }
 
+/// `GET /api/alerts`: the newest first, of `kind`, whose edge or entry contains `matching`.
+fn alerts(recent: &VecDeque<Alert>, limit: usize, kind: Option<&str>, matching: Option<&str>) -> (u16, String) {
+    let contains = |alert: &Alert, text: &str| {
+        let edge = serde_json::to_string(&alert.edge).unwrap_or_default();
+        let entry = serde_json::to_string(&alert.entry).unwrap_or_default();
+        edge.contains(text) || entry.contains(text)
+    };
+    let matching: Vec<&Alert> = recent
+        .iter()
+        .rev()
+        .filter(|a| kind.is_none_or(|k| a.kind.as_str() == k))
+        .filter(|a| matching.is_none_or(|m| contains(a, m)))
+        .take(limit)
+        .collect();
+    (200, serde_json::json!({ "alerts": matching }).to_string())
+}
+
+fn error(status: u16, message: String) -> (u16, String) {
+    (status, serde_json::json!({ "error": message }).to_string())
+}
+
 /// Answers an admin API question on the engine thread.
 pub(crate) fn answer(
     engine: &mut Engine,
     query: AdminQuery,
     watch: Option<&mut TuningWatch>,
-    recent: &std::collections::VecDeque<serde_json::Value>,
+    recent: &VecDeque<Alert>,
 ) {
-    let error = |status: u16, message: String| (status, serde_json::json!({ "error": message }).to_string());
-    let response = match (query.path.as_str(), &query.body, watch) {
-        ("/api/baselines", _, _) => {
+    let response = match (query.request, watch) {
+        (AdminRequest::Baselines(params), _) => {
             let recent: Vec<BTreeMap<String, f64>> = engine
                 .recent_windows()
                 .map(|(_, rates)| rates.iter().map(|(edge, rate)| (edge.to_string(), *rate)).collect())
                 .collect();
-            list(engine.store(), &recent, &query.params, API_MAX_ROWS)
+            list(engine.store(), &recent, &params, API_MAX_ROWS)
         }
-        ("/api/snapshot", None, _) => {
+        (AdminRequest::Snapshot, _) => {
             (200, String::from_utf8(stormwatch_baseline::encode_snapshot(engine.store())).unwrap_or_default())
         }
-        ("/api/snapshot", Some(body), _) => {
-            let origin = Path::new("the imported snapshot");
-            match decode_snapshot(body.as_bytes(), engine.store().max_keys(), origin) {
-                Ok(store) => {
-                    let edges = store.edges_tracked();
-                    tracing::info!(who = %query.who, edges, "baselines replaced by an imported snapshot");
-                    engine.replace_store(store);
-                    (200, serde_json::json!({ "summary": format!("{edges} edges imported") }).to_string())
-                }
-                Err(e) => error(400, e.to_string()),
-            }
+        (AdminRequest::Import { document }, _) => import(engine, &document, &query.who),
+        (AdminRequest::Graph { limit, focus }, _) => graph(engine, limit, focus.as_deref(), recent),
+        (AdminRequest::Alerts { limit, kind, matching }, _) => {
+            alerts(recent, limit, kind.as_deref(), matching.as_deref())
         }
-        ("/api/graph", _, _) => graph(engine, &query.params, recent),
-        ("/api/alerts", _, _) => {
-            let limit = query.params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
-            let matching: Vec<&serde_json::Value> = recent
-                .iter()
-                .rev()
-                .filter(|a| query.params.get("kind").is_none_or(|k| a["kind"] == k.as_str()))
-                .filter(|a| {
-                    query.params.get("match").is_none_or(|m| {
-                        a["edge"].to_string().contains(m.as_str()) || a["entry"].to_string().contains(m.as_str())
-                    })
-                })
-                .take(limit)
-                .collect();
-            (200, serde_json::json!({ "alerts": matching }).to_string())
-        }
-        ("/api/explain", _, _) => match query.params.get("id") {
-            None => error(400, "explain needs ?id=ALERT_ID_OR_FINGERPRINT".into()),
-            Some(id) => match find(recent.iter(), id) {
-                None => error(
-                    404,
-                    format!(
-                        "no recent alert has id or fingerprint {id:?} (this engine keeps its last {RECENT_ALERTS})"
-                    ),
-                ),
-                Some(alert) => (200, explanation(alert, &inspect::rows(engine.store()), engine.tuning()).to_string()),
-            },
+        (AdminRequest::Explain { id }, _) => match find(recent.iter(), &id) {
+            None => error(
+                404,
+                format!("no recent alert has id or fingerprint {id:?} (this engine keeps its last {RECENT_ALERTS})"),
+            ),
+            Some(alert) => (200, explanation(alert, &inspect::rows(engine.store()), engine.tuning()).to_string()),
         },
-        (_, _, None) => error(503, "this engine has no tuning file".into()),
-        ("/api/tuning", None, Some(watch)) => {
-            let text = std::fs::read_to_string(watch.path()).unwrap_or_default();
-            let stats = engine.stats();
-            let shadowed: BTreeMap<&str, u64> = AlertKind::ALL
-                .iter()
-                .zip(stats.shadowed)
-                .filter(|(_, n)| *n > 0)
-                .map(|(kind, n)| (kind.as_str(), n))
-                .collect();
-            let body = serde_json::json!({
-                "path": watch.path().display().to_string(),
-                "summary": crate::tuning::describe(engine.tuning()),
-                "shadowed": shadowed,
-                "suppressed": stats.suppressed,
-                "text": text,
-            });
-            (200, body.to_string())
+        (AdminRequest::Tuning | AdminRequest::ChangeTuning { .. }, None) => {
+            error(503, "this engine has no tuning file".into())
         }
-        ("/api/tuning", Some(body), Some(watch)) => match serde_json::from_str::<Change>(body) {
-            Err(e) => error(400, format!("not a tuning change: {e}")),
-            Ok(change) => {
-                match crate::tuning::append(watch.path(), &change, &query.who, stormwatch_model::wall_clock_nanos()) {
-                    Ok(tuning) => {
-                        tracing::info!(who = %query.who, change = ?change, tuning = %crate::tuning::describe(&tuning), "tuning changed through the admin API");
-                        watch.mark_seen();
-                        let summary = crate::tuning::describe(&tuning);
-                        engine.set_tuning(tuning);
-                        (200, serde_json::json!({ "summary": summary }).to_string())
-                    }
-                    Err(message) => error(400, message),
-                }
-            }
-        },
-        (other, _, _) => error(404, format!("no such API: {other}")),
+        (AdminRequest::Tuning, Some(watch)) => tuning(engine, watch),
+        (AdminRequest::ChangeTuning { change }, Some(watch)) => change_tuning(engine, watch, &change, &query.who),
     };
     let _ = query.reply.send(response);
+}
+
+/// `POST /api/snapshot`: the baselines replaced by an imported snapshot.
+fn import(engine: &mut Engine, document: &str, who: &str) -> (u16, String) {
+    let origin = Path::new("the imported snapshot");
+    match decode_snapshot(document.as_bytes(), engine.store().max_keys(), origin) {
+        Ok(store) => {
+            let edges = store.edges_tracked();
+            tracing::info!(who = %who, edges, "baselines replaced by an imported snapshot");
+            engine.replace_store(store);
+            (200, serde_json::json!({ "summary": format!("{edges} edges imported") }).to_string())
+        }
+        Err(e) => error(400, e.to_string()),
+    }
+}
+
+/// `GET /api/tuning`: the file, what it does, and what it shadowed and suppressed so far.
+fn tuning(engine: &Engine, watch: &TuningWatch) -> (u16, String) {
+    let text = std::fs::read_to_string(watch.path()).unwrap_or_default();
+    let stats = engine.stats();
+    let shadowed: BTreeMap<&str, u64> =
+        AlertKind::ALL.iter().zip(stats.shadowed).filter(|(_, n)| *n > 0).map(|(kind, n)| (kind.as_str(), n)).collect();
+    let body = serde_json::json!({
+        "path": watch.path().display().to_string(),
+        "summary": crate::tuning::describe(engine.tuning()),
+        "shadowed": shadowed,
+        "suppressed": stats.suppressed,
+        "text": text,
+    });
+    (200, body.to_string())
+}
+
+/// `POST /api/tuning`: one change appended to the file (with who made it) and put in force.
+fn change_tuning(engine: &mut Engine, watch: &mut TuningWatch, body: &str, who: &str) -> (u16, String) {
+    let change = match serde_json::from_str::<Change>(body) {
+        Ok(change) => change,
+        Err(e) => return error(400, format!("not a tuning change: {e}")),
+    };
+    match crate::tuning::append(watch.path(), &change, who, stormwatch_model::wall_clock_nanos()) {
+        Ok(tuning) => {
+            let summary = crate::tuning::describe(&tuning);
+            tracing::info!(who = %who, change = ?change, tuning = %summary, "tuning changed through the admin API");
+            watch.mark_seen();
+            engine.set_tuning(tuning);
+            (200, serde_json::json!({ "summary": summary }).to_string())
+        }
+        Err(message) => error(400, message),
+    }
 }
 
 #[cfg(test)]
@@ -351,6 +339,20 @@ mod tests {
     use stormwatch_model::{RootClass, Sym};
 
     use super::*;
+
+    /// An alert with the fields a test names, the others filled in.
+    fn alert_of(fields: serde_json::Value) -> Alert {
+        let mut alert = serde_json::json!({
+            "schema": stormwatch_model::ALERT_SCHEMA, "id": "a1", "fingerprint": "f1", "severity": "warning",
+            "detected_at": "2027-01-15T09:00:00.000Z",
+            "window": {"start": "2027-01-15T08:59:50.000Z", "end": "2027-01-15T09:00:00.000Z"},
+            "count": 1, "exemplar_trace_ids": [], "contributors": [],
+        });
+        for (key, value) in fields.as_object().unwrap() {
+            alert[key] = value.clone();
+        }
+        serde_json::from_value(alert).unwrap()
+    }
 
     /// A young entry judged against its route: `explain` says what judged it and lists that
     /// baseline with the entry's own.
@@ -368,13 +370,13 @@ mod tests {
         for i in 0..40 {
             store.observe_request_total(class("expand"), RequestMetric::Spans, 40, 300 + i);
         }
-        let alert = serde_json::json!({
+        let alert = alert_of(serde_json::json!({
             "kind": "request_amplification", "observed": 900.0, "unit": "spans_per_request", "expected": 10.0,
             "threshold": 180.0, "score": 5.0, "edge": null,
             "entry": {"service": "gateway", "operation": "GET /products", "query_keys": ["expand"]},
             "baseline": {"samples": 340, "since": "2027-01-15T08:00:00.000Z", "from": "every request to gateway `GET /products`"},
             "explanation": "One request ...",
-        });
+        }));
         let explained = explanation(&alert, &inspect::rows(&store), &Tuning::default());
         let why = explained["why"].as_str().unwrap();
         assert!(why.contains("340 samples of every request to gateway `GET /products` (the entry's own"), "{why}");
@@ -402,15 +404,15 @@ mod tests {
         for i in 0..40 {
             store.observe_fanout(reviews, &[20], 300 + i);
         }
-        let alert = serde_json::json!({
+        let alert = alert_of(serde_json::json!({
             "kind": "fanout_amplification", "observed": 200.0, "unit": "calls_per_parent", "expected": 1.0,
             "threshold": 22.0, "score": 9.09,
             "edge": {"from": {"service": "gateway", "operation": "GET /products"},
-                     "to": {"service": "reviews", "operation": "GET /reviews"}},
+                     "to": {"service": "reviews", "operation": "GET /reviews", "kind": "service"}},
             "entry": null,
             "baseline": {"samples": 340, "since": "2027-01-15T08:00:00.000Z", "from": "every call from gateway to a service"},
             "explanation": "gateway `GET /products` called reviews `GET /reviews` 200 times ...",
-        });
+        }));
         let explained = explanation(&alert, &inspect::rows(&store), &Tuning::default());
         let why = explained["why"].as_str().unwrap();
         assert!(

@@ -1,0 +1,170 @@
+//! Alert latency at 70% of the engine's measured gRPC throughput.
+
+use crate::human;
+use crate::process::{metric, serve_args, spawn_listening, Listeners};
+use crate::runs::Setup;
+use crate::send::{send, EXPORTER_BACKOFF};
+use crate::traffic::{generate, spans_sent, Batch};
+use anyhow::{bail, Context};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use stormwatch_loadgen::{Change, Scenario};
+use tokio_util::sync::CancellationToken;
+
+/// The latency phase's attack, added to the default scenario (its own changes are dropped).
+/// It starts once the baselines it is judged by have their learning minimum: an attack that
+/// is there from the first request is learned as normal.
+pub(crate) const LATENCY_ATTACK: &str = r#"
+name = "bench-n-plus-one"
+kind = "n_plus_one"
+start = "3s"
+end = "1h"
+entry = "bff GET /feed"
+call = "feed-score"
+count = "300"
+share = 0.02
+detect_as = ["n_plus_one"]
+"#;
+
+/// Alert latency at `rate` spans/s: event time at wall-clock speed, an N+1 attack in a small
+/// share of requests, every alert emitted (no throttling).
+pub(crate) async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans: usize) -> anyhow::Result<()> {
+    let mut scenario =
+        Scenario::parse(stormwatch_loadgen::shipped::LARGE_GENERATED).map_err(|e| anyhow::anyhow!("scenario: {e}"))?;
+    let probe = generate(&scenario, 50_000, batch_spans);
+    let spans_per_request = probe.spans as f64 / probe.traces as f64;
+    let mut attack = toml::from_str::<Change>(LATENCY_ATTACK).context("the latency attack")?;
+    scenario.rate = rate / spans_per_request;
+    // About 20 attacked requests a second, whatever the rate (2% of the entry at least).
+    let total_weight: f64 = scenario.entries.iter().map(|e| e.weight).sum();
+    let entry_weight: f64 = scenario.entries.iter().filter(|e| e.service == "bff").map(|e| e.weight).sum();
+    let entry_rate = scenario.rate * entry_weight / total_weight.max(1e-9);
+    attack.share = (20.0 / entry_rate.max(1e-9)).clamp(0.02, 0.5);
+    scenario.changes = vec![attack];
+    scenario.duration = Duration::from_secs(seconds);
+    scenario.start_unix_seconds = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 2;
+    eprintln!("bench: latency at {} spans/s for {seconds} s ...", human(rate));
+    let traffic = tokio::task::spawn_blocking({
+        let scenario = scenario.clone();
+        move || generate(&scenario, u64::MAX, batch_spans)
+    })
+    .await?;
+
+    // Every alert emitted (no folding of repeats), and room for rate x (trace_idle + trace
+    // duration) spans in flight, as a deployment at this rate would configure it.
+    let in_flight = ((rate * 12.0) as u64).max(6_000_000);
+    let config = format!(
+        "[output]\nstdout = false\n\n[detect]\nthrottle = \"0s\"\n\n[assemble]\nmax_in_flight_spans = {in_flight}\n"
+    );
+    let alerts_file = setup.dir.join("latency-alerts.jsonl");
+    let alerts = alerts_file.display().to_string();
+    let args_for = |l: &Listeners| serve_args(&setup.dir, "latency", &config, l, &["--alerts-file", &alerts]);
+    let (mut target, listeners) = spawn_listening("engine", &setup.dir, args_for, |l| vec![l.grpc, l.admin]).await?;
+    let grpc = listeners.grpc;
+    // Start when the traffic's event time begins.
+    let start_at = UNIX_EPOCH + Duration::from_secs(scenario.start_unix_seconds);
+    if let Ok(wait) = start_at.duration_since(SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    let batches: Arc<Vec<Batch>> = Arc::new(traffic.batches);
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..batches.len()).map(|_| AtomicU64::new(0)).collect());
+    let stop = CancellationToken::new();
+    let watcher = tokio::spawn(watch_alerts(alerts_file.clone(), traffic.attacked.clone(), stop.clone()));
+    let endpoint = format!("grpc://{grpc}");
+    let sent = send(&endpoint, batches.clone(), setup.connections, Some(rate), acked.clone(), EXPORTER_BACKOFF).await;
+    let (started, retries) = match sent {
+        Ok(sent) => (sent.started, sent.refused_exports),
+        Err(error) => return Err(target.failure(&format!("{error:#}"))),
+    };
+    let sending = started.elapsed().as_secs_f64();
+    // Wait on the engine, not the clock (a busy machine may leave it behind the stream): every
+    // span processed, then every trace completed (after assemble.trace_idle, 5 s, of quiet)
+    // and a second for their alerts to be written.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let admin = listeners.admin;
+    while metric(admin, "stormwatch_spans_processed_total").await.unwrap_or(0.0) < spans_sent(&batches) as f64
+        || metric(admin, "stormwatch_in_flight_traces").await.unwrap_or(1.0) > 0.0
+    {
+        if Instant::now() >= deadline {
+            return Err(target.failure("the engine did not process and complete every trace within 10 minutes"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+    let seen = watcher.await?;
+    target.stop();
+    // Traces sent in the last trace_idle (+1 s) of the stream complete only through the
+    // quiet-stream fallback after it ends: steady state is the traces before them.
+    let last_ack = acked.iter().map(|a| a.load(Ordering::Relaxed)).max().unwrap_or(0);
+    let cutoff = last_ack.saturating_sub(6_000_000_000);
+    let steady =
+        |batch: usize| acked.get(batch).map(|a| a.load(Ordering::Relaxed)).filter(|at| *at > 0 && *at <= cutoff);
+    let attacked_steady = traffic.attacked.values().filter(|batch| steady(**batch).is_some()).count();
+    let mut latencies: Vec<f64> = seen
+        .iter()
+        .filter_map(|(trace, at)| {
+            let acked_at = steady(*traffic.attacked.get(trace)?)?;
+            Some(at.saturating_duration_since(started + Duration::from_nanos(acked_at)).as_secs_f64())
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let quantile = |q: f64| latencies.get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
+    let spans = spans_sent(&batches);
+    println!(
+        "alert latency at 70% of the engine's gRPC throughput ({} spans/s offered, {} achieved, {} retried exports): \
+         {} of {} attacked requests alerted (those sent before the last 6 s of the stream)",
+        human(rate),
+        human(spans as f64 / sending.max(1e-9)),
+        retries,
+        latencies.len(),
+        attacked_steady
+    );
+    match (quantile(0.5), quantile(0.9), quantile(0.99), latencies.last()) {
+        (Some(p50), Some(p90), Some(p99), Some(max)) => println!(
+            "  last span acknowledged -> alert written: p50 {p50:.2} s, p90 {p90:.2} s, p99 {p99:.2} s, max {max:.2} s \
+             (a trace completes after assemble.trace_idle = 5 s without new spans)"
+        ),
+        _ if attacked_steady == 0 => {
+            bail!("no attacked request was sent before the last 6 s of the stream: run longer (--latency-seconds)")
+        }
+        _ => bail!("no alert arrived for the attacked requests; see the engine log in {}", setup.dir.display()),
+    }
+    Ok(())
+}
+
+/// Tails the alerts file until `stop`: (exemplar trace id, when its alert was seen) for every
+/// alert naming an attacked trace.
+pub(crate) async fn watch_alerts(
+    file: PathBuf,
+    attacked: HashMap<String, usize>,
+    stop: CancellationToken,
+) -> Vec<(String, Instant)> {
+    let mut seen: Vec<(String, Instant)> = Vec::new();
+    let mut known = std::collections::HashSet::new();
+    let (mut offset, mut pending) = (0usize, String::new());
+    while !stop.is_cancelled() {
+        if let Ok(text) = std::fs::read(&file) {
+            if text.len() > offset {
+                let now = Instant::now();
+                pending.push_str(&String::from_utf8_lossy(&text[offset..]));
+                offset = text.len();
+                while let Some(end) = pending.find('\n') {
+                    let line: String = pending.drain(..=end).collect();
+                    let Ok(alert) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                    for id in alert["exemplar_trace_ids"].as_array().into_iter().flatten().filter_map(|id| id.as_str())
+                    {
+                        if attacked.contains_key(id) && known.insert(id.to_string()) {
+                            seen.push((id.to_string(), now));
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    seen
+}

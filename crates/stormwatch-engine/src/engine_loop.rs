@@ -1,0 +1,425 @@
+//! The engine thread: one [`Engine`] that owns assembly, detection and the baselines (so
+//! learning needs no locks and is deterministic), fed by the bounded span queue. Each turn of
+//! [`EngineLoop::run`] drains what waits in the queue, then does the periodic work in named
+//! steps: the idle fallback, the group's windows, alerts to the sink, settled positions,
+//! tuning reloads, admin questions, `/metrics` and snapshots.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stormwatch_baseline::{encode_snapshot, write_snapshot_document, BaselineStore};
+use stormwatch_detect::{Engine, EngineConfig};
+use stormwatch_io::admin::LiveEvent;
+use stormwatch_io::{Batch, EdgeSeries, Metrics, SourcePosition, SpanReceiver};
+use stormwatch_model::{wall_clock_nanos, Alert};
+use tokio::sync::mpsc;
+
+use crate::delivery::SinkItem;
+use crate::pipeline::{EngineOptions, EngineReport, TuningOptions};
+use crate::sharing::WindowSharing;
+use crate::tuning::TuningWatch;
+
+/// How long the engine waits for a batch before doing its periodic work anyway.
+const POLL: Duration = Duration::from_millis(100);
+/// Batches drained after the first before the periodic work runs.
+const DRAIN_MAX: usize = 64;
+/// How often the tuning file is checked for changes.
+const TUNING_CHECK: Duration = Duration::from_secs(2);
+/// How often `/metrics` gauges are refreshed from the engine.
+const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+
+/// Starts the engine thread.
+pub(crate) fn spawn(
+    config: EngineConfig,
+    store: BaselineStore,
+    receiver: SpanReceiver,
+    alerts: mpsc::Sender<SinkItem>,
+    metrics: Arc<Metrics>,
+    options: EngineOptions,
+) -> std::thread::JoinHandle<EngineReport> {
+    std::thread::Builder::new()
+        .name("stormwatch-engine".into())
+        .spawn(move || EngineLoop::new(config, store, receiver, alerts, metrics, options).run())
+        .expect("cannot start the engine thread")
+}
+
+/// The engine thread's state between turns.
+struct EngineLoop {
+    engine: Engine,
+    receiver: SpanReceiver,
+    sink: mpsc::Sender<SinkItem>,
+    metrics: Arc<Metrics>,
+    options: EngineOptions,
+    sharing: Option<WindowSharing>,
+    tuning_watch: Option<TuningWatch>,
+    reload: Arc<AtomicBool>,
+    /// Alerts found this turn, not yet handed to the sink.
+    alerts: Vec<Alert>,
+    /// The last alerts, for the admin API's /api/alerts and /api/explain.
+    recent: VecDeque<Alert>,
+    /// Kafka input positions in processing order, with the watermark they were processed at.
+    pending: VecDeque<(SourcePosition, u64)>,
+    last_activity: Instant,
+    watermark_at_activity: u64,
+    last_tuning_check: Instant,
+    last_snapshot: Instant,
+    last_publish: Instant,
+    snapshot_error: Option<String>,
+    /// The last judged window the live streams were told of.
+    window_told: u64,
+}
+
+impl EngineLoop {
+    fn new(
+        config: EngineConfig,
+        store: BaselineStore,
+        receiver: SpanReceiver,
+        sink: mpsc::Sender<SinkItem>,
+        metrics: Arc<Metrics>,
+        mut options: EngineOptions,
+    ) -> EngineLoop {
+        let window_nanos = config.window.window_nanos;
+        let mut engine = Engine::new(config, store, wall_clock_nanos);
+        let TuningOptions { initial, watch, reload } = std::mem::take(&mut options.tuning);
+        engine.set_tuning(initial);
+        let sharing = options.sharing.take().map(|sharing| WindowSharing::new(sharing, window_nanos));
+        let now = Instant::now();
+        EngineLoop {
+            engine,
+            receiver,
+            sink,
+            metrics,
+            options,
+            sharing,
+            tuning_watch: watch,
+            reload,
+            alerts: Vec::new(),
+            recent: VecDeque::new(),
+            pending: VecDeque::new(),
+            last_activity: now,
+            watermark_at_activity: 0,
+            last_tuning_check: now,
+            last_snapshot: now,
+            last_publish: now,
+            snapshot_error: None,
+            window_told: 0,
+        }
+    }
+
+    /// Turns until every queue sender is gone, then flushes and reports.
+    fn run(mut self) -> EngineReport {
+        let horizon = self.engine.settle_horizon();
+        loop {
+            match self.receiver.recv_timeout(POLL) {
+                Ok(Some(first)) => self.drain_input(first),
+                Ok(None) => {}
+                Err(_disconnected) => break,
+            }
+            self.tick_idle();
+            if let Some(sharing) = &mut self.sharing {
+                sharing.judge(&mut self.engine, &mut self.alerts, &self.metrics);
+            }
+            let idle = self.engine.assembler().in_flight_traces() == 0
+                && self.engine.open_windows() == 0
+                && self.options.idle_fallback.is_some_and(|idle| self.last_activity.elapsed() >= idle);
+            self.ship(idle);
+            self.engine.note_cardinality(&stormwatch_model::Cardinality::global().state(), &mut self.alerts);
+            self.send_alerts();
+            self.tell_window();
+            self.settle(horizon);
+            self.reload_tuning();
+            self.answer_queries();
+            self.periodic();
+        }
+        self.finish()
+    }
+
+    /// `first` and what else is already waiting (up to [`DRAIN_MAX`] more), pushed through the
+    /// engine before the periodic work.
+    fn drain_input(&mut self, first: Batch) {
+        let (mut processed, mut input) = (0, false);
+        let receiver = &self.receiver;
+        let waiting = std::iter::from_fn(|| receiver.try_recv()).take(DRAIN_MAX);
+        for batch in std::iter::once(first).chain(waiting) {
+            let (spans, position) = match batch {
+                Batch::Snapshots(snapshots) => {
+                    adopt_window_baselines(&mut self.engine, &snapshots);
+                    continue;
+                }
+                Batch::Windows { payload, position } => match &mut self.sharing {
+                    Some(sharing) => {
+                        sharing.receive(&payload, position);
+                        continue;
+                    }
+                    // Not sharing windows: settled in order like an empty input message.
+                    None => (Vec::new(), Some(position)),
+                },
+                Batch::Spans { spans, position } => (spans, position),
+            };
+            input = true;
+            processed += spans.len() as u64;
+            self.engine.push(spans, &mut self.alerts);
+            if let Some(position) = position {
+                self.pending.push_back((position, self.engine.assembler().watermark()));
+            }
+        }
+        Metrics::add(&self.metrics.spans_processed_total, processed);
+        // Other engines' partials are not input: the idle fallback still runs.
+        if input {
+            self.last_activity = Instant::now();
+            self.watermark_at_activity = self.engine.assembler().watermark();
+        }
+    }
+
+    /// Live mode: when no span arrived for the idle fallback, event time advances by the wall
+    /// time that passed, so a quiet stream still completes its traces. Also while incidents or
+    /// windows are open, so a throttled summary or a window's verdict is not held back until
+    /// the next span arrives.
+    fn tick_idle(&mut self) {
+        let Some(idle) = self.options.idle_fallback else { return };
+        let quiet = self.last_activity.elapsed();
+        let engine = &self.engine;
+        let waiting = engine.assembler().in_flight_traces() > 0
+            || engine.open_incidents() > 0
+            || engine.open_windows() > 0
+            || !self.pending.is_empty();
+        if quiet >= idle && waiting {
+            self.engine.advance_to(self.watermark_at_activity + quiet.as_nanos() as u64, &mut self.alerts);
+        }
+    }
+
+    /// In a Kafka group: this engine's closed windows (or a heartbeat) to the windows topic.
+    fn ship(&mut self, idle: bool) {
+        let Some(sharing) = &mut self.sharing else { return };
+        if let Some(payload) = sharing.ship(&mut self.engine, idle, &self.metrics) {
+            let (topic, key) = (sharing.topic().to_string(), sharing.sender().to_string());
+            let _ = self.sink.blocking_send(SinkItem::Partials { topic, key, payload });
+        }
+    }
+
+    /// This turn's alerts, kept for the admin API, told to the live streams and handed to the
+    /// sink. Blocks when the sink is behind: back-pressure reaches the span queue, then the
+    /// receivers, which answer "retry later".
+    fn send_alerts(&mut self) {
+        if self.options.queries.is_some() {
+            let live = self.options.live.as_ref().filter(|live| live.receiver_count() > 0);
+            for alert in &self.alerts {
+                if self.recent.len() == crate::admin::RECENT_ALERTS {
+                    self.recent.pop_front();
+                }
+                if let Some(live) = live {
+                    let data = serde_json::to_value(alert).unwrap_or_default().to_string();
+                    let _ = live.send(LiveEvent { name: "alert", data });
+                }
+                self.recent.push_back(alert.clone());
+            }
+        }
+        if !self.alerts.is_empty() {
+            let _ = self.sink.blocking_send(SinkItem::Alerts(std::mem::take(&mut self.alerts)));
+        }
+    }
+
+    /// Tells the live streams when a new window was judged.
+    fn tell_window(&mut self) {
+        let Some(live) = &self.options.live else { return };
+        let end = self.engine.last_window_end();
+        if end != self.window_told {
+            self.window_told = end;
+            let data = serde_json::json!({ "window_end": stormwatch_model::rfc3339(end) }).to_string();
+            let _ = live.send(LiveEvent { name: "window", data });
+        }
+    }
+
+    /// Settled positions to the sink, behind the alerts just sent: everything they fed has
+    /// completed and been judged, and no open incident may still summarise evidence from them.
+    fn settle(&mut self, horizon: u64) {
+        let watermark = self.engine.assembler().watermark();
+        let incidents_from = self.engine.oldest_open_incident().unwrap_or(u64::MAX);
+        let mut settled = Vec::new();
+        while let Some((position, at)) = self.pending.front() {
+            let done = at.saturating_add(horizon);
+            if done > watermark || incidents_from <= done {
+                break;
+            }
+            settled.push(*position);
+            self.pending.pop_front();
+        }
+        if let Some(sharing) = &mut self.sharing {
+            settled.extend(sharing.settled(incidents_from));
+        }
+        if !settled.is_empty() {
+            let _ = self.sink.blocking_send(SinkItem::Settled(settled));
+        }
+    }
+
+    /// The tuning file, reloaded when it changed (checked every [`TUNING_CHECK`]) or on SIGHUP;
+    /// a bad edit is refused and the previous tuning stays in force.
+    fn reload_tuning(&mut self) {
+        let Some(watch) = &mut self.tuning_watch else { return };
+        let forced = self.reload.swap(false, Ordering::Relaxed);
+        if !forced && self.last_tuning_check.elapsed() < TUNING_CHECK {
+            return;
+        }
+        self.last_tuning_check = Instant::now();
+        match watch.poll(forced) {
+            Some(Ok(tuning)) => {
+                tracing::info!(path = %watch.path().display(), tuning = %crate::tuning::describe(&tuning), "tuning reloaded");
+                self.engine.set_tuning(tuning);
+                Metrics::add(&self.metrics.tuning_reloads_total, 1);
+            }
+            Some(Err(error)) => {
+                tracing::error!(%error, "tuning edit refused; the previous tuning stays in force");
+                Metrics::add(&self.metrics.tuning_reload_failures_total, 1);
+            }
+            None => {}
+        }
+    }
+
+    /// The admin API's questions, answered between batches.
+    fn answer_queries(&mut self) {
+        let Some(queries) = &self.options.queries else { return };
+        while let Ok(query) = queries.try_recv() {
+            crate::admin::answer(&mut self.engine, query, self.tuning_watch.as_mut(), &self.recent);
+        }
+    }
+
+    /// `/metrics` gauges and the periodic snapshot, when due.
+    fn periodic(&mut self) {
+        if self.last_publish.elapsed() >= PUBLISH_EVERY {
+            publish(&self.engine, &self.receiver, &self.metrics, self.options.metrics_top_edges);
+            self.last_publish = Instant::now();
+        }
+        if let Some((_, Some(interval))) = &self.options.snapshot {
+            if self.last_snapshot.elapsed() >= *interval {
+                self.snapshot_error = self.save().and_then(Result::err);
+                self.last_snapshot = Instant::now();
+            }
+        }
+    }
+
+    /// The baselines encoded once, then written to the models directory and, in a Kafka group,
+    /// shared. `None` when neither is configured.
+    fn save(&self) -> Option<Result<(), String>> {
+        let dir = self.options.snapshot.as_ref().map(|(dir, _)| dir.as_path());
+        if dir.is_none() && self.options.share_baselines.is_none() {
+            return None;
+        }
+        let document = encode_snapshot(self.engine.store());
+        let written = dir.map(|dir| write_snapshot(&self.engine, &document, dir, &self.metrics));
+        if let Some((topic, key)) = &self.options.share_baselines {
+            let (topic, key) = (topic.clone(), key.clone());
+            let _ = self.sink.blocking_send(SinkItem::Snapshot { topic, key, payload: document });
+        }
+        written
+    }
+
+    /// Every sender is gone: flush traces, windows and incidents, settle what is left, write
+    /// the last snapshot.
+    fn finish(mut self) -> EngineReport {
+        self.engine.flush(&mut self.alerts);
+        // The last windows, and "closed through the end": the merger need not wait for this engine.
+        self.ship(true);
+        self.send_alerts();
+        // Flushed: every trace completed, every window judged, every incident summarised.
+        if !self.pending.is_empty() {
+            let settled = self.pending.drain(..).map(|(position, _)| position).collect();
+            let _ = self.sink.blocking_send(SinkItem::Settled(settled));
+        }
+        if let Some(written) = self.save() {
+            self.snapshot_error = written.err();
+        }
+        publish(&self.engine, &self.receiver, &self.metrics, self.options.metrics_top_edges);
+        let assembler = self.engine.assembler_stats();
+        EngineReport {
+            stats: self.engine.stats().clone(),
+            spans_accepted: assembler.spans_accepted,
+            late_spans: assembler.late_spans,
+            traces_evicted: assembler.traces_evicted,
+            edges_tracked: self.engine.store().edges_tracked(),
+            snapshot_error: self.snapshot_error,
+        }
+    }
+}
+
+/// Refreshes the `/metrics` gauges from the engine.
+fn publish(engine: &Engine, receiver: &SpanReceiver, metrics: &Metrics, top_edges: usize) {
+    for (counter, count) in metrics.findings.iter().zip(engine.stats().findings) {
+        Metrics::set(counter, count);
+    }
+    // The dashboard's edges, when a new window was judged.
+    if top_edges > 0 && engine.last_window_end() != Metrics::get(&metrics.edges_window_end) {
+        let series = engine.edge_gauges(top_edges).into_iter().map(edge_series).collect();
+        *metrics.edges.lock().unwrap_or_else(|e| e.into_inner()) = series;
+        Metrics::set(&metrics.edges_window_end, engine.last_window_end());
+    }
+    Metrics::set(&metrics.queue_depth, receiver.depth() as u64);
+    Metrics::set(&metrics.queue_spans, receiver.spans() as u64);
+    let a = engine.assembler_stats();
+    Metrics::set(&metrics.late_spans_total, a.late_spans);
+    Metrics::set(&metrics.bad_timestamp_spans_total, a.bad_timestamp_spans);
+    Metrics::set(&metrics.clock_skew_spans_total, a.clock_skew_spans);
+    Metrics::set(&metrics.traces_completed_total, a.traces_completed);
+    Metrics::set(&metrics.traces_evicted_total, a.traces_evicted);
+    Metrics::set(&metrics.traces_max_wait_total, a.traces_max_wait);
+    Metrics::set(&metrics.traces_without_root_total, a.traces_without_root);
+    Metrics::set(&metrics.windows_closed_total, engine.stats().windows_closed);
+    Metrics::set(&metrics.window_late_traces_total, engine.stats().window_late_traces);
+    Metrics::set(&metrics.in_flight_spans, engine.assembler().in_flight_spans() as u64);
+    Metrics::set(&metrics.in_flight_traces, engine.assembler().in_flight_traces() as u64);
+    Metrics::set(&metrics.edges_tracked, engine.store().edges_tracked() as u64);
+    Metrics::set(&metrics.baseline_capped_observations_total, engine.store().stats().capped_observations);
+    Metrics::set(&metrics.baseline_evicted_total, engine.store().stats().evicted_young);
+    Metrics::set(&metrics.watermark_seconds, engine.assembler().watermark() / 1_000_000_000);
+    Metrics::set(&metrics.findings_suppressed_total, engine.stats().suppressed);
+    for (gauge, count) in metrics.alerts_shadowed.iter().zip(engine.stats().shadowed) {
+        Metrics::set(gauge, count);
+    }
+}
+
+/// One edge of the dashboard's top edges, rounded for display.
+fn edge_series(gauge: stormwatch_detect::EdgeGauge) -> EdgeSeries {
+    let round = |value: f64| (value * 1000.0).round() / 1000.0;
+    EdgeSeries {
+        from_service: gauge.edge.from.service.to_string(),
+        from_operation: gauge.edge.from.operation.to_string(),
+        to_service: gauge.edge.to.service.to_string(),
+        to_operation: gauge.edge.to.operation.to_string(),
+        to_kind: gauge.edge.to.kind.as_str().to_string(),
+        calls_per_second: round(gauge.calls_per_second),
+        calls_per_entry: round(gauge.calls_per_entry),
+        p99_per_entry: round(gauge.p99_per_entry),
+        score: round(gauge.score),
+    }
+}
+
+/// Writes an encoded snapshot of `engine`'s baselines to the models directory.
+fn write_snapshot(engine: &Engine, document: &[u8], dir: &Path, metrics: &Metrics) -> Result<(), String> {
+    match write_snapshot_document(dir, document) {
+        Ok(path) => {
+            Metrics::add(&metrics.snapshots_written_total, 1);
+            tracing::debug!(path = %path.display(), edges = engine.store().edges_tracked(), "baseline snapshot written");
+            Ok(())
+        }
+        Err(error) => {
+            tracing::error!(%error, "baseline snapshot failed");
+            Err(error.to_string())
+        }
+    }
+}
+
+/// This engine became its group's window merger: continue from the window baselines of the
+/// shared snapshot with the most window history, when it has more than this engine's own.
+fn adopt_window_baselines(engine: &mut Engine, snapshots: &[(String, Vec<u8>)]) {
+    let best = crate::sharing::decode_shared(snapshots, engine.store().max_keys(), "the group's baselines topic")
+        .into_iter()
+        .max_by_key(|(_, store)| store.window_samples());
+    if let Some((from, store)) = best {
+        if store.window_samples() > engine.store().window_samples() {
+            tracing::info!(from = %from, windows = store.window_samples(), "window baselines adopted from the previous merger");
+            engine.adopt_windows(store);
+        }
+    }
+}

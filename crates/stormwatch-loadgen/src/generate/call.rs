@@ -1,0 +1,183 @@
+//! One call and the spans it makes: the caller's CLIENT or PRODUCER span, and for a service
+//! the callee's SERVER span and what that operation calls in turn.
+
+use super::*;
+
+impl<'s> Generator<'s> {
+    /// A CLIENT or PRODUCER span: to a service (which answers with its SERVER span under
+    /// `span_id`) or to a virtual node (database, cache, queue).
+    #[allow(clippy::too_many_arguments)]
+    fn client_span(
+        trace_id: [u8; 16],
+        span_id: [u8; 8],
+        parent: [u8; 8],
+        name: &str,
+        kind: span::SpanKind,
+        (start, end): (u64, u64),
+        attributes: Vec<KeyValue>,
+        failed: bool,
+    ) -> Span {
+        Span {
+            trace_id: trace_id.to_vec(),
+            span_id: span_id.to_vec(),
+            parent_span_id: parent.to_vec(),
+            name: name.into(),
+            kind: kind as i32,
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            attributes,
+            status: failed.then(|| Status { code: status::StatusCode::Error as i32, ..Default::default() }),
+            flags: 0x100,
+            ..Default::default()
+        }
+    }
+
+    /// Adds a CLIENT or PRODUCER span from `service` to a virtual node (database, cache, queue).
+    #[allow(clippy::too_many_arguments)]
+    fn push_virtual(
+        &mut self,
+        build: &mut Build<'_>,
+        service: &str,
+        parent: [u8; 8],
+        name: &str,
+        kind: span::SpanKind,
+        times: (u64, u64),
+        attributes: Vec<KeyValue>,
+    ) {
+        let span = Self::client_span(build.trace_id, self.new_span_id(), parent, name, kind, times, attributes, false);
+        self.push(build, service, span);
+    }
+
+    /// Performs one call from `service` under `parent`; returns when it ended.
+    pub(super) fn perform(
+        &mut self,
+        build: &mut Build<'s>,
+        service: &str,
+        call: &'s Call,
+        parent: [u8; 8],
+        start: u64,
+        depth: usize,
+    ) -> u64 {
+        if let Some(target) = &call.service {
+            let (callee, operation) = Scenario::split_target(target).unwrap_or((target, ""));
+            let (method, route) = operation.split_once(' ').unwrap_or(("GET", operation));
+            let mut cursor = start;
+            for attempt in 0..=call.retries {
+                let client_id = self.new_span_id();
+                let (end, failed) =
+                    self.execute(build, callee, operation, Some(client_id), cursor + 20_000, depth + 1, None);
+                let mut attributes = vec![
+                    attribute("http.request.method", method),
+                    attribute("server.address", callee),
+                    int_attribute("server.port", 8080),
+                    attribute("url.full", format!("http://{callee}:8080{}", route.replace("{id}", "17"))),
+                    attribute("network.protocol.version", "1.1"),
+                    int_attribute("http.response.status_code", if failed { 500 } else { 200 }),
+                ];
+                if attempt > 0 {
+                    attributes.push(int_attribute("http.request.resend_count", i64::from(attempt)));
+                }
+                let span = Self::client_span(
+                    build.trace_id,
+                    client_id,
+                    parent,
+                    method,
+                    span::SpanKind::Client,
+                    (cursor, end + 20_000),
+                    attributes,
+                    failed,
+                );
+                self.push(build, service, span);
+                cursor = end + 30_000;
+                if !failed {
+                    break;
+                }
+            }
+            return cursor;
+        }
+        if let (Some(db), Some(statement)) = (&call.db, &call.statement) {
+            let (system, namespace) = db.split_once(':').unwrap_or((db, ""));
+            // Literals where the statement has placeholders, as unparameterised drivers send.
+            let mut text = String::with_capacity(statement.len() + 8);
+            for piece in statement.split('?').enumerate() {
+                if piece.0 > 0 {
+                    text.push_str(&self.rng.between(1, 100_000).to_string());
+                }
+                text.push_str(piece.1);
+            }
+            let operation = statement.split_whitespace().next().unwrap_or("QUERY").to_ascii_uppercase();
+            let end = start + (300_000.0 + self.rng.exponential(400_000.0)) as u64;
+            let attributes = vec![
+                attribute("db.system.name", system),
+                attribute("db.namespace", namespace),
+                attribute("db.operation.name", operation.as_str()),
+                attribute("db.query.text", text),
+                attribute("server.address", format!("{system}.internal")),
+                int_attribute("server.port", 5432),
+            ];
+            self.push_virtual(
+                build,
+                service,
+                parent,
+                &format!("{operation} {namespace}"),
+                span::SpanKind::Client,
+                (start, end),
+                attributes,
+            );
+            return end + 10_000;
+        }
+        if let Some(cache) = &call.cache {
+            let mut miss_ratio = call.miss_ratio;
+            let label = call.label();
+            for (index, change, coin) in &build.active {
+                if change.kind == ChangeKind::CacheBypass && change.call.as_deref() == Some(label.as_str()) {
+                    miss_ratio = change.probability;
+                    build.touched.push(*index);
+                }
+                if change.kind == ChangeKind::CorrelatedShift && *coin && change.calls.contains(&label) {
+                    miss_ratio = (miss_ratio * change.factor).min(1.0);
+                    build.touched.push(*index);
+                }
+            }
+            let end = start + (80_000.0 + self.rng.exponential(100_000.0)) as u64;
+            let attributes = vec![
+                attribute("db.system.name", cache.as_str()),
+                attribute("db.operation.name", "GET"),
+                attribute("server.address", format!("{cache}.internal")),
+                int_attribute("server.port", 6379),
+            ];
+            self.push_virtual(build, service, parent, "GET", span::SpanKind::Client, (start, end), attributes);
+            let mut cursor = end + 10_000;
+            if self.rng.chance(miss_ratio) {
+                for nested in &call.on_miss {
+                    let count = self.count_of(build, nested);
+                    for _ in 0..count {
+                        cursor = self.perform(build, service, nested, parent, cursor, depth);
+                    }
+                }
+            }
+            return cursor;
+        }
+        if let Some(queue) = &call.queue {
+            let (system, destination) = queue.split_once(':').unwrap_or((queue, queue));
+            let end = start + 150_000;
+            let attributes = vec![
+                attribute("messaging.system", system),
+                attribute("messaging.destination.name", destination),
+                attribute("messaging.operation.type", "send"),
+                attribute("server.address", format!("{system}.internal")),
+            ];
+            self.push_virtual(
+                build,
+                service,
+                parent,
+                &format!("send {destination}"),
+                span::SpanKind::Producer,
+                (start, end),
+                attributes,
+            );
+            return end + 10_000;
+        }
+        start
+    }
+}
