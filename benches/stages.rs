@@ -60,6 +60,7 @@ fn assemble(spans: Vec<Span>) -> Vec<CompletedTrace> {
     completed
 }
 
+#[allow(clippy::too_many_lines)] // one criterion group per stage, read top to bottom
 fn stages(c: &mut Criterion) {
     let requests = traffic();
     let protobuf: Vec<Vec<u8>> = requests.iter().map(|r| r.encode_to_vec()).collect();

@@ -563,7 +563,7 @@ pub(crate) fn https_request(
     let server_name = ServerName::from(addr.ip());
     let connection =
         rustls::ClientConnection::new(std::sync::Arc::new(config), server_name).map_err(|e| e.to_string())?;
-    let socket = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let socket = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut tls = rustls::StreamOwned::new(connection, socket);
     let head = format!("{request}\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", body.len());

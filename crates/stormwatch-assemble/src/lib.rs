@@ -134,6 +134,12 @@ pub struct Assembler {
     stats: AssemblerStats,
 }
 
+impl std::fmt::Debug for Assembler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assembler").finish_non_exhaustive()
+    }
+}
+
 impl Assembler {
     pub fn new(config: AssemblerConfig) -> Assembler {
         Assembler {

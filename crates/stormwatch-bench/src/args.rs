@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Scenario whose traffic is sent [default: the built-in large-generated scenario, 300
     /// services in Alibaba-2021-shaped call graphs].
@@ -60,7 +60,7 @@ impl BenchTransport {
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 pub struct ReferenceArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4317")]
     pub otlp_grpc: String,
@@ -71,7 +71,7 @@ pub struct ReferenceArgs {
     pub file: Option<PathBuf>,
 }
 
-#[derive(Args)]
+#[derive(Args, Debug)]
 pub struct MemoryArgs {
     /// Spans to buffer in flight.
     #[arg(long, value_name = "N", default_value_t = 500_000)]

@@ -88,6 +88,12 @@ pub struct Correlated {
     since_fit: usize,
 }
 
+impl std::fmt::Debug for Correlated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Correlated").finish_non_exhaustive()
+    }
+}
+
 impl Correlated {
     pub fn new(config: CorrelatedConfig) -> Correlated {
         Correlated { config, history: VecDeque::new(), since_fit: 0 }
@@ -131,6 +137,7 @@ impl Correlated {
     }
 }
 
+#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
 fn fit(history: &VecDeque<(u64, HashMap<Edge, f64>)>, config: &CorrelatedConfig, at: u64) -> Option<SubspaceModel> {
     // Columns: the busiest edges, among those busy enough for their noise to be Gaussian.
     let mut totals: HashMap<Edge, f64> = HashMap::new();

@@ -90,6 +90,12 @@ pub struct Engine {
     last_window: Option<LastWindow>,
 }
 
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
 struct LastWindow {
     start: u64,
     end: u64,

@@ -143,6 +143,7 @@ struct Call {
 /// Allocation-light on purpose (it runs for every trace): span ids are looked up in a sorted
 /// vector rather than a hash map (no hashing, and no hash-flooding by chosen span ids), the
 /// children of each span are one flat array, and calls are grouped by sorting one vector.
+#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
 pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
     let spans = &trace.spans;
     // Span id -> first index with that id.

@@ -138,6 +138,12 @@ pub struct WindowMerger {
     stats: MergeStats,
 }
 
+impl std::fmt::Debug for WindowMerger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowMerger").finish_non_exhaustive()
+    }
+}
+
 impl WindowMerger {
     pub fn new(timeout_nanos: u64, top_k: usize) -> WindowMerger {
         WindowMerger {

@@ -61,6 +61,12 @@ pub struct Throttle {
     open: BTreeMap<String, Incident>,
 }
 
+impl std::fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Throttle").finish_non_exhaustive()
+    }
+}
+
 impl Throttle {
     pub fn new(window_nanos: u64) -> Throttle {
         Throttle { window_nanos, open: BTreeMap::new() }

@@ -39,7 +39,7 @@ fn query_of(params: &BTreeMap<String, String>) -> Result<Query, String> {
 const API_MAX_ROWS: usize = 10_000;
 const API_DEFAULT_ROWS: usize = 1_000;
 
-/// The rows of `store` that `params` select (at most `max_rows`: [`API_MAX_ROWS`] for the
+/// The rows of `store` that `params` select (at most `max_rows`: `API_MAX_ROWS`, 10,000, for the
 /// API), as the API's JSON body, or a 400 naming the parameter.
 pub fn list(
     store: &BaselineStore,

@@ -1,5 +1,5 @@
 //! Configuration: embedded defaults < TOML file (`--config`) < environment < flags.
-//! Every field is documented here (`[server]` in [`server`]), every default lives beside its
+//! Every field is documented here (`[server]` in `config/server.rs`), every default lives beside its
 //! field, and [`Config::validate`] runs once at start with errors that name the field.
 
 use std::path::{Path, PathBuf};
@@ -335,6 +335,7 @@ impl Config {
     }
 
     /// Checks every field once; the error names the field and the accepted range.
+    #[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
     pub fn validate(&self) -> anyhow::Result<()> {
         self.server.validate()?;
         self.attribution.trusted()?;

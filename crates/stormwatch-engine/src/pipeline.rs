@@ -36,6 +36,12 @@ pub struct Pipeline {
     give_up: CancellationToken,
 }
 
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").finish_non_exhaustive()
+    }
+}
+
 impl Pipeline {
     pub fn start(
         mut config: EngineConfig,

@@ -9,7 +9,7 @@ use stormwatch_model::AlertKind;
 macro_rules! metrics {
     ($($(#[doc = $help:literal])* $name:ident : $type:literal,)*) => {
         /// Every metric the engine exports. All fields are monotonic counters or gauges.
-        #[derive(Default)]
+        #[derive(Debug, Default)]
         pub struct Metrics {
             $($(#[doc = $help])* pub $name: AtomicU64,)*
             /// Alerts confirmed written by the sink, by kind (index of `AlertKind::ALL`).
@@ -73,6 +73,12 @@ pub struct ListenerMetrics {
     /// Closed for silence: idle past `server.idle_timeout`, or no request head within
     /// `server.header_timeout`.
     pub timed_out: AtomicU64,
+}
+
+impl std::fmt::Debug for ListenerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerMetrics").finish_non_exhaustive()
+    }
 }
 
 fn render_listeners(out: &mut String, listeners: &[ListenerMetrics; 3]) {

@@ -69,11 +69,23 @@ pub struct SpanQueue {
     max_spans: usize,
 }
 
+impl std::fmt::Debug for SpanQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpanQueue").finish_non_exhaustive()
+    }
+}
+
 /// The engine's side.
 pub struct SpanReceiver {
     receiver: mpsc::Receiver<Batch>,
     depth: Arc<AtomicUsize>,
     spans: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for SpanReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpanReceiver").finish_non_exhaustive()
+    }
 }
 
 /// A queue of at most `capacity` span batches and, for what receivers offer without waiting,

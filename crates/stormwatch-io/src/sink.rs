@@ -17,6 +17,12 @@ pub enum AlertSink {
     Lines { stdout: bool, file: Option<(PathBuf, File)> },
 }
 
+impl std::fmt::Debug for AlertSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertSink").finish_non_exhaustive()
+    }
+}
+
 impl AlertSink {
     /// JSON lines to stdout (when `stdout`) and appended to `path` (when given).
     pub async fn lines(stdout: bool, path: Option<&Path>) -> Result<AlertSink, IoError> {

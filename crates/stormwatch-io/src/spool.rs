@@ -137,7 +137,7 @@ impl AlertSpool {
 pub(crate) fn test_alert(id: &str) -> Alert {
     // Read where the tests run: the golden files are the repository's, not this crate's.
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden/flask-amplified.alerts.jsonl");
-    let golden = std::fs::read_to_string(path).unwrap();
+    let golden = fs::read_to_string(path).unwrap();
     let text = golden.lines().next().unwrap();
     // Golden alerts leave out the wall time of detection.
     let mut value: serde_json::Value = serde_json::from_str(text).unwrap();
@@ -160,7 +160,7 @@ mod tests {
         spool.push(&[alert("c")]).unwrap();
         assert_eq!(spool.alerts(), 3);
         // A write cut off before its rename is not a batch.
-        std::fs::write(dir.path().join("000000000009.tmp"), "{\"half").unwrap();
+        fs::write(dir.path().join("000000000009.tmp"), "{\"half").unwrap();
         drop(spool);
 
         let mut spool = AlertSpool::open(dir.path(), 1 << 20).unwrap();
@@ -183,7 +183,7 @@ mod tests {
         let mut spool = AlertSpool::open(dir.path(), 100).unwrap();
         spool.push(&[alert("a")]).unwrap();
         assert!(spool.is_full(), "one alert is more than 100 bytes");
-        std::fs::write(dir.path().join("000000000000.jsonl"), "not json\n").unwrap();
+        fs::write(dir.path().join("000000000000.jsonl"), "not json\n").unwrap();
         spool.push(&[alert("b")]).unwrap();
         let error = spool.front().unwrap_err();
         assert!(error.to_string().contains("do not parse"), "{error}");

@@ -255,6 +255,7 @@ fn severity_index(severity: Severity) -> usize {
 }
 
 /// Scores alerts against the labels.
+#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
 pub fn score(labels: &Labels, settings: &EvalSettings, alerts: &[Alert], requests: u64, spans: u64) -> Report {
     let grace = settings.grace.as_nanos() as u64;
     let mut points: Vec<AlertPoint> = alerts.iter().map(AlertPoint::from_alert).collect();

@@ -10,6 +10,12 @@ pub struct TraceBuilder {
     spans: Vec<Span>,
 }
 
+impl std::fmt::Debug for TraceBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceBuilder").finish_non_exhaustive()
+    }
+}
+
 impl TraceBuilder {
     /// A trace whose id is derived from `seed` and which starts at `start_unix_nano`.
     pub fn new(seed: u64, start_unix_nano: u64) -> TraceBuilder {

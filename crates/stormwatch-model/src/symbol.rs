@@ -276,6 +276,12 @@ pub struct Cardinality {
     escaped: [AtomicU64; 7],
 }
 
+impl fmt::Debug for Cardinality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cardinality").finish_non_exhaustive()
+    }
+}
+
 /// One dimension's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DimensionState {

@@ -37,6 +37,7 @@ pub(super) struct Pending {
 
 impl Pending {
     /// The finding as reported, with its sentence and severity.
+    #[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
     pub(super) fn finish(self, features: &TraceFeatures, config: &DetectConfig) -> Finding {
         let Judgement { expected, threshold, samples, since, basis } = self.judgement;
         let observed = self.observed as f64;

@@ -227,6 +227,12 @@ pub struct Windows {
     closed_before: u64,
 }
 
+impl std::fmt::Debug for Windows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Windows").finish_non_exhaustive()
+    }
+}
+
 impl Windows {
     pub fn new(config: WindowConfig) -> Windows {
         Windows { config, open: BTreeMap::new(), late_traces: 0, closed_before: 0 }

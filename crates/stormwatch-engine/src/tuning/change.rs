@@ -142,7 +142,7 @@ fn check_entry(entry: &toml::Table) -> Result<(), String> {
 /// Appends `change` to the tuning file at `path` (created when missing) if the result
 /// validates; the file is replaced atomically (mode 0600). Returns the new tuning.
 ///
-/// The text of the change's entry is checked first ([`check_entry`]), its comment header is
+/// The text of the change's entry is checked first (`check_entry`), its comment header is
 /// escaped, and the new file is parsed again before it is written: it must hold exactly what the old one
 /// held plus the one entry the change asked for, or nothing is written.
 pub fn append(path: &Path, change: &Change, who: &str, now_unix_nano: u64) -> Result<Tuning, String> {

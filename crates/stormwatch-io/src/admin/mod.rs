@@ -175,6 +175,12 @@ pub struct AdminApi {
     pub min_body_rate: u64,
 }
 
+impl std::fmt::Debug for AdminApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminApi").finish_non_exhaustive()
+    }
+}
+
 /// Largest tuning change `POST /api/tuning` takes.
 pub const MAX_TUNING_CHANGE_BYTES: usize = 64 * 1024;
 
@@ -386,7 +392,7 @@ async fn import_snapshot(State(state): State<AdminState>, request: axum::extract
 }
 
 /// The 401 (or 403) when the request does not carry the admin token.
-fn refusal(state: &AdminState, headers: &axum::http::HeaderMap, what: &str) -> Option<axum::response::Response> {
+fn refusal(state: &AdminState, headers: &http::HeaderMap, what: &str) -> Option<axum::response::Response> {
     let Some(token) = &state.token else {
         return Some(error(403, "disabled: no admin token is configured (server.admin_token)"));
     };
@@ -401,7 +407,7 @@ fn refusal(state: &AdminState, headers: &axum::http::HeaderMap, what: &str) -> O
     let message =
         format!("{what} needs Authorization: Bearer <admin token> (models/admin.token, or server.admin_token)");
     let mut response = error(401, &message);
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
     Some(response)
 }
 
@@ -411,7 +417,7 @@ async fn guard_reads(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if request.method() == axum::http::Method::GET && !state.open_reads {
+    if request.method() == http::Method::GET && !state.open_reads {
         if let Some(refused) = refusal(&state, request.headers(), "reading the API off loopback") {
             return refused;
         }
@@ -427,7 +433,7 @@ pub fn user_char(c: char) -> bool {
 
 /// Who made a write, for the audit trail: `X-Stormwatch-User` (a name of up to
 /// [`MAX_USER_BYTES`] [`user_char`]s), else "api".
-fn who_of(headers: &axum::http::HeaderMap) -> Result<String, String> {
+fn who_of(headers: &http::HeaderMap) -> Result<String, String> {
     let Some(value) = headers.get("x-stormwatch-user") else { return Ok("api".into()) };
     let text = value.to_str().unwrap_or("").trim();
     if text.is_empty() || text.len() > MAX_USER_BYTES || !text.chars().all(user_char) {
@@ -522,7 +528,7 @@ pub fn admin_router(api: AdminApi, open_reads: bool, shutdown: CancellationToken
         .route("/", get(console))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(self::metrics))
+        .route("/metrics", get(metrics))
         .merge(api)
         .layer(axum::middleware::from_fn_with_state(state.clone(), check_host))
         .with_state(state)

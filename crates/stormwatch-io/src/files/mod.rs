@@ -58,6 +58,12 @@ pub struct OtlpFileReader {
     line: String,
 }
 
+impl std::fmt::Debug for OtlpFileReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpFileReader").finish_non_exhaustive()
+    }
+}
+
 fn format_from_name(path: &Path) -> Option<FileFormat> {
     let name = path.file_name()?.to_str()?.to_ascii_lowercase();
     let name = name.strip_suffix(".gz").unwrap_or(&name);

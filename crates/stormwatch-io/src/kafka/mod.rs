@@ -81,7 +81,7 @@ pub(crate) fn quiet_error(error: &rdkafka::error::KafkaError, reason: &str) {
     }
 }
 
-/// The context of the engine's Kafka clients: librdkafka's logs and errors through [`quiet`].
+/// The context of the engine's Kafka clients: librdkafka's logs and errors through `quiet`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct QuietContext;
 
@@ -135,6 +135,12 @@ pub struct KafkaAlertSink {
     brokers: String,
     topic: String,
     delivery_timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaAlertSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaAlertSink").finish_non_exhaustive()
+    }
 }
 
 impl KafkaAlertSink {

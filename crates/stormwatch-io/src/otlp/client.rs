@@ -72,6 +72,12 @@ pub enum OtlpClient {
     Http { endpoint: String, authority: String, stream: BufReader<TcpStream> },
 }
 
+impl std::fmt::Debug for OtlpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpClient").finish_non_exhaustive()
+    }
+}
+
 impl OtlpClient {
     /// Connects to `grpc://HOST:PORT` or `http://HOST:PORT`.
     pub async fn connect(endpoint: &str) -> Result<OtlpClient, ClientError> {
@@ -103,9 +109,8 @@ impl OtlpClient {
                     .ready()
                     .await
                     .map_err(|e| ClientError::Io { endpoint: endpoint.clone(), reason: e.to_string() })?;
-                let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-                    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-                );
+                let path =
+                    http::uri::PathAndQuery::from_static("/opentelemetry.proto.collector.trace.v1.TraceService/Export");
                 match client.unary(tonic::Request::new(body), path, RawCodec).await {
                     Ok(_) => Ok(Export::Accepted),
                     Err(status)

@@ -37,6 +37,12 @@ pub struct Ingest {
     pub intake: Arc<crate::server::body::Intake>,
 }
 
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest").finish_non_exhaustive()
+    }
+}
+
 /// What an exporter without the right token is told (never the token itself).
 pub(crate) const UNAUTHENTICATED_MESSAGE: &str = "stormwatch needs the ingest token: send the header \
     `authorization: Bearer <token>` (the exporter's headers, or the collector's bearertokenauth extension; \

@@ -142,7 +142,7 @@ async fn http_bad_input_gets_clear_errors() {
     let (status, head, body) = post(http, &[("Content-Type", "application/x-protobuf")], &big).await;
     assert_eq!(status, 413);
     assert!(head.to_ascii_lowercase().contains("content-type: application/x-protobuf"), "{head}");
-    let status_message = super::grpc::RpcStatus::decode(body.as_slice()).unwrap();
+    let status_message = grpc::RpcStatus::decode(body.as_slice()).unwrap();
     assert!(status_message.message.contains("4096-byte limit"), "{status_message:?}");
     // A foreign Host (DNS rebinding) is refused on every route, before anything else.
     for path in ["/v1/traces", "/v1/metrics", "/"] {
@@ -174,9 +174,9 @@ async fn full_queue_is_retryable_on_both_transports() {
     assert_eq!(error.code(), tonic::Code::Unavailable);
     assert!(error.message().contains("retry"));
     // With the retry hint the OTLP specification asks for: RetryInfo, 1 s.
-    let details = super::grpc::RpcStatus::decode(error.details()).unwrap();
-    assert_eq!(details.details[0].type_url, super::grpc::RETRY_INFO_TYPE);
-    let retry = super::grpc::RetryInfo::decode(details.details[0].value.as_slice()).unwrap();
+    let details = grpc::RpcStatus::decode(error.details()).unwrap();
+    assert_eq!(details.details[0].type_url, grpc::RETRY_INFO_TYPE);
+    let retry = grpc::RetryInfo::decode(details.details[0].value.as_slice()).unwrap();
     assert_eq!(retry.retry_delay.unwrap().seconds, 1);
     assert_eq!(Metrics::get(&metrics.requests_refused_total), 2);
     // Once the engine catches up, the retry is accepted.

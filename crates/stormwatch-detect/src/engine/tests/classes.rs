@@ -130,9 +130,9 @@ fn ordinary_listings(engine: &mut Engine, seed: &mut u64, at: u64, count: u64, e
 
 fn class(shape: &str) -> stormwatch_model::RootClass {
     stormwatch_model::RootClass {
-        service: stormwatch_model::Sym::new("gateway"),
-        operation: stormwatch_model::Sym::new("GET /products"),
-        query_shape: Some(stormwatch_model::Sym::new(shape)),
+        service: Sym::new("gateway"),
+        operation: Sym::new("GET /products"),
+        query_shape: Some(Sym::new(shape)),
     }
 }
 

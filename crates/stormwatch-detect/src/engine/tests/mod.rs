@@ -212,8 +212,8 @@ fn a_new_edge_is_an_info_note_once() {
         extra.parent_span_id = Some(catalog);
         extra.remote = Some(stormwatch_model::Remote {
             kind: stormwatch_model::NodeKind::Database,
-            name: stormwatch_model::Sym::new("sqlite"),
-            operation: stormwatch_model::Sym::new("SELECT stock FROM inventory WHERE item = ?"),
+            name: Sym::new("sqlite"),
+            operation: Sym::new("SELECT stock FROM inventory WHERE item = ?"),
         });
         spans.push(extra);
         spans
@@ -244,8 +244,8 @@ fn a_new_edge_with_real_load_is_a_warning() {
         extra.parent_span_id = Some(catalog);
         extra.remote = Some(stormwatch_model::Remote {
             kind: stormwatch_model::NodeKind::Database,
-            name: stormwatch_model::Sym::new("sqlite"),
-            operation: stormwatch_model::Sym::new("SELECT * FROM price_history WHERE item = ?"),
+            name: Sym::new("sqlite"),
+            operation: Sym::new("SELECT * FROM price_history WHERE item = ?"),
         });
         spans.push(extra);
     }
@@ -287,7 +287,7 @@ fn the_last_judged_windows_are_kept_for_the_api() {
     learn_normal(&mut engine, 0, 2_000);
     settle(&mut engine, 2_000, &mut Vec::new());
     let recent: Vec<_> = engine.recent_windows().collect();
-    assert_eq!(recent.len(), super::RECENT_WINDOWS);
+    assert_eq!(recent.len(), RECENT_WINDOWS);
     assert!(recent.windows(2).all(|w| w[0].0 < w[1].0), "oldest first");
     let (_, rates) = recent.last().unwrap();
     assert!(rates.iter().any(|(edge, rate)| edge.to.operation.as_str().contains("FROM users") && *rate > 1.0));
@@ -435,7 +435,7 @@ proptest::proptest! {
             trace.remove(0);
         }
         let config = EngineConfig {
-            detect: crate::DetectConfig { learning_min_samples: 1, ..crate::DetectConfig::default() },
+            detect: DetectConfig { learning_min_samples: 1, ..DetectConfig::default() },
             ..EngineConfig::default()
         };
         let mut engine = Engine::new(config, BaselineStore::new(1_000), || 42);
