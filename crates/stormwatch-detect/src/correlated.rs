@@ -137,9 +137,56 @@ impl Correlated {
     }
 }
 
-#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
+/// Fits the subspace model on `history`: the busiest edges standardised, the leading
+/// principal components, and the residual's threshold. `None` when there is too little to fit
+/// or the solver failed (the model in force stays).
 fn fit(history: &VecDeque<(u64, HashMap<Edge, f64>)>, config: &CorrelatedConfig, at: u64) -> Option<SubspaceModel> {
-    // Columns: the busiest edges, among those busy enough for their noise to be Gaussian.
+    let edges = columns(history, config)?;
+    let (rows, columns) = (history.len(), edges.len());
+    let (data, mean, scale) = standardised(history, &edges);
+    // Few leading components: linfa's iterative eigensolver breaks down when asked for all of
+    // them. The residual's statistics come from traces of the covariance matrix instead.
+    let leading = config.max_components.min(columns - 1);
+    let fitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Pca::params(leading).fit(&DatasetBase::from(data.clone())).ok()
+    }));
+    let pca = fitted.ok().flatten()?;
+    let components = components(&pca, columns, leading)?;
+    let leading = components.len();
+    // Leading eigenvalues as the variances of the training projections (the units SPE is in).
+    let training: Array2<f64> = pca.predict(&data);
+    let eigenvalues: Vec<f64> = (0..leading)
+        .map(|j| {
+            let column = training.column(j);
+            let m = column.sum() / rows as f64;
+            column.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (rows as f64 - 1.0)
+        })
+        .collect();
+    if eigenvalues.iter().chain(components.iter().flatten()).any(|v| !v.is_finite()) {
+        return None;
+    }
+    let (kept, jackson_mudholkar) = jackson_mudholkar(&data, &eigenvalues, config)?;
+    let mut model = SubspaceModel {
+        edges,
+        mean,
+        scale,
+        components,
+        kept,
+        threshold: 0.0,
+        typical: 0.0,
+        samples: rows,
+        fitted_unix_nano: at,
+    };
+    let mut spes: Vec<f64> = history.iter().map(|(_, w)| spe(&model, &standardise(&model, w)).0).collect();
+    model.threshold = jackson_mudholkar.max(box_threshold(&spes, config.z));
+    spes.sort_by(f64::total_cmp);
+    model.typical = spes[spes.len() / 2];
+    (model.threshold.is_finite() && model.threshold > 0.0).then_some(model)
+}
+
+/// The model's columns: the busiest edges, among those busy enough for their noise to be
+/// Gaussian. `None` when there are too few of them, or too few windows for as many columns.
+fn columns(history: &VecDeque<(u64, HashMap<Edge, f64>)>, config: &CorrelatedConfig) -> Option<Vec<Edge>> {
     let mut totals: HashMap<Edge, f64> = HashMap::new();
     for (entries, window) in history {
         for (edge, rate) in window {
@@ -151,17 +198,19 @@ fn fit(history: &VecDeque<(u64, HashMap<Edge, f64>)>, config: &CorrelatedConfig,
     edges.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     edges.truncate(config.max_edges);
     let edges: Vec<Edge> = edges.into_iter().map(|(edge, _)| edge).collect();
+    (edges.len() >= 3 && history.len() > edges.len()).then_some(edges)
+}
+
+/// The windows' rates on `edges`, one row per window, with each column standardised (its mean
+/// and scale returned); a floor on the scale keeps near-constant edges from dominating.
+fn standardised(history: &VecDeque<(u64, HashMap<Edge, f64>)>, edges: &[Edge]) -> (Array2<f64>, Vec<f64>, Vec<f64>) {
     let (rows, columns) = (history.len(), edges.len());
-    if columns < 3 || rows <= columns {
-        return None;
-    }
     let mut data = Array2::<f64>::zeros((rows, columns));
     for (i, (_, window)) in history.iter().enumerate() {
         for (j, edge) in edges.iter().enumerate() {
             data[[i, j]] = window.get(edge).copied().unwrap_or(0.0);
         }
     }
-    // Standardise columns; a floor on the scale keeps near-constant edges from dominating.
     let mut mean = vec![0.0; columns];
     let mut scale = vec![0.0; columns];
     for j in 0..columns {
@@ -175,15 +224,14 @@ fn fit(history: &VecDeque<(u64, HashMap<Edge, f64>)>, config: &CorrelatedConfig,
             data[[i, j]] = (data[[i, j]] - mean[j]) / scale[j];
         }
     }
-    // Few leading components: linfa's iterative eigensolver breaks down when asked for all of
-    // them. The residual's statistics come from traces of the covariance matrix instead.
-    let leading = config.max_components.min(columns - 1);
-    let fitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        Pca::params(leading).fit(&DatasetBase::from(data.clone())).ok()
-    }));
-    let pca = fitted.ok().flatten()?;
-    // Directions, from the projections of the origin and the unit vectors (the model keeps
-    // its hyperplane private): V[i][j] = project(e_i)[j] - project(0)[j].
+    (data, mean, scale)
+}
+
+/// The leading directions, orthonormal whatever the iterative solver returned (so the residual
+/// is a true projection). `None` when the solver gave none or a degenerate one.
+fn components(pca: &Pca<f64>, columns: usize, leading: usize) -> Option<Vec<Vec<f64>>> {
+    // From the projections of the origin and the unit vectors (the model keeps its hyperplane
+    // private): V[i][j] = project(e_i)[j] - project(0)[j].
     let mut probes = Array2::<f64>::zeros((columns + 1, columns));
     for i in 0..columns {
         probes[[i + 1, i]] = 1.0;
@@ -196,7 +244,6 @@ fn fit(history: &VecDeque<(u64, HashMap<Edge, f64>)>, config: &CorrelatedConfig,
     }
     let mut components: Vec<Vec<f64>> =
         (0..leading).map(|j| (0..columns).map(|i| projected[[i + 1, j]] - projected[[0, j]]).collect()).collect();
-    // Orthonormal, whatever the iterative solver returned: the residual is a true projection.
     for j in 0..components.len() {
         for k in 0..j {
             let dot: f64 = components[j].iter().zip(&components[k]).map(|(a, b)| a * b).sum();
@@ -213,20 +260,16 @@ fn fit(history: &VecDeque<(u64, HashMap<Edge, f64>)>, config: &CorrelatedConfig,
             *a /= norm;
         }
     }
-    // Leading eigenvalues as the variances of the training projections (the units SPE is in).
-    let training: Array2<f64> = pca.predict(&data);
-    let eigenvalues: Vec<f64> = (0..leading)
-        .map(|j| {
-            let column = training.column(j);
-            let m = column.sum() / rows as f64;
-            column.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (rows as f64 - 1.0)
-        })
-        .collect();
-    if eigenvalues.iter().chain(components.iter().flatten()).any(|v| !v.is_finite()) {
-        return None;
-    }
-    // Covariance of the standardised data and the traces of its first three powers.
-    let covariance = data.t().dot(&data) / (rows as f64 - 1.0);
+    Some(components)
+}
+
+/// How many leading components explain `variance_kept` of the variance, and the residual's
+/// threshold by Jackson and Mudholkar from the traces of the covariance matrix's first three
+/// powers (0 where it breaks down: h0 <= 0, as with very uneven residual eigenvalues from a few
+/// bursty edges). `None` when the data has no residual variance.
+fn jackson_mudholkar(data: &Array2<f64>, eigenvalues: &[f64], config: &CorrelatedConfig) -> Option<(usize, f64)> {
+    let rows = data.nrows();
+    let covariance = data.t().dot(data) / (rows as f64 - 1.0);
     let square = covariance.dot(&covariance);
     let trace1: f64 = covariance.diag().sum();
     let trace2: f64 = square.diag().sum();
@@ -236,7 +279,7 @@ fn fit(history: &VecDeque<(u64, HashMap<Edge, f64>)>, config: &CorrelatedConfig,
     }
     let mut kept = 0;
     let mut explained = 0.0;
-    while kept < leading && explained < config.variance_kept * trace1 {
+    while kept < eigenvalues.len() && explained < config.variance_kept * trace1 {
         explained += eigenvalues[kept];
         kept += 1;
     }
@@ -245,10 +288,8 @@ fn fit(history: &VecDeque<(u64, HashMap<Edge, f64>)>, config: &CorrelatedConfig,
     if theta1 <= 0.0 || theta2 <= 0.0 {
         return None;
     }
-    // Jackson-Mudholkar from the residual eigenvalues; only valid while h0 > 0 (it breaks down
-    // when the residual eigenvalues are very uneven, as with a few bursty edges).
     let h0 = 1.0 - 2.0 * theta1 * theta3 / (3.0 * theta2 * theta2);
-    let jackson_mudholkar = (h0 > 0.0)
+    let threshold = (h0 > 0.0)
         .then(|| {
             theta1
                 * (config.z * (2.0 * theta2 * h0 * h0).sqrt() / theta1
@@ -258,34 +299,23 @@ fn fit(history: &VecDeque<(u64, HashMap<Edge, f64>)>, config: &CorrelatedConfig,
         })
         .filter(|t| t.is_finite())
         .unwrap_or(0.0);
-    let mut model = SubspaceModel {
-        edges,
-        mean,
-        scale,
-        components,
-        kept,
-        threshold: 0.0,
-        typical: 0.0,
-        samples: rows,
-        fitted_unix_nano: at,
-    };
-    let mut spes: Vec<f64> = history.iter().map(|(_, w)| spe(&model, &standardise(&model, w)).0).collect();
-    // Box's approximation from the training residuals themselves (Nomikos and MacGregor):
-    // SPE ~ g chi2(h) with g = var / 2 mean and h = 2 mean^2 / var; the chi2 quantile by
-    // Wilson-Hilferty. It holds whatever the solver's accuracy, and bursty edges widen it.
-    let m = spes.iter().sum::<f64>() / rows as f64;
-    let v = spes.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (rows as f64 - 1.0);
-    let box_threshold = if m > 0.0 && v > 0.0 {
+    Some((kept, threshold))
+}
+
+/// Box's approximation from the training residuals themselves (Nomikos and MacGregor):
+/// SPE ~ g chi2(h) with g = var / 2 mean and h = 2 mean^2 / var; the chi2 quantile at `z` by
+/// Wilson-Hilferty. It holds whatever the solver's accuracy, and bursty edges widen it.
+fn box_threshold(spes: &[f64], z: f64) -> f64 {
+    let rows = spes.len() as f64;
+    let m = spes.iter().sum::<f64>() / rows;
+    let v = spes.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (rows - 1.0);
+    if m > 0.0 && v > 0.0 {
         let (g, h) = (v / (2.0 * m), 2.0 * m * m / v);
         let a = 2.0 / (9.0 * h);
-        g * h * (1.0 - a + config.z * a.sqrt()).max(0.0).powi(3)
+        g * h * (1.0 - a + z * a.sqrt()).max(0.0).powi(3)
     } else {
         0.0
-    };
-    model.threshold = jackson_mudholkar.max(box_threshold);
-    spes.sort_by(f64::total_cmp);
-    model.typical = spes[spes.len() / 2];
-    (model.threshold.is_finite() && model.threshold > 0.0).then_some(model)
+    }
 }
 
 fn standardise(model: &SubspaceModel, rates: &HashMap<Edge, f64>) -> Vec<f64> {

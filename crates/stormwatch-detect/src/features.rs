@@ -75,7 +75,7 @@ pub struct TraceFeatures {
 /// The caller-side node of a span: its service's entry span it runs under.
 struct EntryResolver<'t> {
     spans: &'t [Span],
-    parent_index: Vec<Option<usize>>,
+    parent_index: &'t [Option<usize>],
     memo: Vec<Option<usize>>,
     has_cycle: bool,
 }
@@ -143,60 +143,12 @@ struct Call {
 /// Allocation-light on purpose (it runs for every trace): span ids are looked up in a sorted
 /// vector rather than a hash map (no hashing, and no hash-flooding by chosen span ids), the
 /// children of each span are one flat array, and calls are grouped by sorting one vector.
-#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
 pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
     let spans = &trace.spans;
-    // Span id -> first index with that id.
-    let mut by_id: Vec<(SpanId, usize)> = spans.iter().enumerate().map(|(i, span)| (span.span_id, i)).collect();
-    by_id.sort_unstable();
-    // A span id seen before in the trace is a redelivery (an exporter's retry after a timeout,
-    // a Kafka message read again after a rebalance): it must not count as another call.
-    let mut duplicate = vec![false; spans.len()];
-    for pair in by_id.windows(2) {
-        if pair[0].0 == pair[1].0 {
-            duplicate[pair[1].1] = true;
-        }
-    }
-    let lookup = |id: SpanId| -> Option<usize> {
-        let first = by_id.partition_point(|(other, _)| *other < id);
-        by_id.get(first).filter(|(other, _)| *other == id).map(|(_, i)| *i)
-    };
-    let parent_index: Vec<Option<usize>> =
-        spans.iter().enumerate().map(|(i, span)| span.parent_span_id.and_then(lookup).filter(|p| *p != i)).collect();
-    // Children of span i: child_list[child_start[i]..child_start[i + 1]].
-    let mut child_start = vec![0usize; spans.len() + 1];
-    for parent in parent_index.iter().flatten() {
-        child_start[*parent + 1] += 1;
-    }
-    for i in 0..spans.len() {
-        child_start[i + 1] += child_start[i];
-    }
-    let mut child_list = vec![0usize; child_start[spans.len()]];
-    let mut fill = child_start.clone();
-    for (i, parent) in parent_index.iter().enumerate() {
-        if let Some(parent) = parent {
-            child_list[fill[*parent]] = i;
-            fill[*parent] += 1;
-        }
-    }
-    let children = |i: usize| &child_list[child_start[i]..child_start[i + 1]];
-
-    // The root: a span without a parent (earliest if several); failing that the earliest
-    // span whose parent is missing.
-    let root = spans
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.parent_span_id.is_none())
-        .min_by_key(|(i, s)| (s.start_unix_nano, *i))
-        .or_else(|| {
-            spans
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| parent_index[*i].is_none())
-                .min_by_key(|(i, s)| (s.start_unix_nano, *i))
-        })
-        .map(|(i, _)| i);
-    let orphan_spans = parent_index
+    let tree = SpanTree::build(spans);
+    let root = tree.root(spans);
+    let orphan_spans = tree
+        .parent_index
         .iter()
         .enumerate()
         .filter(|(i, p)| p.is_none() && spans[*i].parent_span_id.is_some() && Some(*i) != root)
@@ -206,16 +158,123 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
         operation: spans[i].operation,
         query_shape: spans[i].query_shape,
     });
+    let mut resolver =
+        EntryResolver { spans, parent_index: &tree.parent_index, memo: vec![None; spans.len()], has_cycle: false };
+    let mut calls = calls_of(spans, &tree, &mut resolver);
+    // Group by edge (interning keys: no string comparisons), then parent, in time order.
+    calls.sort_unstable_by_key(|call| (edge_key(&call.edge), call.parent, call.start));
+    let (edges, groups) = edges_of(&calls);
+    let caches = caches_of(&edges, &groups);
+    let db_calls = edges.iter().filter(|e| e.edge.to.kind.is_datastore()).map(|e| e.calls).sum();
+    let mut services: Vec<u32> = spans.iter().map(|s| s.service.id()).collect();
+    services.sort_unstable();
+    services.dedup();
+    TraceFeatures {
+        trace_id: trace.trace_id,
+        complete: trace.is_complete(),
+        root_class,
+        start_unix_nano: spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0),
+        end_unix_nano: spans.iter().map(|s| s.end_unix_nano).max().unwrap_or(0),
+        spans: tree.duplicate.iter().filter(|d| !**d).count() as u64,
+        db_calls,
+        services: services.len() as u64,
+        edges,
+        caches,
+        client: root.and_then(|i| spans[i].client_address),
+        user: root.and_then(|i| spans[i].user),
+        orphan_spans,
+        has_cycle: resolver.has_cycle,
+    }
+}
 
-    let mut resolver = EntryResolver { spans, parent_index, memo: vec![None; spans.len()], has_cycle: false };
+/// The parent-child structure of a trace's spans, by index.
+struct SpanTree {
+    /// A span whose id appeared earlier in the trace (a redelivery).
+    duplicate: Vec<bool>,
+    /// Each span's parent, when it is in the trace (and is not the span itself).
+    parent_index: Vec<Option<usize>>,
+    /// Children of span i: `child_list[child_start[i]..child_start[i + 1]]`.
+    child_start: Vec<usize>,
+    child_list: Vec<usize>,
+}
+
+impl SpanTree {
+    fn build(spans: &[Span]) -> SpanTree {
+        // Span id -> first index with that id.
+        let mut by_id: Vec<(SpanId, usize)> = spans.iter().enumerate().map(|(i, span)| (span.span_id, i)).collect();
+        by_id.sort_unstable();
+        // A span id seen before in the trace is a redelivery (an exporter's retry after a
+        // timeout, a Kafka message read again after a rebalance): it must not count as another
+        // call.
+        let mut duplicate = vec![false; spans.len()];
+        for pair in by_id.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                duplicate[pair[1].1] = true;
+            }
+        }
+        let lookup = |id: SpanId| -> Option<usize> {
+            let first = by_id.partition_point(|(other, _)| *other < id);
+            by_id.get(first).filter(|(other, _)| *other == id).map(|(_, i)| *i)
+        };
+        let parent_index: Vec<Option<usize>> = spans
+            .iter()
+            .enumerate()
+            .map(|(i, span)| span.parent_span_id.and_then(lookup).filter(|p| *p != i))
+            .collect();
+        let mut child_start = vec![0usize; spans.len() + 1];
+        for parent in parent_index.iter().flatten() {
+            child_start[*parent + 1] += 1;
+        }
+        for i in 0..spans.len() {
+            child_start[i + 1] += child_start[i];
+        }
+        let mut child_list = vec![0usize; child_start[spans.len()]];
+        let mut fill = child_start.clone();
+        for (i, parent) in parent_index.iter().enumerate() {
+            if let Some(parent) = parent {
+                child_list[fill[*parent]] = i;
+                fill[*parent] += 1;
+            }
+        }
+        SpanTree { duplicate, parent_index, child_start, child_list }
+    }
+
+    fn children(&self, i: usize) -> &[usize] {
+        &self.child_list[self.child_start[i]..self.child_start[i + 1]]
+    }
+
+    /// The root: a span without a parent (earliest if several); failing that the earliest span
+    /// whose parent is missing.
+    fn root(&self, spans: &[Span]) -> Option<usize> {
+        spans
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.parent_span_id.is_none())
+            .min_by_key(|(i, s)| (s.start_unix_nano, *i))
+            .or_else(|| {
+                spans
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| self.parent_index[*i].is_none())
+                    .min_by_key(|(i, s)| (s.start_unix_nano, *i))
+            })
+            .map(|(i, _)| i)
+    }
+}
+
+/// Every call the trace made: each outgoing span (to the service whose entry span answered
+/// it, or to its remote node), and each entry span called directly from another service's
+/// non-client span. Redelivered spans are left out.
+fn calls_of(spans: &[Span], tree: &SpanTree, resolver: &mut EntryResolver<'_>) -> Vec<Call> {
     let mut calls: Vec<Call> = Vec::with_capacity(spans.len());
     for (i, span) in spans.iter().enumerate() {
-        if duplicate[i] {
+        if tree.duplicate[i] {
             continue;
         }
         if span.kind.is_outgoing() {
             let caller = service_node(&spans[resolver.entry_of(i)]);
-            let answered_by = children(i)
+            let answered_by = tree
+                .children(i)
                 .iter()
                 .map(|c| &spans[*c])
                 .filter(|child| child.kind.is_entry() || child.service != span.service)
@@ -236,26 +295,27 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
             });
         } else if span.kind.is_entry() {
             // Entry span called directly from another service's non-client span.
-            if let Some(parent) = resolver.parent_index[i] {
-                let parent_span = &spans[parent];
-                if parent_span.service != span.service && !parent_span.kind.is_outgoing() {
-                    let caller = service_node(&spans[resolver.entry_of(parent)]);
-                    calls.push(Call {
-                        edge: Edge { from: caller, to: service_node(span) },
-                        parent: parent_span.span_id,
-                        start: span.start_unix_nano,
-                        failed: span.is_error,
-                        resend: span.retry,
-                        bytes: span.bytes,
-                    });
-                }
+            let Some(parent) = tree.parent_index[i] else { continue };
+            let parent_span = &spans[parent];
+            if parent_span.service != span.service && !parent_span.kind.is_outgoing() {
+                let caller = service_node(&spans[resolver.entry_of(parent)]);
+                calls.push(Call {
+                    edge: Edge { from: caller, to: service_node(span) },
+                    parent: parent_span.span_id,
+                    start: span.start_unix_nano,
+                    failed: span.is_error,
+                    resend: span.retry,
+                    bytes: span.bytes,
+                });
             }
         }
     }
-    // Group by edge (interning keys: no string comparisons), then parent, in time order.
-    calls.sort_unstable_by_key(|call| (edge_key(&call.edge), call.parent, call.start));
+    calls
+}
 
-    // Per (edge, parent): how many calls; per edge: the features.
+/// The features of each edge (sorted by text, the same in every run), and the calls per
+/// (edge, parent span), from calls sorted by edge, parent and time.
+fn edges_of(calls: &[Call]) -> (Vec<EdgeFeatures>, Vec<(Edge, SpanId, u64)>) {
     let mut groups: Vec<(Edge, SpanId, u64)> = Vec::new();
     let mut edges: Vec<EdgeFeatures> = Vec::new();
     let mut previous_failed = false;
@@ -296,50 +356,29 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
     }
     // Output order by text, the same in every run.
     edges.sort_unstable_by_key(|a| a.edge);
+    (edges, groups)
+}
 
-    // Cache lookups and database calls per parent span, paired.
-    let mut caches: Vec<CacheUse> = Vec::new();
-    if edges.iter().any(|e| e.edge.to.kind == NodeKind::Cache) {
-        let mut by_parent: Vec<(SpanId, Edge, u64)> = groups
-            .iter()
-            .filter(|(edge, _, _)| matches!(edge.to.kind, NodeKind::Cache | NodeKind::Database))
-            .map(|(edge, parent, count)| (*parent, *edge, *count))
-            .collect();
-        by_parent.sort_unstable();
-        let mut pairs: BTreeMap<(Edge, Edge), u64> = BTreeMap::new();
-        for parent_calls in by_parent.chunk_by(|a, b| a.0 == b.0) {
-            for (_, cache, _) in parent_calls.iter().filter(|(_, e, _)| e.to.kind == NodeKind::Cache) {
-                for (_, database, calls) in parent_calls.iter().filter(|(_, e, _)| e.to.kind == NodeKind::Database) {
-                    *pairs.entry((*cache, *database)).or_default() += calls;
-                }
+/// Cache lookups and database calls under the same parent span, paired.
+fn caches_of(edges: &[EdgeFeatures], groups: &[(Edge, SpanId, u64)]) -> Vec<CacheUse> {
+    if !edges.iter().any(|e| e.edge.to.kind == NodeKind::Cache) {
+        return Vec::new();
+    }
+    let mut by_parent: Vec<(SpanId, Edge, u64)> = groups
+        .iter()
+        .filter(|(edge, _, _)| matches!(edge.to.kind, NodeKind::Cache | NodeKind::Database))
+        .map(|(edge, parent, count)| (*parent, *edge, *count))
+        .collect();
+    by_parent.sort_unstable();
+    let mut pairs: BTreeMap<(Edge, Edge), u64> = BTreeMap::new();
+    for parent_calls in by_parent.chunk_by(|a, b| a.0 == b.0) {
+        for (_, cache, _) in parent_calls.iter().filter(|(_, e, _)| e.to.kind == NodeKind::Cache) {
+            for (_, database, calls) in parent_calls.iter().filter(|(_, e, _)| e.to.kind == NodeKind::Database) {
+                *pairs.entry((*cache, *database)).or_default() += calls;
             }
         }
-        caches = pairs
-            .into_iter()
-            .map(|((cache, database), database_calls)| CacheUse { cache, database, database_calls })
-            .collect();
     }
-
-    let db_calls = edges.iter().filter(|e| e.edge.to.kind.is_datastore()).map(|e| e.calls).sum();
-    let mut services: Vec<u32> = spans.iter().map(|s| s.service.id()).collect();
-    services.sort_unstable();
-    services.dedup();
-    TraceFeatures {
-        trace_id: trace.trace_id,
-        complete: trace.is_complete(),
-        root_class,
-        start_unix_nano: spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0),
-        end_unix_nano: spans.iter().map(|s| s.end_unix_nano).max().unwrap_or(0),
-        spans: duplicate.iter().filter(|d| !**d).count() as u64,
-        db_calls,
-        services: services.len() as u64,
-        edges,
-        caches,
-        client: root.and_then(|i| spans[i].client_address),
-        user: root.and_then(|i| spans[i].user),
-        orphan_spans,
-        has_cycle: resolver.has_cycle,
-    }
+    pairs.into_iter().map(|((cache, database), database_calls)| CacheUse { cache, database, database_calls }).collect()
 }
 
 #[cfg(test)]

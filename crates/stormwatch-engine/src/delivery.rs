@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stormwatch_io::sink::AlertSink;
+use stormwatch_io::spool::AlertSpool;
 use stormwatch_io::{Metrics, SourcePosition};
 use stormwatch_model::{wall_clock_nanos, Alert};
 use tokio::sync::mpsc;
@@ -38,98 +39,142 @@ pub(crate) enum SinkItem {
 /// is retried with backoff; after the last retry it is logged and counted, and the engine
 /// goes on. With a spool, an alert the broker does not take is written to disk instead, and
 /// so is every alert after it until the spool is delivered (oldest first, with backoff).
-#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
 pub(crate) async fn run_sink(
-    mut sink: AlertSink,
+    sink: AlertSink,
     mut items: mpsc::Receiver<SinkItem>,
     commits: Option<std::sync::mpsc::Sender<Vec<SourcePosition>>>,
     attempts: u32,
-    mut spool: Option<stormwatch_io::spool::AlertSpool>,
+    spool: Option<AlertSpool>,
     metrics: Arc<Metrics>,
     give_up: CancellationToken,
 ) {
-    // After an alert was given up on, nothing more is committed: the spans behind it are
-    // re-read after a restart rather than lost.
-    let mut delivery_failed = false;
-    // Internal messages not sent because the shutdown deadline had passed.
-    let mut dropped_at_deadline = 0usize;
-    let mut drain = SpoolDrain::new(spool.as_ref(), &metrics, &give_up);
-    loop {
-        let pending = spool.as_ref().is_some_and(|s| !s.is_empty());
-        let full = spool.as_ref().is_some_and(|s| s.is_full());
-        let item = if pending {
+    let drain = SpoolDrain::new(spool.as_ref(), &metrics, &give_up);
+    let mut task = SinkTask {
+        sink,
+        spool,
+        drain,
+        commits,
+        attempts,
+        metrics: &metrics,
+        give_up: &give_up,
+        delivery_failed: false,
+        dropped_at_deadline: 0,
+    };
+    while let Some(item) = task.next_item(&mut items).await {
+        let Some(batch) = task.internal(item).await else { continue };
+        if !task.spooled(&batch).await {
+            task.emit(&batch).await;
+        }
+    }
+    task.finish().await;
+}
+
+/// The sink task's state.
+struct SinkTask<'a> {
+    sink: AlertSink,
+    spool: Option<AlertSpool>,
+    drain: SpoolDrain<'a>,
+    commits: Option<std::sync::mpsc::Sender<Vec<SourcePosition>>>,
+    attempts: u32,
+    metrics: &'a Metrics,
+    give_up: &'a CancellationToken,
+    /// After an alert was given up on, nothing more is committed: the spans behind it are
+    /// re-read after a restart rather than lost.
+    delivery_failed: bool,
+    /// Internal messages not sent because the shutdown deadline had passed.
+    dropped_at_deadline: usize,
+}
+
+impl SinkTask<'_> {
+    /// The next item from the engine (`None` once it closed the channel), trying the spool's
+    /// oldest batch whenever its backoff allows meanwhile.
+    async fn next_item(&mut self, items: &mut mpsc::Receiver<SinkItem>) -> Option<SinkItem> {
+        loop {
+            let pending = self.spool.as_ref().is_some_and(|s| !s.is_empty());
+            if !pending {
+                return items.recv().await;
+            }
+            let full = self.spool.as_ref().is_some_and(|s| s.is_full());
             tokio::select! {
                 // A full spool takes nothing more: back-pressure, as without one.
-                item = items.recv(), if !full => item,
-                _ = tokio::time::sleep_until(drain.next_try), if !give_up.is_cancelled() => {
-                    if let Some(spool) = &mut spool {
-                        drain.try_front(&mut sink, spool, &metrics).await;
+                item = items.recv(), if !full => return item,
+                _ = tokio::time::sleep_until(self.drain.next_try), if !self.give_up.is_cancelled() => {
+                    if let Some(spool) = &mut self.spool {
+                        self.drain.try_front(&mut self.sink, spool, self.metrics).await;
                     }
-                    continue;
-                }
-            }
-        } else {
-            items.recv().await
-        };
-        let Some(item) = item else { break };
-        let batch = match item {
-            SinkItem::Alerts(batch) => batch,
-            // Past the shutdown deadline, internal messages are not tried: their input is read
-            // again at the next start (nothing after them is committed).
-            SinkItem::Partials { .. } | SinkItem::Snapshot { .. } if give_up.is_cancelled() => {
-                delivery_failed |= matches!(item, SinkItem::Partials { .. });
-                dropped_at_deadline += 1;
-                continue;
-            }
-            SinkItem::Partials { topic, key, payload } => {
-                let backoff = Backoff::new("window partials", attempts, &metrics, &give_up);
-                if !deliver(&mut sink, &topic, &key, &payload, backoff).await {
-                    delivery_failed = true;
-                }
-                continue;
-            }
-            SinkItem::Snapshot { topic, key, payload } => {
-                // A lost snapshot is replaced by the next one.
-                deliver(&mut sink, &topic, &key, &payload, Backoff::new("baseline snapshot", 5, &metrics, &give_up))
-                    .await;
-                continue;
-            }
-            SinkItem::Settled(positions) => {
-                if let (Some(commits), false) = (&commits, delivery_failed) {
-                    let _ = commits.send(positions);
-                }
-                continue;
-            }
-        };
-        if let Some(spool) = &mut spool {
-            // Behind what is spooled, or refused now: to the spool, in order.
-            let refused = if spool.is_empty() {
-                match until_given_up(&give_up, sink.emit(&batch, &metrics)).await {
-                    Ok(()) => continue,
-                    Err(error) => Some(error),
-                }
-            } else {
-                None
-            };
-            match tokio::task::block_in_place(|| spool.push(&batch)) {
-                Ok(()) => {
-                    if let Some(error) = refused {
-                        drain.started(&error, spool);
-                        if !give_up.is_cancelled() {
-                            sink.renew();
-                        }
-                    }
-                    drain.publish(spool, &metrics);
-                    continue;
-                }
-                Err(error) => {
-                    tracing::error!(%error, dir = %spool.dir().display(), "cannot spool alerts; holding them in memory");
                 }
             }
         }
-        let mut backoff = Backoff::new("alert", attempts, &metrics, &give_up);
+    }
+
+    /// Settled positions, window partials and snapshots are handled here; alerts are returned.
+    async fn internal(&mut self, item: SinkItem) -> Option<Vec<Alert>> {
+        match item {
+            SinkItem::Alerts(batch) => return Some(batch),
+            // Past the shutdown deadline, internal messages are not tried: their input is read
+            // again at the next start (nothing after them is committed).
+            SinkItem::Partials { .. } | SinkItem::Snapshot { .. } if self.give_up.is_cancelled() => {
+                self.delivery_failed |= matches!(item, SinkItem::Partials { .. });
+                self.dropped_at_deadline += 1;
+            }
+            SinkItem::Partials { topic, key, payload } => {
+                let backoff = Backoff::new("window partials", self.attempts, self.metrics, self.give_up);
+                if !deliver(&mut self.sink, &topic, &key, &payload, backoff).await {
+                    self.delivery_failed = true;
+                }
+            }
+            SinkItem::Snapshot { topic, key, payload } => {
+                // A lost snapshot is replaced by the next one.
+                let backoff = Backoff::new("baseline snapshot", 5, self.metrics, self.give_up);
+                deliver(&mut self.sink, &topic, &key, &payload, backoff).await;
+            }
+            SinkItem::Settled(positions) => {
+                if let (Some(commits), false) = (&self.commits, self.delivery_failed) {
+                    let _ = commits.send(positions);
+                }
+            }
+        }
+        None
+    }
+
+    /// With a spool: the batch delivered now when nothing waits before it, else spooled (in
+    /// order). `false` when there is no spool or it cannot be written: the batch is to be
+    /// retried in memory.
+    async fn spooled(&mut self, batch: &[Alert]) -> bool {
+        let Some(spool) = &mut self.spool else { return false };
+        // Behind what is spooled, or refused now: to the spool, in order.
+        let refused = if spool.is_empty() {
+            match until_given_up(self.give_up, self.sink.emit(batch, self.metrics)).await {
+                Ok(()) => return true,
+                Err(error) => Some(error),
+            }
+        } else {
+            None
+        };
+        match tokio::task::block_in_place(|| spool.push(batch)) {
+            Ok(()) => {
+                if let Some(error) = refused {
+                    self.drain.started(&error, spool);
+                    if !self.give_up.is_cancelled() {
+                        self.sink.renew();
+                    }
+                }
+                self.drain.publish(spool, self.metrics);
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, dir = %spool.dir().display(), "cannot spool alerts; holding them in memory");
+                false
+            }
+        }
+    }
+
+    /// The batch delivered with retries and backoff; given up on (logged and counted) after the
+    /// last attempt.
+    async fn emit(&mut self, batch: &[Alert]) {
+        let mut backoff = Backoff::new("alert", self.attempts, self.metrics, self.give_up);
         let delivered = loop {
-            match until_given_up(&give_up, sink.emit(&batch, &metrics)).await {
+            match until_given_up(self.give_up, self.sink.emit(batch, self.metrics)).await {
                 Ok(()) => {
                     backoff.succeeded();
                     break true;
@@ -138,44 +183,48 @@ pub(crate) async fn run_sink(
                     if !backoff.failed(&error).await {
                         break false;
                     }
-                    sink.renew();
+                    self.sink.renew();
                 }
             }
         };
         if !delivered {
-            delivery_failed = true;
-            Metrics::add(&metrics.alert_delivery_failures_total, batch.len() as u64);
+            self.delivery_failed = true;
+            Metrics::add(&self.metrics.alert_delivery_failures_total, batch.len() as u64);
             tracing::error!(alerts = batch.len(), "alert delivery failed; gave up on this batch");
         }
     }
-    // Shutting down: a last while to deliver what is spooled (up to 10 s, and never past the
-    // shutdown deadline); the rest waits on disk.
-    if let Some(spool) = &mut spool {
-        let until = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !spool.is_empty() && tokio::time::Instant::now() < until && !give_up.is_cancelled() {
-            tokio::select! {
-                _ = tokio::time::sleep_until(drain.next_try.min(until)) => {}
-                _ = give_up.cancelled() => break,
+
+    /// Shutting down: a last while to deliver what is spooled (up to 10 s, and never past the
+    /// shutdown deadline); the rest waits on disk. Then the sink is closed.
+    async fn finish(mut self) {
+        let give_up = self.give_up;
+        if let Some(spool) = &mut self.spool {
+            let until = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !spool.is_empty() && tokio::time::Instant::now() < until && !give_up.is_cancelled() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(self.drain.next_try.min(until)) => {}
+                    _ = give_up.cancelled() => break,
+                }
+                self.drain.try_front(&mut self.sink, spool, self.metrics).await;
             }
-            drain.try_front(&mut sink, spool, &metrics).await;
+            if !spool.is_empty() {
+                tracing::warn!(
+                    alerts = spool.alerts(),
+                    dir = %spool.dir().display(),
+                    "undelivered alerts stay in the spool; they are delivered at the next start"
+                );
+            }
         }
-        if !spool.is_empty() {
+        if self.dropped_at_deadline > 0 {
             tracing::warn!(
-                alerts = spool.alerts(),
-                dir = %spool.dir().display(),
-                "undelivered alerts stay in the spool; they are delivered at the next start"
+                messages = self.dropped_at_deadline,
+                "window partials and shared snapshots not sent by the shutdown deadline; the input behind them is \
+                 not committed and is read again at the next start"
             );
         }
+        let flush = if give_up.is_cancelled() { Duration::ZERO } else { Duration::from_secs(10) };
+        self.sink.close(flush).await;
     }
-    if dropped_at_deadline > 0 {
-        tracing::warn!(
-            messages = dropped_at_deadline,
-            "window partials and shared snapshots not sent by the shutdown deadline; the input behind them is not \
-             committed and is read again at the next start"
-        );
-    }
-    let flush = if give_up.is_cancelled() { Duration::ZERO } else { Duration::from_secs(10) };
-    sink.close(flush).await;
 }
 
 /// `delivery`, unless the shutdown deadline passes first: then an error, and what it was
@@ -201,11 +250,7 @@ struct SpoolDrain<'a> {
 }
 
 impl<'a> SpoolDrain<'a> {
-    fn new(
-        spool: Option<&stormwatch_io::spool::AlertSpool>,
-        metrics: &'a Metrics,
-        give_up: &'a CancellationToken,
-    ) -> SpoolDrain<'a> {
+    fn new(spool: Option<&AlertSpool>, metrics: &'a Metrics, give_up: &'a CancellationToken) -> SpoolDrain<'a> {
         if let Some(spool) = spool.filter(|s| !s.is_empty()) {
             tracing::info!(
                 alerts = spool.alerts(),
@@ -220,13 +265,13 @@ impl<'a> SpoolDrain<'a> {
         drain
     }
 
-    fn publish(&self, spool: &stormwatch_io::spool::AlertSpool, metrics: &Metrics) {
+    fn publish(&self, spool: &AlertSpool, metrics: &Metrics) {
         Metrics::set(&metrics.alert_spool_alerts, spool.alerts() as u64);
         Metrics::set(&metrics.alert_spool_bytes, spool.bytes());
     }
 
     /// The broker refused an alert: it was spooled, and delivery of the spool is retried.
-    fn started(&mut self, error: &dyn std::fmt::Display, spool: &stormwatch_io::spool::AlertSpool) {
+    fn started(&mut self, error: &dyn std::fmt::Display, spool: &AlertSpool) {
         if self.backoff.give_up.is_cancelled() {
             tracing::warn!(dir = %spool.dir().display(), "alert not confirmed by the shutdown deadline; spooled for the next start");
         } else {
@@ -238,12 +283,7 @@ impl<'a> SpoolDrain<'a> {
     }
 
     /// Tries to deliver the oldest spooled batch once.
-    async fn try_front(
-        &mut self,
-        sink: &mut AlertSink,
-        spool: &mut stormwatch_io::spool::AlertSpool,
-        metrics: &Metrics,
-    ) {
+    async fn try_front(&mut self, sink: &mut AlertSink, spool: &mut AlertSpool, metrics: &Metrics) {
         let front = match tokio::task::block_in_place(|| spool.front()) {
             Ok(Some(front)) => front,
             Ok(None) => return,

@@ -277,35 +277,25 @@ pub fn write_snapshot_document(dir: &Path, bytes: &[u8]) -> Result<PathBuf, Snap
     Ok(path)
 }
 
+/// The entries of a table in key order (the same document for the same baselines).
+fn sorted<K: Ord, V>(table: &super::store::Table<K, V>) -> Vec<(&K, &V)> {
+    let mut entries: Vec<_> = table.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    entries
+}
+
 /// The snapshot document of `store` (what `baselines.json` holds, without the final newline):
 /// also what engines share through Kafka.
-#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
 pub fn encode_snapshot(store: &BaselineStore) -> Vec<u8> {
-    let mut fanout: Vec<_> = store.fanout.iter().collect();
-    fanout.sort_by(|a, b| a.0.cmp(b.0));
-    let mut request_edges: Vec<_> = store.request_edges.iter().collect();
-    request_edges.sort_by(|a, b| a.0.cmp(b.0));
-    let mut request_totals: Vec<_> = store.request_totals.iter().collect();
-    request_totals.sort_by(|a, b| a.0.cmp(b.0));
-    let mut class_scopes: Vec<_> = store.class_scopes.iter().collect();
-    class_scopes.sort_by(|a, b| a.0.cmp(b.0));
-    let mut edge_scopes: Vec<_> = store.edge_scopes.iter().collect();
-    edge_scopes.sort_by(|a, b| a.0.cmp(b.0));
-    let mut windows: Vec<_> = store.windows.iter().collect();
-    windows.sort_by(|a, b| a.0.cmp(b.0));
-    let mut window_classes: Vec<_> = store.window_classes.iter().collect();
-    window_classes.sort_by(|a, b| a.0.cmp(b.0));
-    let mut seasonal: Vec<_> = store.seasonal.iter().collect();
-    seasonal.sort_by(|a, b| a.0.cmp(b.0));
     let doc = SnapshotDoc {
         format: SNAPSHOT_FORMAT.into(),
         version: SNAPSHOT_VERSION,
         watermark_unix_nano: store.watermark_unix_nano,
-        fanout: fanout
+        fanout: sorted(&store.fanout)
             .into_iter()
             .map(|(edge, d)| FanoutDoc { edge: edge_doc(edge), calls_per_parent: d.clone() })
             .collect(),
-        request_edges: request_edges
+        request_edges: sorted(&store.request_edges)
             .into_iter()
             .map(|((class, edge), d)| RequestEdgeDoc {
                 entry: class_doc(class),
@@ -313,7 +303,7 @@ pub fn encode_snapshot(store: &BaselineStore) -> Vec<u8> {
                 calls_per_request: d.clone(),
             })
             .collect(),
-        request_totals: request_totals
+        request_totals: sorted(&store.request_totals)
             .into_iter()
             .map(|((class, metric), d)| RequestTotalDoc {
                 entry: class_doc(class),
@@ -321,41 +311,9 @@ pub fn encode_snapshot(store: &BaselineStore) -> Vec<u8> {
                 per_request: d.clone(),
             })
             .collect(),
-        class_scopes: class_scopes
-            .into_iter()
-            .map(|((scope, metric), d)| {
-                let (service, operation) = match scope {
-                    ClassScope::Route { service, operation } => {
-                        (Some(service.to_string()), Some(operation.to_string()))
-                    }
-                    ClassScope::Service(service) => (Some(service.to_string()), None),
-                    ClassScope::System => (None, None),
-                };
-                ClassScopeDoc {
-                    level: scope.level().into(),
-                    service,
-                    operation,
-                    metric: metric.as_str().into(),
-                    per_request: d.clone(),
-                }
-            })
-            .collect(),
-        edge_scopes: edge_scopes
-            .into_iter()
-            .map(|(scope, d)| EdgeScopeDoc {
-                level: scope.level().into(),
-                from: match scope {
-                    EdgeScope::ServicePair { from, .. } | EdgeScope::CallerToKind { from, .. } => from.to_string(),
-                },
-                to: match scope {
-                    EdgeScope::ServicePair { to, .. } => Some(to.to_string()),
-                    EdgeScope::CallerToKind { .. } => None,
-                },
-                kind: scope.kind().as_str().into(),
-                calls_per_parent: d.clone(),
-            })
-            .collect(),
-        windows: windows
+        class_scopes: sorted(&store.class_scopes).into_iter().map(|(key, d)| class_scope_doc(key, d)).collect(),
+        edge_scopes: sorted(&store.edge_scopes).into_iter().map(|(scope, d)| edge_scope_doc(scope, d)).collect(),
+        windows: sorted(&store.windows)
             .into_iter()
             .map(|((metric, edge), d)| WindowDoc {
                 metric: metric.as_str().into(),
@@ -363,7 +321,7 @@ pub fn encode_snapshot(store: &BaselineStore) -> Vec<u8> {
                 thousandths: d.clone(),
             })
             .collect(),
-        window_classes: window_classes
+        window_classes: sorted(&store.window_classes)
             .into_iter()
             .map(|((class, edge), d)| WindowClassDoc {
                 entry: class_doc(class),
@@ -371,7 +329,7 @@ pub fn encode_snapshot(store: &BaselineStore) -> Vec<u8> {
                 per_thousand_entries: d.clone(),
             })
             .collect(),
-        seasonal: seasonal
+        seasonal: sorted(&store.seasonal)
             .into_iter()
             .map(|((metric, edge), hours)| SeasonalDoc {
                 metric: metric.as_str().into(),
@@ -379,19 +337,53 @@ pub fn encode_snapshot(store: &BaselineStore) -> Vec<u8> {
                 hours: hours.clone(),
             })
             .collect(),
-        correlated: store.correlated.as_ref().map(|model| CorrelatedDoc {
-            edges: model.edges.iter().map(edge_doc).collect(),
-            mean: model.mean.clone(),
-            scale: model.scale.clone(),
-            components: model.components.clone(),
-            kept: model.kept,
-            threshold: model.threshold,
-            typical: model.typical,
-            samples: model.samples,
-            fitted_unix_nano: model.fitted_unix_nano,
-        }),
+        correlated: store.correlated.as_ref().map(correlated_doc),
     };
     serde_json::to_vec(&doc).expect("a snapshot always serialises")
+}
+
+fn class_scope_doc((scope, metric): &(ClassScope, RequestMetric), d: &Distribution) -> ClassScopeDoc {
+    let (service, operation) = match scope {
+        ClassScope::Route { service, operation } => (Some(service.to_string()), Some(operation.to_string())),
+        ClassScope::Service(service) => (Some(service.to_string()), None),
+        ClassScope::System => (None, None),
+    };
+    ClassScopeDoc {
+        level: scope.level().into(),
+        service,
+        operation,
+        metric: metric.as_str().into(),
+        per_request: d.clone(),
+    }
+}
+
+fn edge_scope_doc(scope: &EdgeScope, d: &Distribution) -> EdgeScopeDoc {
+    EdgeScopeDoc {
+        level: scope.level().into(),
+        from: match scope {
+            EdgeScope::ServicePair { from, .. } | EdgeScope::CallerToKind { from, .. } => from.to_string(),
+        },
+        to: match scope {
+            EdgeScope::ServicePair { to, .. } => Some(to.to_string()),
+            EdgeScope::CallerToKind { .. } => None,
+        },
+        kind: scope.kind().as_str().into(),
+        calls_per_parent: d.clone(),
+    }
+}
+
+fn correlated_doc(model: &SubspaceModel) -> CorrelatedDoc {
+    CorrelatedDoc {
+        edges: model.edges.iter().map(edge_doc).collect(),
+        mean: model.mean.clone(),
+        scale: model.scale.clone(),
+        components: model.components.clone(),
+        kept: model.kept,
+        threshold: model.threshold,
+        typical: model.typical,
+        samples: model.samples,
+        fitted_unix_nano: model.fitted_unix_nano,
+    }
 }
 
 /// Reads `dir/baselines.json` into a store with `max_keys` per table. `Ok(None)` when there
@@ -408,7 +400,6 @@ pub fn load_snapshot(dir: &Path, max_keys: usize) -> Result<Option<BaselineStore
 
 /// Reads a snapshot document (from a file, or from the engines' baselines topic: `origin`
 /// names it in errors).
-#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
 pub fn decode_snapshot(bytes: &[u8], max_keys: usize, origin: &Path) -> Result<BaselineStore, SnapshotError> {
     let path = origin.to_path_buf();
     let corrupt = |reason: String| SnapshotError::Corrupt { path: path.clone(), reason };
@@ -452,40 +443,11 @@ pub fn decode_snapshot(bytes: &[u8], max_keys: usize, origin: &Path) -> Result<B
         store.request_totals.insert((class_of(&entry.entry), metric), distribution);
     }
     for (i, entry) in doc.class_scopes.into_iter().enumerate() {
-        let metric =
-            RequestMetric::parse(&entry.metric).ok_or_else(|| corrupt(format!("unknown metric {:?}", entry.metric)))?;
-        let scope = match (entry.level.as_str(), &entry.service, &entry.operation) {
-            ("route", Some(service), Some(operation)) => ClassScope::Route {
-                service: name(service, Dimension::Service),
-                operation: name(operation, Dimension::Operation),
-            },
-            ("service", Some(service), None) => ClassScope::Service(name(service, Dimension::Service)),
-            ("system", None, None) => ClassScope::System,
-            (level, _, _) => {
-                return Err(corrupt(format!(
-                    "class_scopes[{i}]: level {level:?} with that service and operation (route: both; service: a \
-                     service; system: neither)"
-                )))
-            }
-        };
-        let distribution = checked(entry.per_request, "class_scopes", i).map_err(corrupt)?;
-        store.class_scopes.insert((scope, metric), distribution);
+        let (key, distribution) = class_scope_of(i, entry).map_err(corrupt)?;
+        store.class_scopes.insert(key, distribution);
     }
     for (i, entry) in doc.edge_scopes.into_iter().enumerate() {
-        let kind = NodeKind::parse(&entry.kind)
-            .ok_or_else(|| corrupt(format!("edge_scopes[{i}]: unknown node kind {:?}", entry.kind)))?;
-        let from = name(&entry.from, Dimension::Service);
-        let callees = if kind == NodeKind::Service { Dimension::Service } else { Dimension::Peer };
-        let scope = match (entry.level.as_str(), &entry.to) {
-            ("pair", Some(to)) => EdgeScope::ServicePair { from, to: name(to, callees), kind },
-            ("kind", None) => EdgeScope::CallerToKind { from, kind },
-            (level, _) => {
-                return Err(corrupt(format!(
-                    "edge_scopes[{i}]: level {level:?} with that callee (pair: a callee service `to`; kind: none)"
-                )))
-            }
-        };
-        let distribution = checked(entry.calls_per_parent, "edge_scopes", i).map_err(corrupt)?;
+        let (scope, distribution) = edge_scope_of(i, entry).map_err(corrupt)?;
         store.edge_scopes.insert(scope, distribution);
     }
     for (i, entry) in doc.windows.into_iter().enumerate() {
@@ -506,23 +468,66 @@ pub fn decode_snapshot(bytes: &[u8], max_keys: usize, origin: &Path) -> Result<B
         store.seasonal.insert((metric, edge_of(&entry.edge).map_err(corrupt)?), entry.hours);
     }
     if let Some(doc) = doc.correlated {
-        let model = SubspaceModel {
-            edges: doc.edges.iter().map(edge_of).collect::<Result<_, _>>().map_err(corrupt)?,
-            mean: doc.mean,
-            scale: doc.scale,
-            components: doc.components,
-            kept: doc.kept,
-            threshold: doc.threshold,
-            typical: doc.typical,
-            samples: doc.samples,
-            fitted_unix_nano: doc.fitted_unix_nano,
-        };
-        if !model.is_consistent() || model.fitted_unix_nano > LATEST_UNIX_NANO {
-            return Err(corrupt("the correlated model's dimensions or numbers are inconsistent".into()));
-        }
-        store.correlated = Some(model);
+        store.correlated = Some(correlated_of(doc).map_err(corrupt)?);
     }
     Ok(store)
+}
+
+/// A `class_scopes` entry, checked: the level agrees with the names given.
+fn class_scope_of(i: usize, entry: ClassScopeDoc) -> Result<((ClassScope, RequestMetric), Distribution), String> {
+    let metric = RequestMetric::parse(&entry.metric).ok_or_else(|| format!("unknown metric {:?}", entry.metric))?;
+    let scope = match (entry.level.as_str(), &entry.service, &entry.operation) {
+        ("route", Some(service), Some(operation)) => ClassScope::Route {
+            service: name(service, Dimension::Service),
+            operation: name(operation, Dimension::Operation),
+        },
+        ("service", Some(service), None) => ClassScope::Service(name(service, Dimension::Service)),
+        ("system", None, None) => ClassScope::System,
+        (level, _, _) => {
+            return Err(format!(
+                "class_scopes[{i}]: level {level:?} with that service and operation (route: both; service: a \
+                 service; system: neither)"
+            ))
+        }
+    };
+    Ok(((scope, metric), checked(entry.per_request, "class_scopes", i)?))
+}
+
+/// An `edge_scopes` entry, checked: the level agrees with the callee given.
+fn edge_scope_of(i: usize, entry: EdgeScopeDoc) -> Result<(EdgeScope, Distribution), String> {
+    let kind =
+        NodeKind::parse(&entry.kind).ok_or_else(|| format!("edge_scopes[{i}]: unknown node kind {:?}", entry.kind))?;
+    let from = name(&entry.from, Dimension::Service);
+    let callees = if kind == NodeKind::Service { Dimension::Service } else { Dimension::Peer };
+    let scope = match (entry.level.as_str(), &entry.to) {
+        ("pair", Some(to)) => EdgeScope::ServicePair { from, to: name(to, callees), kind },
+        ("kind", None) => EdgeScope::CallerToKind { from, kind },
+        (level, _) => {
+            return Err(format!(
+                "edge_scopes[{i}]: level {level:?} with that callee (pair: a callee service `to`; kind: none)"
+            ))
+        }
+    };
+    Ok((scope, checked(entry.calls_per_parent, "edge_scopes", i)?))
+}
+
+/// The correlated model, checked for consistent dimensions and numbers.
+fn correlated_of(doc: CorrelatedDoc) -> Result<SubspaceModel, String> {
+    let model = SubspaceModel {
+        edges: doc.edges.iter().map(edge_of).collect::<Result<_, _>>()?,
+        mean: doc.mean,
+        scale: doc.scale,
+        components: doc.components,
+        kept: doc.kept,
+        threshold: doc.threshold,
+        typical: doc.typical,
+        samples: doc.samples,
+        fitted_unix_nano: doc.fitted_unix_nano,
+    };
+    if !model.is_consistent() || model.fitted_unix_nano > LATEST_UNIX_NANO {
+        return Err("the correlated model's dimensions or numbers are inconsistent".into());
+    }
+    Ok(model)
 }
 
 #[cfg(test)]

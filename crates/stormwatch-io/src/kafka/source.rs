@@ -27,11 +27,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::KafkaError;
+use stormwatch_model::Span;
+
 use crate::{Batch, Metrics, SourcePosition, SourceTopic, SpanQueue};
 
 /// Default input topic: the OpenTelemetry Collector kafka exporter's.
@@ -249,7 +251,9 @@ impl KafkaSource {
     }
 }
 
-#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
+/// The source thread: polls the topic and hands each message to the engine's queue (blocking
+/// while the engine is behind), applying settled positions as commits between polls; at stop,
+/// commits what the engine settles while it drains.
 fn run(
     config: SourceConfig,
     consumer: BaseConsumer<Context>,
@@ -259,27 +263,16 @@ fn run(
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut queue = Some(queue);
     loop {
         apply_commits(&consumer, &config, &commits, &metrics);
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        if config.role == SourceTopic::Windows && follow_merger_partition(&consumer, &config.topic) {
-            // The window baselines learned by the previous merger, for the engine to continue.
-            if let Some(topic) = &config.baselines_topic {
-                match super::baselines::read_snapshots(&config.brokers, topic, Duration::from_secs(30)) {
-                    Ok(snapshots) if !snapshots.is_empty() => {
-                        let Some(sender) = &queue else { break };
-                        if sender.send_batch(Batch::Snapshots(snapshots)).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(error) => tracing::warn!(%error, "Kafka input: the group's window baselines were not read; \
-                        the window detectors learn from scratch"),
-                }
-            }
+        if config.role == SourceTopic::Windows
+            && follow_merger_partition(&consumer, &config.topic)
+            && !hand_over_window_baselines(&config, &queue)
+        {
+            break;
         }
         let Some(result) = consumer.poll(Duration::from_millis(100)) else { continue };
         let message = match result {
@@ -292,71 +285,24 @@ fn run(
             }
         };
         let payload = message.payload().unwrap_or_default();
-        if config.role == SourceTopic::Windows {
+        let partition = message.partition();
+        let batch = if config.role == SourceTopic::Windows {
             Metrics::add(&metrics.window_partials_received_total, 1);
-            let position = SourcePosition {
-                topic: SourceTopic::Windows,
-                partition: message.partition(),
-                offset: message.offset(),
-            };
-            let batch = Batch::Windows { payload: payload.to_vec(), position };
-            let Some(sender) = &queue else { break };
-            if sender.send_batch(batch).is_err() {
-                break;
-            }
-            continue;
-        }
-        Metrics::add(&metrics.kafka_messages_total, 1);
-        let position =
-            SourcePosition { topic: SourceTopic::Input, partition: message.partition(), offset: message.offset() };
-        let decoded = match config.encoding {
-            InputEncoding::OtlpProto => stormwatch_otlp::decode_protobuf(payload),
-            InputEncoding::OtlpJson => stormwatch_otlp::decode_json(payload),
-        };
-        let spans = match decoded {
-            Ok(decoded) => {
-                Metrics::add(&metrics.spans_received_total, decoded.spans.len() as u64);
-                Metrics::add(&metrics.spans_rejected_total, decoded.rejected_spans);
-                decoded.spans
-            }
-            Err(error) => {
-                Metrics::add(&metrics.kafka_malformed_messages_total, 1);
-                tracing::warn!(
-                    topic = %config.topic,
-                    partition = position.partition,
-                    offset = position.offset,
-                    %error,
-                    "Kafka input: malformed message skipped"
-                );
-                if let (Some(producer), Some(topic)) = (&dead_letters, &config.dead_letter_topic) {
-                    let (partition, offset) = (position.partition.to_string(), position.offset.to_string());
-                    let reason = error.to_string();
-                    let headers = OwnedHeaders::new()
-                        .insert(Header { key: "stormwatch.error", value: Some(reason.as_str()) })
-                        .insert(Header { key: "stormwatch.source.topic", value: Some(config.topic.as_str()) })
-                        .insert(Header { key: "stormwatch.source.partition", value: Some(partition.as_str()) })
-                        .insert(Header { key: "stormwatch.source.offset", value: Some(offset.as_str()) });
-                    let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers);
-                    if let Some(key) = message.key() {
-                        record = record.key(key);
-                    }
-                    match producer.send(record) {
-                        Ok(()) => Metrics::add(&metrics.kafka_dead_letters_total, 1),
-                        Err((error, _)) => tracing::error!(%error, %topic, "Kafka input: dead letter not sent"),
-                    }
-                    producer.poll(Duration::ZERO);
-                }
-                Vec::new()
-            }
+            let position = SourcePosition { topic: SourceTopic::Windows, partition, offset: message.offset() };
+            Batch::Windows { payload: payload.to_vec(), position }
+        } else {
+            Metrics::add(&metrics.kafka_messages_total, 1);
+            let position = SourcePosition { topic: SourceTopic::Input, partition, offset: message.offset() };
+            let spans = decode_input(&config, &message, position, &metrics, dead_letters.as_ref());
+            Batch::Spans { spans, position: Some(position) }
         };
         // Waits while the engine is behind: back-pressure, and the poll loop keeps going.
-        let Some(sender) = &queue else { break };
-        if sender.send_batch(Batch::Spans { spans, position: Some(position) }).is_err() {
+        if queue.send_batch(batch).is_err() {
             break;
         }
     }
     // No more input: let the engine drain and finish, then commit what it settles.
-    queue.take();
+    drop(queue);
     if let Some(producer) = &dead_letters {
         let _ = producer.flush(Duration::from_secs(10));
     }
@@ -371,6 +317,88 @@ fn run(
         }
     }
     consumer.unsubscribe();
+}
+
+/// This engine just became the window merger: the window baselines the previous merger learned
+/// (from the group's baselines topic), for the engine to continue from. `false` when the
+/// engine's queue is closed.
+fn hand_over_window_baselines(config: &SourceConfig, queue: &SpanQueue) -> bool {
+    let Some(topic) = &config.baselines_topic else { return true };
+    match super::baselines::read_snapshots(&config.brokers, topic, Duration::from_secs(30)) {
+        Ok(snapshots) if !snapshots.is_empty() => queue.send_batch(Batch::Snapshots(snapshots)).is_ok(),
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(%error, "Kafka input: the group's window baselines were not read; \
+                the window detectors learn from scratch");
+            true
+        }
+    }
+}
+
+/// The spans of an input message; a malformed one is counted, logged, sent to the dead-letter
+/// topic when there is one, and gives no spans (its position still settles in order).
+fn decode_input(
+    config: &SourceConfig,
+    message: &BorrowedMessage<'_>,
+    position: SourcePosition,
+    metrics: &Metrics,
+    dead_letters: Option<&BaseProducer<super::QuietContext>>,
+) -> Vec<Span> {
+    let payload = message.payload().unwrap_or_default();
+    let decoded = match config.encoding {
+        InputEncoding::OtlpProto => stormwatch_otlp::decode_protobuf(payload),
+        InputEncoding::OtlpJson => stormwatch_otlp::decode_json(payload),
+    };
+    match decoded {
+        Ok(decoded) => {
+            Metrics::add(&metrics.spans_received_total, decoded.spans.len() as u64);
+            Metrics::add(&metrics.spans_rejected_total, decoded.rejected_spans);
+            decoded.spans
+        }
+        Err(error) => {
+            Metrics::add(&metrics.kafka_malformed_messages_total, 1);
+            tracing::warn!(
+                topic = %config.topic,
+                partition = position.partition,
+                offset = position.offset,
+                %error,
+                "Kafka input: malformed message skipped"
+            );
+            if let (Some(producer), Some(topic)) = (dead_letters, &config.dead_letter_topic) {
+                dead_letter(producer, topic, config, message, position, &error.to_string(), metrics);
+            }
+            Vec::new()
+        }
+    }
+}
+
+/// A malformed message to the dead-letter topic, as it was, with headers saying why and where
+/// it came from.
+fn dead_letter(
+    producer: &BaseProducer<super::QuietContext>,
+    topic: &str,
+    config: &SourceConfig,
+    message: &BorrowedMessage<'_>,
+    position: SourcePosition,
+    reason: &str,
+    metrics: &Metrics,
+) {
+    let (partition, offset) = (position.partition.to_string(), position.offset.to_string());
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "stormwatch.error", value: Some(reason) })
+        .insert(Header { key: "stormwatch.source.topic", value: Some(config.topic.as_str()) })
+        .insert(Header { key: "stormwatch.source.partition", value: Some(partition.as_str()) })
+        .insert(Header { key: "stormwatch.source.offset", value: Some(offset.as_str()) });
+    let payload = message.payload().unwrap_or_default();
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload).headers(headers);
+    if let Some(key) = message.key() {
+        record = record.key(key);
+    }
+    match producer.send(record) {
+        Ok(()) => Metrics::add(&metrics.kafka_dead_letters_total, 1),
+        Err((error, _)) => tracing::error!(%error, %topic, "Kafka input: dead letter not sent"),
+    }
+    producer.poll(Duration::ZERO);
 }
 
 /// The windows source holds the windows partition exactly while this engine holds input

@@ -14,6 +14,7 @@ use prost::Message;
 use stormwatch_otlp::collector::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::Code;
 
 use super::{Ingest, MESSAGE_LIMIT_SETTING, QUEUE_FULL_MESSAGE, UNAUTHENTICATED_MESSAGE};
 use crate::server::body::{BodyError, Lease};
@@ -44,7 +45,8 @@ fn reply(encoding: Encoding, status: StatusCode, body: Vec<u8>) -> Response {
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response()
 }
 
-fn error_response(encoding: Encoding, status: StatusCode, grpc_code: i32, message: String) -> Response {
+fn error_response(encoding: Encoding, status: StatusCode, code: Code, message: String) -> Response {
+    let grpc_code = code as i32;
     let body = match encoding {
         Encoding::Protobuf => RpcStatus { code: grpc_code, message }.encode_to_vec(),
         Encoding::Json => serde_json::json!({ "code": grpc_code, "message": message }).to_string().into_bytes(),
@@ -70,20 +72,22 @@ impl From<BodyError> for Refusal {
 /// slowly, 400 otherwise.
 fn body_refused(encoding: Encoding, refusal: Refusal) -> Response {
     let (status, code, message) = match refusal {
-        Refusal::Invalid(message) => (StatusCode::BAD_REQUEST, 3, message),
+        Refusal::Invalid(message) => (StatusCode::BAD_REQUEST, Code::InvalidArgument, message),
         Refusal::Body(error) => match &error {
-            BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 8, error.to_string()),
+            BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, Code::ResourceExhausted, error.to_string()),
             BodyError::Busy { .. } => {
-                let mut response = error_response(encoding, StatusCode::SERVICE_UNAVAILABLE, 14, error.to_string());
+                let mut response =
+                    error_response(encoding, StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, error.to_string());
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return response;
             }
             BodyError::TooSlow { .. } => {
-                let mut response = error_response(encoding, StatusCode::REQUEST_TIMEOUT, 4, error.to_string());
+                let mut response =
+                    error_response(encoding, StatusCode::REQUEST_TIMEOUT, Code::DeadlineExceeded, error.to_string());
                 response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return response;
             }
-            BodyError::Broken(_) => (StatusCode::BAD_REQUEST, 3, error.to_string()),
+            BodyError::Broken(_) => (StatusCode::BAD_REQUEST, Code::InvalidArgument, error.to_string()),
         },
     };
     error_response(encoding, status, code, message)
@@ -123,38 +127,11 @@ fn encoding_of(headers: &HeaderMap) -> Result<Encoding, String> {
 }
 
 /// `POST /v1/traces`. The token and the headers are checked before a byte of the body is read.
-#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
 async fn export(State(ingest): State<Ingest>, request: axum::extract::Request) -> Response {
     let (parts, body) = request.into_parts();
-    let headers = parts.headers;
-    // Answered in the request's encoding wherever it can be told.
-    let encoding = encoding_of(&headers);
-    let answer_in = *encoding.as_ref().unwrap_or(&Encoding::Json);
-    if !ingest.authorized(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
-        let mut response = error_response(answer_in, StatusCode::UNAUTHORIZED, 16, UNAUTHENTICATED_MESSAGE.into());
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
-    }
-    let encoding = match encoding {
-        Ok(encoding) => encoding,
-        Err(message) => {
-            Metrics::add(&ingest.metrics.requests_invalid_total, 1);
-            return error_response(Encoding::Json, StatusCode::UNSUPPORTED_MEDIA_TYPE, 3, message);
-        }
-    };
-    let gzip = match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
-        None | Some("identity") => false,
-        Some("gzip") => true,
-        Some(other) => {
-            Metrics::add(&ingest.metrics.requests_invalid_total, 1);
-            let other = stormwatch_model::clean_name(other, 100).0;
-            return error_response(
-                encoding,
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                3,
-                format!("unsupported Content-Encoding {other:?}: send gzip or no encoding"),
-            );
-        }
+    let (encoding, gzip) = match checked_headers(&ingest, &parts.headers) {
+        Ok(checked) => checked,
+        Err(refused) => return *refused,
     };
     let limit = ingest.max_message_bytes;
     let (body, lease) = match ingest.intake.read(body, limit, MESSAGE_LIMIT_SETTING).await {
@@ -177,20 +154,55 @@ async fn export(State(ingest): State<Ingest>, request: axum::extract::Request) -
         decoded.map_err(|e| Refusal::Invalid(e.to_string()))
     })
     .await;
-    let decoded = match decoded {
-        Ok(Ok(decoded)) => decoded,
+    match decoded {
+        Ok(Ok(decoded)) => submitted(&ingest, decoded, encoding),
         Ok(Err(refusal)) => {
             let counter = match refusal {
                 Refusal::Body(BodyError::Busy { .. }) => &ingest.metrics.requests_busy_total,
                 _ => &ingest.metrics.requests_invalid_total,
             };
             Metrics::add(counter, 1);
-            return body_refused(encoding, refusal);
+            body_refused(encoding, refusal)
         }
-        Err(join) => {
-            return error_response(encoding, StatusCode::INTERNAL_SERVER_ERROR, 13, format!("decoding failed: {join}"))
+        Err(join) => error_response(
+            encoding,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Internal,
+            format!("decoding failed: {join}"),
+        ),
+    }
+}
+
+/// The token, the body's encoding and its compression (whether it is gzipped), or the answer
+/// refusing them: answered in the request's encoding wherever it can be told.
+fn checked_headers(ingest: &Ingest, headers: &HeaderMap) -> Result<(Encoding, bool), Box<Response>> {
+    let encoding = encoding_of(headers);
+    let answer_in = *encoding.as_ref().unwrap_or(&Encoding::Json);
+    if !ingest.authorized(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
+        let message = UNAUTHENTICATED_MESSAGE.into();
+        let mut response = error_response(answer_in, StatusCode::UNAUTHORIZED, Code::Unauthenticated, message);
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Err(Box::new(response));
+    }
+    let encoding = encoding.map_err(|message| {
+        Metrics::add(&ingest.metrics.requests_invalid_total, 1);
+        Box::new(error_response(Encoding::Json, StatusCode::UNSUPPORTED_MEDIA_TYPE, Code::InvalidArgument, message))
+    })?;
+    match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
+        None | Some("identity") => Ok((encoding, false)),
+        Some("gzip") => Ok((encoding, true)),
+        Some(other) => {
+            Metrics::add(&ingest.metrics.requests_invalid_total, 1);
+            let other = stormwatch_model::clean_name(other, 100).0;
+            let message = format!("unsupported Content-Encoding {other:?}: send gzip or no encoding");
+            Err(Box::new(error_response(encoding, StatusCode::UNSUPPORTED_MEDIA_TYPE, Code::InvalidArgument, message)))
         }
-    };
+    }
+}
+
+/// The decoded spans to the queue: 200 (with a partial success naming what was rejected), or
+/// 503 with `Retry-After` when the queue is full.
+fn submitted(ingest: &Ingest, decoded: stormwatch_otlp::Decoded, encoding: Encoding) -> Response {
     match ingest.submit(decoded) {
         Ok((rejected_spans, error_message)) => {
             let partial_success = (rejected_spans > 0 || !error_message.is_empty())
@@ -208,7 +220,8 @@ async fn export(State(ingest): State<Ingest>, request: axum::extract::Request) -
             reply(encoding, StatusCode::OK, body)
         }
         Err(_queue_full) => {
-            let mut response = error_response(encoding, StatusCode::SERVICE_UNAVAILABLE, 14, QUEUE_FULL_MESSAGE.into());
+            let message = QUEUE_FULL_MESSAGE.into();
+            let mut response = error_response(encoding, StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, message);
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             response
         }
@@ -226,7 +239,7 @@ async fn check_host(
         Some(refusal) => {
             Metrics::add(&metrics.requests_misdirected_total, 1);
             let encoding = encoding_of(request.headers()).unwrap_or(Encoding::Json);
-            error_response(encoding, StatusCode::FORBIDDEN, 7, refusal)
+            error_response(encoding, StatusCode::FORBIDDEN, Code::PermissionDenied, refusal)
         }
     }
 }
