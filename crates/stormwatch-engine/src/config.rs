@@ -335,89 +335,22 @@ impl Config {
     }
 
     /// Checks every field once; the error names the field and the accepted range.
-    #[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
     pub fn validate(&self) -> anyhow::Result<()> {
         self.server.validate()?;
         self.attribution.trusted()?;
-        let positive = |field: &str, value: f64| -> anyhow::Result<()> {
-            if !(value.is_finite() && value > 0.0) {
-                bail!("{field}: must be a positive number, got {value}");
-            }
-            Ok(())
-        };
         if self.output.spool_max_bytes == 0 {
             bail!("output.spool_max_bytes: must be at least 1");
         }
-        if self.assemble.trace_idle.is_zero() {
-            bail!("assemble.trace_idle: must be longer than zero");
-        }
-        if self.assemble.trace_max_wait < self.assemble.trace_idle {
-            bail!(
-                "assemble.trace_max_wait ({}) must not be shorter than assemble.trace_idle ({})",
-                humantime::format_duration(self.assemble.trace_max_wait),
-                humantime::format_duration(self.assemble.trace_idle)
-            );
-        }
-        if self.assemble.max_in_flight_spans == 0 {
-            bail!("assemble.max_in_flight_spans: must be at least 1");
-        }
+        self.assemble.validate()?;
         if self.baseline.snapshot_interval.is_zero() {
             bail!("baseline.snapshot_interval: must be longer than zero");
         }
         if self.baseline.max_keys == 0 {
             bail!("baseline.max_keys: must be at least 1");
         }
-        for (dimension, limit, bytes) in self.limits.each() {
-            if limit == 0 {
-                bail!("limits.{}: must be at least 1", dimension.as_str());
-            }
-            let smallest = dimension.max_name_bytes() + stormwatch_model::NAME_OVERHEAD;
-            if bytes < smallest {
-                bail!(
-                    "limits.{}_bytes: must be at least {smallest} (room for one name of the longest kept, {} bytes, \
-                     and its bookkeeping), got {bytes}",
-                    dimension.as_str(),
-                    dimension.max_name_bytes()
-                );
-            }
-        }
-        if !(self.detect.quantile > 0.0 && self.detect.quantile <= 1.0) {
-            bail!("detect.quantile: must be in (0, 1], got {}", self.detect.quantile);
-        }
-        if self.detect.ratio.is_nan() || self.detect.ratio < 1.0 {
-            bail!("detect.ratio: must be at least 1.0, got {}", self.detect.ratio);
-        }
-        positive("detect.critical_factor", self.detect.critical_factor)?;
-        if !(self.detect.false_alarm_rate > 0.0 && self.detect.false_alarm_rate < 1.0) {
-            bail!("detect.false_alarm_rate: must be in (0, 1), got {}", self.detect.false_alarm_rate);
-        }
-        if self.detect.min_excess.is_nan() || self.detect.min_excess < 0.0 {
-            bail!("detect.min_excess: must be zero or more, got {}", self.detect.min_excess);
-        }
-        if self.detect.window_min_windows == 0 {
-            bail!("detect.window_min_windows: must be at least 1");
-        }
-        if self.detect.window < Duration::from_secs(1) {
-            bail!("detect.window: must be at least 1s, got {}", humantime::format_duration(self.detect.window));
-        }
-        if self.kafka.input {
-            if self.kafka.brokers.is_empty() {
-                bail!("kafka.input (--kafka-input): needs kafka.brokers (--kafka-brokers) to consume from");
-            }
-            if self.kafka.input_topic.is_empty() || self.kafka.group_id.is_empty() {
-                bail!("kafka.input_topic and kafka.group_id: must not be empty with kafka.input");
-            }
-            if stormwatch_io::kafka::source::InputEncoding::parse(&self.kafka.input_encoding).is_none() {
-                bail!(
-                    "kafka.input_encoding: {:?} is not otlp_proto or otlp_json (the Collector kafka exporter's encodings)",
-                    self.kafka.input_encoding
-                );
-            }
-        }
-        if !self.kafka.brokers.is_empty() && self.kafka.alert_topic.is_empty() {
-            bail!("kafka.alert_topic: must not be empty when kafka.brokers is set");
-        }
-        Ok(())
+        self.limits.validate()?;
+        self.detect.validate()?;
+        self.kafka.validate()
     }
 
     /// The windows topic when engines share windows (Kafka input), else `None`.
@@ -469,6 +402,95 @@ impl Config {
             correlated: stormwatch_detect::correlated::CorrelatedConfig::default(),
             share_windows: false,
         }
+    }
+}
+
+impl AssembleConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.trace_idle.is_zero() {
+            bail!("assemble.trace_idle: must be longer than zero");
+        }
+        if self.trace_max_wait < self.trace_idle {
+            bail!(
+                "assemble.trace_max_wait ({}) must not be shorter than assemble.trace_idle ({})",
+                humantime::format_duration(self.trace_max_wait),
+                humantime::format_duration(self.trace_idle)
+            );
+        }
+        if self.max_in_flight_spans == 0 {
+            bail!("assemble.max_in_flight_spans: must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        for (dimension, limit, bytes) in self.each() {
+            if limit == 0 {
+                bail!("limits.{}: must be at least 1", dimension.as_str());
+            }
+            let smallest = dimension.max_name_bytes() + stormwatch_model::NAME_OVERHEAD;
+            if bytes < smallest {
+                bail!(
+                    "limits.{}_bytes: must be at least {smallest} (room for one name of the longest kept, {} bytes, \
+                     and its bookkeeping), got {bytes}",
+                    dimension.as_str(),
+                    dimension.max_name_bytes()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DetectSection {
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(self.quantile > 0.0 && self.quantile <= 1.0) {
+            bail!("detect.quantile: must be in (0, 1], got {}", self.quantile);
+        }
+        if self.ratio.is_nan() || self.ratio < 1.0 {
+            bail!("detect.ratio: must be at least 1.0, got {}", self.ratio);
+        }
+        if !(self.critical_factor.is_finite() && self.critical_factor > 0.0) {
+            bail!("detect.critical_factor: must be a positive number, got {}", self.critical_factor);
+        }
+        if !(self.false_alarm_rate > 0.0 && self.false_alarm_rate < 1.0) {
+            bail!("detect.false_alarm_rate: must be in (0, 1), got {}", self.false_alarm_rate);
+        }
+        if self.min_excess.is_nan() || self.min_excess < 0.0 {
+            bail!("detect.min_excess: must be zero or more, got {}", self.min_excess);
+        }
+        if self.window_min_windows == 0 {
+            bail!("detect.window_min_windows: must be at least 1");
+        }
+        if self.window < Duration::from_secs(1) {
+            bail!("detect.window: must be at least 1s, got {}", humantime::format_duration(self.window));
+        }
+        Ok(())
+    }
+}
+
+impl KafkaConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.input {
+            if self.brokers.is_empty() {
+                bail!("kafka.input (--kafka-input): needs kafka.brokers (--kafka-brokers) to consume from");
+            }
+            if self.input_topic.is_empty() || self.group_id.is_empty() {
+                bail!("kafka.input_topic and kafka.group_id: must not be empty with kafka.input");
+            }
+            if stormwatch_io::kafka::source::InputEncoding::parse(&self.input_encoding).is_none() {
+                bail!(
+                    "kafka.input_encoding: {:?} is not otlp_proto or otlp_json (the Collector kafka exporter's encodings)",
+                    self.input_encoding
+                );
+            }
+        }
+        if !self.brokers.is_empty() && self.alert_topic.is_empty() {
+            bail!("kafka.alert_topic: must not be empty when kafka.brokers is set");
+        }
+        Ok(())
     }
 }
 

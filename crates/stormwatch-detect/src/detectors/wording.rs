@@ -37,36 +37,42 @@ pub(super) struct Pending {
 
 impl Pending {
     /// The finding as reported, with its sentence and severity.
-    #[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
     pub(super) fn finish(self, features: &TraceFeatures, config: &DetectConfig) -> Finding {
         let Judgement { expected, threshold, samples, since, basis } = self.judgement;
         let observed = self.observed as f64;
         let entry = features.root_class;
-        let limits = match basis {
-            Basis::Own => format!("normally {}, alert above {}", number(expected), number(threshold)),
-            Basis::Unprecedented => format!(
-                "never seen in the whole system: every request of the system, normally {}, never more than {} in {} \
-                 requests; alert above {NEVER_SEEN_FACTOR}x that",
-                number(expected),
-                number(threshold / NEVER_SEEN_FACTOR),
-                samples
-            ),
-            Basis::Borrowed(scope, own) => format!(
-                "judged against {scope}, as this {} has only {own} {} of history: normally {}, alert above {} \
-                 ({BORROWED_FACTOR}x its threshold)",
-                match scope {
-                    Ancestor::Class(_) => "entry",
-                    Ancestor::Edge(_) => "edge",
-                },
-                match scope {
-                    Ancestor::Class(_) => "requests",
-                    Ancestor::Edge(_) => "parent spans",
-                },
-                number(expected),
-                number(threshold)
-            ),
-        };
-        let explanation = match (self.kind, self.edge, self.metric) {
+        let explanation = self.sentence(entry, &limits(basis, expected, threshold, samples));
+        let severity = config.severity(observed, threshold);
+        Finding {
+            kind: self.kind,
+            edge: self.edge,
+            entry,
+            metric: self.metric,
+            observed,
+            expected,
+            // Extrapolated thresholds are not round; hundredths are plenty for people.
+            threshold: (threshold * 100.0).round() / 100.0,
+            unit: self.unit,
+            score: (observed / threshold * 100.0).round() / 100.0,
+            severity,
+            exemplars: vec![features.trace_id],
+            contributors: Vec::new(),
+            start_unix_nano: features.start_unix_nano,
+            end_unix_nano: features.end_unix_nano,
+            baseline_samples: samples,
+            baseline_since_unix_nano: since,
+            baseline_from: match basis {
+                Basis::Own => None,
+                Basis::Borrowed(scope, _) => Some(scope.to_string()),
+                Basis::Unprecedented => Some(ClassScope::System.to_string()),
+            },
+            explanation,
+        }
+    }
+
+    /// What happened, in one sentence ending with the limits it broke.
+    fn sentence(&self, entry: Option<RootClass>, limits: &str) -> String {
+        match (self.kind, self.edge, self.metric) {
             (AlertKind::NPlusOne, Some(edge), _) => format!(
                 "{} ran `{}` on {} {} times under one `{}` span ({limits}){}.",
                 edge.from.service,
@@ -100,32 +106,34 @@ impl Pending {
                     _ => "spans",
                 }
             ),
-        };
-        let severity = config.severity(observed, threshold);
-        Finding {
-            kind: self.kind,
-            edge: self.edge,
-            entry,
-            metric: self.metric,
-            observed,
-            expected,
-            // Extrapolated thresholds are not round; hundredths are plenty for people.
-            threshold: (threshold * 100.0).round() / 100.0,
-            unit: self.unit,
-            score: (observed / threshold * 100.0).round() / 100.0,
-            severity,
-            exemplars: vec![features.trace_id],
-            contributors: Vec::new(),
-            start_unix_nano: features.start_unix_nano,
-            end_unix_nano: features.end_unix_nano,
-            baseline_samples: samples,
-            baseline_since_unix_nano: since,
-            baseline_from: match basis {
-                Basis::Own => None,
-                Basis::Borrowed(scope, _) => Some(scope.to_string()),
-                Basis::Unprecedented => Some(ClassScope::System.to_string()),
-            },
-            explanation,
         }
+    }
+}
+
+/// The limits a finding broke, and which baseline set them.
+fn limits(basis: Basis, expected: f64, threshold: f64, samples: u64) -> String {
+    match basis {
+        Basis::Own => format!("normally {}, alert above {}", number(expected), number(threshold)),
+        Basis::Unprecedented => format!(
+            "never seen in the whole system: every request of the system, normally {}, never more than {} in {} \
+             requests; alert above {NEVER_SEEN_FACTOR}x that",
+            number(expected),
+            number(threshold / NEVER_SEEN_FACTOR),
+            samples
+        ),
+        Basis::Borrowed(scope, own) => format!(
+            "judged against {scope}, as this {} has only {own} {} of history: normally {}, alert above {} \
+             ({BORROWED_FACTOR}x its threshold)",
+            match scope {
+                Ancestor::Class(_) => "entry",
+                Ancestor::Edge(_) => "edge",
+            },
+            match scope {
+                Ancestor::Class(_) => "requests",
+                Ancestor::Edge(_) => "parent spans",
+            },
+            number(expected),
+            number(threshold)
+        ),
     }
 }

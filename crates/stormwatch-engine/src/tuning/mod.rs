@@ -126,81 +126,101 @@ fn named(name: &str) -> Result<(), String> {
     }
 }
 
+/// Where in the tuning text an error is: errors name the file and the line.
+struct Locator<'a> {
+    text: &'a str,
+    origin: &'a Path,
+}
+
+impl Locator<'_> {
+    fn at(&self, offset: usize, message: String) -> String {
+        let line = self.text[..offset.min(self.text.len())].matches('\n').count() + 1;
+        format!("{} line {line}: {message}", self.origin.display())
+    }
+}
+
+/// The detectors' names, for errors.
+fn kinds() -> String {
+    AlertKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+}
+
 /// Parses and validates tuning text; errors name `origin` and the line.
-#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
 pub fn parse(text: &str, origin: &Path) -> Result<Tuning, String> {
-    let line = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
-    let at = |offset: usize, message: String| format!("{} line {}: {message}", origin.display(), line(offset));
+    let locator = Locator { text, origin };
     let doc: Doc = toml::from_str(text).map_err(|e| {
         let message = e.message().to_string();
         match e.span() {
-            Some(span) => at(span.start, message),
+            Some(span) => locator.at(span.start, message),
             None => format!("{}: {message}", origin.display()),
         }
     })?;
-    let kinds = || AlertKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
     let mut tuning = Tuning { freeze_all: doc.freeze, ..Tuning::default() };
     for (name, mode) in doc.detectors {
         let detector = kind(name.get_ref()).ok_or_else(|| {
-            at(name.span().start, format!("unknown detector {:?}; detectors are {}", name.get_ref(), kinds()))
+            locator.at(name.span().start, format!("unknown detector {:?}; detectors are {}", name.get_ref(), kinds()))
         })?;
-        tuning.detectors.insert(detector, mode_of(mode.get_ref()).map_err(|m| at(mode.span().start, m))?);
+        tuning.detectors.insert(detector, mode_of(mode.get_ref()).map_err(|m| locator.at(mode.span().start, m))?);
     }
     for entry in doc.overrides {
         let start = entry.span().start;
-        let o = entry.into_inner();
-        let kind = match &o.kind {
-            Some(text) => {
-                Some(kind(text).ok_or_else(|| at(start, format!("unknown kind {text:?}; kinds are {}", kinds())))?)
+        apply_override(&mut tuning, entry.into_inner()).map_err(|message| locator.at(start, message))?;
+    }
+    for entry in doc.allow {
+        let start = entry.span().start;
+        tuning.allow.push(allowance(entry.into_inner()).map_err(|message| locator.at(start, message))?);
+    }
+    Ok(tuning)
+}
+
+/// One `[[override]]`: freezes, detector modes and rules, checked.
+fn apply_override(tuning: &mut Tuning, o: OverrideDoc) -> Result<(), String> {
+    let kind = match &o.kind {
+        Some(text) => Some(kind(text).ok_or_else(|| format!("unknown kind {text:?}; kinds are {}", kinds()))?),
+        None => None,
+    };
+    let severity = match &o.severity {
+        Some(text) => {
+            Some(severity(text).ok_or_else(|| format!("severity {text:?} is not info, warning or critical"))?)
+        }
+        None => None,
+    };
+    if o.threshold_factor.is_some_and(|f| !(f.is_finite() && f > 0.0)) {
+        return Err("threshold_factor must be a positive number".into());
+    }
+    if o.limit.is_some_and(|l| !l.is_finite() || l < 0.0) {
+        return Err("limit must be a number of at least 0".into());
+    }
+    for name in [&o.edge, &o.entry].into_iter().flatten() {
+        named(name)?;
+    }
+    match (o.freeze, &o.edge) {
+        // No edge: every baseline (the override form of `freeze` at the top).
+        (Some(freeze), None) => {
+            if o.entry.is_some() || kind.is_some() {
+                return Err("freeze applies to an edge, or with no selector to everything".into());
             }
-            None => None,
+            tuning.freeze_all = freeze;
+        }
+        (Some(true), Some(edge)) => {
+            tuning.frozen_edges.insert(edge.clone());
+        }
+        (Some(false), Some(edge)) => {
+            tuning.frozen_edges.remove(edge);
+        }
+        (None, _) => {}
+    }
+    if let Some(mode) = &o.mode {
+        let (Some(detector), None, None) = (kind, &o.edge, &o.entry) else {
+            return Err("mode applies to a whole detector: set kind, and no edge or entry".into());
         };
-        let severity = match &o.severity {
-            Some(text) => Some(
-                severity(text)
-                    .ok_or_else(|| at(start, format!("severity {text:?} is not info, warning or critical")))?,
-            ),
-            None => None,
-        };
-        if o.threshold_factor.is_some_and(|f| !(f.is_finite() && f > 0.0)) {
-            return Err(at(start, "threshold_factor must be a positive number".into()));
-        }
-        if o.limit.is_some_and(|l| !l.is_finite() || l < 0.0) {
-            return Err(at(start, "limit must be a number of at least 0".into()));
-        }
-        for name in [&o.edge, &o.entry].into_iter().flatten() {
-            named(name).map_err(|message| at(start, message))?;
-        }
-        match (o.freeze, &o.edge) {
-            // No edge: every baseline (the override form of `freeze` at the top).
-            (Some(freeze), None) => {
-                if o.entry.is_some() || kind.is_some() {
-                    return Err(at(start, "freeze applies to an edge, or with no selector to everything".into()));
-                }
-                tuning.freeze_all = freeze;
-            }
-            (Some(true), Some(edge)) => {
-                tuning.frozen_edges.insert(edge.clone());
-            }
-            (Some(false), Some(edge)) => {
-                tuning.frozen_edges.remove(edge);
-            }
-            (None, _) => {}
-        }
-        if let Some(mode) = &o.mode {
-            let (Some(detector), None, None) = (kind, &o.edge, &o.entry) else {
-                return Err(at(start, "mode applies to a whole detector: set kind, and no edge or entry".into()));
-            };
-            tuning.detectors.insert(detector, mode_of(mode).map_err(|m| at(start, m))?);
-        }
-        let acts = o.threshold_factor.is_some()
-            || o.limit.is_some()
-            || o.min_samples.is_some()
-            || severity.is_some()
-            || !o.enabled;
-        if !acts {
-            continue;
-        }
+        tuning.detectors.insert(detector, mode_of(mode)?);
+    }
+    let acts = o.threshold_factor.is_some()
+        || o.limit.is_some()
+        || o.min_samples.is_some()
+        || severity.is_some()
+        || !o.enabled;
+    if acts {
         tuning.rules.push(Rule {
             edge: o.edge,
             entry: o.entry,
@@ -213,27 +233,20 @@ pub fn parse(text: &str, origin: &Path) -> Result<Tuning, String> {
             reason: o.reason,
         });
     }
-    for entry in doc.allow {
-        let start = entry.span().start;
-        let a = entry.into_inner();
-        if a.entry.is_none() && a.clients.is_none() && a.user.is_none() {
-            return Err(at(start, "an allow entry needs entry, clients or user".into()));
-        }
-        if let Some(name) = &a.entry {
-            named(name).map_err(|message| at(start, message))?;
-        }
-        let until = stormwatch_model::parse_rfc3339(&a.until).ok_or_else(|| {
-            at(start, format!("until = {:?} is not an RFC 3339 time like 2027-01-31T00:00:00Z", a.until))
-        })?;
-        tuning.allow.push(Allowance {
-            entry: a.entry,
-            clients: a.clients,
-            user: a.user,
-            until_unix_nano: until,
-            reason: a.reason,
-        });
+    Ok(())
+}
+
+/// One `[[allow]]`, checked.
+fn allowance(a: AllowDoc) -> Result<Allowance, String> {
+    if a.entry.is_none() && a.clients.is_none() && a.user.is_none() {
+        return Err("an allow entry needs entry, clients or user".into());
     }
-    Ok(tuning)
+    if let Some(name) = &a.entry {
+        named(name)?;
+    }
+    let until = stormwatch_model::parse_rfc3339(&a.until)
+        .ok_or_else(|| format!("until = {:?} is not an RFC 3339 time like 2027-01-31T00:00:00Z", a.until))?;
+    Ok(Allowance { entry: a.entry, clients: a.clients, user: a.user, until_unix_nano: until, reason: a.reason })
 }
 
 /// Reads and validates a tuning file; a missing file is no tuning.
