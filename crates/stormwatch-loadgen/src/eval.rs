@@ -254,73 +254,84 @@ fn severity_index(severity: Severity) -> usize {
     }
 }
 
+/// One labelled change against the alerts: which detect it (a declared kind during the attack,
+/// pointing at an attacked trace) and which it explains indirectly (those are marked explained,
+/// not false). A legitimate change is `Quiet` here; `score` decides it once every attack
+/// explained its alerts.
+fn judge_change(
+    label: &ChangeLabel,
+    points: &mut [AlertPoint],
+    overlaps: &impl Fn(&AlertPoint, &ChangeLabel) -> bool,
+) -> ChangeResult {
+    let traces: HashSet<&str> = label.trace_ids.iter().map(String::as_str).collect();
+    // Alerts of a declared kind during the attack detect it. Alerts of another kind whose
+    // exemplar is an attacked trace are explained by it (not false alerts) but are only an
+    // indirect catch: they do not make the attack detected.
+    let (mut detecting, mut indirect) = (Vec::new(), Vec::new());
+    let mut exemplar_match = false;
+    for (i, point) in points.iter().enumerate() {
+        if !label.attack || !overlaps(point, label) {
+            continue;
+        }
+        let by_exemplar = point.exemplars.iter().any(|e| traces.contains(e.as_str()));
+        // With labelled traces, an alert detects the attack only if it points at one of
+        // them: a coincident alert on an unrelated edge is not a detection.
+        let points_at_attack = by_exemplar || label.trace_ids.is_empty();
+        if label.detect_as.contains(&point.kind) && points_at_attack {
+            detecting.push(i);
+            exemplar_match |= by_exemplar;
+        } else if by_exemplar {
+            indirect.push(i);
+        }
+    }
+    for i in detecting.iter().chain(&indirect) {
+        points[*i].explained = true;
+    }
+    let first = detecting.iter().map(|i| &points[*i]).min_by_key(|p| p.end_unix_nano);
+    let first_indirect = indirect.iter().map(|i| &points[*i]).min_by_key(|p| p.end_unix_nano);
+    let attributed = attributed(label, detecting.iter().map(|i| &points[*i]));
+    let outcome = match (label.attack, !detecting.is_empty(), label.expected_to_fail.is_some()) {
+        (true, true, false) if !attributed => Outcome::Misattributed,
+        (true, true, false) => Outcome::Detected,
+        (true, true, true) => Outcome::UnexpectedDetect,
+        (true, false, false) => Outcome::Missed,
+        (true, false, true) => Outcome::ExpectedMiss,
+        (false, _, _) => Outcome::Quiet, // decided by `score`, once every attack explained its alerts
+    };
+    ChangeResult {
+        label: label.clone(),
+        outcome,
+        alerts: detecting.len(),
+        first_alert_kind: first.map(|p| p.kind.clone()),
+        indirect_alert_kind: first_indirect.map(|p| p.kind.clone()),
+        time_to_detect: first.map(|p| Duration::from_nanos(p.end_unix_nano.saturating_sub(label.start_unix_nano))),
+        exemplar_match,
+    }
+}
+
+/// Whether a detecting alert names the change's declared contributor: an entry `service
+/// operation` ("entry service `operation…`"), or the start of any contributor's name ("edge
+/// …", "clients …", "user …"). True when none is declared.
+fn attributed<'a>(label: &ChangeLabel, mut detecting: impl Iterator<Item = &'a AlertPoint>) -> bool {
+    let Some(wanted) = label.contributor.as_deref() else { return true };
+    let prefix = if ["entry ", "edge ", "clients ", "user "].iter().any(|kind| wanted.starts_with(kind)) {
+        wanted.to_string()
+    } else {
+        let (service, operation) = wanted.split_once(' ').unwrap_or((wanted, ""));
+        format!("entry {service} `{operation}")
+    };
+    detecting.any(|point| point.contributors.iter().any(|name| name.starts_with(&prefix)))
+}
+
 /// Scores alerts against the labels.
-#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
 pub fn score(labels: &Labels, settings: &EvalSettings, alerts: &[Alert], requests: u64, spans: u64) -> Report {
     let grace = settings.grace.as_nanos() as u64;
     let mut points: Vec<AlertPoint> = alerts.iter().map(AlertPoint::from_alert).collect();
     let overlaps = |point: &AlertPoint, label: &ChangeLabel| {
         point.start_unix_nano <= label.end_unix_nano + grace && point.end_unix_nano >= label.start_unix_nano
     };
-    let mut changes = Vec::new();
-    for label in &labels.changes {
-        let traces: HashSet<&str> = label.trace_ids.iter().map(String::as_str).collect();
-        // Alerts of a declared kind during the attack detect it. Alerts of another kind whose
-        // exemplar is an attacked trace are explained by it (not false alerts) but are only an
-        // indirect catch: they do not make the attack detected.
-        let (mut detecting, mut indirect) = (Vec::new(), Vec::new());
-        let mut exemplar_match = false;
-        for (i, point) in points.iter().enumerate() {
-            if !label.attack || !overlaps(point, label) {
-                continue;
-            }
-            let by_exemplar = point.exemplars.iter().any(|e| traces.contains(e.as_str()));
-            // With labelled traces, an alert detects the attack only if it points at one of
-            // them: a coincident alert on an unrelated edge is not a detection.
-            let points_at_attack = by_exemplar || label.trace_ids.is_empty();
-            if label.detect_as.contains(&point.kind) && points_at_attack {
-                detecting.push(i);
-                exemplar_match |= by_exemplar;
-            } else if by_exemplar {
-                indirect.push(i);
-            }
-        }
-        for i in detecting.iter().chain(&indirect) {
-            points[*i].explained = true;
-        }
-        let first = detecting.iter().map(|i| &points[*i]).min_by_key(|p| p.end_unix_nano);
-        let first_indirect = indirect.iter().map(|i| &points[*i]).min_by_key(|p| p.end_unix_nano);
-        let matched = &detecting;
-        // A declared contributor must be named by a detecting alert: an entry `service operation`
-        // ("entry service `operation…`"), or the start of any contributor's name ("edge …",
-        // "clients …", "user …").
-        let attributed = label.contributor.as_deref().is_none_or(|wanted| {
-            let prefix = if ["entry ", "edge ", "clients ", "user "].iter().any(|kind| wanted.starts_with(kind)) {
-                wanted.to_string()
-            } else {
-                let (service, operation) = wanted.split_once(' ').unwrap_or((wanted, ""));
-                format!("entry {service} `{operation}")
-            };
-            matched.iter().any(|i| points[*i].contributors.iter().any(|name| name.starts_with(&prefix)))
-        });
-        let outcome = match (label.attack, !matched.is_empty(), label.expected_to_fail.is_some()) {
-            (true, true, false) if !attributed => Outcome::Misattributed,
-            (true, true, false) => Outcome::Detected,
-            (true, true, true) => Outcome::UnexpectedDetect,
-            (true, false, false) => Outcome::Missed,
-            (true, false, true) => Outcome::ExpectedMiss,
-            (false, _, _) => Outcome::Quiet, // decided below, once every attack explained its alerts
-        };
-        changes.push(ChangeResult {
-            label: label.clone(),
-            outcome,
-            alerts: matched.len(),
-            first_alert_kind: first.map(|p| p.kind.clone()),
-            indirect_alert_kind: first_indirect.map(|p| p.kind.clone()),
-            time_to_detect: first.map(|p| Duration::from_nanos(p.end_unix_nano.saturating_sub(label.start_unix_nano))),
-            exemplar_match,
-        });
-    }
+    let mut changes: Vec<ChangeResult> =
+        labels.changes.iter().map(|label| judge_change(label, &mut points, &overlaps)).collect();
     // Legitimate changes: any warning-or-higher alert during them that no attack explains.
     for change in changes.iter_mut().filter(|c| !c.label.attack) {
         let raised: Vec<&AlertPoint> = points

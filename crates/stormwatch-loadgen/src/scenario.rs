@@ -355,7 +355,6 @@ impl Scenario {
         self.services.get(service)?.get(operation)
     }
 
-    #[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
     fn validate(&self) -> Result<(), String> {
         if self.rate.is_nan() || self.rate <= 0.0 {
             return Err(format!("rate: must be positive, got {}", self.rate));
@@ -385,64 +384,75 @@ impl Scenario {
             }
         }
         for change in &self.changes {
-            let at = format!("changes[{:?}]", change.name);
-            if change.end <= change.start {
-                return Err(format!("{at}: end must be after start"));
+            self.validate_change(change)?;
+        }
+        Ok(())
+    }
+
+    fn validate_change(&self, change: &Change) -> Result<(), String> {
+        let at = format!("changes[{:?}]", change.name);
+        if change.end <= change.start {
+            return Err(format!("{at}: end must be after start"));
+        }
+        if change.end > self.duration {
+            return Err(format!("{at}: ends after the scenario's duration"));
+        }
+        self.validate_change_fields(change, &at)?;
+        if let Some(entry) = &change.entry {
+            let known = self.entries.iter().any(|e| e.matches(entry));
+            if !known {
+                return Err(format!("{at}.entry: {entry:?} is not one of the entries"));
             }
-            if change.end > self.duration {
-                return Err(format!("{at}: ends after the scenario's duration"));
+        }
+        if let Some(operation) = &change.operation {
+            let known = Scenario::split_target(operation).and_then(|(s, o)| self.operation(s, o)).is_some();
+            if !known {
+                return Err(format!("{at}.operation: {operation:?} is not an operation under [services]"));
             }
-            let needs = |field: &str, present: bool| {
-                if present {
-                    Ok(())
-                } else {
-                    Err(format!("{at}: a {} change needs `{field}`", change.kind.as_str()))
-                }
-            };
-            match change.kind {
-                ChangeKind::FanoutAmplification | ChangeKind::NPlusOne => {
-                    needs("call", change.call.is_some())?;
-                    needs("count", change.count.is_some())?;
-                }
-                ChangeKind::RetryStorm => needs("operation", change.operation.is_some())?,
-                ChangeKind::CacheBypass => needs("call", change.call.is_some())?,
-                ChangeKind::MixShift | ChangeKind::NewEntry => needs("entry", change.entry.is_some())?,
-                ChangeKind::CorrelatedShift => {
-                    needs("calls", !change.calls.is_empty())?;
-                    let mut labels = Vec::new();
-                    for operations in self.services.values() {
-                        for operation in operations.values() {
-                            collect_labels(&operation.calls, &mut labels);
-                        }
+        }
+        if change.kind.is_attack() && change.detect_as.is_empty() {
+            return Err(format!("{at}: an attack needs `detect_as` (the alert kinds that catch it)"));
+        }
+        Ok(())
+    }
+
+    /// The fields a change of its kind needs.
+    fn validate_change_fields(&self, change: &Change, at: &str) -> Result<(), String> {
+        let needs = |field: &str, present: bool| {
+            if present {
+                Ok(())
+            } else {
+                Err(format!("{at}: a {} change needs `{field}`", change.kind.as_str()))
+            }
+        };
+        match change.kind {
+            ChangeKind::FanoutAmplification | ChangeKind::NPlusOne => {
+                needs("call", change.call.is_some())?;
+                needs("count", change.count.is_some())?;
+            }
+            ChangeKind::RetryStorm => needs("operation", change.operation.is_some())?,
+            ChangeKind::CacheBypass => needs("call", change.call.is_some())?,
+            ChangeKind::MixShift | ChangeKind::NewEntry => needs("entry", change.entry.is_some())?,
+            ChangeKind::CorrelatedShift => {
+                needs("calls", !change.calls.is_empty())?;
+                let mut labels = Vec::new();
+                for operations in self.services.values() {
+                    for operation in operations.values() {
+                        collect_labels(&operation.calls, &mut labels);
                     }
-                    if let Some(unknown) = change.calls.iter().find(|call| !labels.contains(call)) {
-                        return Err(format!("{at}.calls: no call is labelled {unknown:?} under [services]"));
-                    }
-                    if !(change.factor > 0.0 && change.factor.is_finite()) {
-                        return Err(format!("{at}.factor: must be a positive number, not {}", change.factor));
-                    }
                 }
-                ChangeKind::NewCall => {
-                    needs("operation", change.operation.is_some())?;
-                    needs("add", change.add.is_some())?;
+                if let Some(unknown) = change.calls.iter().find(|call| !labels.contains(call)) {
+                    return Err(format!("{at}.calls: no call is labelled {unknown:?} under [services]"));
                 }
-                ChangeKind::FlashCrowd | ChangeKind::Diurnal => {}
-            }
-            if let Some(entry) = &change.entry {
-                let known = self.entries.iter().any(|e| e.matches(entry));
-                if !known {
-                    return Err(format!("{at}.entry: {entry:?} is not one of the entries"));
+                if !(change.factor > 0.0 && change.factor.is_finite()) {
+                    return Err(format!("{at}.factor: must be a positive number, not {}", change.factor));
                 }
             }
-            if let Some(operation) = &change.operation {
-                let known = Scenario::split_target(operation).and_then(|(s, o)| self.operation(s, o)).is_some();
-                if !known {
-                    return Err(format!("{at}.operation: {operation:?} is not an operation under [services]"));
-                }
+            ChangeKind::NewCall => {
+                needs("operation", change.operation.is_some())?;
+                needs("add", change.add.is_some())?;
             }
-            if change.kind.is_attack() && change.detect_as.is_empty() {
-                return Err(format!("{at}: an attack needs `detect_as` (the alert kinds that catch it)"));
-            }
+            ChangeKind::FlashCrowd | ChangeKind::Diurnal => {}
         }
         Ok(())
     }
