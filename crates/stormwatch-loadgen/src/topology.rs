@@ -74,36 +74,49 @@ pub(crate) fn service_name(index: usize) -> String {
     format!("s{index:03}")
 }
 
+/// The generated system's layers: entry services in tier 0, the others in tiers 1..=depth
+/// (evenly by index, hot ones spread over all tiers), with Zipf popularity.
+struct Tiers {
+    entries: usize,
+    inner: usize,
+    depth: usize,
+    popularity: Vec<f64>,
+}
+
+impl Tiers {
+    fn tier_of(&self, index: usize) -> usize {
+        if index < self.entries {
+            0
+        } else {
+            1 + (index - self.entries) * self.depth / self.inner
+        }
+    }
+}
+
+const DATABASES: [&str; 4] = ["postgresql:orders", "mysql:catalog", "mongodb:profiles", "postgresql:ledger"];
+const CACHES: [&str; 2] = ["redis", "memcached"];
+const QUEUES: [&str; 3] = ["kafka:events", "rocketmq:orders", "kafka:audit"];
+const TABLES: [&str; 8] = ["orders", "items", "users", "sessions", "prices", "stock", "carts", "events"];
+
 /// Expands the section into entries and services.
-#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
 pub(crate) fn generate(
     spec: &GeneratedTopology,
     seed: u64,
 ) -> (Vec<Entry>, BTreeMap<String, BTreeMap<String, Operation>>) {
     let mut rng = Rng::new(seed ^ 0x7090_1091_0000_0001);
     let entries_count = spec.entries.clamp(1, spec.services.max(1));
-    let inner = spec.services.saturating_sub(entries_count).max(1);
-    let depth = spec.max_depth.max(1);
-    // Tier of each inner service: 1..=depth, evenly by index, hot ones spread over all tiers.
-    let tier_of = |index: usize| -> usize {
-        if index < entries_count {
-            0
-        } else {
-            1 + (index - entries_count) * depth / inner
-        }
+    let tiers = Tiers {
+        entries: entries_count,
+        inner: spec.services.saturating_sub(entries_count).max(1),
+        depth: spec.max_depth.max(1),
+        popularity: (0..spec.services)
+            .map(|i| 1.0 / ((i.saturating_sub(entries_count) + 1) as f64).powf(spec.popularity))
+            .collect(),
     };
-    let popularity: Vec<f64> = (0..spec.services)
-        .map(|i| 1.0 / ((i.saturating_sub(entries_count) + 1) as f64).powf(spec.popularity))
-        .collect();
-    let databases = ["postgresql:orders", "mysql:catalog", "mongodb:profiles", "postgresql:ledger"];
-    let caches = ["redis", "memcached"];
-    let queues = ["kafka:events", "rocketmq:orders", "kafka:audit"];
-    let tables = ["orders", "items", "users", "sessions", "prices", "stock", "carts", "events"];
-
     let mut services: BTreeMap<String, BTreeMap<String, Operation>> = BTreeMap::new();
     let mut entries = Vec::new();
     for index in 0..spec.services {
-        let tier = tier_of(index);
+        let tier = tiers.tier_of(index);
         let name = service_name(index);
         let operations = if index < entries_count {
             spec.operations.max(1)
@@ -113,55 +126,9 @@ pub(crate) fn generate(
         let mut ops = BTreeMap::new();
         for k in 0..operations {
             let op_name = if tier == 0 { format!("GET /api/{k}") } else { format!("POST /rpc{k}") };
-            let mut calls = Vec::new();
-            // RPC callees in the next tiers, thinning with depth.
-            if tier < depth {
-                let wanted = rpc_count(&spec.rpc_callees, &mut rng, tier, depth);
-                let candidates: Vec<usize> =
-                    (entries_count..spec.services).filter(|c| (tier + 1..=tier + 3).contains(&tier_of(*c))).collect();
-                if !candidates.is_empty() {
-                    let weights: Vec<f64> = candidates.iter().map(|c| popularity[*c]).collect();
-                    let mut chosen: Vec<usize> = Vec::new();
-                    for _ in 0..wanted {
-                        let callee = candidates[rng.weighted(&weights)];
-                        if !chosen.contains(&callee) {
-                            chosen.push(callee);
-                        }
-                    }
-                    for callee in chosen {
-                        let callee_ops = 1 + (callee as u64 * 7 + 3) % spec.operations.max(1) as u64;
-                        let callee_op = rng.between(0, callee_ops - 1);
-                        calls.push(Call {
-                            count: call_count(spec, &mut rng),
-                            ..call_to(format!("{} POST /rpc{callee_op}", service_name(callee)))
-                        });
-                    }
-                }
-            }
+            let mut calls = rpc_calls(spec, &tiers, tier, &mut rng);
             for _ in 0..spec.leaf_calls.sample(&mut rng) {
-                let pick = rng.unit();
-                let table = tables[rng.between(0, tables.len() as u64 - 1) as usize];
-                let call = if pick < 0.5 {
-                    let db = databases[rng.between(0, databases.len() as u64 - 1) as usize];
-                    Call {
-                        db: Some(db.into()),
-                        statement: Some(format!("SELECT * FROM {table} WHERE id = ? /* {name} */")),
-                        ..empty_call()
-                    }
-                } else if pick < 0.85 {
-                    let cache = caches[rng.between(0, 1) as usize];
-                    Call {
-                        name: Some(format!("{name}-{k}-{table}-cache")),
-                        cache: Some(cache.into()),
-                        miss_ratio: 0.1,
-                        ..empty_call()
-                    }
-                } else {
-                    Call {
-                        queue: Some(queues[rng.between(0, queues.len() as u64 - 1) as usize].into()),
-                        ..empty_call()
-                    }
-                };
+                let call = leaf_call(&name, k, &mut rng);
                 calls.push(Call { count: call_count(spec, &mut rng), ..call });
             }
             let operation = Operation {
@@ -182,7 +149,67 @@ pub(crate) fn generate(
         }
         services.insert(name, ops);
     }
-    // Callees may have fewer operations than a caller picked: point those calls at rpc0.
+    point_at_existing_operations(&mut services);
+    (entries, services)
+}
+
+/// RPC callees of an operation in `tier`, in the next tiers, thinning with depth.
+fn rpc_calls(spec: &GeneratedTopology, tiers: &Tiers, tier: usize, rng: &mut Rng) -> Vec<Call> {
+    let mut calls = Vec::new();
+    if tier >= tiers.depth {
+        return calls;
+    }
+    let wanted = rpc_count(&spec.rpc_callees, rng, tier, tiers.depth);
+    let candidates: Vec<usize> =
+        (tiers.entries..spec.services).filter(|c| (tier + 1..=tier + 3).contains(&tiers.tier_of(*c))).collect();
+    if candidates.is_empty() {
+        return calls;
+    }
+    let weights: Vec<f64> = candidates.iter().map(|c| tiers.popularity[*c]).collect();
+    let mut chosen: Vec<usize> = Vec::new();
+    for _ in 0..wanted {
+        let callee = candidates[rng.weighted(&weights)];
+        if !chosen.contains(&callee) {
+            chosen.push(callee);
+        }
+    }
+    for callee in chosen {
+        let callee_ops = 1 + (callee as u64 * 7 + 3) % spec.operations.max(1) as u64;
+        let callee_op = rng.between(0, callee_ops - 1);
+        calls.push(Call {
+            count: call_count(spec, rng),
+            ..call_to(format!("{} POST /rpc{callee_op}", service_name(callee)))
+        });
+    }
+    calls
+}
+
+/// A call to a database (half), a cache (a third) or a queue, from operation `k` of `name`.
+fn leaf_call(name: &str, k: usize, rng: &mut Rng) -> Call {
+    let pick = rng.unit();
+    let table = TABLES[rng.between(0, TABLES.len() as u64 - 1) as usize];
+    if pick < 0.5 {
+        let db = DATABASES[rng.between(0, DATABASES.len() as u64 - 1) as usize];
+        Call {
+            db: Some(db.into()),
+            statement: Some(format!("SELECT * FROM {table} WHERE id = ? /* {name} */")),
+            ..empty_call()
+        }
+    } else if pick < 0.85 {
+        let cache = CACHES[rng.between(0, 1) as usize];
+        Call {
+            name: Some(format!("{name}-{k}-{table}-cache")),
+            cache: Some(cache.into()),
+            miss_ratio: 0.1,
+            ..empty_call()
+        }
+    } else {
+        Call { queue: Some(QUEUES[rng.between(0, QUEUES.len() as u64 - 1) as usize].into()), ..empty_call() }
+    }
+}
+
+/// Callees may have fewer operations than a caller picked: those calls go to rpc0.
+fn point_at_existing_operations(services: &mut BTreeMap<String, BTreeMap<String, Operation>>) {
     let existing: BTreeMap<String, Vec<String>> =
         services.iter().map(|(s, ops)| (s.clone(), ops.keys().cloned().collect())).collect();
     for ops in services.values_mut() {
@@ -198,7 +225,6 @@ pub(crate) fn generate(
             }
         }
     }
-    (entries, services)
 }
 
 fn rpc_count(distribution: &Count, rng: &mut Rng, tier: usize, depth: usize) -> u64 {

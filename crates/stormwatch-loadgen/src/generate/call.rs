@@ -49,7 +49,6 @@ impl<'s> Generator<'s> {
     }
 
     /// Performs one call from `service` under `parent`; returns when it ended.
-    #[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
     pub(super) fn perform(
         &mut self,
         build: &mut Build<'s>,
@@ -60,104 +59,13 @@ impl<'s> Generator<'s> {
         depth: usize,
     ) -> u64 {
         if let Some(target) = &call.service {
-            let (callee, operation) = Scenario::split_target(target).unwrap_or((target, ""));
-            let (method, route) = operation.split_once(' ').unwrap_or(("GET", operation));
-            let mut cursor = start;
-            for attempt in 0..=call.retries {
-                let client_id = self.new_span_id();
-                let (end, failed) =
-                    self.execute(build, callee, operation, Some(client_id), cursor + 20_000, depth + 1, None);
-                let mut attributes = vec![
-                    attribute("http.request.method", method),
-                    attribute("server.address", callee),
-                    int_attribute("server.port", 8080),
-                    attribute("url.full", format!("http://{callee}:8080{}", route.replace("{id}", "17"))),
-                    attribute("network.protocol.version", "1.1"),
-                    int_attribute("http.response.status_code", if failed { 500 } else { 200 }),
-                ];
-                if attempt > 0 {
-                    attributes.push(int_attribute("http.request.resend_count", i64::from(attempt)));
-                }
-                let span = Self::client_span(
-                    build.trace_id,
-                    client_id,
-                    parent,
-                    method,
-                    span::SpanKind::Client,
-                    (cursor, end + 20_000),
-                    attributes,
-                    failed,
-                );
-                self.push(build, service, span);
-                cursor = end + 30_000;
-                if !failed {
-                    break;
-                }
-            }
-            return cursor;
+            return self.call_service(build, service, call, target, parent, start, depth);
         }
         if let (Some(db), Some(statement)) = (&call.db, &call.statement) {
-            let (system, namespace) = db.split_once(':').unwrap_or((db, ""));
-            // Literals where the statement has placeholders, as unparameterised drivers send.
-            let mut text = String::with_capacity(statement.len() + 8);
-            for piece in statement.split('?').enumerate() {
-                if piece.0 > 0 {
-                    text.push_str(&self.rng.between(1, 100_000).to_string());
-                }
-                text.push_str(piece.1);
-            }
-            let operation = statement.split_whitespace().next().unwrap_or("QUERY").to_ascii_uppercase();
-            let end = start + (300_000.0 + self.rng.exponential(400_000.0)) as u64;
-            let attributes = vec![
-                attribute("db.system.name", system),
-                attribute("db.namespace", namespace),
-                attribute("db.operation.name", operation.as_str()),
-                attribute("db.query.text", text),
-                attribute("server.address", format!("{system}.internal")),
-                int_attribute("server.port", 5432),
-            ];
-            self.push_virtual(
-                build,
-                service,
-                parent,
-                &format!("{operation} {namespace}"),
-                span::SpanKind::Client,
-                (start, end),
-                attributes,
-            );
-            return end + 10_000;
+            return self.query_database(build, service, (db, statement), parent, start);
         }
         if let Some(cache) = &call.cache {
-            let mut miss_ratio = call.miss_ratio;
-            let label = call.label();
-            for (index, change, coin) in &build.active {
-                if change.kind == ChangeKind::CacheBypass && change.call.as_deref() == Some(label.as_str()) {
-                    miss_ratio = change.probability;
-                    build.touched.push(*index);
-                }
-                if change.kind == ChangeKind::CorrelatedShift && *coin && change.calls.contains(&label) {
-                    miss_ratio = (miss_ratio * change.factor).min(1.0);
-                    build.touched.push(*index);
-                }
-            }
-            let end = start + (80_000.0 + self.rng.exponential(100_000.0)) as u64;
-            let attributes = vec![
-                attribute("db.system.name", cache.as_str()),
-                attribute("db.operation.name", "GET"),
-                attribute("server.address", format!("{cache}.internal")),
-                int_attribute("server.port", 6379),
-            ];
-            self.push_virtual(build, service, parent, "GET", span::SpanKind::Client, (start, end), attributes);
-            let mut cursor = end + 10_000;
-            if self.rng.chance(miss_ratio) {
-                for nested in &call.on_miss {
-                    let count = self.count_of(build, nested);
-                    for _ in 0..count {
-                        cursor = self.perform(build, service, nested, parent, cursor, depth);
-                    }
-                }
-            }
-            return cursor;
+            return self.look_up_cache(build, service, call, cache, parent, start, depth);
         }
         if let Some(queue) = &call.queue {
             let (system, destination) = queue.split_once(':').unwrap_or((queue, queue));
@@ -168,17 +76,138 @@ impl<'s> Generator<'s> {
                 attribute("messaging.operation.type", "send"),
                 attribute("server.address", format!("{system}.internal")),
             ];
-            self.push_virtual(
-                build,
-                service,
-                parent,
-                &format!("send {destination}"),
-                span::SpanKind::Producer,
-                (start, end),
-                attributes,
-            );
+            let name = format!("send {destination}");
+            self.push_virtual(build, service, parent, &name, span::SpanKind::Producer, (start, end), attributes);
             return end + 10_000;
         }
         start
+    }
+
+    /// A call to a service, retried while it fails (up to `call.retries` times).
+    #[allow(clippy::too_many_arguments)]
+    fn call_service(
+        &mut self,
+        build: &mut Build<'s>,
+        service: &str,
+        call: &'s Call,
+        target: &str,
+        parent: [u8; 8],
+        start: u64,
+        depth: usize,
+    ) -> u64 {
+        let (callee, operation) = Scenario::split_target(target).unwrap_or((target, ""));
+        let (method, route) = operation.split_once(' ').unwrap_or(("GET", operation));
+        let mut cursor = start;
+        for attempt in 0..=call.retries {
+            let client_id = self.new_span_id();
+            let (end, failed) =
+                self.execute(build, callee, operation, Some(client_id), cursor + 20_000, depth + 1, None);
+            let mut attributes = vec![
+                attribute("http.request.method", method),
+                attribute("server.address", callee),
+                int_attribute("server.port", 8080),
+                attribute("url.full", format!("http://{callee}:8080{}", route.replace("{id}", "17"))),
+                attribute("network.protocol.version", "1.1"),
+                int_attribute("http.response.status_code", if failed { 500 } else { 200 }),
+            ];
+            if attempt > 0 {
+                attributes.push(int_attribute("http.request.resend_count", i64::from(attempt)));
+            }
+            let times = (cursor, end + 20_000);
+            let span = Self::client_span(
+                build.trace_id,
+                client_id,
+                parent,
+                method,
+                span::SpanKind::Client,
+                times,
+                attributes,
+                failed,
+            );
+            self.push(build, service, span);
+            cursor = end + 30_000;
+            if !failed {
+                break;
+            }
+        }
+        cursor
+    }
+
+    /// A database query, with literals where the statement has placeholders (as
+    /// unparameterised drivers send).
+    fn query_database(
+        &mut self,
+        build: &mut Build<'s>,
+        service: &str,
+        (db, statement): (&str, &str),
+        parent: [u8; 8],
+        start: u64,
+    ) -> u64 {
+        let (system, namespace) = db.split_once(':').unwrap_or((db, ""));
+        let mut text = String::with_capacity(statement.len() + 8);
+        for piece in statement.split('?').enumerate() {
+            if piece.0 > 0 {
+                text.push_str(&self.rng.between(1, 100_000).to_string());
+            }
+            text.push_str(piece.1);
+        }
+        let operation = statement.split_whitespace().next().unwrap_or("QUERY").to_ascii_uppercase();
+        let end = start + (300_000.0 + self.rng.exponential(400_000.0)) as u64;
+        let attributes = vec![
+            attribute("db.system.name", system),
+            attribute("db.namespace", namespace),
+            attribute("db.operation.name", operation.as_str()),
+            attribute("db.query.text", text),
+            attribute("server.address", format!("{system}.internal")),
+            int_attribute("server.port", 5432),
+        ];
+        let name = format!("{operation} {namespace}");
+        self.push_virtual(build, service, parent, &name, span::SpanKind::Client, (start, end), attributes);
+        end + 10_000
+    }
+
+    /// A cache lookup and, on a miss (more often under cache-bypass and correlated changes),
+    /// the calls made instead.
+    #[allow(clippy::too_many_arguments)]
+    fn look_up_cache(
+        &mut self,
+        build: &mut Build<'s>,
+        service: &str,
+        call: &'s Call,
+        cache: &str,
+        parent: [u8; 8],
+        start: u64,
+        depth: usize,
+    ) -> u64 {
+        let mut miss_ratio = call.miss_ratio;
+        let label = call.label();
+        for (index, change, coin) in &build.active {
+            if change.kind == ChangeKind::CacheBypass && change.call.as_deref() == Some(label.as_str()) {
+                miss_ratio = change.probability;
+                build.touched.push(*index);
+            }
+            if change.kind == ChangeKind::CorrelatedShift && *coin && change.calls.contains(&label) {
+                miss_ratio = (miss_ratio * change.factor).min(1.0);
+                build.touched.push(*index);
+            }
+        }
+        let end = start + (80_000.0 + self.rng.exponential(100_000.0)) as u64;
+        let attributes = vec![
+            attribute("db.system.name", cache),
+            attribute("db.operation.name", "GET"),
+            attribute("server.address", format!("{cache}.internal")),
+            int_attribute("server.port", 6379),
+        ];
+        self.push_virtual(build, service, parent, "GET", span::SpanKind::Client, (start, end), attributes);
+        let mut cursor = end + 10_000;
+        if self.rng.chance(miss_ratio) {
+            for nested in &call.on_miss {
+                let count = self.count_of(build, nested);
+                for _ in 0..count {
+                    cursor = self.perform(build, service, nested, parent, cursor, depth);
+                }
+            }
+        }
+        cursor
     }
 }

@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSp
 
 use crate::distribution::Rng;
 use crate::labels::Labels;
-use crate::scenario::{Call, Change, ChangeKind, Scenario};
+use crate::scenario::{Call, Change, ChangeKind, Operation, Scenario};
 
 mod call;
 
@@ -164,56 +164,20 @@ impl<'s> Generator<'s> {
         id
     }
 
-    #[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
     fn generate(&mut self, at: u64, active: Vec<(usize, &'s Change)>) -> GeneratedTrace {
-        // Entry mix, shifted by active mix-shift changes.
-        let mut weights: Vec<f64> = self.scenario.entries.iter().map(|e| e.weight).collect();
-        let mut shifted = None;
-        let mut new_entries = Vec::new();
-        // A new entry has no traffic outside its change.
-        for change in self.scenario.changes.iter().filter(|c| c.kind == ChangeKind::NewEntry) {
-            let entry = change.entry.as_deref().unwrap_or("");
-            if let Some(position) = self.scenario.entries.iter().position(|e| e.matches(entry)) {
-                weights[position] = 0.0;
-            }
-        }
-        for (index, change) in &active {
-            if !matches!(change.kind, ChangeKind::MixShift | ChangeKind::NewEntry) {
-                continue;
-            }
-            let entry = change.entry.as_deref().unwrap_or("");
-            if let Some(position) = self.scenario.entries.iter().position(|e| e.matches(entry)) {
-                let others: f64 = weights.iter().enumerate().filter(|(i, _)| *i != position).map(|(_, w)| w).sum();
-                let share = change.weight.clamp(0.0, 0.99);
-                weights[position] = share / (1.0 - share) * others;
-                if change.kind == ChangeKind::MixShift {
-                    shifted = Some((position, *index, change.clients.max(1), change.users));
-                } else {
-                    new_entries.push((position, *index));
-                }
-            }
-        }
-        let entry_index = self.rng.weighted(&weights);
+        let mix = self.entry_mix(&active);
+        let entry_index = self.rng.weighted(&mix.weights);
         let entry = &self.scenario.entries[entry_index];
         let mut trace_id = [0u8; 16];
         trace_id[..8].copy_from_slice(&self.rng.next_u64().to_be_bytes());
         trace_id[8..].copy_from_slice(&self.rng.next_u64().to_be_bytes());
-        let mut touched: Vec<usize> =
-            new_entries.iter().filter(|(position, _)| *position == entry_index).map(|(_, change)| *change).collect();
-        let (client_address, user) = match shifted {
-            Some((position, change_index, clients, users)) if position == entry_index => {
-                touched.push(change_index);
-                let client = self.rng.between(0, u64::from(clients) - 1);
-                let user = (users > 0).then(|| format!("acct-{}", client % u64::from(users)));
-                (format!("198.51.{}.{}", client / 250, client % 250 + 1), user)
-            }
-            _ => {
-                let client = self.rng.between(0, u64::from(self.scenario.clients.max(1)) - 1);
-                // Two in three ordinary clients are signed in, each as their own user.
-                let user = (!client.is_multiple_of(3)).then(|| format!("user-{client}"));
-                (format!("10.{}.{}.{}", client / 62_500, (client / 250) % 250, client % 250 + 1), user)
-            }
-        };
+        let mut touched: Vec<usize> = mix
+            .new_entries
+            .iter()
+            .filter(|(position, _)| *position == entry_index)
+            .map(|(_, change)| *change)
+            .collect();
+        let (client_address, user) = self.client(mix.shifted, entry_index, &mut touched);
         let active_with_coins: Vec<(usize, &'s Change, bool)> =
             active.into_iter().map(|(i, c)| (i, c, self.rng.chance(c.share))).collect();
         let mut build = Build {
@@ -230,50 +194,74 @@ impl<'s> Generator<'s> {
         let query =
             entry.query.iter().map(|key| format!("{key}={}", self.rng.between(1, 100))).collect::<Vec<_>>().join("&");
         let (end, _) = self.execute(&mut build, &entry.service, &entry.operation, None, at, 0, Some(&query));
-
         // Labels.
         build.touched.sort_unstable();
         build.touched.dedup();
         for index in &build.touched {
             self.labels.changes[*index].record(trace_id);
         }
-
-        let mut spans = 0;
-        let mut resource_spans = Vec::new();
-        for service in build.service_order.iter().rev() {
-            let service_spans = build.spans.remove(service).unwrap_or_default();
-            spans += service_spans.len();
-            resource_spans.push(ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![
-                        attribute("service.name", service.as_str()),
-                        attribute("service.version", "1.4.2"),
-                        attribute("service.instance.id", format!("{service}-7d9f8b6c5-x2k4q")),
-                        attribute("deployment.environment.name", "production"),
-                        attribute("telemetry.sdk.name", "opentelemetry"),
-                        attribute("telemetry.sdk.language", "rust"),
-                        attribute("telemetry.sdk.version", "0.33.0"),
-                    ],
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "stormwatch-loadgen".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    spans: service_spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            });
-        }
+        let (resource_spans, spans) = resource_spans(build);
         GeneratedTrace {
             trace_id,
             request: ExportTraceServiceRequest { resource_spans },
             start_unix_nano: at,
             end_unix_nano: end,
             spans,
+        }
+    }
+
+    /// The entry mix at this moment: the scenario's weights, shifted by active mix-shift and
+    /// new-entry changes (a new entry has no traffic outside its change).
+    fn entry_mix(&self, active: &[(usize, &Change)]) -> EntryMix {
+        let mut weights: Vec<f64> = self.scenario.entries.iter().map(|e| e.weight).collect();
+        let mut shifted = None;
+        let mut new_entries = Vec::new();
+        for change in self.scenario.changes.iter().filter(|c| c.kind == ChangeKind::NewEntry) {
+            let entry = change.entry.as_deref().unwrap_or("");
+            if let Some(position) = self.scenario.entries.iter().position(|e| e.matches(entry)) {
+                weights[position] = 0.0;
+            }
+        }
+        for (index, change) in active {
+            if !matches!(change.kind, ChangeKind::MixShift | ChangeKind::NewEntry) {
+                continue;
+            }
+            let entry = change.entry.as_deref().unwrap_or("");
+            if let Some(position) = self.scenario.entries.iter().position(|e| e.matches(entry)) {
+                let others: f64 = weights.iter().enumerate().filter(|(i, _)| *i != position).map(|(_, w)| w).sum();
+                let share = change.weight.clamp(0.0, 0.99);
+                weights[position] = share / (1.0 - share) * others;
+                if change.kind == ChangeKind::MixShift {
+                    shifted = Some((position, *index, change.clients.max(1), change.users));
+                } else {
+                    new_entries.push((position, *index));
+                }
+            }
+        }
+        EntryMix { weights, shifted, new_entries }
+    }
+
+    /// The request's client address and user: one of a mix shift's own clients (the change is
+    /// then recorded as touching the trace), or one of the scenario's ordinary clients.
+    fn client(
+        &mut self,
+        shifted: Option<(usize, usize, u32, u32)>,
+        entry_index: usize,
+        touched: &mut Vec<usize>,
+    ) -> (String, Option<String>) {
+        match shifted {
+            Some((position, change_index, clients, users)) if position == entry_index => {
+                touched.push(change_index);
+                let client = self.rng.between(0, u64::from(clients) - 1);
+                let user = (users > 0).then(|| format!("acct-{}", client % u64::from(users)));
+                (format!("198.51.{}.{}", client / 250, client % 250 + 1), user)
+            }
+            _ => {
+                let client = self.rng.between(0, u64::from(self.scenario.clients.max(1)) - 1);
+                // Two in three ordinary clients are signed in, each as their own user.
+                let user = (!client.is_multiple_of(3)).then(|| format!("user-{client}"));
+                (format!("10.{}.{}.{}", client / 62_500, (client / 250) % 250, client % 250 + 1), user)
+            }
         }
     }
 
@@ -287,7 +275,6 @@ impl<'s> Generator<'s> {
 
     /// Runs `service operation` as a SERVER span starting at `start`; returns (end, failed).
     #[allow(clippy::too_many_arguments)]
-    #[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
     fn execute(
         &mut self,
         build: &mut Build<'s>,
@@ -335,6 +322,36 @@ impl<'s> Generator<'s> {
         let own = (behaviour.duration_ms * 1e6 * (0.5 + self.rng.unit())) as u64;
         let end = cursor + own;
         let failed = self.rng.chance(error_rate);
+        let attributes =
+            self.server_attributes(build, (service, operation), behaviour, failed, parent.is_none(), query);
+        let span = Span {
+            trace_id: build.trace_id.to_vec(),
+            span_id: span_id.to_vec(),
+            parent_span_id: parent.map(|p| p.to_vec()).unwrap_or_default(),
+            name: operation.into(),
+            kind: span::SpanKind::Server as i32,
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            attributes,
+            status: failed.then(|| Status { code: status::StatusCode::Error as i32, message: "internal error".into() }),
+            flags: 0x100,
+            ..Default::default()
+        };
+        self.push(build, service, span);
+        (end, failed)
+    }
+
+    /// A SERVER span's HTTP attributes (and, at the entry, who sent the request: the client
+    /// address, or a proxy's with the client in `X-Forwarded-For`, and the user).
+    fn server_attributes(
+        &mut self,
+        build: &Build<'_>,
+        (service, operation): (&str, &str),
+        behaviour: &Operation,
+        failed: bool,
+        entry: bool,
+        query: Option<&str>,
+    ) -> Vec<KeyValue> {
         let (method, route) = operation.split_once(' ').unwrap_or(("GET", operation));
         let path = route.replace("{id}", &self.rng.between(1, 5000).to_string());
         let mut attributes = vec![
@@ -354,7 +371,7 @@ impl<'s> Generator<'s> {
         if let Some(query) = query.filter(|q| !q.is_empty()) {
             attributes.push(attribute("url.query", query));
         }
-        if parent.is_none() && self.scenario.behind_proxy {
+        if entry && self.scenario.behind_proxy {
             attributes.push(attribute("network.peer.address", PROXY_ADDRESS));
             attributes.push(KeyValue {
                 key: "http.request.header.x-forwarded-for".into(),
@@ -367,29 +384,15 @@ impl<'s> Generator<'s> {
                 }),
                 ..Default::default()
             });
-        } else if parent.is_none() {
+        } else if entry {
             attributes.push(attribute("client.address", build.client_address.as_str()));
         }
-        if parent.is_none() {
+        if entry {
             if let Some(user) = &build.user {
                 attributes.push(attribute("enduser.id", user.as_str()));
             }
         }
-        let span = Span {
-            trace_id: build.trace_id.to_vec(),
-            span_id: span_id.to_vec(),
-            parent_span_id: parent.map(|p| p.to_vec()).unwrap_or_default(),
-            name: operation.into(),
-            kind: span::SpanKind::Server as i32,
-            start_time_unix_nano: start,
-            end_time_unix_nano: end,
-            attributes,
-            status: failed.then(|| Status { code: status::StatusCode::Error as i32, message: "internal error".into() }),
-            flags: 0x100,
-            ..Default::default()
-        };
-        self.push(build, service, span);
-        (end, failed)
+        attributes
     }
 
     /// How many times `call` runs in this execution, after fan-out and N+1 changes.
@@ -422,6 +425,51 @@ impl<'s> Generator<'s> {
         }
         count
     }
+}
+
+/// The entry weights of one request, and the changes that shift them: (entry position, change
+/// index, clients, users) of an active mix shift, (entry position, change index) of active new
+/// entries.
+struct EntryMix {
+    weights: Vec<f64>,
+    shifted: Option<(usize, usize, u32, u32)>,
+    new_entries: Vec<(usize, usize)>,
+}
+
+/// One `ResourceSpans` per service, in the order the SDKs would export them (innermost
+/// first), and how many spans they hold.
+fn resource_spans(mut build: Build<'_>) -> (Vec<ResourceSpans>, usize) {
+    let mut spans = 0;
+    let mut resource_spans = Vec::new();
+    for service in build.service_order.iter().rev() {
+        let service_spans = build.spans.remove(service).unwrap_or_default();
+        spans += service_spans.len();
+        resource_spans.push(ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    attribute("service.name", service.as_str()),
+                    attribute("service.version", "1.4.2"),
+                    attribute("service.instance.id", format!("{service}-7d9f8b6c5-x2k4q")),
+                    attribute("deployment.environment.name", "production"),
+                    attribute("telemetry.sdk.name", "opentelemetry"),
+                    attribute("telemetry.sdk.language", "rust"),
+                    attribute("telemetry.sdk.version", "0.33.0"),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "stormwatch-loadgen".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                spans: service_spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    (resource_spans, spans)
 }
 
 impl Iterator for Generator<'_> {
