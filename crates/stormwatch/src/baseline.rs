@@ -16,7 +16,6 @@ use stormwatch_engine::admin::{explanation, find, list, TOKEN_FILE};
 use stormwatch_engine::tuning::Change;
 
 /// `stormwatch baseline ...`.
-#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
 pub(crate) fn run(args: BaselineArgs) -> anyhow::Result<()> {
     match args.command {
         BaselineCommand::List { source, filter, json } => {
@@ -32,88 +31,11 @@ pub(crate) fn run(args: BaselineArgs) -> anyhow::Result<()> {
             }
             print_rows(&rows, rows.len(), json)
         }
-        BaselineCommand::Export { engine, models, output } => {
-            let document = match &engine {
-                Some(url) => http_request(url, "GET", "/api/snapshot", &BTreeMap::new(), None)?,
-                None => {
-                    let path = models.join(SNAPSHOT_FILE);
-                    std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?
-                }
-            };
-            match &output {
-                Some(path) => {
-                    stormwatch_io::write_private_file(path, (document.trim_end().to_string() + "\n").as_bytes())
-                        .with_context(|| format!("cannot write {}", path.display()))?;
-                    eprintln!("baselines written to {}", path.display());
-                }
-                None => println!("{}", document.trim_end()),
-            }
-            Ok(())
-        }
-        BaselineCommand::Import { file, target } => {
-            let store = load(&file)?;
-            let edges = store.edges_tracked();
-            match &target.engine {
-                Some(url) => {
-                    let document = std::fs::read_to_string(&file)?;
-                    let token = token_for(&target)?;
-                    let who = who_of(&target);
-                    let answer =
-                        http_request(url, "POST", "/api/snapshot", &BTreeMap::new(), Some((&document, &token, &who)))?;
-                    let summary: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
-                    println!("imported by the engine at {url}: {}", summary["summary"].as_str().unwrap_or(&answer));
-                }
-                None => {
-                    let path = stormwatch_baseline::write_snapshot(&target.models, &store)?;
-                    println!("{edges} edges written to {} (start the engine on these models)", path.display());
-                }
-            }
-            Ok(())
-        }
+        BaselineCommand::Export { engine, models, output } => export(engine.as_deref(), &models, output.as_deref()),
+        BaselineCommand::Import { file, target } => import(&file, &target),
         BaselineCommand::Explain { alert, engine, alerts, models, json } => {
-            let explained: serde_json::Value = match (&engine, &alerts) {
-                (Some(url), _) => {
-                    let params = BTreeMap::from([("id".to_string(), alert.clone())]);
-                    serde_json::from_str(&http_request(url, "GET", "/api/explain", &params, None)?)?
-                }
-                (None, Some(file)) => {
-                    let text = std::fs::read_to_string(file)
-                        .with_context(|| format!("cannot read the alerts file {}", file.display()))?;
-                    let all: Vec<stormwatch_model::Alert> =
-                        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-                    let found = find(all.iter(), &alert)
-                        .with_context(|| format!("no alert in {} has id or fingerprint {alert:?}", file.display()))?;
-                    let tuning = stormwatch_engine::tuning::load(&models.join(stormwatch_engine::tuning::TUNING_FILE))
-                        .map_err(anyhow::Error::msg)?
-                        .unwrap_or_default();
-                    explanation(found, &inspect::rows(&load(&models)?), &tuning)
-                }
-                (None, None) => bail!("explain needs --engine URL, or --alerts FILE (with --models DIR)"),
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&explained)?);
-                return Ok(());
-            }
-            println!("{}", explained["why"].as_str().unwrap_or(""));
-            println!("rule: {}", explained["rule"].as_str().unwrap_or(""));
-            println!("alert: {}", explained["explanation"].as_str().unwrap_or(""));
-            if let Some(traces) = explained["exemplar_trace_ids"].as_array() {
-                let ids: Vec<&str> = traces.iter().filter_map(|t| t.as_str()).collect();
-                println!("exemplar traces: {}", ids.join(" "));
-            }
-            let rows: Vec<BaselineRow> = serde_json::from_value(explained["baselines_now"].clone()).unwrap_or_default();
-            if !rows.is_empty() {
-                println!("baselines of the edge now:");
-                print_rows(&rows, rows.len(), false)?;
-            }
-            let tuning = &explained["tuning"];
-            println!(
-                "tuning: detector {}, edge {}, {} matching overrides",
-                tuning["detector_mode"].as_str().unwrap_or("on"),
-                if tuning["edge_frozen"] == true { "frozen" } else { "learning" },
-                tuning["overrides"].as_array().map_or(0, |o| o.len())
-            );
-            Ok(())
+            let explained = explain(&alert, engine.as_deref(), alerts.as_deref(), &models)?;
+            print_explained(&explained, json)
         }
         BaselineCommand::Set { edge, entry, kind, threshold_factor, limit, min_samples, severity, disable, target } => {
             let change = Change::Set {
@@ -141,40 +63,139 @@ pub(crate) fn run(args: BaselineArgs) -> anyhow::Result<()> {
         BaselineCommand::Allow { entry, clients, user, until, target } => {
             write(&target, &Change::Allow { entry, clients, user, until, reason: target.reason.clone() })
         }
-        BaselineCommand::Diff { before, after, json, limit } => {
-            let before_rows = inspect::rows(&load(&before)?);
-            let after_rows = inspect::rows(&load(&after)?);
-            let changes = inspect::diff(&before_rows, &after_rows);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&changes)?);
-                return Ok(());
-            }
-            println!("{} of {} baselines changed ({} before)", changes.len(), after_rows.len(), before_rows.len());
-            if !changes.is_empty() {
-                println!("{:<8} {:>9} {:>9} {:>9} {:>9}  baseline", "change", "p99", "now", "samples", "now");
-            }
-            for change in changes.iter().take(limit) {
-                let (label, b, a) = match (&change.before, &change.after) {
-                    (None, Some(a)) => ("new", None, Some(a)),
-                    (Some(b), None) => ("gone", Some(b), None),
-                    (b, a) => ("moved", b.as_ref(), a.as_ref()),
-                };
-                let number = |row: Option<&BaselineRow>, f: fn(&BaselineRow) -> String| row.map_or("-".into(), f);
-                println!(
-                    "{label:<8} {:>9} {:>9} {:>9} {:>9}  {}",
-                    number(b, |r| trim(r.p99)),
-                    number(a, |r| trim(r.p99)),
-                    number(b, |r| r.samples.to_string()),
-                    number(a, |r| r.samples.to_string()),
-                    change.key
-                );
-            }
-            if changes.len() > limit {
-                println!("... {} more (--limit, or --json for all)", changes.len() - limit);
-            }
-            Ok(())
+        BaselineCommand::Diff { before, after, json, limit } => diff(&before, &after, json, limit),
+    }
+}
+
+/// `baseline export`: the snapshot document, from a running engine or the models directory.
+fn export(engine: Option<&str>, models: &Path, output: Option<&Path>) -> anyhow::Result<()> {
+    let document = match engine {
+        Some(url) => http_request(url, "GET", "/api/snapshot", &BTreeMap::new(), None)?,
+        None => {
+            let path = models.join(SNAPSHOT_FILE);
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+    };
+    match output {
+        Some(path) => {
+            stormwatch_io::write_private_file(path, (document.trim_end().to_string() + "\n").as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("baselines written to {}", path.display());
+        }
+        None => println!("{}", document.trim_end()),
+    }
+    Ok(())
+}
+
+/// `baseline import`: a snapshot file, checked, into a running engine or a models directory.
+fn import(file: &Path, target: &TuningTarget) -> anyhow::Result<()> {
+    let store = load(file)?;
+    let edges = store.edges_tracked();
+    match &target.engine {
+        Some(url) => {
+            let document = std::fs::read_to_string(file)?;
+            let token = token_for(target)?;
+            let who = who_of(target);
+            let answer = http_request(url, "POST", "/api/snapshot", &BTreeMap::new(), Some((&document, &token, &who)))?;
+            let summary: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+            println!("imported by the engine at {url}: {}", summary["summary"].as_str().unwrap_or(&answer));
+        }
+        None => {
+            let path = stormwatch_baseline::write_snapshot(&target.models, &store)?;
+            println!("{edges} edges written to {} (start the engine on these models)", path.display());
         }
     }
+    Ok(())
+}
+
+/// `baseline explain`: why an alert fired, from a running engine or offline from an alerts
+/// file and the models directory.
+fn explain(
+    alert: &str,
+    engine: Option<&str>,
+    alerts: Option<&Path>,
+    models: &Path,
+) -> anyhow::Result<serde_json::Value> {
+    match (engine, alerts) {
+        (Some(url), _) => {
+            let params = BTreeMap::from([("id".to_string(), alert.to_string())]);
+            Ok(serde_json::from_str(&http_request(url, "GET", "/api/explain", &params, None)?)?)
+        }
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the alerts file {}", file.display()))?;
+            let all: Vec<stormwatch_model::Alert> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            let found = find(all.iter(), alert)
+                .with_context(|| format!("no alert in {} has id or fingerprint {alert:?}", file.display()))?;
+            let tuning = stormwatch_engine::tuning::load(&models.join(stormwatch_engine::tuning::TUNING_FILE))
+                .map_err(anyhow::Error::msg)?
+                .unwrap_or_default();
+            Ok(explanation(found, &inspect::rows(&load(models)?), &tuning))
+        }
+        (None, None) => bail!("explain needs --engine URL, or --alerts FILE (with --models DIR)"),
+    }
+}
+
+fn print_explained(explained: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(explained)?);
+        return Ok(());
+    }
+    println!("{}", explained["why"].as_str().unwrap_or(""));
+    println!("rule: {}", explained["rule"].as_str().unwrap_or(""));
+    println!("alert: {}", explained["explanation"].as_str().unwrap_or(""));
+    if let Some(traces) = explained["exemplar_trace_ids"].as_array() {
+        let ids: Vec<&str> = traces.iter().filter_map(|t| t.as_str()).collect();
+        println!("exemplar traces: {}", ids.join(" "));
+    }
+    let rows: Vec<BaselineRow> = serde_json::from_value(explained["baselines_now"].clone()).unwrap_or_default();
+    if !rows.is_empty() {
+        println!("baselines of the edge now:");
+        print_rows(&rows, rows.len(), false)?;
+    }
+    let tuning = &explained["tuning"];
+    println!(
+        "tuning: detector {}, edge {}, {} matching overrides",
+        tuning["detector_mode"].as_str().unwrap_or("on"),
+        if tuning["edge_frozen"] == true { "frozen" } else { "learning" },
+        tuning["overrides"].as_array().map_or(0, |o| o.len())
+    );
+    Ok(())
+}
+
+/// `baseline diff`: what changed between two models directories.
+fn diff(before: &Path, after: &Path, json: bool, limit: usize) -> anyhow::Result<()> {
+    let before_rows = inspect::rows(&load(before)?);
+    let after_rows = inspect::rows(&load(after)?);
+    let changes = inspect::diff(&before_rows, &after_rows);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&changes)?);
+        return Ok(());
+    }
+    println!("{} of {} baselines changed ({} before)", changes.len(), after_rows.len(), before_rows.len());
+    if !changes.is_empty() {
+        println!("{:<8} {:>9} {:>9} {:>9} {:>9}  baseline", "change", "p99", "now", "samples", "now");
+    }
+    for change in changes.iter().take(limit) {
+        let (label, b, a) = match (&change.before, &change.after) {
+            (None, Some(a)) => ("new", None, Some(a)),
+            (Some(b), None) => ("gone", Some(b), None),
+            (b, a) => ("moved", b.as_ref(), a.as_ref()),
+        };
+        let number = |row: Option<&BaselineRow>, f: fn(&BaselineRow) -> String| row.map_or("-".into(), f);
+        println!(
+            "{label:<8} {:>9} {:>9} {:>9} {:>9}  {}",
+            number(b, |r| trim(r.p99)),
+            number(a, |r| trim(r.p99)),
+            number(b, |r| r.samples.to_string()),
+            number(a, |r| r.samples.to_string()),
+            change.key
+        );
+    }
+    if changes.len() > limit {
+        println!("... {} more (--limit, or --json for all)", changes.len() - limit);
+    }
+    Ok(())
 }
 
 /// Who the audit trail names: `--who`, else `$USER`, else "cli"; held to what the admin API

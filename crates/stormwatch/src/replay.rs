@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use stormwatch_baseline::BaselineStore;
 use stormwatch_io::files::{self, FileError};
-use stormwatch_io::Metrics;
+use stormwatch_io::{Metrics, SpanQueue};
 use stormwatch_model::AlertKind;
 
 use crate::ReplayArgs;
-use stormwatch_engine::{open_sink, restore, EngineOptions, Pipeline};
+use stormwatch_engine::{open_sink, restore, EngineOptions, EngineReport, Pipeline};
 
 struct Progress {
     bytes: AtomicU64,
@@ -23,7 +23,6 @@ struct Progress {
     done: AtomicBool,
 }
 
-#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
 pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let config = crate::serve::load_config(&args.common)?;
     config.validate()?;
@@ -71,56 +70,15 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         done: AtomicBool::new(false),
     });
     let file_count = readers.len();
-    let reader = std::thread::Builder::new().name("stormwatch-decode".into()).spawn({
-        let progress = progress.clone();
-        move || -> Result<(), FileError> {
-            let result = (|| {
-                let mut finished_bytes = 0;
-                for mut file in readers {
-                    while let Some(decoded) = file.next() {
-                        let decoded = decoded?;
-                        progress.spans.fetch_add(decoded.spans.len() as u64, Ordering::Relaxed);
-                        progress.rejected.fetch_add(decoded.rejected_spans, Ordering::Relaxed);
-                        progress.bytes.store(finished_bytes + file.position(), Ordering::Relaxed);
-                        if queue.send_blocking(decoded.spans).is_err() {
-                            return Ok(()); // the engine stopped; its report says why
-                        }
-                    }
-                    finished_bytes += file.size();
-                }
-                Ok(())
-            })();
-            progress.done.store(true, Ordering::Relaxed);
-            result
-        }
-    })?;
-
+    let reader = spawn_decoder(readers, queue, progress.clone())?;
     report_progress(&progress, total_bytes, args.quiet).await;
     let read_result = tokio::task::spawn_blocking(move || reader.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the decode thread panicked"))?;
     let report = pipeline.finish(None).await?;
 
-    let elapsed = started.elapsed().as_secs_f64().max(1e-9);
-    let spans = progress.spans.load(Ordering::Relaxed);
-    let by_kind: Vec<String> = AlertKind::ALL
-        .iter()
-        .zip(report.stats.alerts)
-        .filter(|(_, count)| *count > 0)
-        .map(|(kind, count)| format!("{} {count}", kind.as_str()))
-        .collect();
-    let alerts: u64 = report.stats.alerts.iter().sum();
     if !args.quiet {
-        eprintln!(
-            "replayed {spans} spans in {} traces from {file_count} file(s) in {elapsed:.2} s ({:.0} spans/s); \
-             alerts: {alerts}{}; rejected spans {}, late spans {}, evicted traces {}",
-            report.stats.traces_checked,
-            spans as f64 / elapsed,
-            if by_kind.is_empty() { String::new() } else { format!(" ({})", by_kind.join(", ")) },
-            progress.rejected.load(Ordering::Relaxed),
-            report.late_spans,
-            report.traces_evicted,
-        );
+        summarise(&report, &progress, file_count, started.elapsed().as_secs_f64().max(1e-9));
     }
     if let Some(error) = report.snapshot_error {
         anyhow::bail!("the baseline snapshot was not written: {error}");
@@ -130,6 +88,57 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         anyhow::bail!("{} alerts could not be delivered", Metrics::get(&metrics.alert_delivery_failures_total));
     }
     Ok(())
+}
+
+/// The decode thread: reads the files in order into the queue (waiting for room), counting as
+/// it goes; it stops early when the engine stopped.
+fn spawn_decoder(
+    readers: Vec<files::OtlpFileReader>,
+    queue: SpanQueue,
+    progress: Arc<Progress>,
+) -> std::io::Result<std::thread::JoinHandle<Result<(), FileError>>> {
+    std::thread::Builder::new().name("stormwatch-decode".into()).spawn(move || {
+        let result = (|| {
+            let mut finished_bytes = 0;
+            for mut file in readers {
+                while let Some(decoded) = file.next() {
+                    let decoded = decoded?;
+                    progress.spans.fetch_add(decoded.spans.len() as u64, Ordering::Relaxed);
+                    progress.rejected.fetch_add(decoded.rejected_spans, Ordering::Relaxed);
+                    progress.bytes.store(finished_bytes + file.position(), Ordering::Relaxed);
+                    if queue.send_blocking(decoded.spans).is_err() {
+                        return Ok(()); // the engine stopped; its report says why
+                    }
+                }
+                finished_bytes += file.size();
+            }
+            Ok(())
+        })();
+        progress.done.store(true, Ordering::Relaxed);
+        result
+    })
+}
+
+/// The one-line summary of a replay.
+fn summarise(report: &EngineReport, progress: &Progress, file_count: usize, elapsed: f64) {
+    let spans = progress.spans.load(Ordering::Relaxed);
+    let by_kind: Vec<String> = AlertKind::ALL
+        .iter()
+        .zip(report.stats.alerts)
+        .filter(|(_, count)| *count > 0)
+        .map(|(kind, count)| format!("{} {count}", kind.as_str()))
+        .collect();
+    let alerts: u64 = report.stats.alerts.iter().sum();
+    eprintln!(
+        "replayed {spans} spans in {} traces from {file_count} file(s) in {elapsed:.2} s ({:.0} spans/s); \
+         alerts: {alerts}{}; rejected spans {}, late spans {}, evicted traces {}",
+        report.stats.traces_checked,
+        spans as f64 / elapsed,
+        if by_kind.is_empty() { String::new() } else { format!(" ({})", by_kind.join(", ")) },
+        progress.rejected.load(Ordering::Relaxed),
+        report.late_spans,
+        report.traces_evicted,
+    );
 }
 
 /// A progress bar on a terminal; a line every five seconds otherwise.
