@@ -31,29 +31,14 @@ detect_as = ["n_plus_one"]
 
 /// Alert latency at `rate` spans/s: event time at wall-clock speed, an N+1 attack in a small
 /// share of requests, every alert emitted (no throttling).
-#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
 pub(crate) async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans: usize) -> anyhow::Result<()> {
-    let mut scenario =
-        Scenario::parse(stormwatch_loadgen::shipped::LARGE_GENERATED).map_err(|e| anyhow::anyhow!("scenario: {e}"))?;
-    let probe = generate(&scenario, 50_000, batch_spans);
-    let spans_per_request = probe.spans as f64 / probe.traces as f64;
-    let mut attack = toml::from_str::<Change>(LATENCY_ATTACK).context("the latency attack")?;
-    scenario.rate = rate / spans_per_request;
-    // About 20 attacked requests a second, whatever the rate (2% of the entry at least).
-    let total_weight: f64 = scenario.entries.iter().map(|e| e.weight).sum();
-    let entry_weight: f64 = scenario.entries.iter().filter(|e| e.service == "bff").map(|e| e.weight).sum();
-    let entry_rate = scenario.rate * entry_weight / total_weight.max(1e-9);
-    attack.share = (20.0 / entry_rate.max(1e-9)).clamp(0.02, 0.5);
-    scenario.changes = vec![attack];
-    scenario.duration = Duration::from_secs(seconds);
-    scenario.start_unix_seconds = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 2;
+    let scenario = latency_scenario(rate, seconds, batch_spans)?;
     eprintln!("bench: latency at {} spans/s for {seconds} s ...", human(rate));
     let traffic = tokio::task::spawn_blocking({
         let scenario = scenario.clone();
         move || generate(&scenario, u64::MAX, batch_spans)
     })
     .await?;
-
     // Every alert emitted (no folding of repeats), and room for rate x (trace_idle + trace
     // duration) spans in flight, as a deployment at this rate would configure it.
     let in_flight = ((rate * 12.0) as u64).max(6_000_000);
@@ -64,7 +49,6 @@ pub(crate) async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans:
     let alerts = alerts_file.display().to_string();
     let args_for = |l: &Listeners| serve_args(&setup.dir, "latency", &config, l, &["--alerts-file", &alerts]);
     let (mut target, listeners) = spawn_listening("engine", &setup.dir, args_for, |l| vec![l.grpc, l.admin]).await?;
-    let grpc = listeners.grpc;
     // Start when the traffic's event time begins.
     let start_at = UNIX_EPOCH + Duration::from_secs(scenario.start_unix_seconds);
     if let Ok(wait) = start_at.duration_since(SystemTime::now()) {
@@ -74,7 +58,7 @@ pub(crate) async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans:
     let acked: Arc<Vec<AtomicU64>> = Arc::new((0..batches.len()).map(|_| AtomicU64::new(0)).collect());
     let stop = CancellationToken::new();
     let watcher = tokio::spawn(watch_alerts(alerts_file.clone(), traffic.attacked.clone(), stop.clone()));
-    let endpoint = format!("grpc://{grpc}");
+    let endpoint = format!("grpc://{}", listeners.grpc);
     let sent = send(&endpoint, batches.clone(), setup.connections, Some(rate), acked.clone(), EXPORTER_BACKOFF).await;
     let (started, retries) = match sent {
         Ok(sent) => (sent.started, sent.refused_exports),
@@ -98,28 +82,60 @@ pub(crate) async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans:
     stop.cancel();
     let seen = watcher.await?;
     target.stop();
-    // Traces sent in the last trace_idle (+1 s) of the stream complete only through the
-    // quiet-stream fallback after it ends: steady state is the traces before them.
+    let achieved = spans_sent(&batches) as f64 / sending.max(1e-9);
+    report(setup, &traffic.attacked, &acked, &seen, started, (rate, achieved, retries))
+}
+
+/// The default scenario at `rate` spans/s for `seconds`, from two seconds from now, with the
+/// latency attack in about 20 requests a second (2% of the entry's at least).
+fn latency_scenario(rate: f64, seconds: u64, batch_spans: usize) -> anyhow::Result<Scenario> {
+    let mut scenario =
+        Scenario::parse(stormwatch_loadgen::shipped::LARGE_GENERATED).map_err(|e| anyhow::anyhow!("scenario: {e}"))?;
+    let probe = generate(&scenario, 50_000, batch_spans);
+    let spans_per_request = probe.spans as f64 / probe.traces as f64;
+    let mut attack = toml::from_str::<Change>(LATENCY_ATTACK).context("the latency attack")?;
+    scenario.rate = rate / spans_per_request;
+    let total_weight: f64 = scenario.entries.iter().map(|e| e.weight).sum();
+    let entry_weight: f64 = scenario.entries.iter().filter(|e| e.service == "bff").map(|e| e.weight).sum();
+    let entry_rate = scenario.rate * entry_weight / total_weight.max(1e-9);
+    attack.share = (20.0 / entry_rate.max(1e-9)).clamp(0.02, 0.5);
+    scenario.changes = vec![attack];
+    scenario.duration = Duration::from_secs(seconds);
+    scenario.start_unix_seconds = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 2;
+    Ok(scenario)
+}
+
+/// The latency quantiles of the attacked requests' alerts, from the acknowledgement of the
+/// export that carried each one's last span. Traces sent in the last trace_idle (+1 s) of the
+/// stream complete only through the quiet-stream fallback after it ends: steady state is the
+/// traces before them.
+fn report(
+    setup: &Setup,
+    attacked: &HashMap<String, usize>,
+    acked: &[AtomicU64],
+    seen: &[(String, Instant)],
+    started: Instant,
+    (rate, achieved, retries): (f64, f64, u64),
+) -> anyhow::Result<()> {
     let last_ack = acked.iter().map(|a| a.load(Ordering::Relaxed)).max().unwrap_or(0);
     let cutoff = last_ack.saturating_sub(6_000_000_000);
     let steady =
         |batch: usize| acked.get(batch).map(|a| a.load(Ordering::Relaxed)).filter(|at| *at > 0 && *at <= cutoff);
-    let attacked_steady = traffic.attacked.values().filter(|batch| steady(**batch).is_some()).count();
+    let attacked_steady = attacked.values().filter(|batch| steady(**batch).is_some()).count();
     let mut latencies: Vec<f64> = seen
         .iter()
         .filter_map(|(trace, at)| {
-            let acked_at = steady(*traffic.attacked.get(trace)?)?;
+            let acked_at = steady(*attacked.get(trace)?)?;
             Some(at.saturating_duration_since(started + Duration::from_nanos(acked_at)).as_secs_f64())
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
     let quantile = |q: f64| latencies.get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
-    let spans = spans_sent(&batches);
     println!(
         "alert latency at 70% of the engine's gRPC throughput ({} spans/s offered, {} achieved, {} retried exports): \
          {} of {} attacked requests alerted (those sent before the last 6 s of the stream)",
         human(rate),
-        human(spans as f64 / sending.max(1e-9)),
+        human(achieved),
         retries,
         latencies.len(),
         attacked_steady

@@ -35,7 +35,7 @@ use crate::memory::memory_report;
 use crate::overload::overload;
 use crate::process::{machine, tempfile_dir, ticks_per_second};
 use crate::runs::{median, run_file, run_kafka, run_server, Measure, Setup};
-use crate::traffic::{generate, write_binpb, Batch};
+use crate::traffic::{generate, write_binpb, Batch, Traffic};
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +62,6 @@ fn mb(bytes: u64) -> String {
 }
 
 /// `stormwatch bench`.
-#[allow(clippy::too_many_lines)] // over 80 lines: to be broken into named steps (issue 18)
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
     anyhow::ensure!(args.connections >= 1, "--connections must be at least 1");
@@ -72,15 +71,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "--latency-seconds must be 0 (skip) or at least 10: the attack starts after 3 s of learning, and traces \
          of the last 6 s complete only after the stream ends"
     );
-    let text = match &args.scenario {
-        Some(path) => {
-            std::fs::read_to_string(path).with_context(|| format!("cannot read scenario {}", path.display()))?
-        }
-        None => stormwatch_loadgen::shipped::LARGE_GENERATED.to_string(),
-    };
-    let mut scenario = Scenario::parse(&text).map_err(|e| anyhow::anyhow!("scenario: {e}"))?;
-    // Long enough to give the requested spans.
-    scenario.duration = scenario.duration.max(Duration::from_secs(24 * 3600));
+    let scenario = scenario_of(&args)?;
     let name = scenario.name.clone();
     let dir = tempfile_dir()?;
     let setup = Setup { dir: dir.clone(), ticks: ticks_per_second(), connections: args.connections, runs: args.runs };
@@ -116,52 +107,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Arc::new(traffic.batches.iter().map(|b| Batch { body: b.body.clone(), spans: b.spans }).collect::<Vec<_>>());
     let mut engine_grpc = 0.0;
     for transport in &args.transport {
-        let mut reference = Vec::new();
-        let mut engine = Vec::new();
-        if *transport == BenchTransport::File && !file.exists() {
-            write_binpb(&traffic, &file)?;
-        }
-        for run in 0..setup.runs {
-            eprintln!("bench: {} run {}/{} ...", transport.as_str(), run + 1, setup.runs);
-            match transport {
-                BenchTransport::File => {
-                    reference.push(run_file(&setup, &file, spans, false).await?);
-                    engine.push(run_file(&setup, &file, spans, true).await?);
-                }
-                _ => {
-                    reference.push(run_server(&setup, &batches, spans, *transport, false, run).await?);
-                    engine.push(run_server(&setup, &batches, spans, *transport, true, run).await?);
-                }
-            }
-        }
-        let summarise = |runs: &[Measure]| {
-            let rate = median(&mut runs.iter().map(|m| m.spans_per_second).collect::<Vec<_>>());
-            let cpu = median(&mut runs.iter().map(|m| m.cpu_micros_per_span).collect::<Vec<_>>());
-            let rss = runs.iter().map(|m| m.peak_rss).max().unwrap_or(0);
-            (rate, cpu, rss)
-        };
-        let (reference_rate, reference_cpu, reference_rss) = summarise(&reference);
-        let (engine_rate, engine_cpu, engine_rss) = summarise(&engine);
+        let engine_rate = measure_transport(&setup, *transport, &traffic, &batches, &file).await?;
         if *transport == BenchTransport::Grpc {
             engine_grpc = engine_rate;
         }
-        println!(
-            "{:<6} {:<10} {:>14} {:>12.2} {:>10}",
-            transport.as_str(),
-            "reference",
-            human(reference_rate),
-            reference_cpu,
-            mb(reference_rss)
-        );
-        println!(
-            "{:<6} {:<10} {:>14} {:>12.2} {:>10} {:>18.2}",
-            transport.as_str(),
-            "engine",
-            human(engine_rate),
-            engine_cpu,
-            mb(engine_rss),
-            engine_rate / reference_rate.max(1e-9)
-        );
     }
     let _ = std::fs::remove_file(&file);
     // Memory per in-flight span and per tracked edge, in a fresh process: reported below, and
@@ -172,20 +121,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         overload(&setup, &batches, spans, report.bytes_per_in_flight_span, report.bytes_per_edge).await?;
     }
     if let Some(brokers) = &args.kafka {
-        eprintln!("bench: kafka: writing the traffic to a topic on {brokers} ...");
-        let runs = run_kafka(&setup, &batches, spans, brokers).await?;
-        let single = runs.first().map_or(0.0, |(_, m)| m.spans_per_second);
-        for (engines, measure) in &runs {
-            println!(
-                "{:<6} {:<10} {:>14} {:>12.2} {:>10} {:>18}",
-                "kafka",
-                format!("engine x{engines}"),
-                human(measure.spans_per_second),
-                measure.cpu_micros_per_span,
-                mb(measure.peak_rss),
-                format!("{:.2} of x1", measure.spans_per_second / single.max(1e-9))
-            );
-        }
+        measure_kafka(&setup, &batches, spans, brokers).await?;
     }
     drop(batches);
     drop(traffic);
@@ -203,5 +139,94 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         latency(&setup, engine_grpc * 0.7, args.latency_seconds, args.batch_spans).await?;
     }
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The scenario whose traffic is sent (`--scenario`, or the built-in large-generated one),
+/// long enough to give the requested spans.
+fn scenario_of(args: &BenchArgs) -> anyhow::Result<Scenario> {
+    let text = match &args.scenario {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read scenario {}", path.display()))?
+        }
+        None => stormwatch_loadgen::shipped::LARGE_GENERATED.to_string(),
+    };
+    let mut scenario = Scenario::parse(&text).map_err(|e| anyhow::anyhow!("scenario: {e}"))?;
+    scenario.duration = scenario.duration.max(Duration::from_secs(24 * 3600));
+    Ok(scenario)
+}
+
+/// The reference and the engine, taking turns over the runs on one transport; prints their
+/// medians and returns the engine's throughput.
+async fn measure_transport(
+    setup: &Setup,
+    transport: BenchTransport,
+    traffic: &Traffic,
+    batches: &Arc<Vec<Batch>>,
+    file: &std::path::Path,
+) -> anyhow::Result<f64> {
+    let spans = traffic.spans;
+    let mut reference = Vec::new();
+    let mut engine = Vec::new();
+    if transport == BenchTransport::File && !file.exists() {
+        write_binpb(traffic, file)?;
+    }
+    for run in 0..setup.runs {
+        eprintln!("bench: {} run {}/{} ...", transport.as_str(), run + 1, setup.runs);
+        match transport {
+            BenchTransport::File => {
+                reference.push(run_file(setup, file, spans, false).await?);
+                engine.push(run_file(setup, file, spans, true).await?);
+            }
+            _ => {
+                reference.push(run_server(setup, batches, spans, transport, false, run).await?);
+                engine.push(run_server(setup, batches, spans, transport, true, run).await?);
+            }
+        }
+    }
+    let summarise = |runs: &[Measure]| {
+        let rate = median(&mut runs.iter().map(|m| m.spans_per_second).collect::<Vec<_>>());
+        let cpu = median(&mut runs.iter().map(|m| m.cpu_micros_per_span).collect::<Vec<_>>());
+        let rss = runs.iter().map(|m| m.peak_rss).max().unwrap_or(0);
+        (rate, cpu, rss)
+    };
+    let (reference_rate, reference_cpu, reference_rss) = summarise(&reference);
+    let (engine_rate, engine_cpu, engine_rss) = summarise(&engine);
+    println!(
+        "{:<6} {:<10} {:>14} {:>12.2} {:>10}",
+        transport.as_str(),
+        "reference",
+        human(reference_rate),
+        reference_cpu,
+        mb(reference_rss)
+    );
+    println!(
+        "{:<6} {:<10} {:>14} {:>12.2} {:>10} {:>18.2}",
+        transport.as_str(),
+        "engine",
+        human(engine_rate),
+        engine_cpu,
+        mb(engine_rss),
+        engine_rate / reference_rate.max(1e-9)
+    );
+    Ok(engine_rate)
+}
+
+/// The Kafka input runs, printed as ratios to one engine.
+async fn measure_kafka(setup: &Setup, batches: &[Batch], spans: u64, brokers: &str) -> anyhow::Result<()> {
+    eprintln!("bench: kafka: writing the traffic to a topic on {brokers} ...");
+    let runs = run_kafka(setup, batches, spans, brokers).await?;
+    let single = runs.first().map_or(0.0, |(_, m)| m.spans_per_second);
+    for (engines, measure) in &runs {
+        println!(
+            "{:<6} {:<10} {:>14} {:>12.2} {:>10} {:>18}",
+            "kafka",
+            format!("engine x{engines}"),
+            human(measure.spans_per_second),
+            measure.cpu_micros_per_span,
+            mb(measure.peak_rss),
+            format!("{:.2} of x1", measure.spans_per_second / single.max(1e-9))
+        );
+    }
     Ok(())
 }
