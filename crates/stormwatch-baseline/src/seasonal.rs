@@ -82,7 +82,7 @@ impl DailyProfile {
     }
 
     /// Whether this profile (read from a snapshot) has its 24 hours and finite levels.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if self.hours.len() != HOURS {
             return Err(format!("{} hours, not {HOURS}", self.hours.len()));
         }

@@ -144,8 +144,8 @@ pub(crate) async fn run_kafka(
     let topic = format!("stormwatch-bench-{}-{stamp}", std::process::id());
     let alerts = format!("{topic}-alerts");
     let payloads: Vec<Bytes> = batches.iter().map(|b| b.body.clone()).collect();
-    stormwatch_io::kafka::create_and_fill_topic(brokers, &alerts, 1, &[]).await.map_err(anyhow::Error::msg)?;
-    stormwatch_io::kafka::create_and_fill_topic(brokers, &topic, 4, &payloads).await.map_err(anyhow::Error::msg)?;
+    stormwatch_io::kafka::create_and_fill_topic(brokers, &alerts, 1, &[]).await?;
+    stormwatch_io::kafka::create_and_fill_topic(brokers, &topic, 4, &payloads).await?;
     let mut results = Vec::new();
     for count in [1usize, 2] {
         eprintln!("bench: kafka: {count} engine(s) consuming ...");

@@ -329,7 +329,7 @@ fn change_tuning(engine: &mut Engine, watch: &mut TuningWatch, body: &str, who: 
             engine.set_tuning(tuning);
             (200, serde_json::json!({ "summary": summary }).to_string())
         }
-        Err(message) => error(400, message),
+        Err(refused) => error(400, refused.to_string()),
     }
 }
 

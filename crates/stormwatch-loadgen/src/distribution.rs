@@ -108,7 +108,7 @@ impl Count {
     }
 
     /// Parses `3`, `uniform(1,5)`, `poisson(4)`, `pareto(1,1.5)`.
-    pub fn parse(text: &str) -> Result<Count, String> {
+    pub(crate) fn parse(text: &str) -> Result<Count, String> {
         let text = text.trim();
         if let Ok(n) = text.parse::<u64>() {
             return Ok(Count::Fixed(n));

@@ -314,10 +314,15 @@ impl Default for EvalSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
+    /// The file could not be read.
     #[error("cannot read scenario {path}: {source}")]
     Read { path: String, source: std::io::Error },
+    /// The file's text is not a valid scenario: the message names the field.
     #[error("scenario {path}: {message}")]
     Invalid { path: String, message: String },
+    /// Scenario text (not from a file) is not valid: the message names the field.
+    #[error("{0}")]
+    Text(String),
 }
 
 impl Scenario {
@@ -326,11 +331,15 @@ impl Scenario {
         let shown = path.display().to_string();
         let text =
             std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { path: shown.clone(), source })?;
-        Scenario::parse(&text).map_err(|message| ScenarioError::Invalid { path: shown, message })
+        Scenario::parse(&text).map_err(|error| ScenarioError::Invalid { path: shown, message: error.to_string() })
     }
 
     /// Parses and validates scenario text; the error names the field.
-    pub fn parse(text: &str) -> Result<Scenario, String> {
+    pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse_text(text).map_err(ScenarioError::Text)
+    }
+
+    fn parse_text(text: &str) -> Result<Scenario, String> {
         let mut scenario: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
         if let Some(spec) = &scenario.generated {
             if spec.services == 0 || spec.entries == 0 {

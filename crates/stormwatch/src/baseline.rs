@@ -127,8 +127,7 @@ fn explain(
             let all: Vec<stormwatch_model::Alert> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
             let found = find(all.iter(), alert)
                 .with_context(|| format!("no alert in {} has id or fingerprint {alert:?}", file.display()))?;
-            let tuning = stormwatch_engine::tuning::load(&models.join(stormwatch_engine::tuning::TUNING_FILE))
-                .map_err(anyhow::Error::msg)?
+            let tuning = stormwatch_engine::tuning::load(&models.join(stormwatch_engine::tuning::TUNING_FILE))?
                 .unwrap_or_default();
             Ok(explanation(found, &inspect::rows(&load(models)?), &tuning))
         }
@@ -239,8 +238,7 @@ fn write(target: &TuningTarget, change: &Change) -> anyhow::Result<()> {
         }
         None => {
             let path = target.models.join(stormwatch_engine::tuning::TUNING_FILE);
-            let tuning = stormwatch_engine::tuning::append(&path, change, &who, stormwatch_model::wall_clock_nanos())
-                .map_err(anyhow::Error::msg)?;
+            let tuning = stormwatch_engine::tuning::append(&path, change, &who, stormwatch_model::wall_clock_nanos())?;
             println!(
                 "written to {}: {} (a running engine on these models reloads it within 2 s)",
                 path.display(),

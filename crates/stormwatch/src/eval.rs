@@ -57,8 +57,7 @@ fn engine_for(scenario: &Scenario, args: &EvalArgs) -> anyhow::Result<Engine> {
     config.attribution.apply()?;
     let mut engine = Engine::new(config.engine(), BaselineStore::new(config.baseline.max_keys), wall_clock_nanos);
     if let Some(path) = &args.tuning {
-        let tuning = stormwatch_engine::tuning::load(path)
-            .map_err(anyhow::Error::msg)?
+        let tuning = stormwatch_engine::tuning::load(path)?
             .with_context(|| format!("--tuning {}: no such file", path.display()))?;
         if !args.quiet {
             eprintln!("eval: tuning {}: {}", path.display(), stormwatch_engine::tuning::describe(&tuning));

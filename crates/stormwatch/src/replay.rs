@@ -46,7 +46,7 @@ pub(crate) async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| args.models.as_ref().map(|dir| dir.join(stormwatch_engine::tuning::TUNING_FILE)));
     let tuning = match &tuning_path {
-        Some(path) => stormwatch_engine::tuning::load(path).map_err(anyhow::Error::msg)?.unwrap_or_default(),
+        Some(path) => stormwatch_engine::tuning::load(path)?.unwrap_or_default(),
         None => Default::default(),
     };
     let (pipeline, queue) = Pipeline::start(

@@ -203,7 +203,7 @@ impl Distribution {
     /// Whether this distribution (read from a snapshot) is one that learning can build: buckets
     /// in order and in range, their weights adding up, finite non-negative moments, times no
     /// later than [`LATEST_UNIX_NANO`]. The error says what is wrong.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         let last_bucket = bucket_of(u64::MAX);
         let mut previous: Option<u16> = None;
         let mut sum = 0u64;

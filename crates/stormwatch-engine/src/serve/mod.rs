@@ -111,7 +111,7 @@ impl Start {
         let tls = config.server.tls.server_configs()?;
         // The security engineers' tuning: a bad file stops the start; a bad edit later is refused.
         let tuning_path = config.baseline.models_dir.join(crate::tuning::TUNING_FILE);
-        let initial = crate::tuning::load(&tuning_path).map_err(anyhow::Error::msg)?.unwrap_or_default();
+        let initial = crate::tuning::load(&tuning_path)?.unwrap_or_default();
         tracing::info!(path = %tuning_path.display(), tuning = %crate::tuning::describe(&initial), "tuning in force");
         let tuning = TuningOptions { initial, watch: Some(TuningWatch::new(tuning_path)), reload: reload_on_hangup()? };
         let engine_id = if config.kafka.instance_id.is_empty() {

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use stormwatch_detect::tuning::Tuning;
 
-use super::parse;
+use super::{parse, TuningError};
 
 /// One change an engineer makes through the admin API or `stormwatch baseline`. It is appended
 /// to the tuning file as a block headed by a comment saying who made it, when and why, so the
@@ -145,13 +145,13 @@ fn check_entry(entry: &toml::Table) -> Result<(), String> {
 /// The text of the change's entry is checked first (`check_entry`), its comment header is
 /// escaped, and the new file is parsed again before it is written: it must hold exactly what the old one
 /// held plus the one entry the change asked for, or nothing is written.
-pub fn append(path: &Path, change: &Change, who: &str, now_unix_nano: u64) -> Result<Tuning, String> {
+pub fn append(path: &Path, change: &Change, who: &str, now_unix_nano: u64) -> Result<Tuning, TuningError> {
     let (array, entry, summary) = change.entry();
-    check_entry(&entry)?;
+    check_entry(&entry).map_err(TuningError::Entry)?;
     let current = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+        Err(error) => return Err(TuningError::Read { path: path.to_path_buf(), error }),
     };
     let mut doc = toml::Table::new();
     doc.insert(array.to_string(), toml::Value::Array(vec![toml::Value::Table(entry.clone())]));
@@ -168,8 +168,8 @@ pub fn append(path: &Path, change: &Change, who: &str, now_unix_nano: u64) -> Re
     ));
     let tuning = parse(&text, path)?;
     exactly_one_more(&current, &text, array, &entry)
-        .map_err(|why| format!("{}: the change was not written: {why}", path.display()))?;
-    let write_error = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+        .map_err(|why| TuningError::NotWritten { path: path.to_path_buf(), why })?;
+    let write_error = |error: std::io::Error| TuningError::Write { path: path.to_path_buf(), error };
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(write_error)?;
     }

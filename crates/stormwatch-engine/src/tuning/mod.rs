@@ -144,8 +144,33 @@ fn kinds() -> String {
     AlertKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
 }
 
+/// Why a tuning file, or a change to it, was refused. Each names the file (and the line, for
+/// text that does not validate).
+#[derive(Debug, thiserror::Error)]
+pub enum TuningError {
+    /// The text does not parse or validate: `<file> line N: what is wrong`.
+    #[error("{0}")]
+    Invalid(String),
+    /// The file could not be read.
+    #[error("cannot read {}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    /// The file could not be written.
+    #[error("cannot write {}: {error}", path.display())]
+    Write { path: PathBuf, error: std::io::Error },
+    /// A change's text could not be one line of the file (names the field).
+    #[error("{0}")]
+    Entry(String),
+    /// The file would hold more than the one entry the change adds: nothing was written.
+    #[error("{}: the change was not written: {why}", path.display())]
+    NotWritten { path: PathBuf, why: String },
+}
+
 /// Parses and validates tuning text; errors name `origin` and the line.
-pub fn parse(text: &str, origin: &Path) -> Result<Tuning, String> {
+pub fn parse(text: &str, origin: &Path) -> Result<Tuning, TuningError> {
+    parse_text(text, origin).map_err(TuningError::Invalid)
+}
+
+fn parse_text(text: &str, origin: &Path) -> Result<Tuning, String> {
     let locator = Locator { text, origin };
     let doc: Doc = toml::from_str(text).map_err(|e| {
         let message = e.message().to_string();
@@ -250,11 +275,11 @@ fn allowance(a: AllowDoc) -> Result<Allowance, String> {
 }
 
 /// Reads and validates a tuning file; a missing file is no tuning.
-pub fn load(path: &Path) -> Result<Option<Tuning>, String> {
+pub fn load(path: &Path) -> Result<Option<Tuning>, TuningError> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse(&text, path).map(Some),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(format!("cannot read {}: {error}", path.display())),
+        Err(error) => Err(TuningError::Read { path: path.to_path_buf(), error }),
     }
 }
 
@@ -273,7 +298,7 @@ impl TuningWatch {
 
     /// `Some` with the new tuning (or the error that kept the old one) when the file changed
     /// since the last call, or `force`.
-    pub fn poll(&mut self, force: bool) -> Option<Result<Tuning, String>> {
+    pub fn poll(&mut self, force: bool) -> Option<Result<Tuning, TuningError>> {
         let now = modified(&self.path);
         if now == self.seen && !force {
             return None;

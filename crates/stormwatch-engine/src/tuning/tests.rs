@@ -71,7 +71,7 @@ fn a_bad_edit_names_the_file_and_line() {
         ),
     ];
     for (text, line, words) in cases {
-        let error = parse(&text, origin).unwrap_err();
+        let error = parse(&text, origin).unwrap_err().to_string();
         assert!(error.starts_with(&format!("models/tuning.toml line {line}: ")), "{error}");
         assert!(error.contains(words), "{error}");
     }
@@ -105,7 +105,7 @@ fn changes_append_commented_blocks_that_validate_and_undo() {
     assert!(!tuning.freeze_all);
     let before = std::fs::read_to_string(&path).unwrap();
     let bad = Change::Mode { kind: "retry_storm".into(), mode: "loud".into(), reason: String::new() };
-    let error = append(&path, &bad, "eve", at).unwrap_err();
+    let error = append(&path, &bad, "eve", at).unwrap_err().to_string();
     assert!(error.contains("\"loud\""), "{error}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
     assert_eq!(load(&path).unwrap().unwrap().rules.len(), 1);
@@ -150,7 +150,7 @@ fn injected_lines_never_reach_the_file() {
         (Change::Mode { kind: "retry_storm\u{202e}".into(), mode: "on".into(), reason: String::new() }, "kind"),
     ];
     for (change, field) in changes {
-        let error = append(&path, &change, "alice", at).unwrap_err();
+        let error = append(&path, &change, "alice", at).unwrap_err().to_string();
         assert!(error.starts_with(field) && error.contains("control character"), "{error}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
     }

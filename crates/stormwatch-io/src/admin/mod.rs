@@ -96,16 +96,41 @@ pub const MAX_GRAPH_EDGES: usize = 10_000;
 /// Alerts `/api/alerts` shows when `limit` is not given.
 pub const DEFAULT_ALERTS: usize = 100;
 
+/// A question the API refuses before asking the engine (answered 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminRequestError {
+    /// A parameter the route does not take.
+    #[error("unknown parameter {name:?}: {route} takes {takes}")]
+    UnknownParameter {
+        /// The parameter sent.
+        name: String,
+        /// The route asked.
+        route: &'static str,
+        /// The parameters it takes, in words.
+        takes: &'static str,
+    },
+    /// `limit` out of its range.
+    #[error("limit must be a number from 1 to {most}")]
+    Limit {
+        /// The largest `limit` taken.
+        most: usize,
+    },
+    /// `/api/explain` without `id`.
+    #[error("explain needs ?id=ALERT_ID_OR_FINGERPRINT")]
+    MissingId,
+}
+
 impl AdminRequest {
-    /// `GET /api/graph?limit=N&focus=TEXT`, or the 400 message naming the bad parameter.
-    pub fn graph(params: &BTreeMap<String, String>) -> Result<AdminRequest, String> {
+    /// `GET /api/graph?limit=N&focus=TEXT`, or why it is refused.
+    pub fn graph(params: &BTreeMap<String, String>) -> Result<AdminRequest, AdminRequestError> {
         if let Some(unknown) = params.keys().find(|k| !["limit", "focus"].contains(&k.as_str())) {
-            return Err(format!("unknown parameter {unknown:?}: /api/graph takes limit and focus"));
+            let (route, takes) = ("/api/graph", "limit and focus");
+            return Err(AdminRequestError::UnknownParameter { name: unknown.clone(), route, takes });
         }
         let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
             None => DEFAULT_GRAPH_EDGES,
             Some(Ok(limit)) if (1..=MAX_GRAPH_EDGES).contains(&limit) => limit,
-            Some(_) => return Err(format!("limit must be a number from 1 to {MAX_GRAPH_EDGES}")),
+            Some(_) => return Err(AdminRequestError::Limit { most: MAX_GRAPH_EDGES }),
         };
         Ok(AdminRequest::Graph { limit, focus: params.get("focus").cloned() })
     }
@@ -119,11 +144,11 @@ impl AdminRequest {
         }
     }
 
-    /// `GET /api/explain?id=ID`, or the 400 message when the id is missing.
-    pub fn explain(params: &BTreeMap<String, String>) -> Result<AdminRequest, String> {
+    /// `GET /api/explain?id=ID`, or why it is refused.
+    pub fn explain(params: &BTreeMap<String, String>) -> Result<AdminRequest, AdminRequestError> {
         match params.get("id") {
             Some(id) => Ok(AdminRequest::Explain { id: id.clone() }),
-            None => Err("explain needs ?id=ALERT_ID_OR_FINGERPRINT".into()),
+            None => Err(AdminRequestError::MissingId),
         }
     }
 }
@@ -351,7 +376,7 @@ async fn graph(
 ) -> axum::response::Response {
     match AdminRequest::graph(&params) {
         Ok(request) => ask(&state, request, String::new()).await,
-        Err(message) => error(400, &message),
+        Err(refused) => error(400, &refused.to_string()),
     }
 }
 
@@ -361,7 +386,7 @@ async fn explain(
 ) -> axum::response::Response {
     match AdminRequest::explain(&params) {
         Ok(request) => ask(&state, request, String::new()).await,
-        Err(message) => error(400, &message),
+        Err(refused) => error(400, &refused.to_string()),
     }
 }
 

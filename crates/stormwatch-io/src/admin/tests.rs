@@ -152,3 +152,26 @@ async fn live_events_reach_every_stream_and_end_at_shutdown() {
     assert!(ready < alert && alert < window, "{response}");
     server.await.unwrap().unwrap();
 }
+
+/// Each route's parameters are parsed once, here: what the API can check is refused with a 400
+/// naming the parameter before the engine is asked.
+#[test]
+fn requests_are_parsed_and_checked_before_the_engine_is_asked() {
+    let params = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    assert_eq!(AdminRequest::graph(&params(&[])), Ok(AdminRequest::Graph { limit: DEFAULT_GRAPH_EDGES, focus: None }));
+    assert_eq!(
+        AdminRequest::graph(&params(&[("limit", "5"), ("focus", "db")])),
+        Ok(AdminRequest::Graph { limit: 5, focus: Some("db".into()) })
+    );
+    let refused = AdminRequest::graph(&params(&[("limit", "0")])).unwrap_err();
+    assert_eq!(refused.to_string(), "limit must be a number from 1 to 10000");
+    let refused = AdminRequest::graph(&params(&[("limt", "5")])).unwrap_err();
+    assert_eq!(refused.to_string(), "unknown parameter \"limt\": /api/graph takes limit and focus");
+    assert_eq!(AdminRequest::explain(&params(&[])), Err(AdminRequestError::MissingId));
+    assert_eq!(
+        AdminRequest::alerts(&params(&[("limit", "many"), ("kind", "n_plus_one")])),
+        AdminRequest::Alerts { limit: DEFAULT_ALERTS, kind: Some("n_plus_one".into()), matching: None }
+    );
+}

@@ -246,6 +246,10 @@ pub enum TopicError {
          --topic {topic} --partitions {partitions})"
     )]
     Refused { brokers: String, topic: String, partitions: i32, code: rdkafka::types::RDKafkaErrorCode },
+    #[error("cannot create a producer for {brokers}: {source}")]
+    Producer { brokers: String, source: rdkafka::error::KafkaError },
+    #[error("cannot produce to {topic}: {source}")]
+    Produce { topic: String, source: rdkafka::error::KafkaError },
 }
 
 /// Creates an internal topic when it is missing (as Kafka Streams creates its own), with
@@ -297,33 +301,33 @@ pub async fn create_and_fill_topic(
     topic: &str,
     partitions: i32,
     payloads: &[bytes::Bytes],
-) -> Result<(), String> {
+) -> Result<(), TopicError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     let admin: AdminClient<DefaultClientContext> = client_config()
         .set("bootstrap.servers", brokers)
         .create()
-        .map_err(|e| format!("cannot reach Kafka at {brokers}: {e}"))?;
+        .map_err(|source| TopicError::Client { brokers: brokers.into(), source })?;
     let results = admin
         .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
         .await
-        .map_err(|e| format!("cannot create topic {topic} on {brokers}: {e}"))?;
+        .map_err(|source| TopicError::Request { brokers: brokers.into(), topic: topic.into(), source })?;
     for result in results {
-        result.map_err(|(name, code)| format!("cannot create topic {name}: {code:?}"))?;
+        result.map_err(|(topic, code)| TopicError::Refused { brokers: brokers.into(), topic, partitions, code })?;
     }
     let producer: FutureProducer = client_config()
         .set("bootstrap.servers", brokers)
         .set("message.max.bytes", "16000000")
         .set("linger.ms", "5")
         .create()
-        .map_err(|e| format!("cannot create a producer for {brokers}: {e}"))?;
+        .map_err(|source| TopicError::Producer { brokers: brokers.into(), source })?;
     for chunk in payloads.chunks(256).enumerate() {
         let keys: Vec<String> = (0..chunk.1.len()).map(|i| (chunk.0 * 256 + i).to_string()).collect();
         let sends = chunk.1.iter().zip(&keys).map(|(payload, key)| {
             producer.send(FutureRecord::to(topic).key(key).payload(payload.as_ref()), Duration::from_secs(60))
         });
         for result in futures::future::join_all(sends).await {
-            result.map_err(|(e, _)| format!("cannot produce to {topic}: {e}"))?;
+            result.map_err(|(source, _)| TopicError::Produce { topic: topic.into(), source })?;
         }
     }
     Ok(())
