@@ -196,33 +196,33 @@ struct Room {
 #[derive(Clone, Debug)]
 pub struct BaselineStore {
     /// Calls per parent span, per edge.
-    pub fanout: Table<Edge>,
+    pub(crate) fanout: Table<Edge>,
     /// Calls per root request, per (root class, edge).
-    pub request_edges: Table<(RootClass, Edge)>,
+    pub(crate) request_edges: Table<(RootClass, Edge)>,
     /// Spans, DB calls and services per root request, per root class.
-    pub request_totals: Table<(RootClass, RequestMetric)>,
+    pub(crate) request_totals: Table<(RootClass, RequestMetric)>,
     /// The same per entry route, entry service and for the whole system: what a young root
     /// class is judged against.
-    pub class_scopes: Table<(ClassScope, RequestMetric)>,
+    pub(crate) class_scopes: Table<(ClassScope, RequestMetric)>,
     /// Calls per parent span from a service to another, and to any callee of a kind: what a
     /// young edge is judged against.
-    pub edge_scopes: Table<EdgeScope>,
+    pub(crate) edge_scopes: Table<EdgeScope>,
     /// Window level, per edge: work per entry request, retry ratio, cache miss ratio
     /// (thousandths).
-    pub windows: Table<(WindowMetric, Edge)>,
+    pub(crate) windows: Table<(WindowMetric, Edge)>,
     /// Window level: calls on an edge caused by one root class, per thousand entry requests
     /// of all classes. Its mean is the expected contribution when attributing an excess.
-    pub window_classes: Table<(RootClass, Edge)>,
+    pub(crate) window_classes: Table<(RootClass, Edge)>,
     /// Window level, per metric and edge: the usual level at each hour of the day.
-    pub seasonal: Table<(WindowMetric, Edge), DailyProfile>,
+    pub(crate) seasonal: Table<(WindowMetric, Edge), DailyProfile>,
     /// The correlated-storm detector's normal subspace, once fitted.
-    pub correlated: Option<SubspaceModel>,
+    pub(crate) correlated: Option<SubspaceModel>,
     /// Event time the store has learned up to.
-    pub watermark_unix_nano: u64,
+    pub(crate) watermark_unix_nano: u64,
     /// Learning frozen everywhere (tuning): no baseline moves.
-    pub freeze_all: bool,
+    pub(crate) freeze_all: bool,
     /// Edges whose baselines are frozen, as `Edge` displays them (tuning).
-    pub frozen_edges: HashSet<String>,
+    pub(crate) frozen_edges: HashSet<String>,
     room: Room,
 }
 
@@ -243,6 +243,83 @@ impl BaselineStore {
             frozen_edges: HashSet::new(),
             room: Room { max_keys, young_below: 0, last_sweeps_unix_nano: [0; 7], stats: StoreStats::default() },
         }
+    }
+
+    /// Calls per parent span, per edge.
+    pub fn fanout(&self) -> &Table<Edge> {
+        &self.fanout
+    }
+
+    /// Calls per root request, per (root class, edge).
+    pub fn request_edges(&self) -> &Table<(RootClass, Edge)> {
+        &self.request_edges
+    }
+
+    /// Spans, DB calls and services per root request, per root class.
+    pub fn request_totals(&self) -> &Table<(RootClass, RequestMetric)> {
+        &self.request_totals
+    }
+
+    /// Request totals per entry route, entry service and for the whole system.
+    pub fn class_scopes(&self) -> &Table<(ClassScope, RequestMetric)> {
+        &self.class_scopes
+    }
+
+    /// Calls per parent span from a service to another, and to any callee of a kind.
+    pub fn edge_scopes(&self) -> &Table<EdgeScope> {
+        &self.edge_scopes
+    }
+
+    /// Window level, per edge: work per entry request, retry ratio, cache miss ratio.
+    pub fn windows(&self) -> &Table<(WindowMetric, Edge)> {
+        &self.windows
+    }
+
+    /// Window level: calls on an edge caused by one root class, per thousand entry requests.
+    pub fn window_classes(&self) -> &Table<(RootClass, Edge)> {
+        &self.window_classes
+    }
+
+    /// Window level, per metric and edge: the usual level at each hour of the day.
+    pub fn seasonal(&self) -> &Table<(WindowMetric, Edge), DailyProfile> {
+        &self.seasonal
+    }
+
+    /// The correlated-storm detector's normal subspace, once fitted.
+    pub fn correlated(&self) -> Option<&SubspaceModel> {
+        self.correlated.as_ref()
+    }
+
+    /// The correlated model, taken out to be updated (put it back with
+    /// [`BaselineStore::set_correlated`]).
+    pub fn take_correlated(&mut self) -> Option<SubspaceModel> {
+        self.correlated.take()
+    }
+
+    /// Puts the correlated model (back) in place.
+    pub fn set_correlated(&mut self, model: Option<SubspaceModel>) {
+        self.correlated = model;
+    }
+
+    /// Event time the store has learned up to.
+    pub fn watermark(&self) -> u64 {
+        self.watermark_unix_nano
+    }
+
+    /// Moves the learned-up-to event time forward to `at` (never back).
+    pub fn advance_watermark(&mut self, at: u64) {
+        self.watermark_unix_nano = self.watermark_unix_nano.max(at);
+    }
+
+    /// What the tuning freezes: every baseline, and edges as `Edge` displays them.
+    pub fn freezing(&self) -> (bool, &HashSet<String>) {
+        (self.freeze_all, &self.frozen_edges)
+    }
+
+    /// Sets what the tuning freezes (see [`BaselineStore::freezing`]).
+    pub fn set_freezing(&mut self, all: bool, edges: HashSet<String>) {
+        self.freeze_all = all;
+        self.frozen_edges = edges;
     }
 
     /// Lets a full table evict baselines with fewer than `samples` samples (the learning

@@ -166,7 +166,7 @@ impl Engine {
                 let per_entry = *calls as f64 / entries;
                 let p99 = self
                     .store
-                    .windows
+                    .windows()
                     .get(&(stormwatch_baseline::WindowMetric::WorkPerEntry, *edge))
                     .map_or(0.0, |d| d.quantile(0.99) as f64 / 1000.0);
                 EdgeGauge {
@@ -273,8 +273,7 @@ impl Engine {
     /// Puts a tuning in force: overrides, shadow modes and allowlists apply to the next
     /// findings; freezes stop learning at once.
     pub fn set_tuning(&mut self, tuning: Tuning) {
-        self.store.freeze_all = tuning.freeze_all;
-        self.store.frozen_edges = tuning.frozen_edges.iter().cloned().collect();
+        self.store.set_freezing(tuning.freeze_all, tuning.frozen_edges.iter().cloned().collect());
         self.tuning = tuning;
     }
 
@@ -290,11 +289,11 @@ impl Engine {
 
     /// Replaces every baseline (an imported snapshot); the tuning's freezes carry over.
     pub fn replace_store(&mut self, store: BaselineStore) {
-        let (freeze_all, frozen) = (self.store.freeze_all, std::mem::take(&mut self.store.frozen_edges));
+        let (freeze_all, frozen) = self.store.freezing();
+        let (freeze_all, frozen) = (freeze_all, frozen.clone());
         self.store = store;
         self.store.evict_young_below(self.detect.learning_min_samples);
-        self.store.freeze_all = freeze_all;
-        self.store.frozen_edges = frozen;
+        self.store.set_freezing(freeze_all, frozen);
     }
 
     /// Continues from another store's window baselines (see [`BaselineStore::adopt_windows`]).
@@ -460,13 +459,13 @@ impl Engine {
             let mut findings = findings;
             if findings.is_empty() && window.entry_requests >= self.windows.config().min_entry_requests {
                 // Out of the store while it is judged, so the store can say what is frozen.
-                let mut model = self.store.correlated.take();
+                let mut model = self.store.take_correlated();
                 let store = &self.store;
                 let residual =
                     self.correlated.observe(&mut model, &window.rates(), window.entry_requests, window.end, &|edge| {
                         store.is_frozen(edge)
                     });
-                self.store.correlated = model;
+                self.store.set_correlated(model);
                 if let Some(residual) = residual {
                     findings.push(correlated_finding(&window, residual, &self.detect));
                 }

@@ -180,9 +180,9 @@ pub(crate) fn restore_shared(brokers: &str, topic: &str, max_keys: usize) -> Opt
     let mut stores = decode_shared(&snapshots, max_keys, topic);
     let windows_from = stores.iter().enumerate().max_by_key(|(_, (_, s))| s.window_samples()).map(|(i, _)| i)?;
     let windows = stores.remove(windows_from);
-    let newest = stores.iter().enumerate().max_by_key(|(_, (_, s))| s.watermark_unix_nano).map(|(i, _)| i);
+    let newest = stores.iter().enumerate().max_by_key(|(_, (_, s))| s.watermark()).map(|(i, _)| i);
     let (from, mut store) = match newest {
-        Some(i) if stores[i].1.watermark_unix_nano > windows.1.watermark_unix_nano => stores.swap_remove(i),
+        Some(i) if stores[i].1.watermark() > windows.1.watermark() => stores.swap_remove(i),
         _ => return Some(log_restored(topic, windows)),
     };
     tracing::info!(from = %windows.0, "window baselines restored from the group's topic");

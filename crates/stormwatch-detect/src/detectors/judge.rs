@@ -147,8 +147,8 @@ pub(super) fn judge_total(
 ) -> Outcome {
     let ancestors = ClassScope::above(&class)
         .into_iter()
-        .map(|scope| (Ancestor::Class(scope), store.class_scopes.get(&(scope, metric))));
-    match judge_young(store.request_totals.get(&(class, metric)), observed, ancestors, config) {
+        .map(|scope| (Ancestor::Class(scope), store.class_scopes().get(&(scope, metric))));
+    match judge_young(store.request_totals().get(&(class, metric)), observed, ancestors, config) {
         Outcome::Own(None) => Outcome::Own(unprecedented(store, metric, observed, config)),
         outcome => outcome,
     }
@@ -162,7 +162,7 @@ fn unprecedented(
     observed: u64,
     config: &DetectConfig,
 ) -> Option<Judgement> {
-    let system = store.class_scopes.get(&(ClassScope::System, metric))?;
+    let system = store.class_scopes().get(&(ClassScope::System, metric))?;
     if system.samples() < config.learning_min_samples {
         return None;
     }
@@ -175,8 +175,8 @@ fn unprecedented(
 /// caller's service to its callee's service, then to any callee of its kind).
 pub(super) fn judge_fanout(store: &BaselineStore, edge: Edge, observed: u64, config: &DetectConfig) -> Outcome {
     let ancestors =
-        EdgeScope::above(&edge).into_iter().map(|scope| (Ancestor::Edge(scope), store.edge_scopes.get(&scope)));
-    judge_young(store.fanout.get(&edge), observed, ancestors, config)
+        EdgeScope::above(&edge).into_iter().map(|scope| (Ancestor::Edge(scope), store.edge_scopes().get(&scope)));
+    judge_young(store.fanout().get(&edge), observed, ancestors, config)
 }
 
 /// A key judged against its own baseline once it has `learning_min_samples`; until then

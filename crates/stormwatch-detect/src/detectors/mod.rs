@@ -199,7 +199,7 @@ fn judge_request_edges(
 ) -> Vec<Pending> {
     let mut per_request = Vec::new();
     for edge in &features.edges {
-        if let Some(judgement) = judge(store.request_edges.get(&(class, edge.edge)), edge.calls, config) {
+        if let Some(judgement) = judge(store.request_edges().get(&(class, edge.edge)), edge.calls, config) {
             anomalies.request_edges.insert(edge.edge);
             per_request.push(Pending {
                 kind: AlertKind::RequestAmplification,
@@ -278,7 +278,7 @@ fn hold_young_request_edges(
         !anomalies.fanout_held.is_empty() || anomalies.totals.iter().any(|m| anomalies.borrowed.contains(m));
     let Some(class) = features.root_class.filter(|_| borrowed_storm) else { return };
     for edge in &features.edges {
-        let own = store.request_edges.get(&(class, edge.edge));
+        let own = store.request_edges().get(&(class, edge.edge));
         if own.is_none_or(|own| own.samples() < config.learning_min_samples && edge.calls > own.max()) {
             anomalies.request_edges_held.insert(edge.edge);
         }
@@ -292,17 +292,17 @@ fn hold_young_request_edges(
 /// is full: a pair it cannot learn would be new forever.
 fn new_edges(features: &TraceFeatures, store: &BaselineStore, config: &DetectConfig) -> Vec<Finding> {
     let Some(class) = features.root_class else { return Vec::new() };
-    let Some(history) = store.request_totals.get(&(class, RequestMetric::Spans)) else { return Vec::new() };
+    let Some(history) = store.request_totals().get(&(class, RequestMetric::Spans)) else { return Vec::new() };
     if !features.complete
         || history.samples() < config.learning_min_samples
-        || store.request_edges.len() >= store.max_keys()
+        || store.request_edges().len() >= store.max_keys()
     {
         return Vec::new();
     }
     features
         .edges
         .iter()
-        .filter(|edge| !store.request_edges.contains_key(&(class, edge.edge)))
+        .filter(|edge| !store.request_edges().contains_key(&(class, edge.edge)))
         .map(|edge| {
             let heavy = edge.calls as f64 >= config.min_excess;
             Finding {
@@ -357,7 +357,7 @@ fn tail_excess(
                 (RequestMetric::Spans, _) if edge.edge.to.kind == stormwatch_model::NodeKind::Service => 2,
                 (RequestMetric::Spans, _) => 1,
             };
-            let baseline = store.request_edges.get(&(class, edge.edge))?;
+            let baseline = store.request_edges().get(&(class, edge.edge))?;
             if baseline.samples() < config.learning_min_samples
                 || edge.calls <= baseline.quantile(config.quantile)
                 || judge(Some(baseline), edge.calls, config).is_some()
@@ -437,7 +437,7 @@ pub fn learn(features: &TraceFeatures, store: &mut BaselineStore, anomalies: &An
             }
         }
     }
-    store.watermark_unix_nano = store.watermark_unix_nano.max(at);
+    store.advance_watermark(at);
 }
 
 #[cfg(test)]

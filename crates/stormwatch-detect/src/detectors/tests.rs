@@ -55,9 +55,9 @@ fn a_request_far_beyond_anything_the_system_did_alerts_whatever_its_class_allows
         let spans = (1.0 / (1.0 - quantile)).powf(1.0 / 1.8) as u64;
         store.observe_request_total(class, RequestMetric::Spans, spans, i);
     }
-    let largest = store.class_scopes[&(ClassScope::System, RequestMetric::Spans)].max();
+    let largest = store.class_scopes()[&(ClassScope::System, RequestMetric::Spans)].max();
     let beyond = (NEVER_SEEN_FACTOR * largest as f64) as u64 + 1;
-    let own = store.request_totals.get(&(class, RequestMetric::Spans));
+    let own = store.request_totals().get(&(class, RequestMetric::Spans));
     assert!(judge(own, beyond, &config).is_none(), "its own tail allows {beyond}");
     let Outcome::Own(judged) = judge_total(&store, class, RequestMetric::Spans, beyond, &config) else {
         panic!("a class with its own history is judged on it")

@@ -106,10 +106,10 @@ fn judge_hourly(
     at: u64,
     rules: &DetectConfig,
 ) -> (Option<Judgement>, bool) {
-    let distribution = store.windows.get(&(WindowMetric::WorkPerEntry, edge));
+    let distribution = store.windows().get(&(WindowMetric::WorkPerEntry, edge));
     let lift = distribution
         .filter(|d| d.samples() >= rules.learning_min_samples)
-        .zip(store.seasonal.get(&(WindowMetric::WorkPerEntry, edge)).and_then(|p| p.level_at(at)))
+        .zip(store.seasonal().get(&(WindowMetric::WorkPerEntry, edge)).and_then(|p| p.level_at(at)))
         .map_or(1.0, |(d, level)| (level / (d.quantile(0.5) as f64).max(1.0)).clamp(1.0, MAX_HOURLY_LIFT));
     if lift <= 1.0 {
         return (judge_value(distribution, work, rules), false);

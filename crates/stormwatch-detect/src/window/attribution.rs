@@ -20,7 +20,7 @@ pub(super) fn attribute(
         .into_iter()
         .map(|(class, calls)| {
             let expected = store
-                .window_classes
+                .window_classes()
                 .get(&(class, edge))
                 .map_or(0.0, |d: &Distribution| d.mean() * entries as f64 / 1000.0);
             (class, calls.saturating_sub(expected.round() as u64))

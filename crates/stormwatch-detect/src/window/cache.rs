@@ -17,7 +17,7 @@ pub(super) fn judge(judging: &Judging<'_>, database: Edge, counts: &CacheWindow,
         return;
     }
     let ratio = thousandths(counts.database_calls, lookups);
-    let baseline = judging.store.windows.get(&(WindowMetric::CacheMissRatio, database));
+    let baseline = judging.store.windows().get(&(WindowMetric::CacheMissRatio, database));
     match judge_value(baseline, ratio, &judging.rules) {
         Some(judgement) if excess(counts.database_calls, &judgement, lookups) >= judging.config.min_excess => {
             let total: u64 = counts.by_class.iter().map(|(_, n)| n).sum();

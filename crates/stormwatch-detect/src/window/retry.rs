@@ -14,7 +14,7 @@ pub(super) fn judge(judging: &Judging<'_>, edge: Edge, counts: &EdgeWindow, judg
         return;
     }
     let ratio = thousandths(counts.retries, counts.calls);
-    let baseline = judging.store.windows.get(&(WindowMetric::RetryRatio, edge));
+    let baseline = judging.store.windows().get(&(WindowMetric::RetryRatio, edge));
     match judge_value(baseline, ratio, &judging.rules) {
         Some(judgement) if excess(counts.retries, &judgement, counts.calls) >= judging.config.min_excess => {
             let (contributors, top_class) = attribute(counts, edge, judging.window.entry_requests, judging.store);

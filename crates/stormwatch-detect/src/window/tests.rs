@@ -211,7 +211,7 @@ fn quiet_windows_are_ignored_and_anomalous_ones_are_not_learned() {
     let mut store = trained();
     let edge_samples = |store: &BaselineStore| {
         store
-            .windows
+            .windows()
             .iter()
             .filter(|((metric, _), _)| *metric == WindowMetric::WorkPerEntry)
             .map(|(_, d)| d.samples())
@@ -225,7 +225,7 @@ fn quiet_windows_are_ignored_and_anomalous_ones_are_not_learned() {
     // An attack window: the anomalous edges keep their baseline.
     let search_edge = |store: &BaselineStore| {
         store
-            .windows
+            .windows()
             .iter()
             .find(|((metric, edge), _)| {
                 *metric == WindowMetric::WorkPerEntry

@@ -63,13 +63,13 @@ fn a_surge_lasting_half_an_hour_keeps_alerting_and_teaches_nothing() {
     assert!(out.is_empty(), "ordinary traffic alerted: {out:#?}");
     let reviews = *engine
         .store()
-        .windows
+        .windows()
         .keys()
         .find(|(metric, edge)| *metric == WindowMetric::WorkPerEntry && edge.to.operation.as_str() == "GET /reviews")
         .map(|(_, edge)| edge)
         .expect("a window baseline for gateway -> reviews");
     let summary = |engine: &Engine| {
-        let d = &engine.store().windows[&(WindowMetric::WorkPerEntry, reviews)];
+        let d = &engine.store().windows()[&(WindowMetric::WorkPerEntry, reviews)];
         (d.samples(), d.quantile(0.5), d.quantile(0.9), d.quantile(0.99), d.max())
     };
     let surge_start = T0 + 480 * SEC;
@@ -116,7 +116,7 @@ fn a_surge_lasting_half_an_hour_keeps_alerting_and_teaches_nothing() {
     let last_minutes = stormwatch_model::rfc3339(surge_end - 5 * 60 * SEC);
     assert!(last_evidence >= last_minutes, "no alert on the surge's last five minutes (last: {last_evidence})");
     assert_eq!(after, before, "the surge taught the window baseline");
-    let held = engine.store().windows[&(WindowMetric::WorkPerEntry, reviews)].held();
+    let held = engine.store().windows()[&(WindowMetric::WorkPerEntry, reviews)].held();
     assert!(held > 0, "the windows under the threshold were held back");
 }
 
@@ -167,16 +167,16 @@ fn a_storm_in_the_first_requests_of_a_class_is_caught_and_not_learned() {
     assert_eq!(storm.observed, 200.0);
     assert_eq!(storm.baseline.from.as_deref(), Some("every call from gateway to a service"));
     assert!(storm.explanation.contains("only 50 parent spans of history"), "{}", storm.explanation);
-    let own = &engine.store().request_totals[&(class("expand&page_size"), RequestMetric::Spans)];
+    let own = &engine.store().request_totals()[&(class("expand&page_size"), RequestMetric::Spans)];
     assert_eq!((own.samples(), own.held(), own.max()), (80, 1, 13), "the storm was learned");
     let reviews = out.iter().find_map(|a| a.edge.clone()).map(|e| e.to.operation);
     assert_eq!(reviews.as_deref(), Some("GET /reviews"));
     let store = engine.store();
-    let (edge, loop_) = store.fanout.iter().find(|(e, _)| e.to.operation.as_str() == "GET /reviews").unwrap();
+    let (edge, loop_) = store.fanout().iter().find(|(e, _)| e.to.operation.as_str() == "GET /reviews").unwrap();
     assert_eq!((loop_.samples(), loop_.held(), loop_.max()), (80, 1, 3), "the edge learned the storm");
-    let per_request = &store.request_edges[&(class("expand&page_size"), *edge)];
+    let per_request = &store.request_edges()[&(class("expand&page_size"), *edge)];
     assert_eq!((per_request.samples(), per_request.held(), per_request.max()), (80, 1, 3));
-    assert!(store.edge_scopes.values().all(|scope| scope.max() < 200), "a scope learned the storm");
+    assert!(store.edge_scopes().values().all(|scope| scope.max() < 200), "a scope learned the storm");
 }
 
 /// In the system's first minutes nothing can judge yet (no baseline, not even the whole
@@ -196,14 +196,14 @@ fn a_storm_before_anything_can_judge_is_held_back_not_learned() {
     engine.advance_to(at + 20 * SEC, &mut out);
     assert!(out.iter().all(|a| a.kind == AlertKind::NewEdge), "nothing judges yet: {out:#?}");
     let store = engine.store();
-    let own = &store.request_totals[&(class("expand&page_size"), RequestMetric::Spans)];
+    let own = &store.request_totals()[&(class("expand&page_size"), RequestMetric::Spans)];
     assert_eq!((own.samples(), own.held(), own.max()), (60, 1, 13), "the storm was learned");
-    let (edge, loop_) = store.fanout.iter().find(|(e, _)| e.to.operation.as_str() == "GET /reviews").unwrap();
+    let (edge, loop_) = store.fanout().iter().find(|(e, _)| e.to.operation.as_str() == "GET /reviews").unwrap();
     assert_eq!((loop_.samples(), loop_.held(), loop_.max()), (60, 1, 3), "the edge learned the storm");
-    let per_request = &store.request_edges[&(class("expand&page_size"), *edge)];
+    let per_request = &store.request_edges()[&(class("expand&page_size"), *edge)];
     assert_eq!((per_request.held(), per_request.max()), (1, 3));
-    assert!(store.class_scopes.values().all(|scope| scope.max() < 200), "a wider baseline learned the storm");
-    assert!(store.edge_scopes.values().all(|scope| scope.max() < 200), "a wider baseline learned the storm");
+    assert!(store.class_scopes().values().all(|scope| scope.max() < 200), "a wider baseline learned the storm");
+    assert!(store.edge_scopes().values().all(|scope| scope.max() < 200), "a wider baseline learned the storm");
 }
 
 /// A new class legitimately heavier than its route (a bulk export: 25 reviews a request, where
@@ -230,7 +230,7 @@ fn a_heavier_class_becomes_quiet_once_it_has_its_own_history() {
             alerted_at.push(minute);
         }
     }
-    let own = &engine.store().request_totals[&(class("bulk&format"), RequestMetric::Spans)];
+    let own = &engine.store().request_totals()[&(class("bulk&format"), RequestMetric::Spans)];
     let last = alerted_at.last().copied().unwrap_or(0);
     eprintln!("alerts (throttled) at minutes {alerted_at:?}; the class now has {} samples", own.samples());
     assert!(!alerted_at.is_empty(), "a class 15 times its route's size passed unnoticed at first");

@@ -263,21 +263,21 @@ fn frozen_baselines_never_move() {
     let mut engine = engine();
     learn_normal(&mut engine, 0, 100);
     let before = engine.store().clone();
-    let lookups = *before.fanout.keys().find(|e| e.to.operation.as_str().contains("FROM users")).unwrap();
+    let lookups = *before.fanout().keys().find(|e| e.to.operation.as_str().contains("FROM users")).unwrap();
     engine.set_tuning(Tuning { frozen_edges: [lookups.to_string()].into(), ..Tuning::default() });
     learn_normal(&mut engine, 100, 100);
-    assert_eq!(engine.store().fanout[&lookups].samples(), before.fanout[&lookups].samples(), "the frozen edge");
-    let other = before.fanout.keys().find(|e| **e != lookups).unwrap();
-    assert!(engine.store().fanout[other].samples() > before.fanout[other].samples(), "the others learn");
+    assert_eq!(engine.store().fanout()[&lookups].samples(), before.fanout()[&lookups].samples(), "the frozen edge");
+    let other = before.fanout().keys().find(|e| **e != lookups).unwrap();
+    assert!(engine.store().fanout()[other].samples() > before.fanout()[other].samples(), "the others learn");
 
     engine.set_tuning(Tuning { freeze_all: true, ..Tuning::default() });
     let frozen_all = engine.store().clone();
     learn_normal(&mut engine, 200, 100);
     settle(&mut engine, 300, &mut Vec::new());
-    for (edge, distribution) in &engine.store().fanout {
-        assert_eq!(distribution.samples(), frozen_all.fanout[edge].samples());
+    for (edge, distribution) in engine.store().fanout() {
+        assert_eq!(distribution.samples(), frozen_all.fanout()[edge].samples());
     }
-    assert_eq!(engine.store().request_totals.len(), frozen_all.request_totals.len());
+    assert_eq!(engine.store().request_totals().len(), frozen_all.request_totals().len());
     assert_eq!(engine.store().window_samples(), frozen_all.window_samples());
 }
 
@@ -302,8 +302,8 @@ fn the_last_judged_windows_are_kept_for_the_api() {
 fn bursts_and_a_ramp_of_fake_normal_traffic_do_not_teach_a_10x_storm() {
     let mut engine = engine();
     learn_normal(&mut engine, 0, 2_000);
-    let lookups = *engine.store().fanout.keys().find(|e| e.to.operation.as_str().contains("FROM users")).unwrap();
-    assert_eq!(engine.store().fanout[&lookups].quantile(0.99), 5);
+    let lookups = *engine.store().fanout().keys().find(|e| e.to.operation.as_str().contains("FROM users")).unwrap();
+    assert_eq!(engine.store().fanout()[&lookups].quantile(0.99), 5);
 
     let mut out = Vec::new();
     let mut seed = 2_000u64;
@@ -323,7 +323,7 @@ fn bursts_and_a_ramp_of_fake_normal_traffic_do_not_teach_a_10x_storm() {
         at += 600 * SEC / 1_000; // 6,000 requests in an hour
     }
     engine.advance_to(at + 3_600 * SEC, &mut out);
-    let learned = &engine.store().fanout[&lookups];
+    let learned = &engine.store().fanout()[&lookups];
     assert!(learned.tail_held(), "the campaign pushed the learned tail: {:?}", learned.tail_ceiling());
     assert_eq!(learned.quantile(0.99), 5, "and what is judged did not move");
 
@@ -463,7 +463,7 @@ fn a_million_span_trace_passes_the_engine() {
     engine.push(trace, &mut out);
     engine.flush(&mut out);
     assert_eq!(engine.stats().traces_checked, 1);
-    let lookups = engine.store().fanout.values().next().expect("learned");
+    let lookups = engine.store().fanout().values().next().expect("learned");
     assert_eq!(lookups.max(), 999_999);
 }
 
