@@ -12,6 +12,8 @@ use stormwatch_model::{Edge, NodeKind, RootClass, Sym};
 
 use crate::{DailyProfile, Distribution, SubspaceModel};
 
+mod read;
+
 /// The store's tables. Keys are interned ids ([`Sym`]s, numbered in order of first sight),
 /// which a sender cannot choose to collide, so the fast seeded hash of `foldhash` serves
 /// instead of SipHash: learning looks up several tables for every edge of every trace.
@@ -243,83 +245,6 @@ impl BaselineStore {
             frozen_edges: HashSet::new(),
             room: Room { max_keys, young_below: 0, last_sweeps_unix_nano: [0; 7], stats: StoreStats::default() },
         }
-    }
-
-    /// Calls per parent span, per edge.
-    pub fn fanout(&self) -> &Table<Edge> {
-        &self.fanout
-    }
-
-    /// Calls per root request, per (root class, edge).
-    pub fn request_edges(&self) -> &Table<(RootClass, Edge)> {
-        &self.request_edges
-    }
-
-    /// Spans, DB calls and services per root request, per root class.
-    pub fn request_totals(&self) -> &Table<(RootClass, RequestMetric)> {
-        &self.request_totals
-    }
-
-    /// Request totals per entry route, entry service and for the whole system.
-    pub fn class_scopes(&self) -> &Table<(ClassScope, RequestMetric)> {
-        &self.class_scopes
-    }
-
-    /// Calls per parent span from a service to another, and to any callee of a kind.
-    pub fn edge_scopes(&self) -> &Table<EdgeScope> {
-        &self.edge_scopes
-    }
-
-    /// Window level, per edge: work per entry request, retry ratio, cache miss ratio.
-    pub fn windows(&self) -> &Table<(WindowMetric, Edge)> {
-        &self.windows
-    }
-
-    /// Window level: calls on an edge caused by one root class, per thousand entry requests.
-    pub fn window_classes(&self) -> &Table<(RootClass, Edge)> {
-        &self.window_classes
-    }
-
-    /// Window level, per metric and edge: the usual level at each hour of the day.
-    pub fn seasonal(&self) -> &Table<(WindowMetric, Edge), DailyProfile> {
-        &self.seasonal
-    }
-
-    /// The correlated-storm detector's normal subspace, once fitted.
-    pub fn correlated(&self) -> Option<&SubspaceModel> {
-        self.correlated.as_ref()
-    }
-
-    /// The correlated model, taken out to be updated (put it back with
-    /// [`BaselineStore::set_correlated`]).
-    pub fn take_correlated(&mut self) -> Option<SubspaceModel> {
-        self.correlated.take()
-    }
-
-    /// Puts the correlated model (back) in place.
-    pub fn set_correlated(&mut self, model: Option<SubspaceModel>) {
-        self.correlated = model;
-    }
-
-    /// Event time the store has learned up to.
-    pub fn watermark(&self) -> u64 {
-        self.watermark_unix_nano
-    }
-
-    /// Moves the learned-up-to event time forward to `at` (never back).
-    pub fn advance_watermark(&mut self, at: u64) {
-        self.watermark_unix_nano = self.watermark_unix_nano.max(at);
-    }
-
-    /// What the tuning freezes: every baseline, and edges as `Edge` displays them.
-    pub fn freezing(&self) -> (bool, &HashSet<String>) {
-        (self.freeze_all, &self.frozen_edges)
-    }
-
-    /// Sets what the tuning freezes (see [`BaselineStore::freezing`]).
-    pub fn set_freezing(&mut self, all: bool, edges: HashSet<String>) {
-        self.freeze_all = all;
-        self.frozen_edges = edges;
     }
 
     /// Lets a full table evict baselines with fewer than `samples` samples (the learning
