@@ -247,10 +247,11 @@ pub struct AssembleConfig {
 
 impl Default for AssembleConfig {
     fn default() -> Self {
+        let defaults = AssemblerConfig::default();
         AssembleConfig {
-            trace_idle: Duration::from_secs(5),
-            trace_max_wait: Duration::from_secs(60),
-            max_in_flight_spans: 6_000_000,
+            trace_idle: Duration::from_nanos(defaults.trace_idle_nanos),
+            trace_max_wait: Duration::from_nanos(defaults.trace_max_wait_nanos),
+            max_in_flight_spans: defaults.max_in_flight_spans,
         }
     }
 }
@@ -273,7 +274,7 @@ impl Default for BaselineConfig {
     fn default() -> Self {
         BaselineConfig {
             models_dir: PathBuf::from("models"),
-            learning_min_samples: 200,
+            learning_min_samples: DetectConfig::default().learning_min_samples,
             snapshot_interval: Duration::from_secs(60),
             max_keys: 200_000,
         }
@@ -311,17 +312,18 @@ pub struct DetectSection {
 impl Default for DetectSection {
     fn default() -> Self {
         let defaults = DetectConfig::default();
+        let window = stormwatch_detect::WindowConfig::default();
         DetectSection {
             quantile: defaults.quantile,
             ratio: defaults.ratio,
             min_excess: defaults.min_excess,
             critical_factor: defaults.critical_factor,
             false_alarm_rate: defaults.false_alarm_rate,
-            throttle: Duration::from_secs(300),
-            window: Duration::from_secs(10),
-            window_min_requests: 20,
-            window_min_excess: 20,
-            window_min_windows: 30,
+            throttle: Duration::from_nanos(EngineConfig::default().throttle_nanos),
+            window: Duration::from_nanos(window.window_nanos),
+            window_min_requests: window.min_entry_requests,
+            window_min_excess: window.min_excess,
+            window_min_windows: window.min_windows,
         }
     }
 }
