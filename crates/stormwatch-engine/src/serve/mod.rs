@@ -11,7 +11,7 @@ use anyhow::Context;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use stormwatch_baseline::BaselineStore;
-use stormwatch_io::admin::{serve_admin, AdminApi, AdminQuery, LiveEvents};
+use stormwatch_io::admin::{serve_admin, AdminApi, AdminQueries, LiveEvents};
 use stormwatch_io::kafka::source::{GroupState, InputEncoding, KafkaSource, SourceConfig};
 use stormwatch_io::otlp::{serve_grpc, serve_http, Ingest};
 use stormwatch_io::server::body::Intake;
@@ -38,7 +38,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     stormwatch_io::kafka::set_client_settings(config.kafka.client.clone().into_iter().collect());
     // Everything that can fail on bad settings fails here, before any data is accepted.
     let start = Start::prepare(&config).await?;
-    let sink = start.open_sink(&config).await?;
+    let sink = alert_sink(&config).await?;
     let listeners = Listeners::bind(&config).await?;
     listeners.announce(&config, &sink)?;
     let group = Arc::new(GroupState::default());
@@ -51,7 +51,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         snapshot: Some((config.baseline.models_dir.clone(), Some(config.baseline.snapshot_interval))),
         commits: config.kafka.input.then_some(commits_tx),
         sharing,
-        share_baselines: start.baselines_topic.clone().map(|topic| (topic, start.engine_id.clone())),
+        share_baselines: config.baselines_topic().map(|topic| (topic, start.engine_id.clone())),
         queries: Some(queries_rx),
         tuning: start.tuning,
         deliver_until_acknowledged: true,
@@ -101,7 +101,6 @@ struct Start {
     tls: Option<[Arc<rustls::ServerConfig>; 3]>,
     tuning: TuningOptions,
     engine_id: String,
-    baselines_topic: Option<String>,
 }
 
 impl Start {
@@ -119,8 +118,7 @@ impl Start {
         } else {
             config.kafka.instance_id.clone()
         };
-        let baselines_topic = config.baselines_topic();
-        if let Some(topic) = &baselines_topic {
+        if let Some(topic) = &config.baselines_topic() {
             let settings = &stormwatch_io::kafka::baselines::TOPIC_SETTINGS;
             stormwatch_io::kafka::ensure_topic(&config.kafka.brokers, topic, 1, settings)
                 .await
@@ -132,13 +130,14 @@ impl Start {
                 store = shared.unwrap_or(store);
             }
         }
-        Ok(Start { store, admin_token, tls, tuning, engine_id, baselines_topic })
+        Ok(Start { store, admin_token, tls, tuning, engine_id })
     }
+}
 
-    async fn open_sink(&self, config: &Config) -> anyhow::Result<AlertSink> {
-        let alerts_file = (!config.output.alerts_file.is_empty()).then(|| Path::new(&config.output.alerts_file));
-        open_sink(&config.kafka.brokers, &config.kafka.alert_topic, config.output.stdout, alerts_file).await
-    }
+/// Where alerts go: the Kafka alerts topic, or stdout and the alerts file.
+async fn alert_sink(config: &Config) -> anyhow::Result<AlertSink> {
+    let alerts_file = (!config.output.alerts_file.is_empty()).then(|| Path::new(&config.output.alerts_file));
+    open_sink(&config.kafka.brokers, &config.kafka.alert_topic, config.output.stdout, alerts_file).await
 }
 
 /// SIGHUP sets the returned flag: the engine thread reloads the tuning file.
@@ -302,7 +301,7 @@ impl Served {
         queue: SpanQueue,
         metrics: &Arc<Metrics>,
         tls: Option<[Arc<rustls::ServerConfig>; 3]>,
-        (admin_token, queries, live): (String, std::sync::mpsc::Sender<AdminQuery>, LiveEvents),
+        (admin_token, queries, live): (String, AdminQueries, LiveEvents),
     ) -> anyhow::Result<Served> {
         let (receivers_stop, admin_stop) = (CancellationToken::new(), CancellationToken::new());
         let server = &config.server;
