@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use stormwatch_model::{Edge, RootClass};
+use stormwatch_model::{rounded, Edge, RootClass, SCORE_DECIMALS};
 
 use crate::{BaselineStore, ClassScope, Distribution};
 
@@ -142,7 +142,7 @@ pub fn annotate(rows: &mut [BaselineRow], recent: &[BTreeMap<String, f64>]) {
     for row in rows.iter_mut().filter(|r| r.table == "window:work_per_entry") {
         let Some(edge) = &row.edge else { continue };
         row.recent = recent.iter().map(|w| w.get(edge).copied().unwrap_or(0.0)).collect();
-        row.score = row.recent.last().map(|last| ((last / row.p99.max(1e-3)) * 100.0).round() / 100.0);
+        row.score = row.recent.last().map(|last| rounded(last / row.p99.max(1e-3), SCORE_DECIMALS));
     }
 }
 

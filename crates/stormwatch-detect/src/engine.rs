@@ -233,35 +233,29 @@ impl Engine {
                 format!("{n} new {} past {limit}", d.dimension.as_str())
             })
             .collect();
-        let finding = crate::Finding {
-            kind: AlertKind::CardinalityFlood,
-            edge: None,
-            entry: None,
-            metric: None,
-            observed: folded as f64,
-            expected: 0.0,
-            threshold: 0.0,
-            unit: "names_folded",
-            score: 1.0,
-            severity: stormwatch_model::Severity::Warning,
-            exemplars: self.overflow_traces.iter().rev().copied().collect(),
-            contributors: grown
-                .iter()
-                .map(|(d, n)| stormwatch_model::Contributor {
-                    name: format!("names {}", d.dimension.as_str()),
-                    share: ((*n as f64 / folded as f64) * 1000.0).round() / 1000.0,
-                })
-                .collect(),
-            start_unix_nano: at,
-            end_unix_nano: at,
-            baseline_samples: 0,
-            baseline_since_unix_nano: at,
-            baseline_from: None,
-            explanation: format!(
-                "The traffic is inventing names faster than stormwatch's cardinality limits allow: {}, folded into `{OVERFLOW}` (a flood of invented names is itself an attack signal; raise `limits.*` if the growth is legitimate).",
-                named.join(", ")
-            ),
-        };
+        let contributors = grown
+            .iter()
+            .map(|(d, n)| stormwatch_model::Contributor {
+                name: format!("names {}", d.dimension.as_str()),
+                share: *n as f64 / folded as f64,
+            })
+            .collect();
+        let finding = crate::Finding::notice(
+            AlertKind::CardinalityFlood,
+            folded as f64,
+            "names_folded",
+            stormwatch_model::Severity::Warning,
+        )
+        .shown_by(self.overflow_traces.iter().rev().copied().collect())
+        .caused_by(contributors)
+        .during(at, at)
+        .against(0, at, None)
+        .explained(format!(
+            "The traffic is inventing names faster than stormwatch's cardinality limits allow: {}, folded into \
+             `{OVERFLOW}` (a flood of invented names is itself an attack signal; raise `limits.*` if the growth is \
+             legitimate).",
+            named.join(", ")
+        ));
         self.offer(finding, now, out);
         self.count_alerts(&out[before..]);
     }

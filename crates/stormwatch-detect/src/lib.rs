@@ -14,15 +14,17 @@ pub mod correlated;
 pub mod detectors;
 mod engine;
 pub mod features;
+mod finding;
 pub mod graph;
 pub mod merge;
 pub mod throttle;
 pub mod tuning;
 pub mod window;
 
-pub use detectors::{DetectConfig, Finding};
+pub use detectors::DetectConfig;
 pub use engine::{EdgeGauge, Engine, EngineConfig, EngineStats};
 pub use features::{extract, CacheUse, EdgeFeatures, TraceFeatures};
+pub use finding::Finding;
 pub use merge::{Partials, PartialsError, WindowMerger};
 pub use throttle::Throttle;
 pub use window::{Window, WindowConfig, Windows};

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use stormwatch_model::{
-    rfc3339, stable_hash, Alert, AlertBaseline, AlertEdge, AlertNode, AlertTargetNode, AlertWindow, Node, RootClass,
-    TraceId, ALERT_SCHEMA,
+    rfc3339, rounded, stable_hash, Alert, AlertBaseline, AlertEdge, AlertNode, AlertTargetNode, AlertWindow,
+    Contributor, Node, RootClass, TraceId, ALERT_SCHEMA, FIGURE_DECIMALS, SCORE_DECIMALS,
 };
 
 use crate::Finding;
@@ -174,6 +174,7 @@ fn entry_doc(class: &RootClass) -> AlertNode {
     }
 }
 
+/// The alert a finding becomes: where its figures are rounded ([`FIGURE_DECIMALS`]).
 fn to_alert(finding: &Finding, fingerprint: String, count: u64, exemplars: Vec<TraceId>, now_wall_nano: u64) -> Alert {
     // Deterministic id: the same evidence gives the same id, so consumers can de-duplicate
     // redeliveries and a replay reproduces its ids.
@@ -200,19 +201,71 @@ fn to_alert(finding: &Finding, fingerprint: String, count: u64, exemplars: Vec<T
                 kind: edge.to.kind.as_str().into(),
             },
         }),
-        observed: finding.observed,
-        expected: finding.expected,
-        threshold: finding.threshold,
+        observed: rounded(finding.observed, FIGURE_DECIMALS),
+        expected: rounded(finding.expected, FIGURE_DECIMALS),
+        threshold: rounded(finding.threshold, FIGURE_DECIMALS),
         unit: finding.unit.into(),
-        score: finding.score,
+        score: rounded(finding.score, SCORE_DECIMALS),
         count,
         exemplar_trace_ids: exemplars.iter().map(|t| t.to_string()).collect(),
-        contributors: finding.contributors.clone(),
+        contributors: finding
+            .contributors
+            .iter()
+            .map(|c| Contributor { name: c.name.clone(), share: rounded(c.share, FIGURE_DECIMALS) })
+            .collect(),
         explanation: finding.explanation.clone(),
         baseline: AlertBaseline {
             samples: finding.baseline_samples,
             since: rfc3339(finding.baseline_since_unix_nano),
             from: finding.baseline_from.clone(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stormwatch_model::{AlertKind, Contributor, Severity, TraceId};
+
+    use super::*;
+    use crate::DetectConfig;
+
+    fn finding(observed: f64, at: u64) -> Finding {
+        Finding::judged(
+            AlertKind::CorrelatedStorm,
+            observed,
+            1.0 / 3.0,
+            19.599_4,
+            "residual_spe",
+            &DetectConfig::default(),
+        )
+        .shown_by(vec![TraceId([at as u8; 16])])
+        .caused_by(vec![Contributor { name: "edge a -> b".into(), share: 2.0 / 3.0 }])
+        .during(at, at + 1)
+        .explained(format!("residual {observed}"))
+    }
+
+    #[test]
+    fn figures_are_rounded_once_when_the_alert_is_made() {
+        let mut out = Vec::new();
+        Throttle::new(0).offer(finding(23.171_75, 1), 0, &mut out);
+        let alert = &out[0];
+        assert_eq!((alert.observed, alert.expected, alert.threshold), (23.172, 0.333, 19.599));
+        assert_eq!((alert.score, alert.severity), (1.18, Severity::Warning));
+        assert_eq!(alert.contributors[0].share, 0.667);
+        assert_eq!(alert.explanation, "residual 23.17175", "the sentence is the detector's own");
+    }
+
+    #[test]
+    fn a_summary_reports_the_worst_repeat_by_its_unrounded_score() {
+        let (mut throttle, mut out) = (Throttle::new(100), Vec::new());
+        throttle.offer(finding(30.0, 1), 0, &mut out);
+        // Two repeats whose scores are equal to two decimals: the larger one is the worst.
+        throttle.offer(finding(30.0001, 2), 0, &mut out);
+        throttle.offer(finding(30.0004, 3), 0, &mut out);
+        throttle.flush(0, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[1].count, out[1].observed), (2, 30.0));
+        assert!(out[1].explanation.ends_with("worst: residual 30.0004"), "{}", out[1].explanation);
+        assert_eq!(out[1].exemplar_trace_ids.len(), 2);
     }
 }

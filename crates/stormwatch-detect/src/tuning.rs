@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use stormwatch_model::{AlertKind, Severity};
+use stormwatch_model::{rounded, AlertKind, Severity, FIGURE_DECIMALS};
 
 use crate::Finding;
 
@@ -125,16 +125,16 @@ impl Tuning {
                 threshold = limit;
             }
             if threshold != finding.threshold {
+                let (tuned, learned) =
+                    (rounded(threshold, FIGURE_DECIMALS), rounded(finding.threshold, FIGURE_DECIMALS));
                 if finding.observed <= threshold {
                     return Verdict::Suppressed(format!(
-                        "within the tuned threshold {threshold} (learned {}): {}",
-                        finding.threshold, rule.reason
+                        "within the tuned threshold {tuned} (learned {learned}): {}",
+                        rule.reason
                     ));
                 }
-                finding.explanation =
-                    format!("{} Tuned threshold {threshold} (learned {}).", finding.explanation, finding.threshold);
-                finding.threshold = threshold;
-                finding.score = ((finding.observed / threshold.max(1e-9)) * 100.0).round() / 100.0;
+                finding.explanation = format!("{} Tuned threshold {tuned} (learned {learned}).", finding.explanation);
+                finding.retarget(threshold);
             }
             if let Some(severity) = rule.severity {
                 finding.severity = severity;
@@ -150,39 +150,28 @@ impl Tuning {
 
 #[cfg(test)]
 mod tests {
-    use stormwatch_model::{Contributor, Edge, Node, NodeKind, RootClass, Sym};
+    use stormwatch_model::{Contributor, Edge, Node, NodeKind, RootClass, Sym, SCORE_DECIMALS};
+
+    use crate::DetectConfig;
 
     use super::*;
 
     fn finding(kind: AlertKind, observed: f64) -> Finding {
         let node = |s: &str, o: &str, kind| Node { service: Sym::new(s), operation: Sym::new(o), kind };
-        Finding {
-            kind,
-            edge: Some(Edge {
+        let config = DetectConfig { critical_factor: 100.0, ..DetectConfig::default() };
+        Finding::judged(kind, observed, 3.0, 15.0, "calls_per_parent", &config)
+            .on(Some(Edge {
                 from: node("reviews", "GET /reviews", NodeKind::Service),
                 to: node("postgresql", "SELECT 1", NodeKind::Database),
-            }),
-            entry: Some(RootClass {
+            }))
+            .entering(Some(RootClass {
                 service: Sym::new("gateway"),
                 operation: Sym::new("GET /search"),
                 query_shape: None,
-            }),
-            metric: None,
-            observed,
-            expected: 3.0,
-            threshold: 15.0,
-            unit: "calls_per_parent",
-            score: observed / 15.0,
-            severity: Severity::Warning,
-            exemplars: Vec::new(),
-            contributors: vec![Contributor { name: "clients 10.1.0.0/16 (x-forwarded-for)".into(), share: 0.8 }],
-            start_unix_nano: 0,
-            end_unix_nano: 0,
-            baseline_samples: 300,
-            baseline_since_unix_nano: 0,
-            baseline_from: None,
-            explanation: "reviews ran it 40 times.".into(),
-        }
+            }))
+            .caused_by(vec![Contributor { name: "clients 10.1.0.0/16 (x-forwarded-for)".into(), share: 0.8 }])
+            .against(300, 0, None)
+            .explained("reviews ran it 40 times.".into())
     }
 
     const EDGE: &str = "reviews `GET /reviews` -> postgresql `SELECT 1`";
@@ -209,7 +198,10 @@ mod tests {
             matches!(tuning.judge(finding(AlertKind::NPlusOne, 40.0), 0), Verdict::Suppressed(why) if why.contains("45"))
         );
         let alert = emitted(tuning.judge(finding(AlertKind::NPlusOne, 60.0), 0));
-        assert_eq!((alert.threshold, alert.score, alert.severity), (45.0, 1.33, Severity::Critical));
+        assert_eq!(
+            (alert.threshold, rounded(alert.score, SCORE_DECIMALS), alert.severity),
+            (45.0, 1.33, Severity::Critical)
+        );
         assert!(alert.explanation.contains("Tuned threshold 45 (learned 15)"), "{}", alert.explanation);
         // Another edge is untouched.
         let mut other = finding(AlertKind::NPlusOne, 40.0);

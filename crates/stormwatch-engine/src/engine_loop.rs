@@ -381,7 +381,7 @@ fn publish(engine: &Engine, receiver: &SpanReceiver, metrics: &Metrics, top_edge
 
 /// One edge of the dashboard's top edges, rounded for display.
 fn edge_series(gauge: stormwatch_detect::EdgeGauge) -> EdgeSeries {
-    let round = |value: f64| (value * 1000.0).round() / 1000.0;
+    let round = |value: f64| stormwatch_model::rounded(value, stormwatch_model::FIGURE_DECIMALS);
     EdgeSeries {
         from_service: gauge.edge.from.service.to_string(),
         from_operation: gauge.edge.from.operation.to_string(),

@@ -124,6 +124,20 @@ pub struct AlertBaseline {
     pub from: Option<String>,
 }
 
+/// Decimal places of an alert's figures (`observed`, `expected`, `threshold` and each
+/// contributor's `share`). Detection works at full precision; an alert is rounded once, when
+/// it is made from a finding.
+pub const FIGURE_DECIMALS: i32 = 3;
+
+/// Decimal places of an alert's `score`.
+pub const SCORE_DECIMALS: i32 = 2;
+
+/// `value` rounded to `decimals` places, the way alerts and dashboards show figures.
+pub fn rounded(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
 /// One alert message. Serialized as one JSON object per Kafka message / JSON line.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {

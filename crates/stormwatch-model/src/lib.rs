@@ -12,8 +12,8 @@ mod symbol;
 mod time;
 
 pub use alert::{
-    Alert, AlertBaseline, AlertEdge, AlertKind, AlertNode, AlertTargetNode, AlertWindow, Contributor, Severity,
-    ALERT_SCHEMA,
+    rounded, Alert, AlertBaseline, AlertEdge, AlertKind, AlertNode, AlertTargetNode, AlertWindow, Contributor,
+    Severity, ALERT_SCHEMA, FIGURE_DECIMALS, SCORE_DECIMALS,
 };
 pub use graph::{Edge, Node, NodeKind, RootClass};
 pub use ids::{IdError, SpanId, TraceId};

@@ -30,9 +30,10 @@
 use std::collections::{HashMap, HashSet};
 
 use stormwatch_baseline::{BaselineStore, RequestMetric};
-use stormwatch_model::{AlertKind, Contributor, Edge, Node, RootClass, Severity, TraceId};
+use stormwatch_model::{AlertKind, Edge, Node, RootClass, Severity};
 
 use crate::features::TraceFeatures;
+use crate::Finding;
 
 mod judge;
 mod wording;
@@ -83,33 +84,6 @@ impl Default for DetectConfig {
             false_alarm_rate: 1e-5,
         }
     }
-}
-
-/// One anomaly found in one trace, before throttling turns it into an alert.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Finding {
-    pub kind: AlertKind,
-    pub edge: Option<Edge>,
-    pub entry: Option<RootClass>,
-    /// For request totals: which total.
-    pub metric: Option<RequestMetric>,
-    pub observed: f64,
-    pub expected: f64,
-    pub threshold: f64,
-    pub unit: &'static str,
-    pub score: f64,
-    pub severity: Severity,
-    /// Traces that show it (the first is the strongest evidence).
-    pub exemplars: Vec<TraceId>,
-    /// Window-level kinds: who caused the excess.
-    pub contributors: Vec<Contributor>,
-    pub start_unix_nano: u64,
-    pub end_unix_nano: u64,
-    pub baseline_samples: u64,
-    pub baseline_since_unix_nano: u64,
-    /// Judged against a scope above a young key: which (the baseline numbers are its).
-    pub baseline_from: Option<String>,
-    pub explanation: String,
 }
 
 /// Drops findings on edges whose caller is the callee of another finding's edge: the
@@ -305,33 +279,22 @@ fn new_edges(features: &TraceFeatures, store: &BaselineStore, config: &DetectCon
         .filter(|edge| !store.request_edges().contains_key(&(class, edge.edge)))
         .map(|edge| {
             let heavy = edge.calls as f64 >= config.min_excess;
-            Finding {
-            kind: AlertKind::NewEdge,
-            edge: Some(edge.edge),
-            entry: Some(class),
-            metric: None,
-            observed: edge.calls as f64,
-            expected: 0.0,
-            threshold: 0.0,
-            unit: "calls_per_request",
-            score: 1.0,
-            severity: if heavy { Severity::Warning } else { Severity::Info },
-            exemplars: vec![features.trace_id],
-            contributors: Vec::new(),
-            start_unix_nano: features.start_unix_nano,
-            end_unix_nano: features.end_unix_nano,
-            baseline_samples: history.samples(),
-            baseline_since_unix_nano: history.since_unix_nano(),
-            baseline_from: None,
-            explanation: format!(
-                "Requests entering at {class} reached {} -> {} for the first time in {} requests ({} calls in this one{}).",
-                edge.edge.from,
-                edge.edge.to,
-                history.samples(),
-                edge.calls,
-                if heavy { ": a real load on a path this entry never used" } else { "" }
-            ),
-        }
+            let severity = if heavy { Severity::Warning } else { Severity::Info };
+            Finding::notice(AlertKind::NewEdge, edge.calls as f64, "calls_per_request", severity)
+                .on(Some(edge.edge))
+                .entering(Some(class))
+                .shown_by(vec![features.trace_id])
+                .during(features.start_unix_nano, features.end_unix_nano)
+                .against(history.samples(), history.since_unix_nano(), None)
+                .explained(format!(
+                    "Requests entering at {class} reached {} -> {} for the first time in {} requests ({} calls in this \
+                     one{}).",
+                    edge.edge.from,
+                    edge.edge.to,
+                    history.samples(),
+                    edge.calls,
+                    if heavy { ": a real load on a path this entry never used" } else { "" }
+                ))
         })
         .collect()
 }

@@ -5,8 +5,9 @@ use stormwatch_baseline::{ClassScope, RequestMetric};
 use stormwatch_model::{AlertKind, Edge, Node, RootClass};
 
 use super::judge::{Ancestor, Basis, Judgement, BORROWED_FACTOR, NEVER_SEEN_FACTOR};
-use super::{DetectConfig, Finding};
+use super::DetectConfig;
 use crate::features::TraceFeatures;
+use crate::Finding;
 
 /// Where the request came in, unless the caller itself is the entry point.
 fn entry_suffix(entry: Option<RootClass>, caller: &Node) -> String {
@@ -42,32 +43,19 @@ impl Pending {
         let observed = self.observed as f64;
         let entry = features.root_class;
         let explanation = self.sentence(entry, &limits(basis, expected, threshold, samples));
-        let severity = config.severity(observed, threshold);
-        Finding {
-            kind: self.kind,
-            edge: self.edge,
-            entry,
-            metric: self.metric,
-            observed,
-            expected,
-            // Extrapolated thresholds are not round; hundredths are plenty for people.
-            threshold: (threshold * 100.0).round() / 100.0,
-            unit: self.unit,
-            score: (observed / threshold * 100.0).round() / 100.0,
-            severity,
-            exemplars: vec![features.trace_id],
-            contributors: Vec::new(),
-            start_unix_nano: features.start_unix_nano,
-            end_unix_nano: features.end_unix_nano,
-            baseline_samples: samples,
-            baseline_since_unix_nano: since,
-            baseline_from: match basis {
-                Basis::Own => None,
-                Basis::Borrowed(scope, _) => Some(scope.to_string()),
-                Basis::Unprecedented => Some(ClassScope::System.to_string()),
-            },
-            explanation,
-        }
+        let from = match basis {
+            Basis::Own => None,
+            Basis::Borrowed(scope, _) => Some(scope.to_string()),
+            Basis::Unprecedented => Some(ClassScope::System.to_string()),
+        };
+        Finding::judged(self.kind, observed, expected, threshold, self.unit, config)
+            .on(self.edge)
+            .entering(entry)
+            .of(self.metric)
+            .shown_by(vec![features.trace_id])
+            .during(features.start_unix_nano, features.end_unix_nano)
+            .against(samples, since, from)
+            .explained(explanation)
     }
 
     /// What happened, in one sentence ending with the limits it broke.

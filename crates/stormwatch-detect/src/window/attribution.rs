@@ -55,7 +55,7 @@ pub(super) fn share(part: u64, total: u64) -> f64 {
     if total == 0 {
         0.0
     } else {
-        ((part as f64 / total as f64) * 1000.0).round() / 1000.0
+        part as f64 / total as f64
     }
 }
 

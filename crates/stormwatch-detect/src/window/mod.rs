@@ -35,7 +35,8 @@
 use stormwatch_baseline::{BaselineStore, WindowMetric};
 use stormwatch_model::{AlertKind, Contributor, Edge, RootClass, TraceId};
 
-use crate::detectors::{DetectConfig, Finding, Judgement};
+use crate::detectors::{DetectConfig, Judgement};
+use crate::Finding;
 
 mod aggregate;
 mod attribution;

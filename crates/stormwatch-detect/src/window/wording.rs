@@ -5,7 +5,8 @@ use stormwatch_baseline::WindowMetric;
 use stormwatch_model::{AlertKind, Contributor, TraceId};
 
 use super::{Pending, Window, MAX_EXEMPLARS};
-use crate::detectors::{DetectConfig, Finding, Judgement};
+use crate::detectors::{DetectConfig, Judgement};
+use crate::Finding;
 
 /// A `correlated_storm` finding from the PCA residual of a window.
 pub(crate) fn correlated_finding(
@@ -22,37 +23,32 @@ pub(crate) fn correlated_finding(
         .contributions
         .iter()
         .take(3)
-        .map(|(edge, share)| Contributor { name: format!("edge {edge}"), share: (share * 1000.0).round() / 1000.0 })
+        .map(|(edge, share)| Contributor { name: format!("edge {edge}"), share: *share })
         .collect();
     let named: Vec<String> =
         residual.contributions.iter().take(3).map(|(edge, share)| format!("{edge} ({:.0}%)", share * 100.0)).collect();
-    let severity = detect.severity(residual.spe, residual.threshold);
-    Finding {
-        kind: AlertKind::CorrelatedStorm,
-        edge: top,
-        entry: None,
-        metric: None,
-        observed: (residual.spe * 100.0).round() / 100.0,
-        expected: (residual.typical * 100.0).round() / 100.0,
-        threshold: (residual.threshold * 100.0).round() / 100.0,
-        unit: "residual_spe",
-        score: ((residual.spe / residual.threshold) * 100.0).round() / 100.0,
-        severity,
-        exemplars,
-        contributors,
-        start_unix_nano: window.start,
-        end_unix_nano: window.end,
-        baseline_samples: residual.samples as u64,
-        baseline_since_unix_nano: window.start,
-        baseline_from: None,
-        explanation: format!(
-            "Edges moved together in a way no learned traffic pattern explains (residual {:.1}, normally {:.1}, alert above {:.1}); most off-pattern: {}.",
-            residual.spe,
-            residual.typical,
-            residual.threshold,
-            named.join(", ")
-        ),
-    }
+    let explanation = format!(
+        "Edges moved together in a way no learned traffic pattern explains (residual {:.1}, normally {:.1}, alert \
+         above {:.1}); most off-pattern: {}.",
+        residual.spe,
+        residual.typical,
+        residual.threshold,
+        named.join(", ")
+    );
+    Finding::judged(
+        AlertKind::CorrelatedStorm,
+        residual.spe,
+        residual.typical,
+        residual.threshold,
+        "residual_spe",
+        detect,
+    )
+    .on(top)
+    .shown_by(exemplars)
+    .caused_by(contributors)
+    .during(window.start, window.end)
+    .against(residual.samples as u64, window.start, None)
+    .explained(explanation)
 }
 
 impl Pending {
@@ -76,26 +72,13 @@ impl Pending {
                 threshold * 100.0
             ),
         };
-        let severity = detect.severity(observed, threshold);
-        Finding {
-            kind: self.kind,
-            edge: Some(self.edge),
-            entry: self.top_class,
-            metric: None,
-            observed: (observed * 1000.0).round() / 1000.0,
-            expected: (expected * 1000.0).round() / 1000.0,
-            threshold: (threshold * 1000.0).round() / 1000.0,
-            unit,
-            score: ((observed / threshold.max(1e-9)) * 100.0).round() / 100.0,
-            severity,
-            exemplars: self.exemplars,
-            contributors: self.contributors,
-            start_unix_nano: window.start,
-            end_unix_nano: window.end,
-            baseline_samples: samples,
-            baseline_since_unix_nano: since,
-            baseline_from: None,
-            explanation: format!("{} ({limits}).", self.sentence),
-        }
+        Finding::judged(self.kind, observed, expected, threshold, unit, detect)
+            .on(Some(self.edge))
+            .entering(self.top_class)
+            .shown_by(self.exemplars)
+            .caused_by(self.contributors)
+            .during(window.start, window.end)
+            .against(samples, since, None)
+            .explained(format!("{} ({limits}).", self.sentence))
     }
 }
