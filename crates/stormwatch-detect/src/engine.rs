@@ -267,7 +267,8 @@ impl Engine {
     /// Puts a tuning in force: overrides, shadow modes and allowlists apply to the next
     /// findings; freezes stop learning at once.
     pub fn set_tuning(&mut self, tuning: Tuning) {
-        self.store.set_freezing(tuning.freeze_all, tuning.frozen_edges.iter().cloned().collect());
+        let frozen = tuning.frozen_edges.iter().flat_map(|name| name.readings().iter().copied()).collect();
+        self.store.set_freezing(tuning.freeze_all, frozen);
         self.tuning = tuning;
     }
 

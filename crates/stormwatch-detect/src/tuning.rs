@@ -10,14 +10,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use stormwatch_model::{rounded, AlertKind, Severity, FIGURE_DECIMALS};
+use stormwatch_model::{rounded, AlertKind, EdgeName, Severity, FIGURE_DECIMALS};
 
 use crate::Finding;
 
 /// One override. Every selector that is set must match; none set matches every finding.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Rule {
-    pub edge: Option<String>,
+    /// The edge it applies to.
+    pub edge: Option<EdgeName>,
     pub entry: Option<String>,
     pub kind: Option<AlertKind>,
     /// Alert only above `threshold x factor` (the learned threshold, raised or lowered).
@@ -60,8 +61,8 @@ pub enum Mode {
 pub struct Tuning {
     /// No baseline learns.
     pub freeze_all: bool,
-    /// Edges whose learning is frozen, as alerts name them.
-    pub frozen_edges: BTreeSet<String>,
+    /// Edges whose learning is frozen.
+    pub frozen_edges: BTreeSet<EdgeName>,
     pub rules: Vec<Rule>,
     pub detectors: HashMap<AlertKind, Mode>,
     pub allow: Vec<Allowance>,
@@ -80,7 +81,6 @@ pub enum Verdict {
 impl Tuning {
     /// Applies the tuning to a finding seen at event time `at`.
     pub fn judge(&self, mut finding: Finding, at: u64) -> Verdict {
-        let edge = finding.edge.map(|e| e.to_string());
         let entry = finding.entry.map(|c| c.to_string());
         for allowance in &self.allow {
             if allowance.until_unix_nano <= at {
@@ -105,7 +105,7 @@ impl Tuning {
             }
         }
         for rule in &self.rules {
-            let matches = rule.edge.as_ref().is_none_or(|e| Some(e) == edge.as_ref())
+            let matches = rule.edge.as_ref().is_none_or(|e| finding.edge.is_some_and(|edge| e.matches(&edge)))
                 && rule.entry.as_ref().is_none_or(|e| Some(e) == entry.as_ref())
                 && rule.kind.is_none_or(|k| k == finding.kind);
             if !matches {
@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn an_override_raises_one_edges_threshold_and_sets_severity() {
         let rule = |factor: f64| Rule {
-            edge: Some(EDGE.into()),
+            edge: Some(EdgeName::parse(EDGE).unwrap()),
             threshold_factor: Some(factor),
             severity: Some(Severity::Critical),
             enabled: true,

@@ -132,13 +132,13 @@ pub fn explanation(alert: &Alert, rows: &[BaselineRow], tuning: &Tuning) -> serd
     let rules: Vec<String> = tuning
         .rules
         .iter()
-        .filter(|r| r.edge.is_none() || r.edge == edge)
+        .filter(|r| r.edge.as_ref().is_none_or(|e| Some(e.as_str()) == edge.as_deref()))
         .filter(|r| r.entry.is_none() || r.entry == entry)
         .filter(|r| r.kind.is_none_or(|k| k == alert.kind))
         .map(|r| format!("{r:?}"))
         .collect();
     let mode = tuning.detectors.get(&alert.kind).map_or("on".to_string(), |m| format!("{m:?}").to_lowercase());
-    let frozen = edge.as_ref().is_some_and(|e| tuning.frozen_edges.contains(e));
+    let frozen = edge.as_ref().is_some_and(|e| tuning.frozen_edges.iter().any(|f| f.as_str() == e));
     let why = format!(
         "{kind}: observed {} {} against an expected {} and a threshold of {} (score {}), from a baseline of {} samples{}.",
         serde_json::json!(alert.observed),

@@ -97,3 +97,194 @@ impl fmt::Display for RootClass {
         f.write_str("`")
     }
 }
+
+/// A node as people name it: service and operation (the name does not say the kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeName {
+    /// The service (for virtual nodes the database, queue or peer name).
+    pub service: Sym,
+    /// The operation.
+    pub operation: Sym,
+}
+
+impl From<Node> for NodeName {
+    fn from(node: Node) -> NodeName {
+        NodeName { service: node.service, operation: node.operation }
+    }
+}
+
+/// Readings an edge name may have before it is refused as ambiguous.
+pub const MAX_EDGE_NAME_READINGS: usize = 8;
+
+/// An edge as alerts, `stormwatch baseline list` and the tuning file name it
+/// (``reviews `GET /reviews` -> postgresql `SELECT 1` ``), parsed once into interned names,
+/// so that matching an edge against it neither formats nor allocates.
+///
+/// Each side is `service `operation``, the service ending at the first `` ` `` after a space.
+/// An operation may itself contain `` ` -> ``: then the name has several readings, and it
+/// matches an edge any of them names (at most [`MAX_EDGE_NAME_READINGS`]). The callee's kind
+/// is not part of the name: it matches whatever the kind. Shown (`Display` and `Debug`) as its
+/// text.
+#[derive(Clone)]
+pub struct EdgeName {
+    text: String,
+    readings: Vec<(NodeName, NodeName)>,
+}
+
+/// Why a text is not an edge name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EdgeNameError {
+    /// Not of the form ``caller `operation` -> callee `operation` ``.
+    Form,
+    /// More than [`MAX_EDGE_NAME_READINGS`] ways to read it.
+    Ambiguous(usize),
+}
+
+impl fmt::Display for EdgeNameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EdgeNameError::Form => {
+                f.write_str("not an edge as alerts name it: caller `operation` -> callee `operation`")
+            }
+            EdgeNameError::Ambiguous(n) => write!(
+                f,
+                "an edge name with {n} readings (its operations contain \"` -> \"); at most \
+                 {MAX_EDGE_NAME_READINGS} are allowed"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EdgeNameError {}
+
+/// `service `operation`` (with the closing backtick removed): the node it names.
+fn node_name(text: &str) -> Option<NodeName> {
+    let (service, operation) = text.split_once(" `")?;
+    Some(NodeName { service: Sym::new(service), operation: Sym::new(operation) })
+}
+
+impl EdgeName {
+    /// Reads `text` as an edge name.
+    pub fn parse(text: &str) -> Result<EdgeName, EdgeNameError> {
+        let body = text.strip_suffix('`').ok_or(EdgeNameError::Form)?;
+        let splits: Vec<usize> = body.match_indices("` -> ").map(|(at, _)| at).collect();
+        let candidates = splits.iter().filter(|&&at| body[..at].contains(" `") && body[at + 5..].contains(" `"));
+        let count = candidates.clone().count();
+        if count > MAX_EDGE_NAME_READINGS {
+            return Err(EdgeNameError::Ambiguous(count));
+        }
+        let readings: Vec<(NodeName, NodeName)> =
+            candidates.filter_map(|&at| Some((node_name(&body[..at])?, node_name(&body[at + 5..])?))).collect();
+        if readings.is_empty() {
+            return Err(EdgeNameError::Form);
+        }
+        Ok(EdgeName { text: text.to_string(), readings })
+    }
+
+    /// The name as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The caller and callee names it may stand for.
+    pub fn readings(&self) -> &[(NodeName, NodeName)] {
+        &self.readings
+    }
+
+    /// Whether it names `edge`.
+    pub fn matches(&self, edge: &Edge) -> bool {
+        let (from, to) = (NodeName::from(edge.from), NodeName::from(edge.to));
+        self.readings.iter().any(|&(f, t)| f == from && t == to)
+    }
+}
+
+impl fmt::Display for EdgeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for EdgeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.text, f)
+    }
+}
+
+/// Edge names are equal, and ordered, as their text.
+impl PartialEq for EdgeName {
+    fn eq(&self, other: &EdgeName) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for EdgeName {}
+
+impl PartialOrd for EdgeName {
+    fn partial_cmp(&self, other: &EdgeName) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for EdgeName {
+    fn cmp(&self, other: &EdgeName) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl std::str::FromStr for EdgeName {
+    type Err = EdgeNameError;
+
+    fn from_str(text: &str) -> Result<EdgeName, EdgeNameError> {
+        EdgeName::parse(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge(from: (&str, &str), to: (&str, &str), kind: NodeKind) -> Edge {
+        Edge {
+            from: Node::service(Sym::new(from.0), Sym::new(from.1)),
+            to: Node { service: Sym::new(to.0), operation: Sym::new(to.1), kind },
+        }
+    }
+
+    #[test]
+    fn an_edge_name_matches_the_edges_that_display_as_it() {
+        let lookups = edge(("reviews", "GET /reviews"), ("postgresql", "SELECT `id` FROM `users`"), NodeKind::Database);
+        let name = EdgeName::parse(&lookups.to_string()).unwrap();
+        assert!(name.matches(&lookups));
+        assert_eq!(name.to_string(), lookups.to_string());
+        // Whatever the callee's kind; not another operation or caller.
+        assert!(name.matches(&edge(
+            ("reviews", "GET /reviews"),
+            ("postgresql", "SELECT `id` FROM `users`"),
+            NodeKind::Peer
+        )));
+        assert!(!name.matches(&edge(("reviews", "GET /reviews"), ("postgresql", "SELECT 1"), NodeKind::Database)));
+        assert!(!name.matches(&edge(
+            ("ratings", "GET /reviews"),
+            ("postgresql", "SELECT `id` FROM `users`"),
+            NodeKind::Database
+        )));
+    }
+
+    #[test]
+    fn an_operation_with_an_arrow_in_it_is_read_both_ways() {
+        let odd = edge(("gateway", "GET /a` -> b `c"), ("db", "SELECT 1"), NodeKind::Database);
+        let name = EdgeName::parse(&odd.to_string()).unwrap();
+        assert_eq!(name.readings().len(), 2);
+        assert!(name.matches(&odd));
+        assert!(name.matches(&edge(("gateway", "GET /a"), ("b", "c` -> db `SELECT 1"), NodeKind::Service)));
+        let many = format!("a `{}` -> b `c`", "x` -> y `z".repeat(MAX_EDGE_NAME_READINGS));
+        assert_eq!(EdgeName::parse(&many), Err(EdgeNameError::Ambiguous(MAX_EDGE_NAME_READINGS + 1)));
+    }
+
+    #[test]
+    fn texts_that_are_not_edges_are_refused() {
+        for text in ["", "reviews `GET /reviews`", "reviews -> postgresql", "a `b` -> c `d", "a `b` -> c"] {
+            assert_eq!(EdgeName::parse(text), Err(EdgeNameError::Form), "{text:?}");
+        }
+    }
+}

@@ -15,7 +15,7 @@ pub use alert::{
     rounded, Alert, AlertBaseline, AlertEdge, AlertKind, AlertNode, AlertTargetNode, AlertWindow, Contributor,
     Severity, ALERT_SCHEMA, FIGURE_DECIMALS, SCORE_DECIMALS,
 };
-pub use graph::{Edge, Node, NodeKind, RootClass};
+pub use graph::{Edge, EdgeName, EdgeNameError, Node, NodeKind, NodeName, RootClass, MAX_EDGE_NAME_READINGS};
 pub use ids::{IdError, SpanId, TraceId};
 pub use span::{Remote, Span, SpanKind};
 pub use symbol::{

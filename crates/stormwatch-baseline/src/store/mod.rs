@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use stormwatch_model::{Edge, NodeKind, RootClass, Sym};
+use stormwatch_model::{Edge, NodeKind, NodeName, RootClass, Sym};
 
 use crate::{DailyProfile, Distribution, SubspaceModel};
 
@@ -223,8 +223,8 @@ pub struct BaselineStore {
     pub(crate) watermark_unix_nano: u64,
     /// Learning frozen everywhere (tuning): no baseline moves.
     pub(crate) freeze_all: bool,
-    /// Edges whose baselines are frozen, as `Edge` displays them (tuning).
-    pub(crate) frozen_edges: HashSet<String>,
+    /// Edges whose baselines are frozen, by caller and callee name, any callee kind (tuning).
+    pub(crate) frozen_edges: HashSet<(NodeName, NodeName)>,
     room: Room,
 }
 
@@ -283,7 +283,9 @@ impl BaselineStore {
 
     /// Whether learning on `edge` is frozen.
     pub fn is_frozen(&self, edge: &Edge) -> bool {
-        self.freeze_all || (!self.frozen_edges.is_empty() && self.frozen_edges.contains(&edge.to_string()))
+        self.freeze_all
+            || (!self.frozen_edges.is_empty()
+                && self.frozen_edges.contains(&(NodeName::from(edge.from), NodeName::from(edge.to))))
     }
 
     /// Learns the calls of each parent span of one trace on `edge` (`calls`: one value per

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use stormwatch_model::{Edge, RootClass};
+use stormwatch_model::{Edge, NodeName, RootClass};
 
 use super::{BaselineStore, ClassScope, DailyProfile, EdgeScope, RequestMetric, Table, WindowMetric};
 use crate::SubspaceModel;
@@ -76,13 +76,14 @@ impl BaselineStore {
         self.watermark_unix_nano = self.watermark_unix_nano.max(at);
     }
 
-    /// What the tuning freezes: every baseline, and edges as `Edge` displays them.
-    pub fn freezing(&self) -> (bool, &HashSet<String>) {
+    /// What the tuning freezes: every baseline, and edges by caller and callee name (any
+    /// callee kind).
+    pub fn freezing(&self) -> (bool, &HashSet<(NodeName, NodeName)>) {
         (self.freeze_all, &self.frozen_edges)
     }
 
     /// Sets what the tuning freezes (see [`BaselineStore::freezing`]).
-    pub fn set_freezing(&mut self, all: bool, edges: HashSet<String>) {
+    pub fn set_freezing(&mut self, all: bool, edges: HashSet<(NodeName, NodeName)>) {
         self.freeze_all = all;
         self.frozen_edges = edges;
     }

@@ -37,7 +37,7 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 use stormwatch_detect::tuning::{Allowance, Mode, Rule, Tuning};
-use stormwatch_model::{AlertKind, Severity};
+use stormwatch_model::{AlertKind, EdgeName, EdgeNameError, Severity};
 use toml::Spanned;
 
 mod change;
@@ -124,6 +124,17 @@ fn named(name: &str) -> Result<(), String> {
     } else {
         Err(format!("{name:?} is not named as alerts name it: service `operation` (see `stormwatch baseline list`)"))
     }
+}
+
+/// An edge as alerts name it, parsed once (see [`EdgeName`]).
+fn edge_name(name: &str) -> Result<EdgeName, String> {
+    EdgeName::parse(name).map_err(|error| match error {
+        EdgeNameError::Form => format!(
+            "{name:?} is not an edge as alerts name it: caller `operation` -> callee `operation` (see `stormwatch \
+             baseline list`)"
+        ),
+        ambiguous => format!("{name:?}: {ambiguous}"),
+    })
 }
 
 /// Where in the tuning text an error is: errors name the file and the line.
@@ -215,10 +226,11 @@ fn apply_override(tuning: &mut Tuning, o: OverrideDoc) -> Result<(), String> {
     if o.limit.is_some_and(|l| !l.is_finite() || l < 0.0) {
         return Err("limit must be a number of at least 0".into());
     }
-    for name in [&o.edge, &o.entry].into_iter().flatten() {
-        named(name)?;
+    let edge = o.edge.as_deref().map(edge_name).transpose()?;
+    if let Some(entry) = &o.entry {
+        named(entry)?;
     }
-    match (o.freeze, &o.edge) {
+    match (o.freeze, &edge) {
         // No edge: every baseline (the override form of `freeze` at the top).
         (Some(freeze), None) => {
             if o.entry.is_some() || kind.is_some() {
@@ -235,7 +247,7 @@ fn apply_override(tuning: &mut Tuning, o: OverrideDoc) -> Result<(), String> {
         (None, _) => {}
     }
     if let Some(mode) = &o.mode {
-        let (Some(detector), None, None) = (kind, &o.edge, &o.entry) else {
+        let (Some(detector), None, None) = (kind, &edge, &o.entry) else {
             return Err("mode applies to a whole detector: set kind, and no edge or entry".into());
         };
         tuning.detectors.insert(detector, mode_of(mode)?);
@@ -247,7 +259,7 @@ fn apply_override(tuning: &mut Tuning, o: OverrideDoc) -> Result<(), String> {
         || !o.enabled;
     if acts {
         tuning.rules.push(Rule {
-            edge: o.edge,
+            edge,
             entry: o.entry,
             kind,
             threshold_factor: o.threshold_factor,

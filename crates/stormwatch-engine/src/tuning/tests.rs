@@ -64,6 +64,12 @@ fn a_bad_edit_names_the_file_and_line() {
         (EXAMPLE.replace("severity = \"critical\"", "severity = \"high\""), 13, "severity"),
         (EXAMPLE.replace("threshold_factor = 2.0", "threshold_factr = 2.0"), 9, "threshold_factr"),
         (EXAMPLE.replace("edge = \"reviews", "edgy = \"reviews"), 8, "edgy"),
+        // A node is not an edge.
+        (
+            EXAMPLE.replace(" -> postgresql `SELECT name FROM users WHERE id = ?`", ""),
+            7,
+            "caller `operation` -> callee",
+        ),
         (
             EXAMPLE.replace("entry = \"batch `POST /reindex`\"", "entry = \"batch POST /reindex\""),
             17,
@@ -90,7 +96,7 @@ fn changes_append_commented_blocks_that_validate_and_undo() {
     let tuning = append(&path, &shadow, "bob", at).unwrap();
     assert_eq!(tuning.rules.len(), 1);
     assert_eq!(tuning.rules[0].threshold_factor, Some(2.0));
-    assert!(tuning.frozen_edges.contains(&edge));
+    assert!(tuning.frozen_edges.contains(&EdgeName::parse(&edge).unwrap()));
     assert_eq!(tuning.detectors.get(&AlertKind::RetryStorm), Some(&Mode::Shadow));
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("# 2026-11-29T10:00:00.000Z by alice: set reviews"), "{text}");
@@ -154,11 +160,12 @@ fn injected_lines_never_reach_the_file() {
         assert!(error.starts_with(field) && error.contains("control character"), "{error}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
     }
-    // The same text as ingest keeps it (escaped): written, and read back as that text.
-    let escaped = stormwatch_model::clean_name(payload, 4096).0.into_owned();
+    // The same text as ingest keeps it (escaped, here in the callee's operation): written, and
+    // read back as that text.
+    let escaped = format!("{}`", stormwatch_model::clean_name(payload, 4096).0);
     let tuning =
         append(&path, &Change::Freeze { edge: Some(escaped.clone()), reason: String::new() }, "bob\nx", at).unwrap();
-    assert!(tuning.frozen_edges.contains(&escaped));
+    assert!(tuning.frozen_edges.contains(&EdgeName::parse(&escaped).unwrap()));
     assert!(!tuning.detectors.contains_key(&AlertKind::RetryStorm));
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("# 2026-11-29T10:00:00.000Z by bob\\nx: freeze a `b` -> c `d`\\n[[override]]"), "{text}");

@@ -264,7 +264,8 @@ fn frozen_baselines_never_move() {
     learn_normal(&mut engine, 0, 100);
     let before = engine.store().clone();
     let lookups = *before.fanout().keys().find(|e| e.to.operation.as_str().contains("FROM users")).unwrap();
-    engine.set_tuning(Tuning { frozen_edges: [lookups.to_string()].into(), ..Tuning::default() });
+    let name = stormwatch_model::EdgeName::parse(&lookups.to_string()).unwrap();
+    engine.set_tuning(Tuning { frozen_edges: [name].into(), ..Tuning::default() });
     learn_normal(&mut engine, 100, 100);
     assert_eq!(engine.store().fanout()[&lookups].samples(), before.fanout()[&lookups].samples(), "the frozen edge");
     let other = before.fanout().keys().find(|e| **e != lookups).unwrap();
