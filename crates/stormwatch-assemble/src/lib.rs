@@ -11,6 +11,8 @@
 //! Nothing is dropped without a counter saying so, and no input can make this code panic.
 //! It must never do I/O or read the clock; callers advance time explicitly.
 
+#![warn(missing_docs)]
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
@@ -61,8 +63,11 @@ pub enum Completion {
 /// A trace handed to detection.
 #[derive(Debug)]
 pub struct CompletedTrace {
+    /// Its id.
     pub trace_id: TraceId,
+    /// Its spans, in arrival order.
     pub spans: Vec<Span>,
+    /// Why it was handed over when it was.
     pub completion: Completion,
     /// Whether a span without a parent arrived.
     pub has_root: bool,
@@ -79,6 +84,7 @@ impl CompletedTrace {
 /// Counters, cumulative since start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AssemblerStats {
+    /// Spans taken in.
     pub spans_accepted: u64,
     /// Spans for a trace that had already completed.
     pub late_spans: u64,
@@ -86,6 +92,7 @@ pub struct AssemblerStats {
     pub bad_timestamp_spans: u64,
     /// Spans ending implausibly far ahead of the watermark (kept, but not moving time).
     pub clock_skew_spans: u64,
+    /// Traces handed to detection.
     pub traces_completed: u64,
     /// Traces completed at `trace_max_wait` (typically no root arrived).
     pub traces_max_wait: u64,
@@ -141,6 +148,7 @@ impl std::fmt::Debug for Assembler {
 }
 
 impl Assembler {
+    /// An empty assembler.
     pub fn new(config: AssemblerConfig) -> Assembler {
         Assembler {
             config,
@@ -156,10 +164,12 @@ impl Assembler {
         }
     }
 
+    /// Its counters.
     pub fn stats(&self) -> &AssemblerStats {
         &self.stats
     }
 
+    /// Its configuration.
     pub fn config(&self) -> &AssemblerConfig {
         &self.config
     }
@@ -169,10 +179,12 @@ impl Assembler {
         self.watermark
     }
 
+    /// Spans held in traces not yet complete.
     pub fn in_flight_spans(&self) -> usize {
         self.in_flight_spans
     }
 
+    /// Traces not yet complete.
     pub fn in_flight_traces(&self) -> usize {
         self.pending.len()
     }

@@ -34,9 +34,13 @@ pub struct BaselineRow {
     pub entry: Option<String>,
     /// Window baselines count in thousandths; the values here are in the measured unit.
     pub median: f64,
+    /// The 99th percentile.
     pub p99: f64,
+    /// The 99.9th percentile.
     pub p999: f64,
+    /// Observations learned.
     pub samples: u64,
+    /// Event time of the first, Unix nanoseconds.
     pub since_unix_nano: u64,
     /// Present when the learned p99.9 is being pushed up faster than the tail guard lets the
     /// baseline follow (twice a day): what was learned, while the quantiles above are what is
@@ -160,6 +164,7 @@ pub struct Query {
     /// `samples` (default), `p99`, `median`, `since` (newest first) or `score` (the last
     /// window against the p99), descending.
     pub sort: Option<String>,
+    /// At most this many rows.
     pub limit: Option<usize>,
 }
 
@@ -199,6 +204,7 @@ impl Query {
 /// One baseline that differs between two snapshots.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RowChange {
+    /// The baseline's table, edge and entry, as one text.
     pub key: String,
     /// Absent when the baseline is new.
     pub before: Option<BaselineRow>,

@@ -5,6 +5,8 @@
 //! `models/`. It never decides what is anomalous (stormwatch-detect does) and never touches
 //! the network; its only I/O is the snapshot file.
 
+#![warn(missing_docs)]
+
 mod distribution;
 pub mod inspect;
 mod seasonal;

@@ -10,8 +10,9 @@ use stormwatch_model::Edge;
 pub struct SubspaceModel {
     /// Columns: the edges the model watches.
     pub edges: Vec<Edge>,
-    /// Per column: the training mean and scale used to standardise a window.
+    /// Per column: the training mean used to standardise a window.
     pub mean: Vec<f64>,
+    /// Per column: the training scale used to standardise a window.
     pub scale: Vec<f64>,
     /// Leading principal directions over the columns (each `edges.len()` long).
     pub components: Vec<Vec<f64>>,

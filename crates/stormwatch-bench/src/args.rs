@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+/// `stormwatch bench`: the engine against a reference receiver, per transport.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Scenario whose traffic is sent [default: the built-in large-generated scenario, 300
@@ -51,6 +52,7 @@ pub enum BenchTransport {
 }
 
 impl BenchTransport {
+    /// The transport's name in the report (`grpc`).
     pub fn as_str(self) -> &'static str {
         match self {
             BenchTransport::Grpc => "grpc",
@@ -60,10 +62,13 @@ impl BenchTransport {
     }
 }
 
+/// The decode-and-drop reference receiver `bench` measures against (`stormwatch bench-reference`).
 #[derive(Args, Debug)]
 pub struct ReferenceArgs {
+    /// OTLP/gRPC listen address.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4317")]
     pub otlp_grpc: String,
+    /// OTLP/HTTP listen address.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4318")]
     pub otlp_http: String,
     /// Decode this length-prefixed protobuf file and exit instead of serving.
@@ -71,6 +76,7 @@ pub struct ReferenceArgs {
     pub file: Option<PathBuf>,
 }
 
+/// `stormwatch bench-memory`: bytes per in-flight span and per tracked edge.
 #[derive(Args, Debug)]
 pub struct MemoryArgs {
     /// Spans to buffer in flight.

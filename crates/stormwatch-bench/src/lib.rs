@@ -20,6 +20,8 @@
 //! then by two in one group (static ids), clocked from the first message consumed to the
 //! last span processed.
 
+#![warn(missing_docs)]
+
 mod args;
 mod latency;
 mod memory;

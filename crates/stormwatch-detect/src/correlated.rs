@@ -95,6 +95,7 @@ impl std::fmt::Debug for Correlated {
 }
 
 impl Correlated {
+    /// A detector with no history yet.
     pub fn new(config: CorrelatedConfig) -> Correlated {
         Correlated { config, history: VecDeque::new(), since_fit: 0 }
     }

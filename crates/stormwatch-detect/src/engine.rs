@@ -16,7 +16,9 @@ use crate::{DetectConfig, Throttle};
 /// Everything the engine is tuned by.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
+    /// Trace assembly.
     pub assemble: AssemblerConfig,
+    /// The per-trace detectors' thresholds.
     pub detect: DetectConfig,
     /// Repeats of one fingerprint within this much event time are folded into one summary.
     pub throttle_nanos: u64,
@@ -45,14 +47,17 @@ impl Default for EngineConfig {
 /// Counters of detection, cumulative since start.
 #[derive(Clone, Debug, Default)]
 pub struct EngineStats {
+    /// Traces judged.
     pub traces_checked: u64,
     /// Complete traces that trained the baselines.
     pub traces_learned: u64,
+    /// Traces whose parent links form a cycle (judged without the cycle).
     pub traces_with_cycles: u64,
     /// Windows judged (those with enough entry requests) and skipped.
     pub windows_closed: u64,
     /// Traces whose window had already been judged.
     pub window_late_traces: u64,
+    /// Spans whose parent never arrived.
     pub orphan_spans: u64,
     /// Findings before throttling, by kind (index of [`AlertKind::ALL`]).
     pub findings: [u64; AlertKind::ALL.len()],
@@ -64,6 +69,8 @@ pub struct EngineStats {
     pub suppressed: u64,
 }
 
+/// Assembly, detection, learning, window judgement and throttling as one synchronous,
+/// deterministic state machine: spans in, alerts out. `serve`, `replay` and `eval` drive it.
 pub struct Engine {
     assembler: Assembler,
     store: BaselineStore,
@@ -106,7 +113,9 @@ struct LastWindow {
 /// One edge in the last judged window, for dashboards (`/metrics`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct EdgeGauge {
+    /// The edge.
     pub edge: stormwatch_model::Edge,
+    /// Calls per second of event time.
     pub calls_per_second: f64,
     /// Calls per entry request, network-wide.
     pub calls_per_entry: f64,
@@ -260,6 +269,7 @@ impl Engine {
         self.count_alerts(&out[before..]);
     }
 
+    /// The baselines.
     pub fn store(&self) -> &BaselineStore {
         &self.store
     }
@@ -272,6 +282,7 @@ impl Engine {
         self.tuning = tuning;
     }
 
+    /// The tuning in force.
     pub fn tuning(&self) -> &Tuning {
         &self.tuning
     }
@@ -296,18 +307,22 @@ impl Engine {
         self.store.adopt_windows(other);
     }
 
+    /// The trace assembler.
     pub fn assembler(&self) -> &Assembler {
         &self.assembler
     }
 
+    /// The assembler's counters.
     pub fn assembler_stats(&self) -> &AssemblerStats {
         self.assembler.stats()
     }
 
+    /// Detection's counters.
     pub fn stats(&self) -> &EngineStats {
         &self.stats
     }
 
+    /// Incidents being throttled.
     pub fn open_incidents(&self) -> usize {
         self.throttle.open_incidents()
     }

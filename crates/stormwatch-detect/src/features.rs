@@ -16,6 +16,7 @@ use stormwatch_model::{Edge, Node, NodeKind, RootClass, Span, SpanId, Sym, Trace
 /// What one edge did in one trace.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EdgeFeatures {
+    /// The edge.
     pub edge: Edge,
     /// Calls on this edge in the whole trace (work per root request).
     pub calls: u64,
@@ -48,15 +49,21 @@ pub struct CacheUse {
 /// Everything detection needs from one trace.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceFeatures {
+    /// The trace.
     pub trace_id: TraceId,
     /// A root arrived and the trace was not evicted; only complete traces train baselines.
     pub complete: bool,
     /// The entry point; for a trace without a root, the earliest orphan's.
     pub root_class: Option<RootClass>,
+    /// Event time the trace's first span starts.
     pub start_unix_nano: u64,
+    /// Event time its last span ends.
     pub end_unix_nano: u64,
+    /// Spans in the trace.
     pub spans: u64,
+    /// Database calls in the trace.
     pub db_calls: u64,
+    /// Distinct services in the trace.
     pub services: u64,
     /// Sorted by edge, so processing order is the same in every run.
     pub edges: Vec<EdgeFeatures>,

@@ -18,6 +18,7 @@ use crate::EdgeGauge;
 /// A node: a service, or a database, cache, queue or peer it calls.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GraphNode {
+    /// The service, or the database, cache, queue or peer name.
     pub id: String,
     /// `service`, `database`, `cache`, `queue` or `peer`.
     pub kind: String,
@@ -26,9 +27,13 @@ pub struct GraphNode {
 /// The calls from one service to one node, folded over operations.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct GraphEdge {
+    /// The calling service.
     pub from: String,
+    /// The called node.
     pub to: String,
+    /// The called node's kind.
     pub to_kind: String,
+    /// Calls per second of event time.
     pub calls_per_second: f64,
     /// Calls per entry request, network-wide.
     pub calls_per_entry: f64,
@@ -43,7 +48,9 @@ pub struct GraphEdge {
 /// What `/api/graph` answers.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Graph {
+    /// The nodes the edges connect.
     pub nodes: Vec<GraphNode>,
+    /// The edges kept: past the limit, the most anomalous half of it, then the busiest.
     pub edges: Vec<GraphEdge>,
     /// Edges in the window, before the focus and the limit.
     pub edges_total: usize,

@@ -10,6 +10,8 @@
 //! Everything here is pure: values in, values out, no sockets, no threads. The wall clock is
 //! read only through the clock function the engine is given.
 
+#![warn(missing_docs)]
+
 pub mod correlated;
 pub mod detectors;
 mod engine;

@@ -31,7 +31,9 @@ pub const PARTIALS_VERSION: u32 = 1;
 /// One engine's closed windows and its progress, as sent to the merger.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Partials {
+    /// Always [`PARTIALS_FORMAT`].
     pub format: String,
+    /// [`PARTIALS_VERSION`] of the sender.
     pub version: u32,
     /// The sending engine (its static group instance id, or an id generated at start).
     pub sender: String,
@@ -43,10 +45,12 @@ pub struct Partials {
     pub closed_through_unix_nano: u64,
     /// Nothing in flight: the merger need not wait for this sender.
     pub idle: bool,
+    /// Its windows closed since the last message.
     pub windows: Vec<Window>,
 }
 
 impl Partials {
+    /// An empty message from `sender`, which consumes `partitions` of `partitions_total`.
     pub fn new(sender: &str, partitions: Vec<i32>, partitions_total: u32, closed_through: u64) -> Partials {
         Partials {
             format: PARTIALS_FORMAT.to_string(),
@@ -60,6 +64,7 @@ impl Partials {
         }
     }
 
+    /// The message as sent on the windows topic (JSON).
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("window partials always serialise")
     }
@@ -85,14 +90,18 @@ impl Partials {
 /// Why a windows-topic message is not window partials this engine reads.
 #[derive(Debug, thiserror::Error)]
 pub enum PartialsError {
+    /// Not JSON, or no `format` and `version`.
     #[error("not a {PARTIALS_FORMAT} message: {0}")]
     NotPartials(serde_json::Error),
+    /// Another format.
     #[error("format {0:?}, expected {PARTIALS_FORMAT:?}")]
     Format(String),
     #[error(
         "{PARTIALS_FORMAT} version {0}, this engine reads version {PARTIALS_VERSION}: run one release across the group"
     )]
+    /// Another version.
     Version(u32),
+    /// The right format and version, but not a valid document.
     #[error("corrupt {PARTIALS_FORMAT} message: {0}")]
     Corrupt(serde_json::Error),
 }
@@ -100,6 +109,7 @@ pub enum PartialsError {
 /// Counters of the merger, cumulative.
 #[derive(Clone, Debug, Default)]
 pub struct MergeStats {
+    /// Messages received.
     pub partials: u64,
     /// Windows judged.
     pub windows_merged: u64,
@@ -145,6 +155,8 @@ impl std::fmt::Debug for WindowMerger {
 }
 
 impl WindowMerger {
+    /// A merger that judges a window once every partition's share arrived, or `timeout_nanos`
+    /// of event time after it ended; sketches keep `top_k` keys.
     pub fn new(timeout_nanos: u64, top_k: usize) -> WindowMerger {
         WindowMerger {
             timeout_nanos,
@@ -158,6 +170,7 @@ impl WindowMerger {
         }
     }
 
+    /// Its counters.
     pub fn stats(&self) -> &MergeStats {
         &self.stats
     }

@@ -68,6 +68,7 @@ impl std::fmt::Debug for Throttle {
 }
 
 impl Throttle {
+    /// Folds repeats within `window_nanos` of event time; 0 emits every finding.
     pub fn new(window_nanos: u64) -> Throttle {
         Throttle { window_nanos, open: BTreeMap::new() }
     }

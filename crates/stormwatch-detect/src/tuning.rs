@@ -19,7 +19,9 @@ use crate::Finding;
 pub struct Rule {
     /// The edge it applies to.
     pub edge: Option<EdgeName>,
+    /// The entry point it applies to, as alerts name it.
     pub entry: Option<String>,
+    /// The kind it applies to.
     pub kind: Option<AlertKind>,
     /// Alert only above `threshold x factor` (the learned threshold, raised or lowered).
     pub threshold_factor: Option<f64>,
@@ -27,6 +29,7 @@ pub struct Rule {
     pub limit: Option<f64>,
     /// Alert only once the baseline has this many samples.
     pub min_samples: Option<u64>,
+    /// The severity findings it matches get.
     pub severity: Option<Severity>,
     /// `false`: findings it matches are dropped.
     pub enabled: bool,
@@ -37,22 +40,27 @@ pub struct Rule {
 /// A legitimate amplifier (a nightly batch job, a partner's crawler), until `until`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Allowance {
+    /// An entry point, as alerts name it.
     pub entry: Option<String>,
     /// A client population as alerts name it (`10.1.0.0/16`).
     pub clients: Option<String>,
+    /// An authenticated user (`enduser.id`).
     pub user: Option<String>,
     /// Event time (Unix nanoseconds) after which it no longer applies.
     pub until_unix_nano: u64,
+    /// Why (shown by explain and the API).
     pub reason: String,
 }
 
 /// A detector's mode.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
+    /// Judged and emitted.
     #[default]
     On,
     /// Judged and counted, never emitted.
     Shadow,
+    /// Its findings are dropped (counted as suppressed).
     Off,
 }
 
@@ -63,14 +71,18 @@ pub struct Tuning {
     pub freeze_all: bool,
     /// Edges whose learning is frozen.
     pub frozen_edges: BTreeSet<EdgeName>,
+    /// Overrides, in file order; each that matches applies.
     pub rules: Vec<Rule>,
+    /// Detectors in shadow mode or off (absent: on).
     pub detectors: HashMap<AlertKind, Mode>,
+    /// Allowlisted amplifiers.
     pub allow: Vec<Allowance>,
 }
 
 /// What becomes of a finding.
 #[derive(Debug)]
 pub enum Verdict {
+    /// Emit it.
     Emit(Finding),
     /// Its detector is in shadow mode: count it, do not emit it.
     Shadow(Finding),

@@ -14,16 +14,26 @@ mod server;
 
 pub use server::ServerConfig;
 
+/// The configuration file (`--config`, TOML), one section per table; every setting has a
+/// default, so an empty file (or none) runs the engine. `serve --print-config` prints it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `[server]`: listeners and their bounds.
     pub server: ServerConfig,
+    /// `[kafka]`: brokers, topics and the consumer group.
     pub kafka: KafkaConfig,
+    /// `[output]`: alerts without Kafka, and the spool.
     pub output: OutputConfig,
+    /// `[assemble]`: trace assembly.
     pub assemble: AssembleConfig,
+    /// `[baseline]`: learning and the snapshot.
     pub baseline: BaselineConfig,
+    /// `[detect]`: thresholds and windows.
     pub detect: DetectSection,
+    /// `[limits]`: cardinality bounds on names.
     pub limits: LimitsConfig,
+    /// `[attribution]`: who sent a request.
     pub attribution: AttributionConfig,
 }
 
@@ -82,14 +92,20 @@ pub struct LimitsConfig {
     pub clients: usize,
     /// `enduser.id` values of entry requests.
     pub users: usize,
-    /// Bytes the names of each dimension may take in all (32 bytes of bookkeeping each
-    /// included).
+    /// Bytes the service names may take in all (32 bytes of bookkeeping each included; so
+    /// for each dimension below).
     pub services_bytes: usize,
+    /// Bytes the operation names may take in all.
     pub operations_bytes: usize,
+    /// Bytes the normalised statements may take in all.
     pub statements_bytes: usize,
+    /// Bytes the peer names may take in all.
     pub peers_bytes: usize,
+    /// Bytes the query shapes may take in all.
     pub query_shapes_bytes: usize,
+    /// Bytes the client populations may take in all.
     pub clients_bytes: usize,
+    /// Bytes the user ids may take in all.
     pub users_bytes: usize,
 }
 
@@ -139,6 +155,7 @@ impl LimitsConfig {
     }
 }
 
+/// `[kafka]`: Kafka output, input and the sharing of windows in a consumer group.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
@@ -205,6 +222,7 @@ impl Default for KafkaConfig {
     }
 }
 
+/// `[output]`: where alerts go without Kafka, and the spool with it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
@@ -230,6 +248,7 @@ impl Default for OutputConfig {
     }
 }
 
+/// `[assemble]`: how spans become traces.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AssembleConfig {
@@ -256,6 +275,7 @@ impl Default for AssembleConfig {
     }
 }
 
+/// `[baseline]`: what is learned and where it is kept.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BaselineConfig {
@@ -281,6 +301,7 @@ impl Default for BaselineConfig {
     }
 }
 
+/// `[detect]`: the detectors' thresholds, windows and throttling.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectSection {
@@ -375,6 +396,7 @@ impl Config {
         }
     }
 
+    /// The engine's settings, from the `[assemble]`, `[baseline]` and `[detect]` sections.
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
             assemble: AssemblerConfig {

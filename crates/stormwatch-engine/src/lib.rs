@@ -11,6 +11,8 @@
 //! the sink before the Kafka positions they settle, and a position is committed only after
 //! everything before it was delivered.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod config;
 mod delivery;

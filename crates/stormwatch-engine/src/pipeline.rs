@@ -29,6 +29,7 @@ use crate::tuning::TuningWatch;
 /// The running engine thread and sink task. Spans go in through the [`SpanQueue`] returned
 /// with it; once every clone of that queue is dropped, [`Pipeline::finish`] drains and stops.
 pub struct Pipeline {
+    /// The engine's counters and gauges (`/metrics`).
     pub metrics: Arc<Metrics>,
     engine: std::thread::JoinHandle<EngineReport>,
     sink: tokio::task::JoinHandle<()>,
@@ -43,6 +44,8 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
+    /// Starts the engine thread and the sink task: the engine is `config` over `store`, alerts
+    /// go to `sink`, the span queue holds `queue_capacity` batches and `queue_max_spans` spans.
     pub fn start(
         mut config: EngineConfig,
         store: BaselineStore,
@@ -156,20 +159,28 @@ pub struct EngineOptions {
 /// The tuning at start, and how it is reloaded.
 #[derive(Debug, Default)]
 pub struct TuningOptions {
+    /// The tuning in force at start.
     pub initial: Tuning,
     /// Reloaded when it changes (checked every 2 s) or when `reload` is set (SIGHUP).
     pub watch: Option<TuningWatch>,
+    /// Set (by SIGHUP) to reload the tuning at once.
     pub reload: Arc<AtomicBool>,
 }
 
 /// What the engine did, for the replay summary and the shutdown log.
 #[derive(Debug)]
 pub struct EngineReport {
+    /// Detection's counters.
     pub stats: EngineStats,
+    /// Spans taken in.
     pub spans_accepted: u64,
+    /// Spans of traces already complete.
     pub late_spans: u64,
+    /// Traces completed early because the buffer was full.
     pub traces_evicted: u64,
+    /// Baseline keys held.
     pub edges_tracked: usize,
+    /// Why the last snapshot could not be written, if it could not.
     pub snapshot_error: Option<String>,
 }
 

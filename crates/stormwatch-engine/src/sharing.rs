@@ -47,11 +47,13 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 pub struct SharingOptions {
     /// This engine's name in the partials (its static instance id, or a generated one).
     pub sender: String,
+    /// The consumer group's membership, as the input source sees it.
     pub group: Arc<GroupState>,
     /// Where partials go.
     pub topic: String,
     /// How long a window waits for a partition no live engine accounts for.
     pub merge_timeout: Duration,
+    /// Keys each window sketch keeps when windows are merged.
     pub top_k: usize,
 }
 

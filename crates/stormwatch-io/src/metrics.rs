@@ -123,14 +123,23 @@ fn render_listeners(out: &mut String, listeners: &[ListenerMetrics; 3]) {
 /// most twice that many series per metric, whatever the traffic.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EdgeSeries {
+    /// The caller's service.
     pub from_service: String,
+    /// The caller's operation.
     pub from_operation: String,
+    /// The callee's service (or database, cache, queue, peer name).
     pub to_service: String,
+    /// The callee's operation.
     pub to_operation: String,
+    /// The callee's kind.
     pub to_kind: String,
+    /// Calls per second of event time.
     pub calls_per_second: f64,
+    /// Calls per entry request, network-wide.
     pub calls_per_entry: f64,
+    /// The learned p99 of calls per entry request.
     pub p99_per_entry: f64,
+    /// Calls per entry request over that p99.
     pub score: f64,
 }
 
@@ -328,14 +337,17 @@ metrics! {
 }
 
 impl Metrics {
+    /// Adds `value` to a counter.
     pub fn add(counter: &AtomicU64, value: u64) {
         counter.fetch_add(value, Ordering::Relaxed);
     }
 
+    /// Sets a gauge.
     pub fn set(gauge: &AtomicU64, value: u64) {
         gauge.store(value, Ordering::Relaxed);
     }
 
+    /// Reads a counter or gauge.
     pub fn get(metric: &AtomicU64) -> u64 {
         metric.load(Ordering::Relaxed)
     }

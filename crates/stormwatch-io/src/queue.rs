@@ -32,8 +32,11 @@ pub enum SourceTopic {
 /// Where a batch came from in a Kafka topic, for committing once it is settled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SourcePosition {
+    /// The topic.
     pub topic: SourceTopic,
+    /// The partition.
     pub partition: i32,
+    /// The message's offset.
     pub offset: i64,
 }
 
@@ -42,9 +45,19 @@ pub struct SourcePosition {
 pub enum Batch {
     /// Decoded spans, and the Kafka message they came from (`None` for OTLP and files). A
     /// malformed message is sent with no spans, so its offset is committed in order.
-    Spans { spans: Vec<Span>, position: Option<SourcePosition> },
+    Spans {
+        /// The spans.
+        spans: Vec<Span>,
+        /// Where they came from.
+        position: Option<SourcePosition>,
+    },
     /// A message of the windows topic (another engine's closed windows), undecoded.
-    Windows { payload: Vec<u8>, position: SourcePosition },
+    Windows {
+        /// The message.
+        payload: Vec<u8>,
+        /// Where it came from.
+        position: SourcePosition,
+    },
     /// This engine became its group's window merger: the group's shared baseline snapshots
     /// (engine, document), to continue from the previous merger's window baselines.
     Snapshots(Vec<(String, Vec<u8>)>),

@@ -12,9 +12,17 @@ use tokio::io::AsyncWriteExt;
 use crate::kafka::KafkaAlertSink;
 use crate::{IoError, Metrics};
 
+/// Where alerts go.
 pub enum AlertSink {
+    /// A Kafka topic.
     Kafka(KafkaAlertSink),
-    Lines { stdout: bool, file: Option<(PathBuf, File)> },
+    /// JSON lines on stdout, to a file, or both.
+    Lines {
+        /// Write each alert to stdout.
+        stdout: bool,
+        /// Append each alert to this file.
+        file: Option<(PathBuf, File)>,
+    },
 }
 
 impl std::fmt::Debug for AlertSink {

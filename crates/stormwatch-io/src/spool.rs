@@ -49,10 +49,12 @@ impl AlertSpool {
         Ok(AlertSpool { dir: dir.to_path_buf(), files: files.into(), next, bytes, max_bytes })
     }
 
+    /// The spool's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// Whether it holds no alerts.
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }
@@ -67,6 +69,7 @@ impl AlertSpool {
         self.files.iter().map(|(_, alerts, _)| alerts).sum()
     }
 
+    /// Bytes the spooled alerts take.
     pub fn bytes(&self) -> u64 {
         self.bytes
     }

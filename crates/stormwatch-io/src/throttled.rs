@@ -12,6 +12,7 @@ pub struct Throttled {
 }
 
 impl Throttled {
+    /// Lets one message through per `period`.
     pub fn new(period: std::time::Duration) -> Throttled {
         Throttled {
             period,

@@ -11,10 +11,12 @@ use serde::Deserialize;
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator seeded with `seed`: the same seed gives the same numbers.
     pub fn new(seed: u64) -> Rng {
         Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
     }
 
+    /// The next 64 random bits (SplitMix64).
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -36,6 +38,7 @@ impl Rng {
         low + self.next_u64() % (high - low + 1)
     }
 
+    /// `true` with `probability`.
     pub fn chance(&mut self, probability: f64) -> bool {
         self.unit() < probability
     }
@@ -45,6 +48,7 @@ impl Rng {
         -mean * (1.0 - self.unit()).ln()
     }
 
+    /// Poisson with the given mean (Knuth's method for small means, a rounded normal for large).
     pub fn poisson(&mut self, mean: f64) -> u64 {
         if mean <= 0.0 {
             return 0;
@@ -86,18 +90,23 @@ impl Rng {
 /// How many calls one execution makes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Count {
+    /// Always this many.
     Fixed(u64),
+    /// Uniform in [low, high].
     Uniform(u64, u64),
+    /// Poisson with this mean.
     Poisson(f64),
     /// Pareto(minimum, alpha), rounded down, capped at 10,000.
     Pareto(f64, f64),
 }
 
 impl Count {
+    /// One call.
     pub fn one() -> Count {
         Count::Fixed(1)
     }
 
+    /// One draw.
     pub fn sample(&self, rng: &mut Rng) -> u64 {
         match *self {
             Count::Fixed(n) => n,

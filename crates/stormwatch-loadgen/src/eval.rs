@@ -32,6 +32,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome as the table prints it (failures in capitals).
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Detected => "detected",
@@ -44,17 +45,22 @@ impl Outcome {
         }
     }
 
+    /// Whether the outcome fails the scenario.
     pub fn is_failure(self) -> bool {
         matches!(self, Outcome::Missed | Outcome::FalseAlarm | Outcome::Misattributed)
     }
 }
 
+/// How one labelled change went.
 #[derive(Clone, Debug)]
 pub struct ChangeResult {
+    /// The change.
     pub label: ChangeLabel,
+    /// How it went.
     pub outcome: Outcome,
     /// Alerts explained by (attacks) or raised during (legitimate changes) this change.
     pub alerts: usize,
+    /// The kind of the first alert that explained it.
     pub first_alert_kind: Option<String>,
     /// For an attack: the first alert of another kind whose exemplar is an attacked trace.
     pub indirect_alert_kind: Option<String>,
@@ -67,19 +73,28 @@ pub struct ChangeResult {
 /// One alert reduced to what scoring and the picture need.
 #[derive(Clone, Debug)]
 pub struct AlertPoint {
+    /// The alert's kind.
     pub kind: String,
+    /// Its severity.
     pub severity: Severity,
+    /// Its score.
     pub score: f64,
+    /// The occurrences it stands for.
     pub count: u64,
+    /// Event time its evidence starts at.
     pub start_unix_nano: u64,
+    /// Event time its evidence ends at.
     pub end_unix_nano: u64,
+    /// Its exemplar trace ids.
     pub exemplars: Vec<String>,
+    /// Its contributors' names.
     pub contributors: Vec<String>,
     /// Explained by an attack (filled in by [`score`]).
     pub explained: bool,
 }
 
 impl AlertPoint {
+    /// The point of an alert.
     pub fn from_alert(alert: &Alert) -> AlertPoint {
         AlertPoint {
             kind: alert.kind.as_str().into(),
@@ -95,18 +110,26 @@ impl AlertPoint {
     }
 }
 
+/// The score of a scenario: each change's outcome and the false alerts.
 #[derive(Clone, Debug)]
 pub struct Report {
+    /// The scenario's name.
     pub scenario: String,
+    /// Requests generated.
     pub requests: u64,
+    /// Spans generated.
     pub spans: u64,
+    /// Event time the scenario spans.
     pub duration: Duration,
+    /// Every alert.
     pub alerts: Vec<AlertPoint>,
+    /// Each labelled change's result.
     pub changes: Vec<ChangeResult>,
     /// Alerts explained by no attack, by severity (info, warning, critical).
     pub false_alerts: [u64; 3],
     /// Hours of event time outside every attack window.
     pub normal_hours: f64,
+    /// The scenario's allowance of false warning-or-higher alerts per hour.
     pub max_false_alerts_per_hour: f64,
     /// Event time the scenario started at, Unix nanoseconds.
     pub scenario_start: u64,
@@ -136,6 +159,7 @@ impl Report {
         failures
     }
 
+    /// Whether the scenario met every expectation.
     pub fn passed(&self) -> bool {
         self.failures().is_empty()
     }

@@ -9,16 +9,22 @@ use crate::scenario::Scenario;
 /// Trace ids kept per change; the count goes on past it.
 pub const MAX_LABELLED_TRACES: usize = 10_000;
 
+/// One labelled change as it happened: when, which traces, and what must detect it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChangeLabel {
+    /// The change's name in the scenario.
     pub name: String,
     /// `fanout_amplification`, `n_plus_one`, ..., `flash_crowd`, `new_call`.
     pub kind: String,
     /// Attacks must be detected; legitimate changes must stay quiet.
     pub attack: bool,
+    /// RFC 3339 event time it starts.
     pub start: String,
+    /// RFC 3339 event time it ends.
     pub end: String,
+    /// Event time it starts, Unix nanoseconds.
     pub start_unix_nano: u64,
+    /// Event time it ends, Unix nanoseconds.
     pub end_unix_nano: u64,
     /// Alert kinds that count as detecting it.
     pub detect_as: Vec<String>,
@@ -42,12 +48,18 @@ impl ChangeLabel {
     }
 }
 
+/// The ground truth of one generated run (`loadgen --labels`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Labels {
+    /// The scenario's name.
     pub scenario: String,
+    /// Its seed.
     pub seed: u64,
+    /// Event time the run starts, Unix nanoseconds.
     pub start_unix_nano: u64,
+    /// Event time it ends, Unix nanoseconds.
     pub end_unix_nano: u64,
+    /// Its labelled changes.
     pub changes: Vec<ChangeLabel>,
 }
 

@@ -4,6 +4,8 @@
 //! the scoring of `eval`. Pure: no sockets, no files but what callers pass in (and the shipped
 //! scenarios, embedded); deterministic for a given seed.
 
+#![warn(missing_docs)]
+
 mod distribution;
 pub mod eval;
 mod generate;

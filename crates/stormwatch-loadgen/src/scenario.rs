@@ -15,7 +15,9 @@ use crate::distribution::Count;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
+    /// The scenario's name.
     pub name: String,
+    /// What it shows.
     #[serde(default)]
     pub description: String,
     /// Same seed, same traffic, same trace ids.
@@ -65,11 +67,15 @@ fn default_start() -> u64 {
     1_767_571_200
 }
 
+/// An entry point of the traffic and its share.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
+    /// The entry service.
     pub service: String,
+    /// Its operation (method and route).
     pub operation: String,
+    /// Its relative share of requests.
     pub weight: f64,
     /// Query-parameter keys the requests carry (values are generated).
     #[serde(default)]
@@ -89,6 +95,7 @@ impl Entry {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Operation {
+    /// The calls it makes, in order.
     #[serde(default)]
     pub calls: Vec<Call>,
     /// Probability that the operation fails (status ERROR, HTTP 500).
@@ -119,13 +126,16 @@ pub struct Call {
     /// A database, `system:namespace`, e.g. `postgresql:shop`, with `statement`.
     #[serde(default)]
     pub db: Option<String>,
+    /// The statement sent to `db` (its literals vary per call).
     #[serde(default)]
     pub statement: Option<String>,
     /// A cache system, e.g. `redis`; `on_miss` calls run when the key is not cached.
     #[serde(default)]
     pub cache: Option<String>,
+    /// Share of lookups that miss.
     #[serde(default)]
     pub miss_ratio: f64,
+    /// Calls run on a miss.
     #[serde(default)]
     pub on_miss: Vec<Call>,
     /// A queue, `system:destination`, e.g. `kafka:orders`.
@@ -184,6 +194,8 @@ pub enum ChangeKind {
 }
 
 impl ChangeKind {
+    /// Whether the change is an attack (it must be detected) rather than a legitimate change (it
+    /// must stay quiet).
     pub fn is_attack(self) -> bool {
         matches!(
             self,
@@ -196,6 +208,7 @@ impl ChangeKind {
         )
     }
 
+    /// The kind's name in scenarios and labels.
     pub fn as_str(self) -> &'static str {
         match self {
             ChangeKind::FanoutAmplification => "fanout_amplification",
@@ -216,10 +229,14 @@ impl ChangeKind {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Change {
+    /// The change's name.
     pub name: String,
+    /// What it changes.
     pub kind: ChangeKind,
+    /// When it starts, after the scenario's start.
     #[serde(with = "humantime_serde")]
     pub start: Duration,
+    /// When it ends, after the scenario's start.
     #[serde(with = "humantime_serde")]
     pub end: Duration,
     /// Entry the change applies to: `"gateway GET /products"` (fan-out, N+1, mix shift).
@@ -286,7 +303,9 @@ fn one() -> f64 {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalSettings {
+    /// `baseline.learning_min_samples`.
     pub learning_min_samples: u64,
+    /// `assemble.trace_idle`.
     #[serde(with = "humantime_serde")]
     pub trace_idle: Duration,
     /// Largest acceptable rate of warning-or-higher alerts that match no attack.
@@ -312,14 +331,25 @@ impl Default for EvalSettings {
     }
 }
 
+/// Why a scenario could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
     /// The file could not be read.
     #[error("cannot read scenario {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        /// The file.
+        path: String,
+        /// The error reading it.
+        source: std::io::Error,
+    },
     /// The file's text is not a valid scenario: the message names the field.
     #[error("scenario {path}: {message}")]
-    Invalid { path: String, message: String },
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong, naming the field.
+        message: String,
+    },
     /// Scenario text (not from a file) is not valid: the message names the field.
     #[error("{0}")]
     Text(String),
@@ -360,6 +390,7 @@ impl Scenario {
         target.split_once(' ')
     }
 
+    /// The behaviour of `service`'s `operation`, if the scenario defines it.
     pub fn operation(&self, service: &str, operation: &str) -> Option<&Operation> {
         self.services.get(service)?.get(operation)
     }

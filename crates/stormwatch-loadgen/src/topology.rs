@@ -23,6 +23,7 @@ pub struct GeneratedTopology {
     pub services: usize,
     /// Entry services (tier 0), each with `operations` entry operations.
     pub entries: usize,
+    /// Operations per entry service.
     #[serde(default = "default_operations")]
     pub operations: usize,
     /// Tiers below the entries; call chains are at most this deep.

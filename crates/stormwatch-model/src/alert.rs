@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Value of the `schema` field.
 pub const ALERT_SCHEMA: &str = "stormwatch.alert/v1";
 
+/// What kind of amplification an alert reports; serialised as its snake_case name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
@@ -32,6 +33,7 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
+    /// The kind's name in alerts, metrics and the tuning file (`n_plus_one`).
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::FanoutAmplification => "fanout_amplification",
@@ -46,6 +48,7 @@ impl AlertKind {
         }
     }
 
+    /// Every kind, in the order of [`AlertKind::index`].
     pub const ALL: [AlertKind; 9] = [
         AlertKind::FanoutAmplification,
         AlertKind::RequestAmplification,
@@ -64,14 +67,19 @@ impl AlertKind {
     }
 }
 
+/// How bad an alert is; serialised as `info`, `warning` or `critical`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
+    /// Worth knowing, not worth waking anyone (a new call on an edge).
     Info,
+    /// Beyond the threshold.
     Warning,
+    /// At `critical_factor` times the threshold or more.
     Critical,
 }
 
+/// The event time an alert's evidence spans.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AlertWindow {
     /// RFC 3339, event time.
@@ -80,29 +88,39 @@ pub struct AlertWindow {
     pub end: String,
 }
 
+/// A caller or entry point as an alert names it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AlertNode {
+    /// The service (`service.name`).
     pub service: String,
+    /// The operation (span name or `METHOD route`).
     pub operation: String,
     /// Query-parameter keys that define the root class, when any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query_keys: Vec<String>,
 }
 
+/// The callee of an alert's edge.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AlertTargetNode {
+    /// The service, or for virtual nodes the database, cache, queue or peer name.
     pub service: String,
+    /// The operation or normalised statement.
     pub operation: String,
     /// `service`, `database`, `cache`, `queue` or `peer`.
     pub kind: String,
 }
 
+/// An alert's edge: caller and callee.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AlertEdge {
+    /// The caller.
     pub from: AlertNode,
+    /// The callee.
     pub to: AlertTargetNode,
 }
 
+/// Who caused a window-level alert's excess, and how much of it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Contributor {
     /// An entry class or client address.
@@ -111,6 +129,7 @@ pub struct Contributor {
     pub share: f64,
 }
 
+/// The baseline that judged an alert.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AlertBaseline {
     /// Observations the baseline has learned from.
@@ -141,25 +160,43 @@ pub fn rounded(value: f64, decimals: i32) -> f64 {
 /// One alert message. Serialized as one JSON object per Kafka message / JSON line.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
+    /// Always [`ALERT_SCHEMA`].
     pub schema: String,
+    /// Deterministic id: the same evidence gives the same id, so redeliveries can be de-duplicated.
     pub id: String,
+    /// The stable identity of what is anomalous (kind, edge, entry class): repeats share it.
     pub fingerprint: String,
+    /// What kind of amplification.
     pub kind: AlertKind,
+    /// How bad.
     pub severity: Severity,
+    /// RFC 3339 wall-clock time the engine made the alert.
     pub detected_at: String,
+    /// The event time the evidence spans.
     pub window: AlertWindow,
+    /// The entry point (root class) of the request, or the class that contributed most.
     pub entry: Option<AlertNode>,
+    /// The edge it happened on; absent for request totals and name floods.
     pub edge: Option<AlertEdge>,
+    /// The value seen, in `unit` ([`FIGURE_DECIMALS`] decimals).
     pub observed: f64,
+    /// The baseline's typical value.
     pub expected: f64,
+    /// The limit that was crossed.
     pub threshold: f64,
+    /// The unit of `observed`, `expected` and `threshold` (`calls_per_parent`, ...).
     pub unit: String,
+    /// `observed / threshold` ([`SCORE_DECIMALS`] decimals); comparable within a kind.
     pub score: f64,
     /// Occurrences this message stands for: 1 for the first, more for a throttled summary.
     pub count: u64,
+    /// Traces that show it, strongest first: open them in a tracing UI.
     pub exemplar_trace_ids: Vec<String>,
+    /// Window-level kinds: who caused the excess.
     pub contributors: Vec<Contributor>,
+    /// What happened, in one sentence with the limits it broke.
     pub explanation: String,
+    /// The baseline that judged.
     pub baseline: AlertBaseline,
 }
 

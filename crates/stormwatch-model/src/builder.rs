@@ -25,6 +25,7 @@ impl TraceBuilder {
         TraceBuilder { trace_id: TraceId(id), start_unix_nano, spans: Vec::new() }
     }
 
+    /// The id every span of the trace carries.
     pub fn trace_id(&self) -> TraceId {
         self.trace_id
     }

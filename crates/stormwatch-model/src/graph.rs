@@ -11,14 +11,20 @@ use crate::Sym;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeKind {
+    /// An instrumented service.
     Service,
+    /// A database, named by `db.system` and namespace.
     Database,
+    /// A cache (Redis, Memcached, ...).
     Cache,
+    /// A message queue's destination.
     Queue,
+    /// An uninstrumented peer (`peer.service`, `server.address`).
     Peer,
 }
 
 impl NodeKind {
+    /// The kind's name in alerts and the API (`database`).
     pub fn as_str(self) -> &'static str {
         match self {
             NodeKind::Service => "service",
@@ -29,6 +35,7 @@ impl NodeKind {
         }
     }
 
+    /// The kind named `text`, if any.
     pub fn parse(text: &str) -> Option<NodeKind> {
         Some(match text {
             "service" => NodeKind::Service,
@@ -49,12 +56,16 @@ impl NodeKind {
 /// (service, operation). For virtual nodes `service` is the database, queue or peer name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Node {
+    /// The service, or for virtual nodes the database, cache, queue or peer name.
     pub service: Sym,
+    /// The operation, or for datastores the normalised statement.
     pub operation: Sym,
+    /// What the node is.
     pub kind: NodeKind,
 }
 
 impl Node {
+    /// An instrumented service's operation.
     pub fn service(service: Sym, operation: Sym) -> Node {
         Node { service, operation, kind: NodeKind::Service }
     }
@@ -69,7 +80,9 @@ impl fmt::Display for Node {
 /// Caller node -> callee node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Edge {
+    /// The caller.
     pub from: Node,
+    /// The callee.
     pub to: Node,
 }
 
@@ -83,8 +96,11 @@ impl fmt::Display for Edge {
 /// template) and the shape of its query (which parameter keys were present, never values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RootClass {
+    /// The service the request entered.
     pub service: Sym,
+    /// Its operation (method and route template).
     pub operation: Sym,
+    /// The sorted, `&`-joined query-parameter keys, when the request had any.
     pub query_shape: Option<Sym>,
 }
 

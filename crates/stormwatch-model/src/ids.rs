@@ -7,7 +7,12 @@ use std::str::FromStr;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdError {
     /// The id had the wrong number of bytes (OTLP requires 16 for traces, 8 for spans).
-    Length { expected: usize, found: usize },
+    Length {
+        /// Bytes an id of this kind has.
+        expected: usize,
+        /// Bytes given.
+        found: usize,
+    },
     /// The id was all zeroes, which OTLP defines as invalid.
     Zero,
     /// The text was not hexadecimal.

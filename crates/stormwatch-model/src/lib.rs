@@ -3,6 +3,8 @@
 //! This crate owns plain values and their formatting. It must never do I/O, spawn threads or
 //! depend on a runtime: every other crate builds on it and tests it without sockets.
 
+#![warn(missing_docs)]
+
 mod alert;
 pub mod builder;
 mod graph;

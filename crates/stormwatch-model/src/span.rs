@@ -6,12 +6,18 @@ use crate::{SpanId, Sym, TraceId};
 /// OTLP span kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum SpanKind {
+    /// Not set by the instrumentation.
     #[default]
     Unspecified,
+    /// Work inside one process.
     Internal,
+    /// The handling of a request from another process.
     Server,
+    /// A request to another process.
     Client,
+    /// A message sent to a queue.
     Producer,
+    /// A message received from a queue.
     Consumer,
 }
 
@@ -42,15 +48,21 @@ impl SpanKind {
 /// One decoded span. Attributes that the detectors do not use are not kept.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Span {
+    /// The trace it belongs to.
     pub trace_id: TraceId,
+    /// Its own id.
     pub span_id: SpanId,
+    /// The span that caused it; `None` for a root.
     pub parent_span_id: Option<SpanId>,
     /// `service.name` of the resource.
     pub service: Sym,
     /// The operation: the span name, or `METHOD route` when the name lacks the route.
     pub operation: Sym,
+    /// OTLP span kind.
     pub kind: SpanKind,
+    /// Start, Unix nanoseconds (event time).
     pub start_unix_nano: u64,
+    /// End, Unix nanoseconds.
     pub end_unix_nano: u64,
     /// Status code ERROR.
     pub is_error: bool,
@@ -75,6 +87,7 @@ pub struct Span {
 /// The virtual callee described by a client span's attributes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Remote {
+    /// What the callee is.
     pub kind: crate::NodeKind,
     /// `db.system`+`db.namespace`, `messaging.system`+destination, `peer.service` or
     /// `server.address`.

@@ -220,6 +220,7 @@ pub fn clean_name(text: &str, max_bytes: usize) -> (std::borrow::Cow<'_, str>, C
 }
 
 impl Dimension {
+    /// Every dimension.
     pub const ALL: [Dimension; 7] = [
         Dimension::Service,
         Dimension::Operation,
@@ -230,6 +231,7 @@ impl Dimension {
         Dimension::User,
     ];
 
+    /// The dimension's name in `[limits]` and metrics (`statements`).
     pub fn as_str(self) -> &'static str {
         match self {
             Dimension::Service => "services",
@@ -285,11 +287,13 @@ impl fmt::Debug for Cardinality {
 /// One dimension's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DimensionState {
+    /// The dimension.
     pub dimension: Dimension,
     /// Most distinct names kept.
     pub limit: usize,
     /// Most bytes those names may take.
     pub byte_limit: usize,
+    /// Distinct names interned.
     pub distinct: usize,
     /// Bytes the names interned take ([`NAME_OVERHEAD`] each included).
     pub bytes: usize,
@@ -315,6 +319,7 @@ const fn atomics(values: [usize; 7]) -> [AtomicUsize; 7] {
 }
 
 impl Cardinality {
+    /// Every dimension at its default limits.
     #[allow(clippy::new_without_default)]
     pub const fn new() -> Cardinality {
         Cardinality {
@@ -333,10 +338,12 @@ impl Cardinality {
         &CARDINALITY
     }
 
+    /// Sets the most distinct names `dimension` keeps.
     pub fn set_limit(&self, dimension: Dimension, limit: usize) {
         self.limits[dimension as usize].store(limit, Ordering::Relaxed);
     }
 
+    /// Sets the most bytes `dimension`'s names may take.
     pub fn set_byte_limit(&self, dimension: Dimension, bytes: usize) {
         self.byte_limits[dimension as usize].store(bytes, Ordering::Relaxed);
     }
@@ -371,6 +378,7 @@ impl Cardinality {
         }
     }
 
+    /// Each dimension's limits and use.
     pub fn state(&self) -> Vec<DimensionState> {
         Dimension::ALL
             .into_iter()

@@ -29,11 +29,17 @@ pub const MAX_HOPS: usize = 32;
 /// Where a client address came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientSource {
+    /// The standard `Forwarded` header's `for=`, from a trusted proxy.
     Forwarded,
+    /// `X-Forwarded-For`, from a trusted proxy.
     XForwardedFor,
+    /// `X-Real-IP`, from a trusted proxy.
     XRealIp,
+    /// The span's `client.address` attribute.
     ClientAddress,
+    /// The older `http.client_ip` attribute.
     HttpClientIp,
+    /// The network peer (`network.peer.address`, `net.peer.ip`): the last hop.
     Peer,
 }
 
@@ -96,10 +102,17 @@ pub const DEFAULT_TRUSTED_PROXIES: [&str; 7] =
 /// An entry of `trusted_proxies` that is not an address range.
 #[derive(Debug, thiserror::Error)]
 pub enum RangeError {
+    /// The entry is neither a range nor an address.
     #[error("{0:?} is not an address range (write 10.0.0.0/8, fd00::/8 or one address)")]
     NotARange(String),
+    /// The prefix length is too long for the address.
     #[error("{entry:?}: the prefix length must be 0 to {most}")]
-    PrefixLength { entry: String, most: u8 },
+    PrefixLength {
+        /// The entry as written.
+        entry: String,
+        /// The longest prefix of its address family (32 or 128).
+        most: u8,
+    },
 }
 
 impl Default for TrustedProxies {
@@ -142,6 +155,7 @@ impl TrustedProxies {
         TrustedProxies { ranges: Vec::new() }
     }
 
+    /// Whether `ip` is in one of the ranges.
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.ranges.iter().any(|range| range.contains(ip))
     }

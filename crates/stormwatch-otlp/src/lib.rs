@@ -4,6 +4,8 @@
 //! model, and statement normalisation. It is pure: bytes in, spans out. It must never do I/O
 //! or block; callers run it on worker threads, off the async runtime.
 
+#![warn(missing_docs)]
+
 pub mod client;
 mod conventions;
 mod json;
@@ -27,17 +29,21 @@ pub use opentelemetry_proto::tonic::trace::v1 as trace;
 /// Why a whole payload could not be decoded (answered with `INVALID_ARGUMENT` / HTTP 400).
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// The bytes are not an `ExportTraceServiceRequest` (the decoder's reason).
     #[error("not a valid OTLP protobuf ExportTraceServiceRequest: {0}")]
     Wire(String),
+    /// The text is not OTLP/JSON.
     #[error("not a valid OTLP/JSON ExportTraceServiceRequest: {0}")]
     Json(#[from] serde_json::Error),
 }
 
+/// Decoding's result.
 pub type Result<T, E = DecodeError> = std::result::Result<T, E>;
 
 /// Spans decoded from one export request, and the spans that could not be used.
 #[derive(Debug, Default)]
 pub struct Decoded {
+    /// The spans that could be used.
     pub spans: Vec<Span>,
     /// Spans rejected individually (reported through OTLP `partial_success`).
     pub rejected_spans: u64,

@@ -55,6 +55,9 @@ pub const LATEST_UNIX_NANO: u64 = 7_258_118_400 * 1_000_000_000;
 /// years).
 const MOST_SAMPLES: u64 = 1 << 50;
 
+/// What one baseline learned: a decaying log-bucket histogram of the observed values (the
+/// quantiles), their exponentially weighted mean and variance, the largest value, how many
+/// were learned since when, and the guards of a young or heavy tail.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Distribution {
     /// (bucket index, weight), sorted by index. A weight never exceeds `DECAY_AT`, so 32 bits
@@ -86,8 +89,11 @@ pub struct Distribution {
 /// `since_unix_nano` with `samples` learned; growth beyond it is allowed from there.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TailCeiling {
+    /// The ceiling.
     pub value: f64,
+    /// Event time it was last raised or last unpressed at.
     pub since_unix_nano: u64,
+    /// Observations learned by then.
     pub samples: u64,
 }
 
@@ -270,10 +276,12 @@ impl Distribution {
         self.last_unix_nano.max(self.since_unix_nano).max(held)
     }
 
+    /// The largest value ever learned.
     pub fn max(&self) -> u64 {
         self.max
     }
 
+    /// The exponentially weighted mean of the values learned.
     pub fn mean(&self) -> f64 {
         self.ewma_mean
     }

@@ -17,27 +17,55 @@ use crate::{
     LATEST_UNIX_NANO,
 };
 
+/// The snapshot's file name in the models directory.
 pub const SNAPSHOT_FILE: &str = "baselines.json";
+/// The snapshot document's `format` field.
 pub const SNAPSHOT_FORMAT: &str = "stormwatch.baselines";
+/// The snapshot format version this engine writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 1;
 
+/// Why a snapshot could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
+    /// The file could not be read.
     #[error("cannot read baseline snapshot {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The snapshot.
+        path: PathBuf,
+        /// The error reading it.
+        source: std::io::Error,
+    },
     #[error(
         "baseline snapshot {path} is corrupt ({reason}); restore it from a backup, or move it \
          away to start learning from zero"
     )]
-    Corrupt { path: PathBuf, reason: String },
+    /// The file is not a snapshot this engine can read.
+    Corrupt {
+        /// The snapshot.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     #[error(
         "baseline snapshot {path} has format version {found}, this engine reads version \
          {SNAPSHOT_VERSION}; run the stormwatch release that wrote it, or move the file away to \
          start learning from zero"
     )]
-    Version { path: PathBuf, found: u32 },
+    /// The snapshot has another format version.
+    Version {
+        /// The snapshot.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
+    /// The file could not be written.
     #[error("cannot write baseline snapshot {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        /// The snapshot.
+        path: PathBuf,
+        /// The error writing it.
+        source: std::io::Error,
+    },
 }
 
 #[derive(Serialize, Deserialize)]

@@ -22,14 +22,19 @@ pub type Table<K, V = Distribution> = HashMap<K, V, foldhash::fast::RandomState>
 /// Per-request totals learned for each root class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RequestMetric {
+    /// Spans per request.
     Spans,
+    /// Database calls per request.
     DbCalls,
+    /// Distinct services per request.
     Services,
 }
 
 impl RequestMetric {
+    /// Every total.
     pub const ALL: [RequestMetric; 3] = [RequestMetric::Spans, RequestMetric::DbCalls, RequestMetric::Services];
 
+    /// The total's name in the API and snapshots (`db_calls`).
     pub fn as_str(self) -> &'static str {
         match self {
             RequestMetric::Spans => "spans",
@@ -38,6 +43,7 @@ impl RequestMetric {
         }
     }
 
+    /// The total named `text`, if any.
     pub fn parse(text: &str) -> Option<RequestMetric> {
         RequestMetric::ALL.into_iter().find(|metric| metric.as_str() == text)
     }
@@ -48,8 +54,16 @@ impl RequestMetric {
 /// Each learns every request of the classes under it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ClassScope {
-    Route { service: Sym, operation: Sym },
+    /// Every request to one route, whatever its query shape.
+    Route {
+        /// The entry service.
+        service: Sym,
+        /// The route.
+        operation: Sym,
+    },
+    /// Every request to one service.
     Service(Sym),
+    /// Every request to the system.
     System,
 }
 
@@ -89,8 +103,22 @@ impl std::fmt::Display for ClassScope {
 /// database, any cache, any service). Each learns every call of the edges under it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EdgeScope {
-    ServicePair { from: Sym, to: Sym, kind: NodeKind },
-    CallerToKind { from: Sym, kind: NodeKind },
+    /// Every call from one service to another, any operations.
+    ServicePair {
+        /// The caller's service.
+        from: Sym,
+        /// The callee's service.
+        to: Sym,
+        /// The callee's kind.
+        kind: NodeKind,
+    },
+    /// Every call from one service to any callee of a kind.
+    CallerToKind {
+        /// The caller's service.
+        from: Sym,
+        /// The callees' kind.
+        kind: NodeKind,
+    },
 }
 
 impl EdgeScope {
@@ -148,9 +176,11 @@ pub enum WindowMetric {
 }
 
 impl WindowMetric {
+    /// Every window metric.
     pub const ALL: [WindowMetric; 3] =
         [WindowMetric::WorkPerEntry, WindowMetric::RetryRatio, WindowMetric::CacheMissRatio];
 
+    /// The metric's name in the API and snapshots (`retry_ratio`).
     pub fn as_str(self) -> &'static str {
         match self {
             WindowMetric::WorkPerEntry => "work_per_entry",
@@ -159,6 +189,7 @@ impl WindowMetric {
         }
     }
 
+    /// The metric named `text`, if any.
     pub fn parse(text: &str) -> Option<WindowMetric> {
         WindowMetric::ALL.into_iter().find(|m| m.as_str() == text)
     }
@@ -229,6 +260,7 @@ pub struct BaselineStore {
 }
 
 impl BaselineStore {
+    /// An empty store that keeps at most `max_keys` keys per table.
     pub fn new(max_keys: usize) -> BaselineStore {
         BaselineStore {
             fanout: Table::default(),
@@ -253,10 +285,12 @@ impl BaselineStore {
         self.room.young_below = samples;
     }
 
+    /// What the store capped and evicted.
     pub fn stats(&self) -> &StoreStats {
         &self.room.stats
     }
 
+    /// The most keys a table keeps.
     pub fn max_keys(&self) -> usize {
         self.room.max_keys
     }
@@ -309,6 +343,7 @@ impl BaselineStore {
         observe(&mut self.fanout, edge, calls, at, &mut self.room, 0, Distribution::hold);
     }
 
+    /// Learns the calls one request of `class` made on `edge` (`at`: event time).
     pub fn observe_request_edge(&mut self, class: RootClass, edge: Edge, calls: u64, at: u64) {
         if self.is_frozen(&edge) {
             return;
@@ -345,6 +380,8 @@ impl BaselineStore {
         observe(&mut self.request_totals, (class, metric), value, at, &mut self.room, 2, Distribution::hold);
     }
 
+    /// Learns an edge's window value (`thousandths` of the measured unit) at event time `at`,
+    /// and the hour-of-day profile of `work_per_entry`.
     pub fn observe_window(&mut self, metric: WindowMetric, edge: Edge, thousandths: u64, at: u64) {
         if self.is_frozen(&edge) {
             return;
@@ -375,6 +412,7 @@ impl BaselineStore {
         }
     }
 
+    /// Learns the calls per thousand entry requests that `class` made on `edge` in a window.
     pub fn observe_window_class(&mut self, class: RootClass, edge: Edge, per_thousand: u64, at: u64) {
         if self.is_frozen(&edge) {
             return;

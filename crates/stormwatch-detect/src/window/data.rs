@@ -47,8 +47,11 @@ pub(super) struct CacheWindow {
 /// their share of a window to the one that judges the merged whole.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Window {
+    /// Event time the window starts at, Unix nanoseconds.
     pub start: u64,
+    /// Event time it ends at (exclusive).
     pub end: u64,
+    /// Requests that entered the system in it.
     pub entry_requests: u64,
     #[serde(with = "pairs")]
     pub(super) edges: HashMap<Edge, EdgeWindow>,
@@ -234,14 +237,17 @@ impl std::fmt::Debug for Windows {
 }
 
 impl Windows {
+    /// No windows open yet.
     pub fn new(config: WindowConfig) -> Windows {
         Windows { config, open: BTreeMap::new(), late_traces: 0, closed_before: 0 }
     }
 
+    /// The window settings.
     pub fn config(&self) -> &WindowConfig {
         &self.config
     }
 
+    /// Windows open (not yet closed by event time).
     pub fn open_windows(&self) -> usize {
         self.open.len()
     }

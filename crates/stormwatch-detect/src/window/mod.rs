@@ -62,6 +62,7 @@ const HEAVIEST_TRACES: usize = 3;
 /// Window settings.
 #[derive(Clone, Debug)]
 pub struct WindowConfig {
+    /// Window length, nanoseconds of event time.
     pub window_nanos: u64,
     /// How long after a window ends its traces may still complete (set from `trace_idle`).
     pub close_delay_nanos: u64,

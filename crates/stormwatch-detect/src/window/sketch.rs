@@ -12,10 +12,12 @@ pub struct SpaceSaving<K> {
 }
 
 impl<K: Eq + Clone> SpaceSaving<K> {
+    /// An empty sketch of at most `capacity` keys.
     pub fn new(capacity: usize) -> Self {
         SpaceSaving { capacity: capacity.max(1), entries: Vec::new() }
     }
 
+    /// Counts `count` more for `key`.
     pub fn add(&mut self, key: &K, count: u64) {
         if let Some(entry) = self.entries.iter_mut().find(|(k, _)| k == key) {
             entry.1 += count;

@@ -17,40 +17,63 @@ use super::{parse, TuningError};
 pub enum Change {
     /// An override of an edge's, an entry's or a detector's judgement.
     Set {
+        /// The edge it applies to, as alerts name it.
         edge: Option<String>,
+        /// The entry point it applies to, as alerts name it.
         entry: Option<String>,
+        /// The kind it applies to.
         kind: Option<String>,
+        /// Alert only above the learned threshold times this.
         threshold_factor: Option<f64>,
+        /// Alert only above this absolute value.
         limit: Option<f64>,
+        /// Alert only once the baseline has this many samples.
         min_samples: Option<u64>,
+        /// `info`, `warning` or `critical`.
         severity: Option<String>,
+        /// `false`: drop the findings it matches.
         enabled: Option<bool>,
+        /// Why (written above the entry, shown by explain and the API).
         #[serde(default)]
         reason: String,
     },
     /// Stop learning an edge, or (no edge) every baseline.
     Freeze {
+        /// The edge, as alerts name it; none: every baseline.
         edge: Option<String>,
+        /// Why.
         #[serde(default)]
         reason: String,
     },
+    /// Learn an edge again, or (no edge) every baseline.
     Unfreeze {
+        /// The edge, as alerts name it; none: every baseline.
         edge: Option<String>,
+        /// Why.
         #[serde(default)]
         reason: String,
     },
     /// A detector on, in shadow mode, or off.
     Mode {
+        /// The detector (`retry_storm`, ...).
         kind: String,
+        /// `on`, `shadow` or `off`.
         mode: String,
+        /// Why.
         #[serde(default)]
         reason: String,
     },
+    /// Allowlist an entry point, a client population or a user until a time.
     Allow {
+        /// The entry point, as alerts name it.
         entry: Option<String>,
+        /// A client population, as alerts name it (`10.1.0.0/16`).
         clients: Option<String>,
+        /// An authenticated user (`enduser.id`).
         user: Option<String>,
+        /// RFC 3339 time after which it no longer applies.
         until: String,
+        /// Why.
         #[serde(default)]
         reason: String,
     },

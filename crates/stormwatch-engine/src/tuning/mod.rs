@@ -164,16 +164,31 @@ pub enum TuningError {
     Invalid(String),
     /// The file could not be read.
     #[error("cannot read {}: {error}", path.display())]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error reading it.
+        error: std::io::Error,
+    },
     /// The file could not be written.
     #[error("cannot write {}: {error}", path.display())]
-    Write { path: PathBuf, error: std::io::Error },
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error writing it.
+        error: std::io::Error,
+    },
     /// A change's text could not be one line of the file (names the field).
     #[error("{0}")]
     Entry(String),
     /// The file would hold more than the one entry the change adds: nothing was written.
     #[error("{}: the change was not written: {why}", path.display())]
-    NotWritten { path: PathBuf, why: String },
+    NotWritten {
+        /// The file.
+        path: PathBuf,
+        /// What it would have held.
+        why: String,
+    },
 }
 
 /// Parses and validates tuning text; errors name `origin` and the line.
@@ -303,6 +318,7 @@ pub struct TuningWatch {
 }
 
 impl TuningWatch {
+    /// Watches the tuning file at `path`, as it is now.
     pub fn new(path: PathBuf) -> TuningWatch {
         let seen = modified(&path);
         TuningWatch { path, seen }
@@ -319,6 +335,7 @@ impl TuningWatch {
         Some(load(&self.path).map(Option::unwrap_or_default))
     }
 
+    /// The tuning file.
     pub fn path(&self) -> &Path {
         &self.path
     }

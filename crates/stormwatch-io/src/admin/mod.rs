@@ -160,7 +160,9 @@ pub type AdminQueries = std::sync::mpsc::Sender<AdminQuery>;
 /// alert's JSON) or `window` (a window was judged: `{"window_end": ...}`).
 #[derive(Clone, Debug)]
 pub struct LiveEvent {
+    /// `alert` or `window`.
     pub name: &'static str,
+    /// The event's JSON.
     pub data: String,
 }
 
@@ -179,6 +181,7 @@ pub fn live_events() -> LiveEvents {
 
 /// What the admin API serves.
 pub struct AdminApi {
+    /// The engine's counters and gauges, served on `/metrics`.
     pub metrics: Arc<Metrics>,
     /// The engine thread's question channel; `None`: API questions get 503s.
     pub queries: Option<AdminQueries>,
@@ -194,9 +197,9 @@ pub struct AdminApi {
     pub max_import_bytes: usize,
     /// Most `/api/events` streams open at once (`server.max_event_streams`).
     pub max_event_streams: usize,
-    /// The time a request body may take, and the pace it must keep (`server.body_timeout`,
-    /// `server.min_body_rate`).
+    /// The time a request body may take (`server.body_timeout`).
     pub body_timeout: Duration,
+    /// The pace a request body must keep, bytes per second (`server.min_body_rate`).
     pub min_body_rate: u64,
 }
 

@@ -16,19 +16,43 @@ use std::sync::Arc;
 
 use stormwatch_otlp::Decoded;
 
+/// Why a recorded OTLP file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
+    /// The file could not be read.
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error reading it.
+        source: std::io::Error,
+    },
+    /// A line of a JSON-lines file is not an OTLP/JSON export request.
     #[error("{path}:{line}: {source} (each line must be one OTLP/JSON ExportTraceServiceRequest)")]
-    JsonLine { path: PathBuf, line: u64, source: stormwatch_otlp::DecodeError },
+    JsonLine {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: u64,
+        /// Why it is not.
+        source: stormwatch_otlp::DecodeError,
+    },
+    /// A protobuf file is not OTLP export requests.
     #[error("{path}: {source} (expected OTLP protobuf: one ExportTraceServiceRequest, or length-prefixed ones)")]
-    Protobuf { path: PathBuf, source: stormwatch_otlp::DecodeError },
+    Protobuf {
+        /// The file.
+        path: PathBuf,
+        /// Why it is not.
+        source: stormwatch_otlp::DecodeError,
+    },
 }
 
+/// How a recorded OTLP file is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileFormat {
+    /// One OTLP/JSON `ExportTraceServiceRequest` per line (`.jsonl`, `.json`).
     JsonLines,
+    /// OTLP protobuf: one `ExportTraceServiceRequest`, or length-prefixed ones.
     Protobuf,
 }
 

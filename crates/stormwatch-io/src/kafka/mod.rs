@@ -105,28 +105,63 @@ impl rdkafka::producer::ProducerContext for QuietContext {
 /// Default alert topic.
 pub const DEFAULT_ALERT_TOPIC: &str = "stormwatch.alerts";
 
+/// Why alerts could not be sent to Kafka, or its topics are not ready.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
+    /// The producer could not be created.
     #[error("cannot create a Kafka producer for {brokers}: {source}")]
-    Client { brokers: String, source: rdkafka::error::KafkaError },
+    Client {
+        /// The bootstrap brokers.
+        brokers: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
     #[error(
         "cannot reach Kafka at {brokers} to check topic {topic:?}: {source} (check --kafka-brokers / \
          STORMWATCH_KAFKA_BROKERS, or leave it unset to write alerts to stdout and a file)"
     )]
-    Unreachable { brokers: String, topic: String, source: rdkafka::error::KafkaError },
+    /// The brokers did not answer the topic check.
+    Unreachable {
+        /// The bootstrap brokers.
+        brokers: String,
+        /// The alert topic.
+        topic: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
     #[error(
         "alert topic {topic:?} does not exist on {brokers}: create it (e.g. kafka-topics.sh --create \
          --topic {topic}) or choose another with --alert-topic"
     )]
-    MissingTopic { brokers: String, topic: String },
+    /// The alert topic does not exist.
+    MissingTopic {
+        /// The bootstrap brokers.
+        brokers: String,
+        /// The alert topic.
+        topic: String,
+    },
     #[error(
         "input topic {topic:?} does not exist on {brokers}: create it with as many partitions as engines \
          you will run (e.g. kafka-topics.sh --create --topic {topic} --partitions 6), or choose another with \
          kafka.input_topic"
     )]
-    MissingInputTopic { brokers: String, topic: String },
+    /// The input topic does not exist.
+    MissingInputTopic {
+        /// The bootstrap brokers.
+        brokers: String,
+        /// The input topic.
+        topic: String,
+    },
+    /// The broker did not acknowledge a message.
     #[error("Kafka did not confirm alert {id} on {topic:?}: {source}")]
-    Delivery { id: String, topic: String, source: rdkafka::error::KafkaError },
+    Delivery {
+        /// The alert's id (or the sender, for window partials).
+        id: String,
+        /// The topic.
+        topic: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
 }
 
 /// Producer of alerts.
@@ -197,6 +232,7 @@ impl KafkaAlertSink {
         Ok(())
     }
 
+    /// The alert topic.
     pub fn topic(&self) -> &str {
         &self.topic
     }
@@ -235,21 +271,65 @@ impl KafkaAlertSink {
 /// Why an internal topic could not be made ready ([`ensure_topic`]).
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
+    /// The admin client could not be created.
     #[error("cannot reach Kafka at {brokers}: {source}")]
-    Client { brokers: String, source: rdkafka::error::KafkaError },
+    Client {
+        /// The bootstrap brokers.
+        brokers: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The brokers did not answer the topic check.
     #[error("cannot reach Kafka at {brokers} to check topic {topic:?}: {source}")]
-    Unreachable { brokers: String, topic: String, source: rdkafka::error::KafkaError },
+    Unreachable {
+        /// The bootstrap brokers.
+        brokers: String,
+        /// The topic.
+        topic: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The request to create the topic failed.
     #[error("cannot create topic {topic:?} on {brokers}: {source}")]
-    Request { brokers: String, topic: String, source: rdkafka::error::KafkaError },
+    Request {
+        /// The bootstrap brokers.
+        brokers: String,
+        /// The topic.
+        topic: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
     #[error(
         "cannot create topic {topic:?} on {brokers}: {code}; create it yourself (kafka-topics.sh --create \
          --topic {topic} --partitions {partitions})"
     )]
-    Refused { brokers: String, topic: String, partitions: i32, code: rdkafka::types::RDKafkaErrorCode },
+    /// The broker refused to create the topic.
+    Refused {
+        /// The bootstrap brokers.
+        brokers: String,
+        /// The topic.
+        topic: String,
+        /// The partitions asked for.
+        partitions: i32,
+        /// The broker's answer.
+        code: rdkafka::types::RDKafkaErrorCode,
+    },
+    /// The producer could not be created.
     #[error("cannot create a producer for {brokers}: {source}")]
-    Producer { brokers: String, source: rdkafka::error::KafkaError },
+    Producer {
+        /// The bootstrap brokers.
+        brokers: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// A message could not be produced.
     #[error("cannot produce to {topic}: {source}")]
-    Produce { topic: String, source: rdkafka::error::KafkaError },
+    Produce {
+        /// The topic.
+        topic: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
 }
 
 /// Creates an internal topic when it is missing (as Kafka Streams creates its own), with

@@ -69,11 +69,14 @@ impl GroupState {
 /// How messages on the input topic are encoded (the Collector's `encoding`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InputEncoding {
+    /// OTLP protobuf `ExportTraceServiceRequest`s (`otlp_proto`, the Collector's default).
     OtlpProto,
+    /// OTLP/JSON (`otlp_json`).
     OtlpJson,
 }
 
 impl InputEncoding {
+    /// The encoding named `text` (`otlp_proto`, `otlp_json`), if any.
     pub fn parse(text: &str) -> Option<InputEncoding> {
         match text {
             "otlp_proto" => Some(InputEncoding::OtlpProto),
@@ -86,9 +89,13 @@ impl InputEncoding {
 /// Settings of the source.
 #[derive(Clone, Debug)]
 pub struct SourceConfig {
+    /// The bootstrap brokers.
     pub brokers: String,
+    /// The input topic.
     pub topic: String,
+    /// The consumer group.
     pub group_id: String,
+    /// How messages are encoded.
     pub encoding: InputEncoding,
     /// Malformed messages are copied here (with `stormwatch.error`, `stormwatch.source.*`
     /// headers) when set.

@@ -10,21 +10,44 @@ use tokio::net::TcpStream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
 
+/// Why an export could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The endpoint is not `grpc://HOST:PORT` or `http://HOST:PORT`.
     #[error("OTLP endpoint {0:?}: use grpc://HOST:PORT or http://HOST:PORT")]
     Endpoint(String),
+    /// The connection could not be made.
     #[error("cannot connect to {endpoint}: {reason}")]
-    Connect { endpoint: String, reason: String },
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// The receiver refused the export.
     #[error("{endpoint} answered {status}: {message}")]
-    Rejected { endpoint: String, status: String, message: String },
+    Rejected {
+        /// The endpoint.
+        endpoint: String,
+        /// Its status (gRPC code or HTTP status).
+        status: String,
+        /// Its message.
+        message: String,
+    },
+    /// The connection failed while exporting.
     #[error("{endpoint}: {reason}")]
-    Io { endpoint: String, reason: String },
+    Io {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// How an export went.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Export {
+    /// The receiver took every span.
     Accepted,
     /// The receiver is full (`UNAVAILABLE` / 503 / 429): retry after the pause.
     RetryLater(Duration),
@@ -68,8 +91,22 @@ impl Codec for RawCodec {
 
 /// One connection to an OTLP receiver.
 pub enum OtlpClient {
-    Grpc { endpoint: String, client: tonic::client::Grpc<Channel> },
-    Http { endpoint: String, authority: String, stream: BufReader<TcpStream> },
+    /// OTLP/gRPC.
+    Grpc {
+        /// The endpoint, as given.
+        endpoint: String,
+        /// The gRPC client.
+        client: tonic::client::Grpc<Channel>,
+    },
+    /// OTLP/HTTP protobuf, on one kept-alive connection.
+    Http {
+        /// The endpoint, as given.
+        endpoint: String,
+        /// The `Host` header sent.
+        authority: String,
+        /// The connection.
+        stream: BufReader<TcpStream>,
+    },
 }
 
 impl std::fmt::Debug for OtlpClient {

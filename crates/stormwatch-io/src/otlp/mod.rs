@@ -28,8 +28,11 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// being received.
 #[derive(Clone)]
 pub struct Ingest {
+    /// The queue into the engine thread.
     pub queue: SpanQueue,
+    /// Where receive counters go.
     pub metrics: Arc<Metrics>,
+    /// The largest export request body taken (`server.max_message_bytes`).
     pub max_message_bytes: usize,
     /// When set, export requests must carry `Authorization: Bearer <token>`.
     pub token: Option<Arc<str>>,

@@ -39,19 +39,32 @@ pub struct Intake {
 pub enum BodyError {
     /// Larger than the route takes (413 / `OUT_OF_RANGE`).
     #[error("request body exceeds the {limit}-byte limit ({setting})")]
-    TooLarge { limit: usize, setting: &'static str },
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+        /// The setting that sets it.
+        setting: &'static str,
+    },
     /// The listener's budget of bytes being received is spent (503 / `UNAVAILABLE`, retry).
     #[error(
         "stormwatch is receiving {budget} bytes of request bodies already (server.max_receiving_bytes); retry \
          with backoff (no data of this request was kept)"
     )]
-    Busy { budget: u64 },
+    Busy {
+        /// The budget, in bytes.
+        budget: u64,
+    },
     /// Too slow: not whole within the body timeout, or below the minimum rate (408).
     #[error(
         "request body too slow: it must arrive within {timeout:?} at {min_rate} bytes/s or more \
          (server.body_timeout, server.min_body_rate)"
     )]
-    TooSlow { timeout: Duration, min_rate: u64 },
+    TooSlow {
+        /// The time a body may take.
+        timeout: Duration,
+        /// The pace it must keep, in bytes per second.
+        min_rate: u64,
+    },
     /// The client broke off, or sent something that is not a body (400).
     #[error("request body could not be read: {0}")]
     Broken(String),

@@ -64,14 +64,19 @@ pub const MOST_CLOSING: usize = 64;
 /// The engine's listeners, for metrics and logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Listener {
+    /// The OTLP/gRPC receiver.
     OtlpGrpc,
+    /// The OTLP/HTTP receiver.
     OtlpHttp,
+    /// The admin API, console and metrics.
     Admin,
 }
 
 impl Listener {
+    /// Every listener.
     pub const ALL: [Listener; 3] = [Listener::OtlpGrpc, Listener::OtlpHttp, Listener::Admin];
 
+    /// The listener's name in metrics and logs (`otlp_grpc`).
     pub fn as_str(self) -> &'static str {
         match self {
             Listener::OtlpGrpc => "otlp_grpc",

@@ -29,12 +29,16 @@ const MAX_SPANS_PER_TRACE: usize = 50_000;
 
 /// One generated request.
 pub struct GeneratedTrace {
+    /// Its trace id.
     pub trace_id: [u8; 16],
     /// Export requests, one per service, in the order the services would send them (callees
     /// first, the entry service last, as in real traffic).
     pub request: ExportTraceServiceRequest,
+    /// Event time its root starts.
     pub start_unix_nano: u64,
+    /// Event time its root ends.
     pub end_unix_nano: u64,
+    /// Spans in it.
     pub spans: usize,
 }
 
@@ -102,6 +106,7 @@ struct Build<'a> {
 }
 
 impl<'s> Generator<'s> {
+    /// A generator of `scenario`'s traffic, from its start.
     pub fn new(scenario: &'s Scenario) -> Generator<'s> {
         let start_nanos = scenario.start_unix_seconds * 1_000_000_000;
         let end_nanos = start_nanos + scenario.duration.as_nanos() as u64;
@@ -122,10 +127,12 @@ impl<'s> Generator<'s> {
         &self.labels
     }
 
+    /// The ground truth (complete once the iterator is exhausted).
     pub fn into_labels(self) -> Labels {
         self.labels
     }
 
+    /// Requests generated so far.
     pub fn requests(&self) -> u64 {
         self.requests
     }
