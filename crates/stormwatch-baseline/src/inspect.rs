@@ -168,9 +168,15 @@ pub struct Query {
     pub limit: Option<usize>,
 }
 
+/// A sort key [`Query::apply`] does not know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown sort key {0:?}: use samples, p99, median, since or score")]
+pub struct UnknownSortKey(pub String);
+
 impl Query {
-    /// `Err` names a sort key that does not exist.
-    pub fn apply(&self, mut rows: Vec<BaselineRow>) -> Result<Vec<BaselineRow>, String> {
+    /// The rows that match, sorted and cut to the limit; `Err` names a sort key that does not
+    /// exist.
+    pub fn apply(&self, mut rows: Vec<BaselineRow>) -> Result<Vec<BaselineRow>, UnknownSortKey> {
         rows.retain(|row| {
             self.service.as_deref().is_none_or(|s| row.involves(s))
                 && self.to_kind.as_deref().is_none_or(|k| row.to_kind.as_deref() == Some(k))
@@ -191,7 +197,7 @@ impl Query {
         };
         match self.sort.as_deref() {
             None | Some("samples" | "p99" | "median" | "since" | "score") => {}
-            Some(other) => return Err(format!("unknown sort key {other:?}: use samples, p99, median, since or score")),
+            Some(other) => return Err(UnknownSortKey(other.to_string())),
         }
         rows.sort_by(|a, b| by(b).total_cmp(&by(a)).then_with(|| a.key().cmp(&b.key())));
         if let Some(limit) = self.limit {
@@ -294,7 +300,7 @@ mod tests {
         assert_eq!(by_p99[0].p99, 5.0);
         let by_samples = q(Query::default());
         assert_eq!(by_samples[0].samples, 200);
-        let error = Query { sort: Some("size".into()), ..Query::default() }.apply(rows).unwrap_err();
+        let error = Query { sort: Some("size".into()), ..Query::default() }.apply(rows).unwrap_err().to_string();
         assert!(error.contains("\"size\"") && error.contains("p99"), "{error}");
     }
 

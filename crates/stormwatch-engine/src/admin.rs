@@ -64,7 +64,7 @@ pub fn list(
     let mut rows = inspect::rows(store);
     inspect::annotate(&mut rows, recent);
     let total = rows.len();
-    match query_of(&params).and_then(|query| query.apply(rows)) {
+    match query_of(&params).and_then(|query| query.apply(rows).map_err(|error| error.to_string())) {
         Ok(rows) => (200, serde_json::json!({ "total": total, "rows": rows }).to_string()),
         Err(error) => (400, serde_json::json!({ "error": error }).to_string()),
     }

@@ -5,14 +5,50 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use stormwatch_assemble::AssemblerConfig;
 use stormwatch_detect::{DetectConfig, EngineConfig};
 
+/// Returns [`ConfigError::Invalid`] with a message that names the setting.
+macro_rules! invalid {
+    ($($message:tt)*) => {
+        return Err(ConfigError::Invalid(format!($($message)*)))
+    };
+}
+
 mod server;
 
 pub use server::ServerConfig;
+
+/// Why a configuration cannot run: each error names the file or the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error reading it.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or names a setting that does not exist.
+    #[error("config file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML reader said, with the line.
+        message: String,
+    },
+    /// A setting is out of its range: the message names it and the range.
+    #[error("{0}")]
+    Invalid(String),
+    /// `attribution.trusted_proxies` holds something that is not an address range.
+    #[error("attribution.trusted_proxies: {0}")]
+    TrustedProxies(#[from] stormwatch_otlp::client::RangeError),
+    /// `[server.tls]`'s files do not make a TLS configuration.
+    #[error("server.tls: {0}")]
+    Tls(#[from] stormwatch_io::tls::TlsError),
+}
 
 /// The configuration file (`--config`, TOML), one section per table; every setting has a
 /// default, so an empty file (or none) runs the engine. `serve --print-config` prints it.
@@ -59,12 +95,12 @@ impl Default for AttributionConfig {
 }
 
 impl AttributionConfig {
-    fn trusted(&self) -> anyhow::Result<stormwatch_otlp::TrustedProxies> {
-        stormwatch_otlp::TrustedProxies::parse(&self.trusted_proxies).context("attribution.trusted_proxies")
+    fn trusted(&self) -> Result<stormwatch_otlp::TrustedProxies, ConfigError> {
+        Ok(stormwatch_otlp::TrustedProxies::parse(&self.trusted_proxies)?)
     }
 
     /// Sets the process-wide trusted proxies the decoders read clients with.
-    pub fn apply(&self) -> anyhow::Result<()> {
+    pub fn apply(&self) -> Result<(), ConfigError> {
         self.trusted()?.set_global();
         Ok(())
     }
@@ -351,25 +387,26 @@ impl Default for DetectSection {
 
 impl Config {
     /// Reads a TOML file; unknown fields and bad values are errors that name the field.
-    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).map_err(|error| anyhow::anyhow!("config file {}: {error}", path.display()))
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text)
+            .map_err(|error| ConfigError::Parse { path: path.to_path_buf(), message: error.to_string() })
     }
 
     /// Checks every field once; the error names the field and the accepted range.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
         self.attribution.trusted()?;
         if self.output.spool_max_bytes == 0 {
-            bail!("output.spool_max_bytes: must be at least 1");
+            invalid!("output.spool_max_bytes: must be at least 1");
         }
         self.assemble.validate()?;
         if self.baseline.snapshot_interval.is_zero() {
-            bail!("baseline.snapshot_interval: must be longer than zero");
+            invalid!("baseline.snapshot_interval: must be longer than zero");
         }
         if self.baseline.max_keys == 0 {
-            bail!("baseline.max_keys: must be at least 1");
+            invalid!("baseline.max_keys: must be at least 1");
         }
         self.limits.validate()?;
         self.detect.validate()?;
@@ -430,33 +467,33 @@ impl Config {
 }
 
 impl AssembleConfig {
-    fn validate(&self) -> anyhow::Result<()> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.trace_idle.is_zero() {
-            bail!("assemble.trace_idle: must be longer than zero");
+            invalid!("assemble.trace_idle: must be longer than zero");
         }
         if self.trace_max_wait < self.trace_idle {
-            bail!(
+            invalid!(
                 "assemble.trace_max_wait ({}) must not be shorter than assemble.trace_idle ({})",
                 humantime::format_duration(self.trace_max_wait),
                 humantime::format_duration(self.trace_idle)
             );
         }
         if self.max_in_flight_spans == 0 {
-            bail!("assemble.max_in_flight_spans: must be at least 1");
+            invalid!("assemble.max_in_flight_spans: must be at least 1");
         }
         Ok(())
     }
 }
 
 impl LimitsConfig {
-    fn validate(&self) -> anyhow::Result<()> {
+    fn validate(&self) -> Result<(), ConfigError> {
         for (dimension, limit, bytes) in self.each() {
             if limit == 0 {
-                bail!("limits.{}: must be at least 1", dimension.as_str());
+                invalid!("limits.{}: must be at least 1", dimension.as_str());
             }
             let smallest = dimension.max_name_bytes() + stormwatch_model::NAME_OVERHEAD;
             if bytes < smallest {
-                bail!(
+                invalid!(
                     "limits.{}_bytes: must be at least {smallest} (room for one name of the longest kept, {} bytes, \
                      and its bookkeeping), got {bytes}",
                     dimension.as_str(),
@@ -469,50 +506,50 @@ impl LimitsConfig {
 }
 
 impl DetectSection {
-    fn validate(&self) -> anyhow::Result<()> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if !(self.quantile > 0.0 && self.quantile <= 1.0) {
-            bail!("detect.quantile: must be in (0, 1], got {}", self.quantile);
+            invalid!("detect.quantile: must be in (0, 1], got {}", self.quantile);
         }
         if self.ratio.is_nan() || self.ratio < 1.0 {
-            bail!("detect.ratio: must be at least 1.0, got {}", self.ratio);
+            invalid!("detect.ratio: must be at least 1.0, got {}", self.ratio);
         }
         if !(self.critical_factor.is_finite() && self.critical_factor > 0.0) {
-            bail!("detect.critical_factor: must be a positive number, got {}", self.critical_factor);
+            invalid!("detect.critical_factor: must be a positive number, got {}", self.critical_factor);
         }
         if !(self.false_alarm_rate > 0.0 && self.false_alarm_rate < 1.0) {
-            bail!("detect.false_alarm_rate: must be in (0, 1), got {}", self.false_alarm_rate);
+            invalid!("detect.false_alarm_rate: must be in (0, 1), got {}", self.false_alarm_rate);
         }
         if self.min_excess.is_nan() || self.min_excess < 0.0 {
-            bail!("detect.min_excess: must be zero or more, got {}", self.min_excess);
+            invalid!("detect.min_excess: must be zero or more, got {}", self.min_excess);
         }
         if self.window_min_windows == 0 {
-            bail!("detect.window_min_windows: must be at least 1");
+            invalid!("detect.window_min_windows: must be at least 1");
         }
         if self.window < Duration::from_secs(1) {
-            bail!("detect.window: must be at least 1s, got {}", humantime::format_duration(self.window));
+            invalid!("detect.window: must be at least 1s, got {}", humantime::format_duration(self.window));
         }
         Ok(())
     }
 }
 
 impl KafkaConfig {
-    fn validate(&self) -> anyhow::Result<()> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.input {
             if self.brokers.is_empty() {
-                bail!("kafka.input (--kafka-input): needs kafka.brokers (--kafka-brokers) to consume from");
+                invalid!("kafka.input (--kafka-input): needs kafka.brokers (--kafka-brokers) to consume from");
             }
             if self.input_topic.is_empty() || self.group_id.is_empty() {
-                bail!("kafka.input_topic and kafka.group_id: must not be empty with kafka.input");
+                invalid!("kafka.input_topic and kafka.group_id: must not be empty with kafka.input");
             }
             if stormwatch_io::kafka::source::InputEncoding::parse(&self.input_encoding).is_none() {
-                bail!(
+                invalid!(
                     "kafka.input_encoding: {:?} is not otlp_proto or otlp_json (the Collector kafka exporter's encodings)",
                     self.input_encoding
                 );
             }
         }
         if !self.brokers.is_empty() && self.alert_topic.is_empty() {
-            bail!("kafka.alert_topic: must not be empty when kafka.brokers is set");
+            invalid!("kafka.alert_topic: must not be empty when kafka.brokers is set");
         }
         Ok(())
     }

@@ -11,14 +11,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stormwatch_baseline::{load_snapshot, BaselineStore};
+use stormwatch_baseline::{load_snapshot, BaselineStore, SnapshotError};
 use stormwatch_detect::tuning::Tuning;
 use stormwatch_detect::{EngineConfig, EngineStats};
 use stormwatch_io::admin::{AdminQuery, LiveEvents};
 use stormwatch_io::kafka::KafkaAlertSink;
 use stormwatch_io::sink::AlertSink;
 use stormwatch_io::spool::AlertSpool;
-use stormwatch_io::{span_queue, Metrics, SourcePosition, SpanQueue};
+use stormwatch_io::{span_queue, IoError, Metrics, SourcePosition, SpanQueue};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -71,7 +71,7 @@ impl Pipeline {
     /// waiting on the broker then: alerts it does not hold confirmed go to the spool (or are
     /// counted as failed without one), window partials and shared snapshots are dropped, and
     /// nothing after them is committed.
-    pub async fn finish(self, give_up_at: Option<tokio::time::Instant>) -> anyhow::Result<EngineReport> {
+    pub async fn finish(self, give_up_at: Option<tokio::time::Instant>) -> Result<EngineReport, PipelineError> {
         if let Some(at) = give_up_at {
             let give_up = self.give_up.clone();
             tokio::spawn(async move {
@@ -81,11 +81,24 @@ impl Pipeline {
         }
         let engine = self.engine;
         let report = tokio::task::spawn_blocking(move || engine.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
-        self.sink.await?;
+            .await
+            .map_err(PipelineError::Join)?
+            .map_err(|_| PipelineError::EnginePanicked)?;
+        self.sink.await.map_err(PipelineError::Join)?;
         Ok(report)
     }
+}
+
+/// Why the pipeline did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The engine thread panicked: its last alerts and snapshot may be lost (the panic is in
+    /// the log).
+    #[error("the engine thread panicked")]
+    EnginePanicked,
+    /// The sink task, or the task waiting for the engine thread, failed.
+    #[error("{0}")]
+    Join(tokio::task::JoinError),
 }
 
 /// Kafka when `brokers` are configured (alerts to `alert_topic`), else JSON lines to stdout
@@ -95,9 +108,9 @@ pub async fn open_sink(
     alert_topic: &str,
     stdout: bool,
     file: Option<&Path>,
-) -> anyhow::Result<AlertSink> {
+) -> Result<AlertSink, IoError> {
     if brokers.is_empty() {
-        return Ok(AlertSink::lines(stdout, file).await?);
+        return AlertSink::lines(stdout, file).await;
     }
     let kafka = KafkaAlertSink::connect(brokers, alert_topic).await?;
     Ok(AlertSink::Kafka(kafka))
@@ -105,7 +118,7 @@ pub async fn open_sink(
 
 /// The baselines restored from `dir`, or empty ones; a corrupt or old snapshot is an error.
 /// At most `max_keys` keys per table.
-pub fn restore(dir: &Path, max_keys: usize) -> anyhow::Result<BaselineStore> {
+pub fn restore(dir: &Path, max_keys: usize) -> Result<BaselineStore, SnapshotError> {
     match load_snapshot(dir, max_keys)? {
         Some(store) => {
             tracing::info!(

@@ -63,8 +63,57 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("stormwatch: error: {error:#}");
+            eprintln!("stormwatch: error: {}", report(&error));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes in one line, `outer: cause: ...`, leaving out a cause whose text
+/// the message before it already says (typed errors name their source in their own message).
+fn report(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.is_empty() {
+            text = cause;
+        } else if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context;
+
+    use super::report;
+
+    #[test]
+    fn a_cause_is_said_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        // A typed error that says its source, as thiserror's do.
+        #[derive(Debug)]
+        struct Read {
+            source: std::io::Error,
+        }
+        impl std::fmt::Display for Read {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "cannot read x.toml: {}", self.source)
+            }
+        }
+        impl std::error::Error for Read {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.source)
+            }
+        }
+        let typed = anyhow::Error::new(Read { source: io() });
+        assert_eq!(report(&typed), "cannot read x.toml: No such file or directory");
+        // Context on a bare cause keeps both.
+        let bare = Err::<(), _>(io()).context("the scenario's [eval] settings").unwrap_err();
+        assert_eq!(report(&bare), "the scenario's [eval] settings: No such file or directory");
+        let outer = Err::<(), _>(Read { source: io() }).context("serve").unwrap_err();
+        assert_eq!(report(&outer), "serve: cannot read x.toml: No such file or directory");
     }
 }

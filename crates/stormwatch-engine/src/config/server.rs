@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
 
 /// `[server]`: the listeners, their bounds, the admin API and the engine thread's queue.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -102,16 +103,14 @@ impl TlsConfig {
     }
 
     /// The rustls configurations: (OTLP gRPC, OTLP HTTP, admin). Errors name the file.
-    pub fn server_configs(&self) -> anyhow::Result<Option<[Arc<rustls::ServerConfig>; 3]>> {
+    pub fn server_configs(&self) -> Result<Option<[Arc<rustls::ServerConfig>; 3]>, ConfigError> {
         if !self.enabled() {
             return Ok(None);
         }
         let client_ca = (!self.client_ca_file.as_os_str().is_empty()).then_some(self.client_ca_file.as_path());
         let otlp = stormwatch_io::tls::TlsFiles { cert: &self.cert_file, key: &self.key_file, client_ca };
         let admin = stormwatch_io::tls::TlsFiles { client_ca: None, ..otlp.clone() };
-        let config = |files, alpn: &[&[u8]]| {
-            stormwatch_io::tls::server_config(files, alpn).map_err(|e| anyhow::anyhow!("server.tls: {e}"))
-        };
+        let config = stormwatch_io::tls::server_config;
         Ok(Some([config(&otlp, &[b"h2"])?, config(&otlp, &[b"http/1.1"])?, config(&admin, &[b"http/1.1"])?]))
     }
 }
@@ -146,32 +145,36 @@ impl Default for ServerConfig {
 }
 
 /// A validated listen address.
-fn address(field: &str, value: &str) -> anyhow::Result<SocketAddr> {
-    value.parse().with_context(|| format!("{field}: {value:?} is not a listen address like 127.0.0.1:4317"))
+fn address(field: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|error| {
+        ConfigError::Invalid(format!("{field}: {value:?} is not a listen address like 127.0.0.1:4317: {error}"))
+    })
 }
 
 impl ServerConfig {
     /// Checks every field of `[server]`; the error names the field and the accepted range.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         address("server.otlp_grpc", &self.otlp_grpc)?;
         address("server.otlp_http", &self.otlp_http)?;
         address("server.admin", &self.admin)?;
         if self.max_message_bytes < 1024 {
-            bail!("server.max_message_bytes: must be at least 1024, got {}", self.max_message_bytes);
+            invalid!("server.max_message_bytes: must be at least 1024, got {}", self.max_message_bytes);
         }
         if self.queue_capacity == 0 {
-            bail!("server.queue_capacity: must be at least 1");
+            invalid!("server.queue_capacity: must be at least 1");
         }
         if self.queue_max_spans == 0 {
-            bail!("server.queue_max_spans: must be at least 1");
+            invalid!("server.queue_max_spans: must be at least 1");
         }
         let tls = &self.tls;
         let set = |p: &PathBuf| !p.as_os_str().is_empty();
         if set(&tls.cert_file) != set(&tls.key_file) {
-            bail!("server.tls: set both cert_file and key_file (or neither, for no TLS)");
+            invalid!("server.tls: set both cert_file and key_file (or neither, for no TLS)");
         }
         if set(&tls.client_ca_file) && !tls.enabled() {
-            bail!("server.tls.client_ca_file needs cert_file and key_file: client certificates are checked over TLS");
+            invalid!(
+                "server.tls.client_ca_file needs cert_file and key_file: client certificates are checked over TLS"
+            );
         }
         let server = self;
         for (field, value) in [
@@ -181,7 +184,7 @@ impl ServerConfig {
             ("server.min_body_rate", server.min_body_rate),
         ] {
             if value == 0 {
-                bail!("{field}: must be at least 1");
+                invalid!("{field}: must be at least 1");
             }
         }
         for (field, value) in [
@@ -191,11 +194,11 @@ impl ServerConfig {
             ("server.shutdown_timeout", server.shutdown_timeout),
         ] {
             if value < Duration::from_secs(1) {
-                bail!("{field}: must be at least 1s, got {}", humantime::format_duration(value));
+                invalid!("{field}: must be at least 1s, got {}", humantime::format_duration(value));
             }
         }
         if server.max_receiving_bytes < server.max_message_bytes as u64 {
-            bail!(
+            invalid!(
                 "server.max_receiving_bytes ({}) must be at least server.max_message_bytes ({}): one export of the \
              largest size must fit",
                 server.max_receiving_bytes,
@@ -207,7 +210,7 @@ impl ServerConfig {
             .iter()
             .find(|h| h.trim().is_empty() || h.chars().any(|c| c == '/' || c.is_whitespace() || c.is_control()))
         {
-            bail!("server.allowed_hosts: {bad:?} is not a host name (e.g. \"stormwatch.internal\", \".corp.example\" or \"*\")");
+            invalid!("server.allowed_hosts: {bad:?} is not a host name (e.g. \"stormwatch.internal\", \".corp.example\" or \"*\")");
         }
         Ok(())
     }

@@ -137,7 +137,7 @@ impl Start {
 /// Where alerts go: the Kafka alerts topic, or stdout and the alerts file.
 async fn alert_sink(config: &Config) -> anyhow::Result<AlertSink> {
     let alerts_file = (!config.output.alerts_file.is_empty()).then(|| Path::new(&config.output.alerts_file));
-    open_sink(&config.kafka.brokers, &config.kafka.alert_topic, config.output.stdout, alerts_file).await
+    Ok(open_sink(&config.kafka.brokers, &config.kafka.alert_topic, config.output.stdout, alerts_file).await?)
 }
 
 /// SIGHUP sets the returned flag: the engine thread reloads the tuning file.

@@ -16,9 +16,49 @@ pub const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
 /// Settings of the baselines topic when it is created.
 pub const TOPIC_SETTINGS: [(&str, &str); 2] = [("cleanup.policy", "compact"), ("max.message.bytes", "67108864")];
 
+/// Why the shared snapshots could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotsError {
+    /// No consumer could be made for the brokers.
+    #[error("cannot reach Kafka at {brokers}: {source}")]
+    Client {
+        /// The bootstrap brokers.
+        brokers: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The topic's offsets could not be read.
+    #[error("cannot read the offsets of {topic:?} on {brokers}: {source}")]
+    Offsets {
+        /// The bootstrap brokers.
+        brokers: String,
+        /// The baselines topic.
+        topic: String,
+        /// The client's error (boxed: the error stays small).
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    /// The topic could not be read.
+    #[error("cannot read {topic:?}: {source}")]
+    Read {
+        /// The baselines topic.
+        topic: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The end of the topic was not reached in time.
+    #[error("reading {topic:?} did not reach its end within {timeout:?}")]
+    Timeout {
+        /// The baselines topic.
+        topic: String,
+        /// How long it was read.
+        timeout: Duration,
+    },
+}
+
 /// The newest snapshot of every engine on `topic` (key, document), read from the beginning to
 /// the end the broker reports. Empty when nothing was published yet.
-pub fn read_snapshots(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<(String, Vec<u8>)>, String> {
+pub fn read_snapshots(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<(String, Vec<u8>)>, SnapshotsError> {
+    let read = |source| SnapshotsError::Read { topic: topic.to_string(), source };
     let consumer: BaseConsumer = super::client_config()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{topic}.reader"))
@@ -28,21 +68,21 @@ pub fn read_snapshots(brokers: &str, topic: &str, timeout: Duration) -> Result<V
         .set("receive.message.max.bytes", (MAX_SNAPSHOT_BYTES + 1_000_000).to_string())
         .set("fetch.wait.max.ms", "20")
         .create()
-        .map_err(|e| format!("cannot reach Kafka at {brokers}: {e}"))?;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .map_err(|e| format!("cannot read the offsets of {topic:?} on {brokers}: {e}"))?;
+        .map_err(|source| SnapshotsError::Client { brokers: brokers.to_string(), source })?;
+    let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)).map_err(|source| {
+        SnapshotsError::Offsets { brokers: brokers.to_string(), topic: topic.to_string(), source: Box::new(source) }
+    })?;
     if high <= low {
         return Ok(Vec::new());
     }
     let mut list = TopicPartitionList::new();
-    list.add_partition_offset(topic, 0, Offset::Beginning).map_err(|e| e.to_string())?;
-    consumer.assign(&list).map_err(|e| format!("cannot read {topic:?}: {e}"))?;
+    list.add_partition_offset(topic, 0, Offset::Beginning).map_err(read)?;
+    consumer.assign(&list).map_err(read)?;
     let deadline = Instant::now() + timeout;
     let mut newest: Vec<(String, Vec<u8>)> = Vec::new();
     while Instant::now() < deadline {
         let Some(result) = consumer.poll(Duration::from_millis(200)) else { continue };
-        let message = result.map_err(|e| format!("cannot read {topic:?}: {e}"))?;
+        let message = result.map_err(read)?;
         let key = String::from_utf8_lossy(message.key().unwrap_or_default()).to_string();
         let payload = message.payload().unwrap_or_default().to_vec();
         match newest.iter_mut().find(|(k, _)| *k == key) {
@@ -53,5 +93,5 @@ pub fn read_snapshots(brokers: &str, topic: &str, timeout: Duration) -> Result<V
             return Ok(newest);
         }
     }
-    Err(format!("reading {topic:?} did not reach its end within {timeout:?}"))
+    Err(SnapshotsError::Timeout { topic: topic.to_string(), timeout })
 }
