@@ -51,13 +51,13 @@ pub struct EngineStats {
     pub traces_checked: u64,
     /// Complete traces that trained the baselines.
     pub traces_learned: u64,
-    /// Traces whose parent links form a cycle (judged without the cycle).
+    /// Traces whose parent links loop back on themselves (the loop is cut where found).
     pub traces_with_cycles: u64,
     /// Windows judged (those with enough entry requests) and skipped.
     pub windows_closed: u64,
     /// Traces whose window had already been judged.
     pub window_late_traces: u64,
-    /// Spans whose parent never arrived.
+    /// Spans whose parent is not in their trace (besides the root).
     pub orphan_spans: u64,
     /// Findings before throttling, by kind (index of [`AlertKind::ALL`]).
     pub findings: [u64; AlertKind::ALL.len()],
