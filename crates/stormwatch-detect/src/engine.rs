@@ -59,6 +59,11 @@ pub struct EngineStats {
     pub window_late_traces: u64,
     /// Spans whose parent is not in their trace (besides the root).
     pub orphan_spans: u64,
+    /// Traces that carried a sampling probability below 1 (`tracestate` `ot=th:...`).
+    pub traces_sampled: u64,
+    /// Traces the judged ones stand for: each counts its adjusted count (capped by
+    /// `max_adjusted_count`), so this estimates the traffic before sampling.
+    pub traces_represented: u64,
     /// Findings before throttling, by kind (index of [`AlertKind::ALL`]).
     pub findings: [u64; AlertKind::ALL.len()],
     /// Alerts produced after throttling, by kind.
@@ -410,6 +415,10 @@ impl Engine {
             self.stats.traces_checked += 1;
             self.stats.orphan_spans += features.orphan_spans;
             self.stats.traces_with_cycles += u64::from(features.has_cycle);
+            if features.adjusted_count > 1.0 {
+                self.stats.traces_sampled += 1;
+            }
+            self.stats.traces_represented += crate::window::weight(&features, self.windows.config().max_adjusted_count);
             if self.carries_overflow(&features) {
                 if self.overflow_traces.len() == crate::window::MAX_EXEMPLARS {
                     self.overflow_traces.pop_front();

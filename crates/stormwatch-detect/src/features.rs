@@ -77,6 +77,9 @@ pub struct TraceFeatures {
     pub orphan_spans: u64,
     /// Parent links that loop back on themselves.
     pub has_cycle: bool,
+    /// How many traces this one stands for under probability sampling: its root span's
+    /// adjusted count (without a root, its first span's); 1 when unsampled.
+    pub adjusted_count: f32,
 }
 
 /// The caller-side node of a span: its service's entry span it runs under.
@@ -191,6 +194,7 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
         user: root.and_then(|i| spans[i].user),
         orphan_spans,
         has_cycle: resolver.has_cycle,
+        adjusted_count: root.or((!spans.is_empty()).then_some(0)).map_or(1.0, |i| spans[i].adjusted_count),
     }
 }
 

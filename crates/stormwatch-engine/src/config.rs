@@ -295,8 +295,8 @@ pub struct AssembleConfig {
     #[serde(with = "humantime_serde")]
     pub trace_max_wait: Duration,
     /// Most spans buffered at once; past it the oldest traces complete as incomplete. Size it
-    /// for spans/s x (trace_idle + the longest trace): about 127 bytes each (`stormwatch
-    /// bench`), so the default is about 760 MB at most, enough for 1M spans/s.
+    /// for spans/s x (trace_idle + the longest trace): about 136 bytes each (`stormwatch
+    /// bench`), so the default is about 820 MB at most, enough for 1M spans/s.
     pub max_in_flight_spans: usize,
 }
 
@@ -364,6 +364,9 @@ pub struct DetectSection {
     pub window_min_excess: u64,
     /// Windows a window-level baseline needs before it judges.
     pub window_min_windows: u64,
+    /// Probability sampling: the most traces one sampled trace (`tracestate` `ot=th:...`)
+    /// stands for in window counts; 1 counts every trace once, as if unsampled.
+    pub max_adjusted_count: u64,
 }
 
 impl Default for DetectSection {
@@ -381,6 +384,7 @@ impl Default for DetectSection {
             window_min_requests: window.min_entry_requests,
             window_min_excess: window.min_excess,
             window_min_windows: window.min_windows,
+            max_adjusted_count: window.max_adjusted_count,
         }
     }
 }
@@ -458,6 +462,7 @@ impl Config {
                 min_entry_requests: self.detect.window_min_requests,
                 min_excess: self.detect.window_min_excess,
                 min_windows: self.detect.window_min_windows,
+                max_adjusted_count: self.detect.max_adjusted_count,
                 ..stormwatch_detect::WindowConfig::default()
             },
             correlated: stormwatch_detect::correlated::CorrelatedConfig::default(),
@@ -524,6 +529,9 @@ impl DetectSection {
         }
         if self.window_min_windows == 0 {
             invalid!("detect.window_min_windows: must be at least 1");
+        }
+        if self.max_adjusted_count == 0 {
+            invalid!("detect.max_adjusted_count: must be at least 1 (1 ignores sampling)");
         }
         if self.window < Duration::from_secs(1) {
             invalid!("detect.window: must be at least 1s, got {}", humantime::format_duration(self.window));

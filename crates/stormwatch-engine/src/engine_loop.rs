@@ -367,6 +367,8 @@ fn publish(engine: &Engine, receiver: &SpanReceiver, metrics: &Metrics, top_edge
     Metrics::set(&metrics.traces_without_root_total, a.traces_without_root);
     Metrics::set(&metrics.windows_closed_total, engine.stats().windows_closed);
     Metrics::set(&metrics.window_late_traces_total, engine.stats().window_late_traces);
+    Metrics::set(&metrics.traces_sampled_total, engine.stats().traces_sampled);
+    Metrics::set(&metrics.traces_represented_total, engine.stats().traces_represented);
     Metrics::set(&metrics.in_flight_spans, engine.assembler().in_flight_spans() as u64);
     Metrics::set(&metrics.in_flight_traces, engine.assembler().in_flight_traces() as u64);
     Metrics::set(&metrics.edges_tracked, engine.store().edges_tracked() as u64);

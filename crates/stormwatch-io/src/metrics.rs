@@ -281,6 +281,10 @@ metrics! {
     windows_closed_total: "counter",
     /// Traces that completed after their window had been judged.
     window_late_traces_total: "counter",
+    /// Traces judged that carried a sampling probability below 1 (tracestate ot=th:...).
+    traces_sampled_total: "counter",
+    /// Traces the judged ones stand for under probability sampling (each its adjusted count, capped by detect.max_adjusted_count): the traffic before sampling.
+    traces_represented_total: "counter",
     /// Alerts that the sink failed to deliver.
     alert_delivery_failures_total: "counter",
     /// Messages consumed from the Kafka input topic.

@@ -36,6 +36,12 @@ pub struct Scenario {
     /// (`http.request.header.x-forwarded-for`) instead of `client.address`.
     #[serde(default)]
     pub behind_proxy: bool,
+    /// Head sampling, as OpenTelemetry's consistent probability sampler does it: only this
+    /// share of the traces is exported (those whose trace id's last 56 bits reach the
+    /// threshold), every span carrying the threshold in its `tracestate` (`ot=th:...`). `rate`
+    /// is the traffic before sampling. None: every trace is exported, without a `tracestate`.
+    #[serde(default)]
+    pub sampling: Option<f64>,
     /// Event time of the first request, Unix seconds.
     #[serde(default = "default_start")]
     pub start_unix_seconds: u64,
@@ -401,6 +407,9 @@ impl Scenario {
         }
         if self.duration.is_zero() {
             return Err("duration: must be longer than zero".into());
+        }
+        if let Some(p) = self.sampling.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            return Err(format!("sampling: must be a probability in (0, 1], got {p}"));
         }
         if self.entries.is_empty() {
             return Err("entries: at least one entry is needed".into());

@@ -272,3 +272,25 @@ fn behind_a_proxy_the_client_is_in_the_forwarding_header() {
         assert!(attribute(inner, "http.request.header.x-forwarded-for").is_none());
     }
 }
+
+/// `sampling = 0.1`: about one trace in ten is exported, each span saying so in its
+/// `tracestate`, and the traces kept are the unsampled run's (same ids, same spans).
+#[test]
+fn sampling_keeps_a_share_of_the_same_traces_and_says_so() {
+    let whole: Vec<GeneratedTrace> = Generator::new(&tiny()).collect();
+    let mut sampled_scenario = tiny();
+    sampled_scenario.sampling = Some(0.1);
+    let sampled: Vec<GeneratedTrace> = Generator::new(&sampled_scenario).collect();
+    let share = sampled.len() as f64 / whole.len() as f64;
+    assert!((0.07..=0.13).contains(&share), "{} of {}", sampled.len(), whole.len());
+    let by_id: HashMap<[u8; 16], &GeneratedTrace> = whole.iter().map(|t| (t.trace_id, t)).collect();
+    for trace in &sampled {
+        let original = by_id[&trace.trace_id];
+        assert_eq!(trace.spans, original.spans);
+        for span in trace.request.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans) {
+            assert_eq!(span.trace_state, "ot=th:e6666666666666");
+        }
+    }
+    assert!(whole.iter().all(|t| t.request.resource_spans[0].scope_spans[0].spans[0].trace_state.is_empty()));
+    assert!(Scenario::parse(&format!("sampling = 1.5\n{SMALL}")).unwrap_err().to_string().contains("sampling"));
+}

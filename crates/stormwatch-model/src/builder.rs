@@ -50,6 +50,7 @@ impl TraceBuilder {
             client_address: None,
             user: None,
             bytes: 0,
+            adjusted_count: 1.0,
         });
         span_id
     }

@@ -348,6 +348,8 @@ pub(crate) struct RawSpan<'s> {
     pub(crate) start_unix_nano: u64,
     pub(crate) end_unix_nano: u64,
     pub(crate) is_error: bool,
+    /// The span's W3C `tracestate` (empty when none).
+    pub(crate) trace_state: &'s str,
 }
 
 /// Validates the ids of `raw` and appends the model span to `decoded`, or counts the span as
@@ -423,6 +425,7 @@ fn build_span(
         client_address,
         user,
         bytes: attrs.bytes.map_or(0, |bytes| bytes.clamp(0, i64::from(u32::MAX)) as u32),
+        adjusted_count: crate::sampling::adjusted_count(raw.trace_state),
     }
 }
 

@@ -46,6 +46,8 @@ struct JsonSpan<'a> {
     span_id: Cow<'a, str>,
     #[serde(borrow, default, rename = "parentSpanId", alias = "parent_span_id")]
     parent_span_id: Cow<'a, str>,
+    #[serde(borrow, default, rename = "traceState", alias = "trace_state")]
+    trace_state: Cow<'a, str>,
     #[serde(borrow, default)]
     name: Cow<'a, str>,
     #[serde(default)]
@@ -240,6 +242,7 @@ pub fn decode_json(bytes: &[u8]) -> Result<Decoded> {
                     start_unix_nano: span.start_time_unix_nano.0,
                     end_unix_nano: span.end_time_unix_nano.0,
                     is_error: span.status.as_ref().is_some_and(|status| status.code.0 == 2),
+                    trace_state: &span.trace_state,
                 };
                 push_span(&mut decoded, raw, &attrs);
             }
@@ -261,6 +264,7 @@ mod tests {
         let json = br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"catalog"}}]},
             "scopeSpans":[{"scope":{"name":"x"},"spans":[
               {"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708","parentSpanId":"1112131415161718",
+               "traceState":"vendor=1,ot=th:c",
                "name":"SELECT","kind":"SPAN_KIND_CLIENT","startTimeUnixNano":"1000","endTimeUnixNano":2000,
                "attributes":[{"key":"db.system","value":{"stringValue":"sqlite"}},
                              {"key":"db.statement","value":{"stringValue":"SELECT * FROM items WHERE id = 42"}},
@@ -276,6 +280,8 @@ mod tests {
         assert_eq!(remote.kind, NodeKind::Database);
         assert_eq!(remote.operation.as_str(), "SELECT * FROM items WHERE id = ?");
         assert_eq!(span.parent_span_id.unwrap().to_string(), "1112131415161718");
+        // Sampled at 25%: the span stands for four.
+        assert_eq!(span.adjusted_count, 4.0);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod conventions;
 mod json;
 mod normalize;
 mod proto;
+pub mod sampling;
 mod wire;
 
 use stormwatch_model::Span;

@@ -54,6 +54,7 @@ pub fn from_request(request: &ExportTraceServiceRequest) -> Decoded {
                     start_unix_nano: span.start_time_unix_nano,
                     end_unix_nano: span.end_time_unix_nano,
                     is_error,
+                    trace_state: &span.trace_state,
                 };
                 push_span(&mut decoded, raw, &attrs);
             }

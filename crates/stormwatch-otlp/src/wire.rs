@@ -159,7 +159,7 @@ fn service_name(resource: &[u8]) -> Result<Option<&str>> {
 
 fn decode_span(bytes: &[u8], service: Sym, decoded: &mut Decoded) -> Result<()> {
     let (mut trace_id, mut span_id, mut parent): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
-    let mut name = "";
+    let (mut name, mut trace_state) = ("", "");
     let (mut kind, mut start, mut end, mut is_error) = (0i32, 0u64, 0u64, false);
     let mut attrs = AttrView::default();
     let mut fields = Fields::new(bytes, "Span");
@@ -167,6 +167,7 @@ fn decode_span(bytes: &[u8], service: Sym, decoded: &mut Decoded) -> Result<()> 
         match (number, field) {
             (1, Value::Bytes(b)) => trace_id = b,
             (2, Value::Bytes(b)) => span_id = b,
+            (3, Value::Bytes(b)) => trace_state = utf8(b, "Span.trace_state")?,
             (4, Value::Bytes(b)) => parent = b,
             (5, Value::Bytes(b)) => name = utf8(b, "Span.name")?,
             (6, Value::Varint(v)) => kind = v as i32,
@@ -202,6 +203,7 @@ fn decode_span(bytes: &[u8], service: Sym, decoded: &mut Decoded) -> Result<()> 
         start_unix_nano: start,
         end_unix_nano: end,
         is_error,
+        trace_state,
     };
     push_span(decoded, raw, &attrs);
     Ok(())
@@ -303,19 +305,23 @@ mod tests {
             any::<u64>(),
             prop::collection::vec(attribute(), 0..6),
             prop::option::of(0i32..3),
+            prop::sample::select(vec!["", "ot=th:8", "ot=p:3", "vendor=1,ot=rv:ab;th:e668", "ot=th:zz"]),
         )
-            .prop_map(|(trace_id, span_id, parent_span_id, name, kind, start, end, attributes, status)| Span {
-                trace_id,
-                span_id,
-                parent_span_id,
-                name,
-                kind,
-                start_time_unix_nano: start,
-                end_time_unix_nano: end,
-                attributes,
-                status: status.map(|code| Status { code, ..Default::default() }),
-                ..Default::default()
-            })
+            .prop_map(
+                |(trace_id, span_id, parent_span_id, name, kind, start, end, attributes, status, state)| Span {
+                    trace_id,
+                    span_id,
+                    trace_state: state.to_string(),
+                    parent_span_id,
+                    name,
+                    kind,
+                    start_time_unix_nano: start,
+                    end_time_unix_nano: end,
+                    attributes,
+                    status: status.map(|code| Status { code, ..Default::default() }),
+                    ..Default::default()
+                },
+            )
     }
 
     fn request() -> impl Strategy<Value = ExportTraceServiceRequest> {

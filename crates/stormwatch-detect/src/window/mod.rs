@@ -46,6 +46,7 @@ mod retry;
 mod sketch;
 mod wording;
 
+pub(crate) use data::weight;
 use data::{CacheWindow, EdgeWindow};
 pub use data::{Window, Windows};
 pub use sketch::SpaceSaving;
@@ -76,6 +77,9 @@ pub struct WindowConfig {
     pub ratio: f64,
     /// Root classes, client populations and users kept per edge per window.
     pub top_k: usize,
+    /// The most traces one sampled trace may stand for in window counts (its adjusted count
+    /// is capped here): a sender cannot make one request weigh more than this many.
+    pub max_adjusted_count: u64,
 }
 
 impl Default for WindowConfig {
@@ -88,6 +92,7 @@ impl Default for WindowConfig {
             min_excess: 20,
             ratio: 2.0,
             top_k: 16,
+            max_adjusted_count: 1000,
         }
     }
 }

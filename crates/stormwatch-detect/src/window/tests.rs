@@ -398,3 +398,50 @@ fn merged_partial_windows_judge_like_the_whole() {
     assert!(!from_merged.is_empty(), "the merged window shows the surge");
     assert_eq!(from_merged, summary(judge(&mut trained(), &whole)));
 }
+
+/// Probability sampling: one trace in seven kept, each standing for seven (its `tracestate`'s
+/// adjusted count), counts and judges like the whole traffic; a sender cannot make one trace
+/// weigh more than `max_adjusted_count`.
+#[test]
+fn a_sampled_window_counts_and_judges_like_the_whole() {
+    let surge = |i: u64| if i % 5 < 2 { Request::Search { shifted: true } } else { usual(i) };
+    let whole = window(50, 700, surge, |_| false);
+    let mut windows = Windows::new(WindowConfig::default());
+    for i in (0..700).filter(|i| i % 7 == 0) {
+        let at = T0 + 50 * 10 * SEC + i * (10 * SEC / 700 - 1_000_000);
+        let mut sampled = trace(50 * 10_000 + i, at, surge(i));
+        sampled.adjusted_count = 7.0;
+        windows.add(&sampled, false);
+    }
+    let sampled = windows.close_all().remove(0);
+    assert_eq!(sampled.entry_requests, whole.entry_requests);
+    assert_eq!(sampled.rates(), whole.rates());
+    let summary = |findings: Vec<Finding>| -> Vec<(AlertKind, String, f64)> {
+        findings.into_iter().map(|f| (f.kind, f.edge.map(|e| e.to_string()).unwrap_or_default(), f.observed)).collect()
+    };
+    let from_sampled = summary(judge(&mut trained(), &sampled));
+    assert!(!from_sampled.is_empty(), "the sampled window shows the surge");
+    assert_eq!(from_sampled, summary(judge(&mut trained(), &whole)));
+
+    // A trace claiming to stand for a billion counts as `max_adjusted_count`.
+    let mut inflated = trace(1, T0, usual(1));
+    inflated.adjusted_count = 1e9;
+    let config = WindowConfig { max_adjusted_count: 50, ..WindowConfig::default() };
+    let mut windows = Windows::new(config);
+    windows.add(&inflated, false);
+    assert_eq!(windows.close_all()[0].entry_requests, 50);
+}
+
+/// A fractional adjusted count is rounded up or down by trace so the total has no bias.
+#[test]
+fn fractional_weights_add_up_without_bias() {
+    let total: u64 = (0..3_000)
+        .map(|i| {
+            let mut features = trace(i, T0, usual(i));
+            features.adjusted_count = 10.0 / 3.0;
+            weight(&features, 1000)
+        })
+        .sum();
+    // 3,000 traces at 3.33 each stand for about 10,000.
+    assert!((9_700..=10_300).contains(&total), "{total}");
+}

@@ -486,11 +486,63 @@ impl Iterator for Generator<'_> {
         if self.next_arrival >= self.end_nanos {
             return None;
         }
-        let at = self.next_arrival;
-        let active = self.active_changes(at);
-        let gap = self.rng.exponential(NANOS / self.rate(at, &active));
-        self.next_arrival = at + gap.max(1.0) as u64;
-        self.requests += 1;
-        Some(self.generate(at, active))
+        loop {
+            let at = self.next_arrival;
+            if at >= self.end_nanos {
+                return None;
+            }
+            let active = self.active_changes(at);
+            let gap = self.rng.exponential(NANOS / self.rate(at, &active));
+            self.next_arrival = at + gap.max(1.0) as u64;
+            self.requests += 1;
+            let mut trace = self.generate(at, active);
+            match self.scenario.sampling.map(Sampler::new) {
+                None => return Some(trace),
+                Some(sampler) if sampler.keeps(&trace.trace_id) => {
+                    sampler.stamp(&mut trace.request);
+                    return Some(trace);
+                }
+                // Generated, so the traffic (and the random draws) are the unsampled one's.
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// OpenTelemetry's consistent probability sampling: a trace is kept when the last 56 bits of
+/// its id reach the rejection threshold, and its spans say the threshold in `tracestate`.
+#[derive(Clone, Copy, Debug)]
+struct Sampler {
+    threshold: u64,
+}
+
+impl Sampler {
+    const RANGE: f64 = 72_057_594_037_927_936.0;
+
+    fn new(probability: f64) -> Sampler {
+        // 2^56 minus the kept share, so that 10% is exactly e6666666666666.
+        let kept = (probability.clamp(0.0, 1.0) * Self::RANGE).round() as u64;
+        Sampler { threshold: (1u64 << 56).saturating_sub(kept.max(1)) }
+    }
+
+    fn keeps(self, trace_id: &[u8; 16]) -> bool {
+        let mut randomness = [0u8; 8];
+        randomness[1..].copy_from_slice(&trace_id[9..]);
+        u64::from_be_bytes(randomness) >= self.threshold
+    }
+
+    /// `ot=th:` with 14 hex digits, trailing zeros dropped (`th:0` keeps everything).
+    fn tracestate(self) -> String {
+        let digits = format!("{:014x}", self.threshold);
+        let trimmed = digits.trim_end_matches('0');
+        format!("ot=th:{}", if trimmed.is_empty() { "0" } else { trimmed })
+    }
+
+    fn stamp(self, request: &mut ExportTraceServiceRequest) {
+        let state = self.tracestate();
+        let spans = request.resource_spans.iter_mut().flat_map(|r| &mut r.scope_spans).flat_map(|s| &mut s.spans);
+        for span in spans {
+            span.trace_state.clone_from(&state);
+        }
     }
 }
