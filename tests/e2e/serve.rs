@@ -311,3 +311,29 @@ async fn edge_metrics_are_bounded_and_the_dashboard_queries_real_metrics() {
     services.shutdown();
     serve.stop();
 }
+
+/// Sampled traffic from a real SDK: spans whose sampler wrote a consistent-sampling threshold
+/// (`ot=th:c`, 25%) into their `tracestate` are counted as sampled on `/metrics` and in the
+/// console's settings, each standing for four traces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_traces_count_the_traffic_they_stand_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let services = Services::sampled(&serve, Transport::Grpc, &["frontend", "catalog"], "th:c");
+    tokio::task::block_in_place(|| {
+        for i in 0..10 {
+            services.product_request(1 + i % 3, 1);
+        }
+        services.flush();
+        wait_until("ten sampled traces judged", Duration::from_secs(60), || {
+            let metrics = serve.metrics();
+            metrics.contains("stormwatch_traces_sampled_total 10\n")
+                && metrics.contains("stormwatch_traces_represented_total 40\n")
+        });
+        let console: Value = serde_json::from_str(&http_get(serve.admin, "/api/console").unwrap()).unwrap();
+        assert_eq!(console["sampling"]["sampled"], 10, "{console}");
+        assert_eq!(console["sampling"]["represented"], 40, "{console}");
+        services.shutdown();
+    });
+    serve.stop();
+}

@@ -355,6 +355,34 @@ pub(crate) enum Transport {
 }
 
 /// One tracer provider per service, exporting with the official OTLP exporter.
+/// A sampler that keeps every span and writes `ot=<threshold>` into the `tracestate` of each
+/// root (children inherit their parent's), as a consistent probability sampler does.
+#[derive(Clone, Debug)]
+struct WritesThreshold(&'static str);
+
+impl opentelemetry_sdk::trace::ShouldSample for WritesThreshold {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        _trace_id: opentelemetry::trace::TraceId,
+        _name: &str,
+        _span_kind: &SpanKind,
+        _attributes: &[KeyValue],
+        _links: &[opentelemetry::trace::Link],
+    ) -> opentelemetry_sdk::trace::SamplingResult {
+        let inherited =
+            parent_context.filter(|cx| cx.has_active_span()).map(|cx| cx.span().span_context().trace_state().clone());
+        let trace_state = inherited.unwrap_or_else(|| {
+            opentelemetry::trace::TraceState::from_key_value([("ot", self.0)]).expect("a valid tracestate")
+        });
+        opentelemetry_sdk::trace::SamplingResult {
+            decision: opentelemetry_sdk::trace::SamplingDecision::RecordAndSample,
+            attributes: Vec::new(),
+            trace_state,
+        }
+    }
+}
+
 pub(crate) struct Services {
     providers: Vec<(&'static str, SdkTracerProvider)>,
 }
@@ -362,22 +390,53 @@ pub(crate) struct Services {
 impl Services {
     /// Services exporting through exporters built by the caller (TLS, headers, ...).
     pub(crate) fn with_exporters(exporters: Vec<(&'static str, opentelemetry_otlp::SpanExporter)>) -> Services {
+        Services::built(exporters, None)
+    }
+
+    fn built(
+        exporters: Vec<(&'static str, opentelemetry_otlp::SpanExporter)>,
+        sampler: Option<WritesThreshold>,
+    ) -> Services {
         let providers = exporters
             .into_iter()
             .map(|(name, exporter)| {
-                let provider = SdkTracerProvider::builder()
+                let builder = SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
-                    .with_resource(Resource::builder().with_service_name(name).build())
-                    .build();
+                    .with_resource(Resource::builder().with_service_name(name).build());
+                let provider = match &sampler {
+                    Some(sampler) => builder.with_sampler(sampler.clone()).build(),
+                    None => builder.build(),
+                };
                 (name, provider)
             })
             .collect();
         Services { providers }
     }
 
+    /// Services whose SDK sampler writes the consistent-sampling threshold `ot=<threshold>`
+    /// (e.g. `th:c`, 25%) into every root's `tracestate`, children inheriting it, as
+    /// OpenTelemetry's probability samplers do. It keeps every trace: what the engine sees is
+    /// what such a sampler exported.
+    pub(crate) fn sampled(
+        serve: &Serve,
+        transport: Transport,
+        names: &[&'static str],
+        threshold: &'static str,
+    ) -> Services {
+        Services::built(Services::exporters(serve, transport, names), Some(WritesThreshold(threshold)))
+    }
+
     pub(crate) fn new(serve: &Serve, transport: Transport, names: &[&'static str]) -> Services {
+        Services::with_exporters(Services::exporters(serve, transport, names))
+    }
+
+    fn exporters(
+        serve: &Serve,
+        transport: Transport,
+        names: &[&'static str],
+    ) -> Vec<(&'static str, opentelemetry_otlp::SpanExporter)> {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
-        let exporters = names
+        names
             .iter()
             .map(|name| {
                 let exporter = match transport {
@@ -396,8 +455,7 @@ impl Services {
                 .expect("OTLP exporter");
                 (*name, exporter)
             })
-            .collect();
-        Services::with_exporters(exporters)
+            .collect()
     }
 
     fn tracer(&self, name: &str) -> opentelemetry_sdk::trace::SdkTracer {

@@ -246,7 +246,17 @@ async fn console() -> axum::response::Html<&'static str> {
 
 /// What the console needs to know of the settings.
 async fn console_settings(State(state): State<AdminState>) -> axum::response::Response {
-    let body = serde_json::json!({ "trace_url_template": &*state.trace_url_template });
+    let metrics = &state.metrics;
+    let body = serde_json::json!({
+        "trace_url_template": &*state.trace_url_template,
+        // Probability sampling: traces judged, those that carried a threshold, and the traffic
+        // they stand for (see `stormwatch_traces_represented_total`).
+        "sampling": {
+            "traces": Metrics::get(&metrics.traces_completed_total),
+            "sampled": Metrics::get(&metrics.traces_sampled_total),
+            "represented": Metrics::get(&metrics.traces_represented_total),
+        },
+    });
     ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
