@@ -486,3 +486,38 @@ fn edge_gauges_are_the_top_edges_by_load_and_by_anomaly() {
     assert!((lookups.score - lookups.calls_per_entry / lookups.p99_per_entry).abs() < 1e-9);
     assert!(engine.last_window_end() > T0);
 }
+
+/// Sampling weights window counts only: the same traces, each standing for 10 under
+/// sampling, make the same per-trace alerts (a loop of 400 is a loop of 400) and teach the
+/// same per-trace baselines.
+#[test]
+fn per_trace_judgement_is_the_same_under_sampling() {
+    let run = |adjusted_count: f32| {
+        let mut engine = engine();
+        let mut out = Vec::new();
+        let weighted = |mut spans: Vec<Span>| {
+            spans.iter_mut().for_each(|span| span.adjusted_count = adjusted_count);
+            spans
+        };
+        for seed in 0..400 {
+            engine.push(weighted(product_trace(seed, T0 + seed * SEC / 10, 1 + (seed % 5) as usize)), &mut out);
+        }
+        engine.push(weighted(product_trace(1_000, T0 + 401 * SEC / 10, 400)), &mut out);
+        settle(&mut engine, 1_000, &mut out);
+        let per_trace: Vec<(AlertKind, f64, f64)> = out
+            .iter()
+            .filter(|a| {
+                matches!(a.kind, AlertKind::NPlusOne | AlertKind::FanoutAmplification | AlertKind::RequestAmplification)
+            })
+            .map(|a| (a.kind, a.observed, a.threshold))
+            .collect();
+        (per_trace, engine.store().fanout().values().map(|d| d.samples()).sum::<u64>(), engine.stats().clone())
+    };
+    let (unsampled, samples, stats) = run(1.0);
+    let (sampled, sampled_samples, sampled_stats) = run(10.0);
+    assert_eq!(unsampled, vec![(AlertKind::NPlusOne, 400.0, 15.0)]);
+    assert_eq!(sampled, unsampled);
+    assert_eq!(sampled_samples, samples);
+    assert_eq!((stats.traces_sampled, sampled_stats.traces_sampled), (0, 401));
+    assert_eq!((stats.traces_represented, sampled_stats.traces_represented), (401, 4010));
+}
