@@ -228,8 +228,13 @@ impl Window {
 /// at most `most`, rounded up or down at random (by its trace id) so that the sum over many
 /// traces has no bias (a 30% sampler's 3.33 counts 3 two times in three, else 4).
 pub(crate) fn weight(features: &TraceFeatures, most: u64) -> u64 {
-    let count = f64::from(features.adjusted_count).clamp(1.0, most.max(1) as f64);
+    let count = f64::from(features.adjusted_count);
+    let count = if count.is_finite() { count.clamp(1.0, most.max(1) as f64) } else { 1.0 };
     let whole = count.floor();
+    if whole == count {
+        // Unsampled traffic (1), and the powers of two and round counts most samplers give.
+        return whole as u64;
+    }
     let draw = stormwatch_model::stable_hash(&[&features.trace_id.0]) as f64 / u64::MAX as f64;
     whole as u64 + u64::from(draw < count - whole)
 }

@@ -444,4 +444,8 @@ fn fractional_weights_add_up_without_bias() {
         .sum();
     // 3,000 traces at 3.33 each stand for about 10,000.
     assert!((9_700..=10_300).contains(&total), "{total}");
+    // A count that is not a number stands for one trace.
+    let mut odd = trace(1, T0, usual(1));
+    odd.adjusted_count = f32::NAN;
+    assert_eq!(weight(&odd, 1000), 1);
 }

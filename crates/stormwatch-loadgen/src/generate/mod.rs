@@ -483,9 +483,6 @@ impl Iterator for Generator<'_> {
     type Item = GeneratedTrace;
 
     fn next(&mut self) -> Option<GeneratedTrace> {
-        if self.next_arrival >= self.end_nanos {
-            return None;
-        }
         loop {
             let at = self.next_arrival;
             if at >= self.end_nanos {
