@@ -418,7 +418,6 @@ impl Engine {
             if features.adjusted_count > 1.0 {
                 self.stats.traces_sampled += 1;
             }
-            self.stats.traces_represented += crate::window::weight(&features, self.windows.config().max_adjusted_count);
             if self.carries_overflow(&features) {
                 if self.overflow_traces.len() == crate::window::MAX_EXEMPLARS {
                     self.overflow_traces.pop_front();
@@ -438,7 +437,7 @@ impl Engine {
             for finding in findings {
                 self.offer(finding, now, out);
             }
-            self.windows.add(&features, flagged);
+            self.stats.traces_represented += self.windows.add(&features, flagged);
         }
         let closed = self.windows.close_due(self.assembler.watermark());
         self.judge_windows(closed, out);

@@ -227,7 +227,7 @@ impl Window {
 /// How many traces `features` stands for in window counts: its adjusted count, at least 1 and
 /// at most `most`, rounded up or down at random (by its trace id) so that the sum over many
 /// traces has no bias (a 30% sampler's 3.33 counts 3 two times in three, else 4).
-pub(crate) fn weight(features: &TraceFeatures, most: u64) -> u64 {
+fn weight(features: &TraceFeatures, most: u64) -> u64 {
     let count = f64::from(features.adjusted_count);
     let count = if count.is_finite() { count.clamp(1.0, most.max(1) as f64) } else { 1.0 };
     let whole = count.floor();
@@ -272,17 +272,19 @@ impl Windows {
     }
 
     /// Adds a completed trace to the window its root ended in. `flagged`: a per-trace
-    /// detector reported it, so its work is already explained.
-    pub fn add(&mut self, features: &TraceFeatures, flagged: bool) {
+    /// detector reported it, so its work is already explained. Returns how many traces it
+    /// stands for under probability sampling (counted too when its window was already judged).
+    pub fn add(&mut self, features: &TraceFeatures, flagged: bool) -> u64 {
+        let weight = weight(features, self.config.max_adjusted_count);
         let length = self.config.window_nanos.max(1);
         let start = features.end_unix_nano / length * length;
         if start < self.closed_before {
             self.late_traces += 1;
-            return;
+            return weight;
         }
         let top_k = self.config.top_k;
-        let weight = weight(features, self.config.max_adjusted_count);
         self.open.entry(start).or_insert_with(|| Window::new(start, length)).add(features, flagged, top_k, weight);
+        weight
     }
 
     /// Windows whose traces have all had time to complete by event time `watermark`.

@@ -46,7 +46,6 @@ mod retry;
 mod sketch;
 mod wording;
 
-pub(crate) use data::weight;
 use data::{CacheWindow, EdgeWindow};
 pub use data::{Window, Windows};
 pub use sketch::SpaceSaving;

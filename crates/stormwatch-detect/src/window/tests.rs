@@ -435,17 +435,19 @@ fn a_sampled_window_counts_and_judges_like_the_whole() {
 /// A fractional adjusted count is rounded up or down by trace so the total has no bias.
 #[test]
 fn fractional_weights_add_up_without_bias() {
+    let mut windows = Windows::new(WindowConfig::default());
     let total: u64 = (0..3_000)
         .map(|i| {
             let mut features = trace(i, T0, usual(i));
             features.adjusted_count = 10.0 / 3.0;
-            weight(&features, 1000)
+            windows.add(&features, false)
         })
         .sum();
+    assert_eq!(windows.close_all()[0].entry_requests, total, "the window counts what add says");
     // 3,000 traces at 3.33 each stand for about 10,000.
     assert!((9_700..=10_300).contains(&total), "{total}");
     // A count that is not a number stands for one trace.
     let mut odd = trace(1, T0, usual(1));
     odd.adjusted_count = f32::NAN;
-    assert_eq!(weight(&odd, 1000), 1);
+    assert_eq!(Windows::new(WindowConfig::default()).add(&odd, false), 1);
 }
