@@ -17,6 +17,29 @@ pub const MAX_TRACESTATE_BYTES: usize = 512;
 /// 2^56: the thresholds' range.
 const RANGE: f64 = 72_057_594_037_927_936.0;
 
+/// The rejection threshold of a sampler that keeps `probability` of the traces: 2^56 minus the
+/// kept share (10% is exactly `e6666666666666`), below 2^56 so something is always kept.
+pub fn threshold(probability: f64) -> u64 {
+    let kept = (probability.clamp(0.0, 1.0) * RANGE).round() as u64;
+    (1u64 << 56).saturating_sub(kept.max(1))
+}
+
+/// Whether a trace is kept at `threshold`: its randomness (the last 56 bits of its id, as
+/// W3C Trace Context level 2 makes them random) reaches the threshold.
+pub fn keeps(threshold: u64, trace_id: &[u8; 16]) -> bool {
+    let mut randomness = [0u8; 8];
+    randomness[1..].copy_from_slice(&trace_id[9..]);
+    u64::from_be_bytes(randomness) >= threshold
+}
+
+/// The `tracestate` a span kept at `threshold` carries: `ot=th:` with 14 hex digits, trailing
+/// zeros dropped (`th:0` keeps everything).
+pub fn tracestate(threshold: u64) -> String {
+    let digits = format!("{threshold:014x}");
+    let trimmed = digits.trim_end_matches('0');
+    format!("ot=th:{}", if trimmed.is_empty() { "0" } else { trimmed })
+}
+
 /// The adjusted count a `tracestate` gives its span: 1 when it carries no usable sampling
 /// threshold (absent, malformed, or a probability of zero).
 pub fn adjusted_count(tracestate: &str) -> f32 {
@@ -33,7 +56,7 @@ pub fn adjusted_count(tracestate: &str) -> f32 {
     let mut count = None;
     for (key, value) in ot.split(';').filter_map(|entry| entry.split_once(':')) {
         match key {
-            "th" => return threshold(value).unwrap_or(1.0),
+            "th" => return count_of_threshold(value).unwrap_or(1.0),
             "p" => count = p_value(value),
             _ => {}
         }
@@ -42,7 +65,7 @@ pub fn adjusted_count(tracestate: &str) -> f32 {
 }
 
 /// `th:<hex>`: 1 to 14 lower-case hex digits, padded with trailing zeros to 56 bits.
-fn threshold(hex: &str) -> Option<f32> {
+fn count_of_threshold(hex: &str) -> Option<f32> {
     if hex.is_empty() || hex.len() > 14 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         return None;
     }
@@ -70,6 +93,22 @@ mod tests {
         assert!((adjusted_count("ot=th:fd70a4") - 100.0).abs() < 0.01);
         // Among other members and other ot keys, with optional whitespace.
         assert_eq!(adjusted_count("vendor=abc, ot=rv:0123456789abcd;th:8 ,other=x"), 2.0);
+    }
+
+    #[test]
+    fn what_a_sampler_writes_reads_back_as_its_adjusted_count() {
+        assert_eq!(tracestate(threshold(0.1)), "ot=th:e6666666666666");
+        assert_eq!(tracestate(threshold(1.0)), "ot=th:0");
+        for (probability, count) in [(1.0, 1.0), (0.5, 2.0), (0.25, 4.0), (0.1, 10.0), (0.02, 50.0)] {
+            let read = adjusted_count(&tracestate(threshold(probability)));
+            assert!((read - count).abs() < 1e-3, "{probability}: {read}");
+        }
+        // Kept when the last 56 bits reach the threshold; the first 9 bytes do not matter.
+        let mut id = [0xff; 16];
+        id[9..].copy_from_slice(&[0xe6, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66]);
+        assert!(keeps(threshold(0.1), &id));
+        id[15] = 0x65;
+        assert!(!keeps(threshold(0.1), &id));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
+use stormwatch_otlp::sampling;
 
 use crate::distribution::Rng;
 use crate::labels::Labels;
@@ -506,37 +507,25 @@ impl Iterator for Generator<'_> {
     }
 }
 
-/// OpenTelemetry's consistent probability sampling: a trace is kept when the last 56 bits of
-/// its id reach the rejection threshold, and its spans say the threshold in `tracestate`.
+/// OpenTelemetry's consistent probability sampling ([`stormwatch_otlp::sampling`]): a trace is
+/// kept when the last 56 bits of its id reach the rejection threshold, and its spans say the
+/// threshold in `tracestate`.
 #[derive(Clone, Copy, Debug)]
 struct Sampler {
     threshold: u64,
 }
 
 impl Sampler {
-    const RANGE: f64 = 72_057_594_037_927_936.0;
-
     fn new(probability: f64) -> Sampler {
-        // 2^56 minus the kept share, so that 10% is exactly e6666666666666.
-        let kept = (probability.clamp(0.0, 1.0) * Self::RANGE).round() as u64;
-        Sampler { threshold: (1u64 << 56).saturating_sub(kept.max(1)) }
+        Sampler { threshold: sampling::threshold(probability) }
     }
 
     fn keeps(self, trace_id: &[u8; 16]) -> bool {
-        let mut randomness = [0u8; 8];
-        randomness[1..].copy_from_slice(&trace_id[9..]);
-        u64::from_be_bytes(randomness) >= self.threshold
-    }
-
-    /// `ot=th:` with 14 hex digits, trailing zeros dropped (`th:0` keeps everything).
-    fn tracestate(self) -> String {
-        let digits = format!("{:014x}", self.threshold);
-        let trimmed = digits.trim_end_matches('0');
-        format!("ot=th:{}", if trimmed.is_empty() { "0" } else { trimmed })
+        sampling::keeps(self.threshold, trace_id)
     }
 
     fn stamp(self, request: &mut ExportTraceServiceRequest) {
-        let state = self.tracestate();
+        let state = sampling::tracestate(self.threshold);
         let spans = request.resource_spans.iter_mut().flat_map(|r| &mut r.scope_spans).flat_map(|s| &mut s.spans);
         for span in spans {
             span.trace_state.clone_from(&state);
