@@ -354,7 +354,6 @@ pub(crate) enum Transport {
     Http,
 }
 
-/// One tracer provider per service, exporting with the official OTLP exporter.
 /// A sampler that keeps every span and writes `ot=<threshold>` into the `tracestate` of each
 /// root (children inherit their parent's), as a consistent probability sampler does.
 #[derive(Clone, Debug)]
@@ -383,6 +382,7 @@ impl opentelemetry_sdk::trace::ShouldSample for WritesThreshold {
     }
 }
 
+/// One tracer provider per service, exporting with the official OTLP exporter.
 pub(crate) struct Services {
     providers: Vec<(&'static str, SdkTracerProvider)>,
 }
