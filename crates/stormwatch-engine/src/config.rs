@@ -1,6 +1,7 @@
 //! Configuration: embedded defaults < TOML file (`--config`) < environment < flags.
-//! Every field is documented here (`[server]` in `config/server.rs`, `[detect]` in `config/detect.rs`), every default lives beside its
-//! field, and [`Config::validate`] runs once at start with errors that name the field.
+//! Every field is documented here (`[server]` in `config/server.rs`, `[detect]` in
+//! `config/detect.rs`), every default lives beside its field, and [`Config::validate`] runs
+//! once at start with errors that name the field.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
