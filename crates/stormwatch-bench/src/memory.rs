@@ -79,13 +79,15 @@ pub fn memory_probe(args: crate::MemoryArgs) -> anyhow::Result<()> {
             },
         };
         // Two days of hourly observations, with the spread real baselines have: calls per
-        // parent 1-9, per request 2-12, work per entry request 0.1-0.5 (in thousandths), a
+        // parent 1-9, per request 2-12, their time per request 0.3-2.3 ms (in microseconds),
+        // work per entry request 0.1-0.5 (in thousandths), a
         // retry ratio that is mostly zero, an hour-of-day profile. Cache miss ratios exist only
         // for cache fallback edges and are left out.
         for k in 0..48u64 {
             let at = 1_800_000_000_000_000_000 + k * 3_600_000_000_000;
             store.observe_fanout(edge, &[1 + (k * 7 + i) % 9], at);
             store.observe_request_edge(class, edge, 2 + (k * 3 + i) % 11, at);
+            store.observe_request_work(class, edge, 300 + (k * 37 + i) % 2_000, at);
             store.observe_window_class(class, edge, 900 + (k * 13) % 300, at);
             store.observe_window(WindowMetric::WorkPerEntry, edge, 100 + (k * 17 + i) % 400, at);
             store.observe_window(WindowMetric::RetryRatio, edge, u64::from(k % 24 == 0) * 10, at);

@@ -31,6 +31,10 @@ pub struct EdgeFeatures {
     pub retries: u64,
     /// Payload bytes the calls reported (response bodies, message bodies); 0 when unreported.
     pub bytes: u64,
+    /// Time the calls took, summed, in microseconds: work, not wall time (concurrent calls
+    /// each count in full). A call takes its caller's client span's duration, or the callee's
+    /// server span's where no client span stands for it.
+    pub work_micros: u64,
 }
 
 /// Cache lookups and the calls on one database edge made beside them (under the same parent
@@ -146,6 +150,7 @@ struct Call {
     failed: bool,
     resend: bool,
     bytes: u32,
+    nanos: u64,
 }
 
 /// Extracts the features of one completed trace.
@@ -303,6 +308,7 @@ fn calls_of(spans: &[Span], tree: &SpanTree, resolver: &mut EntryResolver<'_>) -
                 resend: span.retry,
                 // Either side may report the payload; they describe the same response.
                 bytes: span.bytes.max(answered_by.map_or(0, |server| server.bytes)),
+                nanos: span.duration_nanos(),
             });
         } else if span.kind.is_entry() {
             // Entry span called directly from another service's non-client span.
@@ -317,6 +323,7 @@ fn calls_of(spans: &[Span], tree: &SpanTree, resolver: &mut EntryResolver<'_>) -
                     failed: span.is_error,
                     resend: span.retry,
                     bytes: span.bytes,
+                    nanos: span.duration_nanos(),
                 });
             }
         }
@@ -342,6 +349,7 @@ fn edges_of(calls: &[Call]) -> (Vec<EdgeFeatures>, Vec<(Edge, SpanId, u64)>) {
                 errors: 0,
                 retries: 0,
                 bytes: 0,
+                work_micros: 0,
             });
         }
         if !same_parent {
@@ -353,6 +361,7 @@ fn edges_of(calls: &[Call]) -> (Vec<EdgeFeatures>, Vec<(Edge, SpanId, u64)>) {
         }
         let edge = edges.last_mut().expect("pushed above");
         edge.bytes += u64::from(call.bytes);
+        edge.work_micros = edge.work_micros.saturating_add(call.nanos / 1_000);
         edge.errors += u64::from(call.failed);
         edge.retries += u64::from(call.resend || previous_failed);
         previous_failed = call.failed;

@@ -404,6 +404,7 @@ impl Config {
                 min_excess: self.detect.min_excess,
                 critical_factor: self.detect.critical_factor,
                 false_alarm_rate: self.detect.false_alarm_rate,
+                min_excess_work_ms: self.detect.min_excess_work.as_secs_f64() * 1_000.0,
             },
             throttle_nanos: self.detect.throttle.as_nanos() as u64,
             window: stormwatch_detect::WindowConfig {

@@ -184,6 +184,10 @@ pub enum ChangeKind {
     CacheBypass,
     /// Attack: a rare legitimate entry rises to `weight` of traffic, from many clients.
     MixShift,
+    /// Attack: for `share` of `entry`'s requests the database call `call` takes `duration_ms`
+    /// (a search pattern that makes the database scan a table): the same statement, the same
+    /// count, far more time.
+    ScanningQuery,
     /// Attack: every call named in `calls` runs `factor` times as often (a cache in `calls`
     /// misses `factor` times as often) for `share` of requests: each edge moves a little,
     /// too little for its own detector, but many move together.
@@ -194,6 +198,9 @@ pub enum ChangeKind {
     Diurnal,
     /// Legitimate: a deploy adds one cheap call (`add`) to `operation`.
     NewCall,
+    /// Legitimate: every call to the database `db` takes `factor` times as long (a vacuum, a
+    /// backup, a noisy neighbour), ramping up over the first quarter of the change.
+    Slowdown,
     /// Legitimate: `entry` (no traffic before `start`) takes `weight` of traffic from then on:
     /// a new page or feature, a rare class the engine has never seen.
     NewEntry,
@@ -211,6 +218,7 @@ impl ChangeKind {
                 | ChangeKind::CacheBypass
                 | ChangeKind::MixShift
                 | ChangeKind::CorrelatedShift
+                | ChangeKind::ScanningQuery
         )
     }
 
@@ -227,6 +235,8 @@ impl ChangeKind {
             ChangeKind::FlashCrowd => "flash_crowd",
             ChangeKind::Diurnal => "diurnal",
             ChangeKind::NewCall => "new_call",
+            ChangeKind::ScanningQuery => "scanning_query",
+            ChangeKind::Slowdown => "slowdown",
         }
     }
 }
@@ -260,6 +270,12 @@ pub struct Change {
     /// New call count (fan-out, N+1).
     #[serde(default)]
     pub count: Option<Count>,
+    /// How long the call takes, milliseconds (scanning query).
+    #[serde(default)]
+    pub duration_ms: Option<Count>,
+    /// The database it applies to, `system:namespace` (slowdown).
+    #[serde(default)]
+    pub db: Option<String>,
     /// Share of matching requests affected (fan-out, N+1), 0..=1.
     #[serde(default = "one")]
     pub share: f64,
@@ -480,6 +496,16 @@ impl Scenario {
                 needs("count", change.count.is_some())?;
             }
             ChangeKind::RetryStorm => needs("operation", change.operation.is_some())?,
+            ChangeKind::ScanningQuery => {
+                needs("call", change.call.is_some())?;
+                needs("duration_ms", change.duration_ms.is_some())?;
+            }
+            ChangeKind::Slowdown => {
+                needs("db", change.db.is_some())?;
+                if !(change.factor >= 1.0 && change.factor.is_finite()) {
+                    return Err(format!("{at}.factor: a slowdown is 1 or more, not {}", change.factor));
+                }
+            }
             ChangeKind::CacheBypass => needs("call", change.call.is_some())?,
             ChangeKind::MixShift | ChangeKind::NewEntry => needs("entry", change.entry.is_some())?,
             ChangeKind::CorrelatedShift => {

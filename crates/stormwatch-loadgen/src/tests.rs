@@ -294,3 +294,61 @@ fn sampling_keeps_a_share_of_the_same_traces_and_says_so() {
     assert!(whole.iter().all(|t| t.request.resource_spans[0].scope_spans[0].spans[0].trace_state.is_empty()));
     assert!(Scenario::parse(&format!("sampling = 1.5\n{SMALL}")).unwrap_err().to_string().contains("sampling"));
 }
+
+/// Durations of the `item-row` queries (milliseconds) before, during and after [30 s, 90 s).
+fn item_row_millis(scenario: &Scenario) -> ([Vec<f64>; 3], Labels) {
+    let mut generator = Generator::new(scenario);
+    let mut phases: [Vec<f64>; 3] = Default::default();
+    for trace in generator.by_ref() {
+        for span in trace.request.resource_spans.iter().flat_map(|rs| &rs.scope_spans[0].spans) {
+            let offset = span.start_time_unix_nano - scenario.start_unix_seconds * 1_000_000_000;
+            let phase = match offset / 1_000_000_000 {
+                0..30 => 0,
+                30..90 => 1,
+                _ => 2,
+            };
+            if span.attributes.iter().any(|kv| kv.key == "db.query.text" && format!("{:?}", kv.value).contains("items"))
+            {
+                phases[phase].push((span.end_time_unix_nano - span.start_time_unix_nano) as f64 / 1e6);
+            }
+        }
+    }
+    (phases, generator.into_labels())
+}
+
+#[test]
+fn scanning_queries_and_slowdowns_change_time_not_counts() {
+    let quiet = SMALL.replace("[[changes]]\nname = \"big-page\"", "[[changes]]\nname = \"big-page\"\nshare = 0.0");
+    let median = |values: &[f64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    };
+    let scanning = Scenario::parse(&format!(
+        "{quiet}\n[[changes]]\nname = \"scan\"\nkind = \"scanning_query\"\nstart = \"30s\"\nend = \"90s\"\n\
+         entry = \"web GET /page\"\ncall = \"item-row\"\nduration_ms = \"uniform(30,60)\"\nshare = 0.5\n\
+         detect_as = [\"cost_amplification\"]\n"
+    ))
+    .unwrap();
+    let ([before, during, after], labels) = item_row_millis(&scanning);
+    assert!(median(&before) < 2.0 && median(&after) < 2.0, "{} {}", median(&before), median(&after));
+    let scanned = during.iter().filter(|ms| (30.0..=61.0).contains(*ms)).count() as f64 / during.len() as f64;
+    assert!((0.4..0.6).contains(&scanned), "half the requests scan: {scanned}");
+    assert!(labels.changes.iter().any(|c| c.name == "scan" && c.attack && c.traces > 0));
+    // Waits for a lock: a few queries in a thousand take milliseconds more.
+    let slow = before.iter().chain(&after).filter(|ms| **ms > 5.0).count();
+    assert!(slow > 0 && slow * 100 < before.len() + after.len(), "{slow} of {}", before.len() + after.len());
+
+    let slowdown = Scenario::parse(&format!(
+        "{quiet}\n[[changes]]\nname = \"vacuum\"\nkind = \"slowdown\"\nstart = \"30s\"\nend = \"90s\"\n\
+         db = \"postgresql:app\"\nfactor = 10.0\n"
+    ))
+    .unwrap();
+    let ([before, during, _], labels) = item_row_millis(&slowdown);
+    // Ramping up over 15 s, then ten times slower.
+    let late: Vec<f64> = during[during.len() / 2..].to_vec();
+    assert!(median(&late) > 8.0 * median(&before), "{} vs {}", median(&late), median(&before));
+    assert!(labels.changes.iter().any(|c| c.name == "vacuum" && !c.attack));
+    let wrong = format!("{quiet}\n[[changes]]\nname = \"v\"\nkind = \"slowdown\"\nstart = \"30s\"\nend = \"90s\"\n");
+    assert!(Scenario::parse(&wrong).unwrap_err().to_string().contains("a slowdown change needs `db`"));
+}

@@ -30,6 +30,9 @@ pub enum AlertKind {
     /// The traffic invents service, operation, statement or peer names faster than the
     /// engine's cardinality limits allow: new names are being folded into `<overflow>`.
     CardinalityFlood,
+    /// Work in time (the summed duration of the calls on an edge) per root request far
+    /// beyond the root class's baseline, beyond what a callee slower for everyone explains.
+    CostAmplification,
 }
 
 impl AlertKind {
@@ -45,11 +48,12 @@ impl AlertKind {
             AlertKind::NewEdge => "new_edge",
             AlertKind::CorrelatedStorm => "correlated_storm",
             AlertKind::CardinalityFlood => "cardinality_flood",
+            AlertKind::CostAmplification => "cost_amplification",
         }
     }
 
     /// Every kind, in the order of [`AlertKind::index`].
-    pub const ALL: [AlertKind; 9] = [
+    pub const ALL: [AlertKind; 10] = [
         AlertKind::FanoutAmplification,
         AlertKind::RequestAmplification,
         AlertKind::NPlusOne,
@@ -59,6 +63,7 @@ impl AlertKind {
         AlertKind::NewEdge,
         AlertKind::CorrelatedStorm,
         AlertKind::CardinalityFlood,
+        AlertKind::CostAmplification,
     ];
 
     /// Where this kind's alert counts go in `[u64; AlertKind::ALL.len()]` arrays.

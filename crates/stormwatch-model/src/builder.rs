@@ -119,6 +119,13 @@ impl TraceBuilder {
         }
     }
 
+    /// Sets how long the last added span took.
+    pub fn duration_last(&mut self, nanos: u64) {
+        if let Some(span) = self.spans.last_mut() {
+            span.end_unix_nano = span.start_unix_nano + nanos;
+        }
+    }
+
     /// A cache lookup: a client span with a virtual cache callee.
     pub fn cache(&mut self, service: &str, cache: &str, parent: SpanId) -> SpanId {
         let id = self.add(service, "GET", SpanKind::Client, Some(parent));

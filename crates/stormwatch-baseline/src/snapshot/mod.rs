@@ -96,6 +96,13 @@ struct FanoutDoc {
 }
 
 #[derive(Serialize, Deserialize)]
+struct RequestWorkDoc {
+    entry: ClassDoc,
+    edge: EdgeDoc,
+    work_micros_per_request: Distribution,
+}
+
+#[derive(Serialize, Deserialize)]
 struct RequestEdgeDoc {
     entry: ClassDoc,
     edge: EdgeDoc,
@@ -188,6 +195,8 @@ struct SnapshotDoc {
     window_classes: Vec<WindowClassDoc>,
     #[serde(default)]
     seasonal: Vec<SeasonalDoc>,
+    #[serde(default)]
+    request_work: Vec<RequestWorkDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     correlated: Option<CorrelatedDoc>,
 }
@@ -331,6 +340,14 @@ pub fn encode_snapshot(store: &BaselineStore) -> Vec<u8> {
                 calls_per_request: d.clone(),
             })
             .collect(),
+        request_work: sorted(&store.request_work)
+            .into_iter()
+            .map(|((class, edge), d)| RequestWorkDoc {
+                entry: class_doc(class),
+                edge: edge_doc(edge),
+                work_micros_per_request: d.clone(),
+            })
+            .collect(),
         request_totals: sorted(&store.request_totals)
             .into_iter()
             .map(|((class, metric), d)| RequestTotalDoc {
@@ -451,6 +468,7 @@ pub fn decode_snapshot(bytes: &[u8], max_keys: usize, origin: &Path) -> Result<B
         ("windows", doc.windows.len()),
         ("window_classes", doc.window_classes.len()),
         ("seasonal", doc.seasonal.len()),
+        ("request_work", doc.request_work.len()),
     ] {
         fits(table, entries, max_keys).map_err(corrupt)?;
     }
@@ -463,6 +481,10 @@ pub fn decode_snapshot(bytes: &[u8], max_keys: usize, origin: &Path) -> Result<B
     for (i, entry) in doc.request_edges.into_iter().enumerate() {
         let key = (class_of(&entry.entry), edge_of(&entry.edge).map_err(corrupt)?);
         store.request_edges.insert(key, checked(entry.calls_per_request, "request_edges", i).map_err(corrupt)?);
+    }
+    for (i, entry) in doc.request_work.into_iter().enumerate() {
+        let key = (class_of(&entry.entry), edge_of(&entry.edge).map_err(corrupt)?);
+        store.request_work.insert(key, checked(entry.work_micros_per_request, "request_work", i).map_err(corrupt)?);
     }
     for (i, entry) in doc.request_totals.into_iter().enumerate() {
         let metric =

@@ -15,6 +15,7 @@ fn sample_store() -> BaselineStore {
     for i in 0..300 {
         store.observe_fanout(edge, &[1 + i % 5], 1_000 + i);
         store.observe_request_edge(class, edge, 3, 1_000 + i);
+        store.observe_request_work(class, edge, 700 + i * 13 % 400, 1_000 + i);
         store.observe_request_total(class, RequestMetric::Spans, 12, 1_000 + i);
         store.observe_window(WindowMetric::CacheMissRatio, edge, 100, 1_000 + i);
         store.observe_window_class(class, edge, 30, 1_000 + i);
@@ -44,6 +45,8 @@ fn round_trip_is_exact_and_stable() {
     let restored = load_snapshot(dir.path(), 100).unwrap().unwrap();
     assert_eq!(restored.fanout, store.fanout);
     assert_eq!(restored.request_edges, store.request_edges);
+    assert_eq!(restored.request_work, store.request_work);
+    assert_eq!(restored.request_work.len(), 1);
     assert_eq!(restored.request_totals, store.request_totals);
     assert_eq!(restored.class_scopes, store.class_scopes);
     assert_eq!(restored.class_scopes.len(), 3, "route, service and system");

@@ -4,10 +4,10 @@
 
 use std::collections::HashSet;
 
-use stormwatch_model::{Edge, NodeName, RootClass};
+use stormwatch_model::{Edge, NodeKind, NodeName, RootClass, Sym};
 
 use super::{BaselineStore, ClassScope, DailyProfile, EdgeScope, RequestMetric, Table, WindowMetric};
-use crate::SubspaceModel;
+use crate::{Pace, SubspaceModel};
 
 impl BaselineStore {
     /// Calls per parent span, per edge.
@@ -18,6 +18,17 @@ impl BaselineStore {
     /// Calls per root request, per (root class, edge).
     pub fn request_edges(&self) -> &Table<(RootClass, Edge)> {
         &self.request_edges
+    }
+
+    /// Work per root request on an edge (microseconds of call time), per (root class, edge).
+    pub fn request_work(&self) -> &Table<(RootClass, Edge)> {
+        &self.request_work
+    }
+
+    /// How many times slower than usual `callee` answers lately (1 when not slower, or not
+    /// known well enough): see [`Pace`].
+    pub fn slowdown(&self, callee: (Sym, NodeKind)) -> f64 {
+        self.pace.get(&callee).map_or(1.0, Pace::slowdown)
     }
 
     /// Spans, DB calls and services per root request, per root class.

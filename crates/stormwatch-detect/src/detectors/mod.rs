@@ -5,6 +5,8 @@
 //!   baseline (the fan-out of an edge into a database or cache).
 //! * `request_amplification`: work per root request (calls on an edge, or spans, DB calls,
 //!   services in total) far beyond its root class's baseline.
+//! * `cost_amplification`: work in time per root request on an edge (its calls' durations,
+//!   summed) far beyond its root class's baseline (`cost`).
 //!
 //! A value is anomalous when it exceeds `max(q * ratio, q + min_excess, tail)`, `q` being the
 //! baseline's `quantile` (p99 by default): a loop that is normally 1-5 stays quiet, the same
@@ -20,9 +22,10 @@
 //! incomplete traces never train it either.
 //!
 //! One incident, one alert: per-parent findings are reported first; request-level ones only
-//! when no per-parent finding explains the trace, and totals only when no edge does. Within a
-//! tier, an edge whose caller is the callee of another anomalous edge is a consequence and is
-//! left out.
+//! when no per-parent finding explains the trace; work in time only when no call count does
+//! (a loop of calls also takes time); totals only when no edge does. Within a count tier, an
+//! edge whose caller is the callee of another anomalous edge is a consequence and is left out;
+//! in time, the deepest edge is reported (time nests).
 //!
 //! `judge` holds the thresholds and which baseline judges (own, borrowed, the system's);
 //! `wording` the findings' sentences.
@@ -35,6 +38,7 @@ use stormwatch_model::{AlertKind, Edge, Node, RootClass, Severity};
 use crate::features::TraceFeatures;
 use crate::Finding;
 
+mod cost;
 mod judge;
 mod wording;
 
@@ -59,6 +63,8 @@ pub struct DetectConfig {
     /// Per-observation probability of a false alarm that heavy-tailed baselines are
     /// extrapolated to.
     pub false_alarm_rate: f64,
+    /// `min_excess` of work in time (`cost_amplification`), milliseconds per request.
+    pub min_excess_work_ms: f64,
 }
 
 impl DetectConfig {
@@ -82,6 +88,7 @@ impl Default for DetectConfig {
             min_excess: 10.0,
             critical_factor: 4.0,
             false_alarm_rate: 1e-5,
+            min_excess_work_ms: 20.0,
         }
     }
 }
@@ -98,18 +105,22 @@ fn root_causes(pending: Vec<Pending>) -> Vec<Pending> {
 pub fn detect(features: &TraceFeatures, store: &BaselineStore, config: &DetectConfig) -> (Vec<Finding>, Anomalies) {
     let mut anomalies = Anomalies::default();
     let per_parent = judge_per_parent(features, store, config, &mut anomalies);
-    let (per_request, mut totals) = match features.root_class {
+    let (per_request, cost, mut totals) = match features.root_class {
         Some(class) => (
             judge_request_edges(features, class, store, config, &mut anomalies),
+            cost::judge_cost(features, class, store, config, &mut anomalies),
             judge_totals(features, class, store, config, &mut anomalies),
         ),
-        None => (Vec::new(), Vec::new()),
+        None => (Vec::new(), Vec::new(), Vec::new()),
     };
     hold_young_request_edges(features, store, config, &mut anomalies);
     let chosen = if !per_parent.is_empty() {
         root_causes(per_parent)
     } else if !per_request.is_empty() {
         root_causes(per_request)
+    } else if !cost.is_empty() {
+        // Already the deepest along each path (`cost`).
+        cost
     } else {
         // The largest relative excess speaks for the request; the other totals follow from it.
         totals.sort_by(|a, b| {
@@ -157,6 +168,8 @@ fn judge_per_parent(
             metric: None,
             observed: edge.max_calls_per_parent,
             unit: "calls_per_parent",
+            scale: 1.0,
+            allowance: None,
             judgement,
         });
     }
@@ -181,6 +194,8 @@ fn judge_request_edges(
                 metric: None,
                 observed: edge.calls,
                 unit: "calls_per_request",
+                scale: 1.0,
+                allowance: None,
                 judgement,
             });
         }
@@ -233,6 +248,8 @@ fn judge_totals(
                 RequestMetric::DbCalls => "db_calls_per_request",
                 RequestMetric::Services => "services_per_request",
             },
+            scale: 1.0,
+            allowance: None,
             judgement,
         });
     }
@@ -349,6 +366,8 @@ pub struct Anomalies {
     /// learned.
     fanout_held: HashMap<Edge, f64>,
     request_edges: HashSet<Edge>,
+    /// Edges whose work per request was beyond its threshold: not learned.
+    request_work: HashSet<Edge>,
     /// Young per-request edge counts of a request beyond a borrowed threshold: held back.
     request_edges_held: HashSet<Edge>,
     totals: HashSet<RequestMetric>,
@@ -388,6 +407,7 @@ pub fn learn(features: &TraceFeatures, store: &mut BaselineStore, anomalies: &An
                 store.observe_request_edge(class, edge.edge, edge.calls, at);
             }
         }
+        cost::learn_cost(features, class, store, anomalies);
         for metric in RequestMetric::ALL {
             let value = total(features, metric);
             match (anomalies.totals.contains(&metric), anomalies.borrowed.contains(&metric)) {

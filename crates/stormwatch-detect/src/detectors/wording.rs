@@ -33,6 +33,11 @@ pub(super) struct Pending {
     pub(super) metric: Option<RequestMetric>,
     pub(super) observed: u64,
     pub(super) unit: &'static str,
+    /// `observed` and the judgement's figures in units of the reported one (1000: microseconds
+    /// reported in milliseconds).
+    pub(super) scale: f64,
+    /// Said after the limits, when the judgement allowed for something (a slower callee).
+    pub(super) allowance: Option<String>,
     pub(super) judgement: Judgement,
 }
 
@@ -40,15 +45,23 @@ impl Pending {
     /// The finding as reported, with its sentence and severity.
     pub(super) fn finish(self, features: &TraceFeatures, config: &DetectConfig) -> Finding {
         let Judgement { expected, threshold, samples, since, basis } = self.judgement;
-        let observed = self.observed as f64;
+        let (observed, expected, threshold) =
+            (self.observed as f64 / self.scale, expected / self.scale, threshold / self.scale);
         let entry = features.root_class;
-        let explanation = self.sentence(entry, &limits(basis, expected, threshold, samples));
+        let mut limits = limits(basis, expected, threshold, samples);
+        if let Some(allowance) = &self.allowance {
+            limits = format!("{limits}; {allowance}");
+        }
+        let explanation = self.sentence(entry, observed, &limits);
         let from = match basis {
             Basis::Own => None,
             Basis::Borrowed(scope, _) => Some(scope.to_string()),
             Basis::Unprecedented => Some(ClassScope::System.to_string()),
         };
+        let contributors =
+            if self.kind == AlertKind::CostAmplification { super::cost::requester(features) } else { Vec::new() };
         Finding::judged(self.kind, observed, expected, threshold, self.unit, config)
+            .caused_by(contributors)
             .on(self.edge)
             .entering(entry)
             .of(self.metric)
@@ -59,8 +72,15 @@ impl Pending {
     }
 
     /// What happened, in one sentence ending with the limits it broke.
-    fn sentence(&self, entry: Option<RootClass>, limits: &str) -> String {
+    fn sentence(&self, entry: Option<RootClass>, observed: f64, limits: &str) -> String {
         match (self.kind, self.edge, self.metric) {
+            (AlertKind::CostAmplification, Some(edge), _) => format!(
+                "One request entering at {} spent {} ms in calls from {} to {} ({limits}).",
+                entry.map_or_else(|| "an unknown entry point".into(), |c| c.to_string()),
+                number(observed),
+                edge.from,
+                edge.to
+            ),
             (AlertKind::NPlusOne, Some(edge), _) => format!(
                 "{} ran `{}` on {} {} times under one `{}` span ({limits}){}.",
                 edge.from.service,

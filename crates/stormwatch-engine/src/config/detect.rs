@@ -17,6 +17,10 @@ pub struct DetectSection {
     pub ratio: f64,
     /// ... and above `quantile + min_excess`.
     pub min_excess: f64,
+    /// `min_excess` of work in time (`cost_amplification`): a request's calls on an edge must
+    /// take this much longer than the baseline's quantile before it alerts.
+    #[serde(with = "humantime_serde")]
+    pub min_excess_work: Duration,
     /// Critical at this multiple of the threshold.
     pub critical_factor: f64,
     /// Heavy-tailed baselines: the per-observation false-alarm probability their tail is
@@ -47,6 +51,7 @@ impl Default for DetectSection {
             quantile: defaults.quantile,
             ratio: defaults.ratio,
             min_excess: defaults.min_excess,
+            min_excess_work: Duration::from_secs_f64(defaults.min_excess_work_ms / 1_000.0),
             critical_factor: defaults.critical_factor,
             false_alarm_rate: defaults.false_alarm_rate,
             throttle: Duration::from_nanos(EngineConfig::default().throttle_nanos),

@@ -1,0 +1,120 @@
+//! How fast a callee answers lately against how fast it usually does.
+//!
+//! Time amplification judges the work a request caused against what requests of its class
+//! usually cause. A database that slows down for everyone (a backup, a vacuum, a noisy
+//! neighbour) makes every request's work rise at once: that is a latency incident, not one
+//! request class abusing a channel. The per-trace cost detector stretches its thresholds by the
+//! callee's slowdown, so only work beyond what the slower callee explains is an anomaly. The
+//! estimate is a geometric mean (of `ln(1 + microseconds)`), so a few slow calls (one
+//! request's scanning query among many ordinary ones) move it little.
+
+/// Calls the recent pace averages over (its exponential weighting's span).
+pub const PACE_RECENT_CALLS: f64 = 16.0;
+/// Event time the usual pace averages over while the callee answers at its usual pace (its
+/// exponential weighting's time constant), whatever the call rate.
+pub const PACE_USUAL_NANOS: u64 = 10 * 60 * 1_000_000_000;
+/// While the callee is slower than [`PACE_SLOWED`], the usual pace follows this many times
+/// more slowly: a slowdown of an hour is still a slowdown, not the new usual, while a lasting
+/// change of pace becomes usual within a day.
+pub const PACE_SLOWED_INERTIA: u64 = 16;
+/// A slowdown beyond this factor holds the usual pace back ([`PACE_SLOWED_INERTIA`]).
+pub const PACE_SLOWED: f64 = 1.5;
+/// Observations before a pace is trusted; until then the slowdown is 1.
+pub const PACE_MIN_OBSERVATIONS: u64 = 64;
+
+/// The recent and usual call time of one callee.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Pace {
+    recent: f64,
+    usual: f64,
+    observations: u64,
+    last_unix_nano: u64,
+}
+
+impl Pace {
+    /// Learns one call time (microseconds) at event time `at`; a value that is not a finite
+    /// number is ignored.
+    pub fn observe(&mut self, micros: f64, at: u64) {
+        if !micros.is_finite() {
+            return;
+        }
+        let value = (1.0 + micros.max(0.0)).ln();
+        let slowed = self.slowdown() > PACE_SLOWED;
+        self.observations += 1;
+        let seen = self.observations as f64;
+        self.recent += (value - self.recent) / seen.min(PACE_RECENT_CALLS);
+        // The first calls set the usual pace (a plain mean); then it follows at a rate set by
+        // event time, not by calls.
+        let weight = if self.observations <= PACE_MIN_OBSERVATIONS {
+            1.0 / seen
+        } else {
+            let span = if slowed { PACE_USUAL_NANOS * PACE_SLOWED_INERTIA } else { PACE_USUAL_NANOS };
+            (at.saturating_sub(self.last_unix_nano) as f64 / span as f64).min(1.0)
+        };
+        self.usual += (value - self.usual) * weight;
+        self.last_unix_nano = self.last_unix_nano.max(at);
+    }
+
+    /// How many times slower than usual the callee answers lately: at least 1, and 1 until
+    /// [`PACE_MIN_OBSERVATIONS`] calls were seen.
+    pub fn slowdown(&self) -> f64 {
+        if self.observations < PACE_MIN_OBSERVATIONS {
+            return 1.0;
+        }
+        (self.recent - self.usual).max(0.0).exp()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Calls 10 ms of event time apart.
+    const STEP: u64 = 10_000_000;
+
+    fn jittered(i: u64, typical: f64) -> f64 {
+        // 0.5x to 1.5x, deterministic.
+        typical * (0.5 + (i.wrapping_mul(2_654_435_761) % 1000) as f64 / 1000.0)
+    }
+
+    #[test]
+    fn a_callee_slowing_for_everyone_shows_and_one_slow_call_barely_does() {
+        let mut pace = Pace::default();
+        let mut at = 0;
+        let mut calls = |pace: &mut Pace, count: u64, typical: f64| {
+            for i in 0..count {
+                at += STEP;
+                pace.observe(jittered(i, typical), at);
+            }
+        };
+        calls(&mut pace, 5_000, 700.0);
+        assert!(pace.slowdown() < 1.3, "ordinary jitter: {}", pace.slowdown());
+        // One scanning query of 40 ms among ordinary calls.
+        pace.observe(40_000.0, 5_000 * STEP);
+        calls(&mut pace, 15, 700.0);
+        assert!(pace.slowdown() < 1.5, "one slow call: {}", pace.slowdown());
+        // Every call ten times slower.
+        calls(&mut pace, 200, 7_000.0);
+        let slowed = pace.slowdown();
+        assert!((6.0..14.0).contains(&slowed), "everyone slower: {slowed}");
+        // An hour-long slowdown is still one...
+        calls(&mut pace, 360_000, 7_000.0);
+        assert!(pace.slowdown() > 4.0, "held back while slowed: {}", pace.slowdown());
+        // ... and the pace returns once the callee does.
+        calls(&mut pace, 100, 700.0);
+        assert!(pace.slowdown() < 1.3, "recovered: {}", pace.slowdown());
+    }
+
+    #[test]
+    fn a_young_pace_and_bad_values_say_nothing() {
+        let mut pace = Pace::default();
+        for i in 0..PACE_MIN_OBSERVATIONS - 1 {
+            pace.observe(1_000.0, i * STEP);
+        }
+        pace.observe(f64::NAN, 0);
+        pace.observe(f64::INFINITY, 0);
+        assert_eq!(pace.slowdown(), 1.0);
+        pace.observe(-5.0, 0);
+        assert_eq!(pace.slowdown(), 1.0, "negative times are zero, and the pace was 1000 µs");
+    }
+}

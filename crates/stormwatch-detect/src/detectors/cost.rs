@@ -1,0 +1,202 @@
+//! `cost_amplification`: work in time per root request on an edge far beyond its root class's
+//! baseline.
+//!
+//! A call's work is its duration: the caller's client span, or the callee's server span where
+//! no client span stands for the call. An edge's work in a request is the sum over its calls,
+//! so concurrent calls each count in full (work, not wall time). One search whose pattern makes
+//! the database scan a table is one call of the usual statement, and 40 ms where 0.7 ms is
+//! usual: the call counts see nothing, the work does.
+//!
+//! The threshold is the per-trace rule (`max(q * ratio, q + min_excess, tail)`) with the
+//! absolute excess in time ([`DetectConfig::min_excess_work_ms`]), so latency jitter of a few
+//! milliseconds is not an incident. It is stretched by how much slower than usual the callee
+//! answers everyone lately ([`stormwatch_baseline::Pace`]): a database slowing down for every
+//! caller is a latency incident, not a request class abusing a channel.
+//!
+//! Time nests: a call's duration includes what its callee waited for downstream. Of findings
+//! along one path the deepest is reported, the edge where the time was spent.
+
+use std::collections::HashSet;
+
+use stormwatch_baseline::BaselineStore;
+use stormwatch_model::{AlertKind, Contributor, Node, RootClass};
+
+use super::judge::judge;
+use super::wording::Pending;
+use super::{Anomalies, DetectConfig};
+use crate::features::TraceFeatures;
+
+/// Microseconds per millisecond: work is learned in microseconds, reported in milliseconds.
+pub(super) const MICROS_PER_MILLI: f64 = 1_000.0;
+
+/// The per-trace rules with the absolute excess in microseconds.
+fn cost_rules(config: &DetectConfig) -> DetectConfig {
+    DetectConfig { min_excess: config.min_excess_work_ms * MICROS_PER_MILLI, ..config.clone() }
+}
+
+/// Work per request on each edge against the class's baseline for it, the threshold stretched
+/// by the callee's slowdown.
+pub(super) fn judge_cost(
+    features: &TraceFeatures,
+    class: RootClass,
+    store: &BaselineStore,
+    config: &DetectConfig,
+    anomalies: &mut Anomalies,
+) -> Vec<Pending> {
+    let rules = cost_rules(config);
+    let mut pending = Vec::new();
+    for edge in features.edges.iter().filter(|e| e.work_micros > 0) {
+        let Some(baseline) = store.request_work().get(&(class, edge.edge)) else { continue };
+        let slowdown = store.slowdown((edge.edge.to.service, edge.edge.to.kind));
+        let paced = (edge.work_micros as f64 / slowdown) as u64;
+        let Some(mut judgement) = judge(Some(baseline), paced, &rules) else { continue };
+        judgement.expected *= slowdown;
+        judgement.threshold *= slowdown;
+        anomalies.request_work.insert(edge.edge);
+        pending.push(Pending {
+            kind: AlertKind::CostAmplification,
+            edge: Some(edge.edge),
+            metric: None,
+            observed: edge.work_micros,
+            unit: "work_ms_per_request",
+            scale: MICROS_PER_MILLI,
+            allowance: (slowdown >= 1.05).then(|| {
+                format!("{} answers every caller {slowdown:.1}x slower than usual lately, allowed for", edge.edge.to)
+            }),
+            judgement,
+        });
+    }
+    deepest(pending)
+}
+
+/// Who a cost finding's work is attributed to: the request's class, its client population and
+/// its user, each with all of it (one request caused it).
+pub(super) fn requester(features: &TraceFeatures) -> Vec<Contributor> {
+    let whole = |name: String| Contributor { name, share: 1.0 };
+    let mut contributors: Vec<Contributor> =
+        features.root_class.map(|c| whole(format!("entry {c}"))).into_iter().collect();
+    contributors.extend(features.client.map(|client| whole(format!("clients {client}"))));
+    contributors.extend(features.user.map(|user| whole(format!("user {user}"))));
+    contributors
+}
+
+/// Drops findings on edges whose callee made another finding's calls: its time was spent
+/// further down.
+fn deepest(pending: Vec<Pending>) -> Vec<Pending> {
+    let callers: HashSet<Node> = pending.iter().filter_map(|p| p.edge.map(|e| e.from)).collect();
+    pending.into_iter().filter(|p| p.edge.is_none_or(|e| !callers.contains(&e.to))).collect()
+}
+
+/// Learns each edge's work per request (unless judged anomalous) and each callee's pace
+/// (always: a callee slowing for everyone must show, whatever the requests were judged).
+pub(super) fn learn_cost(features: &TraceFeatures, class: RootClass, store: &mut BaselineStore, anomalies: &Anomalies) {
+    let at = features.end_unix_nano;
+    for edge in features.edges.iter().filter(|e| e.calls > 0) {
+        store.observe_pace((edge.edge.to.service, edge.edge.to.kind), edge.work_micros as f64 / edge.calls as f64, at);
+        if !anomalies.request_work.contains(&edge.edge) {
+            store.observe_request_work(class, edge.edge, edge.work_micros, at);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stormwatch_assemble::{CompletedTrace, Completion};
+    use stormwatch_model::builder::TraceBuilder;
+
+    use super::*;
+    use crate::detectors::{detect, learn};
+    use crate::features::extract;
+    use crate::Finding;
+
+    const STATEMENT: &str = "SELECT id, body FROM notes WHERE body LIKE ? LIMIT ?";
+
+    /// gateway `GET /search` -> notes `GET /notes/search` -> one query taking `query_micros`;
+    /// the client span to notes lasts as long as the query plus a millisecond (time nests).
+    fn search(seed: u64, query_micros: u64) -> TraceFeatures {
+        let start = seed * 10_000_000;
+        let mut t = TraceBuilder::new(seed, start);
+        let root = t.server("gateway", "GET /search", None);
+        t.client_last("10.9.0.0/16");
+        let call = t.client("gateway", "GET", root);
+        t.duration_last((query_micros + 1_000) * 1_000);
+        let notes = t.server("notes", "GET /notes/search", Some(call));
+        t.duration_last((query_micros + 800) * 1_000);
+        t.db("notes", "postgresql", STATEMENT, notes);
+        t.duration_last(query_micros * 1_000);
+        let spans = t.build();
+        extract(&CompletedTrace { trace_id: spans[0].trace_id, spans, completion: Completion::Idle, has_root: true })
+    }
+
+    /// 300 to 1,100 µs, and a query of several milliseconds now and then (1 in 250).
+    fn ordinary_micros(i: u64) -> u64 {
+        if i % 250 == 7 {
+            6_000 + i % 3_000
+        } else {
+            300 + i * 7_919 % 800
+        }
+    }
+
+    fn judged(store: &mut BaselineStore, features: &TraceFeatures) -> Vec<Finding> {
+        let (findings, anomalies) = detect(features, store, &DetectConfig::default());
+        learn(features, store, &anomalies);
+        findings
+    }
+
+    fn trained() -> BaselineStore {
+        let mut store = BaselineStore::new(1_000);
+        for i in 0..400 {
+            assert!(judged(&mut store, &search(i, ordinary_micros(i))).is_empty(), "learning, request {i}");
+        }
+        store
+    }
+
+    #[test]
+    fn a_scanning_query_is_one_alert_on_the_edge_where_the_time_went() {
+        let mut store = trained();
+        let findings = judged(&mut store, &search(1_000, 40_000));
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        let finding = &findings[0];
+        assert_eq!(finding.kind, AlertKind::CostAmplification);
+        let edge = finding.edge.expect("an edge");
+        assert_eq!((edge.from.service.as_str(), edge.to.operation.as_str()), ("notes", STATEMENT));
+        assert_eq!(finding.unit, "work_ms_per_request");
+        assert!((finding.observed - 40.0).abs() < 1e-9, "{}", finding.observed);
+        assert!(finding.threshold > 20.0 && finding.threshold < 40.0, "{}", finding.threshold);
+        assert!(finding.explanation.contains("spent 40 ms in calls from notes"), "{}", finding.explanation);
+        let names: Vec<&str> = finding.contributors.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["entry gateway `GET /search`", "clients 10.9.0.0/16"]);
+        // Not learned: the same query again is judged the same.
+        assert_eq!(judged(&mut store, &search(1_001, 40_000)).len(), 1);
+    }
+
+    #[test]
+    fn jitter_within_the_absolute_excess_is_not_an_incident() {
+        let mut store = trained();
+        // Ten times the usual query, but 12 ms: below the 20 ms of excess a request must add.
+        for i in 0..20 {
+            assert!(judged(&mut store, &search(2_000 + i, 12_000)).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_callee_slowing_for_everyone_is_allowed_for_and_a_scan_during_it_is_not() {
+        let mut store = trained();
+        // The database slows down over a few hundred requests to 20x its usual pace.
+        let mut fired = 0;
+        for i in 0..400u64 {
+            let factor = 1 + (19 * i / 200).min(19);
+            fired += judged(&mut store, &search(3_000 + i, factor * ordinary_micros(i))).len();
+        }
+        assert_eq!(fired, 0, "a slower database for everyone is not a cost incident");
+        assert!(store.slowdown((stormwatch_model::Sym::new("postgresql"), stormwatch_model::NodeKind::Database)) > 8.0);
+        // A scan far beyond what the slower database explains still fires, and says so.
+        let findings = judged(&mut store, &search(4_000, 2_000_000));
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert!(
+            findings[0].explanation.contains("slower than usual lately, allowed for"),
+            "{}",
+            findings[0].explanation
+        );
+    }
+}
