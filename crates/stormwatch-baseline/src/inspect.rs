@@ -113,6 +113,9 @@ pub fn rows(store: &BaselineStore) -> Vec<BaselineRow> {
     for ((class, edge), d) in &store.request_work {
         rows.push(BaselineRow::new("work_ms_per_request".into(), Some(edge), Some(class), d, 1000.0));
     }
+    for ((class, edge), d) in &store.request_bytes {
+        rows.push(BaselineRow::new("bytes_per_request".into(), Some(edge), Some(class), d, 1.0));
+    }
     for ((class, metric), d) in &store.request_totals {
         rows.push(BaselineRow::new(format!("per_request:{}", metric.as_str()), None, Some(class), d, 1.0));
     }

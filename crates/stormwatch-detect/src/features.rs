@@ -31,9 +31,11 @@ pub struct EdgeFeatures {
     pub retries: u64,
     /// Payload bytes the calls reported (response bodies, message bodies); 0 when unreported.
     pub bytes: u64,
-    /// Time the calls took, summed, in microseconds: work, not wall time (concurrent calls
-    /// each count in full). A call takes its caller's client span's duration, or the callee's
-    /// server span's where no client span stands for it.
+    /// Time the calls took in the callee, summed, in microseconds: work, not wall time
+    /// (concurrent calls each count in full). A call takes its caller's client span's duration
+    /// (the callee's server span's where no client span stands for it), less the time of the
+    /// calls the callee made in turn while answering it: each edge carries its callee's own
+    /// time, and a slow database shows on the edge into it, not on every edge above it.
     pub work_micros: u64,
 }
 
@@ -81,6 +83,12 @@ pub struct TraceFeatures {
     pub orphan_spans: u64,
     /// Parent links that loop back on themselves.
     pub has_cycle: bool,
+    /// Payload bytes the entry span sent back to the client (`http.response.body.size`); 0
+    /// when unreported.
+    pub response_bytes: u64,
+    /// Payload bytes of the request the entry span received (`http.request.body.size`); 0 when
+    /// unreported.
+    pub request_bytes: u64,
     /// How many traces this one stands for under probability sampling: its root span's
     /// adjusted count (without a root, its first span's); 1 when unsampled.
     pub adjusted_count: f32,
@@ -151,6 +159,10 @@ struct Call {
     resend: bool,
     bytes: u32,
     nanos: u64,
+    /// The span of the caller's service the call was made under (its entry span).
+    caller_entry: u32,
+    /// The server span that answered the call, when the callee is instrumented.
+    answer: Option<u32>,
 }
 
 /// Extracts the features of one completed trace.
@@ -196,6 +208,8 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
         edges,
         caches,
         client: root.and_then(|i| spans[i].client_address),
+        response_bytes: root.map_or(0, |i| u64::from(spans[i].bytes)),
+        request_bytes: root.map_or(0, |i| u64::from(spans[i].request_bytes)),
         user: root.and_then(|i| spans[i].user),
         orphan_spans,
         has_cycle: resolver.has_cycle,
@@ -288,13 +302,15 @@ fn calls_of(spans: &[Span], tree: &SpanTree, resolver: &mut EntryResolver<'_>) -
             continue;
         }
         if span.kind.is_outgoing() {
-            let caller = service_node(&spans[resolver.entry_of(i)]);
-            let answered_by = tree
+            let caller_entry = resolver.entry_of(i);
+            let caller = service_node(&spans[caller_entry]);
+            let answered_index = tree
                 .children(i)
                 .iter()
-                .map(|c| &spans[*c])
-                .filter(|child| child.kind.is_entry() || child.service != span.service)
-                .min_by_key(|child| child.start_unix_nano);
+                .copied()
+                .filter(|c| spans[*c].kind.is_entry() || spans[*c].service != span.service)
+                .min_by_key(|c| spans[*c].start_unix_nano);
+            let answered_by = answered_index.map(|c| &spans[c]);
             let callee = match (answered_by, span.remote) {
                 (Some(server), _) => service_node(server),
                 (None, Some(remote)) => Node { service: remote.name, operation: remote.operation, kind: remote.kind },
@@ -309,13 +325,16 @@ fn calls_of(spans: &[Span], tree: &SpanTree, resolver: &mut EntryResolver<'_>) -
                 // Either side may report the payload; they describe the same response.
                 bytes: span.bytes.max(answered_by.map_or(0, |server| server.bytes)),
                 nanos: span.duration_nanos(),
+                caller_entry: caller_entry as u32,
+                answer: answered_index.map(|index| index as u32),
             });
         } else if span.kind.is_entry() {
             // Entry span called directly from another service's non-client span.
             let Some(parent) = tree.parent_index[i] else { continue };
             let parent_span = &spans[parent];
             if parent_span.service != span.service && !parent_span.kind.is_outgoing() {
-                let caller = service_node(&spans[resolver.entry_of(parent)]);
+                let caller_entry = resolver.entry_of(parent);
+                let caller = service_node(&spans[caller_entry]);
                 calls.push(Call {
                     edge: Edge { from: caller, to: service_node(span) },
                     parent: parent_span.span_id,
@@ -324,11 +343,29 @@ fn calls_of(spans: &[Span], tree: &SpanTree, resolver: &mut EntryResolver<'_>) -
                     resend: span.retry,
                     bytes: span.bytes,
                     nanos: span.duration_nanos(),
+                    caller_entry: caller_entry as u32,
+                    answer: Some(i as u32),
                 });
             }
         }
     }
+    own_time(&mut calls, spans.len());
     calls
+}
+
+/// Leaves each call to an instrumented service with the time its callee spent itself: its
+/// duration less the calls the answering span's service made under it (at least zero; calls
+/// made concurrently may add up to more than the answer took).
+fn own_time(calls: &mut [Call], spans: usize) {
+    let mut downstream = vec![0u64; spans];
+    for call in calls.iter() {
+        downstream[call.caller_entry as usize] = downstream[call.caller_entry as usize].saturating_add(call.nanos);
+    }
+    for call in calls.iter_mut() {
+        if let Some(answer) = call.answer {
+            call.nanos = call.nanos.saturating_sub(downstream[answer as usize]);
+        }
+    }
 }
 
 /// The features of each edge (sorted by text, the same in every run), and the calls per

@@ -405,6 +405,7 @@ impl Config {
                 critical_factor: self.detect.critical_factor,
                 false_alarm_rate: self.detect.false_alarm_rate,
                 min_excess_work_ms: self.detect.min_excess_work.as_secs_f64() * 1_000.0,
+                min_excess_bytes: self.detect.min_excess_bytes as f64,
             },
             throttle_nanos: self.detect.throttle.as_nanos() as u64,
             window: stormwatch_detect::WindowConfig {

@@ -113,6 +113,9 @@ pub struct Operation {
     /// Response payload size in bytes (`http.response.body.size`), e.g. `"uniform(2000,20000)"`.
     #[serde(default)]
     pub response_bytes: Option<Count>,
+    /// Request payload size in bytes (`http.request.body.size`).
+    #[serde(default)]
+    pub request_bytes: Option<Count>,
 }
 
 fn default_duration_ms() -> f64 {
@@ -188,6 +191,9 @@ pub enum ChangeKind {
     /// (a search pattern that makes the database scan a table): the same statement, the same
     /// count, far more time.
     ScanningQuery,
+    /// Attack: for `share` of `entry`'s requests (all, without `entry`), `operation` responds
+    /// with `response_bytes` (bulk export through a legitimate endpoint, a response amplifier).
+    Exfiltration,
     /// Attack: every call named in `calls` runs `factor` times as often (a cache in `calls`
     /// misses `factor` times as often) for `share` of requests: each edge moves a little,
     /// too little for its own detector, but many move together.
@@ -219,6 +225,7 @@ impl ChangeKind {
                 | ChangeKind::MixShift
                 | ChangeKind::CorrelatedShift
                 | ChangeKind::ScanningQuery
+                | ChangeKind::Exfiltration
         )
     }
 
@@ -236,6 +243,7 @@ impl ChangeKind {
             ChangeKind::Diurnal => "diurnal",
             ChangeKind::NewCall => "new_call",
             ChangeKind::ScanningQuery => "scanning_query",
+            ChangeKind::Exfiltration => "exfiltration",
             ChangeKind::Slowdown => "slowdown",
         }
     }
@@ -273,6 +281,9 @@ pub struct Change {
     /// How long the call takes, milliseconds (scanning query).
     #[serde(default)]
     pub duration_ms: Option<Count>,
+    /// The response size, bytes (exfiltration).
+    #[serde(default)]
+    pub response_bytes: Option<Count>,
     /// The database it applies to, `system:namespace` (slowdown).
     #[serde(default)]
     pub db: Option<String>,
@@ -499,6 +510,10 @@ impl Scenario {
             ChangeKind::ScanningQuery => {
                 needs("call", change.call.is_some())?;
                 needs("duration_ms", change.duration_ms.is_some())?;
+            }
+            ChangeKind::Exfiltration => {
+                needs("operation", change.operation.is_some())?;
+                needs("response_bytes", change.response_bytes.is_some())?;
             }
             ChangeKind::Slowdown => {
                 needs("db", change.db.is_some())?;

@@ -352,3 +352,48 @@ fn scanning_queries_and_slowdowns_change_time_not_counts() {
     let wrong = format!("{quiet}\n[[changes]]\nname = \"v\"\nkind = \"slowdown\"\nstart = \"30s\"\nend = \"90s\"\n");
     assert!(Scenario::parse(&wrong).unwrap_err().to_string().contains("a slowdown change needs `db`"));
 }
+
+#[test]
+fn an_exfiltration_makes_a_share_of_an_operations_responses_huge_and_request_sizes_are_reported() {
+    let quiet =
+        SMALL.replace("[[changes]]\nname = \"big-page\"", "[[changes]]\nname = \"big-page\"\nshare = 0.0").replace(
+            "[services.web.\"GET /page\"]\n",
+            "[services.web.\"GET /page\"]\nresponse_bytes = \"uniform(1000,2000)\"\nrequest_bytes = \"100\"\n",
+        );
+    let scenario = Scenario::parse(&format!(
+        "{quiet}\n[[changes]]\nname = \"dump\"\nkind = \"exfiltration\"\nstart = \"30s\"\nend = \"90s\"\n\
+         operation = \"web GET /page\"\nresponse_bytes = \"50000000\"\nshare = 0.25\ndetect_as = [\"egress_amplification\"]\n"
+    ))
+    .unwrap();
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let int = |span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
+        span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::IntValue(n) => Some(*n),
+            _ => None,
+        })
+    };
+    let mut generator = Generator::new(&scenario);
+    let (mut dumped, mut during, mut outside_dumped) = (0, 0, 0);
+    for trace in generator.by_ref() {
+        let offset = (trace.start_unix_nano - scenario.start_unix_seconds * 1_000_000_000) / 1_000_000_000;
+        let root = trace
+            .request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans[0].spans)
+            .find(|s| s.parent_span_id.is_empty())
+            .unwrap();
+        assert_eq!(int(root, "http.request.body.size"), Some(100));
+        let huge = int(root, "http.response.body.size") == Some(50_000_000);
+        if (30..90).contains(&offset) {
+            during += 1;
+            dumped += u64::from(huge);
+        } else {
+            outside_dumped += u64::from(huge);
+        }
+    }
+    assert_eq!(outside_dumped, 0);
+    let share = dumped as f64 / during as f64;
+    assert!((0.18..0.32).contains(&share), "a quarter of the requests: {share}");
+    assert!(generator.into_labels().changes.iter().any(|c| c.name == "dump" && c.attack && c.traces == dumped));
+}

@@ -137,6 +137,7 @@ pub(crate) fn generate(
                 error_rate: spec.error_rate,
                 duration_ms: 0.5 + rng.unit() * 3.0,
                 response_bytes: Some(Count::Uniform(200, 8_000)),
+                request_bytes: None,
             };
             ops.insert(op_name.clone(), operation);
             if tier == 0 {

@@ -33,6 +33,10 @@ pub enum AlertKind {
     /// Work in time (the summed duration of the calls on an edge) per root request far
     /// beyond the root class's baseline, beyond what a callee slower for everyone explains.
     CostAmplification,
+    /// Payload bytes per root request far beyond the root class's baseline: what a request
+    /// sent back to its client (exfiltration, a response amplifier), or what a callee returned
+    /// to a caller inside the system.
+    EgressAmplification,
 }
 
 impl AlertKind {
@@ -49,11 +53,12 @@ impl AlertKind {
             AlertKind::CorrelatedStorm => "correlated_storm",
             AlertKind::CardinalityFlood => "cardinality_flood",
             AlertKind::CostAmplification => "cost_amplification",
+            AlertKind::EgressAmplification => "egress_amplification",
         }
     }
 
     /// Every kind, in the order of [`AlertKind::index`].
-    pub const ALL: [AlertKind; 10] = [
+    pub const ALL: [AlertKind; 11] = [
         AlertKind::FanoutAmplification,
         AlertKind::RequestAmplification,
         AlertKind::NPlusOne,
@@ -64,6 +69,7 @@ impl AlertKind {
         AlertKind::CorrelatedStorm,
         AlertKind::CardinalityFlood,
         AlertKind::CostAmplification,
+        AlertKind::EgressAmplification,
     ];
 
     /// Where this kind's alert counts go in `[u64; AlertKind::ALL.len()]` arrays.

@@ -50,6 +50,7 @@ impl TraceBuilder {
             client_address: None,
             user: None,
             bytes: 0,
+            request_bytes: 0,
             adjusted_count: 1.0,
         });
         span_id
@@ -116,6 +117,13 @@ impl TraceBuilder {
     pub fn bytes_last(&mut self, bytes: u32) {
         if let Some(span) = self.spans.last_mut() {
             span.bytes = bytes;
+        }
+    }
+
+    /// Sets the request payload bytes the last added span reports.
+    pub fn request_bytes_last(&mut self, bytes: u32) {
+        if let Some(span) = self.spans.last_mut() {
+            span.request_bytes = bytes;
         }
     }
 

@@ -69,6 +69,27 @@ impl Node {
     pub fn service(service: Sym, operation: Sym) -> Node {
         Node { service, operation, kind: NodeKind::Service }
     }
+
+    /// Where requests come from outside the system: the caller on the pseudo-edge to an entry
+    /// point, which carries what a request took in and gave back (`egress_amplification`).
+    pub fn clients() -> Node {
+        Node { service: Sym::new(CLIENTS), operation: Sym::new(""), kind: NodeKind::Peer }
+    }
+
+    /// Whether this is [`Node::clients`].
+    pub fn is_clients(&self) -> bool {
+        self.kind == NodeKind::Peer && self.service.as_str() == CLIENTS && self.operation.as_str().is_empty()
+    }
+}
+
+/// The name of [`Node::clients`].
+const CLIENTS: &str = "<clients>";
+
+impl Edge {
+    /// The pseudo-edge from outside the system to the entry point `class` came in through.
+    pub fn entering(class: &RootClass) -> Edge {
+        Edge { from: Node::clients(), to: Node::service(class.service, class.operation) }
+    }
 }
 
 impl fmt::Display for Node {

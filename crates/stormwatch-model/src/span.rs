@@ -82,6 +82,9 @@ pub struct Span {
     /// (`http.response.body.size`), the message body of a send (`messaging.message.body.size`);
     /// saturated at 4 GiB, 0 when not reported.
     pub bytes: u32,
+    /// Request payload bytes the span reports (`http.request.body.size`); saturated at
+    /// 4 GiB, 0 when not reported: with `bytes`, how much a request amplified.
+    pub request_bytes: u32,
     /// How many spans this one stands for under probability sampling: the reciprocal of the
     /// sampling probability its `tracestate` carries (`ot=th:...`), 1 when it carries none.
     pub adjusted_count: f32,

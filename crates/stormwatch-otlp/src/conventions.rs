@@ -103,6 +103,7 @@ pub(crate) struct AttrView<'s> {
     user: Option<&'s str>,
     resend_count: Option<i64>,
     bytes: Option<i64>,
+    request_bytes: Option<i64>,
 }
 
 impl<'s> AttrView<'s> {
@@ -164,6 +165,8 @@ impl<'s> AttrView<'s> {
             "http.response_content_length" | "messaging.message_payload_size_bytes" => {
                 self.bytes = self.bytes.or(Some(value));
             }
+            "http.request.body.size" => self.request_bytes = Some(value),
+            "http.request_content_length" => self.request_bytes = self.request_bytes.or(Some(value)),
             _ => {}
         }
     }
@@ -425,6 +428,7 @@ fn build_span(
         client_address,
         user,
         bytes: attrs.bytes.map_or(0, |bytes| bytes.clamp(0, i64::from(u32::MAX)) as u32),
+        request_bytes: attrs.request_bytes.map_or(0, |bytes| bytes.clamp(0, i64::from(u32::MAX)) as u32),
         adjusted_count: crate::sampling::adjusted_count(raw.trace_state),
     }
 }

@@ -113,6 +113,11 @@ mod tests {
                     value: Some(AnyValue { value: Some(any_value::Value::IntValue(48_213)) }),
                     ..Default::default()
                 },
+                KeyValue {
+                    key: "http.request.body.size".into(),
+                    value: Some(AnyValue { value: Some(any_value::Value::IntValue(312)) }),
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         };
@@ -126,7 +131,7 @@ mod tests {
         assert_eq!(span.kind, SpanKind::Server);
         assert_eq!(span.parent_span_id, None);
         assert_eq!(span.user.unwrap().as_str(), "alice");
-        assert_eq!(span.bytes, 48_213);
+        assert_eq!((span.bytes, span.request_bytes), (48_213, 312));
     }
 
     #[test]

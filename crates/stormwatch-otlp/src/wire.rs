@@ -272,6 +272,8 @@ mod tests {
         "enduser.id",
         "http.response.body.size",
         "http.response_content_length",
+        "http.request.body.size",
+        "http.request_content_length",
         "http.request.resend_count",
         "other",
     ];

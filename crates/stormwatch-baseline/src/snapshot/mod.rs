@@ -9,13 +9,15 @@ use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use stormwatch_model::{clean_name, Dimension, Edge, Node, NodeKind, RootClass, Sym};
 
 use crate::{
-    BaselineStore, ClassScope, DailyProfile, Distribution, EdgeScope, RequestMetric, SubspaceModel, WindowMetric,
-    LATEST_UNIX_NANO,
+    BaselineStore, ClassScope, Distribution, EdgeScope, RequestMetric, SubspaceModel, WindowMetric, LATEST_UNIX_NANO,
 };
+
+mod doc;
+
+use doc::*;
 
 /// The snapshot's file name in the models directory.
 pub const SNAPSHOT_FILE: &str = "baselines.json";
@@ -66,146 +68,6 @@ pub enum SnapshotError {
         /// The error writing it.
         source: std::io::Error,
     },
-}
-
-#[derive(Serialize, Deserialize)]
-struct NodeDoc {
-    service: String,
-    operation: String,
-    kind: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct EdgeDoc {
-    from: NodeDoc,
-    to: NodeDoc,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ClassDoc {
-    service: String,
-    operation: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    query_shape: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct FanoutDoc {
-    edge: EdgeDoc,
-    calls_per_parent: Distribution,
-}
-
-#[derive(Serialize, Deserialize)]
-struct RequestWorkDoc {
-    entry: ClassDoc,
-    edge: EdgeDoc,
-    work_micros_per_request: Distribution,
-}
-
-#[derive(Serialize, Deserialize)]
-struct RequestEdgeDoc {
-    entry: ClassDoc,
-    edge: EdgeDoc,
-    calls_per_request: Distribution,
-}
-
-#[derive(Serialize, Deserialize)]
-struct RequestTotalDoc {
-    entry: ClassDoc,
-    metric: String,
-    per_request: Distribution,
-}
-
-/// A request total above root classes: `level` is `route` (service and operation), `service`
-/// (service) or `system` (neither).
-#[derive(Serialize, Deserialize)]
-struct ClassScopeDoc {
-    level: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    service: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    operation: Option<String>,
-    metric: String,
-    per_request: Distribution,
-}
-
-/// A scope above edges: `pair` (every call from `from` to the service `to`) or `kind` (every
-/// call from `from` to any callee of `kind`).
-#[derive(Serialize, Deserialize)]
-struct EdgeScopeDoc {
-    level: String,
-    from: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    to: Option<String>,
-    kind: String,
-    calls_per_parent: Distribution,
-}
-
-#[derive(Serialize, Deserialize)]
-struct WindowDoc {
-    metric: String,
-    edge: EdgeDoc,
-    thousandths: Distribution,
-}
-
-#[derive(Serialize, Deserialize)]
-struct WindowClassDoc {
-    entry: ClassDoc,
-    edge: EdgeDoc,
-    per_thousand_entries: Distribution,
-}
-
-#[derive(Serialize, Deserialize)]
-struct SeasonalDoc {
-    metric: String,
-    edge: EdgeDoc,
-    hours: DailyProfile,
-}
-
-#[derive(Serialize, Deserialize)]
-struct CorrelatedDoc {
-    edges: Vec<EdgeDoc>,
-    mean: Vec<f64>,
-    scale: Vec<f64>,
-    components: Vec<Vec<f64>>,
-    kept: usize,
-    threshold: f64,
-    typical: f64,
-    samples: usize,
-    fitted_unix_nano: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct SnapshotDoc {
-    format: String,
-    version: u32,
-    watermark_unix_nano: u64,
-    fanout: Vec<FanoutDoc>,
-    request_edges: Vec<RequestEdgeDoc>,
-    request_totals: Vec<RequestTotalDoc>,
-    /// Added after version 1 first shipped; absent in older files, which still load (and
-    /// learn these again as traffic comes).
-    #[serde(default)]
-    class_scopes: Vec<ClassScopeDoc>,
-    #[serde(default)]
-    edge_scopes: Vec<EdgeScopeDoc>,
-    #[serde(default)]
-    windows: Vec<WindowDoc>,
-    #[serde(default)]
-    window_classes: Vec<WindowClassDoc>,
-    #[serde(default)]
-    seasonal: Vec<SeasonalDoc>,
-    #[serde(default)]
-    request_work: Vec<RequestWorkDoc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    correlated: Option<CorrelatedDoc>,
-}
-
-/// Only the header, read first so a version mismatch is reported as such.
-#[derive(Deserialize)]
-struct Header {
-    format: String,
-    version: u32,
 }
 
 fn node_doc(node: &Node) -> NodeDoc {
@@ -348,6 +210,14 @@ pub fn encode_snapshot(store: &BaselineStore) -> Vec<u8> {
                 work_micros_per_request: d.clone(),
             })
             .collect(),
+        request_bytes: sorted(&store.request_bytes)
+            .into_iter()
+            .map(|((class, edge), d)| RequestBytesDoc {
+                entry: class_doc(class),
+                edge: edge_doc(edge),
+                bytes_per_request: d.clone(),
+            })
+            .collect(),
         request_totals: sorted(&store.request_totals)
             .into_iter()
             .map(|((class, metric), d)| RequestTotalDoc {
@@ -469,6 +339,7 @@ pub fn decode_snapshot(bytes: &[u8], max_keys: usize, origin: &Path) -> Result<B
         ("window_classes", doc.window_classes.len()),
         ("seasonal", doc.seasonal.len()),
         ("request_work", doc.request_work.len()),
+        ("request_bytes", doc.request_bytes.len()),
     ] {
         fits(table, entries, max_keys).map_err(corrupt)?;
     }
@@ -485,6 +356,10 @@ pub fn decode_snapshot(bytes: &[u8], max_keys: usize, origin: &Path) -> Result<B
     for (i, entry) in doc.request_work.into_iter().enumerate() {
         let key = (class_of(&entry.entry), edge_of(&entry.edge).map_err(corrupt)?);
         store.request_work.insert(key, checked(entry.work_micros_per_request, "request_work", i).map_err(corrupt)?);
+    }
+    for (i, entry) in doc.request_bytes.into_iter().enumerate() {
+        let key = (class_of(&entry.entry), edge_of(&entry.edge).map_err(corrupt)?);
+        store.request_bytes.insert(key, checked(entry.bytes_per_request, "request_bytes", i).map_err(corrupt)?);
     }
     for (i, entry) in doc.request_totals.into_iter().enumerate() {
         let metric =

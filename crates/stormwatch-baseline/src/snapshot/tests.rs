@@ -16,6 +16,7 @@ fn sample_store() -> BaselineStore {
         store.observe_fanout(edge, &[1 + i % 5], 1_000 + i);
         store.observe_request_edge(class, edge, 3, 1_000 + i);
         store.observe_request_work(class, edge, 700 + i * 13 % 400, 1_000 + i);
+        store.observe_request_bytes(class, Edge::entering(&class), 20_000 + i * 101 % 9_000, 1_000 + i);
         store.observe_request_total(class, RequestMetric::Spans, 12, 1_000 + i);
         store.observe_window(WindowMetric::CacheMissRatio, edge, 100, 1_000 + i);
         store.observe_window_class(class, edge, 30, 1_000 + i);
@@ -47,6 +48,8 @@ fn round_trip_is_exact_and_stable() {
     assert_eq!(restored.request_edges, store.request_edges);
     assert_eq!(restored.request_work, store.request_work);
     assert_eq!(restored.request_work.len(), 1);
+    assert_eq!(restored.request_bytes, store.request_bytes);
+    assert!(restored.request_bytes.keys().all(|(_, edge)| edge.from.is_clients()), "the entry's pseudo-edge");
     assert_eq!(restored.request_totals, store.request_totals);
     assert_eq!(restored.class_scopes, store.class_scopes);
     assert_eq!(restored.class_scopes.len(), 3, "route, service and system");

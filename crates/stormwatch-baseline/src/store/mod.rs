@@ -213,14 +213,14 @@ const SWEEP_EVERY_NANOS: u64 = 60 * 1_000_000_000;
 
 /// The key bound of every table, what may be evicted to keep within it, when each table
 /// with distributions (fanout, request_edges, request_totals, windows, window_classes,
-/// class_scopes, edge_scopes, request_work, in that order) was last swept, and what the bound
+/// class_scopes, edge_scopes, request_work, request_bytes, in that order) was last swept, and what the bound
 /// refused and evicted.
 #[derive(Clone, Debug)]
 struct Room {
     max_keys: usize,
     /// Baselines with fewer samples are young (the learning minimum); 0: never evict.
     young_below: u64,
-    last_sweeps_unix_nano: [u64; 8],
+    last_sweeps_unix_nano: [u64; 9],
     stats: StoreStats,
 }
 
@@ -235,6 +235,10 @@ pub struct BaselineStore {
     /// Work per root request on an edge: the time its calls took, summed (microseconds), per
     /// (root class, edge).
     pub(crate) request_work: Table<(RootClass, Edge)>,
+    /// Payload bytes per root request on an edge (the callee's responses), and on the
+    /// pseudo-edge into the entry point ([`Edge::entering`]: what the request sent back to its
+    /// client), per (root class, edge).
+    pub(crate) request_bytes: Table<(RootClass, Edge)>,
     /// How fast each callee (a service, or a database, cache, queue or peer by name) answers
     /// lately against how fast it usually does. Not in snapshots: it is about the last calls.
     pub(crate) pace: Table<(Sym, NodeKind), Pace>,
@@ -272,6 +276,7 @@ impl BaselineStore {
             fanout: Table::default(),
             request_edges: Table::default(),
             request_work: Table::default(),
+            request_bytes: Table::default(),
             pace: Table::default(),
             request_totals: Table::default(),
             class_scopes: Table::default(),
@@ -283,7 +288,7 @@ impl BaselineStore {
             watermark_unix_nano: 0,
             freeze_all: false,
             frozen_edges: HashSet::new(),
-            room: Room { max_keys, young_below: 0, last_sweeps_unix_nano: [0; 8], stats: StoreStats::default() },
+            room: Room { max_keys, young_below: 0, last_sweeps_unix_nano: [0; 9], stats: StoreStats::default() },
         }
     }
 
@@ -374,6 +379,14 @@ impl BaselineStore {
             return;
         }
         observe(&mut self.request_work, (class, edge), micros, at, &mut self.room, 7, Distribution::observe);
+    }
+
+    /// Learns the payload bytes one request of `class` moved on `edge`.
+    pub fn observe_request_bytes(&mut self, class: RootClass, edge: Edge, bytes: u64, at: u64) {
+        if self.is_frozen(&edge) {
+            return;
+        }
+        observe(&mut self.request_bytes, (class, edge), bytes, at, &mut self.room, 8, Distribution::observe);
     }
 
     /// Learns how long one call to `callee` took (microseconds; the mean of a trace's calls on

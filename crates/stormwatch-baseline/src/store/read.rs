@@ -25,6 +25,12 @@ impl BaselineStore {
         &self.request_work
     }
 
+    /// Payload bytes per root request on an edge (and into the entry point), per (root class,
+    /// edge).
+    pub fn request_bytes(&self) -> &Table<(RootClass, Edge)> {
+        &self.request_bytes
+    }
+
     /// How many times slower than usual `callee` answers lately (1 when not slower, or not
     /// known well enough): see [`Pace`].
     pub fn slowdown(&self, callee: (Sym, NodeKind)) -> f64 {

@@ -1,25 +1,22 @@
 //! `cost_amplification`: work in time per root request on an edge far beyond its root class's
 //! baseline.
 //!
-//! A call's work is its duration: the caller's client span, or the callee's server span where
-//! no client span stands for the call. An edge's work in a request is the sum over its calls,
-//! so concurrent calls each count in full (work, not wall time). One search whose pattern makes
-//! the database scan a table is one call of the usual statement, and 40 ms where 0.7 ms is
-//! usual: the call counts see nothing, the work does.
+//! A call's work is the time its callee spent on it: the caller's client span's duration (the
+//! callee's server span's where no client span stands for the call), less the calls the callee
+//! made in turn while answering it (`features`). An edge's work in a request is the sum over its
+//! calls, so concurrent calls each count in full (work, not wall time). One search whose
+//! pattern makes the database scan a table is one call of the usual statement, and 40 ms where
+//! 0.7 ms is usual: the call counts see nothing, the work does, on the edge into the database
+//! and not on the edges above it (their callees' own time did not change).
 //!
 //! The threshold is the per-trace rule (`max(q * ratio, q + min_excess, tail)`) with the
 //! absolute excess in time ([`DetectConfig::min_excess_work_ms`]), so latency jitter of a few
 //! milliseconds is not an incident. It is stretched by how much slower than usual the callee
 //! answers everyone lately ([`stormwatch_baseline::Pace`]): a database slowing down for every
 //! caller is a latency incident, not a request class abusing a channel.
-//!
-//! Time nests: a call's duration includes what its callee waited for downstream. Of findings
-//! along one path the deepest is reported, the edge where the time was spent.
-
-use std::collections::HashSet;
 
 use stormwatch_baseline::BaselineStore;
-use stormwatch_model::{AlertKind, Contributor, Node, RootClass};
+use stormwatch_model::{AlertKind, Contributor, RootClass};
 
 use super::judge::judge;
 use super::wording::Pending;
@@ -66,7 +63,7 @@ pub(super) fn judge_cost(
             judgement,
         });
     }
-    deepest(pending)
+    pending
 }
 
 /// Who a cost finding's work is attributed to: the request's class, its client population and
@@ -78,13 +75,6 @@ pub(super) fn requester(features: &TraceFeatures) -> Vec<Contributor> {
     contributors.extend(features.client.map(|client| whole(format!("clients {client}"))));
     contributors.extend(features.user.map(|user| whole(format!("user {user}"))));
     contributors
-}
-
-/// Drops findings on edges whose callee made another finding's calls: its time was spent
-/// further down.
-fn deepest(pending: Vec<Pending>) -> Vec<Pending> {
-    let callers: HashSet<Node> = pending.iter().filter_map(|p| p.edge.map(|e| e.from)).collect();
-    pending.into_iter().filter(|p| p.edge.is_none_or(|e| !callers.contains(&e.to))).collect()
 }
 
 /// Learns each edge's work per request (unless judged anomalous) and each callee's pace
@@ -153,6 +143,11 @@ mod tests {
 
     #[test]
     fn a_scanning_query_is_one_alert_on_the_edge_where_the_time_went() {
+        // The edge into notes carries notes' own time, the same in every request.
+        let features = search(1, 40_000);
+        let into_notes = features.edges.iter().find(|e| e.edge.to.service.as_str() == "notes").unwrap();
+        let into_database = features.edges.iter().find(|e| e.edge.to.operation.as_str() == STATEMENT).unwrap();
+        assert_eq!((into_notes.work_micros, into_database.work_micros), (1_000, 40_000));
         let mut store = trained();
         let findings = judged(&mut store, &search(1_000, 40_000));
         assert_eq!(findings.len(), 1, "{findings:?}");

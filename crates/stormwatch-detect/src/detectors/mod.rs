@@ -7,6 +7,8 @@
 //!   services in total) far beyond its root class's baseline.
 //! * `cost_amplification`: work in time per root request on an edge (its calls' durations,
 //!   summed) far beyond its root class's baseline (`cost`).
+//! * `egress_amplification`: payload bytes per root request, sent back to the client or
+//!   returned on an edge, far beyond its root class's baseline (`egress`).
 //!
 //! A value is anomalous when it exceeds `max(q * ratio, q + min_excess, tail)`, `q` being the
 //! baseline's `quantile` (p99 by default): a loop that is normally 1-5 stays quiet, the same
@@ -22,10 +24,11 @@
 //! incomplete traces never train it either.
 //!
 //! One incident, one alert: per-parent findings are reported first; request-level ones only
-//! when no per-parent finding explains the trace; work in time only when no call count does
-//! (a loop of calls also takes time); totals only when no edge does. Within a count tier, an
-//! edge whose caller is the callee of another anomalous edge is a consequence and is left out;
-//! in time, the deepest edge is reported (time nests).
+//! when no per-parent finding explains the trace; bytes only when no call count does (a loop
+//! of calls also returns more), then time (moving bytes takes time); totals only when no edge
+//! does. Within a count tier, an edge whose caller is the callee of another anomalous edge is
+//! a consequence and is left out; time is each callee's own, so it does not nest; of bytes,
+//! what left the system speaks for the request, else the deepest edge (`egress`).
 //!
 //! `judge` holds the thresholds and which baseline judges (own, borrowed, the system's);
 //! `wording` the findings' sentences.
@@ -39,6 +42,7 @@ use crate::features::TraceFeatures;
 use crate::Finding;
 
 mod cost;
+mod egress;
 mod judge;
 mod wording;
 
@@ -65,6 +69,8 @@ pub struct DetectConfig {
     pub false_alarm_rate: f64,
     /// `min_excess` of work in time (`cost_amplification`), milliseconds per request.
     pub min_excess_work_ms: f64,
+    /// `min_excess` of payload bytes (`egress_amplification`), bytes per request.
+    pub min_excess_bytes: f64,
 }
 
 impl DetectConfig {
@@ -89,6 +95,7 @@ impl Default for DetectConfig {
             critical_factor: 4.0,
             false_alarm_rate: 1e-5,
             min_excess_work_ms: 20.0,
+            min_excess_bytes: 1_000_000.0,
         }
     }
 }
@@ -105,21 +112,24 @@ fn root_causes(pending: Vec<Pending>) -> Vec<Pending> {
 pub fn detect(features: &TraceFeatures, store: &BaselineStore, config: &DetectConfig) -> (Vec<Finding>, Anomalies) {
     let mut anomalies = Anomalies::default();
     let per_parent = judge_per_parent(features, store, config, &mut anomalies);
-    let (per_request, cost, mut totals) = match features.root_class {
+    let (per_request, egress, cost, mut totals) = match features.root_class {
         Some(class) => (
             judge_request_edges(features, class, store, config, &mut anomalies),
+            egress::judge_egress(features, class, store, config, &mut anomalies),
             cost::judge_cost(features, class, store, config, &mut anomalies),
             judge_totals(features, class, store, config, &mut anomalies),
         ),
-        None => (Vec::new(), Vec::new(), Vec::new()),
+        None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
     };
     hold_young_request_edges(features, store, config, &mut anomalies);
     let chosen = if !per_parent.is_empty() {
         root_causes(per_parent)
     } else if !per_request.is_empty() {
         root_causes(per_request)
+    } else if !egress.is_empty() {
+        // Already one finding per path (`egress`).
+        egress
     } else if !cost.is_empty() {
-        // Already the deepest along each path (`cost`).
         cost
     } else {
         // The largest relative excess speaks for the request; the other totals follow from it.
@@ -368,6 +378,9 @@ pub struct Anomalies {
     request_edges: HashSet<Edge>,
     /// Edges whose work per request was beyond its threshold: not learned.
     request_work: HashSet<Edge>,
+    /// Edges (and the entry's pseudo-edge) whose bytes per request were beyond their
+    /// threshold: not learned.
+    request_bytes: HashSet<Edge>,
     /// Young per-request edge counts of a request beyond a borrowed threshold: held back.
     request_edges_held: HashSet<Edge>,
     totals: HashSet<RequestMetric>,
@@ -408,6 +421,7 @@ pub fn learn(features: &TraceFeatures, store: &mut BaselineStore, anomalies: &An
             }
         }
         cost::learn_cost(features, class, store, anomalies);
+        egress::learn_egress(features, class, store, anomalies);
         for metric in RequestMetric::ALL {
             let value = total(features, metric);
             match (anomalies.totals.contains(&metric), anomalies.borrowed.contains(&metric)) {

@@ -58,8 +58,11 @@ impl Pending {
             Basis::Borrowed(scope, _) => Some(scope.to_string()),
             Basis::Unprecedented => Some(ClassScope::System.to_string()),
         };
-        let contributors =
-            if self.kind == AlertKind::CostAmplification { super::cost::requester(features) } else { Vec::new() };
+        let contributors = if matches!(self.kind, AlertKind::CostAmplification | AlertKind::EgressAmplification) {
+            super::cost::requester(features)
+        } else {
+            Vec::new()
+        };
         Finding::judged(self.kind, observed, expected, threshold, self.unit, config)
             .caused_by(contributors)
             .on(self.edge)
@@ -74,6 +77,18 @@ impl Pending {
     /// What happened, in one sentence ending with the limits it broke.
     fn sentence(&self, entry: Option<RootClass>, observed: f64, limits: &str) -> String {
         match (self.kind, self.edge, self.metric) {
+            (AlertKind::EgressAmplification, Some(edge), _) if edge.from.is_clients() => format!(
+                "One request entering at {} sent {} kB back to its client ({limits}).",
+                entry.map_or_else(|| "an unknown entry point".into(), |c| c.to_string()),
+                number(observed)
+            ),
+            (AlertKind::EgressAmplification, Some(edge), _) => format!(
+                "One request entering at {} made {} return {} kB to {} ({limits}).",
+                entry.map_or_else(|| "an unknown entry point".into(), |c| c.to_string()),
+                edge.to,
+                number(observed),
+                edge.from
+            ),
             (AlertKind::CostAmplification, Some(edge), _) => format!(
                 "One request entering at {} spent {} ms in calls from {} to {} ({limits}).",
                 entry.map_or_else(|| "an unknown entry point".into(), |c| c.to_string()),

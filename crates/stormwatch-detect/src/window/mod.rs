@@ -107,6 +107,7 @@ fn window_judging(detect: &DetectConfig, config: &WindowConfig) -> DetectConfig 
         critical_factor: detect.critical_factor,
         false_alarm_rate: (detect.false_alarm_rate * 10.0).min(0.5),
         min_excess_work_ms: detect.min_excess_work_ms,
+        min_excess_bytes: detect.min_excess_bytes,
     }
 }
 

@@ -21,6 +21,9 @@ pub struct DetectSection {
     /// take this much longer than the baseline's quantile before it alerts.
     #[serde(with = "humantime_serde")]
     pub min_excess_work: Duration,
+    /// `min_excess` of payload bytes (`egress_amplification`): a request must send back (or
+    /// make a callee return) this many bytes beyond the baseline's quantile before it alerts.
+    pub min_excess_bytes: u64,
     /// Critical at this multiple of the threshold.
     pub critical_factor: f64,
     /// Heavy-tailed baselines: the per-observation false-alarm probability their tail is
@@ -52,6 +55,7 @@ impl Default for DetectSection {
             ratio: defaults.ratio,
             min_excess: defaults.min_excess,
             min_excess_work: Duration::from_secs_f64(defaults.min_excess_work_ms / 1_000.0),
+            min_excess_bytes: defaults.min_excess_bytes as u64,
             critical_factor: defaults.critical_factor,
             false_alarm_rate: defaults.false_alarm_rate,
             throttle: Duration::from_nanos(EngineConfig::default().throttle_nanos),

@@ -330,8 +330,12 @@ impl<'s> Generator<'s> {
         let own = (behaviour.duration_ms * 1e6 * (0.5 + self.rng.unit())) as u64;
         let end = cursor + own;
         let failed = self.rng.chance(error_rate);
-        let attributes =
+        let mut attributes =
             self.server_attributes(build, (service, operation), behaviour, failed, parent.is_none(), query);
+        if let Some(bytes) = self.exfiltrated(build, &target) {
+            attributes.retain(|kv| kv.key != "http.response.body.size");
+            attributes.push(int_attribute("http.response.body.size", bytes as i64));
+        }
         let span = Span {
             trace_id: build.trace_id.to_vec(),
             span_id: span_id.to_vec(),
@@ -376,6 +380,9 @@ impl<'s> Generator<'s> {
         if let Some(size) = &behaviour.response_bytes {
             attributes.push(int_attribute("http.response.body.size", size.sample(&mut self.rng) as i64));
         }
+        if let Some(size) = &behaviour.request_bytes {
+            attributes.push(int_attribute("http.request.body.size", size.sample(&mut self.rng) as i64));
+        }
         if let Some(query) = query.filter(|q| !q.is_empty()) {
             attributes.push(attribute("url.query", query));
         }
@@ -401,6 +408,22 @@ impl<'s> Generator<'s> {
             }
         }
         attributes
+    }
+
+    /// The response size of `target` (`service operation`) under an active exfiltration change
+    /// that applies to this request.
+    fn exfiltrated(&mut self, build: &mut Build<'_>, target: &str) -> Option<u64> {
+        for (index, change, coin) in &build.active {
+            let applies = change.kind == ChangeKind::Exfiltration
+                && *coin
+                && change.operation.as_deref() == Some(target)
+                && change.entry.as_deref().is_none_or(|entry| self.scenario.entries[build.entry_index].matches(entry));
+            if let (true, Some(size)) = (applies, &change.response_bytes) {
+                build.touched.push(*index);
+                return Some(size.sample(&mut self.rng));
+            }
+        }
+        None
     }
 
     /// How many times `call` runs in this execution, after fan-out and N+1 changes.

@@ -1,0 +1,158 @@
+//! `egress_amplification`: payload bytes per root request far beyond its root class's
+//! baseline.
+//!
+//! Two places are judged: what the request sent back to its client (the entry span's
+//! `http.response.body.size`, learned on the pseudo-edge [`Edge::entering`]), and what each
+//! edge's callee returned inside the system (the calls' response sizes, summed per request).
+//! A small request that makes a service return a huge response is the microservice form of
+//! DNS amplification, and bulk exfiltration through a legitimate endpoint looks the same from
+//! here: the same call, the same count, a thousand times the bytes.
+//!
+//! The threshold is the per-trace rule with the absolute excess in bytes
+//! ([`DetectConfig::min_excess_bytes`], 1 MB), so pages a little larger than usual are not an
+//! incident. Where the request's own size is known (`http.request.body.size`), the explanation
+//! gives the amplification factor, bytes out per byte in. Only spans that report a size are
+//! judged or learned: an instrumentation that reports none is not a response of 0 bytes.
+//!
+//! Bytes nest: what left the system came from the callees. What left the system speaks for the
+//! request when it is anomalous; otherwise the deepest anomalous edge does.
+
+use std::collections::HashSet;
+
+use stormwatch_baseline::BaselineStore;
+use stormwatch_model::{AlertKind, Edge, Node, RootClass};
+
+use super::judge::judge;
+use super::wording::Pending;
+use super::{Anomalies, DetectConfig};
+use crate::features::TraceFeatures;
+
+/// Bytes per kilobyte: bytes are learned in bytes, reported in (decimal) kilobytes.
+pub(super) const BYTES_PER_KB: f64 = 1_000.0;
+
+/// Every (edge, bytes) of the request that reported a size, the entry's pseudo-edge first.
+fn sizes(features: &TraceFeatures, class: RootClass) -> impl Iterator<Item = (Edge, u64)> + '_ {
+    let entry = (features.response_bytes > 0).then(|| (Edge::entering(&class), features.response_bytes));
+    entry.into_iter().chain(features.edges.iter().filter(|e| e.bytes > 0).map(|e| (e.edge, e.bytes)))
+}
+
+/// Bytes per request into the entry and on each edge, against the class's baselines.
+pub(super) fn judge_egress(
+    features: &TraceFeatures,
+    class: RootClass,
+    store: &BaselineStore,
+    config: &DetectConfig,
+    anomalies: &mut Anomalies,
+) -> Vec<Pending> {
+    let rules = DetectConfig { min_excess: config.min_excess_bytes, ..config.clone() };
+    let mut pending = Vec::new();
+    for (edge, bytes) in sizes(features, class) {
+        let Some(judgement) = judge(store.request_bytes().get(&(class, edge)), bytes, &rules) else { continue };
+        anomalies.request_bytes.insert(edge);
+        let factor = (edge.from.is_clients() && features.request_bytes > 0)
+            .then(|| format!("{:.0} bytes out per byte in", bytes as f64 / features.request_bytes as f64));
+        pending.push(Pending {
+            kind: AlertKind::EgressAmplification,
+            edge: Some(edge),
+            metric: None,
+            observed: bytes,
+            unit: "kilobytes_per_request",
+            scale: BYTES_PER_KB,
+            allowance: factor,
+            judgement,
+        });
+    }
+    if pending.iter().any(|p| p.edge.is_some_and(|e| e.from.is_clients())) {
+        pending.retain(|p| p.edge.is_some_and(|e| e.from.is_clients()));
+        return pending;
+    }
+    let callers: HashSet<Node> = pending.iter().filter_map(|p| p.edge.map(|e| e.from)).collect();
+    pending.into_iter().filter(|p| p.edge.is_none_or(|e| !callers.contains(&e.to))).collect()
+}
+
+/// Learns the bytes per request of each size the request reported, unless judged anomalous.
+pub(super) fn learn_egress(
+    features: &TraceFeatures,
+    class: RootClass,
+    store: &mut BaselineStore,
+    anomalies: &Anomalies,
+) {
+    let at = features.end_unix_nano;
+    let learned: Vec<(Edge, u64)> =
+        sizes(features, class).filter(|(edge, _)| !anomalies.request_bytes.contains(edge)).collect();
+    for (edge, bytes) in learned {
+        store.observe_request_bytes(class, edge, bytes, at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stormwatch_assemble::{CompletedTrace, Completion};
+    use stormwatch_model::builder::TraceBuilder;
+
+    use super::*;
+    use crate::detectors::{detect, learn};
+    use crate::features::extract;
+    use crate::Finding;
+
+    /// gateway `POST /export` (a 200-byte request) -> files `GET /files/{id}`, which returns
+    /// `file_bytes`; the gateway sends `file_bytes` plus 500 back to the client.
+    fn export(seed: u64, file_bytes: u32) -> TraceFeatures {
+        let mut t = TraceBuilder::new(seed, seed * 10_000_000);
+        let root = t.server("gateway", "POST /export", None);
+        t.client_last("10.9.0.0/16");
+        t.bytes_last(if file_bytes > 0 { file_bytes + 500 } else { 0 });
+        t.request_bytes_last(200);
+        let call = t.client("gateway", "GET", root);
+        let files = t.server("files", "GET /files/{id}", Some(call));
+        t.bytes_last(file_bytes);
+        t.db("files", "postgresql", "SELECT path FROM files WHERE id = ?", files);
+        let spans = t.build();
+        extract(&CompletedTrace { trace_id: spans[0].trace_id, spans, completion: Completion::Idle, has_root: true })
+    }
+
+    fn judged(store: &mut BaselineStore, features: &TraceFeatures) -> Vec<Finding> {
+        let (findings, anomalies) = detect(features, store, &DetectConfig::default());
+        learn(features, store, &anomalies);
+        findings
+    }
+
+    fn trained() -> BaselineStore {
+        let mut store = BaselineStore::new(1_000);
+        for i in 0..400u64 {
+            // 5 to 60 kB files.
+            let bytes = 5_000 + (i * 7_919 % 55_000) as u32;
+            assert!(judged(&mut store, &export(i, bytes)).is_empty(), "learning, request {i}");
+        }
+        store
+    }
+
+    #[test]
+    fn a_request_that_exports_a_whole_table_is_one_alert_on_what_left_the_system() {
+        let mut store = trained();
+        let findings = judged(&mut store, &export(1_000, 50_000_000));
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        let finding = &findings[0];
+        assert_eq!(finding.kind, AlertKind::EgressAmplification);
+        assert!(finding.edge.is_some_and(|e| e.from.is_clients() && e.to.operation.as_str() == "POST /export"));
+        assert_eq!(finding.unit, "kilobytes_per_request");
+        assert!((finding.observed - 50_000.5).abs() < 1e-9, "{}", finding.observed);
+        assert!(finding.explanation.contains("250002 bytes out per byte in"), "{}", finding.explanation);
+        assert!(finding.explanation.contains("sent 50000.5 kB back to its client"), "{}", finding.explanation);
+        let names: Vec<&str> = finding.contributors.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["entry gateway `POST /export`", "clients 10.9.0.0/16"]);
+        // Not learned: the same export again is judged the same.
+        assert_eq!(judged(&mut store, &export(1_001, 50_000_000)).len(), 1);
+    }
+
+    #[test]
+    fn larger_pages_within_the_absolute_excess_and_unreported_sizes_are_not_incidents() {
+        let mut store = trained();
+        // Ten times the largest file, still under 1 MB beyond the baseline.
+        assert!(judged(&mut store, &export(2_000, 600_000)).is_empty());
+        // A response that reports no size is not a response of 0 bytes, and is not learned.
+        let before = store.request_bytes().values().map(|d| d.samples()).sum::<u64>();
+        assert!(judged(&mut store, &export(2_001, 0)).is_empty());
+        assert_eq!(store.request_bytes().values().map(|d| d.samples()).sum::<u64>(), before);
+    }
+}
