@@ -437,7 +437,9 @@ impl Engine {
             for finding in findings {
                 self.offer(finding, now, out);
             }
-            self.stats.traces_represented += self.windows.add(&features, flagged);
+            let store = &self.store;
+            let slowdown = |edge: &stormwatch_model::Edge| store.slowdown((edge.to.service, edge.to.kind));
+            self.stats.traces_represented += self.windows.add_paced(&features, flagged, &slowdown);
         }
         let closed = self.windows.close_due(self.assembler.watermark());
         self.judge_windows(closed, out);

@@ -416,6 +416,8 @@ impl Config {
                 min_excess: self.detect.window_min_excess,
                 min_windows: self.detect.window_min_windows,
                 max_adjusted_count: self.detect.max_adjusted_count,
+                min_excess_work_micros: self.detect.window_min_excess_work.as_micros() as u64,
+                min_excess_bytes: self.detect.window_min_excess_bytes,
                 ..stormwatch_detect::WindowConfig::default()
             },
             correlated: stormwatch_detect::correlated::CorrelatedConfig::default(),

@@ -173,12 +173,21 @@ pub enum WindowMetric {
     RetryRatio,
     /// Database calls per cache lookup beside a cache edge (the miss ratio).
     CacheMissRatio,
+    /// Time the callee spent per call on the edge (microseconds).
+    TimePerCall,
+    /// Payload bytes the callee returned per call on the edge.
+    BytesPerCall,
 }
 
 impl WindowMetric {
     /// Every window metric.
-    pub const ALL: [WindowMetric; 3] =
-        [WindowMetric::WorkPerEntry, WindowMetric::RetryRatio, WindowMetric::CacheMissRatio];
+    pub const ALL: [WindowMetric; 5] = [
+        WindowMetric::WorkPerEntry,
+        WindowMetric::RetryRatio,
+        WindowMetric::CacheMissRatio,
+        WindowMetric::TimePerCall,
+        WindowMetric::BytesPerCall,
+    ];
 
     /// The metric's name in the API and snapshots (`retry_ratio`).
     pub fn as_str(self) -> &'static str {
@@ -186,6 +195,8 @@ impl WindowMetric {
             WindowMetric::WorkPerEntry => "work_per_entry",
             WindowMetric::RetryRatio => "retry_ratio",
             WindowMetric::CacheMissRatio => "cache_miss_ratio",
+            WindowMetric::TimePerCall => "time_per_call",
+            WindowMetric::BytesPerCall => "bytes_per_call",
         }
     }
 

@@ -24,6 +24,29 @@ pub(super) struct EdgeWindow {
     pub(super) errors: u64,
     /// Payload bytes the calls reported.
     pub(super) bytes: u64,
+    /// Payload bytes of calls from traces a per-trace detector already reported.
+    #[serde(default)]
+    pub(super) flagged_bytes: u64,
+    /// Time the callee spent on the calls (microseconds; see `EdgeFeatures::work_micros`).
+    #[serde(default)]
+    pub(super) work_micros: u64,
+    /// Time of calls from traces a per-trace detector already reported.
+    #[serde(default)]
+    pub(super) flagged_work_micros: u64,
+    /// Time of the unflagged calls, each divided by how much slower than usual its callee
+    /// answered everyone when the trace was counted: what the time would have been at the
+    /// usual pace.
+    #[serde(default)]
+    pub(super) paced_work_micros: u64,
+    /// The largest per-trace time and bytes on the edge (unflagged traces): the excess of
+    /// time or bytes per call must stand without them.
+    #[serde(default)]
+    pub(super) heaviest_work: [u64; HEAVIEST_TRACES],
+    #[serde(default)]
+    pub(super) heaviest_bytes: [u64; HEAVIEST_TRACES],
+    /// Time and bytes of the unflagged calls by root class (at most `top_k` classes).
+    #[serde(default)]
+    pub(super) cost_by_class: Vec<(RootClass, u64, u64)>,
     pub(super) by_class: SpaceSaving<RootClass>,
     pub(super) by_client: SpaceSaving<Sym>,
     /// Authenticated users (`enduser.id`) of the requests that made the calls.
@@ -31,6 +54,50 @@ pub(super) struct EdgeWindow {
     /// A few traces per class, for exemplars of the contributing class.
     pub(super) examples: Vec<(RootClass, TraceId)>,
     pub(super) retry_examples: Vec<TraceId>,
+}
+
+impl EdgeWindow {
+    fn new(top_k: usize) -> EdgeWindow {
+        EdgeWindow {
+            calls: 0,
+            flagged_calls: 0,
+            heaviest: [0; HEAVIEST_TRACES],
+            traces: 0,
+            retries: 0,
+            errors: 0,
+            bytes: 0,
+            flagged_bytes: 0,
+            work_micros: 0,
+            flagged_work_micros: 0,
+            paced_work_micros: 0,
+            heaviest_work: [0; HEAVIEST_TRACES],
+            heaviest_bytes: [0; HEAVIEST_TRACES],
+            cost_by_class: Vec::new(),
+            by_class: SpaceSaving::new(top_k),
+            by_client: SpaceSaving::new(top_k),
+            by_user: SpaceSaving::new(top_k),
+            examples: Vec::new(),
+            retry_examples: Vec::new(),
+        }
+    }
+
+    /// Counts one trace's time and bytes on the edge; `unflagged`: its root class and the
+    /// callee's slowdown, when no per-trace detector reported the trace.
+    fn add_cost(&mut self, (work, bytes): (u64, u64), unflagged: Option<(Option<RootClass>, f64)>, top_k: usize) {
+        self.bytes += bytes;
+        self.work_micros += work;
+        let Some((class, slowdown)) = unflagged else {
+            self.flagged_bytes += bytes;
+            self.flagged_work_micros += work;
+            return;
+        };
+        self.paced_work_micros += (work as f64 / slowdown.max(1.0)) as u64;
+        keep_heaviest(&mut self.heaviest_work, work);
+        keep_heaviest(&mut self.heaviest_bytes, bytes);
+        if let Some(class) = class {
+            add_cost(&mut self.cost_by_class, class, work, bytes, top_k);
+        }
+    }
 }
 
 /// The database reads beside one cache in a window, keyed by the fallback database edge.
@@ -114,9 +181,16 @@ impl Window {
             ours.retries += theirs.retries;
             ours.errors += theirs.errors;
             ours.bytes += theirs.bytes;
-            let mut heaviest: Vec<u64> = ours.heaviest.iter().chain(&theirs.heaviest).copied().collect();
-            heaviest.sort_unstable_by(|a, b| b.cmp(a));
-            ours.heaviest.copy_from_slice(&heaviest[..HEAVIEST_TRACES]);
+            ours.flagged_bytes += theirs.flagged_bytes;
+            ours.work_micros += theirs.work_micros;
+            ours.flagged_work_micros += theirs.flagged_work_micros;
+            ours.paced_work_micros += theirs.paced_work_micros;
+            for (class, work, bytes) in theirs.cost_by_class {
+                add_cost(&mut ours.cost_by_class, class, work, bytes, top_k);
+            }
+            merge_heaviest(&mut ours.heaviest, &theirs.heaviest);
+            merge_heaviest(&mut ours.heaviest_work, &theirs.heaviest_work);
+            merge_heaviest(&mut ours.heaviest_bytes, &theirs.heaviest_bytes);
             ours.by_class.merge(&theirs.by_class);
             ours.by_client.merge(&theirs.by_client);
             ours.by_user.merge(&theirs.by_user);
@@ -147,26 +221,20 @@ impl Window {
         }
     }
 
-    /// Counts one trace that stands for `weight` traces (probability sampling).
-    fn add(&mut self, features: &TraceFeatures, flagged: bool, top_k: usize, weight: u64) {
+    /// Counts one trace that stands for `weight` traces (probability sampling); `slowdown`:
+    /// how much slower than usual each edge's callee answers lately.
+    fn add(
+        &mut self,
+        features: &TraceFeatures,
+        flagged: bool,
+        (top_k, weight): (usize, u64),
+        slowdown: &dyn Fn(&Edge) -> f64,
+    ) {
         self.entry_requests += weight;
         let class = features.root_class;
         let population = features.client.map(|c| Sym::new(&client_population(c.as_str())));
         for edge in &features.edges {
-            let window = self.edges.entry(edge.edge).or_insert_with(|| EdgeWindow {
-                calls: 0,
-                flagged_calls: 0,
-                heaviest: [0; HEAVIEST_TRACES],
-                traces: 0,
-                retries: 0,
-                errors: 0,
-                bytes: 0,
-                by_class: SpaceSaving::new(top_k),
-                by_client: SpaceSaving::new(top_k),
-                by_user: SpaceSaving::new(top_k),
-                examples: Vec::new(),
-                retry_examples: Vec::new(),
-            });
+            let window = self.edges.entry(edge.edge).or_insert_with(|| EdgeWindow::new(top_k));
             let calls = edge.calls.saturating_mul(weight);
             window.calls += calls;
             if flagged {
@@ -175,13 +243,13 @@ impl Window {
                 window.traces += weight;
                 // Keep the largest per-trace counts seen (with the traces a sampled one
                 // stands for).
-                if let Some(lightest) = window.heaviest.iter_mut().min() {
-                    *lightest = (*lightest).max(calls);
-                }
+                keep_heaviest(&mut window.heaviest, calls);
             }
             window.retries += edge.retries.saturating_mul(weight);
             window.errors += edge.errors.saturating_mul(weight);
-            window.bytes += edge.bytes.saturating_mul(weight);
+            let cost = (edge.work_micros.saturating_mul(weight), edge.bytes.saturating_mul(weight));
+            let paced = (!flagged).then(|| (class, if cost.0 > 0 { slowdown(&edge.edge) } else { 1.0 }));
+            window.add_cost(cost, paced, top_k);
             // Attribution sees the same evidence as the judgement: unflagged traces only.
             if let (Some(class), false) = (class, flagged) {
                 window.by_class.add(&class, calls);
@@ -221,6 +289,30 @@ impl Window {
                 }
             }
         }
+    }
+}
+
+/// Keeps `value` among the largest if it is larger than the smallest of them.
+fn keep_heaviest(heaviest: &mut [u64; HEAVIEST_TRACES], value: u64) {
+    if let Some(lightest) = heaviest.iter_mut().min() {
+        *lightest = (*lightest).max(value);
+    }
+}
+
+/// The largest of both windows' largest values.
+fn merge_heaviest(ours: &mut [u64; HEAVIEST_TRACES], theirs: &[u64; HEAVIEST_TRACES]) {
+    let mut all: Vec<u64> = ours.iter().chain(theirs).copied().collect();
+    all.sort_unstable_by(|a, b| b.cmp(a));
+    ours.copy_from_slice(&all[..HEAVIEST_TRACES]);
+}
+
+/// Adds time and bytes to a class's row, or a row for it while there are fewer than `top_k`.
+fn add_cost(rows: &mut Vec<(RootClass, u64, u64)>, class: RootClass, work: u64, bytes: u64, top_k: usize) {
+    if let Some(row) = rows.iter_mut().find(|(c, _, _)| *c == class) {
+        row.1 += work;
+        row.2 += bytes;
+    } else if rows.len() < top_k {
+        rows.push((class, work, bytes));
     }
 }
 
@@ -275,6 +367,13 @@ impl Windows {
     /// detector reported it, so its work is already explained. Returns how many traces it
     /// stands for under probability sampling (counted too when its window was already judged).
     pub fn add(&mut self, features: &TraceFeatures, flagged: bool) -> u64 {
+        self.add_paced(features, flagged, &|_| 1.0)
+    }
+
+    /// [`Windows::add`], with how much slower than usual each edge's callee answers lately
+    /// (the engine's [`stormwatch_baseline::BaselineStore::slowdown`]): window time is judged
+    /// at the usual pace.
+    pub fn add_paced(&mut self, features: &TraceFeatures, flagged: bool, slowdown: &dyn Fn(&Edge) -> f64) -> u64 {
         let weight = weight(features, self.config.max_adjusted_count);
         let length = self.config.window_nanos.max(1);
         let start = features.end_unix_nano / length * length;
@@ -283,7 +382,12 @@ impl Windows {
             return weight;
         }
         let top_k = self.config.top_k;
-        self.open.entry(start).or_insert_with(|| Window::new(start, length)).add(features, flagged, top_k, weight);
+        self.open.entry(start).or_insert_with(|| Window::new(start, length)).add(
+            features,
+            flagged,
+            (top_k, weight),
+            slowdown,
+        );
         weight
     }
 

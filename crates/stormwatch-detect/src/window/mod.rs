@@ -13,6 +13,9 @@
 //!   share, and the client populations and users that made a large part of the calls.
 //! * `retry_storm`: the share of calls on an edge that are retries far beyond baseline.
 //! * `cache_bypass`: database reads per cache lookup (the miss ratio) far beyond baseline.
+//! * `cost_amplification`, `egress_amplification`: the callee's time, and the bytes it
+//!   returned, on an edge per entry request far beyond baseline (`cost`), unless a count
+//!   finding on the same edge explains them.
 //!
 //! Work per entry request also has a daily profile: once an hour of the day has two whole days
 //! of history, its usual level there lifts the edge's baseline (at most threefold), so a mix
@@ -29,7 +32,7 @@
 //!
 //! * `data`: what a window counts per edge and per cache, merging windows, open windows;
 //! * `sketch`: the space-saving heavy-hitter sketch attribution counts with;
-//! * `aggregate`, `retry`, `cache`: one detector each;
+//! * `aggregate`, `retry`, `cache`, `cost`: one detector each (`cost` two);
 //! * `attribution`: who caused an excess; `wording`: findings as the engine reports them.
 
 use stormwatch_baseline::{BaselineStore, WindowMetric};
@@ -41,6 +44,7 @@ use crate::Finding;
 mod aggregate;
 mod attribution;
 mod cache;
+mod cost;
 mod data;
 mod retry;
 mod sketch;
@@ -79,6 +83,11 @@ pub struct WindowConfig {
     /// The most traces one sampled trace may stand for in window counts (its adjusted count
     /// is capped here): a sender cannot make one request weigh more than this many.
     pub max_adjusted_count: u64,
+    /// Smallest excess of the callees' time on one edge in one window that alerts
+    /// (microseconds).
+    pub min_excess_work_micros: u64,
+    /// Smallest excess of payload bytes on one edge in one window that alerts.
+    pub min_excess_bytes: u64,
 }
 
 impl Default for WindowConfig {
@@ -92,6 +101,8 @@ impl Default for WindowConfig {
             ratio: 2.0,
             top_k: 16,
             max_adjusted_count: 1000,
+            min_excess_work_micros: 250_000,
+            min_excess_bytes: 10_000_000,
         }
     }
 }
@@ -184,6 +195,7 @@ pub fn judge_window(
     for (edge, counts) in edges {
         aggregate::judge(&judging, *edge, counts, &mut judged);
         retry::judge(&judging, *edge, counts, &mut judged);
+        cost::judge(&judging, *edge, counts, &mut judged);
     }
     let mut caches: Vec<(&Edge, &CacheWindow)> = window.caches.iter().collect();
     caches.sort_by(|a, b| a.0.cmp(b.0));
@@ -226,6 +238,13 @@ fn root_causes(pending: Vec<Pending>) -> Vec<Pending> {
             _ => {}
         }
     }
+    // Calls explain the time and bytes they took on their edge.
+    let counted: HashSet<Edge> = pending
+        .iter()
+        .filter(|p| matches!(p.kind, AlertKind::AggregateAmplification | AlertKind::RetryStorm))
+        .map(|p| p.edge)
+        .chain(pending.iter().filter_map(|p| p.fallback))
+        .collect();
     let amplified: HashSet<stormwatch_model::Node> = pending
         .iter()
         .filter(|p| p.kind == AlertKind::AggregateAmplification && !explained_edges.contains(&p.edge))
@@ -233,6 +252,10 @@ fn root_causes(pending: Vec<Pending>) -> Vec<Pending> {
         .collect();
     pending
         .into_iter()
+        .filter(|p| {
+            !matches!(p.kind, AlertKind::CostAmplification | AlertKind::EgressAmplification)
+                || !counted.contains(&p.edge)
+        })
         .filter(|p| {
             p.kind != AlertKind::AggregateAmplification
                 || !(explained_edges.contains(&p.edge)

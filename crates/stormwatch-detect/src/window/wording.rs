@@ -55,16 +55,25 @@ impl Pending {
     /// The finding as reported: in the measured unit, with its severity and sentence.
     pub(super) fn finish(self, window: &Window, detect: &DetectConfig) -> Finding {
         let Judgement { expected, threshold, samples, since, .. } = self.judgement;
-        let observed = self.value as f64 / 1000.0;
-        let (expected, threshold) = (expected / 1000.0, threshold / 1000.0);
+        // Thousandths; of microseconds and bytes, reported in milliseconds and kilobytes.
+        let scale = match self.metric {
+            WindowMetric::TimePerCall | WindowMetric::BytesPerCall => 1_000_000.0,
+            _ => 1000.0,
+        };
+        let observed = self.value as f64 / scale;
+        let (expected, threshold) = (expected / scale, threshold / scale);
         let unit = match self.metric {
             WindowMetric::WorkPerEntry => "calls_per_entry_request",
             WindowMetric::RetryRatio => "retry_ratio",
             WindowMetric::CacheMissRatio => "cache_miss_ratio",
+            WindowMetric::TimePerCall => "work_ms_per_call",
+            WindowMetric::BytesPerCall => "kilobytes_per_call",
         };
         let at_this_hour = if self.hourly { " at this hour of day" } else { "" };
         let limits = match self.metric {
-            WindowMetric::WorkPerEntry => format!("normally {expected:.2}{at_this_hour}, alert above {threshold:.2}"),
+            WindowMetric::WorkPerEntry | WindowMetric::TimePerCall | WindowMetric::BytesPerCall => {
+                format!("normally {expected:.2}{at_this_hour}, alert above {threshold:.2}")
+            }
             _ => format!(
                 "{:.0}% against normally {:.0}%, alert above {:.0}%",
                 observed * 100.0,

@@ -39,6 +39,13 @@ pub struct DetectSection {
     pub window_min_requests: u64,
     /// Smallest excess of calls (retries, database reads) in one window that alerts.
     pub window_min_excess: u64,
+    /// Smallest excess of a callee's time on one edge in one window that alerts
+    /// (`cost_amplification` at window level).
+    #[serde(with = "humantime_serde")]
+    pub window_min_excess_work: Duration,
+    /// Smallest excess of payload bytes on one edge in one window that alerts
+    /// (`egress_amplification` at window level).
+    pub window_min_excess_bytes: u64,
     /// Windows a window-level baseline needs before it judges.
     pub window_min_windows: u64,
     /// Probability sampling: the most traces one sampled trace (`tracestate` `ot=th:...`)
@@ -62,6 +69,8 @@ impl Default for DetectSection {
             window: Duration::from_nanos(window.window_nanos),
             window_min_requests: window.min_entry_requests,
             window_min_excess: window.min_excess,
+            window_min_excess_work: Duration::from_micros(window.min_excess_work_micros),
+            window_min_excess_bytes: window.min_excess_bytes,
             window_min_windows: window.min_windows,
             max_adjusted_count: window.max_adjusted_count,
         }
