@@ -39,7 +39,8 @@ impl Pace {
             return;
         }
         let value = (1.0 + micros.max(0.0)).ln();
-        let slowed = self.slowdown() > PACE_SLOWED;
+        // `slowdown() > PACE_SLOWED`, without the exponential.
+        let slowed = self.observations >= PACE_MIN_OBSERVATIONS && self.recent - self.usual > PACE_SLOWED.ln();
         self.observations += 1;
         let seen = self.observations as f64;
         self.recent += (value - self.recent) / seen.min(PACE_RECENT_CALLS);
@@ -58,10 +59,11 @@ impl Pace {
     /// How many times slower than usual the callee answers lately: at least 1, and 1 until
     /// [`PACE_MIN_OBSERVATIONS`] calls were seen.
     pub fn slowdown(&self) -> f64 {
-        if self.observations < PACE_MIN_OBSERVATIONS {
+        let gap = self.recent - self.usual;
+        if self.observations < PACE_MIN_OBSERVATIONS || gap <= 0.0 {
             return 1.0;
         }
-        (self.recent - self.usual).max(0.0).exp()
+        gap.exp()
     }
 }
 

@@ -42,7 +42,9 @@ pub(super) fn judge_cost(
 ) -> Vec<Pending> {
     let rules = cost_rules(config);
     let mut pending = Vec::new();
-    for edge in features.edges.iter().filter(|e| e.work_micros > 0) {
+    // Every threshold is at least `min_excess` (the baseline's quantile plus it, stretched by a
+    // slowdown of at least 1): work within it needs no lookup.
+    for edge in features.edges.iter().filter(|e| e.work_micros as f64 > rules.min_excess) {
         let Some(baseline) = store.request_work().get(&(class, edge.edge)) else { continue };
         let slowdown = store.slowdown((edge.edge.to.service, edge.edge.to.kind));
         let paced = (edge.work_micros as f64 / slowdown) as u64;

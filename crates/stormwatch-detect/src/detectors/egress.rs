@@ -46,7 +46,8 @@ pub(super) fn judge_egress(
 ) -> Vec<Pending> {
     let rules = DetectConfig { min_excess: config.min_excess_bytes, ..config.clone() };
     let mut pending = Vec::new();
-    for (edge, bytes) in sizes(features, class) {
+    // Every threshold is at least `min_excess`: sizes within it need no lookup.
+    for (edge, bytes) in sizes(features, class).filter(|(_, bytes)| *bytes as f64 > rules.min_excess) {
         let Some(judgement) = judge(store.request_bytes().get(&(class, edge)), bytes, &rules) else { continue };
         anomalies.request_bytes.insert(edge);
         let factor = (edge.from.is_clients() && features.request_bytes > 0)
