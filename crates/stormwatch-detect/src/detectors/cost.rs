@@ -97,9 +97,8 @@ mod tests {
     use stormwatch_model::builder::TraceBuilder;
 
     use super::*;
-    use crate::detectors::{detect, learn};
+    use crate::detectors::judged;
     use crate::features::extract;
-    use crate::Finding;
 
     const STATEMENT: &str = "SELECT id, body FROM notes WHERE body LIKE ? LIMIT ?";
 
@@ -127,12 +126,6 @@ mod tests {
         } else {
             300 + i * 7_919 % 800
         }
-    }
-
-    fn judged(store: &mut BaselineStore, features: &TraceFeatures) -> Vec<Finding> {
-        let (findings, anomalies) = detect(features, store, &DetectConfig::default());
-        learn(features, store, &anomalies);
-        findings
     }
 
     fn trained() -> BaselineStore {

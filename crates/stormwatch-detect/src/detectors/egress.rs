@@ -92,9 +92,8 @@ mod tests {
     use stormwatch_model::builder::TraceBuilder;
 
     use super::*;
-    use crate::detectors::{detect, learn};
+    use crate::detectors::judged;
     use crate::features::extract;
-    use crate::Finding;
 
     /// gateway `POST /export` (a 200-byte request) -> files `GET /files/{id}`, which returns
     /// `file_bytes`; the gateway sends `file_bytes` plus 500 back to the client.
@@ -110,12 +109,6 @@ mod tests {
         t.db("files", "postgresql", "SELECT path FROM files WHERE id = ?", files);
         let spans = t.build();
         extract(&CompletedTrace { trace_id: spans[0].trace_id, spans, completion: Completion::Idle, has_root: true })
-    }
-
-    fn judged(store: &mut BaselineStore, features: &TraceFeatures) -> Vec<Finding> {
-        let (findings, anomalies) = detect(features, store, &DetectConfig::default());
-        learn(features, store, &anomalies);
-        findings
     }
 
     fn trained() -> BaselineStore {

@@ -437,5 +437,13 @@ pub fn learn(features: &TraceFeatures, store: &mut BaselineStore, anomalies: &An
     store.advance_watermark(at);
 }
 
+/// Judges a trace, then learns it as the engine does: what a test of a detector runs per trace.
+#[cfg(test)]
+fn judged(store: &mut BaselineStore, features: &TraceFeatures) -> Vec<Finding> {
+    let (findings, anomalies) = detect(features, store, &DetectConfig::default());
+    learn(features, store, &anomalies);
+    findings
+}
+
 #[cfg(test)]
 mod tests;

@@ -3,10 +3,10 @@
 //! that stands without the heaviest traces and beyond the window's compound-Poisson noise.
 
 use stormwatch_baseline::{BaselineStore, WindowMetric};
-use stormwatch_model::{AlertKind, Edge, TraceId};
+use stormwatch_model::{AlertKind, Edge};
 
 use super::attribution::{attribute, human_bytes};
-use super::{excess, thousandths, EdgeWindow, Judged, Judging, Pending, MAX_EXEMPLARS};
+use super::{excess, thousandths, EdgeWindow, Judged, Judging, Pending};
 use crate::detectors::{judge as judge_value, DetectConfig, Judgement};
 
 /// Judges one edge's work per entry request in the window: a finding, or what is learned.
@@ -56,13 +56,7 @@ fn finding(
     let entries = judging.window.entry_requests;
     let work = thousandths(calls, entries);
     let (contributors, top_class) = attribute(counts, edge, entries, judging.store);
-    let exemplars: Vec<TraceId> = counts
-        .examples
-        .iter()
-        .filter(|(class, _)| Some(*class) == top_class)
-        .map(|(_, trace)| *trace)
-        .take(MAX_EXEMPLARS)
-        .collect();
+    let exemplars = counts.exemplars_of(top_class);
     let leader = contributors.first().map(|c| format!("; {} caused {:.0}% of the excess", c.name, c.share * 100.0));
     let payload =
         if counts.bytes > 0 { format!(" ({} of responses)", human_bytes(counts.bytes)) } else { String::new() };

@@ -16,10 +16,10 @@
 //! their share of the window's time or bytes on the edge.
 
 use stormwatch_baseline::{WindowMetric, PACE_SLOWED};
-use stormwatch_model::{AlertKind, Contributor, Edge, TraceId};
+use stormwatch_model::{AlertKind, Contributor, Edge};
 
 use super::attribution::{human_bytes, share};
-use super::{excess, thousandths, EdgeWindow, Judged, Judging, Pending, MAX_EXEMPLARS};
+use super::{excess, thousandths, EdgeWindow, Judged, Judging, Pending};
 use crate::detectors::judge as judge_value;
 
 /// Judges one edge's time and bytes per call in the window.
@@ -94,13 +94,7 @@ fn finding(
         .map(|row| Contributor { name: format!("entry {}", row.0), share: share(of(row), amount) })
         .collect();
     let top_class = rows.first().map(|row| row.0);
-    let exemplars: Vec<TraceId> = counts
-        .examples
-        .iter()
-        .filter(|(class, _)| Some(*class) == top_class)
-        .map(|(_, trace)| *trace)
-        .take(MAX_EXEMPLARS)
-        .collect();
+    let exemplars = counts.exemplars_of(top_class);
     let (kind, what) = match metric {
         WindowMetric::TimePerCall => {
             (AlertKind::CostAmplification, format!("spent {:.1} s answering", amount as f64 / 1_000_000.0))

@@ -57,6 +57,11 @@ pub(super) struct EdgeWindow {
 }
 
 impl EdgeWindow {
+    /// A few traces of `class` that used the edge, for an alert's exemplars.
+    pub(super) fn exemplars_of(&self, class: Option<RootClass>) -> Vec<TraceId> {
+        self.examples.iter().filter(|(c, _)| Some(*c) == class).map(|(_, trace)| *trace).take(MAX_EXEMPLARS).collect()
+    }
+
     fn new(top_k: usize) -> EdgeWindow {
         EdgeWindow {
             calls: 0,
