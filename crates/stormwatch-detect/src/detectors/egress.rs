@@ -79,9 +79,7 @@ pub(super) fn learn_egress(
     anomalies: &Anomalies,
 ) {
     let at = features.end_unix_nano;
-    let learned: Vec<(Edge, u64)> =
-        sizes(features, class).filter(|(edge, _)| !anomalies.request_bytes.contains(edge)).collect();
-    for (edge, bytes) in learned {
+    for (edge, bytes) in sizes(features, class).filter(|(edge, _)| !anomalies.request_bytes.contains(edge)) {
         store.observe_request_bytes(class, edge, bytes, at);
     }
 }

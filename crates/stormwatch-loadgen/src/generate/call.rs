@@ -155,8 +155,8 @@ impl<'s> Generator<'s> {
         }
         let operation = statement.split_whitespace().next().unwrap_or("QUERY").to_ascii_uppercase();
         let mut nanos = (300_000.0 + self.rng.exponential(400_000.0)) as u64;
-        // Decided by the query's text, so the other draws (and every other span) are those
-        // of a scenario without these waits.
+        // Decided by a hash of the query's text and start, so the other draws (and every other
+        // span) are those of a scenario without these waits.
         let wait = stormwatch_model::stable_hash(&[text.as_bytes(), &start.to_le_bytes()]);
         if wait.is_multiple_of(500) {
             nanos += 2_000_000 + (wait >> 16) % 10_000_000;
