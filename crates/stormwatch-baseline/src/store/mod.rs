@@ -224,8 +224,8 @@ const SWEEP_EVERY_NANOS: u64 = 60 * 1_000_000_000;
 
 /// The key bound of every table, what may be evicted to keep within it, when each table
 /// with distributions (fanout, request_edges, request_totals, windows, window_classes,
-/// class_scopes, edge_scopes, request_work, request_bytes, in that order) was last swept, and what the bound
-/// refused and evicted.
+/// class_scopes, edge_scopes, request_work, request_bytes, in that order) was last swept,
+/// and what the bound refused and evicted.
 #[derive(Clone, Debug)]
 struct Room {
     max_keys: usize,
@@ -401,7 +401,8 @@ impl BaselineStore {
     }
 
     /// Learns how long one call to `callee` took (microseconds; the mean of a trace's calls on
-    /// one edge) at event time `at`, whatever the call was judged: a callee slowing for everyone shows here.
+    /// one edge) at event time `at`, whatever the call was judged: a callee slowing for
+    /// everyone shows here.
     pub fn observe_pace(&mut self, callee: (Sym, NodeKind), micros_per_call: f64, at: u64) {
         if let Some(pace) = self.pace.get_mut(&callee) {
             pace.observe(micros_per_call, at);

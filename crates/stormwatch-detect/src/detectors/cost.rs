@@ -16,7 +16,7 @@
 //! caller is a latency incident, not a request class abusing a channel.
 
 use stormwatch_baseline::BaselineStore;
-use stormwatch_model::{AlertKind, Contributor, RootClass};
+use stormwatch_model::{AlertKind, RootClass};
 
 use super::judge::judge;
 use super::wording::Pending;
@@ -66,17 +66,6 @@ pub(super) fn judge_cost(
         });
     }
     pending
-}
-
-/// Who a cost finding's work is attributed to: the request's class, its client population and
-/// its user, each with all of it (one request caused it).
-pub(super) fn requester(features: &TraceFeatures) -> Vec<Contributor> {
-    let whole = |name: String| Contributor { name, share: 1.0 };
-    let mut contributors: Vec<Contributor> =
-        features.root_class.map(|c| whole(format!("entry {c}"))).into_iter().collect();
-    contributors.extend(features.client.map(|client| whole(format!("clients {client}"))));
-    contributors.extend(features.user.map(|user| whole(format!("user {user}"))));
-    contributors
 }
 
 /// Learns each edge's work per request (unless judged anomalous) and each callee's pace

@@ -2,7 +2,7 @@
 //! them.
 
 use stormwatch_baseline::{ClassScope, RequestMetric};
-use stormwatch_model::{AlertKind, Edge, Node, RootClass};
+use stormwatch_model::{AlertKind, Contributor, Edge, Node, RootClass};
 
 use super::judge::{Ancestor, Basis, Judgement, BORROWED_FACTOR, NEVER_SEEN_FACTOR};
 use super::DetectConfig;
@@ -59,7 +59,7 @@ impl Pending {
             Basis::Unprecedented => Some(ClassScope::System.to_string()),
         };
         let contributors = if matches!(self.kind, AlertKind::CostAmplification | AlertKind::EgressAmplification) {
-            super::cost::requester(features)
+            requester(features)
         } else {
             Vec::new()
         };
@@ -131,6 +131,17 @@ impl Pending {
             ),
         }
     }
+}
+
+/// Who a time or bytes finding's excess is attributed to: the request's class, its client
+/// population and its user, each with all of it (one request caused it).
+fn requester(features: &TraceFeatures) -> Vec<Contributor> {
+    let whole = |name: String| Contributor { name, share: 1.0 };
+    let mut contributors: Vec<Contributor> =
+        features.root_class.map(|c| whole(format!("entry {c}"))).into_iter().collect();
+    contributors.extend(features.client.map(|client| whole(format!("clients {client}"))));
+    contributors.extend(features.user.map(|user| whole(format!("user {user}"))));
+    contributors
 }
 
 /// The limits a finding broke, and which baseline set them.

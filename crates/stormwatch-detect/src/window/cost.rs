@@ -24,7 +24,7 @@ use crate::detectors::judge as judge_value;
 
 /// Judges one edge's time and bytes per call in the window.
 pub(super) fn judge(judging: &Judging<'_>, edge: Edge, counts: &EdgeWindow, judged: &mut Judged) {
-    let work = counts.work_micros.saturating_sub(counts.flagged_work_micros);
+    let work = counts.work_micros;
     // The window's own stretch: its time at the usual pace, as the traces were counted.
     let slowdown = if counts.paced_work_micros > 0 { work as f64 / counts.paced_work_micros as f64 } else { 1.0 };
     judge_one(judging, edge, counts, (WindowMetric::TimePerCall, work, slowdown.max(1.0)), judged);

@@ -27,12 +27,10 @@ pub(super) struct EdgeWindow {
     /// Payload bytes of calls from traces a per-trace detector already reported.
     #[serde(default)]
     pub(super) flagged_bytes: u64,
-    /// Time the callee spent on the calls (microseconds; see `EdgeFeatures::work_micros`).
+    /// Time the callee spent on the calls of traces no per-trace detector reported
+    /// (microseconds; see `EdgeFeatures::work_micros`): the window's evidence of time.
     #[serde(default)]
     pub(super) work_micros: u64,
-    /// Time of calls from traces a per-trace detector already reported.
-    #[serde(default)]
-    pub(super) flagged_work_micros: u64,
     /// Time of the unflagged calls, each divided by how much slower than usual its callee
     /// answered everyone when the trace was counted: what the time would have been at the
     /// usual pace.
@@ -73,7 +71,6 @@ impl EdgeWindow {
             bytes: 0,
             flagged_bytes: 0,
             work_micros: 0,
-            flagged_work_micros: 0,
             paced_work_micros: 0,
             heaviest_work: [0; HEAVIEST_TRACES],
             heaviest_bytes: [0; HEAVIEST_TRACES],
@@ -90,12 +87,11 @@ impl EdgeWindow {
     /// callee's slowdown, when no per-trace detector reported the trace.
     fn add_cost(&mut self, (work, bytes): (u64, u64), unflagged: Option<(Option<RootClass>, f64)>, top_k: usize) {
         self.bytes += bytes;
-        self.work_micros += work;
         let Some((class, slowdown)) = unflagged else {
             self.flagged_bytes += bytes;
-            self.flagged_work_micros += work;
             return;
         };
+        self.work_micros += work;
         self.paced_work_micros += (work as f64 / slowdown.max(1.0)) as u64;
         keep_heaviest(&mut self.heaviest_work, work);
         keep_heaviest(&mut self.heaviest_bytes, bytes);
@@ -188,7 +184,6 @@ impl Window {
             ours.bytes += theirs.bytes;
             ours.flagged_bytes += theirs.flagged_bytes;
             ours.work_micros += theirs.work_micros;
-            ours.flagged_work_micros += theirs.flagged_work_micros;
             ours.paced_work_micros += theirs.paced_work_micros;
             for (class, work, bytes) in theirs.cost_by_class {
                 add_cost(&mut ours.cost_by_class, class, work, bytes, top_k);
