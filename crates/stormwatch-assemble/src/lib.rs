@@ -7,7 +7,10 @@
 //! A trace completes when its root span has arrived and no span of it arrived for
 //! `trace_idle` of event time, or at `trace_max_wait` whatever else. The buffer is bounded:
 //! past `max_in_flight_spans` the oldest traces are completed early, marked evicted, and
-//! counted. Spans for a trace that already completed are late: counted, not reassembled.
+//! counted. Spans for a trace that already completed are late: counted, and gathered like a
+//! trace of their own; when that late part starts with a consumer span whose producer span was
+//! in the earlier part (a message consumed after its sender's trace completed), it is handed
+//! to detection as a *continuation*, else dropped.
 //! Nothing is dropped without a counter saying so, and no input can make this code panic.
 //! It must never do I/O or read the clock; callers advance time explicitly.
 
@@ -16,7 +19,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
-use stormwatch_model::{Span, TraceId};
+use stormwatch_model::{Span, SpanKind, TraceId};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
@@ -100,6 +103,12 @@ pub struct AssemblerStats {
     pub traces_evicted: u64,
     /// Traces completed without a root span.
     pub traces_without_root: u64,
+    /// Late parts of traces handed to detection: consumers of messages sent in an earlier,
+    /// already completed part.
+    pub continuations: u64,
+    /// Late spans dropped: their part of the trace was no continuation (a redelivery, a span
+    /// that missed its trace).
+    pub late_spans_dropped: u64,
 }
 
 struct Pending {
@@ -111,6 +120,8 @@ struct Pending {
     has_root: bool,
     /// Creation number, to recognise stale entries in the eviction queue.
     generation: u64,
+    /// Spans of a trace that had already completed: handed over only as a continuation.
+    late: bool,
 }
 
 impl Pending {
@@ -195,11 +206,12 @@ impl Assembler {
             self.stats.bad_timestamp_spans += 1;
             span.end_unix_nano = span.end_unix_nano.max(span.start_unix_nano);
         }
-        if self.recent.contains(&span.trace_id) {
+        let late = self.recent.contains(&span.trace_id);
+        if late {
             self.stats.late_spans += 1;
-            return;
+        } else {
+            self.stats.spans_accepted += 1;
         }
-        self.stats.spans_accepted += 1;
         let event_time = span.end_unix_nano;
         let mut advanced = false;
         if event_time > self.watermark {
@@ -222,8 +234,10 @@ impl Assembler {
             None => {
                 let generation = self.next_generation;
                 self.next_generation += 1;
+                // A late part completes when it goes quiet, as a trace with its root does.
+                let has_root = is_root || late;
                 let pending =
-                    Pending { spans: vec![span], first_seen: now, last_seen: now, has_root: is_root, generation };
+                    Pending { spans: vec![span], first_seen: now, last_seen: now, has_root, generation, late };
                 self.timers.push(Reverse((now.saturating_add(self.config.trace_idle_nanos), trace_id)));
                 self.creation.push_back((trace_id, generation));
                 self.pending.insert(trace_id, pending);
@@ -302,6 +316,11 @@ impl Assembler {
             Completion::Evicted => self.stats.traces_evicted += 1,
             Completion::Idle | Completion::Flushed => {}
         }
+        if pending.late && !continues_a_send(&pending.spans) {
+            self.stats.late_spans_dropped += pending.spans.len() as u64;
+            return;
+        }
+        self.stats.continuations += u64::from(pending.late);
         if !pending.has_root {
             self.stats.traces_without_root += 1;
         }
@@ -322,6 +341,15 @@ impl Assembler {
             self.recent_order.push_back(trace_id);
         }
     }
+}
+
+/// Whether late spans of a trace hold a consumer span whose producer span is not among them:
+/// the handling of a message sent in the trace's earlier part.
+fn continues_a_send(spans: &[Span]) -> bool {
+    spans.iter().any(|span| {
+        span.kind == SpanKind::Consumer
+            && span.parent_span_id.is_some_and(|parent| spans.iter().all(|other| other.span_id != parent))
+    })
 }
 
 #[cfg(test)]

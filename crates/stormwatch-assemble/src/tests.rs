@@ -74,9 +74,35 @@ fn late_spans_are_counted_not_reassembled() {
     a.advance_to(T0 + 10 * SEC, &mut out);
     assert_eq!(out.len(), 1);
     a.push(late, &mut out);
+    a.advance_to(T0 + 20 * SEC, &mut out);
     assert_eq!(out.len(), 1);
-    assert_eq!(a.stats().late_spans, 1);
+    assert_eq!((a.stats().late_spans, a.stats().late_spans_dropped), (1, 1));
     assert_eq!(a.in_flight_spans(), 0);
+}
+
+/// A message consumed after its sender's trace completed: the consumer's part of the trace
+/// (its spans in any order) is handed over as a continuation, rooted at the consumer span.
+#[test]
+fn a_late_consumer_part_is_a_continuation() {
+    let mut a = Assembler::new(AssemblerConfig::default());
+    let mut t = TraceBuilder::new(1, T0);
+    let root = t.server("api", "POST /orders", None);
+    let send = t.publish("api", "kafka:orders", root);
+    let consumer = t.consume("worker", "process orders", Some(send), &[]);
+    t.db("worker", "postgresql:shop", "INSERT INTO lines VALUES (?)", consumer);
+    let mut spans = t.build();
+    let late: Vec<Span> = spans.drain(2..).rev().collect();
+    let mut out = push_all(&mut a, spans);
+    a.advance_to(T0 + 10 * SEC, &mut out);
+    assert_eq!(out.len(), 1);
+    for span in late {
+        a.push(span, &mut out);
+    }
+    a.advance_to(T0 + 20 * SEC, &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1].spans.len(), 2);
+    assert!(out[1].is_complete(), "a continuation is whole once it went quiet");
+    assert_eq!((a.stats().continuations, a.stats().late_spans_dropped), (1, 0));
 }
 
 #[test]
@@ -149,12 +175,15 @@ proptest::proptest! {
             a.push(span, &mut out);
             proptest::prop_assert!(a.in_flight_spans() <= max_in_flight);
         }
+        // Late spans are gathered too, and dropped unless they continue a send.
+        let taken = |stats: &AssemblerStats| (stats.spans_accepted + stats.late_spans) as usize;
         let handed_out: usize = out.iter().map(|t| t.spans.len()).sum();
         let stats = a.stats().clone();
-        proptest::prop_assert_eq!(stats.spans_accepted as usize, handed_out + a.in_flight_spans());
+        proptest::prop_assert_eq!(taken(&stats), handed_out + a.in_flight_spans() + stats.late_spans_dropped as usize);
         a.flush(&mut out);
         let handed_out: usize = out.iter().map(|t| t.spans.len()).sum();
-        proptest::prop_assert_eq!(stats.spans_accepted as usize, handed_out);
+        let stats = a.stats().clone();
+        proptest::prop_assert_eq!(taken(&stats), handed_out + stats.late_spans_dropped as usize);
         proptest::prop_assert_eq!(a.in_flight_traces(), 0);
     }
 }

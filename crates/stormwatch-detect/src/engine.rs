@@ -9,6 +9,7 @@ use stormwatch_model::{Alert, AlertKind, Dimension, DimensionState, Span, Sym, O
 use crate::correlated::{Correlated, CorrelatedConfig};
 use crate::detectors::{detect, learn};
 use crate::features::extract;
+use crate::queues::Queues;
 use crate::tuning::{Tuning, Verdict};
 use crate::window::{correlated_finding, judge_window, WindowConfig, Windows};
 use crate::{DetectConfig, Throttle};
@@ -72,6 +73,12 @@ pub struct EngineStats {
     pub shadowed: [u64; AlertKind::ALL.len()],
     /// Findings the tuning dropped (overrides, allowlists, detectors off).
     pub suppressed: u64,
+    /// Consumer traces tied back to the request that sent their messages.
+    pub consumer_traces_tied: u64,
+    /// Findings of a trace whose messages were held for a `queue_amplification` judgement:
+    /// the flood's own work in the trace, part of that one alert. (Findings of its consumers'
+    /// traces that joined it are counted in the alert's explanation.)
+    pub findings_in_held_floods: u64,
 }
 
 /// Assembly, detection, learning, window judgement and throttling as one synchronous,
@@ -83,6 +90,8 @@ pub struct Engine {
     throttle: Throttle,
     windows: Windows,
     correlated: Correlated,
+    /// Requests that sent messages, until their consumers' work is in.
+    queues: Queues,
     clock: fn() -> u64,
     stats: EngineStats,
     completed: Vec<CompletedTrace>,
@@ -138,7 +147,9 @@ impl Engine {
     pub fn new(config: EngineConfig, mut store: BaselineStore, clock: fn() -> u64) -> Engine {
         // A full table may evict what was never judged on.
         store.evict_young_below(config.detect.learning_min_samples);
+        let queues = Queues::new(config.assemble.trace_idle_nanos, config.assemble.trace_max_wait_nanos);
         Engine {
+            queues,
             assembler: Assembler::new(config.assemble),
             store,
             detect: config.detect,
@@ -399,6 +410,12 @@ impl Engine {
         self.assembler.flush(&mut completed);
         self.process(&mut completed, out);
         let before = out.len();
+        let mut raised = Vec::new();
+        self.queues.flush(&mut raised);
+        let now = (self.clock)();
+        for finding in raised {
+            self.offer(finding, now, out);
+        }
         let closed = self.windows.close_all();
         self.judge_windows(closed, out);
         self.flushed = true;
@@ -410,8 +427,9 @@ impl Engine {
     fn process(&mut self, completed: &mut Vec<CompletedTrace>, out: &mut Vec<Alert>) {
         let before = out.len();
         let now = (self.clock)();
+        let mut raised = Vec::new();
         for trace in completed.drain(..) {
-            let features = extract(&trace);
+            let mut features = extract(&trace);
             self.stats.traces_checked += 1;
             self.stats.orphan_spans += features.orphan_spans;
             self.stats.traces_with_cycles += u64::from(features.has_cycle);
@@ -424,22 +442,44 @@ impl Engine {
                 }
                 self.overflow_traces.push_back(features.trace_id);
             }
+            let watermark = self.assembler.watermark();
+            let requester =
+                if features.consumed.origins.is_empty() { None } else { self.queues.consumed(&features, watermark) };
             let (findings, anomalies) = detect(&features, &self.store, &self.detect);
             // Work a per-trace detector reported is not window evidence; a new-edge note (info)
             // explains no excess.
-            let flagged = findings
-                .iter()
-                .any(|f| !(f.kind == AlertKind::NewEdge && f.severity == stormwatch_model::Severity::Info));
+            let flagged = requester.is_some_and(|r| r.flooded)
+                || findings
+                    .iter()
+                    .any(|f| !(f.kind == AlertKind::NewEdge && f.severity == stormwatch_model::Severity::Info));
             if features.complete {
                 learn(&features, &mut self.store, &anomalies);
                 self.stats.traces_learned += 1;
             }
-            for finding in findings {
-                self.offer(finding, now, out);
+            let findings = match requester.filter(|r| r.holding) {
+                // The flood's work: findings that join its held alert (and say so in it).
+                Some(requester) => self.queues.fold(requester.trace, findings),
+                None => findings,
+            };
+            self.judge_sends(&features, findings, now, out);
+            if let Some(requester) = requester {
+                // The consumer's work is its requester's, in windows too.
+                self.stats.consumer_traces_tied += 1;
+                if let Some(class) = features.root_class {
+                    let consumer = stormwatch_model::Node::service(class.service, class.operation);
+                    features.consumed.tied_back = Some(crate::features::Tie { queue: requester.queue, consumer });
+                }
+                features.root_class = requester.class;
+                features.client = requester.client;
+                features.user = requester.user;
             }
             let store = &self.store;
             let slowdown = |edge: &stormwatch_model::Edge| store.slowdown((edge.to.service, edge.to.kind));
             self.stats.traces_represented += self.windows.add_paced(&features, flagged, &slowdown);
+        }
+        self.queues.settle(self.assembler.watermark(), &mut raised);
+        for finding in raised {
+            self.offer(finding, now, out);
         }
         let closed = self.windows.close_due(self.assembler.watermark());
         self.judge_windows(closed, out);
@@ -498,7 +538,7 @@ impl Engine {
     }
 
     /// A finding through the tuning, then the throttle.
-    fn offer(&mut self, finding: crate::Finding, now: u64, out: &mut Vec<Alert>) {
+    pub(super) fn offer(&mut self, finding: crate::Finding, now: u64, out: &mut Vec<Alert>) {
         self.stats.findings[finding.kind.index()] += 1;
         let at = finding.end_unix_nano;
         match self.tuning.judge(finding, at) {
@@ -523,5 +563,6 @@ impl Engine {
     }
 }
 
+mod sends;
 #[cfg(test)]
 mod tests;

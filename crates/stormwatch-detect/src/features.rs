@@ -11,7 +11,11 @@
 use std::collections::BTreeMap;
 
 use stormwatch_assemble::CompletedTrace;
-use stormwatch_model::{Edge, Node, NodeKind, RootClass, Span, SpanId, Sym, TraceId};
+
+mod consumed;
+
+pub use consumed::{Consumed, Tie};
+use stormwatch_model::{Edge, Node, NodeKind, RootClass, Span, SpanId, SpanKind, Sym, TraceId};
 
 /// What one edge did in one trace.
 #[derive(Clone, Debug, PartialEq)]
@@ -92,6 +96,8 @@ pub struct TraceFeatures {
     /// How many traces this one stands for under probability sampling: its root span's
     /// adjusted count (without a root, its first span's); 1 when unsampled.
     pub adjusted_count: f32,
+    /// The work this trace did for messages taken off a queue: in consumer spans and below.
+    pub consumed: Consumed,
 }
 
 /// The caller-side node of a span: its service's entry span it runs under.
@@ -151,7 +157,7 @@ fn edge_key(edge: &Edge) -> [u32; 6] {
 
 /// One call on an edge, as recorded while walking the spans.
 #[derive(Clone, Copy)]
-struct Call {
+pub(crate) struct Call {
     edge: Edge,
     parent: SpanId,
     start: u64,
@@ -188,6 +194,7 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
     let mut resolver =
         EntryResolver { spans, parent_index: &tree.parent_index, memo: vec![None; spans.len()], has_cycle: false };
     let mut calls = calls_of(spans, &tree, &mut resolver);
+    let consumed = consumed::consumed(trace.trace_id, spans, &tree, &calls);
     // Group by edge (interning keys: no string comparisons), then parent, in time order.
     calls.sort_unstable_by_key(|call| (edge_key(&call.edge), call.parent, call.start));
     let (edges, groups) = edges_of(&calls);
@@ -214,11 +221,12 @@ pub fn extract(trace: &CompletedTrace) -> TraceFeatures {
         orphan_spans,
         has_cycle: resolver.has_cycle,
         adjusted_count: root.or((!spans.is_empty()).then_some(0)).map_or(1.0, |i| spans[i].adjusted_count),
+        consumed,
     }
 }
 
 /// The parent-child structure of a trace's spans, by index.
-struct SpanTree {
+pub(crate) struct SpanTree {
     /// A span whose id appeared earlier in the trace (a redelivery).
     duplicate: Vec<bool>,
     /// Each span's parent, when it is in the trace (and is not the span itself).
@@ -304,11 +312,14 @@ fn calls_of(spans: &[Span], tree: &SpanTree, resolver: &mut EntryResolver<'_>) -
         if span.kind.is_outgoing() {
             let caller_entry = resolver.entry_of(i);
             let caller = service_node(&spans[caller_entry]);
+            // A message sent to a named queue goes to the queue, whoever consumes it (and
+            // whenever: a consumer under the producer span is the start of its own work).
+            let to_queue = span.kind == SpanKind::Producer && span.remote.is_some();
             let answered_index = tree
                 .children(i)
                 .iter()
                 .copied()
-                .filter(|c| spans[*c].kind.is_entry() || spans[*c].service != span.service)
+                .filter(|c| !to_queue && (spans[*c].kind.is_entry() || spans[*c].service != span.service))
                 .min_by_key(|c| spans[*c].start_unix_nano);
             let answered_by = answered_index.map(|c| &spans[c]);
             let callee = match (answered_by, span.remote) {
@@ -445,7 +456,7 @@ pub(crate) mod tests {
 
     use super::*;
 
-    fn completed(spans: Vec<Span>) -> CompletedTrace {
+    pub(crate) fn completed(spans: Vec<Span>) -> CompletedTrace {
         let has_root = spans.iter().any(|s| s.parent_span_id.is_none());
         CompletedTrace { trace_id: spans[0].trace_id, spans, completion: Completion::Idle, has_root }
     }

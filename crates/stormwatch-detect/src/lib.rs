@@ -19,6 +19,7 @@ pub mod features;
 mod finding;
 pub mod graph;
 pub mod merge;
+pub mod queues;
 pub mod throttle;
 pub mod tuning;
 pub mod window;

@@ -359,6 +359,8 @@ fn publish(engine: &Engine, receiver: &SpanReceiver, metrics: &Metrics, top_edge
     Metrics::set(&metrics.queue_spans, receiver.spans() as u64);
     let a = engine.assembler_stats();
     Metrics::set(&metrics.late_spans_total, a.late_spans);
+    Metrics::set(&metrics.late_spans_dropped_total, a.late_spans_dropped);
+    Metrics::set(&metrics.trace_continuations_total, a.continuations);
     Metrics::set(&metrics.bad_timestamp_spans_total, a.bad_timestamp_spans);
     Metrics::set(&metrics.clock_skew_spans_total, a.clock_skew_spans);
     Metrics::set(&metrics.traces_completed_total, a.traces_completed);

@@ -263,8 +263,12 @@ metrics! {
     receiving_bytes: "gauge",
     /// TLS handshakes that failed or timed out (no client certificate, wrong CA, plain HTTP).
     tls_handshake_failures_total: "counter",
-    /// Spans that arrived after their trace had completed.
+    /// Spans that arrived after their trace had completed (gathered: a consumer's late part of a trace is judged as a continuation).
     late_spans_total: "counter",
+    /// Late spans dropped: their part of the trace continued no message send (redeliveries, spans that missed their trace).
+    late_spans_dropped_total: "counter",
+    /// Late parts of traces judged as continuations: messages consumed after their sender's trace had completed.
+    trace_continuations_total: "counter",
     /// Spans with a zero timestamp or an end before their start.
     bad_timestamp_spans_total: "counter",
     /// Spans too far in the future to move event time.

@@ -106,6 +106,11 @@ impl Count {
         Count::Fixed(1)
     }
 
+    /// A message's usual wait in a queue: 5 to 50 ms.
+    pub fn default_lag() -> Count {
+        Count::Uniform(5, 50)
+    }
+
     /// One draw.
     pub fn sample(&self, rng: &mut Rng) -> u64 {
         match *self {

@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 use crate::distribution::Count;
 
+mod validate;
+
 /// A whole scenario.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,6 +152,16 @@ pub struct Call {
     /// A queue, `system:destination`, e.g. `kafka:orders`.
     #[serde(default)]
     pub queue: Option<String>,
+    /// The operation that takes `queue`'s messages, `"worker process-order"`: each message
+    /// runs it under a CONSUMER span, exported by the consumer when it is done.
+    #[serde(default)]
+    pub consumer: Option<String>,
+    /// How the consumer's trace names the message's sender.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// Milliseconds between a message's send and its consumer's start.
+    #[serde(default = "Count::default_lag")]
+    pub lag_ms: Count,
     /// Calls per execution: `"3"`, `"uniform(1,5)"`, `"poisson(4)"`, `"pareto(1,1.5)"`.
     #[serde(default = "Count::one")]
     pub count: Count,
@@ -171,6 +183,18 @@ impl Call {
             .or_else(|| self.queue.clone())
             .unwrap_or_default()
     }
+}
+
+/// How a consumer's span names the message's sender, as OpenTelemetry messaging
+/// instrumentations do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// A child of the producer span, in the sender's trace (single-message processing).
+    #[default]
+    Parentage,
+    /// The root of a trace of its own, linking to the producer span (batch receive).
+    Links,
 }
 
 /// What a change does.
@@ -207,6 +231,9 @@ pub enum ChangeKind {
     /// Legitimate: every call to the database `db` takes `factor` times as long (a vacuum, a
     /// backup, a noisy neighbour), ramping up over the first quarter of the change.
     Slowdown,
+    /// Legitimate: the consumers of the queue `call` fall behind: its messages wait
+    /// `duration_ms` before they are taken (a backlog, a consumer restart).
+    ConsumerLag,
     /// Legitimate: `entry` (no traffic before `start`) takes `weight` of traffic from then on:
     /// a new page or feature, a rare class the engine has never seen.
     NewEntry,
@@ -245,6 +272,7 @@ impl ChangeKind {
             ChangeKind::ScanningQuery => "scanning_query",
             ChangeKind::Exfiltration => "exfiltration",
             ChangeKind::Slowdown => "slowdown",
+            ChangeKind::ConsumerLag => "consumer_lag",
         }
     }
 }
@@ -278,7 +306,8 @@ pub struct Change {
     /// New call count (fan-out, N+1).
     #[serde(default)]
     pub count: Option<Count>,
-    /// How long the call takes, milliseconds (scanning query).
+    /// How long the call takes (scanning query), or its messages wait (consumer lag),
+    /// milliseconds.
     #[serde(default)]
     pub duration_ms: Option<Count>,
     /// The response size, bytes (exfiltration).
@@ -426,144 +455,5 @@ impl Scenario {
     /// The behaviour of `service`'s `operation`, if the scenario defines it.
     pub fn operation(&self, service: &str, operation: &str) -> Option<&Operation> {
         self.services.get(service)?.get(operation)
-    }
-
-    fn validate(&self) -> Result<(), String> {
-        if self.rate.is_nan() || self.rate <= 0.0 {
-            return Err(format!("rate: must be positive, got {}", self.rate));
-        }
-        if self.duration.is_zero() {
-            return Err("duration: must be longer than zero".into());
-        }
-        if let Some(p) = self.sampling.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
-            return Err(format!("sampling: must be a probability in (0, 1], got {p}"));
-        }
-        if self.entries.is_empty() {
-            return Err("entries: at least one entry is needed".into());
-        }
-        for (i, entry) in self.entries.iter().enumerate() {
-            if self.operation(&entry.service, &entry.operation).is_none() {
-                return Err(format!(
-                    "entries[{i}]: {} {:?} is not an operation under [services]",
-                    entry.service, entry.operation
-                ));
-            }
-            if entry.weight.is_nan() || entry.weight < 0.0 {
-                return Err(format!("entries[{i}].weight: must be zero or more"));
-            }
-        }
-        for (service, operations) in &self.services {
-            for (name, operation) in operations {
-                for call in &operation.calls {
-                    self.validate_call(call, &format!("services.{service}.{name:?}"))?;
-                }
-            }
-        }
-        for change in &self.changes {
-            self.validate_change(change)?;
-        }
-        Ok(())
-    }
-
-    fn validate_change(&self, change: &Change) -> Result<(), String> {
-        let at = format!("changes[{:?}]", change.name);
-        if change.end <= change.start {
-            return Err(format!("{at}: end must be after start"));
-        }
-        if change.end > self.duration {
-            return Err(format!("{at}: ends after the scenario's duration"));
-        }
-        self.validate_change_fields(change, &at)?;
-        if let Some(entry) = &change.entry {
-            let known = self.entries.iter().any(|e| e.matches(entry));
-            if !known {
-                return Err(format!("{at}.entry: {entry:?} is not one of the entries"));
-            }
-        }
-        if let Some(operation) = &change.operation {
-            let known = Scenario::split_target(operation).and_then(|(s, o)| self.operation(s, o)).is_some();
-            if !known {
-                return Err(format!("{at}.operation: {operation:?} is not an operation under [services]"));
-            }
-        }
-        if change.kind.is_attack() && change.detect_as.is_empty() {
-            return Err(format!("{at}: an attack needs `detect_as` (the alert kinds that catch it)"));
-        }
-        Ok(())
-    }
-
-    /// The fields a change of its kind needs.
-    fn validate_change_fields(&self, change: &Change, at: &str) -> Result<(), String> {
-        let needs = |field: &str, present: bool| {
-            if present {
-                Ok(())
-            } else {
-                Err(format!("{at}: a {} change needs `{field}`", change.kind.as_str()))
-            }
-        };
-        match change.kind {
-            ChangeKind::FanoutAmplification | ChangeKind::NPlusOne => {
-                needs("call", change.call.is_some())?;
-                needs("count", change.count.is_some())?;
-            }
-            ChangeKind::RetryStorm => needs("operation", change.operation.is_some())?,
-            ChangeKind::ScanningQuery => {
-                needs("call", change.call.is_some())?;
-                needs("duration_ms", change.duration_ms.is_some())?;
-            }
-            ChangeKind::Exfiltration => {
-                needs("operation", change.operation.is_some())?;
-                needs("response_bytes", change.response_bytes.is_some())?;
-            }
-            ChangeKind::Slowdown => {
-                needs("db", change.db.is_some())?;
-                if !(change.factor >= 1.0 && change.factor.is_finite()) {
-                    return Err(format!("{at}.factor: a slowdown is 1 or more, not {}", change.factor));
-                }
-            }
-            ChangeKind::CacheBypass => needs("call", change.call.is_some())?,
-            ChangeKind::MixShift | ChangeKind::NewEntry => needs("entry", change.entry.is_some())?,
-            ChangeKind::CorrelatedShift => {
-                needs("calls", !change.calls.is_empty())?;
-                let mut labels = Vec::new();
-                for operations in self.services.values() {
-                    for operation in operations.values() {
-                        collect_labels(&operation.calls, &mut labels);
-                    }
-                }
-                if let Some(unknown) = change.calls.iter().find(|call| !labels.contains(call)) {
-                    return Err(format!("{at}.calls: no call is labelled {unknown:?} under [services]"));
-                }
-                if !(change.factor > 0.0 && change.factor.is_finite()) {
-                    return Err(format!("{at}.factor: must be a positive number, not {}", change.factor));
-                }
-            }
-            ChangeKind::NewCall => {
-                needs("operation", change.operation.is_some())?;
-                needs("add", change.add.is_some())?;
-            }
-            ChangeKind::FlashCrowd | ChangeKind::Diurnal => {}
-        }
-        Ok(())
-    }
-
-    fn validate_call(&self, call: &Call, at: &str) -> Result<(), String> {
-        let targets = [call.service.is_some(), call.db.is_some(), call.cache.is_some(), call.queue.is_some()];
-        if targets.iter().filter(|t| **t).count() != 1 {
-            return Err(format!("{at}: each call needs exactly one of service, db, cache, queue"));
-        }
-        if let Some(target) = &call.service {
-            let known = Scenario::split_target(target).and_then(|(s, o)| self.operation(s, o)).is_some();
-            if !known {
-                return Err(format!("{at}: call to {target:?}: no such operation under [services]"));
-            }
-        }
-        if call.db.is_some() && call.statement.is_none() {
-            return Err(format!("{at}: a db call needs a statement"));
-        }
-        for nested in &call.on_miss {
-            self.validate_call(nested, at)?;
-        }
-        Ok(())
     }
 }

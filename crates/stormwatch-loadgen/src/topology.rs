@@ -261,6 +261,9 @@ fn empty_call() -> Call {
         miss_ratio: 0.0,
         on_miss: Vec::new(),
         queue: None,
+        consumer: None,
+        delivery: crate::scenario::Delivery::default(),
+        lag_ms: Count::default_lag(),
         count: Count::Fixed(1),
         retries: 0,
     }

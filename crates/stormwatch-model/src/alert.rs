@@ -37,6 +37,9 @@ pub enum AlertKind {
     /// sent back to its client (exfiltration, a response amplifier), or what a callee returned
     /// to a caller inside the system.
     EgressAmplification,
+    /// One request sent far more messages to a queue than its root class's baseline: judged
+    /// once its consumers' work is in, which the alert attributes back to the request.
+    QueueAmplification,
 }
 
 impl AlertKind {
@@ -54,11 +57,12 @@ impl AlertKind {
             AlertKind::CardinalityFlood => "cardinality_flood",
             AlertKind::CostAmplification => "cost_amplification",
             AlertKind::EgressAmplification => "egress_amplification",
+            AlertKind::QueueAmplification => "queue_amplification",
         }
     }
 
     /// Every kind, in the order of [`AlertKind::index`].
-    pub const ALL: [AlertKind; 11] = [
+    pub const ALL: [AlertKind; 12] = [
         AlertKind::FanoutAmplification,
         AlertKind::RequestAmplification,
         AlertKind::NPlusOne,
@@ -70,6 +74,7 @@ impl AlertKind {
         AlertKind::CardinalityFlood,
         AlertKind::CostAmplification,
         AlertKind::EgressAmplification,
+        AlertKind::QueueAmplification,
     ];
 
     /// Where this kind's alert counts go in `[u64; AlertKind::ALL.len()]` arrays.

@@ -52,6 +52,7 @@ impl TraceBuilder {
             bytes: 0,
             request_bytes: 0,
             adjusted_count: 1.0,
+            links: None,
         });
         span_id
     }
@@ -139,6 +140,31 @@ impl TraceBuilder {
         let id = self.add(service, "GET", SpanKind::Client, Some(parent));
         if let Some(span) = self.spans.last_mut() {
             span.remote = Some(Remote { kind: NodeKind::Cache, name: Sym::new(cache), operation: Sym::new("GET") });
+        }
+        id
+    }
+
+    /// A message sent to a queue: a producer span with a virtual queue callee (`destination`
+    /// names the queue, as `system:destination`).
+    pub fn publish(&mut self, service: &str, destination: &str, parent: SpanId) -> SpanId {
+        let id = self.add(service, "publish", SpanKind::Producer, Some(parent));
+        if let Some(span) = self.spans.last_mut() {
+            span.remote =
+                Some(Remote { kind: NodeKind::Queue, name: Sym::new(destination), operation: Sym::new("publish") });
+        }
+        id
+    }
+
+    /// A consumer span handling messages: under the producer span `parent` (parentage), or a
+    /// root linking to the producers' traces `links` (batch receive).
+    pub fn consume(&mut self, service: &str, operation: &str, parent: Option<SpanId>, links: &[TraceId]) -> SpanId {
+        let id = self.add(service, operation, SpanKind::Consumer, parent);
+        if let (Some(span), false) = (self.spans.last_mut(), links.is_empty()) {
+            let mut kept = crate::Links::default();
+            for link in links {
+                kept.add(*link);
+            }
+            span.links = Some(Box::new(kept));
         }
         id
     }

@@ -19,7 +19,7 @@ pub use alert::{
 };
 pub use graph::{Edge, EdgeName, EdgeNameError, Node, NodeKind, NodeName, RootClass, MAX_EDGE_NAME_READINGS};
 pub use ids::{IdError, SpanId, TraceId};
-pub use span::{Remote, Span, SpanKind};
+pub use span::{Links, Remote, Span, SpanKind};
 pub use symbol::{
     clean_name, is_unsafe_char, Cardinality, Cleaned, Dimension, DimensionState, Sym, NAME_OVERHEAD, OVERFLOW,
     TRUNCATED,

@@ -88,6 +88,54 @@ pub struct Span {
     /// How many spans this one stands for under probability sampling: the reciprocal of the
     /// sampling probability its `tracestate` carries (`ot=th:...`), 1 when it carries none.
     pub adjusted_count: f32,
+    /// Traces the span links to (a consumer's span links to the producers of the messages it
+    /// handles): kept for entry spans only, at most [`Links::MAX`] distinct traces.
+    pub links: Option<Box<Links>>,
+}
+
+/// The other traces an entry span links to, with how many of its links named each: the
+/// producers of the messages a consumer handled. Bounded: the first [`Links::MAX`] distinct
+/// traces are kept, the links to any other are counted in `dropped`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Links {
+    traces: [(TraceId, u32); Links::MAX],
+    len: u8,
+    /// Links not kept: to traces past the first [`Links::MAX`], or with an unreadable id.
+    pub dropped: u32,
+}
+
+impl Default for Links {
+    fn default() -> Links {
+        Links { traces: [(TraceId([0; 16]), 0); Links::MAX], len: 0, dropped: 0 }
+    }
+}
+
+impl Links {
+    /// Most distinct linked traces kept per span.
+    pub const MAX: usize = 8;
+
+    /// Counts one link to `trace`.
+    pub fn add(&mut self, trace: TraceId) {
+        let len = usize::from(self.len);
+        if let Some(known) = self.traces[..len].iter_mut().find(|(id, _)| *id == trace) {
+            known.1 = known.1.saturating_add(1);
+        } else if len < Links::MAX {
+            self.traces[len] = (trace, 1);
+            self.len += 1;
+        } else {
+            self.dropped = self.dropped.saturating_add(1);
+        }
+    }
+
+    /// The linked traces, each with how many links named it, in the order first seen.
+    pub fn traces(&self) -> &[(TraceId, u32)] {
+        &self.traces[..usize::from(self.len)]
+    }
+
+    /// Whether no link was kept.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// The virtual callee described by a client span's attributes.
@@ -103,8 +151,38 @@ pub struct Remote {
 }
 
 impl Span {
+    /// The traces the span links to; empty when it has none.
+    pub fn linked_traces(&self) -> &[(TraceId, u32)] {
+        self.links.as_deref().map_or(&[], Links::traces)
+    }
+
     /// Duration in nanoseconds; zero when the end precedes the start.
     pub fn duration_nanos(&self) -> u64 {
         self.end_unix_nano.saturating_sub(self.start_unix_nano)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trace(n: u8) -> TraceId {
+        TraceId([n; 16])
+    }
+
+    #[test]
+    fn links_are_counted_per_trace_and_bounded() {
+        let mut links = Links::default();
+        for n in 1..=20u8 {
+            links.add(trace(n));
+            links.add(trace(1));
+        }
+        assert_eq!(links.traces().len(), Links::MAX);
+        assert_eq!(links.traces()[0], (trace(1), 21));
+        assert_eq!(links.traces()[1], (trace(2), 1));
+        assert_eq!(links.dropped, 12);
+        // The heap part of a linked span is one small allocation, the span itself one pointer.
+        assert!(size_of::<Links>() <= 200);
+        assert_eq!(size_of::<Option<Box<Links>>>(), 8);
     }
 }

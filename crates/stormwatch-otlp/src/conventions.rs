@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use stormwatch_model::{
-    client_population, Dimension, NodeKind, Remote, Span, SpanId, SpanKind, Sym, TraceId, OVERFLOW,
+    client_population, Dimension, Links, NodeKind, Remote, Span, SpanId, SpanKind, Sym, TraceId, OVERFLOW,
 };
 
 use crate::client::{ClientEvidence, ClientSource, TrustedProxies};
@@ -353,6 +353,44 @@ pub(crate) struct RawSpan<'s> {
     pub(crate) is_error: bool,
     /// The span's W3C `tracestate` (empty when none).
     pub(crate) trace_state: &'s str,
+    /// Its links, read only for the spans that keep them.
+    pub(crate) links: RawLinks<'s>,
+}
+
+/// A span's links as the decoder found them: read only when the span keeps them (entry spans),
+/// into at most [`Links::MAX`] traces.
+pub(crate) enum RawLinks<'s> {
+    /// It has none.
+    None,
+    /// The protobuf `Span` message, which has links (field 13) somewhere in it.
+    Wire(&'s [u8]),
+    /// The linked spans' trace ids.
+    Ids(Vec<WireId<'s>>),
+}
+
+impl RawLinks<'_> {
+    /// The traces other than `own` linked to; a link whose trace id cannot be read is counted
+    /// as dropped, never a reason to refuse the span.
+    fn read(&self, own: TraceId) -> Option<Box<Links>> {
+        let mut links = Links::default();
+        let mut add = |id: Result<TraceId, String>| match id {
+            Ok(trace) if trace != own => links.add(trace),
+            Ok(_) => {}
+            Err(_) => links.dropped = links.dropped.saturating_add(1),
+        };
+        match self {
+            RawLinks::None => return None,
+            RawLinks::Wire(span) => {
+                crate::wire::link_trace_ids(span, &mut |id| add(TraceId::from_bytes(id).map_err(|e| e.to_string())))
+            }
+            RawLinks::Ids(ids) => {
+                for id in ids {
+                    add(id.parse("link trace_id", "traceId", TraceId::from_bytes, TraceId::from_hex));
+                }
+            }
+        }
+        (!links.is_empty() || links.dropped > 0).then(|| Box::new(links))
+    }
 }
 
 /// Validates the ids of `raw` and appends the model span to `decoded`, or counts the span as
@@ -430,6 +468,8 @@ fn build_span(
         bytes: attrs.bytes.map_or(0, |bytes| bytes.clamp(0, i64::from(u32::MAX)) as u32),
         request_bytes: attrs.request_bytes.map_or(0, |bytes| bytes.clamp(0, i64::from(u32::MAX)) as u32),
         adjusted_count: crate::sampling::adjusted_count(raw.trace_state),
+        // Kept where they say which traces a request continues: on entry spans.
+        links: if entry_like { raw.links.read(trace_id) } else { None },
     }
 }
 

@@ -9,7 +9,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use stormwatch_model::{Dimension, Sym};
 
-use crate::conventions::{push_span, service_name, AttrView, RawSpan, WireId};
+use crate::conventions::{push_span, service_name, AttrView, RawLinks, RawSpan, WireId};
 use crate::{Decoded, Result};
 
 #[derive(Deserialize)]
@@ -60,6 +60,15 @@ struct JsonSpan<'a> {
     attributes: Vec<KeyValue<'a>>,
     #[serde(default)]
     status: Option<Status>,
+    #[serde(borrow, default)]
+    links: Vec<JsonLink<'a>>,
+}
+
+/// A span link: only the linked trace is read.
+#[derive(Deserialize)]
+struct JsonLink<'a> {
+    #[serde(borrow, default, rename = "traceId", alias = "trace_id")]
+    trace_id: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +252,11 @@ pub fn decode_json(bytes: &[u8]) -> Result<Decoded> {
                     end_unix_nano: span.end_time_unix_nano.0,
                     is_error: span.status.as_ref().is_some_and(|status| status.code.0 == 2),
                     trace_state: &span.trace_state,
+                    links: if span.links.is_empty() {
+                        RawLinks::None
+                    } else {
+                        RawLinks::Ids(span.links.iter().map(|link| WireId::Hex(&link.trace_id)).collect())
+                    },
                 };
                 push_span(&mut decoded, raw, &attrs);
             }
@@ -294,6 +308,28 @@ mod tests {
         assert_eq!(decoded.spans[0].service.as_str(), "unknown_service");
         assert!(decode_json(b"{\"resourceSpans\": [").is_err());
         assert!(decode_json(br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"kind":"SPAN_KIND_NOPE"}]}]}]}"#).is_err());
+    }
+
+    /// A consumer's links name the producers' traces (its own trace, an unreadable id and a
+    /// client span's links are not kept), and decode as protobuf's do.
+    #[test]
+    fn consumer_links_name_the_producer_traces() {
+        let producer = "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a";
+        let own = "0102030405060708090a0b0c0d0e0f10";
+        let link = |trace: &str| format!(r#"{{"traceId":"{trace}","spanId":"0102030405060708"}}"#);
+        let links = [link(producer), link(producer), link(own), link("zz")].join(",");
+        let json = format!(
+            r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[
+            {{"traceId":"{own}","spanId":"0102030405060708","name":"process orders","kind":5,"links":[{links}]}},
+            {{"traceId":"{own}","spanId":"0102030405060709","parentSpanId":"0102030405060708","name":"send","kind":4,
+              "links":[{links}]}}]}}]}}]}}"#
+        );
+        let decoded = decode_json(json.as_bytes()).unwrap();
+        assert_eq!(decoded.rejected_spans, 0);
+        let links = decoded.spans[0].links.as_deref().expect("a consumer keeps its links");
+        assert_eq!(links.traces(), &[(stormwatch_model::TraceId::from_hex(producer).unwrap(), 2)]);
+        assert_eq!(links.dropped, 1);
+        assert!(decoded.spans[1].links.is_none(), "a producer span's links are not needed");
     }
 
     /// The recorded Python SDK traffic decodes completely, with old conventions mapped.

@@ -6,7 +6,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use stormwatch_model::{Dimension, Sym};
 
-use crate::conventions::{push_span, service_name, AttrView, RawSpan, WireId};
+use crate::conventions::{push_span, service_name, AttrView, RawLinks, RawSpan, WireId};
 use crate::Decoded;
 
 fn string_value(kv: &KeyValue) -> Option<&str> {
@@ -55,6 +55,11 @@ pub fn from_request(request: &ExportTraceServiceRequest) -> Decoded {
                     end_unix_nano: span.end_time_unix_nano,
                     is_error,
                     trace_state: &span.trace_state,
+                    links: if span.links.is_empty() {
+                        RawLinks::None
+                    } else {
+                        RawLinks::Ids(span.links.iter().map(|link| WireId::Bytes(&link.trace_id)).collect())
+                    },
                 };
                 push_span(&mut decoded, raw, &attrs);
             }

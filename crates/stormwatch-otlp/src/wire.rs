@@ -6,7 +6,7 @@
 
 use stormwatch_model::{Dimension, Sym};
 
-use crate::conventions::{push_span, AttrView, RawSpan, WireId, UNKNOWN_SERVICE};
+use crate::conventions::{push_span, AttrView, RawLinks, RawSpan, WireId, UNKNOWN_SERVICE};
 use crate::{DecodeError, Decoded, Result};
 
 /// One protobuf field value.
@@ -162,6 +162,7 @@ fn decode_span(bytes: &[u8], service: Sym, decoded: &mut Decoded) -> Result<()> 
     let (mut name, mut trace_state) = ("", "");
     let (mut kind, mut start, mut end, mut is_error) = (0i32, 0u64, 0u64, false);
     let mut attrs = AttrView::default();
+    let mut links = RawLinks::None;
     let mut fields = Fields::new(bytes, "Span");
     while let Some((number, field)) = fields.next()? {
         match (number, field) {
@@ -181,6 +182,7 @@ fn decode_span(bytes: &[u8], service: Sym, decoded: &mut Decoded) -> Result<()> 
                 }
                 (_, Attribute::Array(_) | Attribute::Other) => {}
             },
+            (13, Value::Bytes(_)) => links = RawLinks::Wire(bytes),
             (15, Value::Bytes(b)) => {
                 let mut status = Fields::new(b, "Status");
                 is_error = false;
@@ -204,9 +206,33 @@ fn decode_span(bytes: &[u8], service: Sym, decoded: &mut Decoded) -> Result<()> 
         end_unix_nano: end,
         is_error,
         trace_state,
+        links,
     };
     push_span(decoded, raw, &attrs);
     Ok(())
+}
+
+/// Calls `each` with the trace id of every link of a protobuf `Span` message whose fields
+/// were already read once; a link that does not parse is passed as empty bytes (an invalid id).
+pub(crate) fn link_trace_ids(span: &[u8], each: &mut dyn FnMut(&[u8])) {
+    let mut fields = Fields::new(span, "Span");
+    while let Ok(Some((number, field))) = fields.next() {
+        let (13, Value::Bytes(link)) = (number, field) else { continue };
+        let mut trace_id: &[u8] = &[];
+        let mut link_fields = Fields::new(link, "Span.Link");
+        loop {
+            match link_fields.next() {
+                Ok(Some((1, Value::Bytes(id)))) => trace_id = id,
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    trace_id = &[];
+                    break;
+                }
+            }
+        }
+        each(trace_id);
+    }
 }
 
 /// Decodes a protobuf-encoded `ExportTraceServiceRequest`.
@@ -247,7 +273,7 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
     use opentelemetry_proto::tonic::resource::v1::Resource;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+    use opentelemetry_proto::tonic::trace::v1::{span::Link, ResourceSpans, ScopeSpans, Span, Status};
     use proptest::prelude::*;
     use prost::Message;
 
@@ -308,9 +334,16 @@ mod tests {
             prop::collection::vec(attribute(), 0..6),
             prop::option::of(0i32..3),
             prop::sample::select(vec!["", "ot=th:8", "ot=p:3", "vendor=1,ot=rv:ab;th:e668", "ot=th:zz"]),
+            // Few distinct linked traces, so repeats and the bound are both exercised.
+            prop::collection::vec(
+                prop::sample::select(vec![vec![1u8; 16], vec![2u8; 16], vec![3u8; 15], vec![]])
+                    .prop_map(|trace_id| Link { trace_id, span_id: vec![9; 8], ..Default::default() }),
+                0..12,
+            ),
         )
             .prop_map(
-                |(trace_id, span_id, parent_span_id, name, kind, start, end, attributes, status, state)| Span {
+                |(trace_id, span_id, parent_span_id, name, kind, start, end, attributes, status, state, links)| Span {
+                    links,
                     trace_id,
                     span_id,
                     trace_state: state.to_string(),

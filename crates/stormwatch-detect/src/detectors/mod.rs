@@ -46,6 +46,8 @@ mod egress;
 mod judge;
 mod wording;
 
+pub(crate) use wording::{number, requester};
+
 pub(crate) use judge::{judge, Judgement};
 use judge::{judge_fanout, judge_total, Outcome};
 pub use judge::{BORROWED_FACTOR, NEVER_SEEN_FACTOR, YOUNG_HOLD_FACTOR, YOUNG_HOLD_FROM_SAMPLES};

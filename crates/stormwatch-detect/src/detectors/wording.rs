@@ -18,7 +18,7 @@ fn entry_suffix(entry: Option<RootClass>, caller: &Node) -> String {
     }
 }
 
-fn number(value: f64) -> String {
+pub(crate) fn number(value: f64) -> String {
     if value.fract() == 0.0 {
         format!("{value:.0}")
     } else {
@@ -135,7 +135,7 @@ impl Pending {
 
 /// Who a time or bytes finding's excess is attributed to: the request's class, its client
 /// population and its user, each with all of it (one request caused it).
-fn requester(features: &TraceFeatures) -> Vec<Contributor> {
+pub(crate) fn requester(features: &TraceFeatures) -> Vec<Contributor> {
     let whole = |name: String| Contributor { name, share: 1.0 };
     let mut contributors: Vec<Contributor> =
         features.root_class.map(|c| whole(format!("entry {c}"))).into_iter().collect();

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
-use stormwatch_model::{client_population, Edge, RootClass, Sym, TraceId};
+use stormwatch_model::{client_population, Edge, Node, RootClass, Sym, TraceId};
 
 use super::{SpaceSaving, WindowConfig, HEAVIEST_TRACES, MAX_EXEMPLARS};
 use crate::features::TraceFeatures;
@@ -125,7 +125,15 @@ pub struct Window {
     pub(super) edges: HashMap<Edge, EdgeWindow>,
     #[serde(with = "pairs")]
     pub(super) caches: HashMap<Edge, CacheWindow>,
+    /// Consumers seen taking messages off queues, (consumer's entry node, queue node): the
+    /// consumer's calls are downstream of the calls into the queue. At most
+    /// [`MAX_QUEUE_FEEDS`].
+    #[serde(default)]
+    pub(super) feeds: Vec<(Node, Node)>,
 }
+
+/// Most (consumer, queue) pairs a window keeps.
+pub(super) const MAX_QUEUE_FEEDS: usize = 64;
 
 /// Maps keyed by edges as lists of `[key, value]` pairs (JSON keys must be strings).
 mod pairs {
@@ -162,7 +170,20 @@ impl Window {
             entry_requests: 0,
             edges: HashMap::new(),
             caches: HashMap::new(),
+            feeds: Vec::new(),
         }
+    }
+
+    /// Notes that `consumer` takes messages off `queue`.
+    fn feed(&mut self, consumer: Node, queue: Node) {
+        if self.feeds.len() < MAX_QUEUE_FEEDS && !self.feeds.contains(&(consumer, queue)) {
+            self.feeds.push((consumer, queue));
+        }
+    }
+
+    /// The queue `node` takes messages off, when it is a consumer this window saw.
+    pub(super) fn queue_feeding(&self, node: &Node) -> Option<Node> {
+        self.feeds.iter().find(|(consumer, _)| consumer == node).map(|(_, queue)| *queue)
     }
 
     /// Folds in the same window as seen by another engine (its share of the partitions), so
@@ -171,6 +192,9 @@ impl Window {
     pub fn merge(&mut self, other: Window, top_k: usize) {
         debug_assert_eq!((self.start, self.end), (other.start, other.end), "merging different windows");
         self.entry_requests += other.entry_requests;
+        for (consumer, queue) in other.feeds {
+            self.feed(consumer, queue);
+        }
         for (edge, theirs) in other.edges {
             let Some(ours) = self.edges.get_mut(&edge) else {
                 self.edges.insert(edge, theirs);
@@ -230,7 +254,10 @@ impl Window {
         (top_k, weight): (usize, u64),
         slowdown: &dyn Fn(&Edge) -> f64,
     ) {
-        self.entry_requests += weight;
+        match features.consumed.tied_back {
+            Some(tie) => self.feed(tie.consumer, tie.queue),
+            None => self.entry_requests += weight,
+        }
         let class = features.root_class;
         let population = features.client.map(|c| Sym::new(&client_population(c.as_str())));
         for edge in &features.edges {

@@ -209,7 +209,7 @@ pub fn judge_window(
     for (edge, value) in seasonal {
         store.observe_seasonal(WindowMetric::WorkPerEntry, edge, value, window.end);
     }
-    let pending = root_causes(pending);
+    let pending = root_causes(pending, window);
     for (class, edge, value) in learn_classes {
         store.observe_window_class(class, edge, value, window.end);
     }
@@ -219,8 +219,9 @@ pub fn judge_window(
 /// One incident, one alert. A retry storm explains the extra calls on its edge and everything
 /// downstream of its callee; a cache bypass explains the extra reads on its fallback edge;
 /// among the remaining amplifications, an edge whose caller is another anomalous edge's
-/// callee is a consequence of it.
-fn root_causes(pending: Vec<Pending>) -> Vec<Pending> {
+/// callee is a consequence of it (a consumer's, of the edge into the queue it takes messages
+/// off).
+fn root_causes(pending: Vec<Pending>, window: &Window) -> Vec<Pending> {
     use std::collections::HashSet;
     let mut explained_callees: HashSet<stormwatch_model::Node> = HashSet::new();
     let mut explained_edges: HashSet<Edge> = HashSet::new();
@@ -260,7 +261,8 @@ fn root_causes(pending: Vec<Pending>) -> Vec<Pending> {
             p.kind != AlertKind::AggregateAmplification
                 || !(explained_edges.contains(&p.edge)
                     || explained_callees.contains(&p.edge.from)
-                    || amplified.contains(&p.edge.from))
+                    || amplified.contains(&p.edge.from)
+                    || window.queue_feeding(&p.edge.from).is_some_and(|queue| amplified.contains(&queue)))
         })
         .collect()
 }

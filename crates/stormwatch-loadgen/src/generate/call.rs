@@ -43,9 +43,11 @@ impl<'s> Generator<'s> {
         kind: span::SpanKind,
         times: (u64, u64),
         attributes: Vec<KeyValue>,
-    ) {
-        let span = Self::client_span(build.trace_id, self.new_span_id(), parent, name, kind, times, attributes, false);
+    ) -> [u8; 8] {
+        let span_id = self.new_span_id();
+        let span = Self::client_span(build.trace_id, span_id, parent, name, kind, times, attributes, false);
         self.push(build, service, span);
+        span_id
     }
 
     /// Performs one call from `service` under `parent`; returns when it ended.
@@ -77,7 +79,11 @@ impl<'s> Generator<'s> {
                 attribute("server.address", format!("{system}.internal")),
             ];
             let name = format!("send {destination}");
-            self.push_virtual(build, service, parent, &name, span::SpanKind::Producer, (start, end), attributes);
+            let producer =
+                self.push_virtual(build, service, parent, &name, span::SpanKind::Producer, (start, end), attributes);
+            if call.consumer.is_some() {
+                build.sent.push(queue::Sent { call, producer, at: end });
+            }
             return end + 10_000;
         }
         start

@@ -21,6 +21,7 @@ use crate::labels::Labels;
 use crate::scenario::{Call, Change, ChangeKind, Operation, Scenario};
 
 mod call;
+mod queue;
 
 const NANOS: f64 = 1e9;
 /// Deepest call chain followed; deeper calls are not made (cyclic topologies end here).
@@ -59,6 +60,9 @@ pub struct Generator<'s> {
     next_arrival: u64,
     requests: u64,
     labels: Labels,
+    /// Consumers' traces waiting for their export time: (end, sequence) -> trace.
+    pending: BTreeMap<(u64, u64), GeneratedTrace>,
+    sequence: u64,
 }
 
 impl std::fmt::Debug for Generator<'_> {
@@ -104,6 +108,8 @@ struct Build<'a> {
     user: Option<String>,
     /// Spans made so far.
     span_count: usize,
+    /// Messages sent to queues with a consumer, to be consumed after the request.
+    sent: Vec<queue::Sent<'a>>,
 }
 
 impl<'s> Generator<'s> {
@@ -120,6 +126,8 @@ impl<'s> Generator<'s> {
             next_arrival: start_nanos,
             requests: 0,
             labels,
+            pending: BTreeMap::new(),
+            sequence: 0,
         }
     }
 
@@ -172,7 +180,7 @@ impl<'s> Generator<'s> {
         id
     }
 
-    fn generate(&mut self, at: u64, active: Vec<(usize, &'s Change)>) -> GeneratedTrace {
+    fn generate(&mut self, at: u64, active: Vec<(usize, &'s Change)>) -> (GeneratedTrace, Vec<GeneratedTrace>) {
         let mix = self.entry_mix(&active);
         let entry_index = self.rng.weighted(&mix.weights);
         let entry = &self.scenario.entries[entry_index];
@@ -198,6 +206,7 @@ impl<'s> Generator<'s> {
             client_address,
             user,
             span_count: 0,
+            sent: Vec::new(),
         };
         let query =
             entry.query.iter().map(|key| format!("{key}={}", self.rng.between(1, 100))).collect::<Vec<_>>().join("&");
@@ -208,14 +217,16 @@ impl<'s> Generator<'s> {
         for index in &build.touched {
             self.labels.changes[*index].record(trace_id);
         }
+        let consumed = self.consume_all(&mut build);
         let (resource_spans, spans) = resource_spans(build);
-        GeneratedTrace {
+        let trace = GeneratedTrace {
             trace_id,
             request: ExportTraceServiceRequest { resource_spans },
             start_unix_nano: at,
             end_unix_nano: end,
             spans,
-        }
+        };
+        (trace, consumed)
     }
 
     /// The entry mix at this moment: the scenario's weights, shifted by active mix-shift and
@@ -509,6 +520,12 @@ impl Iterator for Generator<'_> {
     fn next(&mut self) -> Option<GeneratedTrace> {
         loop {
             let at = self.next_arrival;
+            // Consumers export when they are done: before the requests that arrive later.
+            if let Some(entry) = self.pending.first_entry() {
+                if entry.key().0 <= at || at >= self.end_nanos {
+                    return Some(entry.remove());
+                }
+            }
             if at >= self.end_nanos {
                 return None;
             }
@@ -516,11 +533,19 @@ impl Iterator for Generator<'_> {
             let gap = self.rng.exponential(NANOS / self.rate(at, &active));
             self.next_arrival = at + gap.max(1.0) as u64;
             self.requests += 1;
-            let mut trace = self.generate(at, active);
+            let (mut trace, mut consumed) = self.generate(at, active);
             match self.scenario.sampling.map(Sampler::new) {
-                None => return Some(trace),
+                None => {
+                    self.schedule(consumed);
+                    return Some(trace);
+                }
+                // A consumer follows its sender's sampling decision (parent-based sampling).
                 Some(sampler) if sampler.keeps(&trace.trace_id) => {
                     sampler.stamp(&mut trace.request);
+                    for consumer in &mut consumed {
+                        sampler.stamp(&mut consumer.request);
+                    }
+                    self.schedule(consumed);
                     return Some(trace);
                 }
                 // Generated, so the traffic (and the random draws) are the unsampled one's.
