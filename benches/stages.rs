@@ -87,7 +87,7 @@ fn stages(c: &mut Criterion) {
     let mut trained = BaselineStore::new(200_000);
     for f in &features {
         let (_, anomalies) = detect(f, &trained, &config);
-        learn(f, &mut trained, &anomalies);
+        learn(f, &mut trained, &config, &anomalies);
     }
 
     let mut group = c.benchmark_group("stages");
@@ -123,7 +123,7 @@ fn stages(c: &mut Criterion) {
             || trained.clone(),
             |mut store| {
                 for f in &features {
-                    learn(f, &mut store, &Default::default());
+                    learn(f, &mut store, &config, &Default::default());
                 }
                 store.edges_tracked()
             },

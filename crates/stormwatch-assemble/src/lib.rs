@@ -19,6 +19,10 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
+/// Keyed by trace ids the sender chose: a hasher seeded per process (as the baseline store's),
+/// several times faster than `std`'s SipHash on 16-byte keys.
+type Hasher = foldhash::fast::RandomState;
+
 use stormwatch_model::{Span, SpanKind, TraceId};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
@@ -138,7 +142,7 @@ impl Pending {
 /// The trace buffer.
 pub struct Assembler {
     config: AssemblerConfig,
-    pending: HashMap<TraceId, Pending>,
+    pending: HashMap<TraceId, Pending, Hasher>,
     /// (earliest time the trace might be due, trace). Entries are checked when popped and
     /// pushed again if the trace became due later; stale ones are skipped.
     timers: BinaryHeap<Reverse<(u64, TraceId)>>,
@@ -147,7 +151,7 @@ pub struct Assembler {
     next_generation: u64,
     in_flight_spans: usize,
     watermark: u64,
-    recent: HashSet<TraceId>,
+    recent: HashSet<TraceId, Hasher>,
     recent_order: VecDeque<TraceId>,
     stats: AssemblerStats,
 }
@@ -163,13 +167,13 @@ impl Assembler {
     pub fn new(config: AssemblerConfig) -> Assembler {
         Assembler {
             config,
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             timers: BinaryHeap::new(),
             creation: VecDeque::new(),
             next_generation: 0,
             in_flight_spans: 0,
             watermark: 0,
-            recent: HashSet::new(),
+            recent: HashSet::default(),
             recent_order: VecDeque::new(),
             stats: AssemblerStats::default(),
         }

@@ -453,7 +453,7 @@ impl Engine {
                     .iter()
                     .any(|f| !(f.kind == AlertKind::NewEdge && f.severity == stormwatch_model::Severity::Info));
             if features.complete {
-                learn(&features, &mut self.store, &anomalies);
+                learn(&features, &mut self.store, &self.detect, &anomalies);
                 self.stats.traces_learned += 1;
             }
             let findings = match requester.filter(|r| r.holding) {

@@ -82,7 +82,7 @@ pub struct Requester {
 
 /// The requests that sent messages lately.
 pub struct Queues {
-    senders: HashMap<TraceId, Sender>,
+    senders: HashMap<TraceId, Sender, foldhash::fast::RandomState>,
     /// Senders in arrival order (with their end), to settle and forget the oldest first.
     order: VecDeque<(u64, TraceId)>,
     /// Senders with a held finding (few): the only ones `settle` looks at.
@@ -118,7 +118,7 @@ impl Queues {
     /// [`Queues::new`] remembering at most `capacity` requests.
     pub fn with_capacity(settle_idle: u64, settle_max: u64, capacity: usize) -> Queues {
         Queues {
-            senders: HashMap::new(),
+            senders: HashMap::default(),
             order: VecDeque::new(),
             holding: Vec::new(),
             capacity: capacity.max(1),

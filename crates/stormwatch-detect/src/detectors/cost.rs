@@ -14,11 +14,18 @@
 //! milliseconds is not an incident. It is stretched by how much slower than usual the callee
 //! answers everyone lately ([`stormwatch_baseline::Pace`]): a database slowing down for every
 //! caller is a latency incident, not a request class abusing a channel.
+//!
+//! Only work of at least a quarter of the absolute excess (the *floor*, 5 ms by default) is
+//! learned ([`super::judge::judge_floored`]): below it, a request's work cannot move a
+//! threshold that is at least the excess above the baseline's quantile, and most requests'
+//! work on most edges is far below it (it then costs the engine no table entry at all). The
+//! requests under the floor are counted by the same key's calls per request (every request
+//! that made the calls).
 
 use stormwatch_baseline::BaselineStore;
 use stormwatch_model::{AlertKind, RootClass};
 
-use super::judge::judge;
+use super::judge::judge_floored;
 use super::wording::Pending;
 use super::{Anomalies, DetectConfig};
 use crate::features::TraceFeatures;
@@ -45,10 +52,11 @@ pub(super) fn judge_cost(
     // Every threshold is at least `min_excess` (the baseline's quantile plus it, stretched by a
     // slowdown of at least 1): work within it needs no lookup.
     for edge in features.edges.iter().filter(|e| e.work_micros as f64 > rules.min_excess) {
-        let Some(baseline) = store.request_work().get(&(class, edge.edge)) else { continue };
+        let Some(requests) = store.request_edges().get(&(class, edge.edge)) else { continue };
+        let work = store.request_work().get(&(class, edge.edge));
         let slowdown = store.slowdown((edge.edge.to.service, edge.edge.to.kind));
         let paced = (edge.work_micros as f64 / slowdown) as u64;
-        let Some(mut judgement) = judge(Some(baseline), paced, &rules) else { continue };
+        let Some(mut judgement) = judge_floored(requests, work, floor(config), paced, &rules) else { continue };
         judgement.expected *= slowdown;
         judgement.threshold *= slowdown;
         anomalies.request_work.insert(edge.edge);
@@ -68,13 +76,26 @@ pub(super) fn judge_cost(
     pending
 }
 
-/// Learns each edge's work per request (unless judged anomalous) and each callee's pace
-/// (always: a callee slowing for everyone must show, whatever the requests were judged).
-pub(super) fn learn_cost(features: &TraceFeatures, class: RootClass, store: &mut BaselineStore, anomalies: &Anomalies) {
+/// The work, in microseconds, under which a request's work on an edge is not learned.
+fn floor(config: &DetectConfig) -> u64 {
+    (config.min_excess_work_ms * MICROS_PER_MILLI / 4.0) as u64
+}
+
+/// Learns each edge's work per request (unless judged anomalous, or under the floor) and each
+/// callee's pace (always: a callee slowing for everyone must show, whatever the requests were
+/// judged).
+pub(super) fn learn_cost(
+    features: &TraceFeatures,
+    class: RootClass,
+    store: &mut BaselineStore,
+    config: &DetectConfig,
+    anomalies: &Anomalies,
+) {
     let at = features.end_unix_nano;
+    let floor = floor(config);
     for edge in features.edges.iter().filter(|e| e.calls > 0) {
         store.observe_pace((edge.edge.to.service, edge.edge.to.kind), edge.work_micros as f64 / edge.calls as f64, at);
-        if !anomalies.request_work.contains(&edge.edge) {
+        if edge.work_micros >= floor && !anomalies.request_work.contains(&edge.edge) {
             store.observe_request_work(class, edge.edge, edge.work_micros, at);
         }
     }
@@ -147,6 +168,20 @@ mod tests {
         assert_eq!(names, ["entry gateway `GET /search`", "clients 10.9.0.0/16"]);
         // Not learned: the same query again is judged the same.
         assert_eq!(judged(&mut store, &search(1_001, 40_000)).len(), 1);
+    }
+
+    /// Work under the floor (5 ms) is counted, not learned: the ordinary queries cost no entry,
+    /// the few slow ones are the whole table; the median is reported as under the floor.
+    #[test]
+    fn work_under_the_floor_is_counted_not_learned() {
+        let store = trained();
+        let work = store.request_work();
+        assert_eq!(work.len(), 1, "only the edge with the slow queries has entries");
+        let (_, slow) = work.iter().next().unwrap();
+        assert_eq!(slow.samples(), 2, "the 2 queries of 6 ms and more among 400");
+        let mut store = store;
+        let findings = judged(&mut store, &search(1_000, 40_000));
+        assert!(findings[0].explanation.contains("(normally under 5, alert above 25)"), "{}", findings[0].explanation);
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //!
 //! The threshold is the per-trace rule with the absolute excess in bytes
 //! ([`DetectConfig::min_excess_bytes`], 1 MB), so pages a little larger than usual are not an
-//! incident. Where the request's own size is known (`http.request.body.size`), the explanation
+//! incident. Sizes under a quarter of it are counted, not learned (as time is, see `cost`): the
+//! requests are counted by the class's spans per request at the entry and by the edge's calls
+//! per request on an edge, which assumes that a callee reports its sizes for every call or
+//! none. Where the request's own size is known (`http.request.body.size`), the explanation
 //! gives the amplification factor, bytes out per byte in. Only spans that report a size are
 //! judged or learned: an instrumentation that reports none is not a response of 0 bytes.
 //!
@@ -19,10 +22,10 @@
 
 use std::collections::HashSet;
 
-use stormwatch_baseline::BaselineStore;
+use stormwatch_baseline::{BaselineStore, RequestMetric};
 use stormwatch_model::{AlertKind, Edge, Node, RootClass};
 
-use super::judge::judge;
+use super::judge::judge_floored;
 use super::wording::Pending;
 use super::{Anomalies, DetectConfig};
 use crate::features::TraceFeatures;
@@ -48,7 +51,15 @@ pub(super) fn judge_egress(
     let mut pending = Vec::new();
     // Every threshold is at least `min_excess`: sizes within it need no lookup.
     for (edge, bytes) in sizes(features, class).filter(|(_, bytes)| *bytes as f64 > rules.min_excess) {
-        let Some(judgement) = judge(store.request_bytes().get(&(class, edge)), bytes, &rules) else { continue };
+        // Every request of the class passes its entry; every request that made the calls, the edge.
+        let requests = if edge.from.is_clients() {
+            store.request_totals().get(&(class, RequestMetric::Spans))
+        } else {
+            store.request_edges().get(&(class, edge))
+        };
+        let Some(requests) = requests else { continue };
+        let learned = store.request_bytes().get(&(class, edge));
+        let Some(judgement) = judge_floored(requests, learned, floor(config), bytes, &rules) else { continue };
         anomalies.request_bytes.insert(edge);
         let factor = (edge.from.is_clients() && features.request_bytes > 0)
             .then(|| format!("{:.0} bytes out per byte in", bytes as f64 / features.request_bytes as f64));
@@ -71,15 +82,24 @@ pub(super) fn judge_egress(
     pending.into_iter().filter(|p| p.edge.is_none_or(|e| !callers.contains(&e.to))).collect()
 }
 
-/// Learns the bytes per request of each size the request reported, unless judged anomalous.
+/// The bytes under which a request's size is not learned (a quarter of the excess).
+fn floor(config: &DetectConfig) -> u64 {
+    (config.min_excess_bytes / 4.0) as u64
+}
+
+/// Learns the bytes per request of each size the request reported, unless judged anomalous or
+/// under the floor.
 pub(super) fn learn_egress(
     features: &TraceFeatures,
     class: RootClass,
     store: &mut BaselineStore,
+    config: &DetectConfig,
     anomalies: &Anomalies,
 ) {
     let at = features.end_unix_nano;
-    for (edge, bytes) in sizes(features, class).filter(|(edge, _)| !anomalies.request_bytes.contains(edge)) {
+    let floor = floor(config);
+    let learned = |(edge, bytes): &(Edge, u64)| *bytes >= floor && !anomalies.request_bytes.contains(edge);
+    for (edge, bytes) in sizes(features, class).filter(learned) {
         store.observe_request_bytes(class, edge, bytes, at);
     }
 }

@@ -36,6 +36,9 @@ impl Judgement {
 pub(crate) enum Basis {
     /// The key's own.
     Own,
+    /// The key's own, whose median is only known to be under the value given (values under a
+    /// floor are counted, not learned).
+    OwnUnder,
     /// An ancestor's, the key being young: which, and how many samples the key has itself.
     Borrowed(Ancestor, u64),
     /// The whole system's: a request total beyond [`NEVER_SEEN_FACTOR`] times its largest.
@@ -118,6 +121,53 @@ pub(crate) fn judge(distribution: Option<&Distribution>, observed: u64, config: 
     }
     let threshold = threshold_of(distribution, config);
     (observed as f64 > threshold).then(|| Judgement::against(distribution, threshold, Basis::Own))
+}
+
+/// The `q` quantile of a value over all the requests `requests` counts, of which `learned`
+/// holds those whose value reached `floor` (the others were counted, not learned): the floor
+/// when it falls among the others.
+fn floored_quantile(requests: &Distribution, learned: Option<&Distribution>, floor: u64, q: f64) -> u64 {
+    let total = requests.samples();
+    let kept = learned.map_or(0, Distribution::samples).min(total);
+    let below = total - kept;
+    let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+    match learned {
+        Some(learned) if rank > below && kept > 0 => {
+            learned.quantile(((rank - below) as f64 / kept as f64).min(1.0)).max(floor)
+        }
+        _ => floor,
+    }
+}
+
+/// The per-trace rule on a value learned only from `floor` up (time and bytes per request: a
+/// value under a quarter of `min_excess` cannot move a threshold at least `min_excess` above
+/// the quantile): judged once `requests`, which counts every request, has
+/// `learning_min_samples`. A quantile among the values under the floor is taken to be the
+/// floor, so the threshold errs high by less than the floor, and the median is then reported
+/// as an upper bound ([`Basis::OwnUnder`]).
+pub(super) fn judge_floored(
+    requests: &Distribution,
+    learned: Option<&Distribution>,
+    floor: u64,
+    observed: u64,
+    config: &DetectConfig,
+) -> Option<Judgement> {
+    if requests.samples() + requests.held() < config.learning_min_samples
+        || requests.samples() < HOLD_FROM_SAMPLES.min(config.learning_min_samples)
+    {
+        return None;
+    }
+    let quantile = |q: f64| floored_quantile(requests, learned, floor, q);
+    let high = quantile(config.quantile) as f64;
+    let threshold = (high * config.ratio).max(high + config.min_excess).max(tail_threshold_of(&quantile, high, config));
+    let median = quantile(0.5);
+    (observed as f64 > threshold).then(|| Judgement {
+        expected: median as f64,
+        threshold,
+        samples: requests.samples(),
+        since: requests.since_unix_nano(),
+        basis: if median == floor { Basis::OwnUnder } else { Basis::Own },
+    })
 }
 
 /// The threshold a young key is held to by a wider baseline: `max(q * ratio, q + min_excess)`
@@ -217,8 +267,13 @@ fn judge_young<'a>(
 /// exponent is measured between p90 and `quantile` and extrapolated beyond `quantile`,
 /// as for a power law. Capped at one decade of value per decade of probability.
 pub(super) fn tail_threshold(distribution: &Distribution, high: f64, config: &DetectConfig) -> f64 {
+    tail_threshold_of(&|q| distribution.quantile(q), high, config)
+}
+
+/// [`tail_threshold`] of a distribution given by its quantile function.
+fn tail_threshold_of(quantile: &dyn Fn(f64) -> u64, high: f64, config: &DetectConfig) -> f64 {
     let reference = 0.9_f64.min(config.quantile);
-    let low = (distribution.quantile(reference) as f64).max(1.0);
+    let low = (quantile(reference) as f64).max(1.0);
     if high <= low || config.quantile >= 1.0 || config.false_alarm_rate <= 0.0 {
         return high;
     }

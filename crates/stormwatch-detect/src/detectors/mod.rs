@@ -392,7 +392,7 @@ pub struct Anomalies {
 }
 
 /// Learns a complete trace's observations, except the anomalous ones.
-pub fn learn(features: &TraceFeatures, store: &mut BaselineStore, anomalies: &Anomalies) {
+pub fn learn(features: &TraceFeatures, store: &mut BaselineStore, config: &DetectConfig, anomalies: &Anomalies) {
     if !features.complete {
         return;
     }
@@ -422,8 +422,8 @@ pub fn learn(features: &TraceFeatures, store: &mut BaselineStore, anomalies: &An
                 store.observe_request_edge(class, edge.edge, edge.calls, at);
             }
         }
-        cost::learn_cost(features, class, store, anomalies);
-        egress::learn_egress(features, class, store, anomalies);
+        cost::learn_cost(features, class, store, config, anomalies);
+        egress::learn_egress(features, class, store, config, anomalies);
         for metric in RequestMetric::ALL {
             let value = total(features, metric);
             match (anomalies.totals.contains(&metric), anomalies.borrowed.contains(&metric)) {
@@ -442,8 +442,9 @@ pub fn learn(features: &TraceFeatures, store: &mut BaselineStore, anomalies: &An
 /// Judges a trace, then learns it as the engine does: what a test of a detector runs per trace.
 #[cfg(test)]
 fn judged(store: &mut BaselineStore, features: &TraceFeatures) -> Vec<Finding> {
-    let (findings, anomalies) = detect(features, store, &DetectConfig::default());
-    learn(features, store, &anomalies);
+    let config = DetectConfig::default();
+    let (findings, anomalies) = detect(features, store, &config);
+    learn(features, store, &config, &anomalies);
     findings
 }
 

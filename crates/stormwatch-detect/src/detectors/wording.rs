@@ -54,7 +54,7 @@ impl Pending {
         }
         let explanation = self.sentence(entry, observed, &limits);
         let from = match basis {
-            Basis::Own => None,
+            Basis::Own | Basis::OwnUnder => None,
             Basis::Borrowed(scope, _) => Some(scope.to_string()),
             Basis::Unprecedented => Some(ClassScope::System.to_string()),
         };
@@ -148,6 +148,7 @@ pub(crate) fn requester(features: &TraceFeatures) -> Vec<Contributor> {
 fn limits(basis: Basis, expected: f64, threshold: f64, samples: u64) -> String {
     match basis {
         Basis::Own => format!("normally {}, alert above {}", number(expected), number(threshold)),
+        Basis::OwnUnder => format!("normally under {}, alert above {}", number(expected), number(threshold)),
         Basis::Unprecedented => format!(
             "never seen in the whole system: every request of the system, normally {}, never more than {} in {} \
              requests; alert above {NEVER_SEEN_FACTOR}x that",

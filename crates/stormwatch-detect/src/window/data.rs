@@ -122,9 +122,9 @@ pub struct Window {
     /// Requests that entered the system in it.
     pub entry_requests: u64,
     #[serde(with = "pairs")]
-    pub(super) edges: HashMap<Edge, EdgeWindow>,
+    pub(super) edges: EdgeMap<EdgeWindow>,
     #[serde(with = "pairs")]
-    pub(super) caches: HashMap<Edge, CacheWindow>,
+    pub(super) caches: EdgeMap<CacheWindow>,
     /// Consumers seen taking messages off queues, (consumer's entry node, queue node): the
     /// consumer's calls are downstream of the calls into the queue. At most
     /// [`MAX_QUEUE_FEEDS`].
@@ -135,16 +135,20 @@ pub struct Window {
 /// Most (consumer, queue) pairs a window keeps.
 pub(super) const MAX_QUEUE_FEEDS: usize = 64;
 
+/// A map keyed by edges, with the baseline store's hasher (seeded per process; faster than
+/// `std`'s SipHash on the engine thread).
+pub(super) type EdgeMap<V> = HashMap<Edge, V, foldhash::fast::RandomState>;
+
 /// Maps keyed by edges as lists of `[key, value]` pairs (JSON keys must be strings).
 mod pairs {
     use std::collections::HashMap;
-    use std::hash::Hash;
+    use std::hash::{BuildHasher, Hash};
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     /// In key order, so one window always encodes to the same bytes.
-    pub(super) fn serialize<K: Serialize + Ord, V: Serialize, S: Serializer>(
-        map: &HashMap<K, V>,
+    pub(super) fn serialize<K: Serialize + Ord, V: Serialize, H, S: Serializer>(
+        map: &HashMap<K, V, H>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         let mut pairs: Vec<(&K, &V)> = map.iter().collect();
@@ -152,9 +156,10 @@ mod pairs {
         serializer.collect_seq(pairs)
     }
 
-    pub(super) fn deserialize<'de, K, V, D>(deserializer: D) -> Result<HashMap<K, V>, D::Error>
+    pub(super) fn deserialize<'de, K, V, H, D>(deserializer: D) -> Result<HashMap<K, V, H>, D::Error>
     where
         K: Deserialize<'de> + Eq + Hash,
+        H: BuildHasher + Default,
         V: Deserialize<'de>,
         D: Deserializer<'de>,
     {
@@ -168,8 +173,8 @@ impl Window {
             start,
             end: start.saturating_add(length),
             entry_requests: 0,
-            edges: HashMap::new(),
-            caches: HashMap::new(),
+            edges: EdgeMap::default(),
+            caches: EdgeMap::default(),
             feeds: Vec::new(),
         }
     }
