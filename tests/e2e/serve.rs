@@ -337,3 +337,23 @@ async fn sampled_traces_count_the_traffic_they_stand_for() {
     });
     serve.stop();
 }
+
+/// Consumers instrumented by the OpenTelemetry SDK, linking to their producers (batch-receive
+/// style): their traces are tied back to the request that sent the messages, over OTLP/HTTP.
+#[tokio::test(flavor = "multi_thread")]
+async fn consumer_traces_linking_to_their_producer_are_tied_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let services = Services::new(&serve, Transport::Http, &["api", "worker"]);
+    tokio::task::block_in_place(|| {
+        for _ in 0..3 {
+            services.order_with_linked_consumers(2);
+        }
+        services.flush();
+        wait_until("six consumer traces tied back to their orders", Duration::from_secs(60), || {
+            serve.metrics().contains("stormwatch_consumer_traces_tied_total 6\n")
+        });
+        services.shutdown();
+    });
+    serve.stop();
+}

@@ -542,6 +542,66 @@ impl Services {
         trace_id
     }
 
+    /// An `api` order that sends `messages` to Kafka's `orders`, each taken by `worker` in a
+    /// trace of its own whose CONSUMER span links to the producer span (batch-receive style),
+    /// with one database write; returns the order's trace id.
+    pub(crate) fn order_with_linked_consumers(&self, messages: usize) -> String {
+        use opentelemetry::trace::{Link, Span as _};
+        let api = self.tracer("api");
+        let worker = self.tracer("worker");
+        let root = api
+            .span_builder("POST /orders")
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("http.route", "/orders"),
+                KeyValue::new("client.address", "10.1.2.3"),
+            ])
+            .start(&api);
+        let root_cx = Context::current_with_span(root);
+        let mut producers = Vec::new();
+        for _ in 0..messages {
+            let send = api
+                .span_builder("send orders")
+                .with_kind(SpanKind::Producer)
+                .with_attributes([
+                    KeyValue::new("messaging.system", "kafka"),
+                    KeyValue::new("messaging.destination.name", "orders"),
+                    KeyValue::new("messaging.operation.type", "send"),
+                ])
+                .start_with_context(&api, &root_cx);
+            producers.push(send.span_context().clone());
+            drop(send);
+        }
+        let trace_id = root_cx.span().span_context().trace_id().to_string();
+        root_cx.span().end();
+        for producer in producers {
+            let process = worker
+                .span_builder("process orders")
+                .with_kind(SpanKind::Consumer)
+                .with_attributes([
+                    KeyValue::new("messaging.system", "kafka"),
+                    KeyValue::new("messaging.destination.name", "orders"),
+                    KeyValue::new("messaging.operation.type", "process"),
+                ])
+                .with_links(vec![Link::with_context(producer)])
+                .start_with_context(&worker, &Context::new());
+            let process_cx = Context::current_with_span(process);
+            let write = worker
+                .span_builder("INSERT shop.lines")
+                .with_kind(SpanKind::Client)
+                .with_attributes([
+                    KeyValue::new("db.system.name", "postgresql"),
+                    KeyValue::new("db.namespace", "shop"),
+                    KeyValue::new("db.query.text", "INSERT INTO lines (order_id) VALUES ($1)"),
+                ])
+                .start_with_context(&worker, &process_cx);
+            drop(write);
+            process_cx.span().end();
+        }
+        trace_id
+    }
+
     pub(crate) fn flush(&self) {
         for (name, provider) in &self.providers {
             provider.force_flush().unwrap_or_else(|e| panic!("flushing {name}: {e}"));

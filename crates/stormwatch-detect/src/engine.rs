@@ -379,6 +379,11 @@ impl Engine {
         self.assembler.watermark().saturating_sub(self.windows.config().close_delay_nanos)
     }
 
+    /// Message-sending requests remembered to tie their consumers back.
+    pub fn queue_senders(&self) -> usize {
+        self.queues.len()
+    }
+
     /// Judges windows merged from the engines of a consumer group, as if closed here.
     pub fn judge_merged(&mut self, windows: Vec<crate::window::Window>, out: &mut Vec<Alert>) {
         let before = out.len();

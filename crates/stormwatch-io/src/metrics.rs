@@ -269,6 +269,10 @@ metrics! {
     late_spans_dropped_total: "counter",
     /// Late parts of traces judged as continuations: messages consumed after their sender's trace had completed.
     trace_continuations_total: "counter",
+    /// Consumer traces tied back to the request that sent their messages (by span links or parentage).
+    consumer_traces_tied_total: "counter",
+    /// Message-sending requests remembered to tie their consumers back (at most 100,000).
+    queue_senders: "gauge",
     /// Spans with a zero timestamp or an end before their start.
     bad_timestamp_spans_total: "counter",
     /// Spans too far in the future to move event time.

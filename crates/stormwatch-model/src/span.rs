@@ -79,11 +79,13 @@ pub struct Span {
     /// Authenticated user of an entry span (`enduser.id`, `user.id`).
     pub user: Option<Sym>,
     /// Payload bytes the span reports: the response body of a call
-    /// (`http.response.body.size`), the message body of a send (`messaging.message.body.size`);
-    /// saturated at 4 GiB, 0 when not reported.
+    /// (`http.response.body.size`), the message body of a send (`messaging.message.body.size`),
+    /// or else the RPC messages its events say it received (a client) or sent (a server)
+    /// (`rpc.message.uncompressed_size`); saturated at 4 GiB, 0 when not reported.
     pub bytes: u32,
-    /// Request payload bytes the span reports (`http.request.body.size`); saturated at
-    /// 4 GiB, 0 when not reported: with `bytes`, how much a request amplified.
+    /// Request payload bytes the span reports (`http.request.body.size`, or else its RPC
+    /// message events); saturated at 4 GiB, 0 when not reported: with `bytes`, how much a
+    /// request amplified.
     pub request_bytes: u32,
     /// How many spans this one stands for under probability sampling: the reciprocal of the
     /// sampling probability its `tracestate` carries (`ot=th:...`), 1 when it carries none.

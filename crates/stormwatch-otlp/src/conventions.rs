@@ -104,6 +104,38 @@ pub(crate) struct AttrView<'s> {
     resend_count: Option<i64>,
     bytes: Option<i64>,
     request_bytes: Option<i64>,
+    /// Uncompressed bytes of the RPC messages the span's events say it sent and received.
+    rpc_sent: Option<i64>,
+    rpc_received: Option<i64>,
+}
+
+/// One span event's attributes as far as sizes go: an RPC `message` event's direction and
+/// uncompressed size (`rpc.message.type`, `rpc.message.uncompressed_size`, or the older
+/// `message.type`, `message.uncompressed_size`).
+#[derive(Default)]
+pub(crate) struct MessageEvent {
+    received: Option<bool>,
+    size: Option<i64>,
+}
+
+impl MessageEvent {
+    /// Records one string attribute of the event.
+    pub(crate) fn set(&mut self, key: &str, value: &str) {
+        if matches!(key, "rpc.message.type" | "message.type") {
+            self.received = match value {
+                "RECEIVED" => Some(true),
+                "SENT" => Some(false),
+                _ => None,
+            };
+        }
+    }
+
+    /// Records one integer attribute of the event.
+    pub(crate) fn set_int(&mut self, key: &str, value: i64) {
+        if matches!(key, "rpc.message.uncompressed_size" | "message.uncompressed_size") {
+            self.size = Some(value);
+        }
+    }
 }
 
 impl<'s> AttrView<'s> {
@@ -169,6 +201,14 @@ impl<'s> AttrView<'s> {
             "http.request_content_length" => self.request_bytes = self.request_bytes.or(Some(value)),
             _ => {}
         }
+    }
+
+    /// Adds one span event's message size, if it is an RPC message event with both a
+    /// direction and a size.
+    pub(crate) fn message(&mut self, event: &MessageEvent) {
+        let (Some(received), Some(size)) = (event.received, event.size) else { return };
+        let total = if received { &mut self.rpc_received } else { &mut self.rpc_sent };
+        *total = Some(total.unwrap_or(0).saturating_add(size.max(0)));
     }
 
     /// Whether `key` is a captured request header the engine reads (decoders pass each string
@@ -441,6 +481,10 @@ fn build_span(
         None
     };
     let remote = if kind.is_outgoing() { attrs.remote(raw.name) } else { None };
+    // Where no body size is reported, an RPC's message events tell: a client receives the
+    // response, a server sends it.
+    let (response_messages, request_messages) =
+        if kind.is_outgoing() { (attrs.rpc_received, attrs.rpc_sent) } else { (attrs.rpc_sent, attrs.rpc_received) };
     // Clients are kept as their population (/16, /64), with where the address came from: what
     // window detectors attribute to, and far fewer names than addresses.
     let client_address =
@@ -465,8 +509,11 @@ fn build_span(
         remote,
         client_address,
         user,
-        bytes: attrs.bytes.map_or(0, |bytes| bytes.clamp(0, i64::from(u32::MAX)) as u32),
-        request_bytes: attrs.request_bytes.map_or(0, |bytes| bytes.clamp(0, i64::from(u32::MAX)) as u32),
+        bytes: attrs.bytes.or(response_messages).map_or(0, |bytes| bytes.clamp(0, i64::from(u32::MAX)) as u32),
+        request_bytes: attrs
+            .request_bytes
+            .or(request_messages)
+            .map_or(0, |bytes| bytes.clamp(0, i64::from(u32::MAX)) as u32),
         adjusted_count: crate::sampling::adjusted_count(raw.trace_state),
         // Kept where they say which traces a request continues: on entry spans.
         links: if entry_like { raw.links.read(trace_id) } else { None },

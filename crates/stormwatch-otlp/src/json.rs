@@ -9,7 +9,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use stormwatch_model::{Dimension, Sym};
 
-use crate::conventions::{push_span, service_name, AttrView, RawLinks, RawSpan, WireId};
+use crate::conventions::{push_span, service_name, AttrView, MessageEvent, RawLinks, RawSpan, WireId};
 use crate::{Decoded, Result};
 
 #[derive(Deserialize)]
@@ -62,6 +62,15 @@ struct JsonSpan<'a> {
     status: Option<Status>,
     #[serde(borrow, default)]
     links: Vec<JsonLink<'a>>,
+    #[serde(borrow, default)]
+    events: Vec<JsonEvent<'a>>,
+}
+
+/// A span event: only its attributes are read (an RPC message's direction and size).
+#[derive(Deserialize)]
+struct JsonEvent<'a> {
+    #[serde(borrow, default)]
+    attributes: Vec<KeyValue<'a>>,
 }
 
 /// A span link: only the linked trace is read.
@@ -241,6 +250,17 @@ pub fn decode_json(bytes: &[u8]) -> Result<Decoded> {
                         }
                     }
                 }
+                for event in &span.events {
+                    let mut message = MessageEvent::default();
+                    for kv in &event.attributes {
+                        if let Some(value) = string_value(kv) {
+                            message.set(&kv.key, value);
+                        } else if let Some(value) = kv.value.as_ref().and_then(|v| v.int_value.as_ref()) {
+                            message.set_int(&kv.key, value.0);
+                        }
+                    }
+                    attrs.message(&message);
+                }
                 let raw = RawSpan {
                     trace_id: WireId::Hex(&span.trace_id),
                     span_id: WireId::Hex(&span.span_id),
@@ -330,6 +350,38 @@ mod tests {
         assert_eq!(links.traces(), &[(stormwatch_model::TraceId::from_hex(producer).unwrap(), 2)]);
         assert_eq!(links.dropped, 1);
         assert!(decoded.spans[1].links.is_none(), "a producer span's links are not needed");
+    }
+
+    /// A gRPC call that reports no body sizes: its message events give them, summed per
+    /// direction (a client receives the response, a server sends it), in either convention.
+    #[test]
+    fn rpc_message_events_give_the_sizes() {
+        let message = |kind: &str, size: i64, old: bool| {
+            let (type_key, size_key) = if old {
+                ("message.type", "message.uncompressed_size")
+            } else {
+                ("rpc.message.type", "rpc.message.uncompressed_size")
+            };
+            format!(
+                r#"{{"name":"message","attributes":[{{"key":"{type_key}","value":{{"stringValue":"{kind}"}}}},
+                {{"key":"{size_key}","value":{{"intValue":"{size}"}}}}]}}"#
+            )
+        };
+        let events =
+            [message("SENT", 120, false), message("RECEIVED", 400_000, false), message("RECEIVED", 600_000, true)]
+                .join(",");
+        let json = format!(
+            r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[
+            {{"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708","parentSpanId":"1112131415161718",
+              "name":"files.Files/Read","kind":3,"events":[{events},{{"name":"exception","attributes":[]}}]}},
+            {{"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060709","name":"files.Files/Read","kind":2,
+              "events":[{events}]}}]}}]}}]}}"#
+        );
+        let decoded = decode_json(json.as_bytes()).unwrap();
+        assert_eq!(decoded.rejected_spans, 0);
+        let (client, server) = (&decoded.spans[0], &decoded.spans[1]);
+        assert_eq!((client.bytes, client.request_bytes), (1_000_000, 120));
+        assert_eq!((server.bytes, server.request_bytes), (120, 1_000_000));
     }
 
     /// The recorded Python SDK traffic decodes completely, with old conventions mapped.

@@ -6,7 +6,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use stormwatch_model::{Dimension, Sym};
 
-use crate::conventions::{push_span, service_name, AttrView, RawLinks, RawSpan, WireId};
+use crate::conventions::{push_span, service_name, AttrView, MessageEvent, RawLinks, RawSpan, WireId};
 use crate::Decoded;
 
 fn string_value(kv: &KeyValue) -> Option<&str> {
@@ -42,6 +42,17 @@ pub fn from_request(request: &ExportTraceServiceRequest) -> Decoded {
                         }
                         _ => {}
                     }
+                }
+                for event in &span.events {
+                    let mut message = MessageEvent::default();
+                    for kv in &event.attributes {
+                        match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                            Some(any_value::Value::StringValue(value)) => message.set(&kv.key, value),
+                            Some(any_value::Value::IntValue(value)) => message.set_int(&kv.key, *value),
+                            _ => {}
+                        }
+                    }
+                    attrs.message(&message);
                 }
                 let is_error = span.status.as_ref().is_some_and(|status| status.code == StatusCode::Error as i32);
                 let raw = RawSpan {

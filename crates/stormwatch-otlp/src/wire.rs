@@ -6,7 +6,7 @@
 
 use stormwatch_model::{Dimension, Sym};
 
-use crate::conventions::{push_span, AttrView, RawLinks, RawSpan, WireId, UNKNOWN_SERVICE};
+use crate::conventions::{push_span, AttrView, MessageEvent, RawLinks, RawSpan, WireId, UNKNOWN_SERVICE};
 use crate::{DecodeError, Decoded, Result};
 
 /// One protobuf field value.
@@ -182,6 +182,7 @@ fn decode_span(bytes: &[u8], service: Sym, decoded: &mut Decoded) -> Result<()> 
                 }
                 (_, Attribute::Array(_) | Attribute::Other) => {}
             },
+            (11, Value::Bytes(event)) => attrs.message(&message_event(event)?),
             (13, Value::Bytes(_)) => links = RawLinks::Wire(bytes),
             (15, Value::Bytes(b)) => {
                 let mut status = Fields::new(b, "Status");
@@ -210,6 +211,22 @@ fn decode_span(bytes: &[u8], service: Sym, decoded: &mut Decoded) -> Result<()> 
     };
     push_span(decoded, raw, &attrs);
     Ok(())
+}
+
+/// A span event's RPC message direction and size (`Span.Event`: attributes are field 3).
+fn message_event(bytes: &[u8]) -> Result<MessageEvent> {
+    let mut event = MessageEvent::default();
+    let mut fields = Fields::new(bytes, "Span.Event");
+    while let Some((number, field)) = fields.next()? {
+        if let (3, Value::Bytes(b)) = (number, field) {
+            match key_value(b)? {
+                (key, Attribute::String(value)) => event.set(key, value),
+                (key, Attribute::Int(value)) => event.set_int(key, value),
+                _ => {}
+            }
+        }
+    }
+    Ok(event)
 }
 
 /// Calls `each` with the trace id of every link of a protobuf `Span` message whose fields
@@ -273,7 +290,8 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
     use opentelemetry_proto::tonic::resource::v1::Resource;
-    use opentelemetry_proto::tonic::trace::v1::{span::Link, ResourceSpans, ScopeSpans, Span, Status};
+    use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
     use proptest::prelude::*;
     use prost::Message;
 
@@ -334,6 +352,31 @@ mod tests {
             prop::collection::vec(attribute(), 0..6),
             prop::option::of(0i32..3),
             prop::sample::select(vec!["", "ot=th:8", "ot=p:3", "vendor=1,ot=rv:ab;th:e668", "ot=th:zz"]),
+            // RPC message events, complete or not, among others.
+            prop::collection::vec(
+                (prop::sample::select(vec!["SENT", "RECEIVED", "OTHER"]), prop::option::of(0i64..5_000), any::<bool>())
+                    .prop_map(|(direction, size, old)| {
+                        let (type_key, size_key) = if old {
+                            ("message.type", "message.uncompressed_size")
+                        } else {
+                            ("rpc.message.type", "rpc.message.uncompressed_size")
+                        };
+                        let mut attributes = vec![KeyValue {
+                            key: type_key.into(),
+                            value: Some(AnyValue { value: Some(any_value::Value::StringValue(direction.into())) }),
+                            ..Default::default()
+                        }];
+                        if let Some(size) = size {
+                            attributes.push(KeyValue {
+                                key: size_key.into(),
+                                value: Some(AnyValue { value: Some(any_value::Value::IntValue(size)) }),
+                                ..Default::default()
+                            });
+                        }
+                        Event { name: "message".into(), attributes, ..Default::default() }
+                    }),
+                0..4,
+            ),
             // Few distinct linked traces, so repeats and the bound are both exercised.
             prop::collection::vec(
                 prop::sample::select(vec![vec![1u8; 16], vec![2u8; 16], vec![3u8; 15], vec![]])
@@ -342,8 +385,22 @@ mod tests {
             ),
         )
             .prop_map(
-                |(trace_id, span_id, parent_span_id, name, kind, start, end, attributes, status, state, links)| Span {
+                |(
+                    trace_id,
+                    span_id,
+                    parent_span_id,
+                    name,
+                    kind,
+                    start,
+                    end,
+                    attributes,
+                    status,
+                    state,
+                    events,
                     links,
+                )| Span {
+                    links,
+                    events,
                     trace_id,
                     span_id,
                     trace_state: state.to_string(),
