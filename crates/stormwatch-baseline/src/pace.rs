@@ -56,6 +56,12 @@ impl Pace {
         self.last_unix_nano = self.last_unix_nano.max(at);
     }
 
+    /// The callee's usual time per call, microseconds (a geometric mean); `None` until
+    /// [`PACE_MIN_OBSERVATIONS`] calls were seen.
+    pub fn usual_micros(&self) -> Option<f64> {
+        (self.observations >= PACE_MIN_OBSERVATIONS).then(|| self.usual.exp() - 1.0)
+    }
+
     /// How many times slower than usual the callee answers lately: at least 1, and 1 until
     /// [`PACE_MIN_OBSERVATIONS`] calls were seen.
     pub fn slowdown(&self) -> f64 {

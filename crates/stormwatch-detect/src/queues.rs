@@ -225,16 +225,15 @@ impl Queues {
     }
 
     /// Lets `findings` of a consumer's trace join the held finding of the request `trace` that
-    /// sent its messages (the flood's work, judged as one); returns those it could not take
-    /// (the request's finding was raised already, or it has none).
+    /// sent its messages (the flood's work, judged as one); returns those it does not take
+    /// (notes, or all when the request's finding was raised already or it has none).
     pub fn fold(&mut self, trace: TraceId, findings: Vec<Finding>) -> Vec<Finding> {
-        match self.senders.get_mut(&trace).filter(|s| s.held.is_some()) {
-            Some(sender) => {
-                sender.folded += findings.len() as u64;
-                Vec::new()
-            }
-            None => findings,
-        }
+        let Some(sender) = self.senders.get_mut(&trace).filter(|s| s.held.is_some()) else { return findings };
+        // Notes (a new edge) explain no excess: they stay what they are.
+        let (notes, folded): (Vec<Finding>, Vec<Finding>) =
+            findings.into_iter().partition(|f| f.severity == stormwatch_model::Severity::Info);
+        sender.folded += folded.len() as u64;
+        notes
     }
 
     /// Raises the held findings whose consumers are done by event time `watermark`, and

@@ -31,6 +31,12 @@ impl BaselineStore {
         &self.request_bytes
     }
 
+    /// How long a call to `callee` usually takes, microseconds (`None` while not known well
+    /// enough): see [`Pace`].
+    pub fn usual_call_micros(&self, callee: (Sym, NodeKind)) -> Option<f64> {
+        self.pace.get(&callee).and_then(Pace::usual_micros)
+    }
+
     /// How many times slower than usual `callee` answers lately (1 when not slower, or not
     /// known well enough): see [`Pace`].
     pub fn slowdown(&self, callee: (Sym, NodeKind)) -> f64 {

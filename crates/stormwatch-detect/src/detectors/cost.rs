@@ -9,6 +9,10 @@
 //! 0.7 ms is usual: the call counts see nothing, the work does, on the edge into the database
 //! and not on the edges above it (their callees' own time did not change).
 //!
+//! A request whose calls on the edge each took about the callee's usual time (within `ratio`
+//! of it, at its current pace) made *more* calls, not slower ones: that is the call counts' to
+//! judge (`request_amplification`, with their own tails), not the time's.
+//!
 //! The threshold is the per-trace rule (`max(q * ratio, q + min_excess, tail)`) with the
 //! absolute excess in time ([`DetectConfig::min_excess_work_ms`]), so latency jitter of a few
 //! milliseconds is not an incident. It is stretched by how much slower than usual the callee
@@ -53,8 +57,14 @@ pub(super) fn judge_cost(
     // slowdown of at least 1): work within it needs no lookup.
     for edge in features.edges.iter().filter(|e| e.work_micros as f64 > rules.min_excess) {
         let Some(requests) = store.request_edges().get(&(class, edge.edge)) else { continue };
+        let callee = (edge.edge.to.service, edge.edge.to.kind);
+        let slowdown = store.slowdown(callee);
+        // More calls, each of about the usual cost: the call counts' to judge, not the time's.
+        let per_call = edge.work_micros as f64 / edge.calls.max(1) as f64;
+        if store.usual_call_micros(callee).is_some_and(|usual| per_call <= usual * slowdown * config.ratio) {
+            continue;
+        }
         let work = store.request_work().get(&(class, edge.edge));
-        let slowdown = store.slowdown((edge.edge.to.service, edge.edge.to.kind));
         let paced = (edge.work_micros as f64 / slowdown) as u64;
         let Some(mut judgement) = judge_floored(requests, work, floor(config), paced, &rules) else { continue };
         judgement.expected *= slowdown;
@@ -182,6 +192,48 @@ mod tests {
         let mut store = store;
         let findings = judged(&mut store, &search(1_000, 40_000));
         assert!(findings[0].explanation.contains("(normally under 5, alert above 25)"), "{}", findings[0].explanation);
+    }
+
+    /// A class with a tail (a request in 40 makes more queries: 5.2 to 6.7 ms where about 1 ms
+    /// is usual): its p99 is above the floor but its p90 under it, so the tail's slope is
+    /// unknown and taken as steep as the rule allows (measured from the floor, it would look
+    /// light and put the threshold at 26 ms); a 40 ms request is no incident.
+    #[test]
+    fn a_heavy_tail_whose_p90_is_under_the_floor_is_not_judged_light() {
+        let mut store = BaselineStore::new(1_000);
+        let heavy = |i: u64| if i % 40 == 3 { 5_200 + i * 7_919 % 1_500 } else { 300 + i * 7_919 % 800 };
+        for i in 0..1_000 {
+            assert!(judged(&mut store, &search(i, heavy(i))).is_empty(), "learning, request {i}");
+        }
+        assert!(judged(&mut store, &search(5_000, 40_000)).is_empty());
+    }
+
+    /// A request that runs the query 60 times at its usual cost (42 ms in all, where about
+    /// 1 ms is usual) made more calls, not slower ones: the counts judge it, not the time.
+    #[test]
+    fn more_calls_of_the_usual_cost_are_not_a_time_incident() {
+        let store = trained();
+        let mut t = TraceBuilder::new(6_000, 6_000 * 10_000_000);
+        let root = t.server("gateway", "GET /search", None);
+        let call = t.client("gateway", "GET", root);
+        t.duration_last(44_000_000);
+        let notes = t.server("notes", "GET /notes/search", Some(call));
+        t.duration_last(43_000_000);
+        for _ in 0..60 {
+            t.db("notes", "postgresql", STATEMENT, notes);
+            t.duration_last(700_000);
+        }
+        let spans = t.build();
+        let features = extract(&CompletedTrace {
+            trace_id: spans[0].trace_id,
+            spans,
+            completion: Completion::Idle,
+            has_root: true,
+        });
+        // Judged on its own (the count detectors, which come first, would speak for it anyway).
+        let class = features.root_class.unwrap();
+        let pending = judge_cost(&features, class, &store, &DetectConfig::default(), &mut Anomalies::default());
+        assert!(pending.is_empty(), "time judged on more calls of the usual cost");
     }
 
     #[test]

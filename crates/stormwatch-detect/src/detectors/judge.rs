@@ -159,7 +159,17 @@ pub(super) fn judge_floored(
     }
     let quantile = |q: f64| floored_quantile(requests, learned, floor, q);
     let high = quantile(config.quantile) as f64;
-    let threshold = (high * config.ratio).max(high + config.min_excess).max(tail_threshold_of(&quantile, high, config));
+    // The tail's slope is measured from the p90 up. Under the floor it is unknown: with the
+    // p99 under it too, nothing is extrapolated (the values are small, the excess decides);
+    // with the p99 above it, the tail is taken to be as heavy as the rule allows (a
+    // heavy-tailed key, whose real p90 may be far under the floor).
+    let tail = if high <= floor as f64 {
+        high
+    } else {
+        let unknown_under_floor = |q: f64| if q < config.quantile && quantile(q) <= floor { 0 } else { quantile(q) };
+        tail_threshold_of(&unknown_under_floor, high, config)
+    };
+    let threshold = (high * config.ratio).max(high + config.min_excess).max(tail);
     let median = quantile(0.5);
     (observed as f64 > threshold).then(|| Judgement {
         expected: median as f64,
