@@ -6,7 +6,8 @@
 //! work is added to its account, and windows count that work as the request's class's.
 //!
 //! The per-trace detectors judge a request's messages like any calls (the edge into the queue,
-//! per parent span and per request). A finding on such an edge is *held* here rather than
+//! per parent span and per request). A finding on such an edge, into a queue whose consumers
+//! were tied back before (else there is nothing to wait for), is *held* here rather than
 //! raised at once, until the request's consumers went quiet (or `settle_max` of event time
 //! passed), and is then raised as one `queue_amplification` alert naming the entry, the queue
 //! and the work downstream of it.
@@ -14,7 +15,7 @@
 //! Bounded: at most [`MAX_SENDERS`] requests are remembered; past it the oldest is settled
 //! early. Pure logic on event time, no clock, no I/O.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use stormwatch_model::{AlertKind, Node, NodeKind, RootClass, Sym, TraceId};
 
@@ -22,6 +23,9 @@ use crate::{Finding, TraceFeatures};
 
 /// Most message-sending requests remembered at once (about 150 bytes each).
 pub const MAX_SENDERS: usize = 100_000;
+
+/// Most queues remembered as having traced consumers.
+const MAX_TRACED_QUEUES: usize = 10_000;
 
 /// Consumer traces kept as exemplars of a held finding.
 const CONSUMER_EXEMPLARS: usize = 3;
@@ -87,6 +91,9 @@ pub struct Queues {
     order: VecDeque<(u64, TraceId)>,
     /// Senders with a held finding (few): the only ones `settle` looks at.
     holding: Vec<TraceId>,
+    /// Queues whose consumers were tied back at least once: only their findings are held (a
+    /// queue whose consumers are not traced would only delay its alerts).
+    traced: HashSet<Node>,
     capacity: usize,
     settle_idle: u64,
     settle_max: u64,
@@ -121,10 +128,16 @@ impl Queues {
             senders: HashMap::default(),
             order: VecDeque::new(),
             holding: Vec::new(),
+            traced: HashSet::new(),
             capacity: capacity.max(1),
             settle_idle,
             settle_max: settle_max.max(settle_idle),
         }
+    }
+
+    /// Whether the consumers of `queue` were ever tied back: its findings are held for them.
+    pub fn is_traced(&self, queue: &Node) -> bool {
+        self.traced.contains(queue)
     }
 
     /// Requests remembered now.
@@ -155,6 +168,9 @@ impl Queues {
                 sender.traces += 1;
                 sender.last_consumed = sender.last_consumed.max(features.end_unix_nano);
                 sender.last_tied = watermark;
+                if self.traced.len() < MAX_TRACED_QUEUES {
+                    self.traced.insert(sender.queue);
+                }
                 if sender.consumer_traces.len() < CONSUMER_EXEMPLARS && *origin != features.trace_id {
                     sender.consumer_traces.push(features.trace_id);
                 }
@@ -182,8 +198,12 @@ impl Queues {
             out.extend(held);
             return;
         };
-        // Messages consumed within the trace are its own work already.
+        // Messages consumed within the trace are its own work already (and say its queue's
+        // consumers are traced).
         let in_trace = features.consumed.messages.min(sent);
+        if in_trace > 0 && self.traced.len() < MAX_TRACED_QUEUES {
+            self.traced.insert(queue);
+        }
         if let Some(sender) = self.senders.get_mut(&features.trace_id) {
             sender.sent += sent;
             sender.consumed += in_trace;

@@ -23,6 +23,8 @@ impl Engine {
             .iter()
             .enumerate()
             .filter(|(_, f)| sends && is_about_a_queue(f))
+            // Held only where consumers are traced (tied back before, or in this very trace).
+            .filter(|(_, f)| features.consumed.messages > 0 || f.edge.is_some_and(|e| self.queues.is_traced(&e.to)))
             .max_by(|(_, a), (_, b)| a.score.total_cmp(&b.score))
             .map(|(i, _)| i);
         let mut held = None;

@@ -155,3 +155,20 @@ fn unanswered_floods_are_raised_and_senders_are_bounded() {
     }
     assert_eq!(queues.len(), 10);
 }
+
+/// A queue whose consumers are not traced (none was ever tied back): nothing to wait for, so
+/// its flood is raised at once, as the call counts judge it.
+#[test]
+fn a_queue_without_traced_consumers_is_not_held() {
+    let mut engine = engine();
+    let mut out = Vec::new();
+    for seed in 0..400 {
+        engine.push(order(seed, T0 + seed * SEC / 10, 1), &mut out);
+    }
+    assert!(out.is_empty(), "{out:#?}");
+    let at = T0 + 41 * SEC;
+    engine.push(order(9_003, at, 400), &mut out);
+    engine.advance_to(at + 8 * SEC, &mut out);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].kind, AlertKind::FanoutAmplification);
+}
