@@ -114,9 +114,7 @@ pub(crate) fn judge(distribution: Option<&Distribution>, observed: u64, config: 
     // Values a young baseline held back count as history it has been through (a surge that
     // started before the baseline could judge must not keep it from judging), as long as what
     // it judges by, what it learned, is more than a handful.
-    if distribution.samples() + distribution.held() < config.learning_min_samples
-        || distribution.samples() < HOLD_FROM_SAMPLES.min(config.learning_min_samples)
-    {
+    if !judges_on_its_own(distribution, config) {
         return None;
     }
     let threshold = threshold_of(distribution, config);
@@ -152,9 +150,7 @@ pub(super) fn judge_floored(
     observed: u64,
     config: &DetectConfig,
 ) -> Option<Judgement> {
-    if requests.samples() + requests.held() < config.learning_min_samples
-        || requests.samples() < HOLD_FROM_SAMPLES.min(config.learning_min_samples)
-    {
+    if !judges_on_its_own(requests, config) {
         return None;
     }
     let quantile = |q: f64| floored_quantile(requests, learned, floor, q);
@@ -178,6 +174,13 @@ pub(super) fn judge_floored(
         since: requests.since_unix_nano(),
         basis: if median == floor { Basis::OwnUnder } else { Basis::Own },
     })
+}
+
+/// Whether a baseline has history enough to judge by itself: values it held back count as
+/// history it has been through, as long as what it learned is more than a handful.
+fn judges_on_its_own(distribution: &Distribution, config: &DetectConfig) -> bool {
+    distribution.samples() + distribution.held() >= config.learning_min_samples
+        && distribution.samples() >= HOLD_FROM_SAMPLES.min(config.learning_min_samples)
 }
 
 /// The threshold a young key is held to by a wider baseline: `max(q * ratio, q + min_excess)`
