@@ -30,8 +30,10 @@ pub struct BenchArgs {
     /// partitions, then consumed by one engine and by two engines in one group.
     #[arg(long, value_name = "HOST:PORT")]
     pub kafka: Option<String>,
-    /// Length of the alert-latency run at 70% of the gRPC throughput (0 skips it; needs grpc).
-    /// Its traffic is encoded ahead: about 350 bytes per span in memory.
+    /// Length of the alert-latency run's attack at 70% of the gRPC throughput (0 skips it;
+    /// needs grpc), after a warm-up long enough for the attacked entry's baselines to learn
+    /// (twice detect.learning_min_samples requests, 3 s at least). Its traffic is encoded
+    /// ahead: about 350 bytes per span in memory.
     #[arg(long, value_name = "SECONDS", default_value_t = 12)]
     pub latency_seconds: u64,
     /// Skip the overload run (the engine pinned to one CPU, offered far more than it takes;

@@ -15,8 +15,8 @@ use stormwatch_loadgen::{Change, Scenario};
 use tokio_util::sync::CancellationToken;
 
 /// The latency phase's attack, added to the default scenario (its own changes are dropped).
-/// It starts once the baselines it is judged by have their learning minimum: an attack that
-/// is there from the first request is learned as normal.
+/// It starts after [`warm_up`]: an attack that is there before the baselines judging it
+/// have their learning minimum is held back, not alerted.
 pub(crate) const LATENCY_ATTACK: &str = r#"
 name = "bench-n-plus-one"
 kind = "n_plus_one"
@@ -33,7 +33,12 @@ detect_as = ["n_plus_one"]
 /// share of requests, every alert emitted (no throttling).
 pub(crate) async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans: usize) -> anyhow::Result<()> {
     let scenario = latency_scenario(rate, seconds, batch_spans)?;
-    eprintln!("bench: latency at {} spans/s for {seconds} s ...", human(rate));
+    eprintln!(
+        "bench: latency at {} spans/s for {} s ({} s of warm-up) ...",
+        human(rate),
+        scenario.duration.as_secs(),
+        scenario.changes[0].start.as_secs()
+    );
     let traffic = tokio::task::spawn_blocking({
         let scenario = scenario.clone();
         move || generate(&scenario, u64::MAX, batch_spans)
@@ -86,8 +91,18 @@ pub(crate) async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans:
     report(setup, &traffic.attacked, &acked, &seen, started, (rate, achieved, retries))
 }
 
-/// The default scenario at `rate` spans/s for `seconds`, from two seconds from now, with the
-/// latency attack in about 20 requests a second (2% of the entry's at least).
+/// The warm-up before the latency attack at `entry_rate` requests a second of the attacked
+/// entry: long enough for it to have twice the learning minimum of requests, and 3 s at least.
+/// Counted in requests, not seconds: a busy machine measures a lower throughput, the run is
+/// offered less traffic, and a fixed warm-up would end before the baselines could judge.
+pub(crate) fn warm_up(entry_rate: f64) -> Duration {
+    let requests = 2.0 * stormwatch_detect::DetectConfig::default().learning_min_samples as f64;
+    Duration::from_secs_f64((requests / entry_rate.max(1e-9)).clamp(3.0, 600.0))
+}
+
+/// The default scenario at `rate` spans/s: a [`warm_up`], then `seconds` with the latency
+/// attack in about 20 requests a second (2% of the entry's at least, a fifth at most), from
+/// two seconds from now.
 fn latency_scenario(rate: f64, seconds: u64, batch_spans: usize) -> anyhow::Result<Scenario> {
     let mut scenario =
         Scenario::parse(stormwatch_loadgen::shipped::LARGE_GENERATED).map_err(|e| anyhow::anyhow!("scenario: {e}"))?;
@@ -98,9 +113,11 @@ fn latency_scenario(rate: f64, seconds: u64, batch_spans: usize) -> anyhow::Resu
     let total_weight: f64 = scenario.entries.iter().map(|e| e.weight).sum();
     let entry_weight: f64 = scenario.entries.iter().filter(|e| e.service == "bff").map(|e| e.weight).sum();
     let entry_rate = scenario.rate * entry_weight / total_weight.max(1e-9);
-    attack.share = (20.0 / entry_rate.max(1e-9)).clamp(0.02, 0.5);
+    attack.share = (20.0 / entry_rate.max(1e-9)).clamp(0.02, 0.2);
+    let warm_up = warm_up(entry_rate);
+    attack.start = warm_up;
     scenario.changes = vec![attack];
-    scenario.duration = Duration::from_secs(seconds);
+    scenario.duration = warm_up + Duration::from_secs(seconds);
     scenario.start_unix_seconds = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 2;
     Ok(scenario)
 }

@@ -70,8 +70,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.spans >= 10_000, "--spans must be at least 10000 for a meaningful figure");
     anyhow::ensure!(
         args.latency_seconds == 0 || args.latency_seconds >= 10,
-        "--latency-seconds must be 0 (skip) or at least 10: the attack starts after 3 s of learning, and traces \
-         of the last 6 s complete only after the stream ends"
+        "--latency-seconds must be 0 (skip) or at least 10: traces of the last 6 s complete only after the stream \
+         ends"
     );
     let scenario = scenario_of(&args)?;
     let name = scenario.name.clone();
