@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use stormwatch_model::{rounded, Edge, RootClass, SCORE_DECIMALS};
+use stormwatch_model::{rounded, Edge, PayloadUnit, RootClass, SCORE_DECIMALS};
 
 use crate::{BaselineStore, ClassScope, Distribution};
 
@@ -114,7 +114,11 @@ pub fn rows(store: &BaselineStore) -> Vec<BaselineRow> {
         rows.push(BaselineRow::new("work_ms_per_request".into(), Some(edge), Some(class), d, 1000.0));
     }
     for ((class, edge), d) in &store.request_bytes {
-        rows.push(BaselineRow::new("bytes_per_request".into(), Some(edge), Some(class), d, 1.0));
+        let metric = match edge.to.kind.payload_unit() {
+            PayloadUnit::Bytes => "bytes_per_request",
+            PayloadUnit::Rows => "rows_per_request",
+        };
+        rows.push(BaselineRow::new(metric.into(), Some(edge), Some(class), d, 1.0));
     }
     for ((class, metric), d) in &store.request_totals {
         rows.push(BaselineRow::new(format!("per_request:{}", metric.as_str()), None, Some(class), d, 1.0));

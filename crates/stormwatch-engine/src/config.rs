@@ -406,6 +406,7 @@ impl Config {
                 false_alarm_rate: self.detect.false_alarm_rate,
                 min_excess_work_ms: self.detect.min_excess_work.as_secs_f64() * 1_000.0,
                 min_excess_bytes: self.detect.min_excess_bytes as f64,
+                min_excess_rows: self.detect.min_excess_rows as f64,
             },
             throttle_nanos: self.detect.throttle.as_nanos() as u64,
             window: stormwatch_detect::WindowConfig {
@@ -418,6 +419,7 @@ impl Config {
                 max_adjusted_count: self.detect.max_adjusted_count,
                 min_excess_work_micros: self.detect.window_min_excess_work.as_micros() as u64,
                 min_excess_bytes: self.detect.window_min_excess_bytes,
+                min_excess_rows: self.detect.window_min_excess_rows,
                 ..stormwatch_detect::WindowConfig::default()
             },
             correlated: stormwatch_detect::correlated::CorrelatedConfig::default(),

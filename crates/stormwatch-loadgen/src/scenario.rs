@@ -140,6 +140,9 @@ pub struct Call {
     /// The statement sent to `db` (its literals vary per call).
     #[serde(default)]
     pub statement: Option<String>,
+    /// Rows the statement returns (`db.response.returned_rows`); unreported when unset.
+    #[serde(default)]
+    pub rows: Option<Count>,
     /// A cache system, e.g. `redis`; `on_miss` calls run when the key is not cached.
     #[serde(default)]
     pub cache: Option<String>,
@@ -216,7 +219,9 @@ pub enum ChangeKind {
     /// count, far more time.
     ScanningQuery,
     /// Attack: for `share` of `entry`'s requests (all, without `entry`), `operation` responds
-    /// with `response_bytes` (bulk export through a legitimate endpoint, a response amplifier).
+    /// with `response_bytes` (bulk export through a legitimate endpoint, a response amplifier),
+    /// or the database call `call` returns `rows` (a query that reads a whole table and
+    /// leaves the filtering to the service).
     Exfiltration,
     /// Attack: every call named in `calls` runs `factor` times as often (a cache in `calls`
     /// misses `factor` times as often) for `share` of requests: each edge moves a little,
@@ -313,6 +318,9 @@ pub struct Change {
     /// The response size, bytes (exfiltration).
     #[serde(default)]
     pub response_bytes: Option<Count>,
+    /// Rows the database call returns (exfiltration).
+    #[serde(default)]
+    pub rows: Option<Count>,
     /// The database it applies to, `system:namespace` (slowdown).
     #[serde(default)]
     pub db: Option<String>,

@@ -397,3 +397,60 @@ fn an_exfiltration_makes_a_share_of_an_operations_responses_huge_and_request_siz
     assert!((0.18..0.32).contains(&share), "a quarter of the requests: {share}");
     assert!(generator.into_labels().changes.iter().any(|c| c.name == "dump" && c.attack && c.traces == dumped));
 }
+
+#[test]
+fn a_row_exfiltration_makes_a_database_call_return_a_table_and_rows_do_not_move_other_draws() {
+    let quiet = SMALL.replace("[[changes]]\nname = \"big-page\"", "[[changes]]\nname = \"big-page\"\nshare = 0.0");
+    let with_rows = quiet.replace(
+        "name = \"item-row\", db = \"postgresql:app\", statement = \"SELECT * FROM items WHERE id = ?\"",
+        "name = \"item-row\", db = \"postgresql:app\", statement = \"SELECT * FROM items WHERE id = ?\", rows = \"uniform(1,5)\"",
+    );
+    let scenario = Scenario::parse(&format!(
+        "{with_rows}\n[[changes]]\nname = \"table-read\"\nkind = \"exfiltration\"\nstart = \"30s\"\nend = \"90s\"\n\
+         call = \"item-row\"\nrows = \"400000\"\nshare = 0.5\ndetect_as = [\"egress_amplification\"]\n"
+    ))
+    .unwrap();
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let rows_of = |span: &opentelemetry_proto::tonic::trace::v1::Span| {
+        span.attributes.iter().find(|kv| kv.key == "db.response.returned_rows").and_then(|kv| {
+            match kv.value.as_ref()?.value.as_ref()? {
+                Value::IntValue(n) => Some(*n),
+                _ => None,
+            }
+        })
+    };
+    let (mut ordinary, mut tables, mut outside, mut unexpected) = (0, 0, 0, 0);
+    let mut generator = Generator::new(&scenario);
+    for trace in generator.by_ref() {
+        for span in trace.request.resource_spans.iter().flat_map(|rs| &rs.scope_spans[0].spans) {
+            let offset = (span.start_time_unix_nano - scenario.start_unix_seconds * 1_000_000_000) / 1_000_000_000;
+            let items =
+                span.attributes.iter().any(|kv| kv.key == "db.query.text" && format!("{kv:?}").contains("items"));
+            match (items, rows_of(span)) {
+                (true, Some(400_000)) if (30..90).contains(&offset) => tables += 1,
+                (true, Some(400_000)) => outside += 1,
+                (true, Some(rows)) if (1..=5).contains(&rows) => ordinary += 1,
+                (false, None) => {}
+                _ => unexpected += 1,
+            }
+        }
+    }
+    assert_eq!((outside, unexpected), (0, 0), "rows only on the items query, the table only while the change runs");
+    assert!(tables > 100 && ordinary > tables, "{tables} tables read, {ordinary} ordinary queries");
+    assert!(generator.into_labels().changes.iter().any(|c| c.name == "table-read" && c.attack && c.traces > 0));
+    // Rows are drawn apart: the traffic's times and counts are those of the scenario without them.
+    let spans = |text: &str| {
+        Generator::new(&Scenario::parse(text).unwrap())
+            .map(|t| (t.start_unix_nano, t.end_unix_nano, t.spans))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(spans(&with_rows), spans(&quiet));
+    let wrong = format!(
+        "{quiet}\n[[changes]]\nname = \"t\"\nkind = \"exfiltration\"\nstart = \"30s\"\nend = \"90s\"\nrows = \"9\"\n"
+    );
+    assert!(
+        Scenario::parse(&wrong).unwrap_err().to_string().contains("needs `call`"),
+        "{}",
+        Scenario::parse(&wrong).unwrap_err()
+    );
+}

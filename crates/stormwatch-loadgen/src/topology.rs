@@ -257,6 +257,7 @@ fn empty_call() -> Call {
         service: None,
         db: None,
         statement: None,
+        rows: None,
         cache: None,
         miss_ratio: 0.0,
         on_miss: Vec::new(),

@@ -51,6 +51,74 @@ impl NodeKind {
     pub fn is_datastore(self) -> bool {
         matches!(self, NodeKind::Database | NodeKind::Cache)
     }
+
+    /// What a callee of this kind returns is counted in: rows for a database
+    /// (`db.response.returned_rows`), bytes for anything else.
+    pub fn payload_unit(self) -> PayloadUnit {
+        match self {
+            NodeKind::Database => PayloadUnit::Rows,
+            _ => PayloadUnit::Bytes,
+        }
+    }
+}
+
+/// The unit a call's payload is counted in ([`crate::Span::bytes`]): bytes, or for a database
+/// the rows it returned. A query that over-fetches a table shows in its rows where no span
+/// reports bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadUnit {
+    /// Bytes, reported in (decimal) kilobytes.
+    Bytes,
+    /// Rows.
+    Rows,
+}
+
+impl PayloadUnit {
+    /// `amount` for people: `3.2 MB`, `120 B`, `48213 rows`.
+    pub fn human(self, amount: u64) -> String {
+        const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+        if self == PayloadUnit::Rows {
+            return format!("{amount} rows");
+        }
+        let mut value = amount as f64;
+        let mut unit = 0;
+        while value >= 1000.0 && unit + 1 < UNITS.len() {
+            value /= 1000.0;
+            unit += 1;
+        }
+        if unit == 0 {
+            format!("{amount} B")
+        } else {
+            format!("{value:.1} {}", UNITS[unit])
+        }
+    }
+
+    /// The reported unit per `per` (`request`, `call`): `kilobytes_per_request`,
+    /// `rows_per_call`.
+    pub fn per(self, per: &str) -> &'static str {
+        match (self, per) {
+            (PayloadUnit::Bytes, "request") => "kilobytes_per_request",
+            (PayloadUnit::Bytes, _) => "kilobytes_per_call",
+            (PayloadUnit::Rows, "request") => "rows_per_request",
+            (PayloadUnit::Rows, _) => "rows_per_call",
+        }
+    }
+
+    /// Counted units per reported unit: 1000 bytes to the kilobyte, 1 row to the row.
+    pub fn scale(self) -> f64 {
+        match self {
+            PayloadUnit::Bytes => 1_000.0,
+            PayloadUnit::Rows => 1.0,
+        }
+    }
+
+    /// The reported unit's name in a sentence: `kB`, `rows`.
+    pub fn shown(self) -> &'static str {
+        match self {
+            PayloadUnit::Bytes => "kB",
+            PayloadUnit::Rows => "rows",
+        }
+    }
 }
 
 /// (service, operation). For virtual nodes `service` is the database, queue or peer name.

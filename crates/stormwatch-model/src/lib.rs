@@ -17,7 +17,9 @@ pub use alert::{
     rounded, Alert, AlertBaseline, AlertEdge, AlertKind, AlertNode, AlertTargetNode, AlertWindow, Contributor,
     Severity, ALERT_SCHEMA, FIGURE_DECIMALS, SCORE_DECIMALS,
 };
-pub use graph::{Edge, EdgeName, EdgeNameError, Node, NodeKind, NodeName, RootClass, MAX_EDGE_NAME_READINGS};
+pub use graph::{
+    Edge, EdgeName, EdgeNameError, Node, NodeKind, NodeName, PayloadUnit, RootClass, MAX_EDGE_NAME_READINGS,
+};
 pub use ids::{IdError, SpanId, TraceId};
 pub use span::{Links, Remote, Span, SpanKind};
 pub use symbol::{

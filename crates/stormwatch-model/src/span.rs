@@ -78,10 +78,12 @@ pub struct Span {
     pub client_address: Option<Sym>,
     /// Authenticated user of an entry span (`enduser.id`, `user.id`).
     pub user: Option<Sym>,
-    /// Payload bytes the span reports: the response body of a call
-    /// (`http.response.body.size`), the message body of a send (`messaging.message.body.size`),
-    /// or else the RPC messages its events say it received (a client) or sent (a server)
-    /// (`rpc.message.uncompressed_size`); saturated at 4 GiB, 0 when not reported.
+    /// Payload the span reports, in its callee's [`crate::PayloadUnit`]. Bytes: the response
+    /// body of a call (`http.response.body.size`), the message body of a send
+    /// (`messaging.message.body.size`), or else the RPC messages its events say it received (a
+    /// client) or sent (a server) (`rpc.message.uncompressed_size`). For a database call, the
+    /// rows it returned (`db.response.returned_rows`). Saturated at 4 GiB (rows), 0 when not
+    /// reported.
     pub bytes: u32,
     /// Request payload bytes the span reports (`http.request.body.size`, or else its RPC
     /// message events); saturated at 4 GiB, 0 when not reported: with `bytes`, how much a

@@ -104,6 +104,8 @@ pub(crate) struct AttrView<'s> {
     resend_count: Option<i64>,
     bytes: Option<i64>,
     request_bytes: Option<i64>,
+    /// `db.response.returned_rows`.
+    rows: Option<i64>,
     /// Uncompressed bytes of the RPC messages the span's events say it sent and received.
     rpc_sent: Option<i64>,
     rpc_received: Option<i64>,
@@ -199,6 +201,7 @@ impl<'s> AttrView<'s> {
             }
             "http.request.body.size" => self.request_bytes = Some(value),
             "http.request_content_length" => self.request_bytes = self.request_bytes.or(Some(value)),
+            "db.response.returned_rows" => self.rows = Some(value),
             _ => {}
         }
     }
@@ -489,6 +492,11 @@ fn build_span(
     // window detectors attribute to, and far fewer names than addresses.
     let client_address =
         if entry_like { attrs.client().map(|client| Sym::bounded(Dimension::Client, &client)) } else { None };
+    // A database call's payload is its rows (see `PayloadUnit`), whatever bytes it reports.
+    let payload = match remote {
+        Some(Remote { kind: NodeKind::Database, .. }) => attrs.rows,
+        _ => attrs.bytes.or(response_messages),
+    };
     let user = if entry_like {
         attrs.user.filter(|user| !user.is_empty()).map(|user| Sym::bounded(Dimension::User, user))
     } else {
@@ -509,7 +517,7 @@ fn build_span(
         remote,
         client_address,
         user,
-        bytes: attrs.bytes.or(response_messages).map_or(0, |bytes| bytes.clamp(0, i64::from(u32::MAX)) as u32),
+        bytes: payload.map_or(0, |payload| payload.clamp(0, i64::from(u32::MAX)) as u32),
         request_bytes: attrs
             .request_bytes
             .or(request_messages)

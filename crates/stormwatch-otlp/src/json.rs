@@ -384,6 +384,21 @@ mod tests {
         assert_eq!((server.bytes, server.request_bytes), (120, 1_000_000));
     }
 
+    /// OTLP/JSON writes 64-bit integers as strings: a database call's rows read either way.
+    #[test]
+    fn a_database_calls_rows_are_its_payload() {
+        let json = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[
+            {"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708","parentSpanId":"1112131415161718",
+             "name":"SELECT","kind":3,"attributes":[{"key":"db.system","value":{"stringValue":"postgresql"}},
+             {"key":"db.response.returned_rows","value":{"intValue":"250000"}}]},
+            {"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060709","parentSpanId":"1112131415161718",
+             "name":"GET","kind":3,"attributes":[{"key":"db.response.returned_rows","value":{"intValue":12}}]}]}]}]}"#;
+        let decoded = decode_json(json.as_bytes()).unwrap();
+        assert_eq!(decoded.rejected_spans, 0);
+        // Rows are a database's payload only: on an HTTP call they say nothing.
+        assert_eq!((decoded.spans[0].bytes, decoded.spans[1].bytes), (250_000, 0));
+    }
+
     /// The recorded Python SDK traffic decodes completely, with old conventions mapped.
     #[test]
     fn python_sdk_fixture() {

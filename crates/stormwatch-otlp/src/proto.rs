@@ -150,6 +150,39 @@ mod tests {
         assert_eq!((span.bytes, span.request_bytes), (48_213, 312));
     }
 
+    /// A database call's payload is the rows it returned, in the borrowing decoder and in
+    /// prost's, whatever bytes it also reports; one that reports no rows has none.
+    #[test]
+    fn a_database_calls_payload_is_the_rows_it_returned() {
+        let int = |key: &str, value: i64| KeyValue {
+            key: key.into(),
+            value: Some(AnyValue { value: Some(any_value::Value::IntValue(value)) }),
+            ..Default::default()
+        };
+        let query = |span: u8, rows: Option<i64>| ProtoSpan {
+            trace_id: vec![1; 16],
+            span_id: vec![span; 8],
+            parent_span_id: vec![9; 8],
+            name: "SELECT notes".into(),
+            kind: 3,
+            attributes: [
+                kv("db.system.name", "postgresql"),
+                kv("db.query.text", "SELECT id FROM notes WHERE body LIKE $1"),
+            ]
+            .into_iter()
+            .chain(rows.map(|rows| int("db.response.returned_rows", rows)))
+            .chain([int("http.response.body.size", 7)])
+            .collect(),
+            ..Default::default()
+        };
+        let request = request(vec![query(2, Some(48_213)), query(3, None), query(4, Some(1 << 40))]);
+        for decoded in [decode_protobuf(&request.encode_to_vec()).unwrap(), from_request(&request)] {
+            let payloads: Vec<u32> = decoded.spans.iter().map(|span| span.bytes).collect();
+            assert_eq!(payloads, [48_213, 0, u32::MAX], "rows, saturated");
+            assert_eq!(decoded.spans[0].remote.unwrap().kind.payload_unit(), stormwatch_model::PayloadUnit::Rows);
+        }
+    }
+
     #[test]
     fn bad_ids_are_rejected_one_by_one() {
         let good = ProtoSpan { trace_id: vec![1; 16], span_id: vec![2; 8], name: "ok".into(), ..Default::default() };

@@ -319,6 +319,7 @@ mod tests {
         "http.request.body.size",
         "http.request_content_length",
         "http.request.resend_count",
+        "db.response.returned_rows",
         "other",
     ];
 

@@ -17,21 +17,23 @@
 //! gives the amplification factor, bytes out per byte in. Only spans that report a size are
 //! judged or learned: an instrumentation that reports none is not a response of 0 bytes.
 //!
+//! A database's payload is the rows it returned (`db.response.returned_rows`), judged with an
+//! absolute excess in rows ([`DetectConfig::min_excess_rows`], 10,000): a query that reads a
+//! whole table and leaves the filtering to the service shows in its rows, whatever the
+//! response's bytes.
+//!
 //! Bytes nest: what left the system came from the callees. What left the system speaks for the
 //! request when it is anomalous; otherwise the deepest anomalous edge does.
 
 use std::collections::HashSet;
 
 use stormwatch_baseline::{BaselineStore, RequestMetric};
-use stormwatch_model::{AlertKind, Edge, Node, RootClass};
+use stormwatch_model::{AlertKind, Edge, Node, PayloadUnit, RootClass};
 
 use super::judge::judge_floored;
 use super::wording::Pending;
 use super::{Anomalies, DetectConfig};
 use crate::features::TraceFeatures;
-
-/// Bytes per kilobyte: bytes are learned in bytes, reported in (decimal) kilobytes.
-pub(super) const BYTES_PER_KB: f64 = 1_000.0;
 
 /// Every (edge, bytes) of the request that reported a size, the entry's pseudo-edge first.
 fn sizes(features: &TraceFeatures, class: RootClass) -> impl Iterator<Item = (Edge, u64)> + '_ {
@@ -47,10 +49,15 @@ pub(super) fn judge_egress(
     config: &DetectConfig,
     anomalies: &mut Anomalies,
 ) -> Vec<Pending> {
-    let rules = DetectConfig { min_excess: config.min_excess_bytes, ..config.clone() };
     let mut pending = Vec::new();
-    // Every threshold is at least `min_excess`: sizes within it need no lookup.
-    for (edge, bytes) in sizes(features, class).filter(|(_, bytes)| *bytes as f64 > rules.min_excess) {
+    for (edge, bytes) in sizes(features, class) {
+        let unit = edge.to.kind.payload_unit();
+        // Every threshold is at least `min_excess`: sizes within it need no lookup.
+        let least = min_excess(unit, config);
+        if bytes as f64 <= least {
+            continue;
+        }
+        let rules = DetectConfig { min_excess: least, ..config.clone() };
         // Every request of the class passes its entry; every request that made the calls, the edge.
         let requests = if edge.from.is_clients() {
             store.request_totals().get(&(class, RequestMetric::Spans))
@@ -59,7 +66,7 @@ pub(super) fn judge_egress(
         };
         let Some(requests) = requests else { continue };
         let learned = store.request_bytes().get(&(class, edge));
-        let Some(judgement) = judge_floored(requests, learned, floor(config), bytes, &rules) else { continue };
+        let Some(judgement) = judge_floored(requests, learned, floor(unit, config), bytes, &rules) else { continue };
         anomalies.request_bytes.insert(edge);
         let factor = (edge.from.is_clients() && features.request_bytes > 0)
             .then(|| format!("{:.0} bytes out per byte in", bytes as f64 / features.request_bytes as f64));
@@ -68,8 +75,8 @@ pub(super) fn judge_egress(
             edge: Some(edge),
             metric: None,
             observed: bytes,
-            unit: "kilobytes_per_request",
-            scale: BYTES_PER_KB,
+            unit: unit.per("request"),
+            scale: unit.scale(),
             allowance: factor,
             judgement,
         });
@@ -82,9 +89,17 @@ pub(super) fn judge_egress(
     pending.into_iter().filter(|p| p.edge.is_none_or(|e| !callers.contains(&e.to))).collect()
 }
 
-/// The bytes under which a request's size is not learned (a quarter of the excess).
-fn floor(config: &DetectConfig) -> u64 {
-    (config.min_excess_bytes / 4.0) as u64
+/// The absolute excess a request's payload must stand above the baseline's quantile.
+fn min_excess(unit: PayloadUnit, config: &DetectConfig) -> f64 {
+    match unit {
+        PayloadUnit::Bytes => config.min_excess_bytes,
+        PayloadUnit::Rows => config.min_excess_rows,
+    }
+}
+
+/// The payload under which a request's is not learned (a quarter of the excess).
+fn floor(unit: PayloadUnit, config: &DetectConfig) -> u64 {
+    (min_excess(unit, config) / 4.0) as u64
 }
 
 /// Learns the bytes per request of each size the request reported, unless judged anomalous or
@@ -97,8 +112,9 @@ pub(super) fn learn_egress(
     anomalies: &Anomalies,
 ) {
     let at = features.end_unix_nano;
-    let floor = floor(config);
-    let learned = |(edge, bytes): &(Edge, u64)| *bytes >= floor && !anomalies.request_bytes.contains(edge);
+    let learned = |(edge, bytes): &(Edge, u64)| {
+        *bytes >= floor(edge.to.kind.payload_unit(), config) && !anomalies.request_bytes.contains(edge)
+    };
     for (edge, bytes) in sizes(features, class).filter(learned) {
         store.observe_request_bytes(class, edge, bytes, at);
     }
@@ -155,6 +171,42 @@ mod tests {
         assert_eq!(names, ["entry gateway `POST /export`", "clients 10.9.0.0/16"]);
         // Not learned: the same export again is judged the same.
         assert_eq!(judged(&mut store, &export(1_001, 50_000_000)).len(), 1);
+    }
+
+    /// gateway `GET /search` -> search `GET /search` -> a LIKE query returning `rows`.
+    fn search(seed: u64, rows: u32) -> TraceFeatures {
+        let mut t = TraceBuilder::new(seed, seed * 10_000_000);
+        let root = t.server("gateway", "GET /search", None);
+        let call = t.client("gateway", "GET", root);
+        let search = t.server("search", "GET /search", Some(call));
+        t.db("search", "postgresql", "SELECT id, body FROM notes WHERE body LIKE ?", search);
+        t.bytes_last(rows);
+        let spans = t.build();
+        extract(&CompletedTrace { trace_id: spans[0].trace_id, spans, completion: Completion::Idle, has_root: true })
+    }
+
+    #[test]
+    fn a_query_that_returns_a_whole_table_is_an_alert_in_rows() {
+        let mut store = BaselineStore::new(1_000);
+        for i in 0..400u64 {
+            assert!(judged(&mut store, &search(i, 1 + (i % 40) as u32)).is_empty(), "learning, request {i}");
+        }
+        // Rows under a quarter of the excess are counted by the edge's calls, not learned.
+        assert!(store.request_bytes().is_empty());
+        // Five thousand rows: within the 10,000-row excess.
+        assert!(judged(&mut store, &search(1_000, 5_000)).is_empty());
+        let findings = judged(&mut store, &search(1_001, 300_000));
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        let finding = &findings[0];
+        assert_eq!(finding.kind, AlertKind::EgressAmplification);
+        assert_eq!(finding.unit, "rows_per_request");
+        assert_eq!(finding.observed, 300_000.0);
+        assert!(finding.edge.is_some_and(|e| e.to.kind == stormwatch_model::NodeKind::Database));
+        assert!(
+            finding.explanation.contains("return 300000 rows to search `GET /search` (normally under 2500,"),
+            "{}",
+            finding.explanation
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //!   services in total) far beyond its root class's baseline.
 //! * `cost_amplification`: work in time per root request on an edge (its calls' durations,
 //!   summed) far beyond its root class's baseline (`cost`).
-//! * `egress_amplification`: payload bytes per root request, sent back to the client or
-//!   returned on an edge, far beyond its root class's baseline (`egress`).
+//! * `egress_amplification`: payload bytes (rows from a database) per root request, sent back
+//!   to the client or returned on an edge, far beyond its root class's baseline (`egress`).
 //!
 //! A value is anomalous when it exceeds `max(q * ratio, q + min_excess, tail)`, `q` being the
 //! baseline's `quantile` (p99 by default): a loop that is normally 1-5 stays quiet, the same
@@ -73,6 +73,9 @@ pub struct DetectConfig {
     pub min_excess_work_ms: f64,
     /// `min_excess` of payload bytes (`egress_amplification`), bytes per request.
     pub min_excess_bytes: f64,
+    /// `min_excess` of rows a database returned (`egress_amplification` on an edge into a
+    /// database), rows per request.
+    pub min_excess_rows: f64,
 }
 
 impl DetectConfig {
@@ -98,6 +101,7 @@ impl Default for DetectConfig {
             false_alarm_rate: 1e-5,
             min_excess_work_ms: 20.0,
             min_excess_bytes: 1_000_000.0,
+            min_excess_rows: 10_000.0,
         }
     }
 }

@@ -83,10 +83,11 @@ impl Pending {
                 number(observed)
             ),
             (AlertKind::EgressAmplification, Some(edge), _) => format!(
-                "One request entering at {} made {} return {} kB to {} ({limits}).",
+                "One request entering at {} made {} return {} {} to {} ({limits}).",
                 entry.map_or_else(|| "an unknown entry point".into(), |c| c.to_string()),
                 edge.to,
                 number(observed),
+                edge.to.kind.payload_unit().shown(),
                 edge.from
             ),
             (AlertKind::CostAmplification, Some(edge), _) => format!(

@@ -5,7 +5,7 @@
 use stormwatch_baseline::{BaselineStore, WindowMetric};
 use stormwatch_model::{AlertKind, Edge};
 
-use super::attribution::{attribute, human_bytes};
+use super::attribution::attribute;
 use super::{excess, thousandths, EdgeWindow, Judged, Judging, Pending};
 use crate::detectors::{judge as judge_value, DetectConfig, Judgement};
 
@@ -58,8 +58,11 @@ fn finding(
     let (contributors, top_class) = attribute(counts, edge, entries, judging.store);
     let exemplars = counts.exemplars_of(top_class);
     let leader = contributors.first().map(|c| format!("; {} caused {:.0}% of the excess", c.name, c.share * 100.0));
-    let payload =
-        if counts.bytes > 0 { format!(" ({} of responses)", human_bytes(counts.bytes)) } else { String::new() };
+    let payload = if counts.bytes > 0 {
+        format!(" ({} of responses)", edge.to.kind.payload_unit().human(counts.bytes))
+    } else {
+        String::new()
+    };
     Pending {
         kind: AlertKind::AggregateAmplification,
         edge,

@@ -58,19 +58,3 @@ pub(super) fn share(part: u64, total: u64) -> f64 {
         part as f64 / total as f64
     }
 }
-
-/// `12.3 MB`-style payload sizes (decimal units, as network tools print them).
-pub(super) fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}

@@ -1,6 +1,6 @@
 //! `cost_amplification` and `egress_amplification` at window level: the time the callee spent
-//! **per call** on an edge, and the bytes it returned per call, far beyond the edge's window
-//! baseline.
+//! **per call** on an edge, and the bytes it returned per call (rows, from a database), far
+//! beyond the edge's window baseline.
 //!
 //! The per-trace detectors need a request to add 20 ms or 1 MB beyond its class's usual; many
 //! requests that each add less (a search pattern tuned to cost 10 ms, an export tuned to stay
@@ -9,16 +9,16 @@
 //! few heavy traces): a window with more calls of the usual cost is not a cost anomaly, and a
 //! flash crowd is quiet. Traces a per-trace detector reported are not evidence. An alert also
 //! needs an absolute excess of time or bytes in the window (`WindowConfig::min_excess_work_micros`,
-//! `min_excess_bytes`) that stands without the three heaviest traces. Time is judged against
+//! `min_excess_bytes`, `min_excess_rows`) that stands without the three heaviest traces. Time is judged against
 //! thresholds stretched by how much slower than usual the callee answered everyone while the
 //! window's traces were counted ([`stormwatch_baseline::Pace`]), and a window in which it was
 //! slowed teaches nothing. The alert names the root classes by
 //! their share of the window's time or bytes on the edge.
 
 use stormwatch_baseline::{WindowMetric, PACE_SLOWED};
-use stormwatch_model::{AlertKind, Contributor, Edge};
+use stormwatch_model::{AlertKind, Contributor, Edge, PayloadUnit};
 
-use super::attribution::{human_bytes, share};
+use super::attribution::share;
 use super::{excess, thousandths, EdgeWindow, Judged, Judging, Pending};
 use crate::detectors::judge as judge_value;
 
@@ -54,6 +54,9 @@ fn judge_one(
     });
     let (least, heaviest) = match metric {
         WindowMetric::TimePerCall => (judging.config.min_excess_work_micros, counts.heaviest_work),
+        _ if edge.to.kind.payload_unit() == PayloadUnit::Rows => {
+            (judging.config.min_excess_rows, counts.heaviest_bytes)
+        }
         _ => (judging.config.min_excess_bytes, counts.heaviest_bytes),
     };
     let heaviest: u64 = heaviest.iter().sum();
@@ -95,13 +98,15 @@ fn finding(
         .collect();
     let top_class = rows.first().map(|row| row.0);
     let exemplars = counts.exemplars_of(top_class);
+    let unit = edge.to.kind.payload_unit();
     let (kind, what) = match metric {
         WindowMetric::TimePerCall => {
             (AlertKind::CostAmplification, format!("spent {:.1} s answering", amount as f64 / 1_000_000.0))
         }
-        _ => (AlertKind::EgressAmplification, format!("returned {}", human_bytes(amount))),
+        _ => (AlertKind::EgressAmplification, format!("returned {}", unit.human(amount))),
     };
-    let per_call = value as f64 / 1_000_000.0;
+    // Thousandths of microseconds or of the payload's unit, per call.
+    let per_call = value as f64 / 1_000.0 / if metric == WindowMetric::TimePerCall { 1_000.0 } else { unit.scale() };
     let leader = contributors.first().map(|c| format!("; {} caused {:.0}% of it", c.name, c.share * 100.0));
     let slower = (slowdown >= 1.05)
         .then(|| format!("; it answers every caller {slowdown:.1}x slower than usual lately, allowed for"));
@@ -116,7 +121,7 @@ fn finding(
             counts.calls.saturating_sub(counts.flagged_calls),
             edge.from,
             judging.seconds(),
-            if metric == WindowMetric::TimePerCall { "ms" } else { "kB" },
+            if metric == WindowMetric::TimePerCall { "ms" } else { unit.shown() },
             leader.unwrap_or_default(),
             slower.unwrap_or_default()
         ),
@@ -144,8 +149,8 @@ mod tests {
     const PAGE: &str = "SELECT id, title FROM notes ORDER BY updated DESC LIMIT ? OFFSET ?";
 
     /// gateway `GET /notes` -> notes `GET /notes` (returning `kilobytes`) -> one page query
-    /// taking `query_micros`.
-    fn page(seed: u64, at: u64, query_micros: u64, kilobytes: u32) -> TraceFeatures {
+    /// taking `query_micros`, returning `rows`.
+    fn page(seed: u64, at: u64, query_micros: u64, (kilobytes, rows): (u32, u32)) -> TraceFeatures {
         let mut t = TraceBuilder::new(seed, at);
         let root = t.server("gateway", "GET /notes", None);
         let call = t.client("gateway", "GET", root);
@@ -154,17 +159,18 @@ mod tests {
         t.bytes_last(kilobytes * 1_000);
         t.db("notes", "postgresql", PAGE, notes);
         t.duration_last(query_micros * 1_000);
+        t.bytes_last(rows);
         let spans = t.build();
         extract(&CompletedTrace { trace_id: spans[0].trace_id, spans, completion: Completion::Idle, has_root: true })
     }
 
     /// One 10 s window of 100 pages; `slowdown` as the engine's pace would report it.
-    fn window(index: u64, query_micros: u64, kilobytes: u32, slowdown: f64) -> super::super::Window {
+    fn window(index: u64, query_micros: u64, payload: (u32, u32), slowdown: f64) -> super::super::Window {
         let mut windows = Windows::new(WindowConfig::default());
         for i in 0..100 {
             let at = T0 + index * 10 * NANOS_PER_SEC + i * 99_000_000;
             let jitter = i * 7_919 % 400;
-            windows.add_paced(&page(index * 1_000 + i, at, query_micros + jitter, kilobytes), false, &|_| slowdown);
+            windows.add_paced(&page(index * 1_000 + i, at, query_micros + jitter, payload), false, &|_| slowdown);
         }
         windows.close_all().remove(0)
     }
@@ -176,7 +182,7 @@ mod tests {
     fn trained() -> BaselineStore {
         let mut store = BaselineStore::new(10_000);
         for index in 0..40 {
-            assert!(judged(&mut store, &window(index, 600, 20, 1.0)).is_empty(), "training window {index}");
+            assert!(judged(&mut store, &window(index, 600, (20, 20), 1.0)).is_empty(), "training window {index}");
         }
         store
     }
@@ -186,7 +192,7 @@ mod tests {
         let mut store = trained();
         // 12 ms a page where 0.6-1 ms is usual: under the 20 ms one request must add, but
         // 1.1 s of database time in the window where 0.08 s is usual.
-        let findings = judged(&mut store, &window(50, 12_000, 20, 1.0));
+        let findings = judged(&mut store, &window(50, 12_000, (20, 20), 1.0));
         assert_eq!(findings.len(), 1, "{findings:#?}");
         let finding = &findings[0];
         assert_eq!(finding.kind, stormwatch_model::AlertKind::CostAmplification);
@@ -208,7 +214,7 @@ mod tests {
             store.windows().iter().filter(|((m, _), _)| *m == metric).map(|(_, d)| d.samples()).sum()
         };
         let before = (learned(&store, WindowMetric::TimePerCall), learned(&store, WindowMetric::WorkPerEntry));
-        assert!(judged(&mut store, &window(50, 12_000, 20, 15.0)).is_empty());
+        assert!(judged(&mut store, &window(50, 12_000, (20, 20), 15.0)).is_empty());
         // Calls per entry learned (two edges); the slowed time not.
         assert_eq!(
             (learned(&store, WindowMetric::TimePerCall), learned(&store, WindowMetric::WorkPerEntry)),
@@ -221,11 +227,26 @@ mod tests {
         let mut store = trained();
         // 400 kB a page where 20 kB is usual: under the 1 MB one request must add; 38 MB more
         // in the window.
-        let findings = judged(&mut store, &window(50, 600, 400, 1.0));
+        let findings = judged(&mut store, &window(50, 600, (400, 20), 1.0));
         assert_eq!(findings.len(), 1, "{findings:#?}");
         assert_eq!(findings[0].kind, stormwatch_model::AlertKind::EgressAmplification);
         assert_eq!(findings[0].unit, "kilobytes_per_call");
         assert!((findings[0].observed - 400.0).abs() < 1.0, "{}", findings[0].observed);
         assert!(findings[0].explanation.contains("returned 40.0 MB"), "{}", findings[0].explanation);
+    }
+
+    #[test]
+    fn pages_reading_far_more_rows_are_egress_at_window_level_in_rows() {
+        let mut store = trained();
+        // 3,000 rows a page where 20 are usual: under the 10,000 one request must add, but
+        // 300,000 rows in the window; the pages' bytes unchanged.
+        let findings = judged(&mut store, &window(50, 600, (20, 3_000), 1.0));
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert_eq!(findings[0].kind, stormwatch_model::AlertKind::EgressAmplification);
+        assert_eq!(findings[0].unit, "rows_per_call");
+        assert_eq!(findings[0].edge.unwrap().to.operation.as_str(), PAGE);
+        assert!((findings[0].observed - 3_000.0).abs() < 1.0, "{}", findings[0].observed);
+        assert!(findings[0].explanation.contains("returned 300000 rows"), "{}", findings[0].explanation);
+        assert!(findings[0].explanation.contains("3000.00 rows per call"), "{}", findings[0].explanation);
     }
 }

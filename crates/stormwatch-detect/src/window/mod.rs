@@ -88,6 +88,8 @@ pub struct WindowConfig {
     pub min_excess_work_micros: u64,
     /// Smallest excess of payload bytes on one edge in one window that alerts.
     pub min_excess_bytes: u64,
+    /// Smallest excess of rows returned on one edge into a database in one window that alerts.
+    pub min_excess_rows: u64,
 }
 
 impl Default for WindowConfig {
@@ -103,6 +105,7 @@ impl Default for WindowConfig {
             max_adjusted_count: 1000,
             min_excess_work_micros: 250_000,
             min_excess_bytes: 10_000_000,
+            min_excess_rows: 100_000,
         }
     }
 }
@@ -119,6 +122,7 @@ fn window_judging(detect: &DetectConfig, config: &WindowConfig) -> DetectConfig 
         false_alarm_rate: (detect.false_alarm_rate * 10.0).min(0.5),
         min_excess_work_ms: detect.min_excess_work_ms,
         min_excess_bytes: detect.min_excess_bytes,
+        min_excess_rows: detect.min_excess_rows,
     }
 }
 

@@ -56,8 +56,10 @@ impl Pending {
     pub(super) fn finish(self, window: &Window, detect: &DetectConfig) -> Finding {
         let Judgement { expected, threshold, samples, since, .. } = self.judgement;
         // Thousandths; of microseconds and bytes, reported in milliseconds and kilobytes.
+        let payload = self.edge.to.kind.payload_unit();
         let scale = match self.metric {
-            WindowMetric::TimePerCall | WindowMetric::BytesPerCall => 1_000_000.0,
+            WindowMetric::TimePerCall => 1_000_000.0,
+            WindowMetric::BytesPerCall => 1_000.0 * payload.scale(),
             _ => 1000.0,
         };
         let observed = self.value as f64 / scale;
@@ -67,7 +69,7 @@ impl Pending {
             WindowMetric::RetryRatio => "retry_ratio",
             WindowMetric::CacheMissRatio => "cache_miss_ratio",
             WindowMetric::TimePerCall => "work_ms_per_call",
-            WindowMetric::BytesPerCall => "kilobytes_per_call",
+            WindowMetric::BytesPerCall => payload.per("call"),
         };
         let at_this_hour = if self.hourly { " at this hour of day" } else { "" };
         let limits = match self.metric {

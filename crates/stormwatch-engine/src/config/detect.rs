@@ -24,6 +24,9 @@ pub struct DetectSection {
     /// `min_excess` of payload bytes (`egress_amplification`): a request must send back (or
     /// make a callee return) this many bytes beyond the baseline's quantile before it alerts.
     pub min_excess_bytes: u64,
+    /// `min_excess` of rows a database returned (`egress_amplification` on an edge into a
+    /// database, from `db.response.returned_rows`): rows beyond the baseline's quantile.
+    pub min_excess_rows: u64,
     /// Critical at this multiple of the threshold.
     pub critical_factor: f64,
     /// Heavy-tailed baselines: the per-observation false-alarm probability their tail is
@@ -46,6 +49,9 @@ pub struct DetectSection {
     /// Smallest excess of payload bytes on one edge in one window that alerts
     /// (`egress_amplification` at window level).
     pub window_min_excess_bytes: u64,
+    /// Smallest excess of rows returned on one edge into a database in one window that
+    /// alerts (`egress_amplification` at window level).
+    pub window_min_excess_rows: u64,
     /// Windows a window-level baseline needs before it judges.
     pub window_min_windows: u64,
     /// Probability sampling: the most traces one sampled trace (`tracestate` `ot=th:...`)
@@ -63,6 +69,7 @@ impl Default for DetectSection {
             min_excess: defaults.min_excess,
             min_excess_work: Duration::from_secs_f64(defaults.min_excess_work_ms / 1_000.0),
             min_excess_bytes: defaults.min_excess_bytes as u64,
+            min_excess_rows: defaults.min_excess_rows as u64,
             critical_factor: defaults.critical_factor,
             false_alarm_rate: defaults.false_alarm_rate,
             throttle: Duration::from_nanos(EngineConfig::default().throttle_nanos),
@@ -71,6 +78,7 @@ impl Default for DetectSection {
             window_min_excess: window.min_excess,
             window_min_excess_work: Duration::from_micros(window.min_excess_work_micros),
             window_min_excess_bytes: window.min_excess_bytes,
+            window_min_excess_rows: window.min_excess_rows,
             window_min_windows: window.min_windows,
             max_adjusted_count: window.max_adjusted_count,
         }

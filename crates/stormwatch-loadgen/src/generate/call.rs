@@ -168,8 +168,9 @@ impl<'s> Generator<'s> {
             nanos += 2_000_000 + (wait >> 16) % 10_000_000;
         }
         let nanos = self.changed_duration(build, call, db, start, nanos);
+        let rows = self.returned_rows(build, call, wait);
         let end = start + nanos;
-        let attributes = vec![
+        let mut attributes = vec![
             attribute("db.system.name", system),
             attribute("db.namespace", namespace),
             attribute("db.operation.name", operation.as_str()),
@@ -177,9 +178,30 @@ impl<'s> Generator<'s> {
             attribute("server.address", format!("{system}.internal")),
             int_attribute("server.port", 5432),
         ];
+        if let Some(rows) = rows {
+            attributes.push(int_attribute("db.response.returned_rows", rows as i64));
+        }
         let name = format!("{operation} {namespace}");
         self.push_virtual(build, service, parent, &name, span::SpanKind::Client, (start, end), attributes);
         end + 10_000
+    }
+
+    /// The rows a database call returns: its `rows`, or an active exfiltration's on it. Drawn
+    /// from `seed` (the query's hash), so every other draw is that of a scenario without rows.
+    fn returned_rows(&self, build: &mut Build<'s>, call: &Call, seed: u64) -> Option<u64> {
+        let mut rng = Rng::new(seed);
+        let label = call.label();
+        for (index, change, coin) in &build.active {
+            let applies = change.kind == ChangeKind::Exfiltration
+                && *coin
+                && change.call.as_deref() == Some(label.as_str())
+                && change.entry.as_deref().is_none_or(|entry| self.scenario.entries[build.entry_index].matches(entry));
+            if let (true, Some(rows)) = (applies, &change.rows) {
+                build.touched.push(*index);
+                return Some(rows.sample(&mut rng));
+            }
+        }
+        call.rows.as_ref().map(|rows| rows.sample(&mut rng))
     }
 
     /// A database call's duration under active scanning-query and slowdown changes.

@@ -87,9 +87,10 @@ impl Scenario {
                 needs("call", change.call.is_some())?;
                 needs("duration_ms", change.duration_ms.is_some())?;
             }
+            ChangeKind::Exfiltration if change.rows.is_some() => needs("call", change.call.is_some())?,
             ChangeKind::Exfiltration => {
                 needs("operation", change.operation.is_some())?;
-                needs("response_bytes", change.response_bytes.is_some())?;
+                needs("response_bytes (or rows with call)", change.response_bytes.is_some())?;
             }
             ChangeKind::Slowdown => {
                 needs("db", change.db.is_some())?;
