@@ -379,10 +379,13 @@ fn own_time(calls: &mut [Call], spans: usize) {
     }
 }
 
+/// Calls on an edge under one parent span: (edge, parent, calls, when the first began).
+type Group = (Edge, SpanId, u64, u64);
+
 /// The features of each edge (sorted by text, the same in every run), and the calls per
 /// (edge, parent span), from calls sorted by edge, parent and time.
-fn edges_of(calls: &[Call]) -> (Vec<EdgeFeatures>, Vec<(Edge, SpanId, u64)>) {
-    let mut groups: Vec<(Edge, SpanId, u64)> = Vec::new();
+fn edges_of(calls: &[Call]) -> (Vec<EdgeFeatures>, Vec<Group>) {
+    let mut groups: Vec<Group> = Vec::new();
     let mut edges: Vec<EdgeFeatures> = Vec::new();
     let mut previous_failed = false;
     for (k, call) in calls.iter().enumerate() {
@@ -401,7 +404,7 @@ fn edges_of(calls: &[Call]) -> (Vec<EdgeFeatures>, Vec<(Edge, SpanId, u64)>) {
             });
         }
         if !same_parent {
-            groups.push((call.edge, call.parent, 0));
+            groups.push((call.edge, call.parent, 0, call.start));
             previous_failed = false;
         }
         if let Some(group) = groups.last_mut() {
@@ -416,7 +419,7 @@ fn edges_of(calls: &[Call]) -> (Vec<EdgeFeatures>, Vec<(Edge, SpanId, u64)>) {
     }
     let mut group_iter = groups.iter().peekable();
     for edge in &mut edges {
-        while let Some((_, _, count)) = group_iter.next_if(|(e, _, _)| *e == edge.edge) {
+        while let Some((_, _, count, _)) = group_iter.next_if(|(e, _, _, _)| *e == edge.edge) {
             edge.calls_per_parent.push(*count);
         }
         edge.calls = edge.calls_per_parent.iter().sum();
@@ -427,21 +430,24 @@ fn edges_of(calls: &[Call]) -> (Vec<EdgeFeatures>, Vec<(Edge, SpanId, u64)>) {
     (edges, groups)
 }
 
-/// Cache lookups and database calls under the same parent span, paired.
-fn caches_of(edges: &[EdgeFeatures], groups: &[(Edge, SpanId, u64)]) -> Vec<CacheUse> {
+/// Cache lookups and database calls under the same parent span, paired. A lookup comes before
+/// the reads it falls back to: a cache call first made after them writes the result back or
+/// invalidates it (cache-aside's `SET`, write-through's `DEL`), and is not a lookup.
+fn caches_of(edges: &[EdgeFeatures], groups: &[Group]) -> Vec<CacheUse> {
     if !edges.iter().any(|e| e.edge.to.kind == NodeKind::Cache) {
         return Vec::new();
     }
-    let mut by_parent: Vec<(SpanId, Edge, u64)> = groups
+    let mut by_parent: Vec<(SpanId, Edge, u64, u64)> = groups
         .iter()
-        .filter(|(edge, _, _)| matches!(edge.to.kind, NodeKind::Cache | NodeKind::Database))
-        .map(|(edge, parent, count)| (*parent, *edge, *count))
+        .filter(|(edge, _, _, _)| matches!(edge.to.kind, NodeKind::Cache | NodeKind::Database))
+        .map(|(edge, parent, count, first)| (*parent, *edge, *count, *first))
         .collect();
     by_parent.sort_unstable();
     let mut pairs: BTreeMap<(Edge, Edge), u64> = BTreeMap::new();
     for parent_calls in by_parent.chunk_by(|a, b| a.0 == b.0) {
-        for (_, cache, _) in parent_calls.iter().filter(|(_, e, _)| e.to.kind == NodeKind::Cache) {
-            for (_, database, calls) in parent_calls.iter().filter(|(_, e, _)| e.to.kind == NodeKind::Database) {
+        let of = |kind: NodeKind| parent_calls.iter().filter(move |(_, e, _, _)| e.to.kind == kind);
+        for (_, cache, _, looked_up) in of(NodeKind::Cache) {
+            for (_, database, calls, _) in of(NodeKind::Database).filter(|(_, _, _, read)| looked_up <= read) {
                 *pairs.entry((*cache, *database)).or_default() += calls;
             }
         }
@@ -517,13 +523,16 @@ pub(crate) mod tests {
                 t.fail_last();
             }
         }
-        // A cache miss: a lookup and a database read beside it.
+        // A cache miss: a lookup, a database read beside it, and the result written back (not a
+        // lookup: the read does not fall back from it).
         t.cache("api", "redis", root);
         t.db("api", "postgresql", "SELECT * FROM items WHERE id = ?", root);
+        t.cache_command("api", "redis", "SET ? ? ? ?", root);
         let features = extract(&completed(t.build()));
         let stock = edge_named(&features, "GET /stock");
         assert_eq!((stock.calls, stock.errors, stock.retries), (3, 2, 2));
         assert_eq!(features.caches.len(), 1);
+        assert_eq!(features.caches[0].cache.to.operation.as_str(), "GET");
         assert_eq!(features.caches[0].database_calls, 1);
         assert_eq!(features.caches[0].database.to.operation.as_str(), "SELECT * FROM items WHERE id = ?");
         assert_eq!(features.client.unwrap().as_str(), "10.0.0.7");

@@ -137,9 +137,14 @@ impl TraceBuilder {
 
     /// A cache lookup: a client span with a virtual cache callee.
     pub fn cache(&mut self, service: &str, cache: &str, parent: SpanId) -> SpanId {
-        let id = self.add(service, "GET", SpanKind::Client, Some(parent));
+        self.cache_command(service, cache, "GET", parent)
+    }
+
+    /// A cache call of `command` (`SET ? ?`): a client span with a virtual cache callee.
+    pub fn cache_command(&mut self, service: &str, cache: &str, command: &str, parent: SpanId) -> SpanId {
+        let id = self.add(service, command, SpanKind::Client, Some(parent));
         if let Some(span) = self.spans.last_mut() {
-            span.remote = Some(Remote { kind: NodeKind::Cache, name: Sym::new(cache), operation: Sym::new("GET") });
+            span.remote = Some(Remote { kind: NodeKind::Cache, name: Sym::new(cache), operation: Sym::new(command) });
         }
         id
     }
