@@ -75,6 +75,9 @@ pub struct EngineStats {
     pub suppressed: u64,
     /// Consumer traces tied back to the request that sent their messages.
     pub consumer_traces_tied: u64,
+    /// Per-request time findings of warning severity held back as lone: no second request
+    /// of the class did the same on the edge within a minute ([`crate::confirm`]).
+    pub lone_slow_requests: u64,
     /// Findings of a trace whose messages were held for a `queue_amplification` judgement:
     /// the flood's own work in the trace, part of that one alert. (Findings of its consumers'
     /// traces that joined it are counted in the alert's explanation.)
@@ -92,6 +95,8 @@ pub struct Engine {
     correlated: Correlated,
     /// Requests that sent messages, until their consumers' work is in.
     queues: Queues,
+    /// Lone slow requests, until a second one confirms them.
+    confirmations: crate::confirm::Confirmations,
     clock: fn() -> u64,
     stats: EngineStats,
     completed: Vec<CompletedTrace>,
@@ -150,6 +155,7 @@ impl Engine {
         let queues = Queues::new(config.assemble.trace_idle_nanos, config.assemble.trace_max_wait_nanos);
         Engine {
             queues,
+            confirmations: crate::confirm::Confirmations::default(),
             assembler: Assembler::new(config.assemble),
             store,
             detect: config.detect,
@@ -457,6 +463,9 @@ impl Engine {
                 || findings
                     .iter()
                     .any(|f| !(f.kind == AlertKind::NewEdge && f.severity == stormwatch_model::Severity::Info));
+            // A lone slow request waits for a second (its time is an anomaly all the same).
+            let findings = self.confirmations.confirmed(findings, features.end_unix_nano);
+            self.stats.lone_slow_requests = self.confirmations.lone;
             if features.complete {
                 learn(&features, &mut self.store, &self.detect, &anomalies);
                 self.stats.traces_learned += 1;

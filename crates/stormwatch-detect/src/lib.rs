@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+pub mod confirm;
 pub mod correlated;
 pub mod detectors;
 mod engine;

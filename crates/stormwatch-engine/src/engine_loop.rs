@@ -362,6 +362,7 @@ fn publish(engine: &Engine, receiver: &SpanReceiver, metrics: &Metrics, top_edge
     Metrics::set(&metrics.late_spans_dropped_total, a.late_spans_dropped);
     Metrics::set(&metrics.trace_continuations_total, a.continuations);
     Metrics::set(&metrics.consumer_traces_tied_total, engine.stats().consumer_traces_tied);
+    Metrics::set(&metrics.lone_slow_requests_total, engine.stats().lone_slow_requests);
     Metrics::set(&metrics.queue_senders, engine.queue_senders() as u64);
     Metrics::set(&metrics.bad_timestamp_spans_total, a.bad_timestamp_spans);
     Metrics::set(&metrics.clock_skew_spans_total, a.clock_skew_spans);

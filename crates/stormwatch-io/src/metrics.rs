@@ -271,6 +271,8 @@ metrics! {
     trace_continuations_total: "counter",
     /// Consumer traces tied back to the request that sent their messages (by span links or parentage).
     consumer_traces_tied_total: "counter",
+    /// Per-request time findings (warning) held back as lone: no second request of the class did the same on the edge within a minute.
+    lone_slow_requests_total: "counter",
     /// Message-sending requests remembered to tie their consumers back (at most 100,000).
     queue_senders: "gauge",
     /// Spans with a zero timestamp or an end before their start.
