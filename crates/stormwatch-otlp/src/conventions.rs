@@ -3,66 +3,10 @@
 //! Both generations of attribute names are accepted (`db.system` / `db.system.name`,
 //! `http.method` / `http.request.method`, ...). When both are present the current name wins.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-
-use stormwatch_model::{
-    client_population, Dimension, Links, NodeKind, Remote, Span, SpanId, SpanKind, Sym, TraceId, OVERFLOW,
-};
+use stormwatch_model::{client_population, Dimension, Links, NodeKind, Remote, Span, SpanId, SpanKind, Sym, TraceId};
 
 use crate::client::{ClientEvidence, ClientSource, TrustedProxies};
-use crate::normalize::normalize_statement;
-
-/// Entries per decoding thread in each cache below; a full cache is cleared, so an attacker
-/// who varies every statement costs allocations, never memory.
-const CACHE_ENTRIES: usize = 8192;
-/// Raw statements longer than this are normalised every time rather than cached.
-const MAX_CACHED_STATEMENT: usize = 2048;
-
-thread_local! {
-    static STATEMENTS: RefCell<HashMap<Box<str>, Sym>> = RefCell::new(HashMap::new());
-    static JOINED: RefCell<HashMap<(Sym, char, Sym), Sym>> = RefCell::new(HashMap::new());
-}
-
-/// The interned normalised form of a statement. Repeated statements (the common case with
-/// placeholders) cost one hash lookup and no allocation.
-fn normalized_statement(raw: &str) -> Sym {
-    STATEMENTS.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if let Some(sym) = cache.get(raw) {
-            return *sym;
-        }
-        let sym = Sym::bounded(Dimension::Statement, &normalize_statement(raw));
-        if raw.len() <= MAX_CACHED_STATEMENT {
-            if cache.len() >= CACHE_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(raw.into(), sym);
-        }
-        sym
-    })
-}
-
-/// `a{separator}b`, interned as a name of `dimension`, without allocating when seen before.
-fn joined(dimension: Dimension, a: &str, separator: char, b: &str) -> Sym {
-    let key = (Sym::bounded(dimension, a), separator, Sym::bounded(dimension, b));
-    if key.0.as_str() == OVERFLOW || key.2.as_str() == OVERFLOW {
-        // Not a key: every overflowed part is the same symbol.
-        return Sym::bounded(dimension, &format!("{a}{separator}{b}"));
-    }
-    JOINED.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if let Some(sym) = cache.get(&key) {
-            return *sym;
-        }
-        let sym = Sym::bounded(dimension, &format!("{a}{separator}{b}"));
-        if cache.len() >= CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(key, sym);
-        sym
-    })
-}
+use crate::intern::{joined, normalized_statement};
 
 /// Most query keys kept in a root class; more are an attacker's cardinality, not a shape.
 const MAX_QUERY_KEYS: usize = 16;
@@ -239,6 +183,15 @@ impl<'s> AttrView<'s> {
         named.into_iter().find_map(|(name, source)| {
             name.filter(|name| !name.trim().is_empty()).map(|name| format!("{name} ({})", source.as_str()))
         })
+    }
+
+    /// A database client span that names no statement or operation and is called `connect`
+    /// (`pg.connect`, `pg-pool.connect`, `mysql.connect`, ...): it connects, it queries nothing.
+    fn only_connects(&self, span_name: &str) -> bool {
+        self.db_system.or(self.db_system_old).is_some()
+            && self.db_statement.or(self.db_statement_old).is_none()
+            && self.db_operation.or(self.db_operation_old).is_none()
+            && (span_name.eq_ignore_ascii_case("connect") || span_name.to_ascii_lowercase().ends_with(".connect"))
     }
 
     fn method(&self) -> Option<&'s str> {
@@ -469,7 +422,14 @@ fn build_span(
     raw: &RawSpan<'_>,
     attrs: &AttrView<'_>,
 ) -> Span {
-    let kind = SpanKind::from_otlp(raw.kind);
+    let mut kind = SpanKind::from_otlp(raw.kind);
+    if kind.is_outgoing() && attrs.only_connects(raw.name) {
+        // A connection made or checked out of a pool (node-postgres's `pg.connect`,
+        // `pg-pool.connect`): the client waiting, not a call the database answered. As a call it
+        // would double every query's count, and a pool running dry would look like a slow
+        // database.
+        kind = SpanKind::Internal;
+    }
     let entry_like = kind.is_entry() || parent_span_id.is_none();
     let operation = match (attrs.http_route, entry_like) {
         (Some(route), true) if !raw.name.contains(route) => match attrs.method() {

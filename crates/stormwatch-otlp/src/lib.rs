@@ -8,6 +8,7 @@
 
 pub mod client;
 mod conventions;
+mod intern;
 mod json;
 mod normalize;
 mod proto;

@@ -183,6 +183,42 @@ mod tests {
         }
     }
 
+    /// node-postgres reports each pool checkout and connection as a client span of the
+    /// database: they query nothing, so they are no calls (the query beside them is).
+    #[test]
+    fn a_database_span_that_only_connects_is_no_call() {
+        let span = |id: u8, name: &str, statement: Option<&str>| ProtoSpan {
+            trace_id: vec![1; 16],
+            span_id: vec![id; 8],
+            parent_span_id: vec![9; 8],
+            name: name.into(),
+            kind: 3,
+            attributes: [kv("db.system", "postgresql"), kv("db.name", "shop")]
+                .into_iter()
+                .chain(statement.map(|text| kv("db.statement", text)))
+                .collect(),
+            ..Default::default()
+        };
+        let request = request(vec![
+            span(2, "pg-pool.connect", None),
+            span(3, "pg.connect", None),
+            span(4, "pg.query:SELECT shop", Some("SELECT available FROM stock WHERE product_id = $1")),
+            span(5, "connect", Some("SELECT 1")),
+        ]);
+        for decoded in [decode_protobuf(&request.encode_to_vec()).unwrap(), from_request(&request)] {
+            let kinds: Vec<(SpanKind, bool)> = decoded.spans.iter().map(|s| (s.kind, s.remote.is_some())).collect();
+            assert_eq!(
+                kinds,
+                [
+                    (SpanKind::Internal, false),
+                    (SpanKind::Internal, false),
+                    (SpanKind::Client, true),
+                    (SpanKind::Client, true)
+                ]
+            );
+        }
+    }
+
     #[test]
     fn bad_ids_are_rejected_one_by_one() {
         let good = ProtoSpan { trace_id: vec![1; 16], span_id: vec![2; 8], name: "ok".into(), ..Default::default() };
