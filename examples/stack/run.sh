@@ -51,7 +51,6 @@ if [ ! -x "$here/.venv/bin/python" ] || ! cmp -s "$here/python/requirements.txt"
   "$here/.venv/bin/pip" install -q -r "$here/python/requirements.txt"
   cp "$here/python/requirements.txt" "$here/.venv/requirements.txt"
 fi
-rotel="$here/.rotel/lib/python3.11/site-packages/rotel/rotel-agent"
 if ! ls "$here"/.rotel/lib/python3*/site-packages/rotel/rotel-agent >/dev/null 2>&1; then
   say "installing the rotel collector into examples/stack/.rotel ..."
   python3 -m venv "$here/.rotel"

@@ -105,8 +105,7 @@ fn finding(
         }
         _ => (AlertKind::EgressAmplification, format!("returned {}", unit.human(amount))),
     };
-    // Thousandths of microseconds or of the payload's unit, per call.
-    let per_call = value as f64 / 1_000.0 / if metric == WindowMetric::TimePerCall { 1_000.0 } else { unit.scale() };
+    let per_call = value as f64 / super::wording::reported_scale(metric, edge);
     let leader = contributors.first().map(|c| format!("; {} caused {:.0}% of it", c.name, c.share * 100.0));
     let slower = (slowdown >= 1.05)
         .then(|| format!("; it answers every caller {slowdown:.1}x slower than usual lately, allowed for"));

@@ -2,7 +2,7 @@
 //! `correlated_storm` finding of a window's PCA residual.
 
 use stormwatch_baseline::WindowMetric;
-use stormwatch_model::{AlertKind, Contributor, TraceId};
+use stormwatch_model::{AlertKind, Contributor, Edge, TraceId};
 
 use super::{Pending, Window, MAX_EXEMPLARS};
 use crate::detectors::{DetectConfig, Judgement};
@@ -57,11 +57,7 @@ impl Pending {
         let Judgement { expected, threshold, samples, since, .. } = self.judgement;
         // Thousandths; of microseconds and bytes, reported in milliseconds and kilobytes.
         let payload = self.edge.to.kind.payload_unit();
-        let scale = match self.metric {
-            WindowMetric::TimePerCall => 1_000_000.0,
-            WindowMetric::BytesPerCall => 1_000.0 * payload.scale(),
-            _ => 1000.0,
-        };
+        let scale = reported_scale(self.metric, self.edge);
         let observed = self.value as f64 / scale;
         let (expected, threshold) = (expected / scale, threshold / scale);
         let unit = match self.metric {
@@ -91,5 +87,15 @@ impl Pending {
             .during(window.start, window.end)
             .against(samples, since, None)
             .explained(format!("{} ({limits}).", self.sentence))
+    }
+}
+
+/// What a window baseline's thousandths of `metric` on `edge` are divided by to be reported:
+/// thousandths of microseconds in milliseconds, of bytes in kilobytes, of rows in rows.
+pub(super) fn reported_scale(metric: WindowMetric, edge: Edge) -> f64 {
+    match metric {
+        WindowMetric::TimePerCall => 1_000_000.0,
+        WindowMetric::BytesPerCall => 1_000.0 * edge.to.kind.payload_unit().scale(),
+        _ => 1000.0,
     }
 }
