@@ -23,9 +23,17 @@ fn learn_then_attack(services: &Services, authors: usize, catalog_calls: usize) 
     trace_id
 }
 
+/// An attack sent over `transport`, its alert read from Kafka. Over HTTP the alert topic does
+/// not exist yet: `serve` creates it at start.
 async fn attack_over(transport: Transport, authors: usize, catalog_calls: usize) -> (Value, String, String) {
     let bootstrap = kafka_bootstrap();
-    let topic = create_topic(&bootstrap, "stormwatch-alerts-e2e").await;
+    let created_at_start = matches!(transport, Transport::Http);
+    let topic = if created_at_start {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        format!("stormwatch-alerts-created-{}-{now}", std::process::id())
+    } else {
+        create_topic(&bootstrap, "stormwatch-alerts-e2e").await
+    };
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start(dir.path(), &["--kafka-brokers", &bootstrap, "--alert-topic", &topic]);
     let services = Services::new(&serve, transport, &["frontend", "catalog"]);
@@ -54,6 +62,9 @@ async fn attack_over(transport: Transport, authors: usize, catalog_calls: usize)
     tokio::task::block_in_place(|| services.shutdown());
     let log = serve.log();
     serve.stop();
+    if created_at_start {
+        assert!(log.contains("created topic") && log.contains(&topic), "the alert topic was not created:\n{log}");
+    }
     let (key, alert) = alerts
         .into_iter()
         .find(|(_, a)| {

@@ -394,7 +394,7 @@ pub(crate) struct CommonArgs {
     /// Kafka bootstrap brokers; alerts go to Kafka instead of stdout and the alerts file.
     #[arg(long, value_name = "HOST:PORT,...", env = "STORMWATCH_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
-    /// Kafka topic for alerts [default: stormwatch.alerts].
+    /// Kafka topic for alerts, created at start when missing [default: stormwatch.alerts].
     #[arg(long, value_name = "TOPIC", env = "STORMWATCH_ALERT_TOPIC")]
     pub alert_topic: Option<String>,
     /// Observations a baseline needs before it may alert [default: 200].

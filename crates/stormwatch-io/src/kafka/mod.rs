@@ -130,15 +130,17 @@ pub enum KafkaError {
         source: rdkafka::error::KafkaError,
     },
     #[error(
-        "alert topic {topic:?} does not exist on {brokers}: create it (e.g. kafka-topics.sh --create \
-         --topic {topic}) or choose another with --alert-topic"
+        "alert topic {topic:?} does not exist on {brokers} and could not be created ({reason}): create it \
+         (e.g. kafka-topics.sh --create --topic {topic}) or choose another with --alert-topic"
     )]
-    /// The alert topic does not exist.
+    /// The alert topic does not exist, and the broker refused to create it.
     MissingTopic {
         /// The bootstrap brokers.
         brokers: String,
         /// The alert topic.
         topic: String,
+        /// Why it could not be created.
+        reason: String,
     },
     #[error(
         "input topic {topic:?} does not exist on {brokers}: create it with as many partitions as engines \
@@ -179,7 +181,10 @@ impl std::fmt::Debug for KafkaAlertSink {
 }
 
 impl KafkaAlertSink {
-    /// Connects and checks that `topic` exists, so a typo fails at start, not at the first alert.
+    /// Connects and checks that `topic` exists, creating it when it is missing (one partition,
+    /// the broker's default replication) as Kafka Streams creates its topics. When the broker
+    /// refuses (no permission, a policy, an old broker), the error says how to create it by
+    /// hand, so a typo or a missing grant fails at start, not at the first alert.
     pub async fn connect(brokers: &str, topic: &str) -> Result<KafkaAlertSink, KafkaError> {
         Self::connect_with_timeout(brokers, topic, Duration::from_secs(30)).await
     }
@@ -203,7 +208,12 @@ impl KafkaAlertSink {
         let exists =
             metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
         if !exists {
-            return Err(KafkaError::MissingTopic { brokers: brokers.into(), topic: topic.into() });
+            // Alerts are few and keyed by fingerprint: one partition keeps each incident in order.
+            ensure_topic(brokers, topic, 1, &[]).await.map_err(|refused| KafkaError::MissingTopic {
+                brokers: brokers.into(),
+                topic: topic.into(),
+                reason: refused.cause(),
+            })?;
         }
         Ok(KafkaAlertSink { producer, brokers: brokers.into(), topic: topic.into(), delivery_timeout })
     }
@@ -215,6 +225,9 @@ impl KafkaAlertSink {
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
             .set("client.id", "stormwatch")
+            // A missing topic is created by `ensure_topic` (logged, one partition), not by the
+            // broker's auto-creation on a metadata request (its defaults, silently).
+            .set("allow.auto.create.topics", "false")
             // Baseline snapshots shared with the group can be large.
             .set("message.max.bytes", baselines::MAX_SNAPSHOT_BYTES.to_string())
             .create_with_context(QuietContext)
@@ -268,7 +281,7 @@ impl KafkaAlertSink {
     }
 }
 
-/// Why an internal topic could not be made ready ([`ensure_topic`]).
+/// Why a topic could not be made ready ([`ensure_topic`]).
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
     /// The admin client could not be created.
@@ -332,7 +345,21 @@ pub enum TopicError {
     },
 }
 
-/// Creates an internal topic when it is missing (as Kafka Streams creates its own), with
+impl TopicError {
+    /// The broker's or the client's answer alone, without the advice around it.
+    pub fn cause(&self) -> String {
+        match self {
+            TopicError::Refused { code, .. } => code.to_string(),
+            TopicError::Client { source, .. }
+            | TopicError::Unreachable { source, .. }
+            | TopicError::Request { source, .. }
+            | TopicError::Producer { source, .. }
+            | TopicError::Produce { source, .. } => source.to_string(),
+        }
+    }
+}
+
+/// Creates a topic when it is missing (as Kafka Streams creates its own), with
 /// `partitions` partitions, the broker's default replication and `settings` (e.g.
 /// `cleanup.policy=compact`). A topic that already exists is left as it is.
 pub async fn ensure_topic(
@@ -345,6 +372,7 @@ pub async fn ensure_topic(
     use rdkafka::types::RDKafkaErrorCode;
     let admin: AdminClient<QuietContext> = client_config()
         .set("bootstrap.servers", brokers)
+        .set("allow.auto.create.topics", "false")
         .create_with_context(QuietContext)
         .map_err(|source| TopicError::Client { brokers: brokers.into(), source })?;
     let metadata = admin
@@ -359,7 +387,12 @@ pub async fn ensure_topic(
         new = new.set(key, value);
     }
     let results = admin
-        .create_topics(&[new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            &[new],
+            &AdminOptions::new()
+                .operation_timeout(Some(Duration::from_secs(10)))
+                .request_timeout(Some(Duration::from_secs(15))),
+        )
         .await
         .map_err(|source| TopicError::Request { brokers: brokers.into(), topic: topic.into(), source })?;
     for result in results {
@@ -370,7 +403,7 @@ pub async fn ensure_topic(
             }
         }
     }
-    tracing::info!(%topic, partitions, "created internal topic");
+    tracing::info!(%topic, partitions, "created topic");
     Ok(())
 }
 

@@ -64,3 +64,23 @@ async fn injected_errors_and_a_broker_outage_lose_no_alert() {
     ids.sort();
     assert_eq!(ids, ["a1", "a2", "a3"]);
 }
+
+/// A missing alert topic that the broker will not create (the mock cluster answers no
+/// CreateTopics request) stops the start with the broker's answer and how to create it by
+/// hand; the creation itself is tested against tansu (`tests/e2e/serve.rs`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_alert_topic_the_broker_will_not_create_says_how_to_create_it() {
+    let mock = MockCluster::new(1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let error = KafkaAlertSink::connect_with_timeout(&bootstrap, "no-such-alerts", Duration::from_secs(3))
+        .await
+        .expect_err("the mock cluster creates no topic");
+    let message = error.to_string();
+    assert!(
+        message.contains("\"no-such-alerts\" does not exist")
+            && message.contains("could not be created (")
+            && message.contains("kafka-topics.sh --create --topic no-such-alerts")
+            && message.contains("--alert-topic"),
+        "{message}"
+    );
+}
