@@ -19,7 +19,10 @@ pub use distribution::{
     Distribution, TailCeiling, HOLD_FROM_SAMPLES, LATEST_UNIX_NANO, RELEASE_HOURS, TAIL_GROWTH_PER_DAY,
     TAIL_STABLE_SAMPLES,
 };
-pub use pace::{Pace, PACE_MIN_OBSERVATIONS, PACE_RECENT_CALLS, PACE_SLOWED, PACE_SLOWED_INERTIA, PACE_USUAL_NANOS};
+pub use pace::{
+    writes, Pace, PaceLane, PACE_MIN_OBSERVATIONS, PACE_RECENT_CALLS, PACE_SLOWED, PACE_SLOWED_INERTIA,
+    PACE_USUAL_NANOS,
+};
 pub use seasonal::DailyProfile;
 pub use snapshot::{
     decode_snapshot, encode_snapshot, load_snapshot, write_snapshot, write_snapshot_document, SnapshotError,

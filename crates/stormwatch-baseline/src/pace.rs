@@ -7,6 +7,43 @@
 //! callee's slowdown, so only work beyond what the slower callee explains is an anomaly. The
 //! estimate is a geometric mean (of `ln(1 + microseconds)`), so a few slow calls (one
 //! request's scanning query among many ordinary ones) move it little.
+//!
+//! A database keeps two paces, one for its reads and one for its writes ([`PaceLane`]):
+//! writes wait on the commit log's flushes and on row locks that reads never take, so under a
+//! crowd of buyers the `UPDATE`s of one hot row slow down many times while thousands of fast
+//! reads keep the database's overall pace where it was (seen on the real stack of issue 20).
+
+use stormwatch_model::{Node, NodeKind, Sym};
+
+/// What keeps one pace: a callee (a service, or a database, cache, queue or peer by name), and
+/// for a database, its reads apart from its writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PaceLane {
+    /// The callee's name.
+    pub callee: Sym,
+    /// What the callee is.
+    pub kind: NodeKind,
+    /// The database calls that write ([`writes`]); false for every other callee.
+    pub writes: bool,
+}
+
+impl PaceLane {
+    /// The lane a call to `node` is paced in.
+    pub fn of(node: &Node) -> PaceLane {
+        let writes = node.kind == NodeKind::Database && writes(node.operation.as_str());
+        PaceLane { callee: node.service, kind: node.kind, writes }
+    }
+}
+
+/// Whether a normalised statement (or a bare operation name) writes: it starts with `INSERT`,
+/// `UPDATE`, `DELETE`, `MERGE`, `UPSERT`, `REPLACE`, `TRUNCATE`, `COPY` or `COMMIT`, in any
+/// case. A `WITH` whose body writes counts as a read: rare, and reads are the default.
+pub fn writes(statement: &str) -> bool {
+    const WRITES: [&str; 9] =
+        ["INSERT", "UPDATE", "DELETE", "MERGE", "UPSERT", "REPLACE", "TRUNCATE", "COPY", "COMMIT"];
+    let verb = statement.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
+    WRITES.iter().any(|w| verb.eq_ignore_ascii_case(w))
+}
 
 /// Calls the recent pace averages over (its exponential weighting's span).
 pub const PACE_RECENT_CALLS: f64 = 16.0;
@@ -111,6 +148,31 @@ mod tests {
         // ... and the pace returns once the callee does.
         calls(&mut pace, 100, 700.0);
         assert!(pace.slowdown() < 1.3, "recovered: {}", pace.slowdown());
+    }
+
+    #[test]
+    fn a_databases_writes_keep_their_own_pace_and_other_callees_one() {
+        let db = |statement: &str| Node {
+            service: Sym::new("postgresql:shop"),
+            operation: Sym::new(statement),
+            kind: NodeKind::Database,
+        };
+        let update = PaceLane::of(&db("UPDATE stock SET available = available - ? WHERE product_id = ?"));
+        assert!(update.writes);
+        assert_eq!(update, PaceLane::of(&db("insert into shares (wishlist_id) values (?)")));
+        assert_eq!(update, PaceLane::of(&db("COMMIT")));
+        let read = PaceLane::of(&db("SELECT available FROM stock WHERE product_id = ?"));
+        assert!(!read.writes);
+        assert_eq!(read, PaceLane::of(&db("  with recent as (select 1) select * from recent")));
+        assert_eq!(read, PaceLane::of(&db("UPDATES_LOG")), "a whole word, not a prefix");
+        assert_ne!(update, read);
+        let cache = Node { service: Sym::new("redis"), operation: Sym::new("SET"), kind: NodeKind::Cache };
+        assert!(!PaceLane::of(&cache).writes, "only a database's writes wait on its commit log");
+        let service = Node::service(Sym::new("inventory"), Sym::new("POST /reserve"));
+        assert_eq!(
+            PaceLane::of(&service),
+            PaceLane { callee: Sym::new("inventory"), kind: NodeKind::Service, writes: false }
+        );
     }
 
     #[test]

@@ -488,7 +488,7 @@ impl Engine {
                 features.user = requester.user;
             }
             let store = &self.store;
-            let slowdown = |edge: &stormwatch_model::Edge| store.slowdown((edge.to.service, edge.to.kind));
+            let slowdown = |edge: &stormwatch_model::Edge| store.slowdown(stormwatch_baseline::PaceLane::of(&edge.to));
             self.stats.traces_represented += self.windows.add_paced(&features, flagged, &slowdown);
         }
         self.queues.settle(self.assembler.watermark(), &mut raised);

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use stormwatch_model::{Edge, NodeKind, NodeName, RootClass, Sym};
 
-use crate::{DailyProfile, Distribution, Pace, SubspaceModel};
+use crate::{DailyProfile, Distribution, Pace, PaceLane, SubspaceModel};
 
 mod read;
 
@@ -250,9 +250,10 @@ pub struct BaselineStore {
     /// pseudo-edge into the entry point ([`Edge::entering`]: what the request sent back to its
     /// client), per (root class, edge).
     pub(crate) request_bytes: Table<(RootClass, Edge)>,
-    /// How fast each callee (a service, or a database, cache, queue or peer by name) answers
-    /// lately against how fast it usually does. Not in snapshots: it is about the last calls.
-    pub(crate) pace: Table<(Sym, NodeKind), Pace>,
+    /// How fast each callee (a service, or a database, cache, queue or peer by name; a
+    /// database's reads and writes apart) answers lately against how fast it usually does. Not
+    /// in snapshots: it is about the last calls.
+    pub(crate) pace: Table<PaceLane, Pace>,
     /// Spans, DB calls and services per root request, per root class.
     pub(crate) request_totals: Table<(RootClass, RequestMetric)>,
     /// The same per entry route, entry service and for the whole system: what a young root
@@ -403,7 +404,7 @@ impl BaselineStore {
     /// Learns how long one call to `callee` took (microseconds; the mean of a trace's calls on
     /// one edge) at event time `at`, whatever the call was judged: a callee slowing for
     /// everyone shows here.
-    pub fn observe_pace(&mut self, callee: (Sym, NodeKind), micros_per_call: f64, at: u64) {
+    pub fn observe_pace(&mut self, callee: PaceLane, micros_per_call: f64, at: u64) {
         if let Some(pace) = self.pace.get_mut(&callee) {
             pace.observe(micros_per_call, at);
         } else if self.pace.len() < self.room.max_keys {

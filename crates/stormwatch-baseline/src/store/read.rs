@@ -4,10 +4,10 @@
 
 use std::collections::HashSet;
 
-use stormwatch_model::{Edge, NodeKind, NodeName, RootClass, Sym};
+use stormwatch_model::{Edge, NodeName, RootClass};
 
 use super::{BaselineStore, ClassScope, DailyProfile, EdgeScope, RequestMetric, Table, WindowMetric};
-use crate::{Pace, SubspaceModel};
+use crate::{Pace, PaceLane, SubspaceModel};
 
 impl BaselineStore {
     /// Calls per parent span, per edge.
@@ -33,13 +33,13 @@ impl BaselineStore {
 
     /// How long a call to `callee` usually takes, microseconds (`None` while not known well
     /// enough): see [`Pace`].
-    pub fn usual_call_micros(&self, callee: (Sym, NodeKind)) -> Option<f64> {
+    pub fn usual_call_micros(&self, callee: PaceLane) -> Option<f64> {
         self.pace.get(&callee).and_then(Pace::usual_micros)
     }
 
     /// How many times slower than usual `callee` answers lately (1 when not slower, or not
     /// known well enough): see [`Pace`].
-    pub fn slowdown(&self, callee: (Sym, NodeKind)) -> f64 {
+    pub fn slowdown(&self, callee: PaceLane) -> f64 {
         self.pace.get(&callee).map_or(1.0, Pace::slowdown)
     }
 

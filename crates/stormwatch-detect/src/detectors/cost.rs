@@ -26,7 +26,7 @@
 //! requests under the floor are counted by the same key's calls per request (every request
 //! that made the calls).
 
-use stormwatch_baseline::BaselineStore;
+use stormwatch_baseline::{BaselineStore, PaceLane};
 use stormwatch_model::{AlertKind, RootClass};
 
 use super::judge::judge_floored;
@@ -57,7 +57,7 @@ pub(super) fn judge_cost(
     // slowdown of at least 1): work within it needs no lookup.
     for edge in features.edges.iter().filter(|e| e.work_micros as f64 > rules.min_excess) {
         let Some(requests) = store.request_edges().get(&(class, edge.edge)) else { continue };
-        let callee = (edge.edge.to.service, edge.edge.to.kind);
+        let callee = PaceLane::of(&edge.edge.to);
         let slowdown = store.slowdown(callee);
         // More calls, each of about the usual cost: the call counts' to judge, not the time's.
         let per_call = edge.work_micros as f64 / edge.calls.max(1) as f64;
@@ -104,7 +104,7 @@ pub(super) fn learn_cost(
     let at = features.end_unix_nano;
     let floor = floor(config);
     for edge in features.edges.iter().filter(|e| e.calls > 0) {
-        store.observe_pace((edge.edge.to.service, edge.edge.to.kind), edge.work_micros as f64 / edge.calls as f64, at);
+        store.observe_pace(PaceLane::of(&edge.edge.to), edge.work_micros as f64 / edge.calls as f64, at);
         if edge.work_micros >= floor && !anomalies.request_work.contains(&edge.edge) {
             store.observe_request_work(class, edge.edge, edge.work_micros, at);
         }
@@ -255,7 +255,12 @@ mod tests {
             fired += judged(&mut store, &search(3_000 + i, factor * ordinary_micros(i))).len();
         }
         assert_eq!(fired, 0, "a slower database for everyone is not a cost incident");
-        assert!(store.slowdown((stormwatch_model::Sym::new("postgresql"), stormwatch_model::NodeKind::Database)) > 8.0);
+        let reads = PaceLane {
+            callee: stormwatch_model::Sym::new("postgresql"),
+            kind: stormwatch_model::NodeKind::Database,
+            writes: false,
+        };
+        assert!(store.slowdown(reads) > 8.0);
         // A scan far beyond what the slower database explains still fires, and says so.
         let findings = judged(&mut store, &search(4_000, 2_000_000));
         assert_eq!(findings.len(), 1, "{findings:?}");

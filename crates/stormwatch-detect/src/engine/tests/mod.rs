@@ -5,6 +5,7 @@ use super::*;
 use crate::features::tests::product_trace;
 
 mod classes;
+mod contention;
 
 const SEC: u64 = 1_000_000_000;
 const T0: u64 = 1_800_000_000 * SEC;
