@@ -10,7 +10,10 @@ import argparse
 import itertools
 import json
 import random
+import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +34,7 @@ LEGITIMATE = [("flash-crowd", "flash_crowd")]
 TIMINGS = {
     # warm-up, each phase, calm after each, grace for an alert after its phase ends (seconds).
     "full": {"warm_up": 360, "phase": 90, "calm": 60, "grace": 45, "rate": 25.0},
-    "short": {"warm_up": 80, "phase": 30, "calm": 10, "grace": 30, "rate": 30.0},
+    "short": {"warm_up": 80, "phase": 30, "calm": 5, "grace": 30, "rate": 30.0},
 }
 CLIENTS = [f"10.{20 + i // 250}.{i % 250}.{1 + i * 7 % 250}" for i in range(300)]
 SURGE_CLIENTS = [f"172.{16 + i // 250}.{i % 250}.9" for i in range(500)]
@@ -113,6 +116,25 @@ def attack_streams(name):
     }[name]
 
 
+def screenshot(console, path):
+    """The console as a headless Chromium renders it, saved to `path` (PNG); skipped without
+    Chromium. It polls the engine's API, so the page is given a few seconds of its own time."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        print("driver: no chromium, no screenshot of the console (apt-get install chromium)", file=sys.stderr)
+        return
+    with tempfile.TemporaryDirectory() as profile:
+        command = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                   "--hide-scrollbars", "--window-size=1400,900", "--virtual-time-budget=8000",
+                   f"--user-data-dir={profile}", f"--screenshot={path}", console]
+        try:
+            subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=True)
+            print(f"driver: {datetime.now():%H:%M:%S} the console, saved to {path}", file=sys.stderr)
+        except (subprocess.SubprocessError, OSError) as error:
+            print(f"driver: no screenshot of the console: {error}", file=sys.stderr)
+
+
 def run(args):
     timings = TIMINGS[args.mode]
     driver = Driver(args.web, args.inventory)
@@ -151,6 +173,10 @@ def run(args):
               file=sys.stderr)
         if phase["name"] == "retry-storm":
             requests.post(f"{args.inventory}/chaos", json={"failing": True}, timeout=10)
+        if phase["kind"] == "flash_crowd" and args.screenshot:
+            # Half-way through the crowd: the live graph under load, every attack's alerts listed.
+            time.sleep(max(0.0, (phase["start"] + phase["end"]) / 2 - time.time()))
+            threading.Thread(target=screenshot, args=(f"{args.admin}/", args.screenshot), daemon=True).start()
         time.sleep(max(0.0, phase["end"] - time.time()))
         if phase["name"] == "retry-storm":
             requests.post(f"{args.inventory}/chaos", json={"failing": False}, timeout=10)
@@ -225,6 +251,7 @@ def main():
     parser.add_argument("--admin", required=True)
     parser.add_argument("--alerts", required=True)
     parser.add_argument("--truth", required=True)
+    parser.add_argument("--screenshot", help="save the console during the flash crowd to this PNG (needs chromium)")
     sys.exit(run(parser.parse_args()))
 
 

@@ -5,7 +5,7 @@
 # attacks, a legitimate flash crowd, calm phases between) and scores the engine's alerts.
 #
 #   examples/stack/run.sh            # the full run, about 25 minutes
-#   examples/stack/run.sh --short    # the CI run, about 6 minutes
+#   examples/stack/run.sh --short    # the CI run (scripts/test.sh), 6 minutes
 #
 # Installs what is missing: Debian's postgresql and redis-server (as root; otherwise it says
 # what to install), the npm packages into examples/stack/node/node_modules and the PyPI
@@ -168,4 +168,4 @@ done
 # --- drive and score -------------------------------------------------------------------------
 "$here/.venv/bin/python" "$here/driver.py" --mode "$mode" --web "http://127.0.0.1:$web_port" \
   --inventory "http://127.0.0.1:$inventory_port" --admin "http://127.0.0.1:$admin_port" \
-  --alerts "$state/alerts.jsonl" --truth "$state/truth.json"
+  --alerts "$state/alerts.jsonl" --truth "$state/truth.json" --screenshot "$state/console.png"
