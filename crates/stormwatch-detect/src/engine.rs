@@ -479,8 +479,9 @@ impl Engine {
             if let Some(requester) = requester {
                 // The consumer's work is its requester's, in windows too.
                 self.stats.consumer_traces_tied += 1;
-                if let Some(class) = features.root_class {
-                    let consumer = stormwatch_model::Node::service(class.service, class.operation);
+                let root =
+                    features.root_class.map(|class| stormwatch_model::Node::service(class.service, class.operation));
+                if let Some(consumer) = features.consumed.entry.or(root) {
                     features.consumed.tied_back = Some(crate::features::Tie { queue: requester.queue, consumer });
                 }
                 features.root_class = requester.class;

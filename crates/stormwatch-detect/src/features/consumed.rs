@@ -19,6 +19,11 @@ pub struct Consumed {
     /// missing (its messages were sent in an earlier part of the trace, already judged).
     /// At most [`stormwatch_model::Links::MAX`].
     pub origins: Vec<(TraceId, u32)>,
+    /// The consumer's entry the work ran under: the caller of the first call made under a
+    /// consumer span. Not always the trace's root: Python's confluent-kafka instrumentation
+    /// roots each poll in an empty `recv` span and processes the message in a `process` span
+    /// under it (the one linked to the producer), whose calls the window sees.
+    pub entry: Option<Node>,
     /// Set by the engine once the trace was tied back to the request that sent its messages:
     /// windows then count its work as that request's, and not as an entry request of its own.
     pub tied_back: Option<Tie>,
@@ -29,7 +34,7 @@ pub struct Consumed {
 pub struct Tie {
     /// The queue the request sent the most messages to.
     pub queue: Node,
-    /// The consumer's entry: its trace's root.
+    /// The consumer's entry ([`Consumed::entry`], else its trace's root).
     pub consumer: Node,
 }
 
@@ -79,6 +84,7 @@ pub(super) fn consumed(trace_id: TraceId, spans: &[Span], tree: &SpanTree, calls
     }
     for call in calls.iter().filter(|call| under[call.caller_entry as usize] == Some(true)) {
         consumed.calls += 1;
+        consumed.entry.get_or_insert(call.edge.from);
         consumed.work_micros = consumed.work_micros.saturating_add(call.nanos / 1_000);
     }
     consumed.origins = origins.traces().to_vec();
@@ -131,6 +137,24 @@ mod tests {
         t.db("worker", "postgresql:shop", "INSERT INTO lines VALUES (?)", late);
         let features = extract(&completed(t.build()));
         assert_eq!(features.consumed.origins, vec![(own, 1)]);
+    }
+
+    /// Python's confluent-kafka instrumentation: each poll is an empty `recv` root, the message
+    /// is processed in a `process` span under it, linked to its producer; the consumer's entry
+    /// is the `process` span, whose calls the windows see.
+    #[test]
+    fn a_message_processed_under_a_poll_span_is_the_process_spans_work() {
+        let producer = TraceBuilder::new(7, 0).trace_id();
+        let mut t = TraceBuilder::new(4, 1_000);
+        let recv = t.consume("mailer", "recv", None, &[]);
+        let process = t.consume("mailer", "shares process", Some(recv), &[producer]);
+        t.db("mailer", "postgresql:shop", "INSERT INTO shares VALUES (?)", process);
+        let features = extract(&completed(t.build()));
+        assert_eq!(features.consumed.origins, vec![(producer, 1)]);
+        let entry = features.consumed.entry.expect("the calls' consumer entry");
+        assert_eq!((entry.service.as_str(), entry.operation.as_str()), ("mailer", "shares process"));
+        assert_eq!(features.edges[0].edge.from, entry, "the entry the windows see the calls from");
+        assert_eq!(features.root_class.unwrap().operation.as_str(), "recv");
     }
 
     #[test]
