@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Catch attacks on a real stack: a storefront of two Node.js and two Python services on real
-# PostgreSQL and Redis servers, instrumented by the official OpenTelemetry SDKs, behind the
+# Catch attacks on a real stack: a storefront of two Node.js and three Python services on real
+# PostgreSQL and Redis servers and a Kafka topic, instrumented by the official OpenTelemetry SDKs, behind the
 # rotel collector, watched by stormwatch. An attack driver runs labelled phases (warm-up,
 # attacks, a legitimate flash crowd, calm phases between) and scores the engine's alerts.
 #
@@ -9,9 +9,10 @@
 #
 # Installs what is missing: Debian's postgresql and redis-server (as root; otherwise it says
 # what to install), the npm packages into examples/stack/node/node_modules and the PyPI
-# packages into examples/stack/.venv and examples/stack/.rotel. Everything runs on loopback
+# packages into examples/stack/.venv and examples/stack/.rotel, and the tansu Kafka broker
+# (cargo install) unless KAFKA_BOOTSTRAP names a broker. Everything runs on loopback
 # from a temporary directory and is stopped on exit. Ports (all below 32768) can be moved with
-# STACK_PORT_BASE (default 20000: PostgreSQL +5432, Redis +6379, ...).
+# STACK_PORT_BASE (default 20000: PostgreSQL +5432, Redis +6379, tansu +9092, ...).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -30,6 +31,7 @@ web_port=$((base + 8080 - 10000))
 inventory_port=$((base + 8081 - 10000))
 catalog_port=$((base + 8082 - 10000))
 reviews_port=$((base + 8083 - 10000))
+kafka_port=$((base + 9092))
 
 say() { echo "stack: $*" >&2; }
 
@@ -112,6 +114,31 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$
 pids+=($!)
 wait_port "$redis_port" redis
 
+# The queue between catalog and mailer: the broker of KAFKA_BOOTSTRAP (scripts/test.sh's), or
+# a tansu broker of the run's own (installed once with cargo, about 10 minutes).
+kafka=${KAFKA_BOOTSTRAP:-}
+if [ -z "$kafka" ]; then
+  if ! command -v tansu >/dev/null 2>&1; then
+    say "installing the tansu Kafka broker (cargo install tansu@0.6.0, once; about 10 minutes) ..."
+    cargo install tansu@0.6.0 --locked --no-default-features --features libsql --quiet
+  fi
+  kafka="127.0.0.1:$kafka_port"
+  mkdir -p "$state/tansu"
+  (cd "$state/tansu" && exec tansu broker --listener-url "tcp://$kafka" --advertised-listener-url "tcp://$kafka" \
+    --storage-engine sqlite://tansu.db) >"$state/tansu.log" 2>&1 &
+  pids+=($!)
+  wait_port "$kafka_port" tansu
+fi
+topic="stack-shares-$(date +%s)-$$"
+say "Kafka at $kafka, topic $topic ..."
+"$here/.venv/bin/python" - "$kafka" "$topic" <<'PY'
+import sys
+from confluent_kafka.admin import AdminClient, NewTopic
+admin = AdminClient({"bootstrap.servers": sys.argv[1]})
+for future in admin.create_topics([NewTopic(sys.argv[2], num_partitions=1, replication_factor=1)]).values():
+    future.result(30)
+PY
+
 say "stormwatch (OTLP on $engine_grpc, console on http://127.0.0.1:$admin_port/) ..."
 cat >"$state/engine.toml" <<EOF
 [output]
@@ -141,13 +168,15 @@ export STACK_REDIS_URL="redis://127.0.0.1:$redis_port/0"
 export STACK_CATALOG_URL="http://127.0.0.1:$catalog_port"
 export STACK_REVIEWS_URL="http://127.0.0.1:$reviews_port"
 export STACK_INVENTORY_URL="http://127.0.0.1:$inventory_port"
+export STACK_KAFKA_BOOTSTRAP="$kafka"
+export STACK_SHARES_TOPIC="$topic"
 export OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$rotel_http"
 export OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
 # Export every second, as a collector-fronted deployment would tune it for detection.
 export OTEL_BSP_SCHEDULE_DELAY=1000
 export OTEL_SEMCONV_STABILITY_OPT_IN=http,database
 
-say "services: web (Node.js) on $web_port, inventory (Node.js), catalog and reviews (Python) ..."
+say "services: web (Node.js) on $web_port, inventory (Node.js), catalog, reviews and mailer (Python) ..."
 start_python() {
   (cd "$here/python" && STACK_PORT=$2 exec "$here/.venv/bin/python" "$1.py") >"$state/$1.log" 2>&1 &
   pids+=($!)
@@ -159,6 +188,7 @@ start_node() {
 }
 start_python catalog "$catalog_port"
 start_python reviews "$reviews_port"
+start_python mailer ""
 start_node inventory "$inventory_port"
 start_node web "$web_port"
 for service in catalog:$catalog_port reviews:$reviews_port inventory:$inventory_port web:$web_port; do

@@ -1,4 +1,5 @@
-"""catalog: products, their cached pages, search and shared wishlists (Flask, psycopg, redis)."""
+"""catalog: products, their cached pages, search and shared wishlists (Flask, psycopg, redis;
+a share is sent to the mailer through Kafka)."""
 
 import json
 import os
@@ -15,6 +16,7 @@ app = Flask("catalog")
 telemetry.instrument(app, "catalog")
 pool = psycopg_pool.ConnectionPool(telemetry.database_url(), min_size=2, max_size=8, open=True)
 cache = redis.Redis.from_url(os.environ["STACK_REDIS_URL"])
+shares = telemetry.kafka_producer()
 # A product page stays cached for an hour.
 CACHE_SECONDS = 3600
 
@@ -70,7 +72,9 @@ def share(wishlist_id):
     recipient = (request.get_json(silent=True) or {}).get("to", "friend@example.com")
     with pool.connection() as db:
         items = db.execute("SELECT product_id FROM wishlist_items WHERE wishlist_id = %s", (wishlist_id,)).fetchall()
-        db.execute("INSERT INTO shares (wishlist_id, recipient) VALUES (%s, %s)", (wishlist_id, recipient))
+    message = {"wishlist_id": wishlist_id, "recipient": recipient, "items": [row[0] for row in items]}
+    shares.produce(telemetry.shares_topic(), key=str(wishlist_id), value=json.dumps(message))
+    shares.poll(0)
     return jsonify({"shared": len(items)})
 
 
