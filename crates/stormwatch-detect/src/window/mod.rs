@@ -221,7 +221,8 @@ pub fn judge_window(
 }
 
 /// One incident, one alert. A retry storm explains the extra calls on its edge and everything
-/// downstream of its callee; a cache bypass explains the extra reads on its fallback edge;
+/// downstream of its callee; a cache bypass explains the extra reads on its fallback edge and
+/// the caller's extra calls to the same cache (cache-aside writes back every miss);
 /// among the remaining amplifications, an edge whose caller is another anomalous edge's
 /// callee is a consequence of it (a consumer's, of the edge into the queue it takes messages
 /// off).
@@ -229,6 +230,8 @@ fn root_causes(pending: Vec<Pending>, window: &Window) -> Vec<Pending> {
     use std::collections::HashSet;
     let mut explained_callees: HashSet<stormwatch_model::Node> = HashSet::new();
     let mut explained_edges: HashSet<Edge> = HashSet::new();
+    // (caller, cache) of each cache bypass.
+    let mut bypassed: HashSet<(stormwatch_model::Node, stormwatch_model::Sym)> = HashSet::new();
     for p in &pending {
         match p.kind {
             AlertKind::RetryStorm => {
@@ -239,10 +242,15 @@ fn root_causes(pending: Vec<Pending>, window: &Window) -> Vec<Pending> {
                 if let Some(fallback) = p.fallback {
                     explained_edges.insert(fallback);
                 }
+                bypassed.insert((p.edge.from, p.edge.to.service));
             }
             _ => {}
         }
     }
+    let explained = |edge: &Edge| {
+        explained_edges.contains(edge)
+            || (edge.to.kind == stormwatch_model::NodeKind::Cache && bypassed.contains(&(edge.from, edge.to.service)))
+    };
     // Calls explain the time and bytes they took on their edge.
     let counted: HashSet<Edge> = pending
         .iter()
@@ -252,7 +260,7 @@ fn root_causes(pending: Vec<Pending>, window: &Window) -> Vec<Pending> {
         .collect();
     let amplified: HashSet<stormwatch_model::Node> = pending
         .iter()
-        .filter(|p| p.kind == AlertKind::AggregateAmplification && !explained_edges.contains(&p.edge))
+        .filter(|p| p.kind == AlertKind::AggregateAmplification && !explained(&p.edge))
         .map(|p| p.edge.to)
         .collect();
     pending
@@ -263,7 +271,7 @@ fn root_causes(pending: Vec<Pending>, window: &Window) -> Vec<Pending> {
         })
         .filter(|p| {
             p.kind != AlertKind::AggregateAmplification
-                || !(explained_edges.contains(&p.edge)
+                || !(explained(&p.edge)
                     || explained_callees.contains(&p.edge.from)
                     || amplified.contains(&p.edge.from)
                     || window.queue_feeding(&p.edge.from).is_some_and(|queue| amplified.contains(&queue)))

@@ -13,7 +13,8 @@ const T0: u64 = 1_800_000_000 * SEC;
 
 #[derive(Clone, Copy)]
 enum Request {
-    /// gateway `GET /product` -> catalog, a cache lookup (a miss every tenth request).
+    /// gateway `GET /product` -> catalog, a cache lookup (a miss every tenth request: a read,
+    /// written back to the cache).
     Product { miss: bool },
     /// gateway `GET /search` -> catalog, two database queries. From attacker clients when `shifted`.
     Search { shifted: bool },
@@ -34,6 +35,8 @@ fn trace(seed: u64, at: u64, request: Request) -> TraceFeatures {
             t.cache("catalog", "redis", items);
             if miss {
                 t.db("catalog", "postgresql", "SELECT * FROM items WHERE id = ?", items);
+                // Cache-aside: the page read is written back.
+                t.cache_command("catalog", "redis", "SET", items);
             }
             t.build()
         }
