@@ -81,7 +81,20 @@ cleanup() {
   status=$?
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   as_pg "$pg_bin/pg_ctl" -D "$state/pg" -m fast stop >/dev/null 2>&1 || true
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # What has not stopped 15 s after being asked is killed: the run always ends.
+  for _ in $(seq 1 150); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      say "process $pid did not stop; killing it"
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
   if [ "$status" = 0 ] && [ -z "${STACK_KEEP:-}" ]; then
     rm -rf "$state"
   else
