@@ -205,9 +205,7 @@ impl KafkaAlertSink {
         .await
         .expect("metadata task panicked")
         .map_err(|source| KafkaError::Unreachable { brokers: brokers.into(), topic: topic.into(), source })?;
-        let exists =
-            metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-        if !exists {
+        if !topic_exists(&metadata, topic) {
             // Alerts are few and keyed by fingerprint: one partition keeps each incident in order.
             ensure_topic(brokers, topic, 1, &[]).await.map_err(|refused| KafkaError::MissingTopic {
                 brokers: brokers.into(),
@@ -359,6 +357,11 @@ impl TopicError {
     }
 }
 
+/// Whether `metadata` (fetched for `topic`) shows the topic with its partitions.
+fn topic_exists(metadata: &rdkafka::metadata::Metadata, topic: &str) -> bool {
+    metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+}
+
 /// Creates a topic when it is missing (as Kafka Streams creates its own), with
 /// `partitions` partitions, the broker's default replication and `settings` (e.g.
 /// `cleanup.policy=compact`). A topic that already exists is left as it is.
@@ -379,7 +382,7 @@ pub async fn ensure_topic(
         .inner()
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|source| TopicError::Unreachable { brokers: brokers.into(), topic: topic.into(), source })?;
-    if metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()) {
+    if topic_exists(&metadata, topic) {
         return Ok(());
     }
     let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
