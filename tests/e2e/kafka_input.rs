@@ -406,3 +406,74 @@ async fn three_engines_in_a_group_alert_like_one_and_survive_a_kill() {
         engine.stop();
     }
 }
+
+/// Messages not keyed by trace id, as rotel's Kafka exporter writes them (batches of spans
+/// from any traces, each to a partition of the partitioner's choosing): every other trace's
+/// spans go half to partition 0 and half to partition 1. One engine reading every partition
+/// counts each such trace once as split across partitions, on `/metrics` and in its log, with
+/// the remedy; the others (one partition each) are not counted. In every fourth trace's second
+/// half, every other span comes with an empty resource, as rotel sends the part of a request it
+/// cuts off to fill a batch: those spans are counted, told, and most are given their process's
+/// service by the spans of that process that kept theirs.
+#[tokio::test(flavor = "multi_thread")]
+async fn traces_split_across_partitions_are_counted_and_told() {
+    let bootstrap = kafka_bootstrap();
+    let input = create_topic(&bootstrap, "otlp-spans").await;
+    let alerts = create_topic(&bootstrap, "alerts").await;
+    let group = format!("stormwatch-{input}");
+    let mut messages: Vec<(i32, String)> = Vec::new();
+    let (mut split, mut spans, mut lost) = (0, 0, 0);
+    for (i, (_, body)) in messages_per_trace().into_iter().enumerate() {
+        let request: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let mut parts = request["resourceSpans"].as_array().unwrap().clone();
+        spans += parts.len();
+        if i % 2 == 0 && parts.len() >= 2 {
+            let half = parts.len() / 2;
+            if i % 4 == 0 {
+                for part in parts[half..].iter_mut().step_by(2) {
+                    part["resource"] = serde_json::json!({ "attributes": [] });
+                    lost += 1;
+                }
+            }
+            let (first, second) = parts.split_at(half);
+            messages.push((0, serde_json::json!({ "resourceSpans": first }).to_string()));
+            messages.push((1, serde_json::json!({ "resourceSpans": second }).to_string()));
+            split += 1;
+        } else {
+            messages.push(((i % 3) as i32, body));
+        }
+    }
+    assert!(split >= 5 && lost >= 5, "the fixture has traces of several spans");
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    for (partition, payload) in &messages {
+        let record = FutureRecord::<(), str>::to(&input).partition(*partition).payload(payload.as_str());
+        producer.send(record, Duration::from_secs(10)).await.expect("produce");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start_with(dir.path(), &sections(&bootstrap, &alerts, &input, &group, ""), &["--kafka-input"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while serve.metric("stormwatch_spans_received_total ") < spans as u64
+        || !serve.log().contains("arrived on more than one partition")
+        || serve.metric("stormwatch_spans_service_filled_total ")
+            + serve.metric("stormwatch_spans_service_unknown_total ")
+            < lost
+    {
+        assert!(Instant::now() < deadline, "{}\n{}", serve.metrics(), serve.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(serve.metric("stormwatch_traces_split_across_partitions_total "), split, "{}", serve.metrics());
+    assert_eq!(serve.metric("stormwatch_kafka_malformed_messages_total "), 0);
+    let filled = serve.metric("stormwatch_spans_service_filled_total ");
+    assert_eq!(filled + serve.metric("stormwatch_spans_service_unknown_total "), lost, "{}", serve.metrics());
+    assert!(filled * 2 >= lost, "most lost services are found in their traces: {filled} of {lost}");
+    let log = serve.log();
+    let told = log.lines().find(|l| l.contains("arrived on more than one partition")).unwrap();
+    assert!(told.contains("partition_traces_by_id") && told.contains("example_trace"), "{told}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !serve.log().contains("whose resource named no service") {
+        assert!(Instant::now() < deadline, "spans without a service are told:\n{}", serve.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    serve.stop();
+}

@@ -11,19 +11,27 @@
 //! trace of their own; when that late part starts with a consumer span whose producer span was
 //! in the earlier part (a message consumed after its sender's trace completed), it is handed
 //! to detection as a *continuation*, else dropped.
+//! Spans can say where they came from (a Kafka input partition): a trace whose spans came
+//! from more than one is counted as *split*, the sign of an input topic not partitioned by
+//! trace id, whose traces engines sharing the partitions would each see in part.
+//! A span whose resource named no service (a collector lost it) takes the service of the
+//! process it ran in, from its trace, or else of the one service seen serving its process's
+//! entry operation ([`AssemblerStats::services_filled`]).
 //! Nothing is dropped without a counter saying so, and no input can make this code panic.
 //! It must never do I/O or read the clock; callers advance time explicitly.
 
 #![warn(missing_docs)]
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 /// Keyed by trace ids the sender chose: a hasher seeded per process (as the baseline store's),
 /// several times faster than `std`'s SipHash on 16-byte keys.
 type Hasher = foldhash::fast::RandomState;
 
-use stormwatch_model::{Span, SpanKind, TraceId};
+use stormwatch_model::{Span, SpanKind, Sym, TraceId, UNKNOWN_SERVICE};
+
+mod services;
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
@@ -113,6 +121,23 @@ pub struct AssemblerStats {
     /// Late spans dropped: their part of the trace was no continuation (a redelivery, a span
     /// that missed its trace).
     pub late_spans_dropped: u64,
+    /// Traces whose spans came from more than one source (Kafka input partitions).
+    pub traces_split: u64,
+    /// Spans whose resource named no service, given the service of the process they ran in
+    /// (from their trace).
+    pub services_filled: u64,
+    /// Spans whose resource named no service and whose trace did not say which it was: judged
+    /// as `unknown_service`.
+    pub services_unknown: u64,
+}
+
+/// A trace whose spans came from two sources: the first split seen, for the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitTrace {
+    /// The trace.
+    pub trace_id: TraceId,
+    /// The source of its first span, and the other source one of its spans came from.
+    pub sources: [i32; 2],
 }
 
 struct Pending {
@@ -126,6 +151,36 @@ struct Pending {
     generation: u64,
     /// Spans of a trace that had already completed: handed over only as a continuation.
     late: bool,
+    /// The sources its spans came from.
+    sources: Sources,
+}
+
+/// The sources a trace's spans came from, as far as splitting goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sources {
+    /// None named yet.
+    Unknown,
+    /// Every span that named one came from this one.
+    One(i32),
+    /// More than one (counted).
+    Split,
+}
+
+impl Sources {
+    /// Takes in a span from `source`; the two sources when this span split the trace.
+    fn add(&mut self, source: Option<i32>) -> Option<[i32; 2]> {
+        match (*self, source) {
+            (Sources::One(first), Some(other)) if first != other => {
+                *self = Sources::Split;
+                Some([first, other])
+            }
+            (Sources::Unknown, Some(source)) => {
+                *self = Sources::One(source);
+                None
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Pending {
@@ -151,9 +206,13 @@ pub struct Assembler {
     next_generation: u64,
     in_flight_spans: usize,
     watermark: u64,
-    recent: HashSet<TraceId, Hasher>,
+    /// Completed traces, with the sources their spans came from.
+    recent: HashMap<TraceId, Sources, Hasher>,
     recent_order: VecDeque<TraceId>,
     stats: AssemblerStats,
+    last_split: Option<SplitTrace>,
+    unknown_service: Sym,
+    entry_services: services::EntryServices,
 }
 
 impl std::fmt::Debug for Assembler {
@@ -173,9 +232,12 @@ impl Assembler {
             next_generation: 0,
             in_flight_spans: 0,
             watermark: 0,
-            recent: HashSet::default(),
+            recent: HashMap::default(),
             recent_order: VecDeque::new(),
             stats: AssemblerStats::default(),
+            last_split: None,
+            unknown_service: Sym::new(UNKNOWN_SERVICE),
+            entry_services: services::EntryServices::default(),
         }
     }
 
@@ -204,13 +266,25 @@ impl Assembler {
         self.pending.len()
     }
 
+    /// The latest trace seen split across sources.
+    pub fn last_split(&self) -> Option<SplitTrace> {
+        self.last_split
+    }
+
     /// Adds one span; traces that became complete are appended to `out`.
-    pub fn push(&mut self, mut span: Span, out: &mut Vec<CompletedTrace>) {
+    pub fn push(&mut self, span: Span, out: &mut Vec<CompletedTrace>) {
+        self.push_from(span, None, out);
+    }
+
+    /// Adds one span that came from `source` (a Kafka input partition; `None`: a source that
+    /// splits no trace, such as an OTLP receiver). Traces that became complete are appended to
+    /// `out`.
+    pub fn push_from(&mut self, mut span: Span, source: Option<i32>, out: &mut Vec<CompletedTrace>) {
         if span.start_unix_nano == 0 || span.end_unix_nano < span.start_unix_nano {
             self.stats.bad_timestamp_spans += 1;
             span.end_unix_nano = span.end_unix_nano.max(span.start_unix_nano);
         }
-        let late = self.recent.contains(&span.trace_id);
+        let late = self.recent.contains_key(&span.trace_id);
         if late {
             self.stats.late_spans += 1;
         } else {
@@ -234,14 +308,25 @@ impl Assembler {
                 pending.last_seen = now;
                 pending.has_root |= is_root;
                 pending.spans.push(span);
+                if let Some(sources) = pending.sources.add(source) {
+                    self.count_split(trace_id, sources);
+                }
             }
             None => {
                 let generation = self.next_generation;
                 self.next_generation += 1;
                 // A late part completes when it goes quiet, as a trace with its root does.
                 let has_root = is_root || late;
+                // A late part continues the sources of the trace's earlier part.
+                let mut sources = self.recent.get(&trace_id).copied().unwrap_or(Sources::Unknown);
+                if let Some(split) = sources.add(source) {
+                    self.count_split(trace_id, split);
+                }
+                if let Some(earlier) = self.recent.get_mut(&trace_id) {
+                    *earlier = sources;
+                }
                 let pending =
-                    Pending { spans: vec![span], first_seen: now, last_seen: now, has_root, generation, late };
+                    Pending { spans: vec![span], first_seen: now, last_seen: now, has_root, generation, late, sources };
                 self.timers.push(Reverse((now.saturating_add(self.config.trace_idle_nanos), trace_id)));
                 self.creation.push_back((trace_id, generation));
                 self.pending.insert(trace_id, pending);
@@ -328,11 +413,21 @@ impl Assembler {
         if !pending.has_root {
             self.stats.traces_without_root += 1;
         }
-        self.remember(trace_id);
-        out.push(CompletedTrace { trace_id, spans: pending.spans, completion, has_root: pending.has_root });
+        self.remember(trace_id, pending.sources);
+        let mut spans = pending.spans;
+        let (filled, unknown) =
+            services::fill_missing_services(&mut spans, self.unknown_service, &mut self.entry_services);
+        self.stats.services_filled += filled;
+        self.stats.services_unknown += unknown;
+        out.push(CompletedTrace { trace_id, spans, completion, has_root: pending.has_root });
     }
 
-    fn remember(&mut self, trace_id: TraceId) {
+    fn count_split(&mut self, trace_id: TraceId, sources: [i32; 2]) {
+        self.stats.traces_split += 1;
+        self.last_split = Some(SplitTrace { trace_id, sources });
+    }
+
+    fn remember(&mut self, trace_id: TraceId, sources: Sources) {
         if self.config.remembered_traces == 0 {
             return;
         }
@@ -341,7 +436,7 @@ impl Assembler {
                 self.recent.remove(&oldest);
             }
         }
-        if self.recent.insert(trace_id) {
+        if self.recent.insert(trace_id, sources).is_none() {
             self.recent_order.push_back(trace_id);
         }
     }

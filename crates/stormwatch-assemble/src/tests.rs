@@ -187,3 +187,43 @@ proptest::proptest! {
         proptest::prop_assert_eq!(a.in_flight_traces(), 0);
     }
 }
+
+#[test]
+fn a_trace_whose_spans_came_from_two_partitions_is_counted_once_and_still_assembled() {
+    let mut a = Assembler::new(AssemblerConfig::default());
+    let mut out = Vec::new();
+    // Trace 1: its three spans from partitions 0, 2 and 1 (a collector that does not key its
+    // messages by trace id); trace 2 from partition 1 only; trace 3 from a source that names
+    // none (an OTLP receiver) and then partition 0.
+    for (span, source) in small_trace(1, T0).into_iter().zip([0, 2, 1]) {
+        a.push_from(span, Some(source), &mut out);
+    }
+    for span in small_trace(2, T0) {
+        a.push_from(span, Some(1), &mut out);
+    }
+    for (span, source) in small_trace(3, T0).into_iter().zip([None, Some(0), Some(0)]) {
+        a.push_from(span, source, &mut out);
+    }
+    assert_eq!(a.stats().traces_split, 1);
+    let split = a.last_split().expect("a split trace");
+    assert_eq!(split.trace_id, TraceBuilder::new(1, 0).trace_id());
+    assert_eq!(split.sources, [0, 2]);
+    // One engine reading every partition still assembles the split trace whole.
+    a.advance_to(T0 + 10 * SEC, &mut out);
+    assert_eq!(out.len(), 3);
+    assert!(out.iter().all(|trace| trace.spans.len() == 3 && trace.is_complete()));
+
+    // A partition read behind the others: trace 2's last span from partition 0 arrives after
+    // the trace completed. Late, and split too: counted once, however many such spans come.
+    let mut late = small_trace(2, T0);
+    let (last, another) = (late.pop().unwrap(), late.pop().unwrap());
+    a.push_from(last, Some(0), &mut out);
+    a.push_from(another, Some(2), &mut out);
+    assert_eq!(a.stats().traces_split, 2);
+    assert_eq!(a.stats().late_spans, 2);
+    assert_eq!(a.last_split().unwrap().sources, [1, 0]);
+    // A late span from the partition the whole trace came from is late, not split.
+    let mut trace_3 = small_trace(3, T0);
+    a.push_from(trace_3.pop().unwrap(), Some(0), &mut out);
+    assert_eq!(a.stats().traces_split, 2);
+}

@@ -399,9 +399,15 @@ impl Engine {
 
     /// Feeds spans; alerts that became due are appended to `out`.
     pub fn push(&mut self, spans: impl IntoIterator<Item = Span>, out: &mut Vec<Alert>) {
+        self.push_from(spans, None, out);
+    }
+
+    /// [`Engine::push`] for spans that came from `source` (a Kafka input partition): a trace
+    /// whose spans came from several is counted (`AssemblerStats::traces_split`).
+    pub fn push_from(&mut self, spans: impl IntoIterator<Item = Span>, source: Option<i32>, out: &mut Vec<Alert>) {
         let mut completed = std::mem::take(&mut self.completed);
         for span in spans {
-            self.assembler.push(span, &mut completed);
+            self.assembler.push_from(span, source, &mut completed);
         }
         self.process(&mut completed, out);
         self.completed = completed;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use stormwatch_baseline::{encode_snapshot, write_snapshot_document, BaselineStore};
 use stormwatch_detect::{Engine, EngineConfig};
 use stormwatch_io::admin::LiveEvent;
-use stormwatch_io::{Batch, EdgeSeries, Metrics, SourcePosition, SpanReceiver};
+use stormwatch_io::{Batch, EdgeSeries, Metrics, SourcePosition, SourceTopic, SpanReceiver};
 use stormwatch_model::{wall_clock_nanos, Alert};
 use tokio::sync::mpsc;
 
@@ -30,6 +30,9 @@ const DRAIN_MAX: usize = 64;
 const TUNING_CHECK: Duration = Duration::from_secs(2);
 /// How often `/metrics` gauges are refreshed from the engine.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
+/// How often a problem of the input (traces split across partitions, spans without a
+/// service) is logged, at most.
+const TOLD_EVERY: Duration = Duration::from_secs(60);
 
 /// Starts the engine thread.
 pub(crate) fn spawn(
@@ -70,6 +73,10 @@ struct EngineLoop {
     snapshot_error: Option<String>,
     /// The last judged window the live streams were told of.
     window_told: u64,
+    /// Traces split across input partitions already logged.
+    splits_told: Told,
+    /// Spans without a service already logged.
+    services_told: Told,
 }
 
 impl EngineLoop {
@@ -106,6 +113,8 @@ impl EngineLoop {
             last_publish: now,
             snapshot_error: None,
             window_told: 0,
+            splits_told: Told::default(),
+            services_told: Told::default(),
         }
     }
 
@@ -161,7 +170,8 @@ impl EngineLoop {
             };
             input = true;
             processed += spans.len() as u64;
-            self.engine.push(spans, &mut self.alerts);
+            let partition = position.filter(|p| p.topic == SourceTopic::Input).map(|p| p.partition);
+            self.engine.push_from(spans, partition, &mut self.alerts);
             if let Some(position) = position {
                 self.pending.push_back((position, self.engine.assembler().watermark()));
             }
@@ -291,6 +301,7 @@ impl EngineLoop {
         if self.last_publish.elapsed() >= PUBLISH_EVERY {
             publish(&self.engine, &self.receiver, &self.metrics, self.options.metrics_top_edges);
             self.last_publish = Instant::now();
+            self.tell_input_problems();
         }
         if let Some((_, Some(interval))) = &self.options.snapshot {
             if self.last_snapshot.elapsed() >= *interval {
@@ -298,6 +309,42 @@ impl EngineLoop {
                 self.last_snapshot = Instant::now();
             }
         }
+    }
+
+    /// Traces split across input partitions, logged at most once a minute with an example: the
+    /// input topic is not partitioned by trace id (rotel's Kafka exporter, a Collector without
+    /// `partition_traces_by_id`).
+    ///
+    /// Likewise spans whose resource named no service (a collector lost it).
+    fn tell_input_problems(&mut self) {
+        let stats = self.engine.assembler_stats();
+        let lost = stats.services_filled + stats.services_unknown;
+        if let Some(since_last) = self.services_told.due(lost) {
+            tracing::warn!(
+                spans = lost,
+                since_last,
+                given_their_process_service = stats.services_filled,
+                left_unknown = stats.services_unknown,
+                "spans arrived whose resource named no service (no service.name): the collector in front lost \
+                 their resource (rotel 0.0.1a15 does for the part of an export it cuts off to fill a batch: raise \
+                 --traces-batch-max-size). Each took the service of the process it ran in, from its trace, where \
+                 the trace said; see the README's \"Spans without a service\""
+            );
+        }
+        let split = stats.traces_split;
+        let Some(since_last) = self.splits_told.due(split) else { return };
+        let Some(example) = self.engine.assembler().last_split() else { return };
+        tracing::warn!(
+            traces_split = split,
+            since_last,
+            example_trace = %example.trace_id,
+            partitions = ?example.sources,
+            "Kafka input: spans of one trace arrived on more than one partition, so the input topic is not \
+             partitioned by trace id. This engine reads those partitions and assembles such traces whole, but \
+             engines sharing the partitions in a group would each judge a part. Key the topic's messages by \
+             trace id (the OpenTelemetry Collector's kafka exporter with partition_traces_by_id: true) or give \
+             it one partition; see the README's \"Traces split across partitions\""
+        );
     }
 
     /// The baselines encoded once, then written to the models directory and, in a Kafka group,
@@ -344,6 +391,25 @@ impl EngineLoop {
     }
 }
 
+/// A count logged at most once a [`TOLD_EVERY`].
+#[derive(Default)]
+struct Told {
+    count: u64,
+    at: Option<Instant>,
+}
+
+impl Told {
+    /// How much `count` grew since it was last told, when that is to be told now.
+    fn due(&mut self, count: u64) -> Option<u64> {
+        if count == self.count || self.at.is_some_and(|at| at.elapsed() < TOLD_EVERY) {
+            return None;
+        }
+        let since_last = count - self.count;
+        *self = Told { count, at: Some(Instant::now()) };
+        Some(since_last)
+    }
+}
+
 /// Refreshes the `/metrics` gauges from the engine.
 fn publish(engine: &Engine, receiver: &SpanReceiver, metrics: &Metrics, top_edges: usize) {
     for (counter, count) in metrics.findings.iter().zip(engine.stats().findings) {
@@ -370,6 +436,9 @@ fn publish(engine: &Engine, receiver: &SpanReceiver, metrics: &Metrics, top_edge
     Metrics::set(&metrics.traces_evicted_total, a.traces_evicted);
     Metrics::set(&metrics.traces_max_wait_total, a.traces_max_wait);
     Metrics::set(&metrics.traces_without_root_total, a.traces_without_root);
+    Metrics::set(&metrics.traces_split_across_partitions_total, a.traces_split);
+    Metrics::set(&metrics.spans_service_filled_total, a.services_filled);
+    Metrics::set(&metrics.spans_service_unknown_total, a.services_unknown);
     Metrics::set(&metrics.windows_closed_total, engine.stats().windows_closed);
     Metrics::set(&metrics.window_late_traces_total, engine.stats().window_late_traces);
     Metrics::set(&metrics.traces_sampled_total, engine.stats().traces_sampled);

@@ -285,8 +285,14 @@ metrics! {
     traces_evicted_total: "counter",
     /// Traces completed at trace_max_wait.
     traces_max_wait_total: "counter",
-        /// Traces completed without a root span.
+    /// Traces completed without a root span.
     traces_without_root_total: "counter",
+    /// Traces whose spans arrived on more than one Kafka input partition (the topic is not partitioned by trace id; engines sharing its partitions would each judge a part).
+    traces_split_across_partitions_total: "counter",
+    /// Spans whose resource named no service (a collector lost it), given the service of the process they ran in, from their trace.
+    spans_service_filled_total: "counter",
+    /// Spans whose resource named no service and whose trace did not say which it was: judged as unknown_service.
+    spans_service_unknown_total: "counter",
     /// Event-time windows closed for the window-level detectors.
     windows_closed_total: "counter",
     /// Traces that completed after their window had been judged.

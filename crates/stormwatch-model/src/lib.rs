@@ -21,7 +21,7 @@ pub use graph::{
     Edge, EdgeName, EdgeNameError, Node, NodeKind, NodeName, PayloadUnit, RootClass, MAX_EDGE_NAME_READINGS,
 };
 pub use ids::{IdError, SpanId, TraceId};
-pub use span::{Links, Remote, Span, SpanKind};
+pub use span::{Links, Remote, Span, SpanKind, UNKNOWN_SERVICE};
 pub use symbol::{
     clean_name, is_unsafe_char, Cardinality, Cleaned, Dimension, DimensionState, Sym, NAME_OVERHEAD, OVERFLOW,
     TRUNCATED,

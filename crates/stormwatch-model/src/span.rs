@@ -45,6 +45,11 @@ impl SpanKind {
     }
 }
 
+/// The service of a span whose resource named none (`service.name` missing or empty). The
+/// OpenTelemetry SDKs never send that (they default to `unknown_service:<process>`); a
+/// collector that lost a resource does.
+pub const UNKNOWN_SERVICE: &str = "unknown_service";
+
 /// One decoded span. Attributes that the detectors do not use are not kept.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Span {

@@ -488,8 +488,7 @@ fn build_span(
     }
 }
 
-/// `service.name` when a resource has none, as the OpenTelemetry SDKs default it.
-pub(crate) const UNKNOWN_SERVICE: &str = "unknown_service";
+pub(crate) use stormwatch_model::UNKNOWN_SERVICE;
 
 /// A resource's service: the last non-empty string among its `service.name` values (in
 /// attribute order; `None` for a non-string value), else [`UNKNOWN_SERVICE`]. The wire decoder
