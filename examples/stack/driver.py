@@ -188,7 +188,51 @@ def run(args):
     time.sleep(timings["grace"])
     if args.screenshot:
         screenshot(f"{args.admin}/", args.screenshot)
-    return score(phases, read_alerts(args.alerts), timings["grace"], start, end)
+    if args.alert_topic:
+        copy_alert_topic(args.kafka, args.alert_topic, args.alerts)
+    status = score(phases, read_alerts(args.alerts), timings["grace"], start, end)
+    report_pipeline(args.admin)
+    return status
+
+
+def copy_alert_topic(bootstrap, topic, path):
+    """The alerts of the engine's Kafka alert topic, as an SRE's dashboard reads them, copied to
+    `path` (one JSON object a line)."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"stack-score-{topic}",
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    ended, deadline = set(), time.time() + 60
+    with open(path, "w") as out:
+        while len(ended) < len(partitions) and time.time() < deadline:
+            message = consumer.poll(1.0)
+            if message is None:
+                continue
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    ended.add(message.partition())
+                    continue
+                raise KafkaException(message.error())
+            out.write(message.value().decode() + "\n")
+    consumer.close()
+
+
+def report_pipeline(admin):
+    """What the engine made of the collector's output, from its /metrics."""
+    names = ["spans_received_total", "kafka_messages_total", "kafka_malformed_messages_total",
+             "traces_completed_total", "late_spans_total", "traces_without_root_total",
+             "traces_split_across_partitions_total", "spans_service_filled_total",
+             "spans_service_unknown_total", "consumer_traces_tied_total"]
+    try:
+        lines = requests.get(f"{admin}/metrics", timeout=10).text.splitlines()
+    except requests.RequestException as error:
+        print(f"pipeline: /metrics unreadable: {error}")
+        return
+    values = dict(line.split(" ", 1) for line in lines if line.startswith("stormwatch_") and " " in line)
+    figures = [f"{name.removesuffix('_total')} {values.get('stormwatch_' + name, '0').strip()}" for name in names]
+    print("pipeline: " + ", ".join(figures))
 
 
 def read_alerts(path):
@@ -253,6 +297,8 @@ def main():
     parser.add_argument("--alerts", required=True)
     parser.add_argument("--truth", required=True)
     parser.add_argument("--screenshot", help="save the console at the end of the run to this PNG (needs chromium)")
+    parser.add_argument("--alert-topic", help="read the alerts from this Kafka topic (copied to --alerts)")
+    parser.add_argument("--kafka", help="the Kafka bootstrap servers of --alert-topic")
     sys.exit(run(parser.parse_args()))
 
 

@@ -6,6 +6,8 @@
 #
 #   examples/stack/run.sh            # the full run, about 25 minutes
 #   examples/stack/run.sh --short    # the CI run (scripts/test.sh), 6 minutes
+#   examples/stack/run.sh --kafka    # rotel exports to a Kafka topic of 3 partitions instead,
+#                                    # read by serve --kafka-input; alerts to a Kafka topic
 #
 # Installs what is missing: Debian's postgresql and redis-server (as root; otherwise it says
 # what to install), the npm packages into examples/stack/node/node_modules and the PyPI
@@ -17,7 +19,14 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 mode=full
-[ "${1:-}" = "--short" ] && mode=short
+collector=otlp
+for arg in "$@"; do
+  case "$arg" in
+    --short) mode=short ;;
+    --kafka) collector=kafka ;;
+    *) echo "usage: $0 [--short] [--kafka]" >&2; exit 2 ;;
+  esac
+done
 
 base=${STACK_PORT_BASE:-20000}
 pg_port=$((base + 5432))
@@ -142,15 +151,26 @@ if [ -z "$kafka" ]; then
   pids+=($!)
   wait_port "$kafka_port" tansu
 fi
-topic="stack-shares-$(date +%s)-$$"
+run_id="$(date +%s)-$$"
+topic="stack-shares-$run_id"
 say "Kafka at $kafka, topic $topic ..."
-"$here/.venv/bin/python" - "$kafka" "$topic" <<'PY'
+create_topic() {
+  "$here/.venv/bin/python" - "$kafka" "$1" "$2" <<'PY'
 import sys
 from confluent_kafka.admin import AdminClient, NewTopic
 admin = AdminClient({"bootstrap.servers": sys.argv[1]})
-for future in admin.create_topics([NewTopic(sys.argv[2], num_partitions=1, replication_factor=1)]).values():
+for future in admin.create_topics([NewTopic(sys.argv[2], num_partitions=int(sys.argv[3]), replication_factor=1)]).values():
     future.result(30)
 PY
+}
+create_topic "$topic" 1
+# The collector's second mode: rotel writes the spans to a topic of several partitions (its
+# messages are batches of any traces, not keyed by trace id), serve --kafka-input reads them.
+spans_topic="stack-spans-$run_id"
+alert_topic="stack-alerts-$run_id"
+if [ "$collector" = kafka ]; then
+  create_topic "$spans_topic" "${STACK_SPANS_PARTITIONS:-3}"
+fi
 
 say "stormwatch (OTLP on $engine_grpc, console on http://127.0.0.1:$admin_port/) ..."
 cat >"$state/engine.toml" <<EOF
@@ -164,15 +184,35 @@ EOF
 if [ "$mode" = short ]; then
   cat "$here/engine-short.toml" >>"$state/engine.toml"
 fi
+engine_args=()
+exporter=(--exporter otlp --otlp-exporter-endpoint "http://127.0.0.1:$engine_grpc" --otlp-exporter-protocol grpc)
+if [ "$collector" = kafka ]; then
+  # The alert topic is created by the engine; alerts are scored from it.
+  cat >>"$state/engine.toml" <<EOF
+
+[kafka]
+brokers = "$kafka"
+alert_topic = "$alert_topic"
+input_topic = "$spans_topic"
+input_encoding = "otlp_proto"
+group_id = "stack-$run_id"
+EOF
+  engine_args=(--kafka-input)
+  # rotel's batches (at most --traces-batch-max-size spans, 8192 by default) must fit in one
+  # message (--kafka-exporter-max-message-bytes, 1 MB by default): 2,000 of the stack's spans
+  # leave room for its largest (long statements and URLs).
+  exporter=(--exporter kafka --kafka-exporter-brokers "$kafka" --kafka-exporter-traces-topic "$spans_topic"
+    --kafka-exporter-format protobuf --traces-batch-max-size 2000)
+fi
 "$engine" serve --config "$state/engine.toml" --otlp-grpc "127.0.0.1:$engine_grpc" \
-  --otlp-http "127.0.0.1:$engine_http" --admin "127.0.0.1:$admin_port" >"$state/engine.log" 2>&1 &
+  --otlp-http "127.0.0.1:$engine_http" --admin "127.0.0.1:$admin_port" "${engine_args[@]}" \
+  >"$state/engine.log" 2>&1 &
 pids+=($!)
 wait_port "$admin_port" engine
 
-say "rotel collector (OTLP on $rotel_grpc and $rotel_http, exporting to stormwatch) ..."
+say "rotel collector (OTLP on $rotel_grpc and $rotel_http, exporting to ${collector/otlp/stormwatch}) ..."
 "$rotel" start --otlp-grpc-endpoint "127.0.0.1:$rotel_grpc" --otlp-http-endpoint "127.0.0.1:$rotel_http" \
-  --exporter otlp --otlp-exporter-endpoint "http://127.0.0.1:$engine_grpc" --otlp-exporter-protocol grpc \
-  >"$state/rotel.log" 2>&1 &
+  "${exporter[@]}" >"$state/rotel.log" 2>&1 &
 pids+=($!)
 wait_port "$rotel_http" rotel
 
@@ -209,6 +249,9 @@ for service in catalog:$catalog_port reviews:$reviews_port inventory:$inventory_
 done
 
 # --- drive and score -------------------------------------------------------------------------
+driver_args=()
+[ "$collector" = kafka ] && driver_args=(--alert-topic "$alert_topic" --kafka "$kafka")
 "$here/.venv/bin/python" "$here/driver.py" --mode "$mode" --web "http://127.0.0.1:$web_port" \
   --inventory "http://127.0.0.1:$inventory_port" --admin "http://127.0.0.1:$admin_port" \
-  --alerts "$state/alerts.jsonl" --truth "$state/truth.json" --screenshot "$state/console.png"
+  --alerts "$state/alerts.jsonl" --truth "$state/truth.json" --screenshot "$state/console.png" \
+  "${driver_args[@]}"
