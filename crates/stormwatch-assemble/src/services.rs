@@ -154,7 +154,7 @@ mod tests {
     #[test]
     fn spans_without_a_service_take_their_process_s() {
         // web GET /products -> (client) inventory GET /stock/:id -> (client) postgres; the
-        // collector lost web's client span's resource and inventory's whole request.
+        // collector lost the resource of web's client span and of two of inventory's spans.
         let mut t = TraceBuilder::new(1, 1_700_000_000_000_000_000);
         let root = t.server("web", "GET /products", None);
         let middleware = t.internal("web", "middleware", root);

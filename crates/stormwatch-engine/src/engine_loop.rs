@@ -311,11 +311,10 @@ impl EngineLoop {
         }
     }
 
-    /// Traces split across input partitions, logged at most once a minute with an example: the
-    /// input topic is not partitioned by trace id (rotel's Kafka exporter, a Collector without
-    /// `partition_traces_by_id`).
-    ///
-    /// Likewise spans whose resource named no service (a collector lost it).
+    /// What the input's collector got wrong, each logged at most once a minute: spans whose
+    /// resource named no service (the collector lost it), and traces split across input
+    /// partitions, with an example (the input topic is not partitioned by trace id: rotel's
+    /// Kafka exporter, a Collector without `partition_traces_by_id`).
     fn tell_input_problems(&mut self) {
         let stats = self.engine.assembler_stats();
         let lost = stats.services_filled + stats.services_unknown;
@@ -326,9 +325,10 @@ impl EngineLoop {
                 given_their_process_service = stats.services_filled,
                 left_unknown = stats.services_unknown,
                 "spans arrived whose resource named no service (no service.name): the collector in front lost \
-                 their resource (rotel 0.0.1a15 does for the part of an export it cuts off to fill a batch: raise \
-                 --traces-batch-max-size). Each took the service of the process it ran in, from its trace, where \
-                 the trace said; see the README's \"Spans without a service\""
+                 their resource (rotel 0.0.1a15 sends the part of an export request it cuts off to fill a batch \
+                 of --traces-batch-max-size spans without it; a batch size above what arrives in one batch \
+                 timeout avoids the cuts). Each took the service of the process it ran in, from its trace, where \
+                 the trace said (left_unknown: the others); see the README's \"Spans without a service\""
             );
         }
         let split = stats.traces_split;
