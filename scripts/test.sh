@@ -8,7 +8,8 @@
 #
 # The web console's test drives Debian's headless `chromium`: installed here when missing
 # (as root with apt-get; otherwise it says how). A whole run (no arguments) ends with the real
-# stack's short run (examples/stack/run.sh --short on the debug build; STACK_SKIP=1 skips it).
+# stack's short run (examples/stack/run.sh --short on the debug build) and the check of rotel's
+# Kafka output (examples/stack/rotel_kafka_check.py); STACK_SKIP=1 skips both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
