@@ -284,7 +284,9 @@ impl Assembler {
             self.stats.bad_timestamp_spans += 1;
             span.end_unix_nano = span.end_unix_nano.max(span.start_unix_nano);
         }
-        let late = self.recent.contains_key(&span.trace_id);
+        // A completed trace's sources, when this span is late for it: one lookup for both.
+        let earlier = self.recent.get(&span.trace_id).copied();
+        let late = earlier.is_some();
         if late {
             self.stats.late_spans += 1;
         } else {
@@ -318,12 +320,14 @@ impl Assembler {
                 // A late part completes when it goes quiet, as a trace with its root does.
                 let has_root = is_root || late;
                 // A late part continues the sources of the trace's earlier part.
-                let mut sources = self.recent.get(&trace_id).copied().unwrap_or(Sources::Unknown);
+                let mut sources = earlier.unwrap_or(Sources::Unknown);
                 if let Some(split) = sources.add(source) {
                     self.count_split(trace_id, split);
                 }
-                if let Some(earlier) = self.recent.get_mut(&trace_id) {
-                    *earlier = sources;
+                if late {
+                    if let Some(remembered) = self.recent.get_mut(&trace_id) {
+                        *remembered = sources;
+                    }
                 }
                 let pending =
                     Pending { spans: vec![span], first_seen: now, last_seen: now, has_root, generation, late, sources };
