@@ -10,6 +10,7 @@ import argparse
 import itertools
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -219,20 +220,30 @@ def copy_alert_topic(bootstrap, topic, path):
     consumer.close()
 
 
+# What the engine made of the collector's output: its /metrics counters, in this order.
+PIPELINE = ["spans_received_total", "kafka_messages_total", "kafka_malformed_messages_total",
+            "traces_completed_total", "late_spans_total", "traces_without_root_total",
+            "traces_split_across_partitions_total", "spans_service_filled_total",
+            "spans_service_unknown_total", "consumer_traces_tied_total"]
+
+
+def engine_metrics(admin):
+    """The engine's unlabelled /metrics values, by name (`stormwatch_...`)."""
+    text = requests.get(f"{admin}/metrics", timeout=10).text
+    return {name: float(value) for name, value in re.findall(r"^(stormwatch_\w+) (\S+)$", text, re.M)}
+
+
+def pipeline(values):
+    """The PIPELINE figures of `values` (from `engine_metrics`), as one line."""
+    return ", ".join(f"{name.removesuffix('_total')} {int(values.get('stormwatch_' + name, 0))}" for name in PIPELINE)
+
+
 def report_pipeline(admin):
     """What the engine made of the collector's output, from its /metrics."""
-    names = ["spans_received_total", "kafka_messages_total", "kafka_malformed_messages_total",
-             "traces_completed_total", "late_spans_total", "traces_without_root_total",
-             "traces_split_across_partitions_total", "spans_service_filled_total",
-             "spans_service_unknown_total", "consumer_traces_tied_total"]
     try:
-        lines = requests.get(f"{admin}/metrics", timeout=10).text.splitlines()
+        print("pipeline: " + pipeline(engine_metrics(admin)))
     except requests.RequestException as error:
         print(f"pipeline: /metrics unreadable: {error}")
-        return
-    values = dict(line.split(" ", 1) for line in lines if line.startswith("stormwatch_") and " " in line)
-    figures = [f"{name.removesuffix('_total')} {values.get('stormwatch_' + name, '0').strip()}" for name in names]
-    print("pipeline: " + ", ".join(figures))
 
 
 def read_alerts(path):

@@ -22,9 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from driver import engine_metrics, pipeline
 
 
 def free_port():
@@ -43,11 +44,6 @@ def wait_port(port, name, log):
     sys.exit(f"rotel-kafka: {name} did not listen on {port}; its log:\n{open(log).read()[-3000:]}")
 
 
-def metrics(admin):
-    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10).read().decode()
-    return {name: float(value) for name, value in re.findall(r"^(stormwatch_\w+) (\S+)$", text, re.M)}
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engine", required=True)
@@ -63,6 +59,7 @@ def main():
     for future in admin_client.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)]).values():
         future.result(30)
     admin, otlp = free_port(), free_port()
+    admin_url = f"http://127.0.0.1:{admin}"
     with open(f"{state}/engine.toml", "w") as config:
         config.write(f"""[output]
 stdout = false
@@ -105,19 +102,16 @@ group_id = "rotel-check-{run}"
 
         deadline = time.time() + 300
         while True:
-            seen = metrics(admin)
+            seen = engine_metrics(admin_url)
             settled = seen.get("stormwatch_spans_received_total", 0) >= spans \
                 and seen.get("stormwatch_in_flight_traces", 1) == 0
             if settled or time.time() > deadline:
                 break
             time.sleep(1)
         time.sleep(1)  # the log's once-a-minute lines follow /metrics within 200 ms
-        seen, log = metrics(admin), open(engine_log).read()
+        seen, log = engine_metrics(admin_url), open(engine_log).read()
         figure = lambda name: int(seen.get(f"stormwatch_{name}", 0))
-        names = ["spans_received_total", "kafka_messages_total", "kafka_malformed_messages_total",
-                 "traces_completed_total", "late_spans_total", "traces_split_across_partitions_total",
-                 "spans_service_filled_total", "spans_service_unknown_total"]
-        print("rotel-kafka: " + ", ".join(f"{n.removesuffix('_total')} {figure(n)}" for n in names))
+        print("rotel-kafka: " + pipeline(seen))
         failures = []
         if figure("spans_received_total") != spans:
             failures.append(f"the engine received {figure('spans_received_total')} of the {spans} spans sent")
