@@ -20,7 +20,7 @@ pub use distribution::{
     TAIL_STABLE_SAMPLES,
 };
 pub use pace::{
-    writes, Pace, PaceLane, PACE_MIN_OBSERVATIONS, PACE_RECENT_CALLS, PACE_SLOWED, PACE_SLOWED_INERTIA,
+    writes, Pace, PaceLane, PACE_MIN_OBSERVATIONS, PACE_RECENT_CALLS, PACE_SLOWED, PACE_SLOWED_INERTIA, PACE_STEP_CLIP,
     PACE_USUAL_NANOS,
 };
 pub use seasonal::DailyProfile;

@@ -5,8 +5,12 @@
 //! neighbour) makes every request's work rise at once: that is a latency incident, not one
 //! request class abusing a channel. The per-trace cost detector stretches its thresholds by the
 //! callee's slowdown, so only work beyond what the slower callee explains is an anomaly. The
-//! estimate is a geometric mean (of `ln(1 + microseconds)`), so a few slow calls (one
-//! request's scanning query among many ordinary ones) move it little.
+//! estimate is a geometric mean (of `ln(1 + microseconds)`) whose every step is clipped
+//! ([`PACE_STEP_CLIP`]): a call far slower (or faster) than the pace moves it as much as one
+//! twice as slow, so the calls of one request class scanning a table, a few in every dozen the
+//! callee answers, stretch the thresholds that judge them by a few percent (unclipped, by 1.6x
+//! on the real stack of issue 20, where that hid the scans), while a callee slower for every
+//! caller still shows within [`PACE_MIN_OBSERVATIONS`] calls.
 //!
 //! A database keeps two paces, one for its reads and one for its writes ([`PaceLane`]):
 //! writes wait on the commit log's flushes and on row locks that reads never take, so under a
@@ -58,6 +62,11 @@ pub const PACE_SLOWED_INERTIA: u64 = 16;
 pub const PACE_SLOWED: f64 = 1.5;
 /// Observations before a pace is trusted; until then the slowdown is 1.
 pub const PACE_MIN_OBSERVATIONS: u64 = 64;
+/// The most one call moves a pace, as a difference of `ln(1 + microseconds)` from it: a call
+/// counts at most as twice (or half) as slow as the pace, whatever it took. With
+/// [`PACE_RECENT_CALLS`], the recent pace follows a callee ten times slower for everyone
+/// within about 55 calls.
+pub const PACE_STEP_CLIP: f64 = std::f64::consts::LN_2;
 
 /// The recent and usual call time of one callee.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -80,16 +89,23 @@ impl Pace {
         let slowed = self.observations >= PACE_MIN_OBSERVATIONS && self.recent - self.usual > PACE_SLOWED.ln();
         self.observations += 1;
         let seen = self.observations as f64;
-        self.recent += (value - self.recent) / seen.min(PACE_RECENT_CALLS);
-        // The first calls set the usual pace (a plain mean); then it follows at a rate set by
-        // event time, not by calls.
+        // The first calls set both paces (a plain mean); then each step is clipped.
+        let step = |from: f64| {
+            if self.observations <= PACE_MIN_OBSERVATIONS {
+                value - from
+            } else {
+                (value - from).clamp(-PACE_STEP_CLIP, PACE_STEP_CLIP)
+            }
+        };
+        self.recent += step(self.recent) / seen.min(PACE_RECENT_CALLS);
+        // The usual pace then follows at a rate set by event time, not by calls.
         let weight = if self.observations <= PACE_MIN_OBSERVATIONS {
             1.0 / seen
         } else {
             let span = if slowed { PACE_USUAL_NANOS * PACE_SLOWED_INERTIA } else { PACE_USUAL_NANOS };
             (at.saturating_sub(self.last_unix_nano) as f64 / span as f64).min(1.0)
         };
-        self.usual += (value - self.usual) * weight;
+        self.usual += step(self.usual) * weight;
         self.last_unix_nano = self.last_unix_nano.max(at);
     }
 
@@ -148,6 +164,34 @@ mod tests {
         // ... and the pace returns once the callee does.
         calls(&mut pace, 100, 700.0);
         assert!(pace.slowdown() < 1.3, "recovered: {}", pace.slowdown());
+    }
+
+    /// The scanning search of the real stack (issue 20): a read of 25 to 70 ms where about
+    /// 1 ms is usual, one in every dozen reads the database answers. Unclipped, the recent
+    /// pace rose to 1.6x and more right after scans, stretching the very thresholds that
+    /// judge them; clipped, it stays within a few percent, and the same database ten times
+    /// slower for everyone still shows within the calls a pace needs to be trusted.
+    #[test]
+    fn a_minority_of_slow_calls_barely_moves_the_pace() {
+        let mut pace = Pace::default();
+        let mut at = 0;
+        for i in 0..5_000u64 {
+            at += STEP;
+            pace.observe(jittered(i, 1_000.0), at);
+        }
+        let mut worst: f64 = 1.0;
+        for i in 0..2_400u64 {
+            at += STEP;
+            let scan = i % 12 == 0;
+            pace.observe(if scan { 25_000.0 + (i % 5) as f64 * 10_000.0 } else { jittered(i, 1_000.0) }, at);
+            worst = worst.max(pace.slowdown());
+        }
+        assert!(worst < 1.2, "the scans stretched the pace to {worst:.2}x");
+        for i in 0..PACE_MIN_OBSERVATIONS {
+            at += STEP;
+            pace.observe(jittered(i, 10_000.0), at);
+        }
+        assert!(pace.slowdown() > 7.0, "everyone ten times slower: {:.2}x", pace.slowdown());
     }
 
     #[test]
