@@ -70,34 +70,57 @@ pub fn list(
     }
 }
 
-/// What each detector compares, in a sentence.
-fn rule_of(kind: &str) -> &'static str {
+/// What each detector compares, in a sentence (a match on every kind, so a new detector
+/// cannot go unexplained).
+fn rule_of(kind: AlertKind) -> &'static str {
     match kind {
-        "n_plus_one" => {
+        AlertKind::NPlusOne => {
             "calls of one statement under one parent span, against that edge's learned calls per parent: \
             above p99 x detect.ratio (and the distribution's tail), by at least detect.min_excess calls"
         }
-        "fanout_amplification" => {
+        AlertKind::FanoutAmplification => {
             "calls to one service under one parent span, against that edge's learned calls per \
             parent: above p99 x detect.ratio, by at least detect.min_excess calls"
         }
-        "request_amplification" => {
+        AlertKind::RequestAmplification => {
             "work one request from this entry point caused (calls on the edge, database calls, \
             spans or services), against what requests of that entry point learned"
         }
-        "aggregate_amplification" => {
+        AlertKind::AggregateAmplification => {
             "calls on the edge per entry request in one window, against the edge's window \
             baseline (and its level at this hour of day): above p99 x detect.ratio, broad (not a few heavy traces) \
             and beyond chance"
         }
-        "retry_storm" => "the share of calls on the edge that were retries in one window, against its window baseline",
-        "cache_bypass" => "database reads per cache lookup in one window (the miss ratio), against its window baseline",
-        "correlated_storm" => {
+        AlertKind::RetryStorm => {
+            "the share of calls on the edge that were retries in one window, against its window baseline"
+        }
+        AlertKind::CacheBypass => {
+            "database reads per cache lookup in one window (the miss ratio), against its window baseline"
+        }
+        AlertKind::CorrelatedStorm => {
             "the window's calls per entry request on every edge, projected off the learned normal \
             traffic patterns (PCA): a residual beyond the fitted threshold"
         }
-        "new_edge" => "an edge no trace had used before, with enough calls to matter",
-        _ => "unknown detector",
+        AlertKind::NewEdge => "an edge no trace had used before, with enough calls to matter",
+        AlertKind::CardinalityFlood => {
+            "new names (services, operations, statements, clients, ...) past the cardinality limits \
+            (limits.*), folded into one overflow name"
+        }
+        AlertKind::CostAmplification => {
+            "the callee's own time on the edge, per request against what requests of that entry point \
+            learned (above p99 x detect.ratio and by at least detect.min_excess_work), or per call in one \
+            window against the edge's window baseline (by at least detect.window_min_excess_work); \
+            thresholds stretched by how much slower the callee answers every caller lately"
+        }
+        AlertKind::EgressAmplification => {
+            "bytes (or a database's rows) returned on the edge, per request against what requests of that \
+            entry point learned (by at least detect.min_excess_bytes or detect.min_excess_rows), or per call in \
+            one window against the edge's window baseline"
+        }
+        AlertKind::QueueAmplification => {
+            "messages one request sent to a queue and the work its consumers did for them, against the \
+            edge's learned messages per parent and per request, raised once the consumers went quiet"
+        }
     }
 }
 
@@ -151,7 +174,7 @@ pub fn explanation(alert: &Alert, rows: &[BaselineRow], tuning: &Tuning) -> serd
     );
     serde_json::json!({
         "why": why,
-        "rule": rule_of(kind),
+        "rule": rule_of(alert.kind),
         "explanation": alert.explanation,
         "edge": edge,
         "entry": entry,
@@ -385,6 +408,15 @@ mod tests {
         assert!(tables.contains(&"route_per_request:spans"), "{tables:?}");
         assert!(tables.contains(&"per_request:spans"), "the entry's own: {tables:?}");
         assert!(!tables.contains(&"service_per_request:spans"), "{tables:?}");
+    }
+
+    /// Every kind of alert is explained by its rule: none is an unknown detector.
+    #[test]
+    fn every_kind_has_a_rule() {
+        for kind in AlertKind::ALL {
+            let rule = rule_of(kind);
+            assert!(rule.len() > 40 && !rule.contains("unknown"), "{kind:?}: {rule}");
+        }
     }
 
     /// A young edge judged against every call its caller makes to that kind of callee.
