@@ -40,6 +40,12 @@ pub struct BenchArgs {
     /// its peak RSS is checked against the bound its settings imply).
     #[arg(long)]
     pub no_overload: bool,
+    /// Also measure what the admin API costs the engine: an engine tracking 100,000 edges
+    /// (loaded from a snapshot) takes the gRPC traffic with and without four clients reading
+    /// /api/baselines?limit=1000, /api/graph and /api/alerts every 250 ms, in turns over the
+    /// runs; with --latency-seconds, the alert latency both ways too.
+    #[arg(long)]
+    pub admin_polling: bool,
 }
 
 /// How `bench` feeds its targets.

@@ -1,6 +1,7 @@
 //! Alert latency at 70% of the engine's measured gRPC throughput.
 
 use crate::human;
+use crate::polling::{open_dashboards, Pollers, POLLED_EDGES, POLLERS};
 use crate::process::{metric, serve_args, spawn_listening, Listeners};
 use crate::runs::Setup;
 use crate::send::{send, EXPORTER_BACKOFF};
@@ -29,9 +30,43 @@ share = 0.02
 detect_as = ["n_plus_one"]
 "#;
 
+/// What a latency run has beyond its traffic (the admin-polling runs'): baselines the engine
+/// starts from, and clients polling its admin API while it takes the traffic.
+#[derive(Clone, Default)]
+pub(crate) struct LatencyRun {
+    /// A snapshot document written to the run's models directory before the engine starts.
+    pub(crate) snapshot: Option<Arc<Vec<u8>>>,
+    /// Whether [`Pollers`] read the admin API while the traffic is sent.
+    pub(crate) pollers: bool,
+}
+
+impl LatencyRun {
+    /// The run's name, for its models directory and its report.
+    fn name(&self) -> &'static str {
+        match (&self.snapshot, self.pollers) {
+            (None, false) => "latency",
+            (_, false) => "latency-loaded",
+            (_, true) => "latency-polled",
+        }
+    }
+
+    /// What the report says of the run, after its rate.
+    fn described(&self) -> String {
+        let loaded = self.snapshot.as_ref().map(|_| format!(", {} edges tracked", human(POLLED_EDGES as f64)));
+        let polled = self.pollers.then(|| format!(", {POLLERS} clients polling the admin API"));
+        format!("{}{}", loaded.unwrap_or_default(), polled.unwrap_or_default())
+    }
+}
+
 /// Alert latency at `rate` spans/s: event time at wall-clock speed, an N+1 attack in a small
-/// share of requests, every alert emitted (no throttling).
-pub(crate) async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans: usize) -> anyhow::Result<()> {
+/// share of requests, every alert emitted (no throttling); with what `run` adds.
+pub(crate) async fn latency(
+    setup: &Setup,
+    rate: f64,
+    seconds: u64,
+    batch_spans: usize,
+    run: &LatencyRun,
+) -> anyhow::Result<()> {
     let scenario = latency_scenario(rate, seconds, batch_spans)?;
     eprintln!(
         "bench: latency at {} spans/s for {} s ({} s of warm-up) ...",
@@ -47,13 +82,26 @@ pub(crate) async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans:
     // Every alert emitted (no folding of repeats), and room for rate x (trace_idle + trace
     // duration) spans in flight, as a deployment at this rate would configure it.
     let in_flight = ((rate * 12.0) as u64).max(6_000_000);
+    // No periodic snapshot during the run (a loaded store's would take the engine thread for
+    // seconds).
     let config = format!(
-        "[output]\nstdout = false\n\n[detect]\nthrottle = \"0s\"\n\n[assemble]\nmax_in_flight_spans = {in_flight}\n"
+        "[output]\nstdout = false\n\n[detect]\nthrottle = \"0s\"\n\n[assemble]\nmax_in_flight_spans = {in_flight}\n\n\
+         [baseline]\nsnapshot_interval = \"1h\"\n"
     );
-    let alerts_file = setup.dir.join("latency-alerts.jsonl");
+    let name = run.name();
+    let models = setup.dir.join(format!("models-{name}"));
+    if let Some(document) = &run.snapshot {
+        stormwatch_baseline::write_snapshot_document(&models, document)?;
+    }
+    let alerts_file = setup.dir.join(format!("{name}-alerts.jsonl"));
     let alerts = alerts_file.display().to_string();
-    let args_for = |l: &Listeners| serve_args(&setup.dir, "latency", &config, l, &["--alerts-file", &alerts]);
+    let args_for = |l: &Listeners| serve_args(&setup.dir, name, &config, l, &["--alerts-file", &alerts]);
     let (mut target, listeners) = spawn_listening("engine", &setup.dir, args_for, |l| vec![l.grpc, l.admin]).await?;
+    if run.pollers {
+        if let Err(error) = open_dashboards(listeners.admin).await {
+            return Err(target.failure(&format!("the admin API: {error:#}")));
+        }
+    }
     // Start when the traffic's event time begins.
     let start_at = UNIX_EPOCH + Duration::from_secs(scenario.start_unix_seconds);
     if let Ok(wait) = start_at.duration_since(SystemTime::now()) {
@@ -64,6 +112,7 @@ pub(crate) async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans:
     let stop = CancellationToken::new();
     let watcher = tokio::spawn(watch_alerts(alerts_file.clone(), traffic.attacked.clone(), stop.clone()));
     let endpoint = format!("grpc://{}", listeners.grpc);
+    let pollers = run.pollers.then(|| Pollers::start(listeners.admin));
     let sent = send(&endpoint, batches.clone(), setup.connections, Some(rate), acked.clone(), EXPORTER_BACKOFF).await;
     let (started, retries) = match sent {
         Ok(sent) => (sent.started, sent.refused_exports),
@@ -86,9 +135,21 @@ pub(crate) async fn latency(setup: &Setup, rate: f64, seconds: u64, batch_spans:
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.cancel();
     let seen = watcher.await?;
+    let polled = match pollers {
+        Some(pollers) => Some(pollers.finish().await),
+        None => None,
+    };
     target.stop();
+    let _ = std::fs::remove_dir_all(&models);
     let achieved = spans_sent(&batches) as f64 / sending.max(1e-9);
-    report(setup, &traffic.attacked, &acked, &seen, started, (rate, achieved, retries))
+    report(setup, &traffic.attacked, &acked, &seen, started, (rate, achieved, retries), run)?;
+    if let Some(polled) = polled {
+        println!(
+            "  the pollers: {} reads answered ({} failed), p50 {:.1} ms, p99 {:.1} ms",
+            polled.answered, polled.failed, polled.p50_ms, polled.p99_ms
+        );
+    }
+    Ok(())
 }
 
 /// The warm-up before the latency attack at `entry_rate` requests a second of the attacked
@@ -133,6 +194,7 @@ fn report(
     seen: &[(String, Instant)],
     started: Instant,
     (rate, achieved, retries): (f64, f64, u64),
+    run: &LatencyRun,
 ) -> anyhow::Result<()> {
     let last_ack = acked.iter().map(|a| a.load(Ordering::Relaxed)).max().unwrap_or(0);
     let cutoff = last_ack.saturating_sub(6_000_000_000);
@@ -149,11 +211,12 @@ fn report(
     latencies.sort_by(f64::total_cmp);
     let quantile = |q: f64| latencies.get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
     println!(
-        "alert latency at 70% of the engine's gRPC throughput ({} spans/s offered, {} achieved, {} retried exports): \
+        "alert latency at 70% of the engine's gRPC throughput ({} spans/s offered, {} achieved, {} retried exports{}): \
          {} of {} attacked requests alerted (those sent before the last 6 s of the stream)",
         human(rate),
         human(achieved),
         retries,
+        run.described(),
         latencies.len(),
         attacked_steady
     );

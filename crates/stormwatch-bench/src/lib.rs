@@ -26,17 +26,19 @@ mod args;
 mod latency;
 mod memory;
 mod overload;
+mod polling;
 mod process;
 mod reference;
 mod runs;
 mod send;
 mod traffic;
 
-use crate::latency::latency;
+use crate::latency::{latency, LatencyRun};
 use crate::memory::memory_report;
 use crate::overload::overload;
+use crate::polling::admin_polling;
 use crate::process::{machine, tempfile_dir, ticks_per_second};
-use crate::runs::{median, run_file, run_kafka, run_server, Measure, Setup};
+use crate::runs::{median, run_file, run_kafka, run_server, Extras, Measure, Setup};
 use crate::traffic::{generate, write_binpb, Batch, Traffic};
 use anyhow::Context;
 use std::sync::Arc;
@@ -65,14 +67,7 @@ fn mb(bytes: u64) -> String {
 
 /// `stormwatch bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
-    anyhow::ensure!(args.connections >= 1, "--connections must be at least 1");
-    anyhow::ensure!(args.spans >= 10_000, "--spans must be at least 10000 for a meaningful figure");
-    anyhow::ensure!(
-        args.latency_seconds == 0 || args.latency_seconds >= 10,
-        "--latency-seconds must be 0 (skip) or at least 10: traces of the last 6 s complete only after the stream \
-         ends"
-    );
+    check(&args)?;
     let scenario = scenario_of(&args)?;
     let name = scenario.name.clone();
     let dir = tempfile_dir()?;
@@ -125,6 +120,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(brokers) = &args.kafka {
         measure_kafka(&setup, &batches, spans, brokers).await?;
     }
+    if args.admin_polling {
+        let latency_run = (args.latency_seconds > 0 && engine_grpc > 0.0).then_some((
+            engine_grpc * 0.7,
+            args.latency_seconds,
+            args.batch_spans,
+        ));
+        admin_polling(&setup, &batches, spans, latency_run).await?;
+    }
     drop(batches);
     drop(traffic);
 
@@ -138,9 +141,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     if args.latency_seconds > 0 && engine_grpc > 0.0 {
-        latency(&setup, engine_grpc * 0.7, args.latency_seconds, args.batch_spans).await?;
+        latency(&setup, engine_grpc * 0.7, args.latency_seconds, args.batch_spans, &LatencyRun::default()).await?;
     }
+
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The arguments' bounds, each named when broken.
+fn check(args: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+    anyhow::ensure!(args.connections >= 1, "--connections must be at least 1");
+    anyhow::ensure!(args.spans >= 10_000, "--spans must be at least 10000 for a meaningful figure");
+    anyhow::ensure!(
+        args.latency_seconds == 0 || args.latency_seconds >= 10,
+        "--latency-seconds must be 0 (skip) or at least 10: traces of the last 6 s complete only after the stream \
+         ends"
+    );
     Ok(())
 }
 
@@ -181,8 +198,8 @@ async fn measure_transport(
                 engine.push(run_file(setup, file, spans, true).await?);
             }
             _ => {
-                reference.push(run_server(setup, batches, spans, transport, false, run).await?);
-                engine.push(run_server(setup, batches, spans, transport, true, run).await?);
+                reference.push(run_server(setup, batches, spans, transport, false, (run, &Extras::default())).await?);
+                engine.push(run_server(setup, batches, spans, transport, true, (run, &Extras::default())).await?);
             }
         }
     }

@@ -36,8 +36,6 @@ pub(crate) async fn memory_report(spans: u64, edges: u64) -> anyhow::Result<Memo
 /// per-edge table filled), from this process's resident set.
 pub fn memory_probe(args: crate::MemoryArgs) -> anyhow::Result<()> {
     use stormwatch_assemble::{Assembler, AssemblerConfig};
-    use stormwatch_baseline::{BaselineStore, WindowMetric};
-    use stormwatch_model::{Edge, Node, NodeKind, RootClass, Sym};
 
     let rss = || status_bytes("self", "VmRSS:").unwrap_or(0);
     let mut scenario =
@@ -66,8 +64,30 @@ pub fn memory_probe(args: crate::MemoryArgs) -> anyhow::Result<()> {
     anyhow::ensure!(completed.is_empty(), "the probe's assembler completed traces");
 
     let edges = args.edges.max(1_000);
-    let class = RootClass { service: Sym::new("gateway"), operation: Sym::new("GET /feed"), query_shape: None };
     let before = rss();
+    let store = synthetic_store(edges);
+    let per_edge = rss().saturating_sub(before) as f64 / edges as f64;
+    let report = MemoryReport {
+        in_flight_spans: in_flight,
+        bytes_per_in_flight_span: per_span,
+        edges: store.edges_tracked() as u64,
+        bytes_per_edge: per_edge,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// A store with `edges` edges and every per-edge table filled: two days of hourly observations,
+/// with the spread real baselines have (calls per parent 1-9, per request 2-12, their time per
+/// request 0.3-2.3 ms in microseconds, work per entry request 0.1-0.5 in thousandths, a retry
+/// ratio that is mostly zero, an hour-of-day profile). Cache miss ratios exist only for cache
+/// fallback edges and are left out. What the memory probe measures, and what the admin-polling
+/// runs load.
+pub(crate) fn synthetic_store(edges: u64) -> stormwatch_baseline::BaselineStore {
+    use stormwatch_baseline::{BaselineStore, WindowMetric};
+    use stormwatch_model::{Edge, Node, NodeKind, RootClass, Sym};
+
+    let class = RootClass { service: Sym::new("gateway"), operation: Sym::new("GET /feed"), query_shape: None };
     let mut store = BaselineStore::new(usize::MAX);
     for i in 0..edges {
         let edge = Edge {
@@ -78,11 +98,6 @@ pub fn memory_probe(args: crate::MemoryArgs) -> anyhow::Result<()> {
                 kind: NodeKind::Database,
             },
         };
-        // Two days of hourly observations, with the spread real baselines have: calls per
-        // parent 1-9, per request 2-12, their time per request 0.3-2.3 ms (in microseconds),
-        // work per entry request 0.1-0.5 (in thousandths), a
-        // retry ratio that is mostly zero, an hour-of-day profile. Cache miss ratios exist only
-        // for cache fallback edges and are left out.
         for k in 0..48u64 {
             let at = 1_800_000_000_000_000_000 + k * 3_600_000_000_000;
             store.observe_fanout(edge, &[1 + (k * 7 + i) % 9], at);
@@ -94,13 +109,5 @@ pub fn memory_probe(args: crate::MemoryArgs) -> anyhow::Result<()> {
             store.observe_seasonal(WindowMetric::WorkPerEntry, edge, 1_000 + k, at);
         }
     }
-    let per_edge = rss().saturating_sub(before) as f64 / edges as f64;
-    let report = MemoryReport {
-        in_flight_spans: in_flight,
-        bytes_per_in_flight_span: per_span,
-        edges: store.edges_tracked() as u64,
-        bytes_per_edge: per_edge,
-    };
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
+    store
 }

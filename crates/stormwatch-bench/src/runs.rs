@@ -1,6 +1,7 @@
 //! One measured run of a target: a server fed over the network, a replay of a file, or engines
 //! consuming a Kafka topic.
 
+use crate::polling::{open_dashboards, Polled, Pollers};
 use crate::process::{cpu_seconds, is_zombie, metric, serve_args, spawn_listening, status_bytes, Listeners, Target};
 use crate::send::{send, EXPORTER_BACKOFF};
 use crate::traffic::Batch;
@@ -17,6 +18,21 @@ pub(crate) struct Measure {
     pub(crate) spans_per_second: f64,
     pub(crate) cpu_micros_per_span: f64,
     pub(crate) peak_rss: u64,
+    /// Resident set when the traffic started (after the dashboards were opened, in a run with
+    /// pollers).
+    pub(crate) ready_rss: u64,
+    /// What the admin API's pollers got, in a run with them.
+    pub(crate) polled: Polled,
+}
+
+/// What an engine run has beyond the traffic: baselines it starts from, and clients polling
+/// its admin API while it takes the traffic.
+#[derive(Clone, Default)]
+pub(crate) struct Extras {
+    /// A snapshot document written to the run's models directory before the engine starts.
+    pub(crate) snapshot: Option<Arc<Vec<u8>>>,
+    /// Whether [`Pollers`] read the admin API during the run.
+    pub(crate) pollers: bool,
 }
 
 pub(crate) fn median(values: &mut [f64]) -> f64 {
@@ -35,20 +51,41 @@ pub(crate) struct Setup {
     pub(crate) runs: usize,
 }
 
-/// The reference or the engine, fed over `transport` until it has taken every span.
+impl Extras {
+    /// The run's name (its models directory is `models-<name>`), and that directory with the
+    /// snapshot to start from written into it.
+    fn prepare(&self, setup: &Setup, run: usize) -> anyhow::Result<(String, PathBuf)> {
+        let name = match (&self.snapshot, self.pollers) {
+            (None, false) => format!("engine-{run}"),
+            (_, false) => format!("loaded-{run}"),
+            (_, true) => format!("polled-{run}"),
+        };
+        let models = setup.dir.join(format!("models-{name}"));
+        if let Some(document) = &self.snapshot {
+            stormwatch_baseline::write_snapshot_document(&models, document)?;
+        }
+        Ok((name, models))
+    }
+}
+
+/// The reference or the engine, fed over `transport` until it has taken every span; the
+/// engine with `extras`.
 pub(crate) async fn run_server(
     setup: &Setup,
     traffic: &Arc<Vec<Batch>>,
     spans: u64,
     transport: BenchTransport,
     engine: bool,
-    run: usize,
+    (run, extras): (usize, &Extras),
 ) -> anyhow::Result<Measure> {
     let alerts = setup.dir.join(format!("alerts-{run}.jsonl")).display().to_string();
+    let (name, models) = extras.prepare(setup, run)?;
     let args_for = |listeners: &Listeners| {
         if engine {
-            let config = "[output]\nstdout = false\n";
-            serve_args(&setup.dir, &format!("engine-{run}"), config, listeners, &["--alerts-file", &alerts])
+            // No periodic snapshot during a run (a loaded store's would take the engine thread
+            // for seconds, in one run and not the other).
+            let config = "[output]\nstdout = false\n\n[baseline]\nsnapshot_interval = \"1h\"\n";
+            serve_args(&setup.dir, &name, config, listeners, &["--alerts-file", &alerts])
         } else {
             Ok(vec![
                 "bench-reference".to_string(),
@@ -75,9 +112,16 @@ pub(crate) async fn run_server(
         BenchTransport::Http => format!("http://{http}"),
         BenchTransport::File => unreachable!("files are replayed, not sent"),
     };
+    if engine && extras.pollers {
+        if let Err(error) = open_dashboards(admin).await {
+            return Err(target.failure(&format!("the admin API: {error:#}")));
+        }
+    }
     let pid = target.pid();
+    let ready_rss = status_bytes(&pid.to_string(), "VmRSS:").unwrap_or(0);
     let cpu_before = cpu_seconds(pid, setup.ticks).unwrap_or(0.0);
     let acked = Arc::new(Vec::new());
+    let pollers = (engine && extras.pollers).then(|| Pollers::start(admin));
     let started = match send(&endpoint, traffic.clone(), setup.connections, None, acked, EXPORTER_BACKOFF).await {
         Ok(sent) => sent.started,
         Err(error) => return Err(target.failure(&format!("{error:#}"))),
@@ -98,8 +142,19 @@ pub(crate) async fn run_server(
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid, setup.ticks).unwrap_or(0.0) - cpu_before;
     let peak_rss = status_bytes(&pid.to_string(), "VmHWM:").unwrap_or(0);
+    let polled = match pollers {
+        Some(pollers) => pollers.finish().await,
+        None => Polled::default(),
+    };
     target.stop();
-    Ok(Measure { spans_per_second: spans as f64 / elapsed, cpu_micros_per_span: cpu * 1e6 / spans as f64, peak_rss })
+    let _ = std::fs::remove_dir_all(&models);
+    Ok(Measure {
+        spans_per_second: spans as f64 / elapsed,
+        cpu_micros_per_span: cpu * 1e6 / spans as f64,
+        peak_rss,
+        ready_rss,
+        polled,
+    })
 }
 
 /// `stormwatch replay FILE` (engine) or `bench-reference --file FILE` (decode and drop).
@@ -129,7 +184,13 @@ pub(crate) async fn run_file(setup: &Setup, file: &Path, spans: u64, engine: boo
     if !status.success() {
         return Err(target.failure("failed"));
     }
-    Ok(Measure { spans_per_second: spans as f64 / elapsed, cpu_micros_per_span: cpu * 1e6 / spans as f64, peak_rss })
+    Ok(Measure {
+        spans_per_second: spans as f64 / elapsed,
+        cpu_micros_per_span: cpu * 1e6 / spans as f64,
+        peak_rss,
+        ready_rss: 0,
+        polled: Polled::default(),
+    })
 }
 
 /// The Kafka input: the traffic in a new 4-partition topic, consumed by one engine, then by two
@@ -192,6 +253,8 @@ pub(crate) async fn run_kafka(
                 spans_per_second: spans as f64 / elapsed,
                 cpu_micros_per_span: cpu * 1e6 / spans as f64,
                 peak_rss,
+                ready_rss: 0,
+                polled: Polled::default(),
             },
         ));
     }
