@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use stormwatch_model::{rounded, Edge, PayloadUnit, RootClass, SCORE_DECIMALS};
 
-use crate::{BaselineStore, ClassScope, Distribution};
+use crate::{BaselineStore, Changed, ClassScope, Distribution, EdgeScope, RequestMetric, WindowMetric};
 
 /// One learned baseline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -65,24 +65,6 @@ fn is_zero(value: &u64) -> bool {
 }
 
 impl BaselineRow {
-    fn new(table: String, edge: Option<&Edge>, entry: Option<&RootClass>, d: &Distribution, scale: f64) -> Self {
-        BaselineRow {
-            table,
-            edge: edge.map(|e| e.to_string()),
-            to_kind: edge.map(|e| e.to.kind.as_str().to_string()),
-            entry: entry.map(|c| c.to_string()),
-            median: d.quantile(0.5) as f64 / scale,
-            p99: d.quantile(0.99) as f64 / scale,
-            p999: d.quantile(0.999) as f64 / scale,
-            samples: d.samples(),
-            since_unix_nano: d.since_unix_nano(),
-            learned_p999: d.tail_held().then(|| d.raw_quantile(0.999) as f64 / scale),
-            held: d.held(),
-            recent: Vec::new(),
-            score: None,
-        }
-    }
-
     /// Identity of the baseline, for diffs.
     pub fn key(&self) -> String {
         format!("{} {} {}", self.table, self.entry.as_deref().unwrap_or("-"), self.edge.as_deref().unwrap_or("-"))
@@ -101,51 +83,179 @@ impl BaselineRow {
     }
 }
 
+/// Which baseline a row is: its table and key there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowKey {
+    /// `calls_per_parent`.
+    Fanout(Edge),
+    /// `calls_per_request`.
+    RequestEdge(RootClass, Edge),
+    /// `work_ms_per_request`.
+    RequestWork(RootClass, Edge),
+    /// `bytes_per_request` or `rows_per_request`.
+    RequestBytes(RootClass, Edge),
+    /// `per_request:<metric>`.
+    RequestTotal(RootClass, RequestMetric),
+    /// `<scope>_per_request:<metric>`.
+    ClassScope(ClassScope, RequestMetric),
+    /// `<scope>_per_parent`.
+    EdgeScope(EdgeScope),
+    /// `window:<metric>`.
+    Window(WindowMetric, Edge),
+    /// `window_share`.
+    WindowClass(RootClass, Edge),
+}
+
+impl RowKey {
+    pub(crate) fn request_edge((class, edge): (RootClass, Edge)) -> RowKey {
+        RowKey::RequestEdge(class, edge)
+    }
+    pub(crate) fn request_work((class, edge): (RootClass, Edge)) -> RowKey {
+        RowKey::RequestWork(class, edge)
+    }
+    pub(crate) fn request_bytes((class, edge): (RootClass, Edge)) -> RowKey {
+        RowKey::RequestBytes(class, edge)
+    }
+    pub(crate) fn request_total((class, metric): (RootClass, RequestMetric)) -> RowKey {
+        RowKey::RequestTotal(class, metric)
+    }
+    pub(crate) fn class_scope((scope, metric): (ClassScope, RequestMetric)) -> RowKey {
+        RowKey::ClassScope(scope, metric)
+    }
+    pub(crate) fn window((metric, edge): (WindowMetric, Edge)) -> RowKey {
+        RowKey::Window(metric, edge)
+    }
+    pub(crate) fn window_class((class, edge): (RootClass, Edge)) -> RowKey {
+        RowKey::WindowClass(class, edge)
+    }
+}
+
+/// A row's figures as learned (quantiles in the table's stored unit), without its names: cheap
+/// to take on the engine thread, rendered as a [`BaselineRow`] by whoever shows it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowFigures {
+    /// Which baseline.
+    pub key: RowKey,
+    median: u64,
+    p99: u64,
+    p999: u64,
+    samples: u64,
+    since_unix_nano: u64,
+    learned_p999: Option<u64>,
+    held: u64,
+}
+
+impl RowFigures {
+    /// The figures of `d`, the baseline `key` names.
+    pub fn of(key: RowKey, d: &Distribution) -> RowFigures {
+        RowFigures {
+            key,
+            median: d.quantile(0.5),
+            p99: d.quantile(0.99),
+            p999: d.quantile(0.999),
+            samples: d.samples(),
+            since_unix_nano: d.since_unix_nano(),
+            learned_p999: d.tail_held().then(|| d.raw_quantile(0.999)),
+            held: d.held(),
+        }
+    }
+
+    /// The row as people read it: named, in the measured unit.
+    pub fn render(&self) -> BaselineRow {
+        let (table, edge, entry, scale): (String, Option<&Edge>, Option<&RootClass>, f64) = match &self.key {
+            RowKey::Fanout(edge) => ("calls_per_parent".into(), Some(edge), None, 1.0),
+            RowKey::RequestEdge(class, edge) => ("calls_per_request".into(), Some(edge), Some(class), 1.0),
+            RowKey::RequestWork(class, edge) => ("work_ms_per_request".into(), Some(edge), Some(class), 1000.0),
+            RowKey::RequestBytes(class, edge) => {
+                let metric = match edge.to.kind.payload_unit() {
+                    PayloadUnit::Bytes => "bytes_per_request",
+                    PayloadUnit::Rows => "rows_per_request",
+                };
+                (metric.into(), Some(edge), Some(class), 1.0)
+            }
+            RowKey::RequestTotal(class, metric) => (format!("per_request:{}", metric.as_str()), None, Some(class), 1.0),
+            RowKey::ClassScope(scope, metric) => {
+                let mut row = self.named(format!("{}_per_request:{}", scope.level(), metric.as_str()), None, None, 1.0);
+                row.entry = match scope {
+                    ClassScope::Route { service, operation } => Some(format!("{service} `{operation}`")),
+                    ClassScope::Service(service) => Some(service.to_string()),
+                    ClassScope::System => None,
+                };
+                return row;
+            }
+            RowKey::EdgeScope(scope) => {
+                let mut row = self.named(format!("{}_per_parent", scope.level()), None, None, 1.0);
+                row.edge = Some(scope.name());
+                row.to_kind = Some(scope.kind().as_str().into());
+                return row;
+            }
+            RowKey::Window(metric, edge) => (format!("window:{}", metric.as_str()), Some(edge), None, 1000.0),
+            RowKey::WindowClass(class, edge) => ("window_share".into(), Some(edge), Some(class), 1000.0),
+        };
+        self.named(table, edge, entry, scale)
+    }
+
+    fn named(&self, table: String, edge: Option<&Edge>, entry: Option<&RootClass>, scale: f64) -> BaselineRow {
+        let mut row = BaselineRow {
+            table,
+            edge: edge.map(|e| e.to_string()),
+            to_kind: edge.map(|e| e.to.kind.as_str().to_string()),
+            entry: entry.map(|c| c.to_string()),
+            median: 0.0,
+            p99: 0.0,
+            p999: 0.0,
+            samples: 0,
+            since_unix_nano: 0,
+            learned_p999: None,
+            held: 0,
+            recent: Vec::new(),
+            score: None,
+        };
+        self.refresh_with(&mut row, scale);
+        row
+    }
+
+    /// Brings `row`, this baseline's row as rendered before, to these figures: the names stay,
+    /// the numbers change (nothing is allocated).
+    pub fn refresh(&self, row: &mut BaselineRow) {
+        let scale = match self.key {
+            RowKey::RequestWork(..) | RowKey::Window(..) | RowKey::WindowClass(..) => 1000.0,
+            _ => 1.0,
+        };
+        self.refresh_with(row, scale);
+    }
+
+    fn refresh_with(&self, row: &mut BaselineRow, scale: f64) {
+        row.median = self.median as f64 / scale;
+        row.p99 = self.p99 as f64 / scale;
+        row.p999 = self.p999 as f64 / scale;
+        row.samples = self.samples;
+        row.since_unix_nano = self.since_unix_nano;
+        row.learned_p999 = self.learned_p999.map(|v| v as f64 / scale);
+        row.held = self.held;
+    }
+}
+
+/// The figures of every baseline of `store`, table by table.
+pub fn figures(store: &BaselineStore) -> Vec<RowFigures> {
+    store.row_keys().filter_map(|key| Some(RowFigures::of(key, store.distribution(&key)?))).collect()
+}
+
+/// The figures of the baselines of `store` that changed since the last call (every one the
+/// first time, or after a whole table changed: then `true`), and forgets them.
+pub fn take_changed(store: &mut BaselineStore) -> (bool, Vec<RowFigures>) {
+    match store.take_changes() {
+        Changed::All => (true, figures(store)),
+        Changed::Keys(keys) => {
+            (false, keys.into_iter().filter_map(|key| Some(RowFigures::of(key, store.distribution(&key)?))).collect())
+        }
+    }
+}
+
 /// Every baseline of `store`, ordered by table and key.
 pub fn rows(store: &BaselineStore) -> Vec<BaselineRow> {
-    let mut rows = Vec::new();
-    for (edge, d) in &store.fanout {
-        rows.push(BaselineRow::new("calls_per_parent".into(), Some(edge), None, d, 1.0));
-    }
-    for ((class, edge), d) in &store.request_edges {
-        rows.push(BaselineRow::new("calls_per_request".into(), Some(edge), Some(class), d, 1.0));
-    }
-    for ((class, edge), d) in &store.request_work {
-        rows.push(BaselineRow::new("work_ms_per_request".into(), Some(edge), Some(class), d, 1000.0));
-    }
-    for ((class, edge), d) in &store.request_bytes {
-        let metric = match edge.to.kind.payload_unit() {
-            PayloadUnit::Bytes => "bytes_per_request",
-            PayloadUnit::Rows => "rows_per_request",
-        };
-        rows.push(BaselineRow::new(metric.into(), Some(edge), Some(class), d, 1.0));
-    }
-    for ((class, metric), d) in &store.request_totals {
-        rows.push(BaselineRow::new(format!("per_request:{}", metric.as_str()), None, Some(class), d, 1.0));
-    }
-    for ((scope, metric), d) in &store.class_scopes {
-        let mut row =
-            BaselineRow::new(format!("{}_per_request:{}", scope.level(), metric.as_str()), None, None, d, 1.0);
-        row.entry = match scope {
-            ClassScope::Route { service, operation } => Some(format!("{service} `{operation}`")),
-            ClassScope::Service(service) => Some(service.to_string()),
-            ClassScope::System => None,
-        };
-        rows.push(row);
-    }
-    for (scope, d) in &store.edge_scopes {
-        let mut row = BaselineRow::new(format!("{}_per_parent", scope.level()), None, None, d, 1.0);
-        row.edge = Some(scope.name());
-        row.to_kind = Some(scope.kind().as_str().into());
-        rows.push(row);
-    }
-    for ((metric, edge), d) in &store.windows {
-        rows.push(BaselineRow::new(format!("window:{}", metric.as_str()), Some(edge), None, d, 1000.0));
-    }
-    for ((class, edge), d) in &store.window_classes {
-        rows.push(BaselineRow::new("window_share".into(), Some(edge), Some(class), d, 1000.0));
-    }
-    rows.sort_by_key(|row| row.key());
+    let mut rows: Vec<BaselineRow> = figures(store).iter().map(RowFigures::render).collect();
+    rows.sort_by_cached_key(BaselineRow::key);
     rows
 }
 
@@ -184,18 +294,31 @@ pub struct Query {
 pub struct UnknownSortKey(pub String);
 
 impl Query {
+    /// Whether `row` passes the filters (service, to_kind, table, match).
+    pub fn matches(&self, row: &BaselineRow) -> bool {
+        self.service.as_deref().is_none_or(|s| row.involves(s))
+            && self.to_kind.as_deref().is_none_or(|k| row.to_kind.as_deref() == Some(k))
+            && self.table.as_deref().is_none_or(|t| row.table.starts_with(t))
+            && self.matching.as_deref().is_none_or(|m| {
+                row.edge.as_deref().is_some_and(|e| e.contains(m))
+                    || row.entry.as_deref().is_some_and(|e| e.contains(m))
+            })
+    }
+
+    /// Whether the query keeps every row in the default order (most samples first, then by
+    /// key): then its answer is the first `limit` rows of a list kept in that order.
+    pub fn is_everything_by_samples(&self) -> bool {
+        self.service.is_none()
+            && self.to_kind.is_none()
+            && self.table.is_none()
+            && self.matching.is_none()
+            && matches!(self.sort.as_deref(), None | Some("samples"))
+    }
+
     /// The rows that match, sorted and cut to the limit; `Err` names a sort key that does not
     /// exist.
     pub fn apply(&self, mut rows: Vec<BaselineRow>) -> Result<Vec<BaselineRow>, UnknownSortKey> {
-        rows.retain(|row| {
-            self.service.as_deref().is_none_or(|s| row.involves(s))
-                && self.to_kind.as_deref().is_none_or(|k| row.to_kind.as_deref() == Some(k))
-                && self.table.as_deref().is_none_or(|t| row.table.starts_with(t))
-                && self.matching.as_deref().is_none_or(|m| {
-                    row.edge.as_deref().is_some_and(|e| e.contains(m))
-                        || row.entry.as_deref().is_some_and(|e| e.contains(m))
-                })
-        });
+        rows.retain(|row| self.matches(row));
         let by = |row: &BaselineRow| -> f64 {
             match self.sort.as_deref() {
                 Some("p99") => row.p99,
@@ -209,11 +332,11 @@ impl Query {
             None | Some("samples" | "p99" | "median" | "since" | "score") => {}
             Some(other) => return Err(UnknownSortKey(other.to_string())),
         }
-        rows.sort_by(|a, b| by(b).total_cmp(&by(a)).then_with(|| a.key().cmp(&b.key())));
-        if let Some(limit) = self.limit {
-            rows.truncate(limit);
-        }
-        Ok(rows)
+        // Each row's key made once, not at every comparison.
+        let mut keyed: Vec<(f64, String, BaselineRow)> = rows.into_iter().map(|r| (by(&r), r.key(), r)).collect();
+        keyed.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        keyed.truncate(self.limit.unwrap_or(usize::MAX));
+        Ok(keyed.into_iter().map(|(_, _, row)| row).collect())
     }
 }
 
@@ -294,6 +417,52 @@ mod tests {
         let fanout = rows.iter().find(|r| r.table == "calls_per_parent" && r.to_kind.as_deref() == Some("database"));
         let fanout = fanout.unwrap();
         assert_eq!((fanout.median, fanout.p99, fanout.samples, fanout.since_unix_nano), (3.0, 5.0, 200, 1_000));
+    }
+
+    /// What a reader's copy needs: every row the first time, then each changed baseline once
+    /// however often it learned, nothing when nothing changed, and every row again after
+    /// baselines were evicted.
+    #[test]
+    fn changed_rows_are_listed_once_and_everything_after_an_eviction() {
+        let mut store = store();
+        let (all, first) = take_changed(&mut store);
+        assert!(all);
+        let mut rendered: Vec<BaselineRow> = first.iter().map(RowFigures::render).collect();
+        rendered.sort_by_cached_key(BaselineRow::key);
+        assert_eq!(rendered, rows(&store), "the figures render as the rows");
+        assert_eq!(take_changed(&mut store), (false, Vec::new()));
+        let db = edge("reviews", "postgresql", NodeKind::Database);
+        for i in 0..10 {
+            store.observe_fanout(db, &[2], 2_000 + i);
+        }
+        let (all, changed) = take_changed(&mut store);
+        assert!(!all);
+        let keys: Vec<RowKey> = changed.iter().map(|f| f.key).collect();
+        assert_eq!(keys.len(), 3, "the edge and its two scopes, once each: {keys:?}");
+        assert_eq!(keys[0], RowKey::Fanout(db));
+        assert_eq!(changed[0].render().samples, 210);
+        let mut before = first.iter().find(|f| f.key == RowKey::Fanout(db)).unwrap().render();
+        changed[0].refresh(&mut before);
+        assert_eq!(before, changed[0].render(), "a refreshed row is the row rendered anew");
+        let window = first.iter().find(|f| matches!(f.key, RowKey::Window(..))).unwrap();
+        let mut row = window.render();
+        row.median = 0.0;
+        window.refresh(&mut row);
+        assert_eq!(row, window.render(), "in the table's unit");
+        store.observe_fanout(db, &[2], 3_000);
+        assert_eq!(take_changed(&mut store).1.len(), 3, "listed again after it was taken");
+
+        // A full table evicts a young, idle baseline to make room: listed anew, whole.
+        let mut store = BaselineStore::new(2);
+        store.evict_young_below(100);
+        store.observe_fanout(db, &[1], 0);
+        let _ = take_changed(&mut store);
+        store.observe_fanout(edge("a", "b", NodeKind::Service), &[1], 1);
+        let late = crate::EVICT_IDLE_NANOS * 2;
+        store.observe_fanout(edge("c", "d", NodeKind::Service), &[1], late);
+        assert!(store.stats().evicted_young > 0);
+        let (all, rows_now) = take_changed(&mut store);
+        assert!(all && rows_now.iter().all(|f| store.distribution(&f.key).is_some()));
     }
 
     #[test]

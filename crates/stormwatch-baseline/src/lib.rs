@@ -29,6 +29,6 @@ pub use snapshot::{
     SNAPSHOT_FILE, SNAPSHOT_FORMAT, SNAPSHOT_VERSION,
 };
 pub use store::{
-    BaselineStore, ClassScope, EdgeScope, RequestMetric, StoreStats, Table, WindowMetric, EVICT_IDLE_NANOS,
+    BaselineStore, Changed, ClassScope, EdgeScope, RequestMetric, StoreStats, Table, WindowMetric, EVICT_IDLE_NANOS,
 };
 pub use subspace::SubspaceModel;

@@ -296,6 +296,12 @@ impl Engine {
         &self.store
     }
 
+    /// The figures of the baselines that changed since the last call (all of them the first
+    /// time, or after a whole table changed: then `true`), for a reader's copy of them.
+    pub fn take_changed_rows(&mut self) -> (bool, Vec<stormwatch_baseline::inspect::RowFigures>) {
+        stormwatch_baseline::inspect::take_changed(&mut self.store)
+    }
+
     /// Puts a tuning in force: overrides, shadow modes and allowlists apply to the next
     /// findings; freezes stop learning at once.
     pub fn set_tuning(&mut self, tuning: Tuning) {

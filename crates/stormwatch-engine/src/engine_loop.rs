@@ -61,8 +61,6 @@ struct EngineLoop {
     reload: Arc<AtomicBool>,
     /// Alerts found this turn, not yet handed to the sink.
     alerts: Vec<Alert>,
-    /// The last alerts, for the admin API's /api/alerts and /api/explain.
-    recent: VecDeque<Alert>,
     /// Kafka input positions in processing order, with the watermark they were processed at.
     pending: VecDeque<(SourcePosition, u64)>,
     last_activity: Instant,
@@ -91,6 +89,10 @@ impl EngineLoop {
         let window_nanos = config.window.window_nanos;
         let mut engine = Engine::new(config, store, wall_clock_nanos);
         let TuningOptions { initial, watch, reload } = std::mem::take(&mut options.tuning);
+        if let Some(view) = &options.view {
+            view.set_tuning(&initial);
+            view.attach(&metrics);
+        }
         engine.set_tuning(initial);
         let sharing = options.sharing.take().map(|sharing| WindowSharing::new(sharing, window_nanos));
         let now = Instant::now();
@@ -104,7 +106,6 @@ impl EngineLoop {
             tuning_watch: watch,
             reload,
             alerts: Vec::new(),
-            recent: VecDeque::new(),
             pending: VecDeque::new(),
             last_activity: now,
             watermark_at_activity: 0,
@@ -214,17 +215,13 @@ impl EngineLoop {
     /// sink. Blocks when the sink is behind: back-pressure reaches the span queue, then the
     /// receivers, which answer "retry later".
     fn send_alerts(&mut self) {
-        if self.options.queries.is_some() {
-            let live = self.options.live.as_ref().filter(|live| live.receiver_count() > 0);
+        if let Some(view) = &self.options.view {
+            view.add_alerts(&self.alerts);
+        }
+        if let Some(live) = self.options.live.as_ref().filter(|live| live.receiver_count() > 0) {
             for alert in &self.alerts {
-                if self.recent.len() == crate::admin::RECENT_ALERTS {
-                    self.recent.pop_front();
-                }
-                if let Some(live) = live {
-                    let data = serde_json::to_value(alert).unwrap_or_default().to_string();
-                    let _ = live.send(LiveEvent { name: "alert", data });
-                }
-                self.recent.push_back(alert.clone());
+                let data = serde_json::to_value(alert).unwrap_or_default().to_string();
+                let _ = live.send(LiveEvent { name: "alert", data });
             }
         }
         if !self.alerts.is_empty() {
@@ -277,6 +274,9 @@ impl EngineLoop {
         match watch.poll(forced) {
             Some(Ok(tuning)) => {
                 tracing::info!(path = %watch.path().display(), tuning = %crate::tuning::describe(&tuning), "tuning reloaded");
+                if let Some(view) = &self.options.view {
+                    view.set_tuning(&tuning);
+                }
                 self.engine.set_tuning(tuning);
                 Metrics::add(&self.metrics.tuning_reloads_total, 1);
             }
@@ -288,11 +288,17 @@ impl EngineLoop {
         }
     }
 
-    /// The admin API's questions, answered between batches.
+    /// The admin API's writes (and exports), answered between batches; then what the readers
+    /// of the published view asked for.
     fn answer_queries(&mut self) {
-        let Some(queries) = &self.options.queries else { return };
-        while let Ok(query) = queries.try_recv() {
-            crate::admin::answer(&mut self.engine, query, self.tuning_watch.as_mut(), &self.recent);
+        let view = self.options.view.as_deref();
+        if let Some(queries) = &self.options.queries {
+            while let Ok(query) = queries.try_recv() {
+                crate::admin::answer(&mut self.engine, query, self.tuning_watch.as_mut(), view);
+            }
+        }
+        if let Some(view) = view {
+            view.publish_if_asked(&mut self.engine);
         }
     }
 

@@ -153,8 +153,10 @@ pub struct EngineOptions {
     /// Kafka consumer group: publish every snapshot to this compacted topic, keyed by this
     /// engine (topic, key).
     pub share_baselines: Option<(String, String)>,
-    /// Questions from the admin API, answered between batches.
+    /// Writes (and exports) from the admin API, answered between batches.
     pub queries: Option<std::sync::mpsc::Receiver<AdminQuery>>,
+    /// What the admin API reads, published here.
+    pub view: Option<Arc<crate::admin::AdminView>>,
     /// The tuning in force at start, and the file to reload it from.
     pub tuning: TuningOptions,
     /// Retry a failing alert delivery until it succeeds (serve: nothing accepted is lost, the

@@ -83,6 +83,22 @@ pub struct Distribution {
     /// Values held back while young (absent when none are).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     held: Option<Box<Held>>,
+    /// Changed since the store last listed its changed baselines ([`crate::BaselineStore`]'s
+    /// change list holds its key once while this is set). Not part of what was learned: never
+    /// saved, and equal in every distribution.
+    #[serde(skip)]
+    pub(crate) listed: Listed,
+}
+
+/// Whether a distribution's key is on its store's change list: bookkeeping, not learning, so
+/// it compares equal whatever its value.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Listed(pub(crate) bool);
+
+impl PartialEq for Listed {
+    fn eq(&self, _: &Listed) -> bool {
+        true
+    }
 }
 
 /// Quantiles never report more than `value`. It was last raised, or last unpressed, at

@@ -10,9 +10,17 @@ use std::collections::{HashMap, HashSet};
 
 use stormwatch_model::{Edge, NodeKind, NodeName, RootClass, Sym};
 
+use crate::inspect::RowKey;
 use crate::{DailyProfile, Distribution, Pace, PaceLane, SubspaceModel};
 
+mod changes;
+mod learn;
 mod read;
+
+use learn::{observe, observe_all};
+
+pub use changes::Changed;
+pub(crate) use changes::Changes;
 
 /// The store's tables. Keys are interned ids ([`Sym`]s, numbered in order of first sight),
 /// which a sender cannot choose to collide, so the fast seeded hash of `foldhash` serves
@@ -279,6 +287,8 @@ pub struct BaselineStore {
     /// Edges whose baselines are frozen, by caller and callee name, any callee kind (tuning).
     pub(crate) frozen_edges: HashSet<(NodeName, NodeName)>,
     room: Room,
+    /// The baselines learned since a reader last asked ([`BaselineStore::take_changes`]).
+    pub(crate) changes: Changes,
 }
 
 impl BaselineStore {
@@ -301,6 +311,7 @@ impl BaselineStore {
             freeze_all: false,
             frozen_edges: HashSet::new(),
             room: Room { max_keys, young_below: 0, last_sweeps_unix_nano: [0; 9], stats: StoreStats::default() },
+            changes: Changes::default(),
         }
     }
 
@@ -334,6 +345,7 @@ impl BaselineStore {
     /// the correlated model) of `other`, keeping this store's per-trace ones: an engine that
     /// becomes its group's window merger continues from the previous merger's history.
     pub fn adopt_windows(&mut self, other: BaselineStore) {
+        self.changes.all = true;
         self.windows = other.windows;
         self.window_classes = other.window_classes;
         self.seasonal = other.seasonal;
@@ -353,9 +365,16 @@ impl BaselineStore {
         if calls.is_empty() || self.is_frozen(&edge) {
             return;
         }
-        observe_all(&mut self.fanout, edge, calls, at, &mut self.room, 0);
+        observe_all(&mut self.fanout, edge, calls, at, (&mut self.room, &mut self.changes), (0, RowKey::Fanout));
         for scope in EdgeScope::above(&edge) {
-            observe_all(&mut self.edge_scopes, scope, calls, at, &mut self.room, 6);
+            observe_all(
+                &mut self.edge_scopes,
+                scope,
+                calls,
+                at,
+                (&mut self.room, &mut self.changes),
+                (6, RowKey::EdgeScope),
+            );
         }
     }
 
@@ -365,7 +384,8 @@ impl BaselineStore {
         if self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.fanout, edge, calls, at, &mut self.room, 0, Distribution::hold);
+        let room = (&mut self.room, &mut self.changes);
+        observe(&mut self.fanout, edge, calls, at, room, (0, RowKey::Fanout), Distribution::hold);
     }
 
     /// Learns the calls one request of `class` made on `edge` (`at`: event time).
@@ -373,7 +393,16 @@ impl BaselineStore {
         if self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.request_edges, (class, edge), calls, at, &mut self.room, 1, Distribution::observe);
+        let room = (&mut self.room, &mut self.changes);
+        observe(
+            &mut self.request_edges,
+            (class, edge),
+            calls,
+            at,
+            room,
+            (1, RowKey::request_edge),
+            Distribution::observe,
+        );
     }
 
     /// Holds back the calls of one request of a young `class` on `edge` (see
@@ -382,7 +411,8 @@ impl BaselineStore {
         if self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.request_edges, (class, edge), calls, at, &mut self.room, 1, Distribution::hold);
+        let room = (&mut self.room, &mut self.changes);
+        observe(&mut self.request_edges, (class, edge), calls, at, room, (1, RowKey::request_edge), Distribution::hold);
     }
 
     /// Learns the work (microseconds of call time) one request of `class` caused on `edge`.
@@ -390,7 +420,16 @@ impl BaselineStore {
         if self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.request_work, (class, edge), micros, at, &mut self.room, 7, Distribution::observe);
+        let room = (&mut self.room, &mut self.changes);
+        observe(
+            &mut self.request_work,
+            (class, edge),
+            micros,
+            at,
+            room,
+            (7, RowKey::request_work),
+            Distribution::observe,
+        );
     }
 
     /// Learns the payload bytes one request of `class` moved on `edge`.
@@ -398,7 +437,16 @@ impl BaselineStore {
         if self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.request_bytes, (class, edge), bytes, at, &mut self.room, 8, Distribution::observe);
+        let room = (&mut self.room, &mut self.changes);
+        observe(
+            &mut self.request_bytes,
+            (class, edge),
+            bytes,
+            at,
+            room,
+            (8, RowKey::request_bytes),
+            Distribution::observe,
+        );
     }
 
     /// Learns how long one call to `callee` took (microseconds; the mean of a trace's calls on
@@ -417,9 +465,10 @@ impl BaselineStore {
         if self.freeze_all {
             return;
         }
-        observe(&mut self.request_totals, (class, metric), value, at, &mut self.room, 2, Distribution::observe);
+        self.learn_total(class, metric, (value, at), Distribution::observe);
         for scope in ClassScope::above(&class) {
-            observe(&mut self.class_scopes, (scope, metric), value, at, &mut self.room, 5, Distribution::observe);
+            let (room, of) = ((&mut self.room, &mut self.changes), (5, RowKey::class_scope as _));
+            observe(&mut self.class_scopes, (scope, metric), value, at, room, of, Distribution::observe);
         }
     }
 
@@ -429,7 +478,19 @@ impl BaselineStore {
         if self.freeze_all {
             return;
         }
-        observe(&mut self.request_totals, (class, metric), value, at, &mut self.room, 2, Distribution::hold);
+        self.learn_total(class, metric, (value, at), Distribution::hold);
+    }
+
+    /// `learn`s a request total of `class` (observes or holds it), in its own table only.
+    fn learn_total(
+        &mut self,
+        class: RootClass,
+        metric: RequestMetric,
+        (value, at): (u64, u64),
+        learn: fn(&mut Distribution, u64, u64),
+    ) {
+        let room = (&mut self.room, &mut self.changes);
+        observe(&mut self.request_totals, (class, metric), value, at, room, (2, RowKey::request_total), learn);
     }
 
     /// Learns an edge's window value (`thousandths` of the measured unit) at event time `at`,
@@ -439,7 +500,16 @@ impl BaselineStore {
             return;
         }
         let evicted = self.room.stats.evicted_young;
-        observe(&mut self.windows, (metric, edge), thousandths, at, &mut self.room, 3, Distribution::observe_guarded);
+        let room = (&mut self.room, &mut self.changes);
+        observe(
+            &mut self.windows,
+            (metric, edge),
+            thousandths,
+            at,
+            room,
+            (3, RowKey::window),
+            Distribution::observe_guarded,
+        );
         if self.room.stats.evicted_young > evicted {
             // The hour-of-day profiles go with their window baselines.
             let windows = &self.windows;
@@ -469,72 +539,17 @@ impl BaselineStore {
         if self.is_frozen(&edge) {
             return;
         }
-        observe(&mut self.window_classes, (class, edge), per_thousand, at, &mut self.room, 4, Distribution::observe);
+        let room = (&mut self.room, &mut self.changes);
+        observe(
+            &mut self.window_classes,
+            (class, edge),
+            per_thousand,
+            at,
+            room,
+            (4, RowKey::window_class),
+            Distribution::observe,
+        );
     }
-}
-
-/// [`observe`] of several values of one key, with one lookup while the key exists.
-fn observe_all<K: std::hash::Hash + Eq + Copy>(
-    table: &mut Table<K>,
-    key: K,
-    values: &[u64],
-    at: u64,
-    room: &mut Room,
-    table_index: usize,
-) {
-    if let Some(distribution) = table.get_mut(&key) {
-        for &value in values {
-            distribution.observe(value, at);
-        }
-        return;
-    }
-    // A new key: made room for (or refused) as one observation makes it, then the rest.
-    let [first, rest @ ..] = values else { return };
-    observe(table, key, *first, at, room, table_index, Distribution::observe);
-    match table.get_mut(&key) {
-        Some(distribution) => {
-            for &value in rest {
-                distribution.observe(value, at);
-            }
-        }
-        None => room.stats.capped_observations += rest.len() as u64,
-    }
-}
-
-fn observe<K: std::hash::Hash + Eq>(
-    table: &mut Table<K>,
-    key: K,
-    value: u64,
-    at: u64,
-    room: &mut Room,
-    table_index: usize,
-    learn: fn(&mut Distribution, u64, u64),
-) {
-    if let Some(distribution) = table.get_mut(&key) {
-        learn(distribution, value, at);
-        return;
-    }
-    if table.len() >= room.max_keys {
-        sweep(table, at, room.young_below, &mut room.last_sweeps_unix_nano[table_index], &mut room.stats);
-    }
-    if table.len() < room.max_keys {
-        learn(table.entry(key).or_default(), value, at);
-    } else {
-        room.stats.capped_observations += 1;
-    }
-}
-
-/// Evicts the young baselines of a full `table` idle for [`EVICT_IDLE_NANOS`] before `now`,
-/// at most once per [`SWEEP_EVERY_NANOS`].
-fn sweep<K>(table: &mut Table<K>, now: u64, young_below: u64, last_sweep_unix_nano: &mut u64, stats: &mut StoreStats) {
-    if young_below == 0 || now < last_sweep_unix_nano.saturating_add(SWEEP_EVERY_NANOS) {
-        return;
-    }
-    *last_sweep_unix_nano = now;
-    let idle_before = now.saturating_sub(EVICT_IDLE_NANOS);
-    let before = table.len();
-    table.retain(|_, d| d.samples() >= young_below || d.last_seen_unix_nano() >= idle_before);
-    stats.evicted_young += (before - table.len()) as u64;
 }
 
 #[cfg(test)]

@@ -1,14 +1,20 @@
-//! The engine thread's answers to the admin API: `/api/baselines` (what `stormwatch baseline
-//! list` shows), `/api/graph`, `/api/alerts`, `/api/explain` and tuning changes, computed
-//! between batches from the engine's own state.
+//! The admin API's answers: `/api/baselines` (what `stormwatch baseline list` shows),
+//! `/api/graph`, `/api/alerts`, `/api/explain` and `/api/tuning`, read off the engine thread
+//! from what it publishes ([`AdminView`]); tuning changes, snapshot imports and the snapshot
+//! export, answered on the engine thread between batches.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+
+mod view;
+
+pub use view::AdminView;
 
 use stormwatch_baseline::inspect::{self, BaselineRow, Query};
 use stormwatch_baseline::{decode_snapshot, BaselineStore};
 use stormwatch_detect::tuning::Tuning;
-use stormwatch_detect::Engine;
+use stormwatch_detect::{EdgeGauge, Engine};
 use stormwatch_io::admin::{AdminQuery, AdminRequest};
 use stormwatch_model::{Alert, AlertKind};
 
@@ -47,6 +53,20 @@ pub fn list(
     params: &BTreeMap<String, String>,
     max_rows: usize,
 ) -> (u16, String) {
+    let rows = inspect::rows(store);
+    let (status, body) = select(params, max_rows, (rows.len(), rows.iter(), false), recent);
+    (status, body.to_string())
+}
+
+/// The rows among `total` `candidates` that `params` select, annotated with the `recent`
+/// windows, as the API's JSON body, or a 400 naming the parameter. `by_samples`: the candidates
+/// come most samples first (the default order), so an unfiltered query takes the first rows.
+pub(crate) fn select<'a>(
+    params: &BTreeMap<String, String>,
+    max_rows: usize,
+    (total, candidates, by_samples): (usize, impl Iterator<Item = &'a BaselineRow>, bool),
+    recent: &[BTreeMap<String, f64>],
+) -> (u16, serde_json::Value) {
     let mut params = params.clone();
     match params.get("limit").map(|text| text.parse::<usize>()) {
         Some(Ok(limit)) if (1..=max_rows).contains(&limit) => {}
@@ -55,18 +75,29 @@ pub fn list(
                 "limit must be a number of rows from 1 to {max_rows} (total says how many match; narrow with \
                  service, to_kind, table or match)"
             );
-            return (400, serde_json::json!({ "error": message }).to_string());
+            return (400, serde_json::json!({ "error": message }));
         }
         None => {
             params.insert("limit".into(), API_DEFAULT_ROWS.to_string());
         }
     }
-    let mut rows = inspect::rows(store);
-    inspect::annotate(&mut rows, recent);
-    let total = rows.len();
-    match query_of(&params).and_then(|query| query.apply(rows).map_err(|error| error.to_string())) {
-        Ok(rows) => (200, serde_json::json!({ "total": total, "rows": rows }).to_string()),
-        Err(error) => (400, serde_json::json!({ "error": error }).to_string()),
+    let query = match query_of(&params) {
+        Ok(query) => query,
+        Err(error) => return (400, serde_json::json!({ "error": error })),
+    };
+    let limit = query.limit.unwrap_or(API_DEFAULT_ROWS);
+    let answer = if by_samples && query.is_everything_by_samples() {
+        let mut rows: Vec<BaselineRow> = candidates.take(limit).cloned().collect();
+        inspect::annotate(&mut rows, recent);
+        Ok(rows)
+    } else {
+        let mut rows: Vec<BaselineRow> = candidates.filter(|row| query.matches(row)).cloned().collect();
+        inspect::annotate(&mut rows, recent);
+        query.apply(rows)
+    };
+    match answer {
+        Ok(rows) => (200, serde_json::json!({ "total": total, "rows": rows })),
+        Err(error) => (400, serde_json::json!({ "error": error.to_string() })),
     }
 }
 
@@ -131,7 +162,11 @@ fn node_name(service: &str, operation: &str) -> String {
 
 /// Why an alert fired: the alert, the rule, the baselines of its edge and entry as they are
 /// now, and the tuning that applies to it.
-pub fn explanation(alert: &Alert, rows: &[BaselineRow], tuning: &Tuning) -> serde_json::Value {
+pub fn explanation<'a>(
+    alert: &Alert,
+    rows: impl IntoIterator<Item = &'a BaselineRow>,
+    tuning: &Tuning,
+) -> serde_json::Value {
     let edge = alert.edge.as_ref().map(|e| {
         format!("{} -> {}", node_name(&e.from.service, &e.from.operation), node_name(&e.to.service, &e.to.operation))
     });
@@ -145,7 +180,7 @@ pub fn explanation(alert: &Alert, rows: &[BaselineRow], tuning: &Tuning) -> serd
     // baseline (or a request against the whole system's): `baseline.from` says which.
     let from = alert.baseline.from.as_deref();
     let baselines: Vec<&BaselineRow> = rows
-        .iter()
+        .into_iter()
         .filter(|r| {
             let on_edge = edge.is_some() && r.edge == edge && (r.entry.is_none() || r.entry == entry);
             let on_entry = edge.is_none() && r.edge.is_none() && entry.is_some() && r.entry == entry;
@@ -227,11 +262,16 @@ pub(crate) const RECENT_ALERTS: usize = 1000;
 /// The admin token file in a models directory.
 pub const TOKEN_FILE: &str = "admin.token";
 
-/// `GET /api/graph`: the last judged window's call graph at service level, at most `limit`
-/// edges (the busiest half and the most anomalous half), each with the recent alerts on it;
-/// with `focus`, only the edges of the nodes whose name contains it.
-fn graph(engine: &Engine, limit: usize, focus: Option<&str>, recent: &VecDeque<Alert>) -> (u16, String) {
-    let mut graph = stormwatch_detect::graph::service_graph(&engine.edge_gauges(usize::MAX), limit, focus);
+/// `GET /api/graph`: the last judged window's call graph at service level (from its edges'
+/// `gauges`), at most `limit` edges (the busiest half and the most anomalous half), each with
+/// the recent alerts on it; with `focus`, only the edges of the nodes whose name contains it.
+fn graph(
+    (gauges, window_end): (&[EdgeGauge], u64),
+    limit: usize,
+    focus: Option<&str>,
+    recent: &[Arc<Alert>],
+) -> serde_json::Value {
+    let mut graph = stormwatch_detect::graph::service_graph(gauges, limit, focus);
     for edge in &mut graph.edges {
         edge.alerts = recent
             .iter()
@@ -239,17 +279,17 @@ fn graph(engine: &Engine, limit: usize, focus: Option<&str>, recent: &VecDeque<A
             .filter(|e| e.from.service == edge.from && e.to.service == edge.to && e.to.kind == edge.to_kind)
             .count();
     }
-    let window_end = match engine.last_window_end() {
+    let window_end = match window_end {
         0 => serde_json::Value::Null,
         end => stormwatch_model::rfc3339(end).into(),
     };
     let mut body = serde_json::to_value(&graph).unwrap_or_default();
     body["window_end"] = window_end;
-    (200, body.to_string())
+    body
 }
 
 /// `GET /api/alerts`: the newest first, of `kind`, whose edge or entry contains `matching`.
-fn alerts(recent: &VecDeque<Alert>, limit: usize, kind: Option<&str>, matching: Option<&str>) -> (u16, String) {
+fn alerts(recent: &[Arc<Alert>], limit: usize, kind: Option<&str>, matching: Option<&str>) -> (u16, String) {
     let contains = |alert: &Alert, text: &str| {
         let edge = serde_json::to_string(&alert.edge).unwrap_or_default();
         let entry = serde_json::to_string(&alert.entry).unwrap_or_default();
@@ -257,6 +297,7 @@ fn alerts(recent: &VecDeque<Alert>, limit: usize, kind: Option<&str>, matching: 
     };
     let matching: Vec<&Alert> = recent
         .iter()
+        .map(Arc::as_ref)
         .rev()
         .filter(|a| kind.is_none_or(|k| a.kind.as_str() == k))
         .filter(|a| matching.is_none_or(|m| contains(a, m)))
@@ -269,41 +310,28 @@ fn error(status: u16, message: String) -> (u16, String) {
     (status, serde_json::json!({ "error": message }).to_string())
 }
 
-/// Answers an admin API question on the engine thread.
+/// Answers an admin API question on the engine thread: the writes, whose order matters, and
+/// the export of the whole store. Reads are answered off it, from the [`AdminView`].
 pub(crate) fn answer(
     engine: &mut Engine,
     query: AdminQuery,
     watch: Option<&mut TuningWatch>,
-    recent: &VecDeque<Alert>,
+    view: Option<&AdminView>,
 ) {
     let response = match (query.request, watch) {
-        (AdminRequest::Baselines(params), _) => {
-            let recent: Vec<BTreeMap<String, f64>> = engine
-                .recent_windows()
-                .map(|(_, rates)| rates.iter().map(|(edge, rate)| (edge.to_string(), *rate)).collect())
-                .collect();
-            list(engine.store(), &recent, &params, API_MAX_ROWS)
-        }
         (AdminRequest::Snapshot, _) => {
             (200, String::from_utf8(stormwatch_baseline::encode_snapshot(engine.store())).unwrap_or_default())
         }
         (AdminRequest::Import { document }, _) => import(engine, &document, &query.who),
-        (AdminRequest::Graph { limit, focus }, _) => graph(engine, limit, focus.as_deref(), recent),
-        (AdminRequest::Alerts { limit, kind, matching }, _) => {
-            alerts(recent, limit, kind.as_deref(), matching.as_deref())
+        (AdminRequest::ChangeTuning { .. }, None) => error(503, "this engine has no tuning file".into()),
+        (AdminRequest::ChangeTuning { change }, Some(watch)) => {
+            let answer = change_tuning(engine, watch, &change, &query.who);
+            if let Some(view) = view {
+                view.set_tuning(engine.tuning());
+            }
+            answer
         }
-        (AdminRequest::Explain { id }, _) => match find(recent.iter(), &id) {
-            None => error(
-                404,
-                format!("no recent alert has id or fingerprint {id:?} (this engine keeps its last {RECENT_ALERTS})"),
-            ),
-            Some(alert) => (200, explanation(alert, &inspect::rows(engine.store()), engine.tuning()).to_string()),
-        },
-        (AdminRequest::Tuning | AdminRequest::ChangeTuning { .. }, None) => {
-            error(503, "this engine has no tuning file".into())
-        }
-        (AdminRequest::Tuning, Some(watch)) => tuning(engine, watch),
-        (AdminRequest::ChangeTuning { change }, Some(watch)) => change_tuning(engine, watch, &change, &query.who),
+        (read, _) => error(500, format!("{read:?} is answered from the published view, not by the engine thread")),
     };
     let _ = query.reply.send(response);
 }
@@ -320,22 +348,6 @@ fn import(engine: &mut Engine, document: &str, who: &str) -> (u16, String) {
         }
         Err(e) => error(400, e.to_string()),
     }
-}
-
-/// `GET /api/tuning`: the file, what it does, and what it shadowed and suppressed so far.
-fn tuning(engine: &Engine, watch: &TuningWatch) -> (u16, String) {
-    let text = std::fs::read_to_string(watch.path()).unwrap_or_default();
-    let stats = engine.stats();
-    let shadowed: BTreeMap<&str, u64> =
-        AlertKind::ALL.iter().zip(stats.shadowed).filter(|(_, n)| *n > 0).map(|(kind, n)| (kind.as_str(), n)).collect();
-    let body = serde_json::json!({
-        "path": watch.path().display().to_string(),
-        "summary": crate::tuning::describe(engine.tuning()),
-        "shadowed": shadowed,
-        "suppressed": stats.suppressed,
-        "text": text,
-    });
-    (200, body.to_string())
 }
 
 /// `POST /api/tuning`: one change appended to the file (with who made it) and put in force.

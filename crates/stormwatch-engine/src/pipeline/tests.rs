@@ -1,13 +1,15 @@
 //! The pipeline on tokio's runtime: spans in through the queue, alerts out to a real file, the
-//! snapshot written at the end, admin questions and tuning reloads handled between batches.
+//! snapshot written at the end, admin reads answered from the published view and tuning
+//! reloads handled between batches.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use stormwatch_io::admin::{AdminQuery, AdminRequest};
+use stormwatch_io::admin::{AdminReads, AdminRequest};
 use stormwatch_model::builder::TraceBuilder;
 use stormwatch_model::Span;
-use tokio::sync::oneshot;
+
+use crate::admin::AdminView;
 
 use super::*;
 
@@ -41,10 +43,11 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     panic!("{what} did not happen within a minute");
 }
 
-async fn ask(queries: &std::sync::mpsc::Sender<AdminQuery>, request: AdminRequest) -> (u16, serde_json::Value) {
-    let (reply, answer) = oneshot::channel();
-    queries.send(AdminQuery { request, who: "test".into(), reply }).unwrap();
-    let (status, body) = answer.await.unwrap();
+/// A read of the admin API, answered by the published view (off the engine thread, as the
+/// API does).
+async fn read(view: &Arc<AdminView>, request: AdminRequest) -> (u16, serde_json::Value) {
+    let view = view.clone();
+    let (status, body) = tokio::task::spawn_blocking(move || view.answer(&request).expect("a read")).await.unwrap();
     (status, serde_json::from_str(&body).unwrap())
 }
 
@@ -56,10 +59,10 @@ async fn spans_in_alerts_out_and_a_snapshot_at_the_end() {
     let dir = tempfile::tempdir().unwrap();
     let alerts_file = dir.path().join("alerts.jsonl");
     let sink = AlertSink::lines(false, Some(&alerts_file)).await.unwrap();
-    let (queries, questions) = std::sync::mpsc::channel();
+    let view = Arc::new(AdminView::new(None, &Default::default()));
     let options = EngineOptions {
         snapshot: Some((dir.path().to_path_buf(), None)),
-        queries: Some(questions),
+        view: Some(view.clone()),
         ..EngineOptions::default()
     };
     let (pipeline, queue) = Pipeline::start(config(), BaselineStore::new(10_000), sink, (64, 100_000), options);
@@ -80,7 +83,7 @@ async fn spans_in_alerts_out_and_a_snapshot_at_the_end() {
     }
     let mut alerts = serde_json::Value::Null;
     for _ in 0..6_000 {
-        let (status, body) = ask(&queries, AdminRequest::Alerts { limit: 10, kind: None, matching: None }).await;
+        let (status, body) = read(&view, AdminRequest::Alerts { limit: 10, kind: None, matching: None }).await;
         assert_eq!(status, 200);
         if body["alerts"].as_array().is_some_and(|a| !a.is_empty()) {
             alerts = body;
@@ -90,7 +93,6 @@ async fn spans_in_alerts_out_and_a_snapshot_at_the_end() {
     }
     let alert = &alerts["alerts"][0];
     assert_eq!(alert["edge"]["to"]["service"], "postgresql:orders", "{alerts}");
-    drop(queries);
     drop(queue);
     let report = pipeline.finish(None).await.unwrap();
     assert_eq!(report.spans_accepted, spans);
@@ -109,9 +111,9 @@ async fn tuning_edits_are_reloaded_on_request_and_bad_ones_refused() {
     let path = dir.path().join(crate::tuning::TUNING_FILE);
     std::fs::write(&path, "").unwrap();
     let reload = Arc::new(AtomicBool::new(false));
-    let (queries, questions) = std::sync::mpsc::channel();
+    let view = Arc::new(AdminView::new(Some(path.clone()), &Default::default()));
     let options = EngineOptions {
-        queries: Some(questions),
+        view: Some(view.clone()),
         tuning: TuningOptions {
             watch: Some(TuningWatch::new(path.clone())),
             reload: reload.clone(),
@@ -125,16 +127,16 @@ async fn tuning_edits_are_reloaded_on_request_and_bad_ones_refused() {
     std::fs::write(&path, "[detectors]\nretry_storm = \"shadow\"\n").unwrap();
     reload.store(true, Ordering::Relaxed);
     eventually("the reload", || Metrics::get(&metrics.tuning_reloads_total) >= 1).await;
-    let (status, body) = ask(&queries, AdminRequest::Tuning).await;
+    let (status, body) = read(&view, AdminRequest::Tuning).await;
     assert_eq!(status, 200);
     assert!(body["summary"].as_str().unwrap().contains("1 detectors in shadow"), "{body}");
     std::fs::write(&path, "[detectors]\nretry_storms = \"shadow\"\n").unwrap();
     reload.store(true, Ordering::Relaxed);
     eventually("the refusal", || Metrics::get(&metrics.tuning_reload_failures_total) >= 1).await;
-    let (_, body) = ask(&queries, AdminRequest::Tuning).await;
+    let (_, body) = read(&view, AdminRequest::Tuning).await;
     assert!(body["summary"].as_str().unwrap().contains("1 detectors in shadow"), "the previous tuning stays: {body}");
-    let (status, _) = ask(&queries, AdminRequest::Baselines(BTreeMap::new())).await;
+    let (status, _) = read(&view, AdminRequest::Baselines(BTreeMap::new())).await;
     assert_eq!(status, 200);
-    drop((queries, queue));
+    drop(queue);
     pipeline.finish(None).await.unwrap();
 }

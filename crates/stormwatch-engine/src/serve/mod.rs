@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use stormwatch_baseline::BaselineStore;
 use stormwatch_io::admin::{serve_admin, AdminApi, AdminQueries, LiveEvents};
+
+use crate::admin::AdminView;
 use stormwatch_io::kafka::source::{GroupState, InputEncoding, KafkaSource, SourceConfig};
 use stormwatch_io::otlp::{serve_grpc, serve_http, Ingest};
 use stormwatch_io::server::body::Intake;
@@ -46,6 +48,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (commits_tx, commits_rx) = std::sync::mpsc::channel();
     let (queries_tx, queries_rx) = std::sync::mpsc::channel();
     let live = stormwatch_io::admin::live_events();
+    let tuning_path = start.tuning.watch.as_ref().map(|watch| watch.path().to_path_buf());
+    let view = Arc::new(AdminView::new(tuning_path, &start.tuning.initial));
     let options = EngineOptions {
         idle_fallback: Some(config.assemble.trace_idle),
         snapshot: Some((config.baseline.models_dir.clone(), Some(config.baseline.snapshot_interval))),
@@ -53,6 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sharing,
         share_baselines: config.baselines_topic().map(|topic| (topic, start.engine_id.clone())),
         queries: Some(queries_rx),
+        view: Some(view.clone()),
         tuning: start.tuning,
         deliver_until_acknowledged: true,
         spool: open_spool(&config)?,
@@ -67,7 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         false => Vec::new(),
     };
     let mut served =
-        Served::spawn(&config, listeners, queue, &metrics, start.tls, (start.admin_token, queries_tx, live))?;
+        Served::spawn(&config, listeners, queue, &metrics, start.tls, (start.admin_token, queries_tx, view, live))?;
     let failure = served.wait(&mut signals).await;
     // A second Ctrl-C (or SIGTERM) skips the flush, e.g. when the alert broker is down and
     // delivery is still being retried.
@@ -301,7 +306,7 @@ impl Served {
         queue: SpanQueue,
         metrics: &Arc<Metrics>,
         tls: Option<[Arc<rustls::ServerConfig>; 3]>,
-        (admin_token, queries, live): (String, AdminQueries, LiveEvents),
+        (admin_token, queries, view, live): (String, AdminQueries, Arc<AdminView>, LiveEvents),
     ) -> anyhow::Result<Served> {
         let (receivers_stop, admin_stop) = (CancellationToken::new(), CancellationToken::new());
         let server = &config.server;
@@ -341,6 +346,7 @@ impl Served {
         let api = AdminApi {
             metrics: metrics.clone(),
             queries: Some(queries),
+            reads: Some(view),
             token: Some(admin_token),
             trace_url_template: server.trace_url_template.clone(),
             live: Some(live),

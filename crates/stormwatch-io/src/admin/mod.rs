@@ -1,7 +1,9 @@
 //! The admin HTTP API: `/healthz` for liveness probes, `/metrics` for Prometheus, and
 //! `/api/...` for what the engine learned and the tuning. The engine thread owns the baselines
-//! and the tuning (no locks), so API calls are questions put to it through [`AdminQuery`]: it
-//! answers between two batches. Writes need `Authorization: Bearer <token>`; API reads are open
+//! and the tuning (no locks). Reads are answered off it, from what it publishes
+//! ([`AdminReads`], on the blocking pool, at most [`MAX_CONCURRENT_READS`] at a time); writes
+//! (and what no published view holds) are questions put to it through [`AdminQuery`], answered
+//! between two batches, so their order is kept. Writes need `Authorization: Bearer <token>`; API reads are open
 //! when the admin API listens on loopback, and need the token too otherwise (`/healthz` and
 //! `/metrics` stay open for probes and scrapers).
 //!
@@ -31,127 +33,9 @@ use crate::server::host::AllowedHosts;
 use crate::server::{ConnectionLimits, Listener};
 use crate::Metrics;
 
-/// A question for the engine thread: what is asked, who asked, and where to send the answer
-/// (HTTP status, JSON body).
-#[derive(Debug)]
-pub struct AdminQuery {
-    /// The route and its parameters, parsed once (here, in the API).
-    pub request: AdminRequest,
-    /// Who asked (`X-Stormwatch-User`, else "api"), for the audit trail.
-    pub who: String,
-    /// Where the answer goes: HTTP status and JSON body.
-    pub reply: oneshot::Sender<(u16, String)>,
-}
+mod request;
 
-/// What the admin API asks the engine thread, one variant per route. Parameters the API can
-/// check on its own are checked before the question is put (a 400 never reaches the engine);
-/// `/api/baselines`' parameters are the query language of `stormwatch_baseline::inspect`, which
-/// the engine (and `stormwatch baseline list` offline) checks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdminRequest {
-    /// `GET /api/baselines`: the rows these parameters select.
-    Baselines(BTreeMap<String, String>),
-    /// `GET /api/graph`: the last judged window's service graph, at most `limit` edges, only
-    /// those of nodes whose name contains `focus` when given.
-    Graph {
-        /// Most edges (1 to [`MAX_GRAPH_EDGES`]; [`DEFAULT_GRAPH_EDGES`] when not given).
-        limit: usize,
-        /// Text a node's name must contain.
-        focus: Option<String>,
-    },
-    /// `GET /api/alerts`: the newest recent alerts first.
-    Alerts {
-        /// Most alerts (100 when not given or not a number).
-        limit: usize,
-        /// Only this kind (`n_plus_one`, ...).
-        kind: Option<String>,
-        /// Only alerts whose edge or entry contains this text.
-        matching: Option<String>,
-    },
-    /// `GET /api/explain?id=`: why a recent alert (by id or fingerprint) fired.
-    Explain {
-        /// An alert id or fingerprint.
-        id: String,
-    },
-    /// `GET /api/snapshot`: the baselines as a snapshot document.
-    Snapshot,
-    /// `POST /api/snapshot`: replace the baselines (authenticated; the body within its limit).
-    Import {
-        /// The snapshot document.
-        document: String,
-    },
-    /// `GET /api/tuning`: the tuning file and what it does.
-    Tuning,
-    /// `POST /api/tuning`: one tuning change, JSON (authenticated).
-    ChangeTuning {
-        /// The change, as sent.
-        change: String,
-    },
-}
-
-/// Edges `/api/graph` shows when `limit` is not given.
-pub const DEFAULT_GRAPH_EDGES: usize = 200;
-/// Most edges one `/api/graph` answer may ask for.
-pub const MAX_GRAPH_EDGES: usize = 10_000;
-/// Alerts `/api/alerts` shows when `limit` is not given.
-pub const DEFAULT_ALERTS: usize = 100;
-
-/// A question the API refuses before asking the engine (answered 400).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AdminRequestError {
-    /// A parameter the route does not take.
-    #[error("unknown parameter {name:?}: {route} takes {takes}")]
-    UnknownParameter {
-        /// The parameter sent.
-        name: String,
-        /// The route asked.
-        route: &'static str,
-        /// The parameters it takes, in words.
-        takes: &'static str,
-    },
-    /// `limit` out of its range.
-    #[error("limit must be a number from 1 to {most}")]
-    Limit {
-        /// The largest `limit` taken.
-        most: usize,
-    },
-    /// `/api/explain` without `id`.
-    #[error("explain needs ?id=ALERT_ID_OR_FINGERPRINT")]
-    MissingId,
-}
-
-impl AdminRequest {
-    /// `GET /api/graph?limit=N&focus=TEXT`, or why it is refused.
-    pub fn graph(params: &BTreeMap<String, String>) -> Result<AdminRequest, AdminRequestError> {
-        if let Some(unknown) = params.keys().find(|k| !["limit", "focus"].contains(&k.as_str())) {
-            let (route, takes) = ("/api/graph", "limit and focus");
-            return Err(AdminRequestError::UnknownParameter { name: unknown.clone(), route, takes });
-        }
-        let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
-            None => DEFAULT_GRAPH_EDGES,
-            Some(Ok(limit)) if (1..=MAX_GRAPH_EDGES).contains(&limit) => limit,
-            Some(_) => return Err(AdminRequestError::Limit { most: MAX_GRAPH_EDGES }),
-        };
-        Ok(AdminRequest::Graph { limit, focus: params.get("focus").cloned() })
-    }
-
-    /// `GET /api/alerts?limit=N&kind=KIND&match=TEXT`.
-    pub fn alerts(params: &BTreeMap<String, String>) -> AdminRequest {
-        AdminRequest::Alerts {
-            limit: params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(DEFAULT_ALERTS),
-            kind: params.get("kind").cloned(),
-            matching: params.get("match").cloned(),
-        }
-    }
-
-    /// `GET /api/explain?id=ID`, or why it is refused.
-    pub fn explain(params: &BTreeMap<String, String>) -> Result<AdminRequest, AdminRequestError> {
-        match params.get("id") {
-            Some(id) => Ok(AdminRequest::Explain { id: id.clone() }),
-            None => Err(AdminRequestError::MissingId),
-        }
-    }
-}
+pub use request::{AdminQuery, AdminRequest, AdminRequestError, DEFAULT_ALERTS, DEFAULT_GRAPH_EDGES, MAX_GRAPH_EDGES};
 
 /// The admin API's side of the engine thread's question channel.
 pub type AdminQueries = std::sync::mpsc::Sender<AdminQuery>;
@@ -185,6 +69,8 @@ pub struct AdminApi {
     pub metrics: Arc<Metrics>,
     /// The engine thread's question channel; `None`: API questions get 503s.
     pub queries: Option<AdminQueries>,
+    /// What the engine publishes for reads; `None`: reads are questions to the engine thread.
+    pub reads: Option<Arc<dyn AdminReads>>,
     /// Writes need it; `None`: writes are refused.
     pub token: Option<String>,
     /// The console's link to a trace in the user's tracing UI, `{trace_id}` replaced.
@@ -209,6 +95,16 @@ impl std::fmt::Debug for AdminApi {
     }
 }
 
+/// Answers admin API reads from what the engine publishes, without the engine thread.
+pub trait AdminReads: Send + Sync {
+    /// The status and JSON body answering `request`, or `None` when only the engine thread can
+    /// answer it (a write, an export of the whole store).
+    fn answer(&self, request: &AdminRequest) -> Option<(u16, String)>;
+}
+
+/// Reads answered at once off the engine thread; more wait their turn.
+pub const MAX_CONCURRENT_READS: usize = 4;
+
 /// Largest tuning change `POST /api/tuning` takes.
 pub const MAX_TUNING_CHANGE_BYTES: usize = 64 * 1024;
 
@@ -219,6 +115,9 @@ pub const MAX_USER_BYTES: usize = 64;
 struct AdminState {
     metrics: Arc<Metrics>,
     queries: Option<AdminQueries>,
+    reads: Option<Arc<dyn AdminReads>>,
+    /// Reads under way off the engine thread.
+    reading: Arc<tokio::sync::Semaphore>,
     /// Writes need it; `None`: writes are refused.
     token: Option<Arc<str>>,
     /// API reads without the token (the admin API listens on loopback).
@@ -302,9 +201,21 @@ fn error(status: u16, message: &str) -> axum::response::Response {
     json(status, serde_json::json!({ "error": message }).to_string())
 }
 
-/// Asks the engine thread and waits (the engine answers within its next 100 ms tick unless a
-/// large batch is being processed).
+/// Answers from what the engine published when that holds the answer (on the blocking pool,
+/// [`MAX_CONCURRENT_READS`] at a time); else asks the engine thread and waits (it answers
+/// within its next 100 ms tick unless a large batch is being processed).
 async fn ask(state: &AdminState, request: AdminRequest, who: String) -> axum::response::Response {
+    if let Some(reads) = &state.reads {
+        let Ok(_turn) = state.reading.acquire().await else {
+            return error(503, "the engine is shutting down");
+        };
+        let (reads, asked) = (reads.clone(), request.clone());
+        match tokio::task::spawn_blocking(move || reads.answer(&asked)).await {
+            Ok(Some((status, body))) => return json(status, body),
+            Ok(None) => {}
+            Err(_) => return error(500, "the read failed; see the engine's log"),
+        }
+    }
     let Some(queries) = &state.queries else {
         return error(503, "no engine answers API queries in this process");
     };
@@ -541,6 +452,8 @@ pub fn admin_router(api: AdminApi, open_reads: bool, shutdown: CancellationToken
     let state = AdminState {
         metrics: api.metrics,
         queries: api.queries,
+        reads: api.reads,
+        reading: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_READS)),
         token: api.token.map(Arc::from),
         open_reads,
         trace_url_template: api.trace_url_template.into(),

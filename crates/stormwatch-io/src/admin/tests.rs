@@ -9,6 +9,7 @@ fn api(metrics: Arc<Metrics>, token: Option<&str>) -> AdminApi {
     AdminApi {
         metrics,
         queries: None,
+        reads: None,
         token: token.map(String::from),
         trace_url_template: String::new(),
         live: Some(live_events()),
