@@ -94,9 +94,10 @@ struct Window {
     end: u64,
     /// Event time the baselines had learned up to at the publication.
     watermark: u64,
-    gauges: Vec<EdgeGauge>,
-    /// The last windows' calls per entry request, by edge name, oldest first.
-    recent: Vec<BTreeMap<String, f64>>,
+    /// Shared between the publications of one window.
+    gauges: Arc<Vec<EdgeGauge>>,
+    /// The last windows' calls per entry request, by edge name, oldest first (shared alike).
+    recent: Arc<Vec<BTreeMap<String, f64>>>,
 }
 
 /// The rows as readers show them, most samples first, then by key.
@@ -169,24 +170,21 @@ impl AdminView {
         let (all, figures) = engine.take_changed_rows();
         let end = engine.last_window_end();
         let watermark = engine.store().watermark();
-        let mut published = lock(&self.published);
-        // The graph and the recent windows change when a window closes.
-        let publication = published.count + 1;
-        let window = if published.window.end == end && published.count > 0 {
-            Arc::new(Window {
-                publication,
-                end,
-                watermark,
-                gauges: published.window.gauges.clone(),
-                recent: published.window.recent.clone(),
-            })
+        // The graph and the recent windows change when a window closes: made then, outside the
+        // lock, and shared by the publications until the next.
+        let last = lock(&self.published).window.clone();
+        let (gauges, recent) = if last.end == end && last.publication > 0 {
+            (last.gauges.clone(), last.recent.clone())
         } else {
             let recent = engine
                 .recent_windows()
                 .map(|(_, rates)| rates.iter().map(|(edge, rate)| (edge.to_string(), *rate)).collect())
                 .collect();
-            Arc::new(Window { publication, end, watermark, gauges: engine.edge_gauges(usize::MAX), recent })
+            (Arc::new(engine.edge_gauges(usize::MAX)), Arc::new(recent))
         };
+        let mut published = lock(&self.published);
+        let publication = published.count + 1;
+        let window = Arc::new(Window { publication, end, watermark, gauges, recent });
         if all {
             published.figures.clear();
             published.all = true;
