@@ -128,6 +128,15 @@ impl RowKey {
     pub(crate) fn window_class((class, edge): (RootClass, Edge)) -> RowKey {
         RowKey::WindowClass(class, edge)
     }
+
+    /// What the table's stored values are divided by to be shown in its unit: time per request
+    /// is learned in microseconds and shown in milliseconds, window values in thousandths.
+    fn scale(&self) -> f64 {
+        match self {
+            RowKey::RequestWork(..) | RowKey::Window(..) | RowKey::WindowClass(..) => 1000.0,
+            _ => 1.0,
+        }
+    }
 }
 
 /// A row's figures as learned (quantiles in the table's stored unit), without its names: cheap
@@ -162,20 +171,20 @@ impl RowFigures {
 
     /// The row as people read it: named, in the measured unit.
     pub fn render(&self) -> BaselineRow {
-        let (table, edge, entry, scale): (String, Option<&Edge>, Option<&RootClass>, f64) = match &self.key {
-            RowKey::Fanout(edge) => ("calls_per_parent".into(), Some(edge), None, 1.0),
-            RowKey::RequestEdge(class, edge) => ("calls_per_request".into(), Some(edge), Some(class), 1.0),
-            RowKey::RequestWork(class, edge) => ("work_ms_per_request".into(), Some(edge), Some(class), 1000.0),
+        let (table, edge, entry): (String, Option<&Edge>, Option<&RootClass>) = match &self.key {
+            RowKey::Fanout(edge) => ("calls_per_parent".into(), Some(edge), None),
+            RowKey::RequestEdge(class, edge) => ("calls_per_request".into(), Some(edge), Some(class)),
+            RowKey::RequestWork(class, edge) => ("work_ms_per_request".into(), Some(edge), Some(class)),
             RowKey::RequestBytes(class, edge) => {
                 let metric = match edge.to.kind.payload_unit() {
                     PayloadUnit::Bytes => "bytes_per_request",
                     PayloadUnit::Rows => "rows_per_request",
                 };
-                (metric.into(), Some(edge), Some(class), 1.0)
+                (metric.into(), Some(edge), Some(class))
             }
-            RowKey::RequestTotal(class, metric) => (format!("per_request:{}", metric.as_str()), None, Some(class), 1.0),
+            RowKey::RequestTotal(class, metric) => (format!("per_request:{}", metric.as_str()), None, Some(class)),
             RowKey::ClassScope(scope, metric) => {
-                let mut row = self.named(format!("{}_per_request:{}", scope.level(), metric.as_str()), None, None, 1.0);
+                let mut row = self.named(format!("{}_per_request:{}", scope.level(), metric.as_str()), None, None);
                 row.entry = match scope {
                     ClassScope::Route { service, operation } => Some(format!("{service} `{operation}`")),
                     ClassScope::Service(service) => Some(service.to_string()),
@@ -184,18 +193,18 @@ impl RowFigures {
                 return row;
             }
             RowKey::EdgeScope(scope) => {
-                let mut row = self.named(format!("{}_per_parent", scope.level()), None, None, 1.0);
+                let mut row = self.named(format!("{}_per_parent", scope.level()), None, None);
                 row.edge = Some(scope.name());
                 row.to_kind = Some(scope.kind().as_str().into());
                 return row;
             }
-            RowKey::Window(metric, edge) => (format!("window:{}", metric.as_str()), Some(edge), None, 1000.0),
-            RowKey::WindowClass(class, edge) => ("window_share".into(), Some(edge), Some(class), 1000.0),
+            RowKey::Window(metric, edge) => (format!("window:{}", metric.as_str()), Some(edge), None),
+            RowKey::WindowClass(class, edge) => ("window_share".into(), Some(edge), Some(class)),
         };
-        self.named(table, edge, entry, scale)
+        self.named(table, edge, entry)
     }
 
-    fn named(&self, table: String, edge: Option<&Edge>, entry: Option<&RootClass>, scale: f64) -> BaselineRow {
+    fn named(&self, table: String, edge: Option<&Edge>, entry: Option<&RootClass>) -> BaselineRow {
         let mut row = BaselineRow {
             table,
             edge: edge.map(|e| e.to_string()),
@@ -211,21 +220,14 @@ impl RowFigures {
             recent: Vec::new(),
             score: None,
         };
-        self.refresh_with(&mut row, scale);
+        self.refresh(&mut row);
         row
     }
 
     /// Brings `row`, this baseline's row as rendered before, to these figures: the names stay,
     /// the numbers change (nothing is allocated).
     pub fn refresh(&self, row: &mut BaselineRow) {
-        let scale = match self.key {
-            RowKey::RequestWork(..) | RowKey::Window(..) | RowKey::WindowClass(..) => 1000.0,
-            _ => 1.0,
-        };
-        self.refresh_with(row, scale);
-    }
-
-    fn refresh_with(&self, row: &mut BaselineRow, scale: f64) {
+        let scale = self.key.scale();
         row.median = self.median as f64 / scale;
         row.p99 = self.p99 as f64 / scale;
         row.p999 = self.p999 as f64 / scale;
@@ -238,7 +240,12 @@ impl RowFigures {
 
 /// The figures of every baseline of `store`, table by table.
 pub fn figures(store: &BaselineStore) -> Vec<RowFigures> {
-    store.row_keys().filter_map(|key| Some(RowFigures::of(key, store.distribution(&key)?))).collect()
+    figures_of(store, store.row_keys())
+}
+
+/// The figures of the baselines `keys` name (those still there).
+fn figures_of(store: &BaselineStore, keys: impl IntoIterator<Item = RowKey>) -> Vec<RowFigures> {
+    keys.into_iter().filter_map(|key| Some(RowFigures::of(key, store.distribution(&key)?))).collect()
 }
 
 /// The figures of the baselines of `store` that changed since the last call (every one the
@@ -246,9 +253,7 @@ pub fn figures(store: &BaselineStore) -> Vec<RowFigures> {
 pub fn take_changed(store: &mut BaselineStore) -> (bool, Vec<RowFigures>) {
     match store.take_changes() {
         Changed::All => (true, figures(store)),
-        Changed::Keys(keys) => {
-            (false, keys.into_iter().filter_map(|key| Some(RowFigures::of(key, store.distribution(&key)?))).collect())
-        }
+        Changed::Keys(keys) => (false, figures_of(store, keys)),
     }
 }
 
@@ -319,6 +324,12 @@ impl Query {
     /// exist.
     pub fn apply(&self, mut rows: Vec<BaselineRow>) -> Result<Vec<BaselineRow>, UnknownSortKey> {
         rows.retain(|row| self.matches(row));
+        self.order(rows)
+    }
+
+    /// `rows` (already filtered) sorted and cut to the limit; `Err` names a sort key that does
+    /// not exist.
+    pub fn order(&self, rows: Vec<BaselineRow>) -> Result<Vec<BaselineRow>, UnknownSortKey> {
         let by = |row: &BaselineRow| -> f64 {
             match self.sort.as_deref() {
                 Some("p99") => row.p99,

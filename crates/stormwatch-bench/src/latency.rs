@@ -1,9 +1,9 @@
 //! Alert latency at 70% of the engine's measured gRPC throughput.
 
 use crate::human;
-use crate::polling::{open_dashboards, Pollers, POLLED_EDGES, POLLERS};
+use crate::polling::Pollers;
 use crate::process::{metric, serve_args, spawn_listening, Listeners};
-use crate::runs::Setup;
+use crate::runs::{Extras, Setup};
 use crate::send::{send, EXPORTER_BACKOFF};
 use crate::traffic::{generate, spans_sent, Batch};
 use anyhow::{bail, Context};
@@ -30,34 +30,6 @@ share = 0.02
 detect_as = ["n_plus_one"]
 "#;
 
-/// What a latency run has beyond its traffic (the admin-polling runs'): baselines the engine
-/// starts from, and clients polling its admin API while it takes the traffic.
-#[derive(Clone, Default)]
-pub(crate) struct LatencyRun {
-    /// A snapshot document written to the run's models directory before the engine starts.
-    pub(crate) snapshot: Option<Arc<Vec<u8>>>,
-    /// Whether [`Pollers`] read the admin API while the traffic is sent.
-    pub(crate) pollers: bool,
-}
-
-impl LatencyRun {
-    /// The run's name, for its models directory and its report.
-    fn name(&self) -> &'static str {
-        match (&self.snapshot, self.pollers) {
-            (None, false) => "latency",
-            (_, false) => "latency-loaded",
-            (_, true) => "latency-polled",
-        }
-    }
-
-    /// What the report says of the run, after its rate.
-    fn described(&self) -> String {
-        let loaded = self.snapshot.as_ref().map(|_| format!(", {} edges tracked", human(POLLED_EDGES as f64)));
-        let polled = self.pollers.then(|| format!(", {POLLERS} clients polling the admin API"));
-        format!("{}{}", loaded.unwrap_or_default(), polled.unwrap_or_default())
-    }
-}
-
 /// Alert latency at `rate` spans/s: event time at wall-clock speed, an N+1 attack in a small
 /// share of requests, every alert emitted (no throttling); with what `run` adds.
 pub(crate) async fn latency(
@@ -65,7 +37,7 @@ pub(crate) async fn latency(
     rate: f64,
     seconds: u64,
     batch_spans: usize,
-    run: &LatencyRun,
+    run: &Extras,
 ) -> anyhow::Result<()> {
     let scenario = latency_scenario(rate, seconds, batch_spans)?;
     eprintln!(
@@ -88,20 +60,12 @@ pub(crate) async fn latency(
         "[output]\nstdout = false\n\n[detect]\nthrottle = \"0s\"\n\n[assemble]\nmax_in_flight_spans = {in_flight}\n\n\
          [baseline]\nsnapshot_interval = \"1h\"\n"
     );
-    let name = run.name();
-    let models = setup.dir.join(format!("models-{name}"));
-    if let Some(document) = &run.snapshot {
-        stormwatch_baseline::write_snapshot_document(&models, document)?;
-    }
+    let (name, models) = run.prepare(setup, "latency")?;
     let alerts_file = setup.dir.join(format!("{name}-alerts.jsonl"));
     let alerts = alerts_file.display().to_string();
-    let args_for = |l: &Listeners| serve_args(&setup.dir, name, &config, l, &["--alerts-file", &alerts]);
+    let args_for = |l: &Listeners| serve_args(&setup.dir, &name, &config, l, &["--alerts-file", &alerts]);
     let (mut target, listeners) = spawn_listening("engine", &setup.dir, args_for, |l| vec![l.grpc, l.admin]).await?;
-    if run.pollers {
-        if let Err(error) = open_dashboards(listeners.admin).await {
-            return Err(target.failure(&format!("the admin API: {error:#}")));
-        }
-    }
+    run.open_dashboards(&mut target, listeners.admin).await?;
     // Start when the traffic's event time begins.
     let start_at = UNIX_EPOCH + Duration::from_secs(scenario.start_unix_seconds);
     if let Ok(wait) = start_at.duration_since(SystemTime::now()) {
@@ -194,7 +158,7 @@ fn report(
     seen: &[(String, Instant)],
     started: Instant,
     (rate, achieved, retries): (f64, f64, u64),
-    run: &LatencyRun,
+    run: &Extras,
 ) -> anyhow::Result<()> {
     let last_ack = acked.iter().map(|a| a.load(Ordering::Relaxed)).max().unwrap_or(0);
     let cutoff = last_ack.saturating_sub(6_000_000_000);

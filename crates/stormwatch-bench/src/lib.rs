@@ -33,7 +33,7 @@ mod runs;
 mod send;
 mod traffic;
 
-use crate::latency::{latency, LatencyRun};
+use crate::latency::latency;
 use crate::memory::memory_report;
 use crate::overload::overload;
 use crate::polling::admin_polling;
@@ -141,7 +141,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
 
     if args.latency_seconds > 0 && engine_grpc > 0.0 {
-        latency(&setup, engine_grpc * 0.7, args.latency_seconds, args.batch_spans, &LatencyRun::default()).await?;
+        latency(&setup, engine_grpc * 0.7, args.latency_seconds, args.batch_spans, &Extras::default()).await?;
     }
 
     let _ = std::fs::remove_dir_all(&dir);

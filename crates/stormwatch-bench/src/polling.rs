@@ -5,7 +5,7 @@
 //! are open before the traffic starts (each read once). With `--latency-seconds`, the alert
 //! latency is measured both ways too.
 
-use crate::latency::{latency, LatencyRun};
+use crate::latency::latency;
 use crate::memory::synthetic_store;
 use crate::runs::{median, run_server, Extras, Measure, Setup};
 use crate::traffic::Batch;
@@ -184,7 +184,7 @@ pub(crate) async fn admin_polling(
     );
     if let Some((rate, seconds, batch_spans)) = latency_run {
         for pollers in [false, true] {
-            let run = LatencyRun { snapshot: Some(snapshot.clone()), pollers };
+            let run = Extras { snapshot: Some(snapshot.clone()), pollers };
             latency(setup, rate, seconds, batch_spans, &run).await?;
         }
     }

@@ -1,7 +1,8 @@
 //! One measured run of a target: a server fed over the network, a replay of a file, or engines
 //! consuming a Kafka topic.
 
-use crate::polling::{open_dashboards, Polled, Pollers};
+use crate::human;
+use crate::polling::{open_dashboards, Polled, Pollers, POLLED_EDGES, POLLERS};
 use crate::process::{cpu_seconds, is_zombie, metric, serve_args, spawn_listening, status_bytes, Listeners, Target};
 use crate::send::{send, EXPORTER_BACKOFF};
 use crate::traffic::Batch;
@@ -52,19 +53,35 @@ pub(crate) struct Setup {
 }
 
 impl Extras {
-    /// The run's name (its models directory is `models-<name>`), and that directory with the
-    /// snapshot to start from written into it.
-    fn prepare(&self, setup: &Setup, run: usize) -> anyhow::Result<(String, PathBuf)> {
+    /// The run's name, `base` with what it adds (its models directory is `models-<name>`), and
+    /// that directory with the snapshot to start from written into it.
+    pub(crate) fn prepare(&self, setup: &Setup, base: &str) -> anyhow::Result<(String, PathBuf)> {
         let name = match (&self.snapshot, self.pollers) {
-            (None, false) => format!("engine-{run}"),
-            (_, false) => format!("loaded-{run}"),
-            (_, true) => format!("polled-{run}"),
+            (None, false) => base.to_string(),
+            (_, false) => format!("{base}-loaded"),
+            (_, true) => format!("{base}-polled"),
         };
         let models = setup.dir.join(format!("models-{name}"));
         if let Some(document) = &self.snapshot {
             stormwatch_baseline::write_snapshot_document(&models, document)?;
         }
         Ok((name, models))
+    }
+
+    /// With pollers, their dashboards opened on `admin` (each read once) before the clock
+    /// starts; a failure is the target's, with its log.
+    pub(crate) async fn open_dashboards(&self, target: &mut Target, admin: SocketAddr) -> anyhow::Result<()> {
+        if !self.pollers {
+            return Ok(());
+        }
+        open_dashboards(admin).await.map_err(|error| target.failure(&format!("the admin API: {error:#}")))
+    }
+
+    /// What a report says of the run, after its rate.
+    pub(crate) fn described(&self) -> String {
+        let loaded = self.snapshot.as_ref().map(|_| format!(", {} edges tracked", human(POLLED_EDGES as f64)));
+        let polled = self.pollers.then(|| format!(", {POLLERS} clients polling the admin API"));
+        format!("{}{}", loaded.unwrap_or_default(), polled.unwrap_or_default())
     }
 }
 
@@ -79,7 +96,7 @@ pub(crate) async fn run_server(
     (run, extras): (usize, &Extras),
 ) -> anyhow::Result<Measure> {
     let alerts = setup.dir.join(format!("alerts-{run}.jsonl")).display().to_string();
-    let (name, models) = extras.prepare(setup, run)?;
+    let (name, models) = extras.prepare(setup, &format!("engine-{run}"))?;
     let args_for = |listeners: &Listeners| {
         if engine {
             // No periodic snapshot during a run (a loaded store's would take the engine thread
@@ -112,10 +129,8 @@ pub(crate) async fn run_server(
         BenchTransport::Http => format!("http://{http}"),
         BenchTransport::File => unreachable!("files are replayed, not sent"),
     };
-    if engine && extras.pollers {
-        if let Err(error) = open_dashboards(admin).await {
-            return Err(target.failure(&format!("the admin API: {error:#}")));
-        }
+    if engine {
+        extras.open_dashboards(&mut target, admin).await?;
     }
     let pid = target.pid();
     let ready_rss = status_bytes(&pid.to_string(), "VmRSS:").unwrap_or(0);

@@ -93,7 +93,7 @@ pub(crate) fn select<'a>(
     } else {
         let mut rows: Vec<BaselineRow> = candidates.filter(|row| query.matches(row)).cloned().collect();
         inspect::annotate(&mut rows, recent);
-        query.apply(rows)
+        query.order(rows)
     };
     match answer {
         Ok(rows) => (200, serde_json::json!({ "total": total, "rows": rows })),
