@@ -5,20 +5,20 @@
 //! tuning reloads, admin questions, `/metrics` and snapshots.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stormwatch_baseline::{encode_snapshot, write_snapshot_document, BaselineStore};
+use stormwatch_baseline::BaselineStore;
 use stormwatch_detect::{Engine, EngineConfig};
-use stormwatch_io::admin::LiveEvent;
+use stormwatch_io::admin::{AdminRequest, LiveEvent};
 use stormwatch_io::{Batch, EdgeSeries, Metrics, SourcePosition, SourceTopic, SpanReceiver};
 use stormwatch_model::{wall_clock_nanos, Alert};
 use tokio::sync::mpsc;
 
 use crate::delivery::SinkItem;
 use crate::pipeline::{EngineOptions, EngineReport, TuningOptions};
+use crate::saving::{Destinations, Saver};
 use crate::sharing::WindowSharing;
 use crate::tuning::TuningWatch;
 
@@ -68,7 +68,8 @@ struct EngineLoop {
     last_tuning_check: Instant,
     last_snapshot: Instant,
     last_publish: Instant,
-    snapshot_error: Option<String>,
+    /// Snapshots (periodic, the last, exports) are encoded and written on its thread.
+    saver: Saver,
     /// The last judged window the live streams were told of.
     window_told: u64,
     /// Traces split across input partitions already logged.
@@ -96,6 +97,12 @@ impl EngineLoop {
         engine.set_tuning(initial);
         let sharing = options.sharing.take().map(|sharing| WindowSharing::new(sharing, window_nanos));
         let now = Instant::now();
+        let saver = Saver::new(Destinations {
+            dir: options.snapshot.as_ref().map(|(dir, _)| dir.clone()),
+            share: options.share_baselines.clone(),
+            sink: sink.clone(),
+            metrics: metrics.clone(),
+        });
         EngineLoop {
             engine,
             receiver,
@@ -112,7 +119,7 @@ impl EngineLoop {
             last_tuning_check: now,
             last_snapshot: now,
             last_publish: now,
-            snapshot_error: None,
+            saver,
             window_told: 0,
             splits_told: Told::default(),
             services_told: Told::default(),
@@ -288,12 +295,16 @@ impl EngineLoop {
         }
     }
 
-    /// The admin API's writes (and exports), answered between batches; then what the readers
-    /// of the published view asked for.
+    /// The admin API's writes, answered between batches, and exports, copied for the snapshot
+    /// thread; then what the readers of the published view asked for.
     fn answer_queries(&mut self) {
         let view = self.options.view.as_deref();
         if let Some(queries) = &self.options.queries {
             while let Ok(query) = queries.try_recv() {
+                if query.request == AdminRequest::Snapshot {
+                    self.saver.export(self.engine.store(), query.reply);
+                    continue;
+                }
                 crate::admin::answer(&mut self.engine, query, self.tuning_watch.as_mut(), view);
             }
         }
@@ -310,8 +321,8 @@ impl EngineLoop {
             self.tell_input_problems();
         }
         if let Some((_, Some(interval))) = &self.options.snapshot {
-            if self.last_snapshot.elapsed() >= *interval {
-                self.snapshot_error = self.save().and_then(Result::err);
+            // While the last snapshots are still being written, tried again next turn.
+            if self.last_snapshot.elapsed() >= *interval && self.saver.save(self.engine.store()) {
                 self.last_snapshot = Instant::now();
             }
         }
@@ -353,22 +364,6 @@ impl EngineLoop {
         );
     }
 
-    /// The baselines encoded once, then written to the models directory and, in a Kafka group,
-    /// shared. `None` when neither is configured.
-    fn save(&self) -> Option<Result<(), String>> {
-        let dir = self.options.snapshot.as_ref().map(|(dir, _)| dir.as_path());
-        if dir.is_none() && self.options.share_baselines.is_none() {
-            return None;
-        }
-        let document = encode_snapshot(self.engine.store());
-        let written = dir.map(|dir| write_snapshot(&self.engine, &document, dir, &self.metrics));
-        if let Some((topic, key)) = &self.options.share_baselines {
-            let (topic, key) = (topic.clone(), key.clone());
-            let _ = self.sink.blocking_send(SinkItem::Snapshot { topic, key, payload: document });
-        }
-        written
-    }
-
     /// Every sender is gone: flush traces, windows and incidents, settle what is left, write
     /// the last snapshot.
     fn finish(mut self) -> EngineReport {
@@ -381,9 +376,7 @@ impl EngineLoop {
             let settled = self.pending.drain(..).map(|(position, _)| position).collect();
             let _ = self.sink.blocking_send(SinkItem::Settled(settled));
         }
-        if let Some(written) = self.save() {
-            self.snapshot_error = written.err();
-        }
+        let snapshot_error = self.saver.finish(self.engine.store()).and_then(Result::err);
         publish(&self.engine, &self.receiver, &self.metrics, self.options.metrics_top_edges);
         let assembler = self.engine.assembler_stats();
         EngineReport {
@@ -392,7 +385,7 @@ impl EngineLoop {
             late_spans: assembler.late_spans,
             traces_evicted: assembler.traces_evicted,
             edges_tracked: self.engine.store().edges_tracked(),
-            snapshot_error: self.snapshot_error,
+            snapshot_error,
         }
     }
 }
@@ -474,21 +467,6 @@ fn edge_series(gauge: stormwatch_detect::EdgeGauge) -> EdgeSeries {
         calls_per_entry: round(gauge.calls_per_entry),
         p99_per_entry: round(gauge.p99_per_entry),
         score: round(gauge.score),
-    }
-}
-
-/// Writes an encoded snapshot of `engine`'s baselines to the models directory.
-fn write_snapshot(engine: &Engine, document: &[u8], dir: &Path, metrics: &Metrics) -> Result<(), String> {
-    match write_snapshot_document(dir, document) {
-        Ok(path) => {
-            Metrics::add(&metrics.snapshots_written_total, 1);
-            tracing::debug!(path = %path.display(), edges = engine.store().edges_tracked(), "baseline snapshot written");
-            Ok(())
-        }
-        Err(error) => {
-            tracing::error!(%error, "baseline snapshot failed");
-            Err(error.to_string())
-        }
     }
 }
 

@@ -18,6 +18,7 @@ pub mod config;
 mod delivery;
 mod engine_loop;
 mod pipeline;
+mod saving;
 pub mod serve;
 pub mod sharing;
 pub mod tuning;

@@ -1,7 +1,8 @@
 //! The admin API's answers: `/api/baselines` (what `stormwatch baseline list` shows),
 //! `/api/graph`, `/api/alerts`, `/api/explain` and `/api/tuning`, read off the engine thread
-//! from what it publishes ([`AdminView`]); tuning changes, snapshot imports and the snapshot
-//! export, answered on the engine thread between batches.
+//! from what it publishes ([`AdminView`]); tuning changes and snapshot imports, answered on
+//! the engine thread between batches. The snapshot export is a copy of the store the engine
+//! thread makes, encoded off it (`crate::saving`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -310,8 +311,9 @@ fn error(status: u16, message: String) -> (u16, String) {
     (status, serde_json::json!({ "error": message }).to_string())
 }
 
-/// Answers an admin API question on the engine thread: the writes, whose order matters, and
-/// the export of the whole store. Reads are answered off it, from the [`AdminView`].
+/// Answers an admin API write on the engine thread, in order with the traffic. Reads are
+/// answered off it, from the [`AdminView`]; the export of the whole store is encoded off it too
+/// (`crate::saving`).
 pub(crate) fn answer(
     engine: &mut Engine,
     query: AdminQuery,
@@ -319,9 +321,6 @@ pub(crate) fn answer(
     view: Option<&AdminView>,
 ) {
     let response = match (query.request, watch) {
-        (AdminRequest::Snapshot, _) => {
-            (200, String::from_utf8(stormwatch_baseline::encode_snapshot(engine.store())).unwrap_or_default())
-        }
         (AdminRequest::Import { document }, _) => import(engine, &document, &query.who),
         (AdminRequest::ChangeTuning { .. }, None) => error(503, "this engine has no tuning file".into()),
         (AdminRequest::ChangeTuning { change }, Some(watch)) => {
@@ -331,7 +330,7 @@ pub(crate) fn answer(
             }
             answer
         }
-        (read, _) => error(500, format!("{read:?} is answered from the published view, not by the engine thread")),
+        (read, _) => error(500, format!("{read:?} is not answered by the engine thread")),
     };
     let _ = query.reply.send(response);
 }

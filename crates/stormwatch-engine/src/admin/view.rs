@@ -16,8 +16,9 @@
 //! - **Alerts**: appended by the engine as it raises them, the last [`RECENT_ALERTS`] kept.
 //! - **Tuning**: swapped whenever the engine puts one in force.
 //!
-//! Writes (tuning changes, snapshot imports) and the export of the whole store are still
-//! answered on the engine thread, in order with the traffic.
+//! Writes (tuning changes, snapshot imports) are still answered on the engine thread, in order
+//! with the traffic. The export of the whole store is a copy the engine thread makes and the
+//! snapshot thread encodes (`crate::saving`).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -502,6 +503,6 @@ mod tests {
         let ids: Vec<&str> = body["alerts"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
         assert_eq!(ids, [format!("a{}", RECENT_ALERTS + 4), format!("a{}", RECENT_ALERTS + 3)]);
         assert_eq!(lock(&view.alerts).len(), RECENT_ALERTS);
-        assert!(view.answer(&AdminRequest::Snapshot).is_none(), "the export is the engine thread's");
+        assert!(view.answer(&AdminRequest::Snapshot).is_none(), "the export is a copy of the store");
     }
 }
