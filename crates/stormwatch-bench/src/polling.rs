@@ -1,7 +1,7 @@
 //! The admin API's cost to the engine (`bench --admin-polling`): an engine that tracks
 //! [`POLLED_EDGES`] edges (loaded from a snapshot) takes the gRPC traffic with and without
 //! [`POLLERS`] clients reading what a dashboard or a console shows ([`READS`], each client all
-//! three every [`POLL_EVERY`]), the two taking turns over the runs; medians. The dashboards
+//! three every [`POLL_EVERY`]), in pairs over the runs (which goes first alternates); medians. The dashboards
 //! are open before the traffic starts (each read once). With `--latency-seconds`, the alert
 //! latency is measured both ways too.
 
@@ -135,56 +135,13 @@ pub(crate) async fn admin_polling(
     let (mut without, mut with) = (Vec::new(), Vec::new());
     for run in 0..setup.runs {
         eprintln!("bench: admin polling run {}/{} ...", run + 1, setup.runs);
-        without.push(run_server(setup, batches, spans, BenchTransport::Grpc, true, (run, &quiet)).await?);
-        with.push(run_server(setup, batches, spans, BenchTransport::Grpc, true, (run, &polled)).await?);
+        // Which goes first alternates, so what favours the first or second run of a pair cancels.
+        for extras in if run % 2 == 0 { [&quiet, &polled] } else { [&polled, &quiet] } {
+            let measured = run_server(setup, batches, spans, BenchTransport::Grpc, true, (run, extras)).await?;
+            if extras.pollers { &mut with } else { &mut without }.push(measured);
+        }
     }
-    let of = |runs: &[Measure], f: fn(&Measure) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
-    // Each polled run against the quiet run just before it, so drift between runs cancels.
-    let ratio = median(
-        &mut without
-            .iter()
-            .zip(&with)
-            .map(|(q, p)| p.spans_per_second / q.spans_per_second.max(1e-9))
-            .collect::<Vec<_>>(),
-    );
-    let reads = |f: fn(&Polled) -> f64| median(&mut with.iter().map(|m| f(&m.polled)).collect::<Vec<_>>());
-    let mb = |runs: &[Measure]| of(runs, |m| m.peak_rss as f64) / 1e6;
-    println!();
-    println!(
-        "admin reads: an engine tracking {} edges, gRPC, without and with {POLLERS} clients each reading {} every {} ms",
-        human(POLLED_EDGES as f64),
-        READS.join(", "),
-        POLL_EVERY.as_millis()
-    );
-    println!(
-        "{:<12} {:>14} {:>12} {:>10} {:>14} {:>14} {:>22}",
-        "polling", "spans/s", "CPU µs/span", "peak RSS", "polled/quiet", "reads", "read p50 / p99 ms"
-    );
-    println!(
-        "{:<12} {:>14} {:>12.2} {:>10}",
-        "none",
-        human(of(&without, |m| m.spans_per_second)),
-        of(&without, |m| m.cpu_micros_per_span),
-        format!("{:.0} MB", mb(&without))
-    );
-    println!(
-        "{:<12} {:>14} {:>12.2} {:>10} {:>14.3} {:>14} {:>22}",
-        format!("{POLLERS} clients"),
-        human(of(&with, |m| m.spans_per_second)),
-        of(&with, |m| m.cpu_micros_per_span),
-        format!("{:.0} MB", mb(&with)),
-        ratio,
-        format!("{:.0} ({:.0} failed)", reads(|p| p.answered as f64), reads(|p| p.failed as f64)),
-        format!("{:.1} / {:.1}", reads(|p| p.p50_ms), reads(|p| p.p99_ms)),
-    );
-    let ready = |runs: &[Measure]| of(runs, |m| m.ready_rss as f64);
-    println!(
-        "  the published view: {:.0} bytes per tracked edge (resident set once the dashboards were open, less the \
-         quiet run's when its traffic started: {:.0} MB and {:.0} MB)",
-        (ready(&with) - ready(&without)) / POLLED_EDGES as f64,
-        ready(&with) / 1e6,
-        ready(&without) / 1e6
-    );
+    print_polling(&without, &with);
     let runs = setup.runs.max(3);
     let (copy, encode) = tokio::task::spawn_blocking(move || export_costs(&store, runs)).await?;
     println!(
@@ -202,6 +159,61 @@ pub(crate) async fn admin_polling(
         }
     }
     Ok(())
+}
+
+/// The polling runs' table: the quiet runs (`without`) and the polled (`with`), in pairs.
+fn print_polling(without: &[Measure], with: &[Measure]) {
+    let of = |runs: &[Measure], f: fn(&Measure) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
+    // Each polled run against the quiet run of its pair, so drift between runs cancels.
+    let pairs = |f: fn(&Measure) -> f64| -> (f64, String) {
+        let mut ratios: Vec<f64> = without.iter().zip(with).map(|(q, p)| f(p) / f(q).max(1e-9)).collect();
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        (median(&mut ratios), each.join(" "))
+    };
+    let (ratio, each) = pairs(|m| m.spans_per_second);
+    let reads = |f: fn(&Polled) -> f64| median(&mut with.iter().map(|m| f(&m.polled)).collect::<Vec<_>>());
+    let mb = |runs: &[Measure]| of(runs, |m| m.peak_rss as f64) / 1e6;
+    println!();
+    println!(
+        "admin reads: an engine tracking {} edges, gRPC, without and with {POLLERS} clients each reading {} every {} ms",
+        human(POLLED_EDGES as f64),
+        READS.join(", "),
+        POLL_EVERY.as_millis()
+    );
+    println!(
+        "{:<12} {:>14} {:>12} {:>14} {:>10} {:>14} {:>14} {:>22}",
+        "polling", "spans/s", "CPU µs/span", "engine thread", "peak RSS", "polled/quiet", "reads", "read p50 / p99 ms"
+    );
+    println!(
+        "{:<12} {:>14} {:>12.2} {:>14.3} {:>10}",
+        "none",
+        human(of(without, |m| m.spans_per_second)),
+        of(without, |m| m.cpu_micros_per_span),
+        of(without, |m| m.engine_thread_micros_per_span),
+        format!("{:.0} MB", mb(without))
+    );
+    println!(
+        "{:<12} {:>14} {:>12.2} {:>14.3} {:>10} {:>14.3} {:>14} {:>22}",
+        format!("{POLLERS} clients"),
+        human(of(with, |m| m.spans_per_second)),
+        of(with, |m| m.cpu_micros_per_span),
+        of(with, |m| m.engine_thread_micros_per_span),
+        format!("{:.0} MB", mb(with)),
+        ratio,
+        format!("{:.0} ({:.0} failed)", reads(|p| p.answered as f64), reads(|p| p.failed as f64)),
+        format!("{:.1} / {:.1}", reads(|p| p.p50_ms), reads(|p| p.p99_ms)),
+    );
+    println!("  spans/s polled/quiet of each pair, in run order: {each}");
+    let (thread_ratio, each) = pairs(|m| m.engine_thread_micros_per_span);
+    println!("  the engine thread's CPU µs per span, polled/quiet: {thread_ratio:.3} (median; each pair: {each})");
+    let ready = |runs: &[Measure]| of(runs, |m| m.ready_rss as f64);
+    println!(
+        "  the published view: {:.0} bytes per tracked edge (resident set once the dashboards were open, less the \
+         quiet run's when its traffic started: {:.0} MB and {:.0} MB)",
+        (ready(with) - ready(without)) / POLLED_EDGES as f64,
+        ready(with) / 1e6,
+        ready(without) / 1e6
+    );
 }
 
 /// What an export of `store` costs, medians of `runs` (milliseconds): the copy the engine

@@ -17,6 +17,23 @@ pub(crate) fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Option<f64> {
     Some((utime + stime) / ticks_per_second)
 }
 
+/// CPU seconds (user + system) the thread of process `pid` named `name` has used, from
+/// `/proc/PID/task/TID/stat` (`name` as the kernel keeps it: its first 15 bytes).
+pub(crate) fn thread_cpu_seconds(pid: u32, name: &str, ticks_per_second: f64) -> Option<f64> {
+    let kept = &name[..name.len().min(15)];
+    std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten().find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        if comm.trim_end() != kept {
+            return None;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        Some((utime + stime) / ticks_per_second)
+    })
+}
+
 /// Whether a process has exited but not been reaped (its `/proc` times are final).
 pub(crate) fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -3,7 +3,9 @@
 
 use crate::human;
 use crate::polling::{open_dashboards, Polled, Pollers, POLLED_EDGES, POLLERS};
-use crate::process::{cpu_seconds, is_zombie, metric, serve_args, spawn_listening, status_bytes, Listeners, Target};
+use crate::process::{
+    cpu_seconds, is_zombie, metric, serve_args, spawn_listening, status_bytes, thread_cpu_seconds, Listeners, Target,
+};
 use crate::send::{send, EXPORTER_BACKOFF};
 use crate::traffic::Batch;
 use crate::BenchTransport;
@@ -13,11 +15,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// The engine thread's name (`stormwatch-engine`'s `engine_loop::spawn`), whose CPU time is
+/// measured apart: what admin reads would take from it.
+const ENGINE_THREAD: &str = "stormwatch-engine";
+
 /// One measured run of one target.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Measure {
     pub(crate) spans_per_second: f64,
     pub(crate) cpu_micros_per_span: f64,
+    /// The engine thread's alone (engine runs over the network only; else 0).
+    pub(crate) engine_thread_micros_per_span: f64,
     pub(crate) peak_rss: u64,
     /// Resident set when the traffic started (after the dashboards were opened, in a run with
     /// pollers).
@@ -135,6 +143,8 @@ pub(crate) async fn run_server(
     let pid = target.pid();
     let ready_rss = status_bytes(&pid.to_string(), "VmRSS:").unwrap_or(0);
     let cpu_before = cpu_seconds(pid, setup.ticks).unwrap_or(0.0);
+    let engine_thread = || thread_cpu_seconds(pid, ENGINE_THREAD, setup.ticks).unwrap_or(0.0);
+    let engine_thread_before = engine_thread();
     let acked = Arc::new(Vec::new());
     let pollers = (engine && extras.pollers).then(|| Pollers::start(admin));
     let started = match send(&endpoint, traffic.clone(), setup.connections, None, acked, EXPORTER_BACKOFF).await {
@@ -156,6 +166,7 @@ pub(crate) async fn run_server(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid, setup.ticks).unwrap_or(0.0) - cpu_before;
+    let engine_thread = engine_thread() - engine_thread_before;
     let peak_rss = status_bytes(&pid.to_string(), "VmHWM:").unwrap_or(0);
     let polled = match pollers {
         Some(pollers) => pollers.finish().await,
@@ -166,6 +177,7 @@ pub(crate) async fn run_server(
     Ok(Measure {
         spans_per_second: spans as f64 / elapsed,
         cpu_micros_per_span: cpu * 1e6 / spans as f64,
+        engine_thread_micros_per_span: engine_thread * 1e6 / spans as f64,
         peak_rss,
         ready_rss,
         polled,
@@ -202,6 +214,7 @@ pub(crate) async fn run_file(setup: &Setup, file: &Path, spans: u64, engine: boo
     Ok(Measure {
         spans_per_second: spans as f64 / elapsed,
         cpu_micros_per_span: cpu * 1e6 / spans as f64,
+        engine_thread_micros_per_span: 0.0,
         peak_rss,
         ready_rss: 0,
         polled: Polled::default(),
@@ -267,6 +280,7 @@ pub(crate) async fn run_kafka(
             Measure {
                 spans_per_second: spans as f64 / elapsed,
                 cpu_micros_per_span: cpu * 1e6 / spans as f64,
+                engine_thread_micros_per_span: 0.0,
                 peak_rss,
                 ready_rss: 0,
                 polled: Polled::default(),

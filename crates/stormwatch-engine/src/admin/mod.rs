@@ -12,7 +12,7 @@ mod view;
 
 pub use view::AdminView;
 
-use stormwatch_baseline::inspect::{self, BaselineRow, Query};
+use stormwatch_baseline::inspect::{self, BaselineRow, Query, RowNames};
 use stormwatch_baseline::{decode_snapshot, BaselineStore};
 use stormwatch_detect::tuning::Tuning;
 use stormwatch_detect::{EdgeGauge, Engine};
@@ -62,10 +62,10 @@ pub fn list(
 /// The rows among `total` `candidates` that `params` select, annotated with the `recent`
 /// windows, as the API's JSON body, or a 400 naming the parameter. `by_samples`: the candidates
 /// come most samples first (the default order), so an unfiltered query takes the first rows.
-pub(crate) fn select<'a>(
+pub(crate) fn select<'a, R: RowNames + 'a>(
     params: &BTreeMap<String, String>,
     max_rows: usize,
-    (total, candidates, by_samples): (usize, impl Iterator<Item = &'a BaselineRow>, bool),
+    (total, candidates, by_samples): (usize, impl Iterator<Item = &'a R>, bool),
     recent: &[BTreeMap<String, f64>],
 ) -> (u16, serde_json::Value) {
     let mut params = params.clone();
@@ -88,11 +88,11 @@ pub(crate) fn select<'a>(
     };
     let limit = query.limit.unwrap_or(API_DEFAULT_ROWS);
     let answer = if by_samples && query.is_everything_by_samples() {
-        let mut rows: Vec<BaselineRow> = candidates.take(limit).cloned().collect();
+        let mut rows: Vec<BaselineRow> = candidates.take(limit).map(R::shown).collect();
         inspect::annotate(&mut rows, recent);
         Ok(rows)
     } else {
-        let mut rows: Vec<BaselineRow> = candidates.filter(|row| query.matches(row)).cloned().collect();
+        let mut rows: Vec<BaselineRow> = candidates.filter(|row| query.matches(*row)).map(R::shown).collect();
         inspect::annotate(&mut rows, recent);
         query.order(rows)
     };
@@ -163,9 +163,9 @@ fn node_name(service: &str, operation: &str) -> String {
 
 /// Why an alert fired: the alert, the rule, the baselines of its edge and entry as they are
 /// now, and the tuning that applies to it.
-pub fn explanation<'a>(
+pub fn explanation<'a, R: RowNames + 'a>(
     alert: &Alert,
-    rows: impl IntoIterator<Item = &'a BaselineRow>,
+    rows: impl IntoIterator<Item = &'a R>,
     tuning: &Tuning,
 ) -> serde_json::Value {
     let edge = alert.edge.as_ref().map(|e| {
@@ -180,13 +180,15 @@ pub fn explanation<'a>(
     // A young entry's totals or a young edge's calls per parent were judged against a wider
     // baseline (or a request against the whole system's): `baseline.from` says which.
     let from = alert.baseline.from.as_deref();
-    let baselines: Vec<&BaselineRow> = rows
+    let (edge_is, entry_is) = (edge.as_deref(), entry.as_deref());
+    let baselines: Vec<BaselineRow> = rows
         .into_iter()
         .filter(|r| {
-            let on_edge = edge.is_some() && r.edge == edge && (r.entry.is_none() || r.entry == entry);
-            let on_entry = edge.is_none() && r.edge.is_none() && entry.is_some() && r.entry == entry;
-            on_edge || on_entry || from.is_some_and(|from| judged_by(r, from))
+            let on_edge = edge.is_some() && r.edge() == edge_is && (r.entry().is_none() || r.entry() == entry_is);
+            let on_entry = edge.is_none() && r.edge().is_none() && entry.is_some() && r.entry() == entry_is;
+            on_edge || on_entry || from.is_some_and(|from| judged_by(*r, from))
         })
+        .map(R::shown)
         .collect();
     let rules: Vec<String> = tuning
         .rules
@@ -222,8 +224,8 @@ pub fn explanation<'a>(
 }
 
 /// Whether row `r` is the wider baseline an alert's `baseline.from` names.
-fn judged_by(r: &BaselineRow, from: &str) -> bool {
-    match (r.table.split(':').next(), &r.entry, &r.edge) {
+fn judged_by(r: &impl RowNames, from: &str) -> bool {
+    match (r.table().split(':').next(), r.entry(), r.edge()) {
         (Some("route_per_request" | "service_per_request"), Some(scope), _) => {
             from == format!("every request to {scope}")
         }

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use stormwatch_baseline::inspect::{BaselineRow, RowFigures, RowKey};
+use stormwatch_baseline::inspect::{KeptRow, RowFigures, RowKey};
 use stormwatch_detect::tuning::Tuning;
 use stormwatch_detect::{EdgeGauge, Engine};
 use stormwatch_io::admin::{AdminReads, AdminRequest};
@@ -101,14 +101,15 @@ struct Window {
     recent: Arc<Vec<BTreeMap<String, f64>>>,
 }
 
-/// The rows as readers show them, most samples first, then by key.
+/// The rows as readers show them, most samples first, then by key: figures and names, each
+/// rendered when shown.
 #[derive(Default)]
 struct Rows {
     /// Publications taken in.
     version: u64,
-    /// Each baseline's place in `ordered`.
+    /// Each baseline's place in `ordered` (the key text is the row's, shared).
     places: HashMap<RowKey, (u64, Arc<str>)>,
-    ordered: BTreeMap<(Reverse<u64>, Arc<str>), BaselineRow>,
+    ordered: BTreeMap<(Reverse<u64>, Arc<str>), KeptRow>,
 }
 
 impl Rows {
@@ -121,22 +122,18 @@ impl Rows {
         }
         for figure in figures {
             // A row seen before keeps its names; only its numbers change.
-            let known = self.places.remove(&figure.key).and_then(|(samples, key)| {
-                let row = self.ordered.remove(&(Reverse(samples), key.clone()))?;
-                Some((key, row))
-            });
-            let (key, row) = match known {
-                Some((key, mut row)) => {
-                    figure.refresh(&mut row);
-                    (key, row)
+            let known =
+                self.places.remove(&figure.key).and_then(|place| self.ordered.remove(&(Reverse(place.0), place.1)));
+            let row = match known {
+                Some(mut row) => {
+                    row.refresh(figure);
+                    row
                 }
-                None => {
-                    let row = figure.render();
-                    (Arc::from(row.key()), row)
-                }
+                None => KeptRow::new(figure),
             };
-            self.places.insert(figure.key, (row.samples, key.clone()));
-            self.ordered.insert((Reverse(row.samples), key), row);
+            let place = (row.figures().samples(), row.key().clone());
+            self.places.insert(figure.key, place.clone());
+            self.ordered.insert((Reverse(place.0), place.1), row);
         }
     }
 }
@@ -366,6 +363,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
+    use stormwatch_baseline::inspect::RowNames;
     use stormwatch_baseline::BaselineStore;
     use stormwatch_detect::EngineConfig;
     use stormwatch_model::{Edge, Node, NodeKind, Sym};
@@ -458,8 +456,8 @@ mod tests {
         let fanout = |rows: &Rows| -> Vec<String> {
             rows.ordered
                 .values()
-                .filter(|r| r.table == "calls_per_parent")
-                .map(|r| format!("{} {}", r.samples, r.edge.as_deref().unwrap_or("")))
+                .filter(|r| r.table() == "calls_per_parent")
+                .map(|r| format!("{} {}", r.figures().samples(), r.edge().unwrap_or("")))
                 .collect()
         };
         assert!(fanout(&rows)[0].starts_with("12 "), "{:?}", fanout(&rows));
