@@ -4,13 +4,17 @@
 //! copy to the snapshot thread, which encodes it and writes it to the models directory, shares
 //! it with the group, or answers `GET /api/snapshot` with it.
 //!
-//! Bound: at most [`MOST_PENDING`] copies exist at once (one being encoded, one waiting). A
+//! Bounds: at most [`MOST_PENDING`] copies exist at once (one being encoded, one waiting). A
 //! periodic snapshot due while they do waits for the next turn; an export is answered 503.
+//! Exports take at most [`EXPORT_SHARE`] of the engine thread's time: after a copy that took
+//! `t`, the next export's copy waits `t / EXPORT_SHARE - t` (an export asked sooner is a 503
+//! that says when to ask again), so a client asking back to back cannot hold the engine up.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use stormwatch_baseline::{encode_snapshot, write_snapshot_document, BaselineStore};
 use stormwatch_io::Metrics;
@@ -20,6 +24,9 @@ use crate::delivery::SinkItem;
 
 /// Copies of the store sent to the snapshot thread and not yet encoded and written, at most.
 pub(crate) const MOST_PENDING: usize = 2;
+
+/// The most of the engine thread's time exports may take copying the store.
+pub(crate) const EXPORT_SHARE: f64 = 0.1;
 
 /// Where saved snapshots go: the models directory, the group's baselines topic (and key).
 pub(crate) struct Destinations {
@@ -45,12 +52,15 @@ pub(crate) struct Saver {
     jobs: Option<std_mpsc::Sender<Job>>,
     worker: Option<JoinHandle<()>>,
     pending: Arc<AtomicUsize>,
+    /// When the next export may copy the store ([`EXPORT_SHARE`]).
+    next_export: Option<Instant>,
 }
 
 impl Saver {
     pub(crate) fn new(destinations: Destinations) -> Saver {
         let saves = destinations.dir.is_some() || destinations.share.is_some();
-        Saver { saves, destinations: Some(destinations), jobs: None, worker: None, pending: Arc::default() }
+        let pending = Arc::default();
+        Saver { saves, destinations: Some(destinations), jobs: None, worker: None, pending, next_export: None }
     }
 
     /// Whether another copy may be made now (fewer than [`MOST_PENDING`] are being saved).
@@ -70,13 +80,31 @@ impl Saver {
 
     /// `GET /api/snapshot`: the document of `store` as it is now, encoded off this thread.
     pub(crate) fn export(&mut self, store: &BaselineStore, reply: oneshot::Sender<(u16, String)>) {
-        if !self.has_room() {
-            let message =
-                format!("{MOST_PENDING} snapshots of the baselines are being made; ask again in a few seconds");
+        let refuse = |reply: oneshot::Sender<(u16, String)>, message: String| {
             let _ = reply.send((503, serde_json::json!({ "error": message }).to_string()));
-            return;
+        };
+        if !self.has_room() {
+            return refuse(
+                reply,
+                format!("{MOST_PENDING} snapshots of the baselines are being made; ask again in a few seconds"),
+            );
         }
-        self.send(Job::Export { store: Box::new(store.clone()), reply });
+        let now = Instant::now();
+        if let Some(wait) = self.next_export.map(|at| at.saturating_duration_since(now)).filter(|w| !w.is_zero()) {
+            return refuse(
+                reply,
+                format!(
+                    "the last export was copied moments ago, and exports take at most {:.0}% of the engine's time; \
+                 ask again in {} ms",
+                    EXPORT_SHARE * 100.0,
+                    wait.as_millis() + 1
+                ),
+            );
+        }
+        let copy = Box::new(store.clone());
+        let took = now.elapsed();
+        self.next_export = Some(Instant::now() + took.mul_f64(1.0 / EXPORT_SHARE - 1.0));
+        self.send(Job::Export { store: copy, reply });
     }
 
     /// The last snapshot: written after those pending, and waited for. `None` when snapshots
@@ -225,6 +253,27 @@ mod tests {
         assert_eq!(status, 503);
         assert!(body.contains("ask again"), "{body}");
         assert!(saver.jobs.is_none(), "nothing was copied or sent");
+    }
+
+    /// Exports asked back to back: the one after a copy waits nine times the copy's time, and
+    /// is told when to ask again.
+    #[test]
+    fn exports_take_a_bounded_share_of_the_engine_thread() {
+        let (mut saver, _shared) = saver(None);
+        let (reply, answer) = oneshot::channel();
+        saver.export(&store(), reply);
+        assert_eq!(answer.blocking_recv().unwrap().0, 200);
+        // As if that copy had taken a second.
+        saver.next_export = Some(Instant::now() + std::time::Duration::from_secs(9));
+        let (reply, answer) = oneshot::channel();
+        saver.export(&store(), reply);
+        let (status, body) = answer.blocking_recv().unwrap();
+        assert_eq!(status, 503);
+        assert!(body.contains("at most 10% of the engine's time; ask again in 9"), "{body}");
+        saver.next_export = Some(Instant::now());
+        let (reply, answer) = oneshot::channel();
+        saver.export(&store(), reply);
+        assert_eq!(answer.blocking_recv().unwrap().0, 200, "asked again when told");
     }
 
     /// Snapshots going nowhere: no last snapshot to wait for, and no thread until an export.
