@@ -10,7 +10,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
 pub(crate) fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_seconds(Path::new(&format!("/proc/{pid}/stat")), ticks_per_second)
+}
+
+/// User plus system time in a `/proc` `stat` file (a process's or a thread's), in seconds.
+fn stat_cpu_seconds(stat: &Path, ticks_per_second: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string(stat).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
@@ -26,11 +31,7 @@ pub(crate) fn thread_cpu_seconds(pid: u32, name: &str, ticks_per_second: f64) ->
         if comm.trim_end() != kept {
             return None;
         }
-        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let utime: f64 = fields.get(11)?.parse().ok()?;
-        let stime: f64 = fields.get(12)?.parse().ok()?;
-        Some((utime + stime) / ticks_per_second)
+        stat_cpu_seconds(&task.path().join("stat"), ticks_per_second)
     })
 }
 

@@ -214,10 +214,8 @@ pub(crate) async fn run_file(setup: &Setup, file: &Path, spans: u64, engine: boo
     Ok(Measure {
         spans_per_second: spans as f64 / elapsed,
         cpu_micros_per_span: cpu * 1e6 / spans as f64,
-        engine_thread_micros_per_span: 0.0,
         peak_rss,
-        ready_rss: 0,
-        polled: Polled::default(),
+        ..Measure::default()
     })
 }
 
@@ -280,10 +278,8 @@ pub(crate) async fn run_kafka(
             Measure {
                 spans_per_second: spans as f64 / elapsed,
                 cpu_micros_per_span: cpu * 1e6 / spans as f64,
-                engine_thread_micros_per_span: 0.0,
                 peak_rss,
-                ready_rss: 0,
-                polled: Polled::default(),
+                ..Measure::default()
             },
         ));
     }

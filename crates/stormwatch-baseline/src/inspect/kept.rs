@@ -73,23 +73,8 @@ impl RowNames for KeptRow {
         self.figures.key.callee_kind().map(|kind| kind.as_str())
     }
     fn shown(&self) -> BaselineRow {
-        let mut row = BaselineRow {
-            table: self.table().to_string(),
-            edge: self.edge().map(str::to_string),
-            to_kind: self.to_kind().map(str::to_string),
-            entry: self.entry().map(str::to_string),
-            median: 0.0,
-            p99: 0.0,
-            p999: 0.0,
-            samples: 0,
-            since_unix_nano: 0,
-            learned_p999: None,
-            held: 0,
-            recent: Vec::new(),
-            score: None,
-        };
-        self.figures.refresh(&mut row);
-        row
+        let (table, edge, to_kind) = (self.table().into(), self.edge().map(Into::into), self.to_kind().map(Into::into));
+        self.figures.row(table, edge, to_kind, self.entry().map(Into::into))
     }
 }
 

@@ -266,11 +266,17 @@ impl RowFigures {
     }
 
     fn named(&self, table: String, edge: Option<&Edge>, entry: Option<&RootClass>) -> BaselineRow {
+        let to_kind = edge.map(|e| e.to.kind.as_str().to_string());
+        self.row(table, edge.map(|e| e.to_string()), to_kind, entry.map(|c| c.to_string()))
+    }
+
+    /// The row with these names and these figures.
+    fn row(&self, table: String, edge: Option<String>, to_kind: Option<String>, entry: Option<String>) -> BaselineRow {
         let mut row = BaselineRow {
             table,
-            edge: edge.map(|e| e.to_string()),
-            to_kind: edge.map(|e| e.to.kind.as_str().to_string()),
-            entry: entry.map(|c| c.to_string()),
+            edge,
+            to_kind,
+            entry,
             median: 0.0,
             p99: 0.0,
             p999: 0.0,
